@@ -1,0 +1,192 @@
+"""Model plumbing: load MusicGen, attach/load LoRA, encode audio to codes, teacher-forced loss."""
+import json
+import math
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from common import UserError, log
+from dataset import build_delay_pattern_labels, valid_frames_for_samples
+
+# Decoder attention (self and cross) and FFN, as in the seeds' adapters. The regex keeps LoRA off
+# the T5 text encoder and EnCodec whatever names they use.
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+
+
+def load_model_and_processor(model_path: str, device: str = "cpu", dtype=None):
+    """from_pretrained for a local folder or a hub id; a bad path is one clear line."""
+    from transformers import AutoProcessor, MusicgenForConditionalGeneration
+
+    p = Path(model_path)
+    looks_local = p.is_absolute() or model_path.startswith((".", "~")) or p.exists() or model_path.count("/") != 1
+    if looks_local and not p.is_dir():
+        raise UserError(f"{model_path}: model folder not found; pass --model_path a local MusicGen folder "
+                        f"(config.json + weights) or a hub id like facebook/musicgen-small")
+    if p.is_dir() and not (p / "config.json").is_file():
+        raise UserError(f"{model_path}: no config.json here; point --model_path at the MusicGen folder itself")
+    try:
+        model = MusicgenForConditionalGeneration.from_pretrained(model_path, dtype=dtype)
+        processor = AutoProcessor.from_pretrained(model_path)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{model_path}: cannot load MusicGen ({first}); check --model_path "
+                        f"(offline machines need a local folder)") from None
+    except (ValueError, KeyError) as e:
+        raise UserError(f"{model_path}: not a MusicGen checkpoint ({e})") from None
+    model.to(device)
+    return model, processor
+
+
+def model_info(model) -> dict:
+    """Numbers every script needs: codebooks, vocab, sample rate, hop length, frame rate."""
+    base = getattr(model, "get_base_model", lambda: model)()
+    codec = base.config.audio_encoder
+    hop = int(math.prod(codec.upsampling_ratios))
+    return {
+        "num_codebooks": base.decoder.config.num_codebooks,
+        "vocab_size": base.decoder.config.vocab_size,
+        "sample_rate": codec.sampling_rate,
+        "hop_length": hop,
+        "frame_rate": codec.sampling_rate / hop,
+        "pad_token_id": base.decoder.config.pad_token_id,
+        "decoder_start_token_id": base.config.decoder.decoder_start_token_id
+        if getattr(base.config.decoder, "decoder_start_token_id", None) is not None
+        else base.generation_config.decoder_start_token_id,
+    }
+
+
+def lora_target_regex(target_modules) -> str:
+    names = "|".join(sorted(set(target_modules)))
+    # Module keys look like decoder.model.decoder.layers.3.self_attn.q_proj
+    return rf"^(.*\.)?decoder\.model\.decoder\.layers\.\d+\.(.*\.)?({names})$"
+
+
+def apply_lora(model, rank: int, alpha: float, dropout: float, target_modules=DEFAULT_TARGETS):
+    """Freeze everything, add LoRA to the decoder's linear layers only."""
+    from peft import LoraConfig, get_peft_model
+
+    for param in model.parameters():
+        param.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                        target_modules=lora_target_regex(target_modules), bias="none")
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as e:
+        raise UserError(f"--lora_target_modules {','.join(target_modules)}: {e}") from None
+    return peft_model
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def load_adapter(base_model, adapter_path: str, adapter_name: str = "default", is_trainable=False):
+    """PeftModel.from_pretrained with a clear error for a folder that is not an adapter of this base."""
+    from peft import PeftModel
+
+    path = Path(adapter_path)
+    if not (path / "adapter_config.json").is_file():
+        raise UserError(f"{path}: no adapter_config.json here; pass a best_model/ or final_model/ folder "
+                        f"written by train_lora.py")
+    try:
+        return PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name, is_trainable=is_trainable)
+    except (RuntimeError, ValueError, KeyError) as e:
+        cfg = json.loads((path / "adapter_config.json").read_text())
+        raise UserError(f"{path}: adapter does not fit this base model (trained on "
+                        f"{cfg.get('base_model_name_or_path')!r}): {str(e).splitlines()[0][:200]}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Codes and loss
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def encode_audio(model, audio: torch.Tensor) -> torch.Tensor:
+    """(B, N) float audio -> (B, K, T) EnCodec codes with the model's own codec (frozen)."""
+    base = getattr(model, "get_base_model", lambda: model)()
+    codec = base.audio_encoder
+    param = next(codec.parameters())
+    out = codec.encode(audio.unsqueeze(1).to(param.device, param.dtype))
+    codes = out.audio_codes  # (chunks=1, B, K, T)
+    if codes.shape[0] != 1:
+        raise ValueError("EnCodec returned several chunks; MusicGen's codec must not chunk")
+    return codes[0]
+
+
+def labels_for_batch(model, batch) -> torch.Tensor:
+    """Audio batch -> delay-pattern labels with padded frames masked (the only route to labels)."""
+    info = model_info(model)
+    codes = encode_audio(model, batch["audio"])
+    valid = valid_frames_for_samples(batch["num_samples"].to(codes.device), info["hop_length"])
+    return build_delay_pattern_labels(codes, valid)
+
+
+def masked_token_nll(logits: torch.Tensor, labels: torch.Tensor):
+    """Per-codebook summed NLL and counts over labels != -100.
+
+    logits: (B*K, S, V) as MusicGen returns them; labels: (B, S, K).
+    Summing (not averaging) lets callers weight every real token equally across batches.
+    """
+    b, s, k = labels.shape
+    logits = logits.reshape(b, k, s, -1).float()
+    target = labels.permute(0, 2, 1)  # (B, K, S)
+    nll = torch.nn.functional.cross_entropy(logits.permute(0, 3, 1, 2), target.clamp_min(0), reduction="none")
+    mask = target != -100
+    nll = nll * mask
+    return nll.sum(dim=(0, 2)), mask.sum(dim=(0, 2))
+
+
+def forward_logits(model, batch, labels, text_dropout: float = 0.0, generator=None):
+    """Teacher-forced decoder logits. text_dropout blanks whole descriptions (the null condition
+    that classifier-free guidance uses at generation time: zero attention mask -> zero states)."""
+    from transformers.models.musicgen.modeling_musicgen import shift_tokens_right
+
+    info = model_info(model)
+    device = labels.device
+    attention_mask = batch["attention_mask"].to(device)
+    if text_dropout > 0:
+        drop = torch.rand(attention_mask.shape[0], generator=generator) < text_dropout
+        attention_mask = attention_mask * (~drop).to(device, attention_mask.dtype)[:, None]
+    decoder_input_ids = shift_tokens_right(labels, info["pad_token_id"], info["decoder_start_token_id"])
+    b, k, s = decoder_input_ids.shape
+    out = model(input_ids=batch["input_ids"].to(device), attention_mask=attention_mask,
+                decoder_input_ids=decoder_input_ids.reshape(b * k, s))
+    return out.logits
+
+
+def batch_loss(model, batch, text_dropout: float = 0.0, generator=None, labels=None):
+    """Mean NLL per real label token; also returns the token count (for throughput)."""
+    if labels is None:
+        labels = labels_for_batch(model, batch)
+    logits = forward_logits(model, batch, labels, text_dropout, generator)
+    nll, count = masked_token_nll(logits, labels)
+    total = count.sum()
+    return nll.sum() / total.clamp_min(1), int(total)
+
+
+@torch.no_grad()
+def evaluate_loss(model, loader, autocast=None, desc="valid", progress=True) -> dict:
+    """Held-out teacher-forced loss, token-weighted, overall and per codebook (no dropout, no text
+    dropout). The same function gives step-0, per-epoch and evaluate.py's held-out numbers."""
+    import contextlib
+
+    was_training = model.training
+    model.eval()
+    nll_sum = count_sum = None
+    ctx = autocast or contextlib.nullcontext
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        labels = labels_for_batch(model, batch)
+        with ctx():
+            logits = forward_logits(model, batch, labels)
+        nll, count = masked_token_nll(logits, labels)
+        nll_sum = nll if nll_sum is None else nll_sum + nll
+        count_sum = count if count_sum is None else count_sum + count
+    if was_training:
+        model.train()
+    if nll_sum is None or count_sum.sum() == 0:
+        return {"loss": float("nan"), "per_codebook": [], "tokens": 0}
+    per_cb = (nll_sum / count_sum.clamp_min(1)).tolist()
+    return {"loss": float(nll_sum.sum() / count_sum.sum()), "per_codebook": per_cb,
+            "tokens": int(count_sum.sum())}
