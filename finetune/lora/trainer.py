@@ -256,4 +256,6 @@ def train(args):
                  f"final {last_eval['loss']:.4f}; uniform guess {ln_v:.4f}")
         log.info(f"best adapter:  {output_dir / 'best_model'}")
         log.info(f"final adapter: {output_dir / 'final_model'}")
+        from review import log_review  # the review gate: a plain-words reading of the logs just written
+        log_review(output_dir)
     return summary
