@@ -17,8 +17,8 @@ also listed in USAGE.md:
 - not converged: the last validation loss more than CONVERGED (1%) below the one before it.
 - warm-up: warm-up at or above the run's optimizer steps (the learning rate never reaches its peak),
   or above WARMUP_SHARE (20%) of them.
-- throughput: steps/s (median over logging intervals), samples/s, tokens/s and peak memory, always
-  reported, never judged.
+- throughput: steps/s, samples/s and tokens/s over the logging intervals inside epochs (see
+  runs.throughput) and peak memory: always reported, never judged.
 """
 import statistics
 import time

@@ -10,8 +10,8 @@ Definitions used in the table (also in USAGE.md):
 - valid loss of epoch e: the last eval record of epoch e (the one written at the epoch's end);
 - base: the step-0 validation loss (adapter still zero), shown beside ln(vocab);
 - best: the lowest validation loss after step 0, with its epoch (that is what best_model/ holds);
-- steps/s: optimizer steps per second while training -- the median over logging intervals inside an
-  epoch (evaluation pauses excluded), else samples/s / effective batch;
+- steps/s: optimizer steps per second while training -- steps over seconds between consecutive train
+  records of the same epoch (validation pauses left out), else samples/s / effective batch;
 - status: finished (logs/summary.json or final_model/ exists), running (no summary and metrics.jsonl
   written in the last RUNNING_MINUTES minutes), crashed (logs but no summary), incomplete (no logs
   or no run_config.json), missing (no such directory).
@@ -233,22 +233,31 @@ def best_point(run: Run):
 
 
 def throughput(run: Run):
-    """{'steps_per_s', 'samples_per_s', 'tokens_per_s', 'peak_memory_mb'} from train records (None when unknown)."""
-    recs = [r for r in run.train_records if _finite(r.get("time"))]
-    rates = [(b["step"] - a["step"]) / (b["time"] - a["time"]) for a, b in zip(recs, recs[1:])
-             if a.get("epoch") == b.get("epoch") and b["time"] > a["time"] and b["step"] > a["step"]]
+    """{'steps_per_s', 'samples_per_s', 'tokens_per_s', 'peak_memory_mb'} from train records (None when unknown).
 
-    def median_of(key):
+    Rates are totals over the intervals between consecutive train records of the same epoch (so the
+    validation pauses at epoch ends are left out): steps / seconds, and each record's samples/s and
+    tokens/s weighted by its interval. A run with one record falls back to its own samples/s.
+    """
+    recs = [r for r in run.train_records if _finite(r.get("time"))]
+    pairs = [(a, b, b["time"] - a["time"]) for a, b in zip(recs, recs[1:])
+             if a.get("epoch") == b.get("epoch") and b["time"] > a["time"] and b["step"] > a["step"]]
+    seconds = sum(dt for _, _, dt in pairs)
+
+    def rate(key):
+        timed = [(b[key], dt) for _, b, dt in pairs if _finite(b.get(key))]
+        if timed:
+            return sum(v * dt for v, dt in timed) / sum(dt for _, dt in timed)
         vals = [r[key] for r in run.train_records if _finite(r.get(key))]
         return statistics.median(vals) if vals else None
 
-    samples = median_of("samples_per_s")
-    steps = statistics.median(rates) if rates else None
+    steps = sum(b["step"] - a["step"] for a, b, _ in pairs) / seconds if pairs else None
+    samples = rate("samples_per_s")
     effective_batch = (run.config.get("batch_size") or 0) * (run.config.get("gradient_accumulation_steps") or 0)
     if steps is None and samples and effective_batch:
         steps = samples / effective_batch
     peaks = [r["peak_memory_mb"] for r in run.train_records if _finite(r.get("peak_memory_mb"))]
-    return {"steps_per_s": steps, "samples_per_s": samples, "tokens_per_s": median_of("tokens_per_s"),
+    return {"steps_per_s": steps, "samples_per_s": samples, "tokens_per_s": rate("tokens_per_s"),
             "peak_memory_mb": max(peaks) if peaks else None}
 
 
@@ -259,7 +268,8 @@ def verdict_text(name: str, entry: dict) -> str:
     """'final_model: 6/8 fade out' -- evaluate.py's own verdict when given, else built from its counts."""
     verdict = entry.get("verdict")
     if isinstance(verdict, str) and verdict.strip():
-        return f"{name}: {verdict.strip()}"
+        verdict = verdict.strip()
+        return verdict if verdict.startswith(name) else f"{name}: {verdict}"  # evaluate.py may name it already
     n = entry.get("num_clips")
     counts = entry.get("flag_counts") if isinstance(entry.get("flag_counts"), dict) else {}
     parts = [f"{c}/{n} {FLAG_WORDS.get(k, k.replace('_', ' '))}" if isinstance(n, int) else
@@ -368,7 +378,7 @@ def to_csv(header, rows) -> str:
     return buf.getvalue()
 
 
-def to_html(header, rows, title="MusicGen LoRA runs") -> str:
+def to_html(header, rows, title="MusicGen LoRA runs", plot_href=None) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "\n".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
@@ -378,13 +388,16 @@ def to_html(header, rows, title="MusicGen LoRA runs") -> str:
             "th{background:#eee}</style></head>\n"
             f"<body><h1>{esc(title)}</h1>\n<table id=\"runs\">\n<thead><tr>{head}</tr></thead>\n"
             f"<tbody>\n{body}\n</tbody></table>\n"
-            "<p><img src=\"runs_curves.png\" alt=\"validation loss per run\"></p></body></html>\n")
+            + (f"<p><img src=\"{esc(plot_href)}\" alt=\"validation loss per run\"></p>" if plot_href else "")
+            + "</body></html>\n")
 
 
-def render(runs, fmt: str, show_all: bool = False) -> str:
-    """The table in 'md', 'csv' or 'html'."""
+def render(runs, fmt: str, show_all: bool = False, plot_href: str | None = None) -> str:
+    """The table in 'md', 'csv' or 'html' (the HTML page shows the plot at plot_href, when given)."""
     header, rows = build_table(runs, show_all, wide=fmt == "csv")
-    return {"md": to_markdown, "csv": to_csv, "html": to_html}[fmt](header, rows)
+    if fmt == "html":
+        return to_html(header, rows, plot_href=plot_href)
+    return {"md": to_markdown, "csv": to_csv}[fmt](header, rows)
 
 
 def plot_curves(runs, path: Path) -> Path | None:

@@ -12,6 +12,8 @@ line per run, ln(vocab) dashed) is written beside --output, or in the current di
 running or half-written runs appear with what is known. Definitions and review thresholds: USAGE.md.
 """
 import argparse
+import glob
+import os
 import sys
 from pathlib import Path
 
@@ -52,6 +54,9 @@ def main(argv=None):
         raise UserError("no run directories given; pass RUN_DIR... (e.g. ../output_*) or --review RUN_DIR")
     if args.runs:
         paths = expand_run_paths(args.runs)
+        for pattern in args.runs:
+            if glob.has_magic(pattern) and not glob.glob(pattern):
+                log.warning(f"warning: no directory matches {pattern}")
         if not paths:
             raise UserError(f"no run directory matches {' '.join(args.runs)}")
         runs = [load_run(p, args.running_minutes) for p in paths]
@@ -60,23 +65,24 @@ def main(argv=None):
             fmt = FORMATS.get(Path(args.output).suffix.lower())
             if fmt is None:
                 raise UserError(f"--output {args.output}: use a .md, .csv or .html file name")
-        text = render(runs, fmt, show_all=args.all)
+        plot = None
+        if not args.no_plot:
+            target = Path(args.plot) if args.plot else \
+                (Path(args.output).parent if args.output else Path.cwd()) / "runs_curves.png"
+            plot = plot_curves(runs, target)
+            log.info(f"wrote {plot}" if plot else "no validation losses logged yet: no plot written")
+        href = os.path.relpath(plot, Path(args.output).resolve().parent) if plot and args.output else None
+        text = render(runs, fmt, show_all=args.all, plot_href=href)
         if args.output:
             atomic_write_text(Path(args.output), text)
             log.info(f"wrote {args.output} ({len(runs)} run(s))")
         else:
             sys.stdout.write(text)
-        if not args.no_plot:
-            plot = Path(args.plot) if args.plot else (Path(args.output).parent if args.output else Path.cwd()) / \
-                "runs_curves.png"
-            if plot_curves(runs, plot):
-                log.info(f"wrote {plot}")
-            else:
-                log.info("no validation losses logged yet: no plot written")
     for i, run_dir in enumerate(expand_run_paths(args.review)):
         if args.runs or i:
             print()
         print("\n".join(review_lines(load_run(run_dir, args.running_minutes))))
+
 
 if __name__ == "__main__":
     sys.exit(main())
