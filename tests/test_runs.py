@@ -63,7 +63,8 @@ def _write_run(path, config, records, finished=True, extra_lines=(), evaluation=
         (path / "evaluation").mkdir()
         (path / "evaluation" / "summary.json").write_text(json.dumps(evaluation))
     old = time.time() - age_minutes * 60
-    os.utime(metrics, (old, old))
+    for written in (metrics, path / "run_config.json"):
+        os.utime(written, (old, old))
     return path
 
 

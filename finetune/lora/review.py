@@ -62,9 +62,10 @@ def check_status(run: Run):
         out.append(Finding("warn", f"crashed or killed: the logs stop at step {last}{of_total} and there is no "
                                    f"logs/summary.json.{keep}"))
     elif run.status == "running":
-        age = (time.time() - (run.path / "logs" / "metrics.jsonl").stat().st_mtime) / 60
-        out.append(Finding("note", f"still running: at step {last}{of_total}, metrics.jsonl written "
-                                   f"{age:.0f} min ago"))
+        newest = max(p.stat().st_mtime for p in (run.path / "logs" / "metrics.jsonl", run.path / "run_config.json")
+                     if p.is_file())
+        at = f"at step {last}{of_total}" if last is not None else "no step logged yet"
+        out.append(Finding("note", f"still running: {at}, logs written {(time.time() - newest) / 60:.0f} min ago"))
     elif run.status == "incomplete":
         missing = [n for n in ("run_config.json", "logs/metrics.jsonl")
                    if not (run.path / n).is_file()]
@@ -138,8 +139,8 @@ def check_spikes(run: Run):
                                 f"previous {SPIKE_WINDOW} logged losses -- {shown}{more}: if they recur, lower "
                                 f"--learning_rate or raise --gradient_accumulation_steps")]
     if largest is None:
-        return [Finding("note", f"too few logged train losses to look for spikes (need more than "
-                                f"{SPIKE_MIN_HISTORY}; lower --logging_steps)")]
+        return [Finding("note", f"too few logged train losses to look for spikes (need at least "
+                                f"{SPIKE_MIN_HISTORY + 1}; lower --logging_steps)")]
     return [Finding("ok", f"no loss spikes: the largest logged loss was {largest[1]:.2f}x its running mean "
                           f"(step {largest[0]}; threshold {SPIKE_FACTOR}x)")]
 
@@ -161,8 +162,11 @@ def check_fit(run: Run):
     if best and base is not None:
         loss, step, epoch = best
         if loss < base:
+            pct = 100 * (base - loss) / base
             out.append(Finding("ok", f"best validation loss {loss:.4f} (epoch {epoch}, step {step}) is "
-                                     f"{100 * (base - loss) / base:.1f}% below the base model's {base:.4f}"))
+                                     f"{pct:.1f}% below the base model's {base:.4f}" if pct >= 0.1 else
+                                     f"best validation loss {loss:.4f} (epoch {epoch}, step {step}) is only "
+                                     f"{pct:.2g}% below the base model's {base:.4f}: the adapter has barely moved"))
         else:
             out.append(Finding("warn", f"the adapter never beat the base model: best validation loss {loss:.4f} "
                                        f"vs base {base:.4f}: too few steps or too low a learning rate, or "

@@ -12,9 +12,9 @@ Definitions used in the table (also in USAGE.md):
 - best: the lowest validation loss after step 0, with its epoch (that is what best_model/ holds);
 - steps/s: optimizer steps per second while training -- steps over seconds between consecutive train
   records of the same epoch (validation pauses left out), else samples/s / effective batch;
-- status: finished (logs/summary.json or final_model/ exists), running (no summary and metrics.jsonl
-  written in the last RUNNING_MINUTES minutes), crashed (logs but no summary), incomplete (no logs
-  or no run_config.json), missing (no such directory).
+- status: finished (logs/summary.json or final_model/ exists), running (no summary, and metrics.jsonl
+  or run_config.json written in the last RUNNING_MINUTES minutes), crashed (logs but no summary),
+  incomplete (no logs or no run_config.json), missing (no such directory).
 """
 import csv
 import glob
@@ -149,8 +149,11 @@ def run_status(run_dir: Path, has_config: bool, has_metrics: bool, running_minut
         return "missing"
     if (run_dir / "logs" / "summary.json").is_file() or (run_dir / "final_model").is_dir():
         return "finished"
-    metrics = run_dir / "logs" / "metrics.jsonl"
-    if has_metrics and time.time() - metrics.stat().st_mtime < running_minutes * 60:
+    # The newest of the files a live trainer writes: metrics.jsonl, or run_config.json while the
+    # model loads and the step-0 validation runs.
+    written = [p.stat().st_mtime for p in (run_dir / "logs" / "metrics.jsonl", run_dir / "run_config.json")
+               if p.is_file()]
+    if written and time.time() - max(written) < running_minutes * 60:
         return "running"
     if has_metrics and has_config:
         return "crashed"
@@ -182,6 +185,16 @@ def load_run(run_dir, running_minutes: float = RUNNING_MINUTES) -> Run:
         run.notes.append(f"{'stopped' if run.status == 'crashed' else 'now'} at step {last}"
                          + (f" of {total}" if total else ""))
     return run
+
+
+def load_runs(paths, running_minutes: float = RUNNING_MINUTES) -> list:
+    """load_run for each path; runs sharing a folder name are named by their path instead."""
+    runs = [load_run(p, running_minutes) for p in paths]
+    names = [r.name for r in runs]
+    for run in runs:
+        if names.count(run.name) > 1:
+            run.name = str(run.path)
+    return runs
 
 
 def expand_run_paths(patterns) -> list:

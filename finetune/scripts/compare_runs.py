@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lora"))
 
 from common import UserError, atomic_write_text, cli, log  # noqa: E402
 from review import review_lines  # noqa: E402
-from runs import RUNNING_MINUTES, expand_run_paths, load_run, plot_curves, render  # noqa: E402
+from runs import RUNNING_MINUTES, expand_run_paths, load_run, load_runs, plot_curves, render  # noqa: E402
 
 FORMATS = {".md": "md", ".markdown": "md", ".csv": "csv", ".html": "html", ".htm": "html"}
 
@@ -59,7 +59,7 @@ def main(argv=None):
                 log.warning(f"warning: no directory matches {pattern}")
         if not paths:
             raise UserError(f"no run directory matches {' '.join(args.runs)}")
-        runs = [load_run(p, args.running_minutes) for p in paths]
+        runs = load_runs(paths, args.running_minutes)
         fmt = "md"
         if args.output:
             fmt = FORMATS.get(Path(args.output).suffix.lower())
