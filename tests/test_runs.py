@@ -133,8 +133,8 @@ def test_markdown_table_rows(synthetic_runs, tmp_path):
     h, o, c = rows["output_healthy"], rows["output_overfit"], rows["output_crash"]
     # Only the differing hyper-parameters are columns: rank, alpha, lr, epochs, warm-up differ; dropout,
     # batch, accumulation and window are the same everywhere.
-    assert {"rank", "alpha", "lr", "epochs", "warmup", "total_steps"} <= set(h)
-    assert not {"dropout", "batch", "accum", "window s", "output_dir"} & set(h)
+    assert {"rank", "alpha", "lr", "epochs", "warmup"} <= set(h)
+    assert not {"dropout", "batch", "accum", "window s", "output_dir", "total_steps"} & set(h)
     assert (h["rank"], h["alpha"], h["lr"], h["warmup"]) == ("12", "24", "1e-4", "3")
     assert (o["rank"], o["lr"], o["epochs"], c["warmup"]) == ("32", "3e-4", "4", "50")
     assert [h["status"], o["status"], c["status"]] == ["finished", "finished", "crashed"]
@@ -173,6 +173,7 @@ def test_csv_parses_with_one_column_per_epoch(synthetic_runs, tmp_path):
     assert rows["output_healthy"]["valid e4"] == "" and rows["output_crash"]["valid e2"] == ""
     # --all shows the parameters that are equal everywhere too.
     assert o["dropout"] == "0.05" and o["batch"] == "2" and o["seed"] == "42" and o["window s"] == "15"
+    assert o["total_steps"] == "40" and o["model_vocab_size"] == "2048" and "output_dir" not in o
 
 
 def test_globs_stdout_and_runs_without_files(synthetic_runs, tmp_path):

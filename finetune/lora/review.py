@@ -163,10 +163,10 @@ def check_fit(run: Run):
         loss, step, epoch = best
         if loss < base:
             pct = 100 * (base - loss) / base
-            out.append(Finding("ok", f"best validation loss {loss:.4f} (epoch {epoch}, step {step}) is "
-                                     f"{pct:.1f}% below the base model's {base:.4f}" if pct >= 0.1 else
-                                     f"best validation loss {loss:.4f} (epoch {epoch}, step {step}) is only "
-                                     f"{pct:.2g}% below the base model's {base:.4f}: the adapter has barely moved"))
+            where = f"best validation loss {loss:.4f} (epoch {epoch}, step {step})"
+            out.append(Finding("ok", f"{where} is {pct:.1f}% below the base model's {base:.4f}") if pct >= 0.1 else
+                       Finding("note", f"{where} is only {pct:.2g}% below the base model's {base:.4f}: the adapter "
+                                       f"has barely moved (too few steps, or a learning rate still in warm-up)"))
         else:
             out.append(Finding("warn", f"the adapter never beat the base model: best validation loss {loss:.4f} "
                                        f"vs base {base:.4f}: too few steps or too low a learning rate, or "

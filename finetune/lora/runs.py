@@ -37,7 +37,13 @@ CORE_PARAMS = {
 }
 # Keys that differ between any two runs without being a choice that shapes the result.
 NOT_PARAMS = {"output_dir", "no_progress", "overwrite_output_dir", "warmup_steps", "warmup_steps_effective",
-              "target_duration", "max_duration"}
+              "target_duration", "max_duration", "uniform_loss"}
+# Figures that follow from the choices above (or from the model): shown with --all only.
+DERIVED = {"total_steps", "steps_per_epoch", "trainable_parameters", "total_parameters"}
+
+
+def _derived(key):
+    return key in DERIVED or (key.startswith("model_") and key != "model_path")
 
 
 @dataclass
@@ -302,8 +308,9 @@ def _param_value(run: Run, key: str):
 
 
 def param_columns(runs, show_all: bool = False):
-    """Config keys to show: the core ones in the seeds' order, then any other key; only those that
-    differ between runs unless show_all (or fewer than two runs have a config)."""
+    """Config keys to show: the core ones in the seeds' order, then any other key; only the choices
+    that differ between runs (not derived figures such as total_steps) unless show_all; the core
+    ones when fewer than two runs have a config."""
     configured = [r for r in runs if r.config]
     other = sorted({k for r in configured for k in r.config} - set(CORE_PARAMS) - NOT_PARAMS)
     keys = list(CORE_PARAMS) + other
@@ -311,6 +318,7 @@ def param_columns(runs, show_all: bool = False):
         return [k for k in keys if any(_param_value(r, k) is not None for r in configured)]
     if len(configured) < 2:
         return list(CORE_PARAMS)
+    keys = [k for k in keys if not _derived(k)]
 
     def canon(v):
         return json.dumps(v, sort_keys=True, default=str)
