@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from runs import Run, _finite, base_loss, best_point, epoch_losses, load_run, throughput, verdict_text
+from runs import Run, _finite, base_loss, best_point, load_run, throughput, verdict_text
 
 NEAR_UNIFORM = 0.05
 SPIKE_FACTOR = 1.5

@@ -38,8 +38,9 @@ CORE_PARAMS = {
 # Keys that differ between any two runs without being a choice that shapes the result.
 NOT_PARAMS = {"output_dir", "no_progress", "overwrite_output_dir", "warmup_steps", "warmup_steps_effective",
               "target_duration", "max_duration", "uniform_loss"}
-# Figures that follow from the choices above (or from the model): shown with --all only.
-DERIVED = {"total_steps", "steps_per_epoch", "trainable_parameters", "total_parameters"}
+# Figures that follow from the choices (or from the model): shown with --all only.
+DERIVED = {"total_steps", "steps_per_epoch", "trainable_parameters", "total_parameters",
+           "logging_steps", "save_steps", "num_workers"}  # ... and bookkeeping that leaves the result alone
 
 
 def _derived(key):
@@ -332,7 +333,7 @@ def _fmt(v, digits=4):
     if isinstance(v, bool):
         return str(v).lower()
     if isinstance(v, float):
-        if not math.isfinite(v) or v == 0:
+        if not math.isfinite(v):
             return str(v)
         if v == int(v) and abs(v) < 1e6:
             return str(int(v))
