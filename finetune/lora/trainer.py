@@ -6,6 +6,7 @@ Checkpoint/resume machinery lives in checkpointing.py, the accelerator and track
 the divergence guard and early stopping in guards.py.
 """
 import json
+import logging
 import math
 import resource
 import time
@@ -88,6 +89,8 @@ def train(args):
     accelerator = make_accelerator(args, output_dir)
     device = accelerator.device
     main = accelerator.is_main_process
+    if not main:  # one copy of every message, from the process that writes the files
+        log.setLevel(logging.ERROR)
     model, processor = load_model_and_processor(args.model_path, device="cpu")
     info = model_info(model)
     targets = [t.strip() for t in args.lora_target_modules.split(",") if t.strip()]
