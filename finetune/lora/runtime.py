@@ -93,5 +93,9 @@ def enable_gradient_checkpointing(model):
     gradient when no input requires grad) and keeps dropout identical in the recomputation.
     """
     base = getattr(model, "get_base_model", lambda: model)()
-    base.decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(base.decoder, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        base.decoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     base.decoder.config.use_cache = False
