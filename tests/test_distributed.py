@@ -50,8 +50,8 @@ def test_two_processes_match_one(no_dropout_model, example_data_dir, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-                           str(LORA / "train_lora.py"), *map(str, common), "--gradient_accumulation_steps", 1,
-                           "--output_dir", two], capture_output=True, text=True, env=env, timeout=600)
+                           str(LORA / "train_lora.py"), *map(str, common), "--gradient_accumulation_steps", "1",
+                           "--output_dir", str(two)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("step 1/4 epoch 1") == 1  # one process logs
 
