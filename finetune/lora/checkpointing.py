@@ -214,10 +214,14 @@ def load_checkpoint(path: Path, accelerator, model, optimizer, scheduler) -> tup
     weights = path / "adapter_model.safetensors"
     if not weights.is_file():
         raise UserError(f"{weights}: missing from the checkpoint; resume from another one")
-    result = set_peft_model_state_dict(accelerator.unwrap_model(model), load_file(str(weights)))
-    if getattr(result, "unexpected_keys", None):
-        raise UserError(f"{weights}: adapter does not match this model/LoRA settings "
-                        f"(unexpected {result.unexpected_keys[:3]}); resume with the run's --lora_* flags")
+    try:
+        result = set_peft_model_state_dict(accelerator.unwrap_model(model), load_file(str(weights)))
+        unexpected = getattr(result, "unexpected_keys", None)
+    except RuntimeError as e:  # shape mismatch: another rank / targets
+        unexpected = [str(e).strip().splitlines()[-1][:160]]
+    if unexpected:
+        raise UserError(f"{weights}: adapter does not match this model/LoRA settings ({unexpected[:3]}); resume "
+                        f"with the run's --model_path and --lora_* flags (see run_config.json)")
     optimizer.load_state_dict(_torch_load(path / OPTIMIZER_FILE))
     scheduler.load_state_dict(_torch_load(path / SCHEDULER_FILE))
     if accelerator.scaler is not None and (path / SCALER_FILE).is_file():

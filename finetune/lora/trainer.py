@@ -346,10 +346,11 @@ def train(args):
     accelerator.end_training()
     if stop_reason == "non-finite":
         last = ckpt.list_checkpoints(output_dir)
+        kept = ([f"{output_dir / 'best_model'} (step {best['step']})"] if best["saved"] else []) + \
+               ([f"last good checkpoint {last[-1][1]}"] if last else [])
         raise UserError(f"training stopped at step {step}: {guard.streak} non-finite losses/gradients in a row "
                         f"(--max_nonfinite_steps {args.max_nonfinite_steps}); lower --learning_rate or check the "
-                        f"data. Kept: {output_dir / 'best_model'} (step {best['step']})"
-                        + (f", last good checkpoint {last[-1][1]}" if last else ""))
+                        f"data. Kept: {', '.join(kept) or 'nothing yet'}")
     if main:
         log.info(f"done in {wall:.1f} s, {step} optimizer steps"
                  + (" (stopped early: no validation improvement)" if stop_reason == "early_stopping" else ""))
