@@ -69,7 +69,12 @@ def worker(args):
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        # glibc keeps freed blocks resident, so the warm-up's activations would still count in RSS:
+        # hand them back first, then reset VmHWM to the RSS of what is really live.
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
         before = _status_kib("VmRSS") * 1024
     t = time.perf_counter()
     for _ in range(args.steps):
