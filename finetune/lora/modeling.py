@@ -38,9 +38,16 @@ def load_model_and_processor(model_path: str, device: str = "cpu", dtype=None):
     return model, processor
 
 
+def unwrap_base(model):
+    """The MusicGen under a PeftModel and/or a DistributedDataParallel wrapper (multi-process runs)."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    return getattr(model, "get_base_model", lambda: model)()
+
+
 def model_info(model) -> dict:
     """Numbers every script needs: codebooks, vocab, sample rate, hop length, frame rate."""
-    base = getattr(model, "get_base_model", lambda: model)()
+    base = unwrap_base(model)
     codec = base.config.audio_encoder
     hop = int(math.prod(codec.upsampling_ratios))
     return {
@@ -105,7 +112,7 @@ def load_adapter(base_model, adapter_path: str, adapter_name: str = "default", i
 @torch.no_grad()
 def encode_audio(model, audio: torch.Tensor) -> torch.Tensor:
     """(B, N) float audio -> (B, K, T) EnCodec codes with the model's own codec (frozen)."""
-    base = getattr(model, "get_base_model", lambda: model)()
+    base = unwrap_base(model)
     codec = base.audio_encoder
     param = next(codec.parameters())
     out = codec.encode(audio.unsqueeze(1).to(param.device, param.dtype))
@@ -167,25 +174,30 @@ def batch_loss(model, batch, text_dropout: float = 0.0, generator=None, labels=N
 
 
 @torch.no_grad()
-def evaluate_loss(model, loader, autocast=None, desc="valid", progress=True) -> dict:
+def evaluate_loss(model, loader, autocast=None, desc="valid", progress=True, reduce=None) -> dict:
     """Held-out teacher-forced loss, token-weighted, overall and per codebook (no dropout, no text
-    dropout). The same function gives step-0, per-epoch and evaluate.py's held-out numbers."""
+    dropout). The same function gives step-0, per-epoch and evaluate.py's held-out numbers.
+    `reduce` (multi-process runs) sums the per-codebook NLL and token counts over all ranks, each of
+    which saw its own shard of the loader."""
     import contextlib
 
     was_training = model.training
     model.eval()
-    nll_sum = count_sum = None
+    k = model_info(model)["num_codebooks"]
+    nll_sum, count_sum = torch.zeros(k, dtype=torch.float64), torch.zeros(k, dtype=torch.long)
     ctx = autocast or contextlib.nullcontext
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
         labels = labels_for_batch(model, batch)
         with ctx():
             logits = forward_logits(model, batch, labels)
         nll, count = masked_token_nll(logits, labels)
-        nll_sum = nll if nll_sum is None else nll_sum + nll
-        count_sum = count if count_sum is None else count_sum + count
+        nll_sum += nll.detach().cpu().double()
+        count_sum += count.cpu()
     if was_training:
         model.train()
-    if nll_sum is None or count_sum.sum() == 0:
+    if reduce is not None:
+        nll_sum, count_sum = reduce(nll_sum), reduce(count_sum)
+    if count_sum.sum() == 0:
         return {"loss": float("nan"), "per_codebook": [], "tokens": 0}
     per_cb = (nll_sum / count_sum.clamp_min(1)).tolist()
     return {"loss": float(nll_sum.sum() / count_sum.sum()), "per_codebook": per_cb,

@@ -7,16 +7,23 @@
 
 Writes OUTPUT_DIR/{best_model,final_model}/ (PEFT adapters), checkpoints/checkpoint-N/,
 logs/metrics.jsonl and run_config.json. See README.md and USAGE.md.
+
+Settings can come from a YAML file (--config config.yaml); flags on the command line win.
+Continue an interrupted run with the same command plus --resume_from_checkpoint latest.
+Several GPUs: accelerate launch train_lora.py ... (or torchrun --nproc_per_node N train_lora.py ...).
 """
 import argparse
 import sys
 
 from common import cli
+from config import parse_args_with_config
 from modeling import DEFAULT_TARGETS
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None,
+                   help="YAML file of flag: value lines (see config.yaml); flags given here override it.")
     a = p.add_argument_group("data and model")
     a.add_argument("--model_path", default="facebook/musicgen-small",
                    help="Local MusicGen folder or hub id (offline machines need a local folder).")
@@ -61,21 +68,43 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fp16", action="store_true", help="fp16 mixed precision (GPU only; ignored with a warning "
                                                         "on CPU).")
     r.add_argument("--bf16", action="store_true", help="bf16 mixed precision (Ampere or newer GPUs).")
+    r.add_argument("--gradient_checkpointing", action="store_true",
+                   help="Recompute decoder activations in the backward pass: less memory, slower steps "
+                        "(see finetune/scripts/benchmark_memory.py).")
 
     s = p.add_argument_group("logging and saving")
     s.add_argument("--logging_steps", type=int, default=10, help="Log train loss every N optimizer steps.")
     s.add_argument("--eval_steps", type=int, default=None,
                    help="Also validate every N optimizer steps (always at each epoch end).")
-    s.add_argument("--save_steps", type=int, default=200, help="Write checkpoints/checkpoint-N every N steps.")
+    s.add_argument("--save_steps", type=int, default=200,
+                   help="Write checkpoints/checkpoint-N (adapter + optimizer, scheduler, RNG and data position, "
+                        "enough to resume) every N optimizer steps.")
+    s.add_argument("--save_total_limit", type=int, default=None,
+                   help="Keep only the newest N checkpoints (default: keep all; best_model/ is never removed).")
+    s.add_argument("--resume_from_checkpoint", default=None,
+                   help="Continue a run: 'latest' (newest checkpoint in --output_dir) or a checkpoint-N folder. "
+                        "Use the run's other flags unchanged.")
     s.add_argument("--overwrite_output_dir", action="store_true",
-                   help="Allow writing into an output dir that already holds a run (its files are replaced).")
+                   help="Replace a run already in --output_dir (its outputs are deleted first).")
+    s.add_argument("--report_to", default="none", choices=["none", "tensorboard", "wandb"],
+                   help="Also send metrics to tensorboard (OUTPUT_DIR/logs/) or wandb (pip install wandb); "
+                        "logs/metrics.jsonl is always written.")
     s.add_argument("--no_progress", action="store_true", help="Hide progress bars (logs still printed).")
+
+    g = p.add_argument_group("stopping")
+    g.add_argument("--early_stopping_patience", type=int, default=None,
+                   help="Stop after N validations in a row without a new best loss (final_model is still "
+                        "written). Default: never.")
+    g.add_argument("--max_nonfinite_steps", type=int, default=10,
+                   help="A NaN/inf loss or gradient skips that update; this many in a row stop the run "
+                        "(best_model/ and checkpoints are kept). 0: never stop.")
+    g.add_argument("--debug_inject_nan_at_step", default=None, help=argparse.SUPPRESS)  # tests only
     return p
 
 
 @cli
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_args_with_config(build_parser(), argv)
     from trainer import train
 
     train(args)

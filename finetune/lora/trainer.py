@@ -1,11 +1,13 @@
 """The LoRA training loop: one visible loop of get batch, forward, backward, clip, step, log, eval, save.
 
-accelerate carries device placement, mixed precision and gradient accumulation, so the same loop
-runs on a CPU, one GPU, or under `accelerate launch`.
+accelerate carries device placement, mixed precision, gradient accumulation and multi-process
+training, so the same loop runs on a CPU, one GPU, or under `accelerate launch` / `torchrun`.
+Checkpoint/resume machinery lives in checkpointing.py, the accelerator and trackers in runtime.py,
+the divergence guard and early stopping in guards.py.
 """
 import json
+import logging
 import math
-import os
 import resource
 import time
 from pathlib import Path
@@ -13,25 +15,35 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from common import UserError, atomic_dir, atomic_write_json, log, resolve_device, seed_everything, uniform_loss
+import checkpointing as ckpt
+from common import UserError, atomic_dir, atomic_write_json, log, seed_everything, uniform_loss
 from dataset import Collator, MusicDataset, padding_report, read_metadata
+from guards import EarlyStopping, NonFiniteGuard, parse_steps
 from modeling import (apply_lora, batch_loss, count_parameters, evaluate_loss, load_model_and_processor,
                       model_info)
-
-RUN_MARKERS = ("run_config.json", "best_model", "final_model", "checkpoints", "logs")
+from runtime import (any_across_ranks, enable_gradient_checkpointing, make_accelerator, mean_across_ranks,
+                     shard_for_rank, start_trackers, sum_across_ranks, tracker_values)
 
 
 class MetricsLog:
-    """Append-only JSONL of training and validation records (flushed per line, survives crashes)."""
+    """Append-only JSONL of training and validation records (flushed per line, survives crashes),
+    mirrored to accelerate's trackers (tensorboard/wandb) when --report_to asks for them."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, accelerator=None):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.accelerator = accelerator
         self.file = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict):
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+        if self.accelerator is not None and self.accelerator.log_with:
+            self.accelerator.log(tracker_values(record), step=record["step"])
+
+    def offset(self) -> int:
+        """Bytes written so far: a checkpoint records it so a resume can cut the log back to it."""
+        return self.file.tell()
 
     def close(self):
         self.file.close()
@@ -41,31 +53,6 @@ def peak_memory_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def check_output_dir(output_dir: Path, overwrite: bool):
-    if output_dir.exists() and any((output_dir / m).exists() for m in RUN_MARKERS) and not overwrite:
-        raise UserError(f"{output_dir}: already holds a training run; choose a new --output_dir "
-                        f"or pass --overwrite_output_dir")
-
-
-def make_accelerator(args):
-    from accelerate import Accelerator
-
-    device = resolve_device(args.device)
-    precision = "no"
-    if args.fp16 and args.bf16:
-        raise UserError("--fp16 and --bf16 exclude each other; pick one")
-    if args.fp16 or args.bf16:
-        wanted = "fp16" if args.fp16 else "bf16"
-        if device == "cpu":
-            log.warning(f"warning: --{wanted} needs a GPU; training in fp32 on the CPU instead")
-        elif args.bf16 and not torch.cuda.is_bf16_supported():
-            log.warning("warning: this GPU has no bf16; training in fp32")
-        else:
-            precision = wanted
-    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=args.gradient_accumulation_steps,
-                       cpu=device == "cpu")
 
 
 def save_adapter(model, accelerator, path: Path, extra: dict | None = None):
@@ -80,7 +67,6 @@ def save_adapter(model, accelerator, path: Path, extra: dict | None = None):
 
 def train(args):
     output_dir = Path(args.output_dir)
-    check_output_dir(output_dir, getattr(args, "overwrite_output_dir", False))
     window = args.target_duration if args.max_duration is None else min(args.target_duration, args.max_duration)
     if args.max_duration is not None and args.max_duration < args.target_duration:
         log.warning(f"warning: --max_duration {args.max_duration} < --target_duration {args.target_duration}: "
@@ -89,17 +75,28 @@ def train(args):
         raise UserError("--target_duration must be positive")
     if args.batch_size < 1 or args.gradient_accumulation_steps < 1:
         raise UserError("--batch_size and --gradient_accumulation_steps must be at least 1")
+    if args.save_total_limit is not None and args.save_total_limit < 1:
+        raise UserError("--save_total_limit must be at least 1 (leave it out to keep every checkpoint)")
+    # Resolve the checkpoint and check the run dir before anything is loaded or written.
+    resume_from = ckpt.resolve_resume_path(output_dir, args.resume_from_checkpoint) \
+        if args.resume_from_checkpoint else None
+    ckpt.check_output_dir(output_dir, args.overwrite_output_dir, resuming=resume_from is not None)
 
     seed_everything(args.seed)
     splits = read_metadata(args.data_dir, args.metadata_file)
     if not splits["train"]:
         raise UserError(f"{args.data_dir}/{args.metadata_file}: no training clips listed")
-    accelerator = make_accelerator(args)
+    accelerator = make_accelerator(args, output_dir)
     device = accelerator.device
+    main = accelerator.is_main_process
+    if not main:  # one copy of every message, from the process that writes the files
+        log.setLevel(logging.ERROR)
     model, processor = load_model_and_processor(args.model_path, device="cpu")
     info = model_info(model)
     targets = [t.strip() for t in args.lora_target_modules.split(",") if t.strip()]
     model = apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, targets)
+    if args.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     trainable, total = count_parameters(model)
     log.info(f"LoRA r={args.lora_rank} alpha={args.lora_alpha} on {','.join(targets)}: "
              f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
@@ -120,16 +117,18 @@ def train(args):
             log.warning(f"warning: {100 * pad['padded_fraction']:.0f}% of the window is padding; lower "
                         f"--target_duration towards your clips' length")
 
+    # The shuffle of each epoch is drawn from loader_gen; accelerate shards the batches over ranks.
     loader_gen = torch.Generator().manual_seed(args.seed)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
                                                collate_fn=collate, num_workers=args.num_workers,
                                                generator=loader_gen, drop_last=False)
-    valid_loader = torch.utils.data.DataLoader(valid_set, batch_size=args.batch_size, shuffle=False,
-                                               collate_fn=collate, num_workers=args.num_workers)
+    valid_loader = torch.utils.data.DataLoader(shard_for_rank(valid_set, accelerator), batch_size=args.batch_size,
+                                               shuffle=False, collate_fn=collate, num_workers=args.num_workers)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
-    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)  # per rank, after sharding
     total_steps = steps_per_epoch * args.num_epochs
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps) if args.num_epochs else args.max_steps
@@ -139,119 +138,222 @@ def train(args):
                     f"learning rate never reaches {args.learning_rate:g}")
     from transformers import get_cosine_schedule_with_warmup
 
-    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, max(total_steps, 1))
-    model, optimizer, train_loader, valid_loader = accelerator.prepare(model, optimizer, train_loader, valid_loader)
+    # Not passed to accelerate.prepare: stepped by hand once per optimizer step, whatever the
+    # number of processes.
+    scheduler = get_cosine_schedule_with_warmup(optimizer.optimizer, warmup, max(total_steps, 1))
 
+    this_run = {"batch_size": args.batch_size, "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                "num_processes": accelerator.num_processes, "seed": args.seed}
+    if resume_from:
+        ckpt.check_resume_compatible(resume_from, ckpt.read_trainer_state(resume_from), this_run)
     config = {k: v for k, v in vars(args).items()}
     config.update(window_seconds=window, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                   warmup_steps_effective=warmup, trainable_parameters=trainable, total_parameters=total,
                   train_clips=len(train_set), valid_clips=len(valid_set), mixed_precision=accelerator.mixed_precision,
-                  device=str(device), uniform_loss=uniform_loss(info["vocab_size"]), **{f"model_{k}": v for k, v in
-                                                                                         info.items()})
-    if accelerator.is_main_process:
+                  device=str(device), num_processes=accelerator.num_processes,
+                  global_batch_size=args.batch_size * args.gradient_accumulation_steps * accelerator.num_processes,
+                  resumed_from=str(resume_from) if resume_from else None,
+                  uniform_loss=uniform_loss(info["vocab_size"]), **{f"model_{k}": v for k, v in info.items()})
+    accelerator.wait_for_everyone()  # every rank has checked the output dir before the first write
+    if main:
+        if args.overwrite_output_dir and not resume_from:
+            ckpt.clear_run(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (output_dir, output_dir / ckpt.CHECKPOINTS):
+            ckpt.recover_interrupted_saves(folder)
         atomic_write_json(output_dir / "run_config.json", config)
-    metrics = MetricsLog(output_dir / "logs" / "metrics.jsonl") if accelerator.is_main_process else None
+    metrics = None
+    if main:
+        if resume_from:
+            ckpt.restore_metrics_log(output_dir / "logs" / "metrics.jsonl", resume_from,
+                                     ckpt.read_trainer_state(resume_from)["metrics_offset"])
+        metrics = MetricsLog(output_dir / "logs" / "metrics.jsonl", accelerator)
+    start_trackers(accelerator, config, output_dir.name)
     autocast = accelerator.autocast
     ln_v = uniform_loss(info["vocab_size"])
+    progress = not args.no_progress and main
+    reduce = sum_across_ranks(accelerator)
 
-    # Step 0: the base model's loss (LoRA B starts at zero). Above ln(vocab) means labels or data
-    # are wrong, not hyper-parameters -- the seeds' runs sat there.
-    t0 = time.time()
-    base = evaluate_loss(model, valid_loader, autocast, desc="base valid", progress=not args.no_progress)
-    log.info(f"step 0: base validation loss {base['loss']:.4f} (uniform guess ln({info['vocab_size']}) = {ln_v:.4f})")
-    if base["loss"] > ln_v:
-        log.warning(f"warning: base validation loss {base['loss']:.3f} is above a uniform guess ({ln_v:.3f}): a "
-                    f"pretrained MusicGen on in-style audio should sit well below it; check the data and model "
-                    f"(random-weight test models sit near it)")
-    if metrics:
-        metrics.write({"type": "eval", "step": 0, "epoch": 0, "valid_loss": base["loss"],
-                       "valid_loss_per_codebook": base["per_codebook"], "uniform_loss": ln_v, "time": 0.0})
-
-    best = {"loss": base["loss"], "step": 0}
+    best = {"loss": None, "step": 0, "saved": False}
+    guard = NonFiniteGuard(args.max_nonfinite_steps)
+    stopper = EarlyStopping(args.early_stopping_patience)
+    inject_nan = parse_steps(getattr(args, "debug_inject_nan_at_step", None))
     text_gen = torch.Generator().manual_seed(args.seed + 1)
-    step, window_loss, window_tokens, window_samples, window_micro = 0, 0.0, 0, 0, 0
-    window_start = time.time()
-    last_eval = base
+    step, start_epoch, skip_batches, last_eval_step, stop_reason = 0, 1, 0, 0, None
+    win = {"loss": 0.0, "micro": 0, "tokens": 0, "samples": 0}  # what the next train record averages
     grad_norm = None
     done = False
+    if resume_from:
+        state, mine = ckpt.load_checkpoint(resume_from, accelerator, model, optimizer, scheduler)
+        step, start_epoch, skip_batches = state["step"], state["epoch"], state["batches_in_epoch"]
+        base, best, last_eval = {"loss": state["base_valid_loss"]}, state["best"], state["last_eval"]
+        last_eval_step, stop_reason = state["last_eval_step"], state["stop_reason"]
+        stopper.bad_evals = state["evals_without_improvement"]
+        guard.load(state["nonfinite"])
+        t0 = time.time() - state["elapsed_seconds"]
+        win = dict(mine["window"])
+        window_start = time.time() - win.pop("elapsed")
+        text_gen.set_state(mine["text_dropout_rng"])
+        loader_gen.set_state(mine["epoch_start_data_order_rng"])  # replays this epoch's shuffle
+        ckpt.restore_rng_state(mine["rng"])  # last: nothing below draws before the loop does
+        log.info(f"resumed from {resume_from}: step {step}/{total_steps}, epoch {start_epoch}, "
+                 f"{skip_batches} batches of this epoch already seen, best validation loss {best['loss']:.4f}")
+    else:
+        # Step 0: the base model's loss (LoRA B starts at zero). Above ln(vocab) means labels or data
+        # are wrong, not hyper-parameters -- the seeds' runs sat there.
+        t0 = time.time()
+        base = evaluate_loss(model, valid_loader, autocast, desc="base valid", progress=progress, reduce=reduce)
+        log.info(f"step 0: base validation loss {base['loss']:.4f} (uniform guess ln({info['vocab_size']}) = "
+                 f"{ln_v:.4f})")
+        if base["loss"] > ln_v:
+            log.warning(f"warning: base validation loss {base['loss']:.3f} is above a uniform guess ({ln_v:.3f}): "
+                        f"a pretrained MusicGen on in-style audio should sit well below it; check the data and "
+                        f"model (random-weight test models sit near it)")
+        if metrics:
+            metrics.write({"type": "eval", "step": 0, "epoch": 0, "valid_loss": base["loss"],
+                           "valid_loss_per_codebook": base["per_codebook"], "uniform_loss": ln_v, "time": 0.0})
+        best["loss"], last_eval = base["loss"], base
+        window_start = time.time()
 
     def run_eval(epoch):
-        nonlocal best, last_eval
-        res = evaluate_loss(model, valid_loader, autocast, progress=not args.no_progress)
-        last_eval = res
-        improved = res["loss"] < best["loss"] or not (output_dir / "best_model").exists()
+        nonlocal best, last_eval, last_eval_step, stop_reason
+        res = evaluate_loss(model, valid_loader, autocast, progress=progress, reduce=reduce)
+        last_eval, last_eval_step = res, step
+        improved = res["loss"] < best["loss"] or not best["saved"]
         msg = f"step {step}: validation loss {res['loss']:.4f}"
         if improved:
-            best = {"loss": res["loss"], "step": step}
+            best = {"loss": res["loss"], "step": step, "saved": True}
             save_adapter(model, accelerator, output_dir / "best_model",
                          {"step": step, "epoch": epoch, "valid_loss": res["loss"]})
             msg += " (best so far -> best_model/)"
+        if stopper.update(improved):
+            stop_reason = "early_stopping"
+            msg += f"; no improvement in {stopper.patience} evaluations: stopping early"
         log.info(msg)
         if metrics:
             metrics.write({"type": "eval", "step": step, "epoch": epoch, "valid_loss": res["loss"],
                            "valid_loss_per_codebook": res["per_codebook"], "best_valid_loss": best["loss"],
                            "time": time.time() - t0})
 
+    def save_checkpoint(epoch, batches_in_epoch, epoch_start_rng):
+        state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch, "total_steps": total_steps,
+                 "base_valid_loss": base["loss"], "best": best, "last_eval": last_eval,
+                 "last_eval_step": last_eval_step, "stop_reason": stop_reason,
+                 "evals_without_improvement": stopper.bad_evals, "nonfinite": guard.state(),
+                 "metrics_offset": metrics.offset() if metrics else None, "elapsed_seconds": time.time() - t0,
+                 "run": this_run}
+        rank_state = {"window": dict(win, elapsed=time.time() - window_start), "text_dropout_rng": text_gen.get_state(),
+                      "epoch_start_data_order_rng": epoch_start_rng}
+        ckpt.save_checkpoint(output_dir / ckpt.CHECKPOINTS / f"checkpoint-{step}", accelerator, model, optimizer,
+                             scheduler, state, rank_state, {"step": step, "epoch": epoch})
+        if main:
+            ckpt.rotate_checkpoints(output_dir, args.save_total_limit)
+
     model.train()
-    for epoch in range(1, args.num_epochs + 1):
+    epoch = start_epoch
+    for epoch in range(start_epoch, args.num_epochs + 1):
         train_set.set_epoch(epoch)
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{args.num_epochs}", disable=args.no_progress or not accelerator.is_main_process, leave=False)
-        for batch in train_loader:
+        # A resumed epoch skips the batches the checkpoint had consumed (same shuffle, replayed).
+        epoch_loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
+        epoch_loader.set_epoch(epoch)  # accelerate passes it on to the dataset: crops depend on the epoch only
+        epoch_start_rng = loader_gen.get_state()
+        micro_in_epoch, skip_batches = skip_batches, 0
+        done = done or step >= total_steps or stop_reason is not None  # a checkpoint from the very end
+        bar = tqdm(total=steps_per_epoch, initial=micro_in_epoch // args.gradient_accumulation_steps,
+                   desc=f"epoch {epoch}/{args.num_epochs}", disable=not progress, leave=False)
+        window_nonfinite = False
+        for batch in (() if done else epoch_loader):
+            micro_in_epoch += 1
+            skipped = False
             with accelerator.accumulate(model):
                 with autocast():
                     loss, tokens = batch_loss(model, batch, args.text_dropout, text_gen)
+                if step + 1 in inject_nan:  # hidden test hook; the guard below is the real path
+                    loss = loss * float("nan")
+                loss_finite = bool(torch.isfinite(loss.detach()))
+                window_nonfinite |= not loss_finite
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    grad_norm = float(accelerator.clip_grad_norm_(params, args.max_grad_norm))
+                if accelerator.sync_gradients:
+                    # Clip at +inf when clipping is off: the norm is still needed to spot inf/nan.
+                    grad_norm = float(accelerator.clip_grad_norm_(params, args.max_grad_norm or math.inf))
+                    skipped = guard.check(not any_across_ranks(accelerator, window_nonfinite), grad_norm)
+                    if skipped:  # no gradients -> the optimizer (and fp16 scaler) step changes nothing
+                        optimizer.zero_grad(set_to_none=True)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            window_loss += float(loss.detach())
-            window_micro += 1
-            window_tokens += tokens
-            window_samples += batch["audio"].shape[0]
+            if loss_finite:
+                win["loss"] += float(loss.detach())
+                win["micro"] += 1
+            win["tokens"] += tokens
+            win["samples"] += batch["audio"].shape[0]
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
             step += 1
+            window_nonfinite = False
             bar.update(1)
+            if skipped:
+                log.warning(f"warning: step {step}: non-finite {'gradient' if loss_finite else 'loss'}; update "
+                            f"skipped ({guard.streak} in a row, the run stops at {args.max_nonfinite_steps})")
+                if metrics:
+                    metrics.write({"type": "nonfinite", "step": step, "epoch": epoch, "loss_finite": loss_finite,
+                                   "grad_norm": grad_norm if math.isfinite(grad_norm) else str(grad_norm),
+                                   "consecutive": guard.streak, "time": time.time() - t0})
+                if guard.exhausted:
+                    stop_reason, done = "non-finite", True
+                    break
             if step % args.logging_steps == 0 or step == total_steps:
                 elapsed = max(time.time() - window_start, 1e-9)
-                rec = {"type": "train", "step": step, "epoch": epoch, "train_loss": window_loss / window_micro,
-                       "learning_rate": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                       "samples_per_s": window_samples / elapsed, "tokens_per_s": window_tokens / elapsed,
-                       "peak_memory_mb": peak_memory_mb(device), "time": time.time() - t0}
-                bar.set_postfix(loss=f"{rec['train_loss']:.3f}", lr=f"{rec['learning_rate']:.2e}")
-                log.info(f"step {step}/{total_steps} epoch {epoch}: train loss {rec['train_loss']:.4f}, "
+                train_loss = mean_across_ranks(accelerator, win["loss"] / win["micro"] if win["micro"] else math.nan)
+                n = accelerator.num_processes
+                rec = {"type": "train", "step": step, "epoch": epoch,
+                       "train_loss": train_loss if math.isfinite(train_loss) else None,
+                       "learning_rate": scheduler.get_last_lr()[0], "grad_norm": grad_norm if math.isfinite(
+                           grad_norm) else None, "samples_per_s": n * win["samples"] / elapsed,
+                       "tokens_per_s": n * win["tokens"] / elapsed, "peak_memory_mb": peak_memory_mb(device),
+                       "time": time.time() - t0}
+                bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{rec['learning_rate']:.2e}")
+                log.info(f"step {step}/{total_steps} epoch {epoch}: train loss {train_loss:.4f}, "
                          f"lr {rec['learning_rate']:.2e}, {rec['samples_per_s']:.2f} samples/s")
                 if metrics:
                     metrics.write(rec)
-                window_loss, window_tokens, window_samples, window_micro = 0.0, 0, 0, 0
+                win = {"loss": 0.0, "micro": 0, "tokens": 0, "samples": 0}
                 window_start = time.time()
             if args.eval_steps and step % args.eval_steps == 0:
                 run_eval(epoch)
             if args.save_steps and step % args.save_steps == 0:
-                save_adapter(model, accelerator, output_dir / "checkpoints" / f"checkpoint-{step}",
-                             {"step": step, "epoch": epoch})
-            if step >= total_steps:
+                save_checkpoint(epoch, micro_in_epoch, epoch_start_rng)
+            if step >= total_steps or stop_reason:
                 done = True
                 break
         bar.close()
-        if not (args.eval_steps and step % args.eval_steps == 0 and step > 0):
+        if last_eval_step != step and stop_reason != "non-finite":
             run_eval(epoch)
-        if done:
+        if done or stop_reason:
             break
 
-    save_adapter(model, accelerator, output_dir / "final_model",
-                 {"step": step, "epoch": epoch, "valid_loss": last_eval["loss"]})
+    if stop_reason != "non-finite":
+        save_adapter(model, accelerator, output_dir / "final_model",
+                     {"step": step, "epoch": epoch, "valid_loss": last_eval["loss"]})
     wall = time.time() - t0
     summary = {"base_valid_loss": base["loss"], "best_valid_loss": best["loss"], "best_step": best["step"],
                "final_valid_loss": last_eval["loss"], "steps": step, "epochs": epoch, "wall_seconds": wall,
-               "uniform_loss": ln_v}
-    if accelerator.is_main_process:
+               "uniform_loss": ln_v, "stopped_reason": stop_reason or "completed",
+               "nonfinite_steps_skipped": guard.total, "resumed_from": str(resume_from) if resume_from else None}
+    if main:
         atomic_write_json(output_dir / "logs" / "summary.json", summary)
         metrics.close()
-        log.info(f"done in {wall:.1f} s, {step} optimizer steps")
+    accelerator.end_training()
+    if stop_reason == "non-finite":
+        last = ckpt.list_checkpoints(output_dir)
+        kept = ([f"{output_dir / 'best_model'} (step {best['step']})"] if best["saved"] else []) + \
+               ([f"last good checkpoint {last[-1][1]}"] if last else [])
+        raise UserError(f"training stopped at step {step}: {guard.streak} non-finite losses/gradients in a row "
+                        f"(--max_nonfinite_steps {args.max_nonfinite_steps}); lower --learning_rate or check the "
+                        f"data. Kept: {', '.join(kept) or 'nothing yet'}")
+    if main:
+        log.info(f"done in {wall:.1f} s, {step} optimizer steps"
+                 + (" (stopped early: no validation improvement)" if stop_reason == "early_stopping" else ""))
         log.info(f"validation loss: base {base['loss']:.4f} -> best {best['loss']:.4f} (step {best['step']}) -> "
                  f"final {last_eval['loss']:.4f}; uniform guess {ln_v:.4f}")
         log.info(f"best adapter:  {output_dir / 'best_model'}")

@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""Peak memory of a LoRA training step with and without --gradient_checkpointing.
+
+Each configuration runs in a fresh process (so one cannot inherit another's peak): load the model,
+attach LoRA as train_lora.py does, one warm-up step, then measure two training steps (EnCodec
+encode, teacher-forced forward, backward, AdamW step) -- the trainer's own functions.
+
+    python finetune/scripts/benchmark_memory.py --sizes tiny small --duration 2
+
+Peak memory is CUDA max_memory_allocated on a GPU and peak RSS (VmHWM, reset after loading) on a
+CPU. "step" is the peak above what the process held before the measured steps (mostly
+activations); the ratio compares checkpointing on / off. Models are random-weight MusicGens built
+offline by make_tiny_model.py (--size small has musicgen-small's real architecture).
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LORA = HERE.parent / "lora"
+
+
+def _status_kib(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def worker(args):
+    """One configuration; prints one JSON line."""
+    sys.path.insert(0, str(LORA))
+    import numpy as np
+    import torch
+
+    from dataset import Collator
+    from modeling import apply_lora, batch_loss, load_model_and_processor, model_info
+    from runtime import enable_gradient_checkpointing
+
+    torch.manual_seed(0)
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto"
+                                                                                 else args.device)
+    model, processor = load_model_and_processor(args.model_path, device=device)
+    model = apply_lora(model, 12, 24, 0.05)
+    if args.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    info = model_info(model)
+    n = int(args.duration * info["sample_rate"])
+    rng = np.random.default_rng(0)
+    items = [{"audio": (0.1 * rng.standard_normal(n)).astype(np.float32), "num_samples": n,
+              "description": "calm piano with soft strings", "index": i} for i in range(args.batch_size)]
+    batch = Collator(processor, n)(items)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model.train()
+
+    def step():
+        loss, _ = batch_loss(model, batch, 0.1, torch.Generator().manual_seed(0))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up: optimizer state and allocator caches exist before measuring
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        # glibc keeps freed blocks resident, so the warm-up's activations would still count in RSS:
+        # hand them back first, then reset VmHWM to the RSS of what is really live.
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _status_kib("VmRSS") * 1024
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = _status_kib("VmHWM") * 1024
+    print(json.dumps({"peak_mb": peak / 2**20, "step_mb": (peak - before) / 2**20, "held_mb": before / 2**20,
+                      "seconds_per_step": (time.perf_counter() - t) / args.steps, "device": device}))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=["tiny", "small"],
+                   help="Model sizes to measure (built offline with make_tiny_model.py).")
+    p.add_argument("--duration", type=float, default=2.0, help="Seconds of audio per clip.")
+    p.add_argument("--batch_size", type=int, default=2, help="Clips per step.")
+    p.add_argument("--steps", type=int, default=2, help="Measured training steps per configuration.")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda.")
+    p.add_argument("--work_dir", default=None, help="Where the built models are kept (default: a temp dir).")
+    p.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--model_path", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--gradient_checkpointing", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args._worker:
+        return worker(args)
+
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-mem-"))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    print(f"batch {args.batch_size} x {args.duration:g} s, {args.steps} measured steps, LoRA r=12 on the decoder")
+    print(f"{'model':6} {'checkpointing':13} {'peak MB':>9} {'step MB':>9} {'s/step':>7}")
+    for size in args.sizes:
+        model = work / f"musicgen-{size}"
+        if not (model / "config.json").is_file():
+            subprocess.run([sys.executable, str(HERE / "make_tiny_model.py"), "--output_dir", str(model),
+                            "--size", size], check=True, env=env, capture_output=True)
+        res = {}
+        for gc in (False, True):
+            cmd = [sys.executable, __file__, "--_worker", "--model_path", str(model), "--duration",
+                   str(args.duration), "--batch_size", str(args.batch_size), "--steps", str(args.steps),
+                   "--device", args.device] + (["--gradient_checkpointing"] if gc else [])
+            out = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True).stdout
+            res[gc] = json.loads(out.strip().splitlines()[-1])
+            r = res[gc]
+            print(f"{size:6} {'on' if gc else 'off':13} {r['peak_mb']:9.1f} {r['step_mb']:9.1f} "
+                  f"{r['seconds_per_step']:7.2f}   ({r['device']})")
+        off, on = res[False], res[True]
+        print(f"{size:6} on/off ratio: peak {on['peak_mb'] / off['peak_mb']:.3f}, step memory "
+              f"{on['step_mb'] / max(off['step_mb'], 1e-9):.3f}, time {on['seconds_per_step'] / off['seconds_per_step']:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Training that survives: SIGKILL + resume equals an uninterrupted run; kills during saves; refusals."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import checkpointing as ckpt
+from conftest import LORA, run_script
+
+# Default flags (LoRA dropout 0.05, text dropout 0.1) so every RNG the loop draws from is exercised;
+# 8 clips / batch 2 / accumulation 2 -> 2 optimizer steps per epoch, so checkpoint-3 sits mid-epoch.
+RUN = ("--num_epochs", 4, "--batch_size", 2, "--gradient_accumulation_steps", 2, "--target_duration", 2,
+       "--logging_steps", 1, "--save_steps", 3, "--no_progress")
+
+
+def _args(model, data, out, *extra):
+    return ["--model_path", model, "--data_dir", data, "--output_dir", out, *RUN, *extra]
+
+
+def _records(run):
+    return ckpt.read_metrics(run / "logs" / "metrics.jsonl")
+
+
+def _adapter(path):
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def _kill_after_checkpoint(cmd, run, step, timeout=300):
+    """Start a training run and SIGKILL it once checkpoint-`step` exists and a later step is logged."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run / "logs" / "metrics.jsonl"
+    deadline = time.time() + timeout
+    try:
+        while proc.poll() is None and time.time() < deadline:
+            if (run / "checkpoints" / f"checkpoint-{step}" / ckpt.STATE_FILE).is_file() and metrics.is_file():
+                lines = [line for line in metrics.read_text().splitlines() if line.endswith("}")]
+                if any(json.loads(line)["step"] > step for line in lines):
+                    proc.send_signal(signal.SIGKILL)
+                    break
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None and time.time() >= deadline:
+            proc.kill()
+        proc.wait()
+    return proc.returncode
+
+
+def test_sigkill_and_resume_matches_uninterrupted_run(tiny_model_dir, example_data_dir, tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    run_script("train_lora.py", *_args(tiny_model_dir, example_data_dir, full))
+
+    cmd = [sys.executable, str(LORA / "train_lora.py"), *map(str, _args(tiny_model_dir, example_data_dir, killed))]
+    assert _kill_after_checkpoint(cmd, killed, 3) == -signal.SIGKILL
+    assert not (killed / "final_model").exists()  # really killed mid-run
+    assert any(r["step"] > 3 for r in _records(killed))  # records past the checkpoint exist...
+
+    proc = run_script("train_lora.py", *_args(tiny_model_dir, example_data_dir, killed),
+                      "--resume_from_checkpoint", "latest")
+    assert "resumed from" in proc.stderr and "checkpoint-3" in proc.stderr
+    assert "step 3/8, epoch 2, 2 batches of this epoch already seen" in proc.stderr
+
+    a, b = _adapter(full / "final_model"), _adapter(killed / "final_model")
+    assert a.keys() == b.keys()
+    adapter_diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    ra, rb = _records(full), _records(killed)
+    # ...and were cut back on resume: same records, same order, no duplicates.
+    assert [(r["type"], r["step"]) for r in ra] == [(r["type"], r["step"]) for r in rb]
+    loss = lambda r: r.get("train_loss", r.get("valid_loss"))  # noqa: E731
+    loss_diff = max(abs(loss(x) - loss(y)) for x, y in zip(ra, rb))
+    print(f"resume equivalence: max |adapter diff| {adapter_diff:.3g}, max |logged loss diff| {loss_diff:.3g}")
+    assert adapter_diff < 1e-6 and loss_diff < 1e-6
+    # The run really moved the adapter (the comparison is not between two untouched inits).
+    assert max(float(v.abs().max()) for k, v in a.items() if "lora_B" in k) > 0
+    sa, sb = (json.loads((r / "logs" / "summary.json").read_text()) for r in (full, killed))
+    assert sa["best_valid_loss"] == pytest.approx(sb["best_valid_loss"], abs=1e-6) and sa["steps"] == sb["steps"] == 8
+    assert sb["resumed_from"].endswith("checkpoint-3")
+
+
+KILL_DURING_SAVE = r"""
+import os, signal, sys, torch
+sys.path.insert(0, sys.argv[1])
+from accelerate import Accelerator
+import checkpointing as ckpt
+from modeling import apply_lora, load_model_and_processor
+from pathlib import Path
+
+out = Path(sys.argv[3])
+model, _ = load_model_and_processor(sys.argv[2])
+model = apply_lora(model, 4, 8, 0.0)
+acc = Accelerator(cpu=True)
+params = [p for p in model.parameters() if p.requires_grad]
+opt = torch.optim.AdamW(params, lr=1e-2)
+model, opt = acc.prepare(model, opt)
+sched = torch.optim.lr_scheduler.LambdaLR(opt.optimizer, lambda s: 1.0)
+for p in params:  # one real optimizer step so the optimizer has state to save
+    p.grad = torch.ones_like(p)
+opt.step(); sched.step()
+state = {"step": 1, "metrics_offset": 0}
+ckpt.save_checkpoint(out / "checkpoints" / "checkpoint-1", acc, model, opt, sched, state, {"note": 1})
+with torch.no_grad():
+    for p in params:
+        p.add_(1.0)
+real_save = torch.save
+def dying_save(obj, f, *a, **k):  # the adapter and optimizer.pt are written, then the process dies
+    real_save(obj, f, *a, **k)
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = dying_save
+ckpt.save_checkpoint(out / "checkpoints" / f"checkpoint-{sys.argv[4]}", acc, model, opt, sched, state, {})
+"""
+
+
+@pytest.mark.parametrize("second", ["2", "1"], ids=["new-checkpoint", "same-folder"])
+def test_kill_during_save_leaves_previous_checkpoint_loadable(tiny_model_dir, tmp_path, second):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, str(LORA), str(tiny_model_dir), str(out), second],
+                          capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    folder = out / "checkpoints"
+    leftovers = [p.name for p in folder.iterdir() if p.name.startswith(".")]
+    assert leftovers and all(".tmp-" in n for n in leftovers)  # the half-written save
+    assert [p.name for p in folder.iterdir() if not p.name.startswith(".")] == ["checkpoint-1"]
+
+    path = ckpt.resolve_resume_path(out, "latest")  # also sweeps the temp dir away
+    assert path.name == "checkpoint-1" and not any(p.name.startswith(".") for p in folder.iterdir())
+    from accelerate import Accelerator
+    from modeling import apply_lora, load_model_and_processor
+
+    model, _ = load_model_and_processor(str(tiny_model_dir))
+    model = apply_lora(model, 4, 8, 0.0)
+    acc = Accelerator(cpu=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    model, opt = acc.prepare(model, torch.optim.AdamW(params, lr=1e-2))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt.optimizer, lambda s: 1.0)
+    state, mine = ckpt.load_checkpoint(path, acc, model, opt, sched)
+    assert state["step"] == 1 and mine["note"] == 1 and sched.last_epoch == 1
+    saved = _adapter(path)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    # The restored weights are the first save's (B moved from 0 to -lr by the one step), not the +1 ones.
+    assert all(torch.allclose(p, torch.full_like(p, -1e-2), atol=1e-6) for p in lora_b)
+    assert len(saved) == len(params)
+    assert all(len(s) for s in opt.state_dict()["state"].values())
+
+
+def test_interrupted_rename_is_recovered(tmp_path):
+    """A kill between atomic_dir's two renames leaves `.best_model.old-PID` and no best_model."""
+    (tmp_path / ".best_model.old-123").mkdir()
+    (tmp_path / ".best_model.old-123" / "adapter_config.json").write_text("{}")
+    (tmp_path / ".final_model.tmp-abc").mkdir()
+    ckpt.recover_interrupted_saves(tmp_path)
+    assert (tmp_path / "best_model" / "adapter_config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model"]
+
+
+def test_save_total_limit_keeps_newest(tmp_path):
+    for step in (2, 4, 6, 8):
+        (tmp_path / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+        (tmp_path / "checkpoints" / f"checkpoint-{step}" / ckpt.STATE_FILE).write_text("{}")
+    (tmp_path / "best_model").mkdir()
+    ckpt.rotate_checkpoints(tmp_path, 2)
+    assert [p.name for _, p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-6", "checkpoint-8"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-6", "checkpoint-8"]
+    assert (tmp_path / "best_model").is_dir()
+
+
+def _one_line_error(proc):
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    return lines[0]
+
+
+def test_resume_refusals_and_overwrite(tiny_model_dir, example_data_dir, tmp_path):
+    out = tmp_path / "run"
+    # Nothing to resume from: a clear line, nothing created.
+    err = _one_line_error(run_script("train_lora.py", *_args(tiny_model_dir, example_data_dir, out),
+                                     "--resume_from_checkpoint", "latest", check=False))
+    assert "no checkpoint to resume from" in err and not out.exists()
+
+    run_script("train_lora.py", *_args(tiny_model_dir, example_data_dir, out, "--max_steps", 3))
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    # A new run into it is refused, and nothing in it changes.
+    err = _one_line_error(run_script("train_lora.py", *_args(tiny_model_dir, example_data_dir, out), check=False))
+    assert str(out) in err and "--overwrite_output_dir" in err and "--resume_from_checkpoint" in err
+    # A resume that changes the batch layout is refused too.
+    err = _one_line_error(run_script("train_lora.py", *_args(tiny_model_dir, example_data_dir, out),
+                                     "--resume_from_checkpoint", "latest", "--batch_size", 1, check=False))
+    assert "batch_size: 2 -> 1" in err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+    # --overwrite_output_dir replaces the old run: no stale checkpoint survives for `latest` to pick.
+    run_script("train_lora.py", *_args(tiny_model_dir, example_data_dir, out, "--max_steps", 2, "--save_steps", 2,
+                                       "--overwrite_output_dir"))
+    assert [p.name for _, p in ckpt.list_checkpoints(out)] == ["checkpoint-2"]
+    assert max(r["step"] for r in _records(out)) == 2
