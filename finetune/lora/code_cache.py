@@ -163,3 +163,19 @@ def open_training_cache(args, model, sample_rate: int, splits: dict, device=None
         log.info(f"code cache {cache_dir}: {name} {f['files']} clips, {f['cached']} cached, {f['encoded']} encoded "
                  f"({f['files_per_s']:.1f} files/s)")
     return out
+
+
+def pretokenize(model_path: str, data_dir, metadata_file="metadata.json", cache_dir=None, device="auto",
+                progress=True) -> dict:
+    """Fill the cache for every clip in metadata.json ahead of training; returns fill statistics."""
+    from common import resolve_device
+    from dataset import read_metadata
+    from modeling import load_model_and_processor, model_info
+
+    splits = read_metadata(data_dir, metadata_file)
+    clips = splits["train"] + splits["valid"]
+    model, _ = load_model_and_processor(model_path, device=resolve_device(device))
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(data_dir)
+    cache = CodeCache(cache_dir, model, model_info(model)["sample_rate"])
+    cache.fill(clips, desc="pretokenizing", progress=progress)
+    return {**cache.last_fill, "cache_dir": str(cache_dir)}
