@@ -16,7 +16,7 @@ without one those figures are skipped (said in the output).
 import argparse
 import json
 import os
-import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -131,11 +131,14 @@ def bench_model(size, work, args, device):
     print(f"[{size}] model {model_dir.name} ready in {time.time() - t0:.0f} s; {n_clips} clips of "
           f"{args.duration:g} s, batch {batch}, {steps} timed steps (+1 warm-up) per mode", flush=True)
 
+    shutil.rmtree(work / f"cache-{size}", ignore_errors=True)  # pre-tokenisation is timed from empty
     cache = CodeCache(work / f"cache-{size}", model, info["sample_rate"])
     files = cache.fill(clips, progress=False)
     fill = cache.last_fill
     res = {"pretokenize_files_per_s": fill["files_per_s"], "pretokenize_audio_s_per_s":
            fill["files_per_s"] * args.duration, "encoded": fill["encoded"]}
+    print(f"[{size}] pre-tokenised {fill['files']} clips at {fill['files_per_s']:.2f} files/s; timing steps",
+          flush=True)
     res["uncached"] = time_training(model, processor, clips, args.duration, batch, steps, device)
     res["cached"] = time_training(model, processor, clips, args.duration, batch, steps, device, code_files=files)
     # Same data, same seeds, same LoRA weights at step 0: the first losses agree across modes.
@@ -178,14 +181,14 @@ def rss_child(data: Path, metadata_file: str, model_dir: Path, cache_dir: Path):
     for batch in loader:
         tokens += int((build_delay_pattern_labels(batch["codes"], batch["num_frames"]) != -100).sum())
         data_peak = max(data_peak, current_rss_mb())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = current_rss_mb("VmHWM:")  # not ru_maxrss: Linux carries the parent's over fork+exec
     print(json.dumps({"clips": len(clips), "base_mb": base, "data_peak_mb": data_peak, "peak_mb": peak,
                       "tokens": tokens, "encoded": cache.last_fill["encoded"]}))
 
 
-def current_rss_mb() -> float:
+def current_rss_mb(field="VmRSS:") -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field):
             return int(line.split()[1]) / 1024
     return float("nan")
 
