@@ -186,17 +186,48 @@ def crop(wav: np.ndarray, num_samples: int, rng: np.random.Generator | None) -> 
 # --------------------------------------------------------------------------------------------
 # Dataset and collation
 # --------------------------------------------------------------------------------------------
-class MusicDataset(torch.utils.data.Dataset):
-    """Clips cropped to the target duration. Padding happens in the collator and is masked there.
+def choose_frame_offset(total_valid_frames: int, window_frames: int, rng: np.random.Generator | None) -> int:
+    """First code frame of the training window: random in training (rng given), 0 in validation."""
+    if rng is None or total_valid_frames <= window_frames:
+        return 0
+    return int(rng.integers(0, total_valid_frames - window_frames + 1))
 
-    Random crops are drawn from a generator seeded by (seed, epoch, index): the same run gives the
+
+def crop_codes(codes: torch.Tensor, num_samples: int, frame_offset: int, window_frames: int, hop_length: int):
+    """Window of a whole clip's codes (K, T) -> (codes (K, <= window), number of valid frames).
+
+    Cached and uncached training both crop here, from the codes of the whole clip, so they see the
+    same tokens: EnCodec's LSTM and non-causal convolutions make the codes of an audio crop differ
+    from a crop of the codes near the crop's edges. Frames covering samples past the clip's end
+    (its last partial hop) are not valid and get masked.
+    """
+    window = codes[:, frame_offset:frame_offset + window_frames]
+    total_valid = valid_frames_for_samples(num_samples, hop_length)
+    return window, max(0, min(window_frames, total_valid - frame_offset, window.shape[1]))
+
+
+class MusicDataset(torch.utils.data.Dataset):
+    """Clips with a training window picked in code frames. Padding happens in the collator, masked.
+
+    With `code_files` (one code-cache entry per clip, see code_cache.py) an item carries the codes of
+    the window; without, it carries the whole clip's audio and the window's frame offset, and the
+    training step encodes the clip and crops the same window (modeling.codes_for_batch). Either way
+    only one clip is in memory at a time: the dataset streams.
+
+    Random windows are drawn from a generator seeded by (seed, epoch, index): the same run gives the
     same crops, and a resumed run gets the crops the uninterrupted one would have.
     """
 
-    def __init__(self, clips: list[Clip], sample_rate: int, target_duration: float, train: bool, seed: int = 0):
+    def __init__(self, clips: list[Clip], sample_rate: int, target_duration: float, train: bool, seed: int = 0,
+                 hop_length: int = 640, code_files: list[str] | None = None):
+        if code_files is not None and len(code_files) != len(clips):
+            raise ValueError("one code file per clip expected")
         self.clips = clips
         self.sample_rate = sample_rate
         self.num_samples = int(round(target_duration * sample_rate))
+        self.hop_length = hop_length
+        self.window_frames = num_frames_for_samples(self.num_samples, hop_length)
+        self.code_files = code_files
         self.train = train
         self.seed = seed
         self.epoch = 0
@@ -209,38 +240,64 @@ class MusicDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, idx):
         clip = self.clips[idx]
-        wav = load_audio(clip.audio_path, self.sample_rate)
+        if self.code_files is not None:
+            from code_cache import load_codes
+
+            codes, num_samples = load_codes(self.code_files[idx])
+        else:
+            wav = load_audio(clip.audio_path, self.sample_rate)
+            num_samples = len(wav)
         rng = np.random.default_rng((self.seed, self.epoch, idx)) if self.train else None
-        wav = crop(wav, self.num_samples, rng)
-        return {"audio": wav, "num_samples": len(wav), "description": clip.description, "index": idx}
+        offset = choose_frame_offset(valid_frames_for_samples(num_samples, self.hop_length), self.window_frames, rng)
+        item = {"description": clip.description, "index": idx, "frame_offset": offset, "num_samples": num_samples}
+        if self.code_files is not None:
+            item["codes"], item["num_frames"] = crop_codes(codes, num_samples, offset, self.window_frames,
+                                                           self.hop_length)
+        else:
+            item["audio"] = wav
+        return item
 
 
 class Collator:
-    """Pads audio to the target length and tokenizes descriptions.
+    """Batches items and tokenizes descriptions.
 
-    `padding_mask` marks real samples; the training step turns it into masked labels through
-    build_delay_pattern_labels, so padded frames never become targets.
+    Code items -> `codes` (B, K, window) zero-padded + `num_frames` (B,) valid frames.
+    Audio items -> `audio` (B, longest clip) zero-padded + `num_samples`, `frame_offset`, `window_frames`;
+    modeling.codes_for_batch encodes each clip alone and crops the same window.
+    Either way build_delay_pattern_labels masks every frame past the valid ones, so padding is never
+    a target.
     """
 
-    def __init__(self, processor, num_samples: int):
+    def __init__(self, processor, num_samples: int, hop_length: int = 640):
         self.tokenizer = processor.tokenizer
-        self.num_samples = num_samples
+        self.window_frames = num_frames_for_samples(num_samples, hop_length)
 
     def __call__(self, items):
-        audio = torch.zeros(len(items), self.num_samples)
-        lengths = torch.zeros(len(items), dtype=torch.long)
-        for i, item in enumerate(items):
-            n = min(item["num_samples"], self.num_samples)
-            audio[i, :n] = torch.from_numpy(item["audio"][:n])
-            lengths[i] = n
+        b = len(items)
         text = self.tokenizer([it["description"] for it in items], padding=True, return_tensors="pt")
-        return {
-            "input_ids": text["input_ids"],
-            "attention_mask": text["attention_mask"],
-            "audio": audio,
-            "num_samples": lengths,
-            "index": torch.tensor([it["index"] for it in items]),
-        }
+        batch = {"input_ids": text["input_ids"], "attention_mask": text["attention_mask"],
+                 "index": torch.tensor([it["index"] for it in items])}
+        if all("codes" in it for it in items):
+            k = items[0]["codes"].shape[0]
+            codes = torch.zeros(b, k, self.window_frames, dtype=torch.long)
+            for i, it in enumerate(items):
+                codes[i, :, :it["codes"].shape[1]] = it["codes"][:, :self.window_frames]
+            batch["codes"] = codes
+            batch["num_frames"] = torch.tensor([it["num_frames"] for it in items], dtype=torch.long)
+            return batch
+        longest = max(it["num_samples"] for it in items)
+        audio = torch.zeros(b, longest)
+        for i, it in enumerate(items):
+            audio[i, :it["num_samples"]] = torch.from_numpy(it["audio"])
+        batch["audio"] = audio
+        batch["num_samples"] = torch.tensor([it["num_samples"] for it in items], dtype=torch.long)
+        batch["frame_offset"] = torch.tensor([it.get("frame_offset", 0) for it in items], dtype=torch.long)
+        batch["window_frames"] = torch.full((b,), self.window_frames, dtype=torch.long)
+        return batch
+
+
+def batch_size_of(batch) -> int:
+    return int(batch["input_ids"].shape[0])
 
 
 def padding_report(clips: list[Clip], target_duration: float, hop_seconds: float = 0.02) -> dict:

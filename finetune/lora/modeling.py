@@ -7,7 +7,7 @@ import torch
 from tqdm.auto import tqdm
 
 from common import UserError, log
-from dataset import build_delay_pattern_labels, valid_frames_for_samples
+from dataset import build_delay_pattern_labels, crop_codes
 
 # Decoder attention (self and cross) and FFN, as in the seeds' adapters. The regex keeps LoRA off
 # the T5 text encoder and EnCodec whatever names they use.
@@ -111,23 +111,52 @@ def load_adapter(base_model, adapter_path: str, adapter_name: str = "default", i
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def encode_audio(model, audio: torch.Tensor) -> torch.Tensor:
-    """(B, N) float audio -> (B, K, T) EnCodec codes with the model's own codec (frozen)."""
+    """(B, N) float audio -> (B, K, T) EnCodec codes with the model's own codec (frozen).
+
+    Always in the codec's own dtype with autocast off: codes must not depend on --fp16/--bf16, or
+    cached and uncached training would see different tokens.
+    """
     base = unwrap_base(model)
     codec = base.audio_encoder
     param = next(codec.parameters())
-    out = codec.encode(audio.unsqueeze(1).to(param.device, param.dtype))
+    with torch.autocast(device_type=param.device.type, enabled=False):
+        out = codec.encode(audio.unsqueeze(1).to(param.device, param.dtype))
     codes = out.audio_codes  # (chunks=1, B, K, T)
     if codes.shape[0] != 1:
         raise ValueError("EnCodec returned several chunks; MusicGen's codec must not chunk")
     return codes[0]
 
 
+def encode_clip(model, wav: torch.Tensor) -> torch.Tensor:
+    """One whole clip (N,) -> codes (K, T). The code cache and the uncached path both encode here, one
+    clip at a time, so that zero-padding a batch cannot change a clip's last frames."""
+    return encode_audio(model, wav.reshape(1, -1))[0]
+
+
+def codes_for_batch(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes (B, K, T), valid frames (B,)) of a batch: from the cache when it carries `codes`, else by
+    encoding each whole clip and cropping the window the dataset picked (dataset.crop_codes)."""
+    if "codes" in batch:
+        return batch["codes"], batch["num_frames"]
+    hop = model_info(model)["hop_length"]
+    audio, lengths = batch["audio"], batch["num_samples"].tolist()
+    b = audio.shape[0]
+    offsets = batch["frame_offset"].tolist() if "frame_offset" in batch else [0] * b
+    window = int(batch["window_frames"][0]) if "window_frames" in batch else -(-audio.shape[1] // hop)
+    rows, valid = [], []
+    for i in range(b):
+        whole = encode_clip(model, audio[i, :lengths[i]])
+        codes, n_valid = crop_codes(whole, lengths[i], offsets[i], window, hop)
+        rows.append(torch.nn.functional.pad(codes, (0, window - codes.shape[1])))
+        valid.append(n_valid)
+    codes = torch.stack(rows)
+    return codes, torch.tensor(valid, dtype=torch.long, device=codes.device)
+
+
 def labels_for_batch(model, batch) -> torch.Tensor:
-    """Audio batch -> delay-pattern labels with padded frames masked (the only route to labels)."""
-    info = model_info(model)
-    codes = encode_audio(model, batch["audio"])
-    valid = valid_frames_for_samples(batch["num_samples"].to(codes.device), info["hop_length"])
-    return build_delay_pattern_labels(codes, valid)
+    """Batch -> delay-pattern labels with padded frames masked (the only route to labels)."""
+    codes, valid = codes_for_batch(model, batch)
+    return build_delay_pattern_labels(codes, valid.to(codes.device))
 
 
 def masked_token_nll(logits: torch.Tensor, labels: torch.Tensor):

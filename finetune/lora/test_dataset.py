@@ -42,7 +42,7 @@ def main(argv=None):
         durations, valid_tokens, total_tokens = [], 0, 0
         for i in range(len(ds)):
             item = ds[i]
-            durations.append(item["num_samples"] / sr)
+            durations.append(min(item["num_samples"], ds.num_samples) / sr)
             valid = valid_frames_for_samples(item["num_samples"], hop)
             labels = build_delay_pattern_labels(torch.zeros(k, frames, dtype=torch.long), valid)
             valid_tokens += int((labels != -100).sum())

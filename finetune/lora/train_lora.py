@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Upper bound on the window in seconds (kept for older command lines); the window is "
                         "min(target_duration, max_duration).")
     a.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes for audio decoding.")
+    a.add_argument("--cache_dir", default=None,
+                   help="EnCodec code cache (default: DATA_DIR/.codes_cache); each clip is encoded once and "
+                        "re-encoded only when its audio, the codec or the sample rate changes.")
+    a.add_argument("--no_cache", action="store_true",
+                   help="Encode clips with EnCodec at every step instead of reading cached codes (same tokens, "
+                        "slower).")
 
     l = p.add_argument_group("LoRA")
     l.add_argument("--lora_rank", type=int, default=12, help="LoRA rank r.")

@@ -16,8 +16,9 @@ import torch
 from tqdm.auto import tqdm
 
 import checkpointing as ckpt
+from code_cache import open_training_cache
 from common import UserError, atomic_dir, atomic_write_json, log, seed_everything, uniform_loss
-from dataset import Collator, MusicDataset, padding_report, read_metadata
+from dataset import Collator, MusicDataset, batch_size_of, padding_report, read_metadata
 from guards import EarlyStopping, NonFiniteGuard, parse_steps
 from modeling import (apply_lora, batch_loss, count_parameters, evaluate_loss, load_model_and_processor,
                       model_info)
@@ -102,12 +103,19 @@ def train(args):
              f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
 
     sr = info["sample_rate"]
-    collate = Collator(processor, int(round(window * sr)))
-    train_set = MusicDataset(splits["train"], sr, window, train=True, seed=args.seed)
+    hop = info["hop_length"]
+    collate = Collator(processor, int(round(window * sr)), hop)
     valid_clips = splits["valid"] or splits["train"][: max(1, len(splits["train"]) // 10)]
     if not splits["valid"]:
         log.warning("warning: metadata has no valid split; validating on a slice of the training clips")
-    valid_set = MusicDataset(valid_clips, sr, window, train=False, seed=args.seed)
+    # Codes come from the on-disk cache (each clip encoded once, ever) unless --no_cache.
+    with accelerator.main_process_first():
+        code_files = open_training_cache(args, model, sr, {"train": splits["train"], "valid": valid_clips},
+                                         device=device, progress=not args.no_progress)
+    train_set = MusicDataset(splits["train"], sr, window, train=True, seed=args.seed, hop_length=hop,
+                             code_files=code_files["train"])
+    valid_set = MusicDataset(valid_clips, sr, window, train=False, seed=args.seed, hop_length=hop,
+                             code_files=code_files["valid"])
     pad = padding_report(splits["train"], window)
     if pad["padded_fraction"] is not None:
         log.info(f"train clips: {len(train_set)}, valid clips: {len(valid_set)}; {pad['shorter_than_target']} "
@@ -285,7 +293,7 @@ def train(args):
                 win["loss"] += float(loss.detach())
                 win["micro"] += 1
             win["tokens"] += tokens
-            win["samples"] += batch["audio"].shape[0]
+            win["samples"] += batch_size_of(batch)
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()

@@ -1,0 +1,181 @@
+"""On-disk cache of EnCodec codes, so each clip is encoded at most once across epochs and runs.
+
+A cache entry holds the codes of the WHOLE clip (never a crop) as a safetensors file: random training
+crops are taken in code frames from it (dataset.crop_codes), so one entry serves every epoch.
+
+The key is sha256 over
+  - the audio file's bytes (content, not its path or mtime: a re-exported file re-encodes),
+  - the codec's identity: its config and every weight of `audio_encoder` (another checkpoint, or a
+    fine-tuned codec, re-encodes), and the dtype it runs in,
+  - the settings that decide the samples it sees: sample rate, mono mix, resampler, whole-clip
+    encoding, cache format.
+Change any of them and the key changes, so a stale entry is never read. Entries are written to a
+temp name and renamed, so a killed run leaves no half-written file.
+
+Layout: CACHE_DIR/<key[:2]>/<key>.safetensors with tensor "codes" (K, T) int32 and metadata
+num_samples, sample_rate, source.
+"""
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from common import UserError, log
+
+CACHE_FORMAT = 1
+DEFAULT_CACHE_NAME = ".codes_cache"
+
+
+def file_sha256(path, chunk=1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def codec_identity(model) -> str:
+    """sha256 of the codec's config and weights (computed once per run; ~0.5 s for musicgen-small's)."""
+    base = getattr(model, "get_base_model", lambda: model)()
+    codec = base.audio_encoder
+    h = hashlib.sha256()
+    cfg = {k: v for k, v in codec.config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(codec.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def load_codes(path) -> tuple[torch.Tensor, int]:
+    """Read one entry: (codes (K, T) long, num_samples of the clip it encodes)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            codes = f.get_tensor("codes").long()
+        return codes, int(meta["num_samples"])
+    except Exception as e:  # truncated by hand, disk error...
+        raise UserError(f"{path}: unreadable code cache entry ({type(e).__name__}: {e}); delete it (it is "
+                        f"re-encoded on the next run) or train with --no_cache") from None
+
+
+class CodeCache:
+    """Codes of whole clips, keyed by audio content + codec identity + settings (see module doc)."""
+
+    def __init__(self, cache_dir, model, sample_rate: int):
+        from modeling import model_info
+
+        self.dir = Path(cache_dir)
+        self.model = model
+        param = next(getattr(model, "get_base_model", lambda: model)().audio_encoder.parameters())
+        self.settings = {"format": CACHE_FORMAT, "sample_rate": int(sample_rate), "channels": "mono-mean",
+                         "resampler": "soxr_hq", "encode": "whole-clip", "dtype": str(param.dtype),
+                         "hop_length": model_info(model)["hop_length"]}
+        self.codec_id = codec_identity(model)
+        self.stats = {"hits": 0, "misses": 0}
+
+    def key(self, audio_path) -> str:
+        payload = {"audio": file_sha256(audio_path), "codec": self.codec_id, "settings": self.settings}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def entry_path(self, key: str) -> Path:
+        return self.dir / key[:2] / f"{key}.safetensors"
+
+    def encode(self, audio_path) -> tuple[torch.Tensor, int]:
+        """Decode and encode a whole clip exactly as the uncached training path does."""
+        from dataset import load_audio
+        from modeling import encode_clip
+
+        wav = load_audio(audio_path, self.settings["sample_rate"])
+        return encode_clip(self.model, torch.from_numpy(wav)).cpu(), len(wav)
+
+    def get_or_encode(self, audio_path) -> Path:
+        """Path of the clip's entry, encoding and storing it first on a miss."""
+        path = self.entry_path(self.key(audio_path))
+        if path.is_file():
+            self.stats["hits"] += 1
+            return path
+        codes, num_samples = self.encode(audio_path)
+        self._write(path, codes, num_samples, audio_path)
+        self.stats["misses"] += 1
+        return path
+
+    def _write(self, path: Path, codes: torch.Tensor, num_samples: int, source):
+        from safetensors.torch import save_file
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file({"codes": codes.to(torch.int32).contiguous()}, tmp,
+                      metadata={"num_samples": str(num_samples), "sample_rate": str(self.settings["sample_rate"]),
+                                "source": str(source)})
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def fill(self, clips, desc="encoding", progress=True) -> list[str]:
+        """Entry paths for these clips (in order), encoding the missing ones with a files/s bar."""
+        paths = []
+        start = time.time()
+        hits0, misses0 = self.stats["hits"], self.stats["misses"]
+        bar = tqdm(clips, desc=desc, unit="file", disable=not progress, leave=False)
+        for clip in bar:
+            paths.append(str(self.get_or_encode(getattr(clip, "audio_path", clip))))
+        elapsed = time.time() - start
+        misses = self.stats["misses"] - misses0
+        hits = self.stats["hits"] - hits0
+        self.last_fill = {"files": len(paths), "encoded": misses, "cached": hits, "seconds": elapsed,
+                          "files_per_s": len(paths) / elapsed if elapsed > 0 else float("inf")}
+        return paths
+
+
+def default_cache_dir(data_dir) -> Path:
+    return Path(data_dir) / DEFAULT_CACHE_NAME
+
+
+def open_training_cache(args, model, sample_rate: int, splits: dict, device=None, progress=True) -> dict:
+    """For train_lora.py: entry paths per split ({split: [path, ...]}), or {split: None} with --no_cache.
+
+    The codec runs on `device` (the GPU when there is one) and in fp32: the codes must not depend on
+    the trainer's autocast.
+    """
+    if getattr(args, "no_cache", False):
+        return {name: None for name in splits}
+    cache_dir = Path(args.cache_dir) if getattr(args, "cache_dir", None) else default_cache_dir(args.data_dir)
+    base = getattr(model, "get_base_model", lambda: model)()
+    cache = CodeCache(cache_dir, model, sample_rate)
+    if device is not None:
+        base.audio_encoder.to(device)
+    out = {}
+    for name, clips in splits.items():
+        out[name] = cache.fill(clips, desc=f"codes ({name})", progress=progress)
+        f = cache.last_fill
+        log.info(f"code cache {cache_dir}: {name} {f['files']} clips, {f['cached']} cached, {f['encoded']} encoded "
+                 f"({f['files_per_s']:.1f} files/s)")
+    return out
+
+
+def pretokenize(model_path: str, data_dir, metadata_file="metadata.json", cache_dir=None, device="auto",
+                progress=True) -> dict:
+    """Fill the cache for every clip in metadata.json ahead of training; returns fill statistics."""
+    from common import resolve_device
+    from dataset import read_metadata
+    from modeling import load_model_and_processor, model_info
+
+    splits = read_metadata(data_dir, metadata_file)
+    clips = splits["train"] + splits["valid"]
+    model, _ = load_model_and_processor(model_path, device=resolve_device(device))
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(data_dir)
+    cache = CodeCache(cache_dir, model, model_info(model)["sample_rate"])
+    cache.fill(clips, desc="pretokenizing", progress=progress)
+    return {**cache.last_fill, "cache_dir": str(cache_dir)}

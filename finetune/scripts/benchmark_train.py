@@ -1,0 +1,289 @@
+#!/usr/bin/env python
+"""Training throughput with and without the EnCodec code cache, pre-tokenisation speed, and peak RSS
+of the streaming dataset at 100 vs 10,000 clips -- all measured in one run, printed with ratios.
+
+    python finetune/scripts/benchmark_train.py                 # tiny model only (~1 min on 2 cores)
+    python finetune/scripts/benchmark_train.py --size small    # + musicgen-small architecture at 15 s
+
+Models are built offline with make_tiny_model.py (random weights: speed and memory are those of the
+real architecture, losses are not meaningful). Training steps are real LoRA steps (forward, backward,
+AdamW) through modeling.batch_loss, from the same DataLoader/Collator the trainer uses; the first
+step of each mode is a warm-up and not timed. Peak RSS is measured in fresh subprocesses that read
+the metadata, look every clip up in the cache (hashing its file) and run one epoch of batches.
+With a CUDA GPU the throughput runs on it and peak GPU memory is printed at batch 1, 2 and 4;
+without one those figures are skipped (said in the output).
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LORA = HERE.parent / "lora"
+sys.path.insert(0, str(LORA))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
+
+SR = 32000
+
+
+def build_model(size: str, work: Path) -> Path:
+    out = work / f"{size}-musicgen"
+    if not (out / "config.json").is_file():
+        subprocess.run([sys.executable, str(HERE / "make_tiny_model.py"), "--output_dir", str(out), "--size", size],
+                       check=True, capture_output=True)
+    return out
+
+
+def synth_clips(folder: Path, count: int, seconds: float, seed: int = 0, prefix="clip") -> list[dict]:
+    """Distinct clips (chords + noise), written as 16-bit WAV at 32 kHz."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    entries = []
+    for i in range(count):
+        f = 110 * 2 ** (rng.integers(0, 24) / 12)
+        x = sum(np.sin(2 * np.pi * f * r * t + rng.random()) for r in (1, 1.26, 1.5)) * 0.2
+        x = (x + rng.standard_normal(len(t)) * 0.02).astype(np.float32)
+        name = f"{prefix}_{i:05d}.wav"
+        sf.write(folder / name, x, SR, subtype="PCM_16")
+        entries.append({"audio": f"train/{name}", "description": f"synthetic chord {i % 7}", "duration": seconds})
+    return entries
+
+
+def write_metadata(data: Path, entries: list[dict], name="metadata.json"):
+    (data / name).write_text(json.dumps({"train": entries, "valid": []}))
+
+
+# --------------------------------------------------------------------------------------------
+# Training throughput
+# --------------------------------------------------------------------------------------------
+def time_training(model, processor, clips, window_s, batch_size, steps, device, code_files=None):
+    from dataset import Collator, MusicDataset
+    from modeling import batch_loss, model_info
+
+    info = model_info(model)
+    ds = MusicDataset(clips, info["sample_rate"], window_s, train=True, seed=0, hop_length=info["hop_length"],
+                      code_files=code_files)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False,
+                                         collate_fn=Collator(processor, int(window_s * info["sample_rate"]),
+                                                             info["hop_length"]))
+    params = [p for p in model.parameters() if p.requires_grad]
+    start_weights = [p.detach().clone() for p in params]  # every mode starts from the same LoRA weights
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)  # LoRA dropout
+    model.train()
+    timed, samples, tokens, losses = 0.0, 0, 0, []
+    it = iter(loader)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for step in range(steps + 1):  # step 0 is a warm-up
+        start = time.perf_counter()
+        batch = next(it)  # data loading (decode, or read cached codes) is part of the step
+        loss, n_tok = batch_loss(model, batch, 0.1, gen)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step:
+            timed += time.perf_counter() - start
+            samples += batch["input_ids"].shape[0]
+            tokens += n_tok
+        losses.append(float(loss.detach()))
+    with torch.no_grad():
+        for p, w in zip(params, start_weights):
+            p.copy_(w)
+    out = {"samples_per_s": samples / timed, "tokens_per_s": tokens / timed, "seconds_per_step": timed / steps,
+           "first_loss": losses[0]}
+    if device.type == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def bench_model(size, work, args, device):
+    from code_cache import CodeCache
+    from dataset import read_metadata
+    from modeling import apply_lora, load_model_and_processor, model_info
+
+    steps = args.steps or (2 if size == "small" else 4)
+    batch = args.batch_size or (1 if size == "small" else 2)
+    t0 = time.time()
+    model_dir = build_model(size, work)
+    data = work / f"data-{size}"
+    n_clips = batch * (steps + 1)
+    if not (data / "metadata.json").is_file():
+        write_metadata(data, synth_clips(data / "train", n_clips, args.duration, seed=1))
+    clips = read_metadata(data)["train"]
+    model, processor = load_model_and_processor(str(model_dir), device=str(device))
+    model = apply_lora(model, 12, 24, 0.05)
+    info = model_info(model)
+    print(f"[{size}] model {model_dir.name} ready in {time.time() - t0:.0f} s; {n_clips} clips of "
+          f"{args.duration:g} s, batch {batch}, {steps} timed steps (+1 warm-up) per mode", flush=True)
+
+    shutil.rmtree(work / f"cache-{size}", ignore_errors=True)  # pre-tokenisation is timed from empty
+    cache = CodeCache(work / f"cache-{size}", model, info["sample_rate"])
+    files = cache.fill(clips, progress=False)
+    fill = cache.last_fill
+    res = {"pretokenize_files_per_s": fill["files_per_s"], "pretokenize_audio_s_per_s":
+           fill["files_per_s"] * args.duration, "encoded": fill["encoded"]}
+    print(f"[{size}] pre-tokenised {fill['files']} clips at {fill['files_per_s']:.2f} files/s; timing steps",
+          flush=True)
+    res["uncached"] = time_training(model, processor, clips, args.duration, batch, steps, device)
+    res["cached"] = time_training(model, processor, clips, args.duration, batch, steps, device, code_files=files)
+    # Same data, same seeds, same LoRA weights at step 0: the first losses agree across modes.
+    res["first_loss_delta"] = abs(res["cached"]["first_loss"] - res["uncached"]["first_loss"])
+    res["ratio"] = res["cached"]["samples_per_s"] / res["uncached"]["samples_per_s"]
+    res.update(size=size, batch=batch, steps=steps, device=str(device))
+    if device.type == "cuda":
+        res["peak_gpu_mb_by_batch"] = {}
+        for b in (1, 2, 4):
+            need = b * 2
+            extra = [c for c in read_metadata(data)["train"]]
+            extra = (extra * (need // len(extra) + 1))[:need]
+            torch.cuda.empty_cache()
+            r = time_training(model, processor, extra, args.duration, b, 1, device,
+                              code_files=cache.fill(extra, progress=False))
+            res["peak_gpu_mb_by_batch"][b] = r["peak_gpu_mb"]
+    del model
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# Peak RSS of the streaming dataset (child processes)
+# --------------------------------------------------------------------------------------------
+def rss_child(data: Path, metadata_file: str, model_dir: Path, cache_dir: Path):
+    from code_cache import CodeCache
+    from dataset import Collator, MusicDataset, build_delay_pattern_labels, read_metadata
+    from modeling import load_model_and_processor, model_info
+
+    model, processor = load_model_and_processor(str(model_dir))
+    info = model_info(model)
+    base = current_rss_mb()
+    clips = read_metadata(data, metadata_file)["train"]
+    cache = CodeCache(cache_dir, model, info["sample_rate"])
+    files = cache.fill(clips, progress=False)
+    ds = MusicDataset(clips, info["sample_rate"], 0.2, train=True, hop_length=info["hop_length"], code_files=files)
+    loader = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True,
+                                         collate_fn=Collator(processor, int(0.2 * info["sample_rate"]),
+                                                             info["hop_length"]))
+    tokens, data_peak = 0, current_rss_mb()
+    for batch in loader:
+        tokens += int((build_delay_pattern_labels(batch["codes"], batch["num_frames"]) != -100).sum())
+        data_peak = max(data_peak, current_rss_mb())
+    peak = current_rss_mb("VmHWM:")  # not ru_maxrss: Linux carries the parent's over fork+exec
+    print(json.dumps({"clips": len(clips), "base_mb": base, "data_peak_mb": data_peak, "peak_mb": peak,
+                      "tokens": tokens, "encoded": cache.last_fill["encoded"]}))
+
+
+def current_rss_mb(field="VmRSS:") -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def seed_rss_set(work: Path, model_dir: Path, count: int) -> Path:
+    """count distinct 0.2 s clips and their cache entries (encoded in batches: one call per 500 clips,
+    since one EnCodec call per clip would take minutes here and the child measures memory, not speed)."""
+    from code_cache import CodeCache
+    from modeling import encode_audio, load_model_and_processor, model_info
+
+    data = work / "rss-data"
+    if (data / "metadata-10000.json").is_file():
+        return data
+    entries = synth_clips(data / "train", count, 0.2, seed=2, prefix="rss")
+    write_metadata(data, entries, f"metadata-{count}.json")
+    write_metadata(data, entries[:100], "metadata-100.json")
+    model, _ = load_model_and_processor(str(model_dir))
+    cache = CodeCache(work / "rss-cache", model, model_info(model)["sample_rate"])
+    paths = [data / e["audio"] for e in entries]
+    for i in range(0, len(paths), 500):
+        chunk = paths[i:i + 500]
+        wavs = torch.from_numpy(np.stack([sf.read(p, dtype="float32")[0] for p in chunk]))
+        codes = encode_audio(model, wavs)
+        for p, c in zip(chunk, codes):
+            cache._write(cache.entry_path(cache.key(p)), c, wavs.shape[1], p)
+    return data
+
+
+def bench_rss(work: Path, model_dir: Path, counts=(100, 10000)):
+    data = seed_rss_set(work, model_dir, max(counts))
+    out = {}
+    for n in counts:
+        proc = subprocess.run([sys.executable, __file__, "--_rss_child", str(data), f"metadata-{n}.json",
+                               str(model_dir), str(work / "rss-cache")], capture_output=True, text=True, check=True)
+        out[n] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=["tiny", "small"], default="tiny",
+                   help="tiny: the tiny model only; small: the tiny model and the musicgen-small architecture.")
+    p.add_argument("--duration", type=float, default=15.0, help="Clip and window length in seconds.")
+    p.add_argument("--steps", type=int, default=None, help="Timed steps per mode (default: 4 tiny, 2 small).")
+    p.add_argument("--batch_size", type=int, default=None, help="Batch size (default: 2 tiny, 1 small).")
+    p.add_argument("--rss_clips", type=int, default=10000, help="Size of the large set for the peak-RSS check.")
+    p.add_argument("--work_dir", default=None, help="Keep models/data/caches here (default: a temp dir).")
+    p.add_argument("--_rss_child", nargs=4, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args._rss_child:
+        d, meta, model_dir, cache_dir = args._rss_child
+        return rss_child(Path(d), meta, Path(model_dir), Path(cache_dir))
+
+    from common import setup_logging
+
+    setup_logging()
+    tmp = None if args.work_dir else tempfile.TemporaryDirectory(prefix="bench-train-")
+    work = Path(args.work_dir or tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"device: {device} ({torch.get_num_threads()} CPU threads)"
+          + ("" if device.type == "cuda" else "; no GPU visible: peak GPU memory at batch 1/2/4 skipped"), flush=True)
+    sizes = ["tiny"] + (["small"] if args.size == "small" else [])
+    results = [bench_model(s, work, args, device) for s in sizes]
+    rss = bench_rss(work, build_model("tiny", work), (100, args.rss_clips))
+
+    print("\ntraining throughput (LoRA steps incl. data loading; random weights)")
+    print(f"{'model':6} {'batch':>5} {'mode':9} {'samples/s':>10} {'tokens/s':>10} {'s/step':>8}")
+    for r in results:
+        for mode in ("uncached", "cached"):
+            m = r[mode]
+            print(f"{r['size']:6} {r['batch']:>5} {mode:9} {m['samples_per_s']:>10.3f} {m['tokens_per_s']:>10.1f} "
+                  f"{m['seconds_per_step']:>8.2f}")
+        print(f"{r['size']:6} cached/uncached = {r['ratio']:.2f}x  (first-step loss differs by {r['first_loss_delta']:.2e})")
+    print("\npre-tokenisation (CodeCache.fill, one EnCodec call per clip)")
+    for r in results:
+        print(f"{r['size']:6} {r['pretokenize_files_per_s']:.2f} files/s of {args.duration:g} s "
+              f"({r['pretokenize_audio_s_per_s']:.1f} s of audio per s)")
+    for r in results:
+        if "peak_gpu_mb_by_batch" in r:
+            print(f"{r['size']:6} peak GPU memory by batch: " +
+                  ", ".join(f"{b}: {mb:.0f} MiB" for b, mb in r["peak_gpu_mb_by_batch"].items()))
+    small, large = rss[100], rss[args.rss_clips]
+    print("\npeak RSS: read metadata, look every clip up in the cache, one epoch of batches (a subprocess each;"
+          " 0.2 s clips, batch 16)")
+    for n, r in rss.items():
+        print(f"{n:>6} clips: process peak {r['peak_mb']:.0f} MiB; RSS after model load {r['base_mb']:.0f} MiB -> "
+              f"highest during the data pass {r['data_peak_mb']:.0f} MiB (+{r['data_peak_mb'] - r['base_mb']:.1f}); "
+              f"{r['tokens']} label tokens, {r['encoded']} encoded")
+    print(f"ratio {args.rss_clips} / 100 clips: {large['peak_mb'] / small['peak_mb']:.3f}x process peak, "
+          f"{large['data_peak_mb'] / small['data_peak_mb']:.3f}x data-pass peak "
+          f"(+{large['data_peak_mb'] - small['data_peak_mb']:.1f} MiB for {args.rss_clips - 100} more clips)")
+    if tmp:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The EnCodec code cache: hits, misses, invalidation, and training from it equals training without it.
+
+The offline test codec is built with all-zero codebooks (a fresh EnCodec's buffers), so it emits
+code 0 everywhere and any two code paths would agree. These tests first give it codebooks drawn
+from its own latents (what EnCodec's k-means init does), so codes are diverse and a wrong crop or a
+stale cache entry shows up as different tokens.
+"""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from code_cache import CodeCache, load_codes
+from conftest import run_script
+from dataset import Collator, MusicDataset, load_audio, read_metadata
+from modeling import batch_loss, encode_audio, encode_clip, labels_for_batch, load_model_and_processor, model_info
+
+
+def init_codebooks_from_latents(model, audio: torch.Tensor, seed: int = 0):
+    """Residual codebooks = random latent (then residual) frames of `audio`, layer by layer."""
+    codec = model.audio_encoder
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        x = codec.encoder(audio.reshape(1, 1, -1))[0].T  # (T, D)
+        for layer in codec.quantizer.layers:
+            cb = layer.codebook
+            idx = torch.randint(0, x.shape[0], (cb.embed.shape[0],), generator=gen)
+            cb.embed.copy_(x[idx])
+            cb.embed_avg.copy_(x[idx])
+            x = x - cb.decode(cb.encode(x))
+
+
+@pytest.fixture(scope="module")
+def diverse_model_dir(tiny_model_dir, example_data_dir, tmp_path_factory):
+    model, processor = load_model_and_processor(str(tiny_model_dir))
+    clips = read_metadata(example_data_dir)["train"]
+    audio = torch.from_numpy(np.concatenate([load_audio(c.audio_path, 32000)[:32000 * 3] for c in clips[:6]]))
+    init_codebooks_from_latents(model, audio)
+    out = tmp_path_factory.mktemp("models") / "tiny-diverse-codes"
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def data_copy(example_data_dir, tmp_path):
+    """4 train + 2 valid example clips cut to 6 s (longer than the tests' 4 s window): quick to encode."""
+    out = tmp_path / "data"
+    shutil.copytree(example_data_dir, out, ignore=shutil.ignore_patterns(".codes_cache"))
+    meta = json.loads((out / "metadata.json").read_text())
+    meta = {"train": meta["train"][:4], "valid": meta["valid"][:2]}
+    for entry in meta["train"] + meta["valid"]:
+        wav, sr = sf.read(out / entry["audio"], dtype="float32")
+        sf.write(out / entry["audio"], wav[: 6 * sr], sr)
+        entry["duration"] = 6.0
+    (out / "metadata.json").write_text(json.dumps(meta))
+    return out
+
+
+def test_codes_are_diverse_and_crop_of_codes_differs_from_codes_of_crop(diverse_model_dir, example_data_dir):
+    """Why the cache stores whole clips and both paths crop codes: encoding an audio crop is not a
+    crop of the clip's codes near the crop's edges (EnCodec's LSTM and non-causal convolutions)."""
+    model, _ = load_model_and_processor(str(diverse_model_dir))
+    clip = read_metadata(example_data_dir)["train"][0]
+    wav = torch.from_numpy(load_audio(clip.audio_path, 32000))
+    whole = encode_clip(model, wav)
+    assert all(len(whole[k].unique()) > 8 for k in range(whole.shape[0]))
+    o, w, hop = 50, 100, model_info(model)["hop_length"]
+    crop_first = encode_audio(model, wav[o * hop:(o + w) * hop][None])[0]
+    assert not torch.equal(crop_first, whole[:, o:o + w])
+
+
+def test_cache_hit_miss_and_invalidation(diverse_model_dir, data_copy):
+    model, _ = load_model_and_processor(str(diverse_model_dir))
+    clips = read_metadata(data_copy)["train"][:3]
+    cache_dir = data_copy / "cache"
+
+    cache = CodeCache(cache_dir, model, 32000)
+    paths = cache.fill(clips, progress=False)
+    assert cache.stats == {"hits": 0, "misses": 3} and len(set(paths)) == 3
+    codes, n = load_codes(paths[0])
+    wav = load_audio(clips[0].audio_path, 32000)
+    assert n == len(wav) and torch.equal(codes, encode_clip(model, torch.from_numpy(wav)))
+    stamp = [p.stat().st_mtime_ns for p in map(Path, paths)]
+
+    again = CodeCache(cache_dir, model, 32000)  # a new run: hits, nothing re-encoded or rewritten
+    assert again.fill(clips, progress=False) == paths and again.stats == {"hits": 3, "misses": 0}
+    assert [p.stat().st_mtime_ns for p in map(Path, paths)] == stamp
+
+    # Audio content changes -> that clip re-encodes; a touch (same bytes) does not.
+    sf.write(clips[1].audio_path, wav[: 32000 * 5], 32000)
+    clips[2].audio_path.touch()
+    c2 = CodeCache(cache_dir, model, 32000)
+    new_paths = c2.fill(clips, progress=False)
+    assert c2.stats == {"hits": 2, "misses": 1} and new_paths[1] != paths[1] and new_paths[2] == paths[2]
+    assert load_codes(new_paths[1])[1] == 32000 * 5
+
+    # Another sample rate -> everything re-encodes.
+    c3 = CodeCache(cache_dir, model, 16000)
+    c3.fill(clips, progress=False)
+    assert c3.stats == {"hits": 0, "misses": 3}
+
+    # Another codec (one weight changed) -> everything re-encodes; the decoder does not matter.
+    with torch.no_grad():
+        model.decoder.lm_heads[0].weight.add_(1.0)
+    assert CodeCache(cache_dir, model, 32000).codec_id == cache.codec_id
+    with torch.no_grad():
+        next(model.audio_encoder.encoder.parameters()).mul_(1.01)
+    c4 = CodeCache(cache_dir, model, 32000)
+    assert c4.codec_id != cache.codec_id
+    c4.fill(clips, progress=False)
+    assert c4.stats == {"hits": 0, "misses": 3}
+
+
+def test_cached_and_uncached_batches_give_same_labels_and_loss(diverse_model_dir, data_copy):
+    """Same seed and epoch -> same random crop -> identical labels and loss, from cache or from audio."""
+    model, processor = load_model_and_processor(str(diverse_model_dir))
+    info = model_info(model)
+    sr, hop = info["sample_rate"], info["hop_length"]
+    clips = read_metadata(data_copy)["train"][:4]
+    files = CodeCache(data_copy / "cache", model, sr).fill(clips, progress=False)
+    collate = Collator(processor, 4 * sr, hop)
+    offsets = []
+    for epoch in (1, 2):
+        cached = MusicDataset(clips, sr, 4.0, train=True, seed=5, hop_length=hop, code_files=files)
+        audio = MusicDataset(clips, sr, 4.0, train=True, seed=5, hop_length=hop)
+        cached.set_epoch(epoch)
+        audio.set_epoch(epoch)
+        b_cached = collate([cached[i] for i in range(4)])
+        b_audio = collate([audio[i] for i in range(4)])
+        assert "codes" in b_cached and "audio" in b_audio and "codes" not in b_audio
+        offsets += b_audio["frame_offset"].tolist()
+        labels_c, labels_a = labels_for_batch(model, b_cached), labels_for_batch(model, b_audio)
+        assert torch.equal(labels_c, labels_a)
+        assert (labels_c != -100).any(dim=(1, 2)).all()
+        with torch.no_grad():
+            loss_c, tok_c = batch_loss(model, b_cached)
+            loss_a, tok_a = batch_loss(model, b_audio)
+        assert tok_c == tok_a and loss_c.item() == pytest.approx(loss_a.item(), abs=1e-6)
+    assert len(set(offsets)) > 3  # real random crops, not all at the start
+
+
+def _losses(run):
+    recs = [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
+    return [(r["type"], r["step"], r.get("train_loss", r.get("valid_loss"))) for r in recs]
+
+
+def test_pretokenize_then_train_from_cache_equals_training_without(diverse_model_dir, data_copy, tmp_path):
+    proc = run_script("prepare_data.py", "--pretokenize", "--model_path", diverse_model_dir, "--data_dir", data_copy,
+                      "--no_progress")
+    assert "6 clips, 6 encoded, 0 already cached" in proc.stderr + proc.stdout
+    assert "files/s" in proc.stderr + proc.stdout
+    entries = sorted((data_copy / ".codes_cache").rglob("*.safetensors"))
+    assert len(entries) == 6
+
+    common = ["--model_path", diverse_model_dir, "--data_dir", data_copy, "--num_epochs", 1, "--batch_size", 2,
+              "--gradient_accumulation_steps", 1, "--learning_rate", 3e-3, "--warmup_steps", 1, "--logging_steps", 1,
+              "--target_duration", 4, "--no_progress", "--seed", 7]
+    cached = run_script("train_lora.py", *common, "--output_dir", tmp_path / "cached")
+    out = cached.stdout + cached.stderr
+    assert "train 4 clips, 4 cached, 0 encoded" in out and "valid 2 clips, 2 cached, 0 encoded" in out
+    uncached = run_script("train_lora.py", *common, "--output_dir", tmp_path / "uncached", "--no_cache")
+    assert "code cache" not in uncached.stdout + uncached.stderr
+    assert sorted((data_copy / ".codes_cache").rglob("*.safetensors")) == entries
+
+    a, b = _losses(tmp_path / "cached"), _losses(tmp_path / "uncached")
+    assert [x[:2] for x in a] == [x[:2] for x in b] and len([x for x in a if x[0] == "train"]) == 2
+    for (_, _, la), (_, _, lb) in zip(a, b):
+        assert la == pytest.approx(lb, abs=1e-5)

@@ -1,0 +1,189 @@
+"""prepare_data.py on a real mixed folder: formats, rates, segments, silence, descriptions, split, report."""
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import run_script
+from data_prep import PrepareSettings, prepare_collection
+
+SR_OUT = 32000
+
+
+def _music(seconds, sr, channels=1, seed=0, freq=220.0):
+    """A few seconds of a loud-enough chord with a little noise (never near-silent)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    x = sum(np.sin(2 * np.pi * freq * r * t) for r in (1, 1.25, 1.5)) / 3 * 0.4 + rng.standard_normal(len(t)) * 0.02
+    x = x.astype(np.float32)
+    return np.stack([x, 0.8 * x], axis=1) if channels == 2 else x
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    """A folder like a real one: mixed formats and rates, a long track, a corrupt, an empty and a silent file."""
+    root = tmp_path_factory.mktemp("raw")
+    (root / "a").mkdir()
+    (root / "b" / "deep").mkdir(parents=True)
+    (root / "long").mkdir()
+    (root / "bad").mkdir()
+    sf.write(root / "a" / "stereo44k.wav", _music(20, 44100, channels=2, seed=1), 44100)  # 1 segment + 5 s tail
+    (root / "a" / "stereo44k.txt").write_text("warm lo-fi chords\n")
+    sf.write(root / "b" / "deep" / "track.flac", _music(13, 48000, seed=2), 48000)       # 13 s >= 12 s: kept
+    long = _music(50, 22050, seed=3, freq=330)
+    long[15 * 22050:30 * 22050] = 0.0                                                    # a silent middle minute
+    sf.write(root / "long" / "long_track.wav", long, 22050)                              # 3 full pieces, 5 s tail
+    (root / "long" / "long_track.txt").write_text("slow ambient pad")
+    sf.write(root / "song.mp3", _music(12.5, 32000, seed=4), 32000, format="MP3")
+    (root / "bad" / "corrupt.wav").write_bytes(b"RIFF\x00\x10\x00\x00WAVEfmt " + bytes(range(256)) * 8)
+    (root / "bad" / "empty.flac").write_bytes(b"")
+    sf.write(root / "silent.wav", np.zeros(16 * 16000, dtype=np.float32), 16000)
+    sf.write(root / "nodesc.ogg", _music(14, 32000, seed=5), 32000, format="OGG")
+    (root / "notes.txt").write_text("not audio")
+    descriptions = root.parent / f"{root.name}-descriptions.jsonl"
+    rows = [{"path": "b/deep/track.flac", "duration": 13.0, "sample_rate": 48000, "description": "bright techno loop"},
+            {"path": "song.mp3", "duration": 12.5, "sample_rate": 32000, "description": "solo piano, high register"},
+            {"path": "bad/corrupt.wav", "duration": 1.0, "sample_rate": 32000, "description": "broken"},
+            {"path": "bad/empty.flac", "duration": 0.0, "sample_rate": 32000, "description": "empty"},
+            {"path": "silent.wav", "duration": 16.0, "sample_rate": 16000, "description": "nothing"},
+            # a sidecar wins over the descriptions file
+            {"path": "a/stereo44k.wav", "duration": 20.0, "sample_rate": 44100, "description": "LOSES to sidecar"}]
+    descriptions.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return root, descriptions
+
+
+def _prepare(out, root, descriptions, *extra, check=True):
+    return run_script("prepare_data.py", "--input_dir", root, "--descriptions_file", descriptions, "--output_dir", out,
+                      "--valid_ratio", 0.3, "--seed", 3, "--no_progress", *extra, check=check)
+
+
+def test_mixed_folder_gives_expected_segments_split_and_report(collection, tmp_path):
+    root, descriptions = collection
+    out = tmp_path / "data"
+    proc = _prepare(out, root, descriptions)
+    meta = json.loads((out / "metadata.json").read_text())
+    report = json.loads((out / "prepare_report.json").read_text())
+    entries = meta["train"] + meta["valid"]
+
+    by_source = {}
+    for e in entries:
+        by_source.setdefault(e["source"], []).append(e)
+        info = sf.info(str(out / e["audio"]))
+        assert info.samplerate == SR_OUT and info.channels == 1
+        assert abs(info.duration - e["duration"]) < 1e-3
+        assert e["audio"].startswith(("train/", "valid/"))
+    # 20 s -> one 15 s segment (5 s tail < 0.8 x 15 dropped); 13 s and ~12.5 s -> one shorter segment each;
+    # 50 s -> pieces at 0, 15, 30 (tail dropped), the silent one at 15 s dropped.
+    assert sorted(by_source) == ["a/stereo44k.wav", "b/deep/track.flac", "long/long_track.wav", "song.mp3"]
+    assert [e["duration"] for e in by_source["a/stereo44k.wav"]] == [15.0]
+    assert [e["duration"] for e in by_source["b/deep/track.flac"]] == [13.0]
+    assert 12.4 < by_source["song.mp3"][0]["duration"] < 12.7  # mp3 encoder delay may add a few ms
+    assert sorted(e["start"] for e in by_source["long/long_track.wav"]) == [0.0, 30.0]
+    assert report["segments"] == {"written": 5, "dropped_near_silent": 2, "dropped_short_tail": 3}
+
+    # Descriptions: sidecar first, then the JSONL; the file with neither is left out and reported.
+    assert by_source["a/stereo44k.wav"][0]["description"] == "warm lo-fi chords"
+    assert by_source["long/long_track.wav"][0]["description"] == "slow ambient pad"
+    assert by_source["b/deep/track.flac"][0]["description"] == "bright techno loop"
+    assert report["no_description"] == ["nodesc.ogg"]
+    assert report["descriptions"] == {"sidecar": 2, "descriptions_file": 5, "default": 0, "missing": 1}
+
+    # No leakage: every source lies on one side only; valid holds about 30% of segments.
+    train_src = {e["source"] for e in meta["train"]}
+    valid_src = {e["source"] for e in meta["valid"]}
+    assert train_src and valid_src and not train_src & valid_src
+    assert 1 <= len(meta["valid"]) <= 2
+
+    # The corrupt, empty and silent files are named with reasons; the run still finished.
+    reasons = {r["source"]: r["reason"] for r in report["skipped"]}
+    assert set(reasons) == {"bad/corrupt.wav", "bad/empty.flac", "silent.wav"}
+    assert "cannot decode" in reasons["bad/corrupt.wav"]
+    assert "empty" in reasons["bad/empty.flac"]
+    assert "near-silent" in reasons["silent.wav"]
+    assert report["files_found"] == 8 and report["files_read"] == 5 and report["files_skipped"] == 4
+    out_text = proc.stdout + proc.stderr
+    assert "8 found, 5 read, 4 skipped" in out_text and "bad/corrupt.wav" in out_text
+    assert "descriptions: 7/8 files" in out_text and "nodesc.ogg" in out_text
+
+    # The result trains: read_metadata accepts it.
+    from dataset import read_metadata
+
+    splits = read_metadata(out)
+    assert len(splits["train"]) + len(splits["valid"]) == 5
+
+
+def test_rerun_is_identical_and_existing_output_is_protected(collection, tmp_path):
+    root, descriptions = collection
+    a, b = tmp_path / "a", tmp_path / "b"
+    _prepare(a, root, descriptions)
+    _prepare(b, root, descriptions)
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files_a == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
+
+    before = (a / "metadata.json").read_bytes()
+    proc = _prepare(a, root, descriptions, "--seed", 4, check=False)
+    assert proc.returncode == 2 and "already exists; pass --overwrite" in proc.stderr
+    assert (a / "metadata.json").read_bytes() == before
+    _prepare(a, root, descriptions, "--overwrite")
+    assert (a / "metadata.json").read_bytes() == before
+    assert not list(a.glob(".prepare-tmp-*"))
+
+
+def test_require_description_stops_before_writing(collection, tmp_path):
+    root, descriptions = collection
+    out = tmp_path / "data"
+    proc = _prepare(out, root, descriptions, "--require_description", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "nodesc.ogg" in proc.stderr and "no description" in proc.stderr
+    assert not (out / "metadata.json").exists()
+    # a default description covers it
+    _prepare(out, root, descriptions, "--require_description", "--default_description", "instrumental music")
+    meta = json.loads((out / "metadata.json").read_text())
+    entries = [e for s in meta.values() for e in s if e["source"] == "nodesc.ogg"]
+    assert len(entries) == 1 and entries[0]["description"] == "instrumental music"
+
+
+def test_zip_batches_and_csv_descriptions(collection, tmp_path):
+    root, _ = collection
+    zips = []
+    for i, sub in enumerate(["a", "long"]):
+        z = tmp_path / f"archive_batch_{i:03d}.zip"
+        with zipfile.ZipFile(z, "w") as zf:
+            for p in sorted((root / sub).iterdir()):
+                zf.write(p, f"audio/{p.name}")
+        zips.append(z)
+    with zipfile.ZipFile(tmp_path / "archive_batch_002.zip", "w") as zf:
+        zf.write(root / "song.mp3", "audio/song.mp3")
+        zf.write(root / "bad" / "corrupt.wav", "audio/corrupt.wav")
+    zips.append(tmp_path / "archive_batch_002.zip")
+    csv_path = tmp_path / "desc.csv"
+    csv_path.write_text('path,description\naudio/song.mp3,"piano, sparse"\naudio/corrupt.wav,broken\n')
+    out = tmp_path / "data"
+    report = prepare_collection(PrepareSettings(output_dir=out, input_zips=zips, descriptions_file=str(csv_path),
+                                                valid_ratio=0.0, progress=False))
+    meta = json.loads((out / "metadata.json").read_text())
+    sources = sorted({e["source"] for e in meta["train"]})
+    assert sources == ["archive_batch_000.zip:audio/stereo44k.wav", "archive_batch_001.zip:audio/long_track.wav",
+                       "archive_batch_002.zip:audio/song.mp3"]
+    assert report["segments"]["written"] == 4 and meta["valid"] == []
+    assert {e["description"] for e in meta["train"]} == {"warm lo-fi chords", "slow ambient pad", "piano, sparse"}
+    assert [r["source"] for r in report["skipped"]] == ["archive_batch_002.zip:audio/corrupt.wav"]
+
+
+def test_normalize_loudness_hits_target(tmp_path):
+    import pyloudnorm
+
+    root = tmp_path / "raw"
+    root.mkdir()
+    sf.write(root / "quiet.wav", _music(15, 32000, seed=7) * 0.05, 32000)
+    (root / "quiet.txt").write_text("quiet chords")
+    out = tmp_path / "data"
+    report = prepare_collection(PrepareSettings(output_dir=out, input_dirs=[root], valid_ratio=0.0,
+                                                normalize_loudness=-20.0, progress=False))
+    assert report["loudness"] == {"normalized": 1}
+    wav, sr = sf.read(out / json.loads((out / "metadata.json").read_text())["train"][0]["audio"])
+    assert abs(pyloudnorm.Meter(sr).integrated_loudness(wav) + 20.0) < 0.3
