@@ -122,31 +122,36 @@ def check_output_dir(out: Path, overwrite: bool):
                         f"to replace it")
 
 
-def compare_models(model, processor, specs: list[ModelSpec], jobs: list[Job], out: Path, *, duration: float,
-                   settings: SamplingSettings, batch_size: int, wav_subtype: str = "PCM_16",
-                   progress: bool = True, base_model_path: str = "", extra_summary: dict | None = None,
-                   scorer=None) -> dict:
-    """Generate every job with every model into `out` (written atomically) and return summary.json.
+def compare_models(bank: "ModelBank", processor, specs: list[ModelSpec], jobs: list[Job], out: Path, *,
+                   duration: float, settings: SamplingSettings, batch_size: int, wav_subtype: str = "PCM_16",
+                   progress: bool = True, base_model_path: str = "", model_numbers: dict | None = None,
+                   notes: list[str] | None = None, reference=None, clap=None) -> dict:
+    """Generate every job with every model into `out` (written atomically), score every clip, and
+    return summary.json.
 
     Every model gets the same jobs with the same seeds in the same batches, so clips differ only by
-    the weights. `scorer(model_spec, rows, audio)` may add metrics to rows and the summary.
+    the weights. model_numbers: per-model extras (held-out loss) to put in the summary; reference:
+    EnCodec frames of validation clips for the style distance; clap: a ClapScorer or None.
     """
     from modeling import model_info
     from plotting import spectrogram_png
 
-    bank = ModelBank(model, specs)
-    sr = model_info(model)["sample_rate"]
+    sr = model_info(bank.model)["sample_rate"]
     many = any(j.sample > 0 for j in jobs)
-    rows, audio_by_model = [], {}
+    rows, audio_by_row = [], []
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     setting_dict = {"duration": duration, **settings.to_dict(), "batch_size": batch_size}
+    fad = {}
     with atomic_dir(out) as tmp:
         for spec in specs:
             log.info(f"{spec.name}: {len(jobs)} clip(s), {describe_settings(settings, duration, batch_size)}")
             with bank.use(spec) as m:
                 audio, per_clip = generate_jobs(m, processor, jobs, duration, settings, batch_size, progress,
                                                 desc=spec.name)
-            audio_by_model[spec.name] = audio
+                if reference is not None:
+                    from style_distance import encodec_embeddings, frechet_distance
+
+                    fad[spec.name] = frechet_distance(encodec_embeddings(m, audio), reference)
             for job, wav in zip(jobs, audio):
                 name = clip_filename(job.prompt_index, job.prompt.text, job.sample if many else None)
                 rel = f"{spec.name}/{name}.wav"
@@ -161,14 +166,180 @@ def compare_models(model, processor, specs: list[ModelSpec], jobs: list[Job], ou
                              "wav": rel, "spectrogram": f"{spec.name}/{name}.png", "seed": job.seed,
                              "sample": job.sample, "settings": setting_dict, "sample_rate": sr,
                              "duration_s": len(wav) / sr, "wall_seconds": per_clip})
+                audio_by_row.append(wav)
         summary = {"created": created, "base_model": base_model_path, "settings": setting_dict,
-                   "num_prompts": len({j.prompt.id for j in jobs}), "clips_per_model": len(jobs),
-                   "models": {s.name: {"adapter_path": str(s.adapter_path) if s.adapter_path else None,
-                                       "num_clips": len(jobs)} for s in specs}}
-        if extra_summary:
-            summary.update(extra_summary)
-        if scorer is not None:
-            scorer(tmp, specs, rows, audio_by_model, summary)
+                   "num_prompts": len({j.prompt.id for j in jobs}), "clips_per_model": len(jobs)}
+        extras = {s.name: {"adapter_path": str(s.adapter_path) if s.adapter_path else None,
+                           **(model_numbers or {}).get(s.name, {}), "fad": fad.get(s.name)} for s in specs}
+        score_rows(tmp, rows, audio_by_row, sr, summary, extras, notes or [], clap)
+        write_results(tmp, rows, summary)
+    return summary
+
+
+def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict, extras: dict[str, dict],
+               notes: list[str], clap=None):
+    """Per-clip metrics into rows, per-model aggregates and verdicts into summary, loudness plots."""
+    from audio_metrics import FLAG_NAMES, THRESHOLDS, score_clip
+    from plotting import loudness_plot_png
+
+    curves: dict[tuple, dict[str, list[float]]] = {}
+    for row, wav in zip(rows, audio):
+        if wav is None:
+            continue
+        scored = score_clip(wav, sr)
+        row["metrics"], row["flags"] = scored["metrics"], scored["flags"]
+        row["loudness_trajectory"] = scored["loudness_trajectory"]
+        curves.setdefault(clip_key(row), {})[row["model"]] = scored["loudness_trajectory"]
+    if clap is not None:
+        scored_rows = [(r, a) for r, a in zip(rows, audio) if a is not None and r.get("prompt")]
+        sims = clap.similarity([r["prompt"] for r, _ in scored_rows], [a for _, a in scored_rows], sr)
+        for (r, _), sim in zip(scored_rows, sims):
+            r["metrics"]["clap_similarity"] = sim
+    plots = {}
+    for (pid, sample), per_model in curves.items():
+        rel = f"plots/{slugify(pid, 60)}{f'_s{sample}' if sample else ''}_loudness.png"
+        loudness_plot_png(per_model, out / rel, title=f"{pid}: short-term loudness")
+        plots[f"{pid}#{sample}"] = rel
+    summary["loudness_plots"] = plots
+    models = {}
+    for name in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == name and "metrics" in r]
+        n = len(mine)
+        counts = {f: sum(1 for r in mine if r["flags"][f]) for f in FLAG_NAMES}
+        entry = {"num_clips": n, "flag_counts": counts}
+        entry.update({"held_out_loss": None, "fad": None})
+        entry.update(extras.get(name, {}))
+        for key in ("integrated_lufs", "loudness_slope_db_per_s", "loudness_drop_db", "silence_ratio",
+                    "longest_silence_s", "spectral_flatness", "clipping_ratio", "clap_similarity"):
+            vals = [r["metrics"][key] for r in mine if r["metrics"].get(key) is not None]
+            if vals:
+                entry[key] = float(np.mean(vals))
+        entry["verdict"] = verdict(name, entry)
+        models[name] = entry
+    summary["models"] = models
+    summary["thresholds"] = THRESHOLDS
+    summary["notes"] = notes + [
+        "FAD (EnCodec): Frechet distance between the model's own EnCodec encoder frames of generated and "
+        "validation clips; relative (compare models in one evaluation), noisy with few clips."]
+    unreadable = [r for r in rows if r.get("error")]
+    if unreadable:
+        summary["unreadable"] = [{"wav": r["wav"], "error": r["error"]} for r in unreadable]
+
+
+def verdict(name: str, m: dict) -> str:
+    """One line a person can act on, e.g. 'final_model: 6/8 fade out, 0/8 noisy; held-out loss 3.91'."""
+    n, c = m["num_clips"], m["flag_counts"]
+    parts = [f"{c['fades_out']}/{n} fade out", f"{c['noisy']}/{n} noisy", f"{c['silent']}/{n} silent",
+             f"{c['clipping']}/{n} clipping"]
+    line = f"{name}: " + ", ".join(parts)
+    tail = []
+    if m.get("held_out_loss") is not None:
+        ref = f" (uniform {m['uniform_loss']:.2f})" if m.get("uniform_loss") is not None else ""
+        tail.append(f"held-out loss {m['held_out_loss']:.4f}{ref}")
+    if m.get("fad") is not None:
+        tail.append(f"FAD {m['fad']:.3f}")
+    if m.get("clap_similarity") is not None:
+        tail.append(f"CLAP {m['clap_similarity']:.3f}")
+    if m.get("integrated_lufs") is not None:
+        tail.append(f"{m['integrated_lufs']:.1f} LUFS")
+    return line + ("; " + ", ".join(tail) if tail else "")
+
+
+def validation_loader(processor, model, data_dir, metadata_file, window: float, batch_size: int):
+    """The trainer's validation set and collation (same clips, crops and labels as step 0)."""
+    import torch
+
+    from dataset import Collator, MusicDataset, read_metadata
+    from modeling import model_info
+
+    splits = read_metadata(data_dir, metadata_file)
+    clips = splits["valid"] or splits["train"][: max(1, len(splits["train"]) // 10)]
+    sr = model_info(model)["sample_rate"]
+    ds = MusicDataset(clips, sr, window, train=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False,
+                                         collate_fn=Collator(processor, int(round(window * sr))))
+    return loader, ds
+
+
+def held_out_losses(bank: "ModelBank", specs: list[ModelSpec], loader, progress=True) -> dict[str, dict]:
+    """Teacher-forced loss of each model on the validation set (modeling.evaluate_loss, the trainer's function)."""
+    from common import uniform_loss
+    from modeling import evaluate_loss, model_info
+
+    ln_v = uniform_loss(model_info(bank.model)["vocab_size"])
+    out = {}
+    for spec in specs:
+        with bank.use(spec) as m:
+            res = evaluate_loss(m, loader, desc=f"held-out {spec.name}", progress=progress)
+        out[spec.name] = {"held_out_loss": res["loss"], "held_out_loss_per_codebook": res["per_codebook"],
+                          "held_out_tokens": res["tokens"], "uniform_loss": ln_v}
+        per_cb = ", ".join(f"{x:.3f}" for x in res["per_codebook"])
+        log.info(f"{spec.name}: held-out loss {res['loss']:.4f} (per codebook {per_cb}; uniform {ln_v:.4f})")
+    return out
+
+
+def reference_embeddings(model, dataset) -> np.ndarray:
+    from style_distance import encodec_embeddings
+
+    return encodec_embeddings(model, [dataset[i]["audio"] for i in range(len(dataset))])
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
+
+
+def score_folder(input_dir: Path, out: Path, sample_rate: int = 32000) -> dict:
+    """--score_only: score every audio file under input_dir (recursively) into out. The first folder
+    level names the model (base_model/, best_model/, ...); a sidecar .json supplies prompt and seed.
+    Unreadable files are reported and skipped."""
+    from dataset import load_audio
+    from plotting import spectrogram_png
+
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise UserError(f"{input_dir}: folder not found; pass --input_dir a folder of WAVs (e.g. an old evaluation)")
+    files = sorted(p for p in input_dir.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
+                   and not p.name.startswith("."))
+    if out.resolve() != input_dir.resolve():
+        files = [p for p in files if out.resolve() not in p.resolve().parents]
+    if not files:
+        raise UserError(f"{input_dir}: no audio files (.wav/.flac/.mp3/.ogg) found")
+    rows, audio = [], []
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    import os
+
+    with atomic_dir(out) as tmp:
+        for path in files:
+            rel_in = path.relative_to(input_dir)
+            model = rel_in.parts[0] if len(rel_in.parts) > 1 else "clips"
+            side = {}
+            if path.with_suffix(".json").is_file():
+                try:
+                    side = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    side = {}
+            row = {"prompt_id": side.get("prompt_id") or path.stem, "prompt": side.get("prompt"), "model": model,
+                   "adapter_path": side.get("adapter"), "wav": os.path.relpath(path.resolve(), out.resolve()),
+                   "seed": side.get("seed"), "sample": side.get("sample", 0) or 0,
+                   "settings": {k: side[k] for k in ("duration", "guidance_scale", "temperature", "top_k", "top_p",
+                                                      "greedy", "batch_size") if k in side}}
+            try:
+                wav = load_audio(path, sample_rate)
+            except UserError as e:
+                log.warning(f"warning: skipping unreadable file: {e}")
+                row["error"] = str(e)
+                rows.append(row)
+                audio.append(None)
+                continue
+            spec_rel = Path(model) / (str(rel_in.with_suffix("")).replace(os.sep, "__") + ".png")
+            spectrogram_png(wav, sample_rate, tmp / spec_rel)
+            row.update({"spectrogram": spec_rel.as_posix(), "sample_rate": sample_rate,
+                        "duration_s": len(wav) / sample_rate})
+            rows.append(row)
+            audio.append(wav)
+        summary = {"created": created, "title": f"Scores for {input_dir}", "input_dir": str(input_dir),
+                   "settings": {}, "score_only": True}
+        score_rows(tmp, rows, audio, sample_rate, summary, {}, ["--score_only: no models loaded, so no "
+                                                                   "held-out loss or FAD."])
         write_results(tmp, rows, summary)
     return summary
 
@@ -178,7 +349,7 @@ def write_results(out: Path, rows: list[dict], summary: dict):
     from report import write_report
 
     atomic_write_text(out / "comparison_results.jsonl",
-                      "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+                      "".join(json.dumps(r, ensure_ascii=False, default=to_jsonable) + "\n" for r in rows))
     atomic_write_json(out / "summary.json", summary)
     write_report(out, rows, summary)
 

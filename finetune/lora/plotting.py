@@ -56,6 +56,11 @@ def loudness_plot_png(curves: dict[str, list[float]], path: Path, title: str | N
             continue
         t = np.arange(v.size) * hop_seconds + hop_seconds / 2
         ax.plot(t, v, marker="o", markersize=2.5, linewidth=1.2, label=name)
+    finite = [x for v in curves.values() for x in v if np.isfinite(x)]
+    if finite:  # at least a 12 dB span, so float noise never looks like a fade
+        mid, half = (max(finite) + min(finite)) / 2, max(6.0, (max(finite) - min(finite)) / 2 + 1)
+        ax.set_ylim(mid - half, mid + half)
+    ax.ticklabel_format(axis="y", useOffset=False)
     ax.set_ylabel("LUFS (short-term)", fontsize=7)
     ax.set_xlabel("s", fontsize=7, labelpad=1)
     ax.tick_params(labelsize=7)
@@ -110,3 +115,15 @@ def training_curves_png(metrics_file: Path, out_path: Path) -> Path | None:
     fig.tight_layout()
     _save(fig, Path(out_path), dpi=100)
     return Path(out_path)
+
+
+def write_training_curves(output_dir) -> Path | None:
+    """logs/training_curves.png for a run dir; a plotting problem is logged, never fatal to training."""
+    from common import log
+
+    try:
+        return training_curves_png(Path(output_dir) / "logs" / "metrics.jsonl",
+                                   Path(output_dir) / "logs" / "training_curves.png")
+    except Exception as e:  # noqa: BLE001 - a figure must never end a training run
+        log.warning(f"warning: could not draw logs/training_curves.png ({type(e).__name__}: {e})")
+        return None

@@ -68,7 +68,6 @@ CLIP_METRICS = (("integrated_lufs", "LUFS", 1), ("loudness_drop_db", "drop dB", 
 # Per-model summary columns: (key, label, digits, is_bad(value, model) or None).
 MODEL_COLUMNS = (
     ("num_clips", "clips", 0, None),
-    ("verdict", "verdict", 0, None),
     ("held_out_loss", "held-out loss", 4, None),
     ("fad", "FAD (EnCodec)", 3, None),
     ("integrated_lufs", "mean LUFS", 1, None),
@@ -98,7 +97,9 @@ def _model_table(summary: dict) -> str:
             cls = ' class="bad"' if n else ""
             cells.append(f"<td{cls}>{n}/{m.get('num_clips', '?')}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    notes = "".join(f'<p class="small">{html.escape(n)}</p>' for n in summary.get("notes", []))
+    verdicts = "".join(f"<li><code>{html.escape(str(m['verdict']))}</code></li>" for m in models.values()
+                       if m.get("verdict"))
+    notes = (f'<ul class="small">{verdicts}</ul>' if verdicts else "") + "".join(f'<p class="small">{html.escape(n)}</p>' for n in summary.get("notes", []))
     return (f'<h2>Models</h2><table id="models"><tr><th>model</th>{head}</tr>{"".join(body)}</table>{notes}')
 
 

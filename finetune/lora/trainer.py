@@ -17,6 +17,7 @@ from common import UserError, atomic_dir, atomic_write_json, log, resolve_device
 from dataset import Collator, MusicDataset, padding_report, read_metadata
 from modeling import (apply_lora, batch_loss, count_parameters, evaluate_loss, load_model_and_processor,
                       model_info)
+from plotting import write_training_curves
 
 RUN_MARKERS = ("run_config.json", "best_model", "final_model", "checkpoints", "logs")
 
@@ -192,6 +193,7 @@ def train(args):
             metrics.write({"type": "eval", "step": step, "epoch": epoch, "valid_loss": res["loss"],
                            "valid_loss_per_codebook": res["per_codebook"], "best_valid_loss": best["loss"],
                            "time": time.time() - t0})
+            write_training_curves(output_dir)
 
     model.train()
     for epoch in range(1, args.num_epochs + 1):
@@ -251,6 +253,7 @@ def train(args):
     if accelerator.is_main_process:
         atomic_write_json(output_dir / "logs" / "summary.json", summary)
         metrics.close()
+        write_training_curves(output_dir)
         log.info(f"done in {wall:.1f} s, {step} optimizer steps")
         log.info(f"validation loss: base {base['loss']:.4f} -> best {best['loss']:.4f} (step {best['step']}) -> "
                  f"final {last_eval['loss']:.4f}; uniform guess {ln_v:.4f}")
