@@ -186,3 +186,31 @@ def test_training_curves_png(trained_run):
     assert again.stat().st_size > 10_000
     assert training_curves_png(run / "logs" / "missing.jsonl", run / "logs" / "x.png") is None
     again.unlink()
+
+
+def test_clap_similarity_with_a_tiny_offline_clap(tiny_model_dir, tmp_path):
+    from tiny_clap import build_tiny_clap
+
+    clap = build_tiny_clap(tmp_path / "tiny-clap")
+    out = tmp_path / "eval"
+    proc = run_script("evaluate.py", "--base_model_path", tiny_model_dir, "--test_prompts", "dark trap 808", "lofi piano",
+                      "--duration", 1, "--clap_model_path", clap, "--output_dir", out, "--no_progress")
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "comparison_results.jsonl").read_text().splitlines()]
+    sims = [r["metrics"]["clap_similarity"] for r in rows]
+    assert len(sims) == 2 and all(-1 <= s <= 1 for s in sims)
+    from clap_score import ClapScorer
+
+    scorer = ClapScorer(str(clap))
+    noise = (np.random.default_rng(0).standard_normal(2 * SR) * 0.3).astype(np.float32)
+    pair = scorer.similarity(["dark trap 808"] * 2, [chord_with_beat(2.0), noise], SR)
+    assert pair[0] != pair[1]  # the audio changes the score
+    assert scorer.similarity(["dark trap 808"], [noise], SR) == pytest.approx(pair[1:], abs=1e-6)  # deterministic
+    base = summary["models"]["base_model"]
+    assert base["clap_similarity"] == pytest.approx(np.mean(sims))
+    assert "CLAP" in base["verdict"] and base["verdict"] in proc.stdout
+    assert not any("CLAP similarity skipped" in n for n in summary["notes"])
+    # A folder that is not a CLAP model is one clear line.
+    bad = run_script("evaluate.py", "--base_model_path", tiny_model_dir, "--test_prompts", "x", "--duration", 0.5,
+                     "--clap_model_path", tmp_path, "--output_dir", tmp_path / "o", check=False)
+    assert bad.returncode == 2 and "--clap_model_path" in bad.stderr and "Traceback" not in bad.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -323,7 +324,9 @@ def score_folder(input_dir: Path, out: Path, sample_rate: int = 32000) -> dict:
                    "settings": {k: side[k] for k in ("duration", "guidance_scale", "temperature", "top_k", "top_p",
                                                       "greedy", "batch_size") if k in side}}
             try:
-                wav = load_audio(path, sample_rate)
+                with warnings.catch_warnings():  # librosa's fallback decoders warn before failing
+                    warnings.simplefilter("ignore")
+                    wav = load_audio(path, sample_rate)
             except UserError as e:
                 log.warning(f"warning: skipping unreadable file: {e}")
                 row["error"] = str(e)
