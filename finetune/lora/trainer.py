@@ -22,6 +22,7 @@ from dataset import Collator, MusicDataset, batch_size_of, padding_report, read_
 from guards import EarlyStopping, NonFiniteGuard, parse_steps
 from modeling import (apply_lora, batch_loss, count_parameters, evaluate_loss, load_model_and_processor,
                       model_info)
+from plotting import write_training_curves
 from runtime import (any_across_ranks, enable_gradient_checkpointing, make_accelerator, mean_across_ranks,
                      shard_for_rank, start_trackers, sum_across_ranks, tracker_values)
 
@@ -242,6 +243,7 @@ def train(args):
             metrics.write({"type": "eval", "step": step, "epoch": epoch, "valid_loss": res["loss"],
                            "valid_loss_per_codebook": res["per_codebook"], "best_valid_loss": best["loss"],
                            "time": time.time() - t0})
+            write_training_curves(output_dir)
 
     def save_checkpoint(epoch, batches_in_epoch, epoch_start_rng):
         state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch, "total_steps": total_steps,
@@ -360,6 +362,7 @@ def train(args):
                         f"(--max_nonfinite_steps {args.max_nonfinite_steps}); lower --learning_rate or check the "
                         f"data. Kept: {', '.join(kept) or 'nothing yet'}")
     if main:
+        write_training_curves(output_dir)
         log.info(f"done in {wall:.1f} s, {step} optimizer steps"
                  + (" (stopped early: no validation improvement)" if stop_reason == "early_stopping" else ""))
         log.info(f"validation loss: base {base['loss']:.4f} -> best {best['loss']:.4f} (step {best['step']}) -> "

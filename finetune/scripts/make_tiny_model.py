@@ -129,6 +129,37 @@ def build_config(size: str, text_vocab: int) -> MusicgenConfig:
     return config
 
 
+@torch.no_grad()
+def init_codebooks(model, seed: int):
+    """Give EnCodec's codebooks real entries.
+
+    transformers creates them as zeros (a trained codec gets them from k-means on data); left so,
+    every clip encodes to code 0 and every code sequence decodes to the same sound. As EnCodec's
+    k-means init does, seed each residual codebook with encoder frames, here of synthetic tones and
+    noise, so different audio gives different codes and different codes give different audio.
+    """
+    codec = model.audio_encoder
+    g = torch.Generator().manual_seed(seed)
+    sr = codec.config.sampling_rate
+    size = codec.config.codebook_size
+    clips, seconds = 12, 4  # 12 x 4 s x 50 Hz = 2400 frames >= 2048 codes
+    t = torch.arange(sr * seconds) / sr
+    freqs = 40 * 2 ** (torch.rand(clips, 3, 1, generator=g) * 6)  # 40 Hz .. 2.5 kHz
+    tones = torch.sin(2 * torch.pi * freqs * t).sum(1) / 3
+    envelope = 0.5 + 0.5 * torch.sin(2 * torch.pi * torch.rand(clips, 1, generator=g) * 4 * t)
+    noise = torch.randn(clips, t.numel(), generator=g) * torch.rand(clips, 1, generator=g) * 0.3
+    audio = (tones * envelope * torch.rand(clips, 1, generator=g) + noise).unsqueeze(1)
+    residual = codec.encoder(audio)  # (B, D, T) before quantisation
+    for layer in codec.quantizer.layers:
+        frames = residual.permute(0, 2, 1).reshape(-1, residual.shape[1])
+        pick = torch.randperm(frames.shape[0], generator=g)[:size]
+        book = layer.codebook
+        book.embed.copy_(frames[pick])
+        book.embed_avg.copy_(frames[pick])
+        book.cluster_size.fill_(1.0)
+        residual = residual - layer.decode(layer.encode(residual))
+
+
 def build(output_dir: str, size: str = "tiny", seed: int = 0) -> Path:
     out = Path(output_dir)
     parent = out.parent
@@ -140,6 +171,7 @@ def build(output_dir: str, size: str = "tiny", seed: int = 0) -> Path:
         tokenizer = train_tokenizer()
         config = build_config(size, text_vocab=len(tokenizer))
         model = MusicgenForConditionalGeneration(config).eval()
+        init_codebooks(model, seed)
         gen = model.generation_config
         vocab = config.decoder.vocab_size
         gen.decoder_start_token_id = vocab

@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""Generate music from text with MusicGen, optionally with a LoRA adapter on top.
+
+    python inference_lora.py --base_model_path /path/to/musicgen-small \\
+        --lora_model_path ../output_epoch1/best_model \\
+        --prompts "hip hop 808 beat with trap drums" "lo-fi piano, vinyl crackle" \\
+        --output_dir ../output_epoch1/generated --duration 15
+
+Writes OUTPUT_DIR/NN_prompt-slug.wav (32 kHz mono, 16-bit PCM by default) and a JSON sidecar of the
+same name holding the prompt, model, adapter, seed and every generation setting, so any clip can be
+regenerated exactly. Without --lora_model_path the base model generates.
+
+    python inference_lora.py --base_model_path BASE --lora_model_path ADAPTER --merge --output_dir MERGED
+
+writes a full model with the adapter merged in, loadable with plain
+MusicgenForConditionalGeneration.from_pretrained(MERGED) (no peft needed).
+"""
+import argparse
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from common import UserError, atomic_dir, atomic_write_json, cli, log, resolve_device
+
+
+def add_sampling_args(p: argparse.ArgumentParser):
+    """Sampling flags shared with evaluate.py (same names, same defaults)."""
+    g = p.add_argument_group("sampling")
+    g.add_argument("--duration", type=float, default=15.0, help="Seconds of audio per clip.")
+    g.add_argument("--guidance_scale", type=float, default=3.0,
+                   help="Classifier-free guidance scale (1 or less disables guidance).")
+    g.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature.")
+    g.add_argument("--top_k", type=int, default=250, help="Sample from the k most likely codes (0 disables).")
+    g.add_argument("--top_p", type=float, default=0.0, help="Nucleus sampling mass (0 disables).")
+    g.add_argument("--greedy", action="store_true", help="Argmax decoding instead of sampling (often loops).")
+    g.add_argument("--seed", type=int, default=42,
+                   help="Seed for every prompt (a prompt's own 'seed' in the prompts file wins); sample j of a "
+                        "prompt uses seed + j.")
+    g.add_argument("--batch_size", type=int, default=8, help="Clips generated together in one batch.")
+    g.add_argument("--wav_subtype", default="PCM_16", choices=["PCM_16", "PCM_24", "FLOAT"],
+                   help="WAV sample format.")
+    r = p.add_argument_group("runtime")
+    r.add_argument("--device", default="auto", help="auto, cpu or cuda.")
+    r.add_argument("--fp16", action="store_true", help="Load the model in fp16 (GPU only).")
+    r.add_argument("--bf16", action="store_true", help="Load the model in bf16 (GPU only).")
+    r.add_argument("--overwrite", action="store_true", help="Replace existing outputs instead of refusing.")
+    r.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base_model_path", default="facebook/musicgen-small",
+                   help="Local MusicGen folder or hub id the adapter was trained on.")
+    p.add_argument("--lora_model_path", default=None,
+                   help="PEFT adapter folder (best_model/, final_model/ or checkpoints/checkpoint-N/). "
+                        "Omit to generate with the base model.")
+    p.add_argument("--prompts", nargs="+", default=None, help="One or more text prompts.")
+    p.add_argument("--prompts_file", default=None,
+                   help="JSON list of prompts (strings or {\"prompt\", \"id\", \"seed\"} objects) or a .txt file, "
+                        "one prompt per line.")
+    p.add_argument("--num_samples", type=int, default=1, help="Clips per prompt (different seeds).")
+    p.add_argument("--output_dir", default="../output/generated", help="Folder for WAVs and sidecars "
+                                                                          "(or the merged model with --merge).")
+    p.add_argument("--merge", action="store_true",
+                   help="Merge the adapter into the base weights and save a full model to --output_dir "
+                        "instead of generating.")
+    add_sampling_args(p)
+    return p
+
+
+def merge(args, model, processor):
+    out = Path(args.output_dir)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise UserError(f"{out}: not empty; choose a new --output_dir for the merged model or pass --overwrite")
+    merged = model.merge_and_unload()
+    with atomic_dir(out) as tmp:
+        merged.save_pretrained(str(tmp))
+        processor.save_pretrained(str(tmp))
+        atomic_write_json(tmp / "merge_info.json", {"base_model": args.base_model_path,
+                                                    "adapter": str(Path(args.lora_model_path).resolve())})
+    log.info(f"merged model written to {out} (load it with MusicgenForConditionalGeneration.from_pretrained)")
+
+
+@cli
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from generation import (SamplingSettings, clip_filename, describe_settings, generate_jobs, load_prompts,
+                            plan_jobs, resolve_dtype, write_clip)
+    from modeling import load_adapter, load_model_and_processor, model_info
+    from evaluation import check_adapter_dir
+
+    if args.merge and not args.lora_model_path:
+        raise UserError("--merge needs --lora_model_path (the adapter to merge into the base model)")
+    if not args.merge:
+        prompts = load_prompts(args.prompts_file, args.prompts)
+        settings = SamplingSettings(args.guidance_scale, args.temperature, args.top_k, args.top_p, args.greedy)
+        settings.validate()
+        jobs = plan_jobs(prompts, args.num_samples, args.seed)
+        out = Path(args.output_dir)
+        names = [clip_filename(j.prompt_index, j.prompt.text, j.sample if args.num_samples > 1 else None)
+                 for j in jobs]
+        taken = [out / f"{n}.wav" for n in names if (out / f"{n}.wav").exists()]
+        if taken and not args.overwrite:
+            raise UserError(f"{taken[0]}: already exists ({len(taken)} of {len(jobs)} clips would be replaced); "
+                            f"choose a new --output_dir or pass --overwrite")
+    if args.lora_model_path:
+        check_adapter_dir(args.lora_model_path)
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.fp16, args.bf16, device)
+    model, processor = load_model_and_processor(args.base_model_path, device=device, dtype=dtype)
+    if args.lora_model_path:
+        model = load_adapter(model, args.lora_model_path)
+    if args.merge:
+        return merge(args, model, processor)
+
+    info = model_info(model)
+    who = f"{args.base_model_path} + {args.lora_model_path}" if args.lora_model_path else args.base_model_path
+    log.info(f"generating {len(jobs)} clip(s) with {who}: {describe_settings(settings, args.duration, args.batch_size)}")
+    t0 = time.time()
+    audio, per_clip = generate_jobs(model, processor, jobs, args.duration, settings, args.batch_size,
+                                    progress=not args.no_progress)
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for job, name, wav in zip(jobs, names, audio):
+        sidecar = {"prompt": job.prompt.text, "prompt_id": job.prompt.id, "sample": job.sample, "seed": job.seed,
+                   "base_model": args.base_model_path,
+                   "adapter": str(Path(args.lora_model_path).resolve()) if args.lora_model_path else None,
+                   "duration": args.duration, "sample_rate": info["sample_rate"], "num_samples": len(wav),
+                   **settings.to_dict(), "batch_size": args.batch_size, "device": device,
+                   "dtype": str(dtype or "float32").replace("torch.", ""), "wav_subtype": args.wav_subtype,
+                   "wall_seconds": per_clip, "created": stamp}
+        write_clip(out / f"{name}.wav", wav, info["sample_rate"], sidecar, args.wav_subtype)
+        log.info(f"  {out / (name + '.wav')}  ({len(wav) / info['sample_rate']:.2f} s, seed {job.seed})")
+    wall = time.time() - t0
+    rtf = wall / (len(jobs) * args.duration)
+    log.info(f"done: {len(jobs)} clip(s) in {wall:.1f} s ({rtf:.2f} s of compute per second of audio)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
