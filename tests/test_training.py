@@ -1,6 +1,7 @@
 """End to end through the CLI: train, improve on the base, reload adapters with plain PEFT."""
 import json
 
+import numpy as np
 import torch
 from peft import PeftModel
 from transformers import MusicgenForConditionalGeneration
@@ -64,3 +65,29 @@ def test_lora_touches_decoder_only(tiny_model_dir):
     for suffix in ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"):
         assert any(f"{suffix}.lora_A" in n for n in names), suffix
     assert any("encoder_attn" in n for n in names)  # cross-attention adapted too
+
+
+def test_sample_every_writes_audible_progress(tiny_model_dir, example_data_dir, tmp_path):
+    import soundfile as sf
+
+    from conftest import run_script
+
+    out = tmp_path / "run"
+    run_script("train_lora.py", "--model_path", tiny_model_dir, "--data_dir", example_data_dir, "--output_dir", out,
+               "--num_epochs", 2, "--batch_size", 4, "--gradient_accumulation_steps", 1, "--target_duration", 2,
+               "--sample_every", 1, "--sample_duration", 1.0, "--learning_rate", 3e-2, "--warmup_steps", 0,
+               "--no_progress")
+    folders = sorted((out / "samples").iterdir(), key=lambda p: int(p.name.split("-")[1]))
+    steps = [json.loads(line)["step"] for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["type"] == "eval" and json.loads(line)["step"] > 0]
+    assert [f.name for f in folders] == [f"step-{s}" for s in steps]  # one folder per validation
+    clips = sorted(folders[-1].glob("*.wav"))
+    assert len(clips) == 2  # the example set's first validation descriptions (2 valid clips)
+    for clip in clips:
+        info = sf.info(str(clip))
+        assert info.samplerate == 32000 and abs(info.duration - 1.0) < 0.021
+        sidecar = json.loads(clip.with_suffix(".json").read_text())
+        assert sidecar["prompt"] and sidecar["step"] == steps[-1]
+    # Later samples come from a changed adapter: the audio differs from the first sampling point.
+    first, last = (sf.read(str(sorted(f.glob("*.wav"))[0]))[0] for f in (folders[0], folders[-1]))
+    assert not np.array_equal(first, last)

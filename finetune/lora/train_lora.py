@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--logging_steps", type=int, default=10, help="Log train loss every N optimizer steps.")
     s.add_argument("--eval_steps", type=int, default=None,
                    help="Also validate every N optimizer steps (always at each epoch end).")
+    s.add_argument("--sample_every", type=int, default=0,
+                   help="Every N validations, generate --sample_prompts into OUTPUT_DIR/samples/step-N/ so "
+                        "progress can be heard during training (0 = off).")
+    s.add_argument("--sample_prompts", default=None,
+                   help="Prompts for --sample_every: a prompts file (JSON/txt, as evaluate.py reads) "
+                        "(default: the first 3 validation descriptions).")
+    s.add_argument("--sample_duration", type=float, default=10.0, help="Seconds per sample for --sample_every.")
     s.add_argument("--save_steps", type=int, default=200,
                    help="Write checkpoints/checkpoint-N (adapter + optimizer, scheduler, RNG and data position, "
                         "enough to resume) every N optimizer steps.")

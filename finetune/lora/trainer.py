@@ -192,12 +192,20 @@ def train(args):
     win = {"loss": 0.0, "micro": 0, "tokens": 0, "samples": 0}  # what the next train record averages
     grad_norm = None
     done = False
+    evals_done = 0
+    sample_prompts = []
+    if args.sample_every:
+        from generation import load_prompts
+
+        sample_prompts = ([p.text for p in load_prompts(args.sample_prompts)] if args.sample_prompts
+                          else [c.description for c in valid_clips[:3]])
     if resume_from:
         state, mine = ckpt.load_checkpoint(resume_from, accelerator, model, optimizer, scheduler)
         step, start_epoch, skip_batches = state["step"], state["epoch"], state["batches_in_epoch"]
         base, best, last_eval = {"loss": state["base_valid_loss"]}, state["best"], state["last_eval"]
         last_eval_step, stop_reason = state["last_eval_step"], state["stop_reason"]
         stopper.bad_evals = state["evals_without_improvement"]
+        evals_done = state.get("evals_done", 0)
         guard.load(state["nonfinite"])
         t0 = time.time() - state["elapsed_seconds"]
         win = dict(mine["window"])
@@ -224,8 +232,20 @@ def train(args):
         best["loss"], last_eval = base["loss"], base
         window_start = time.time()
 
+    def write_samples():
+        """Listen to progress: same prompts and seeds at every sampling point (main process only)."""
+        from generation import generate_audio, write_clip
+
+        folder = output_dir / "samples" / f"step-{step}"
+        audio = generate_audio(accelerator.unwrap_model(model), processor, sample_prompts, args.sample_duration,
+                               seed=args.seed, batch_size=len(sample_prompts), progress=False)
+        for i, (text, clip) in enumerate(zip(sample_prompts, audio)):
+            write_clip(folder / f"{i:02d}.wav", clip, sr, {"prompt": text, "step": step, "seed": args.seed,
+                                                         "duration": args.sample_duration})
+        log.info(f"step {step}: {len(audio)} samples -> {folder}")
+
     def run_eval(epoch):
-        nonlocal best, last_eval, last_eval_step, stop_reason
+        nonlocal best, last_eval, last_eval_step, stop_reason, evals_done
         res = evaluate_loss(model, valid_loader, autocast, progress=progress, reduce=reduce)
         last_eval, last_eval_step = res, step
         improved = res["loss"] < best["loss"] or not best["saved"]
@@ -244,12 +264,16 @@ def train(args):
                            "valid_loss_per_codebook": res["per_codebook"], "best_valid_loss": best["loss"],
                            "time": time.time() - t0})
             write_training_curves(output_dir)
+        evals_done += 1
+        if main and args.sample_every and evals_done % args.sample_every == 0:
+            write_samples()
 
     def save_checkpoint(epoch, batches_in_epoch, epoch_start_rng):
         state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch, "total_steps": total_steps,
                  "base_valid_loss": base["loss"], "best": best, "last_eval": last_eval,
                  "last_eval_step": last_eval_step, "stop_reason": stop_reason,
                  "evals_without_improvement": stopper.bad_evals, "nonfinite": guard.state(),
+                 "evals_done": evals_done,
                  "metrics_offset": metrics.offset() if metrics else None, "elapsed_seconds": time.time() - t0,
                  "run": this_run}
         rank_state = {"window": dict(win, elapsed=time.time() - window_start), "text_dropout_rng": text_gen.get_state(),
