@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# One command, the whole core path on an embedded default: example data + an offline MusicGen,
-# one LoRA training run, then where the adapters are and base -> best validation loss.
+# One command, the whole job on an embedded default: example data + an offline MusicGen, one LoRA
+# training run (base -> best validation loss, review of the logs), then base vs best vs final on the
+# 8 evaluation prompts with a listening report and one verdict line per model.
 #
 #   ./quick_start.sh                                       # synthetic data + tiny random MusicGen (CPU, ~1 min)
 #   MODEL_PATH=/path/to/musicgen-small DATA_DIR=finetune/data ./quick_start.sh   # your model and data
 #
-# Variables: MODEL_PATH, DATA_DIR, OUTPUT_DIR, EPOCHS, LR, BATCH_SIZE, GRAD_ACCUM, TARGET_DURATION, EXTRA_ARGS.
+# Variables: MODEL_PATH, DATA_DIR, OUTPUT_DIR, EPOCHS, LR, BATCH_SIZE, GRAD_ACCUM, TARGET_DURATION,
+# EVAL_DURATION (seconds per generated clip), SKIP_EVAL=1 (train only), EXTRA_ARGS (passed to train_lora.py).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=.venv/bin/python
@@ -21,9 +23,11 @@ start=$(date +%s)
 if [ "$MODEL_PATH" = "$DEFAULT_MODEL" ]; then
   # Tiny random-weight model: learns fast enough to show the loss fall in a minute.
   EPOCHS=${EPOCHS:-4} LR=${LR:-3e-3} BATCH_SIZE=${BATCH_SIZE:-4} GRAD_ACCUM=${GRAD_ACCUM:-1}
+  EVAL_DURATION=${EVAL_DURATION:-5}
   [ -f "$MODEL_PATH/config.json" ] || "$PY" finetune/scripts/make_tiny_model.py --output_dir "$MODEL_PATH"
 else
   EPOCHS=${EPOCHS:-1} LR=${LR:-1e-4} BATCH_SIZE=${BATCH_SIZE:-2} GRAD_ACCUM=${GRAD_ACCUM:-4}
+  EVAL_DURATION=${EVAL_DURATION:-15}
 fi
 [ -f "$DATA_DIR/metadata.json" ] || "$PY" finetune/lora/prepare_data.py --create_example --output_dir "$DATA_DIR"
 
@@ -33,4 +37,10 @@ fi
   --gradient_accumulation_steps "$GRAD_ACCUM" --target_duration "${TARGET_DURATION:-15}" \
   --logging_steps 2 --save_steps 1000 --no_progress ${EXTRA_ARGS:-}
 
+if [ "${SKIP_EVAL:-0}" != 1 ]; then
+  "$PY" finetune/lora/evaluate.py --base_model_path "$MODEL_PATH" --lora_model_path "$OUTPUT_DIR" --compare_multi \
+    --test_prompts_file finetune/data/eval/evaluation_prompts_8.json --data_dir "$DATA_DIR" \
+    --output_dir "$OUTPUT_DIR/evaluation" --duration "$EVAL_DURATION" --overwrite --no_progress
+  echo "quick_start.sh: listen in $OUTPUT_DIR/evaluation/report.html"
+fi
 echo "quick_start.sh: finished in $(( $(date +%s) - start )) s; adapters in $OUTPUT_DIR/{best_model,final_model}"

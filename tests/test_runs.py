@@ -344,3 +344,14 @@ def test_real_training_run(trained_run, tmp_path):
     assert float(row["train e1"]) == pytest.approx(train[1], abs=1e-4)
     assert float(row["steps/s"]) > 0
     assert (tmp_path / "runs_curves.png").stat().st_size > 10_000
+
+
+def test_base_at_uniform_is_a_note_only_for_random_weight_test_models(tmp_path):
+    recs = _records(8.19, [_falling(8.1, 8.0)], [8.0])
+    real = _write_run(tmp_path / "pretrained", _config(num_epochs=1, total_steps=10), recs)
+    test_model = _write_run(tmp_path / "random", _config(num_epochs=1, total_steps=10, model_random_weights=True),
+                            recs)
+    assert "warn  step 0: base validation loss 8.1900 is above ln(vocab)" in _review_text(real)
+    text = _review_text(test_model)
+    assert "note  step 0: base validation loss 8.1900 is at ln(vocab)" in text and "random-weight" in text
+    assert "labels or data are wrong" not in text

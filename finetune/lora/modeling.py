@@ -57,6 +57,8 @@ def model_info(model) -> dict:
         "hop_length": hop,
         "frame_rate": codec.sampling_rate / hop,
         "pad_token_id": base.decoder.config.pad_token_id,
+        # make_tiny_model.py marks its random-weight checkpoints; their loss sits at ln(vocab) by design.
+        "random_weights": bool(getattr(base.config, "random_weights_test_model", False)),
         "decoder_start_token_id": base.config.decoder.decoder_start_token_id
         if getattr(base.config.decoder, "decoder_start_token_id", None) is not None
         else base.generation_config.decoder_start_token_id,

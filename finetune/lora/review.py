@@ -5,7 +5,8 @@ Printed at the end of train_lora.py and by `compare_runs.py --review RUN_DIR`. L
 also listed in USAGE.md:
 
 - loss above uniform: the step-0 (base model) validation loss above ln(vocab) is a warning -- labels
-  or data are wrong, not hyper-parameters. Within NEAR_UNIFORM (5%) below it is a note: expected
+  or data are wrong, not hyper-parameters -- except for make_tiny_model.py's random-weight models
+  (run_config's model_random_weights), where it is a note. Within NEAR_UNIFORM (5%) below it is a note: expected
   for a random-weight test model, a data problem for a pretrained one.
 - spikes: a logged train loss more than SPIKE_FACTOR (1.5x) the mean of the previous SPIKE_WINDOW
   (20) finite logged losses, once SPIKE_MIN_HISTORY (3) are known.
@@ -78,6 +79,10 @@ def check_step0(run: Run):
     base, ln_v = base_loss(run), run.uniform_loss
     if base is None or ln_v is None:
         return [Finding("note", "no step-0 validation loss logged: cannot compare the base model with ln(vocab)")]
+    if base > ln_v and run.config.get("model_random_weights"):
+        return [Finding("note", f"step 0: base validation loss {base:.4f} is at ln(vocab) = {ln_v:.4f}, as "
+                                f"expected for this random-weight test model (a pretrained MusicGen above it "
+                                f"would mean labels or data are wrong)")]
     if base > ln_v:
         return [Finding("warn", f"step 0: base validation loss {base:.4f} is above ln(vocab) = {ln_v:.4f}, a "
                                 f"uniform guess: labels or data are wrong, not hyper-parameters (a pretrained "

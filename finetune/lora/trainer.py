@@ -222,7 +222,9 @@ def train(args):
         base = evaluate_loss(model, valid_loader, autocast, desc="base valid", progress=progress, reduce=reduce)
         log.info(f"step 0: base validation loss {base['loss']:.4f} (uniform guess ln({info['vocab_size']}) = "
                  f"{ln_v:.4f})")
-        if base["loss"] > ln_v:
+        if base["loss"] > ln_v and info["random_weights"]:
+            log.info("(a random-weight test model sits at the uniform guess; a pretrained one sits well below)")
+        elif base["loss"] > ln_v:
             log.warning(f"warning: base validation loss {base['loss']:.3f} is above a uniform guess ({ln_v:.3f}): "
                         f"a pretrained MusicGen on in-style audio should sit well below it; check the data and "
                         f"model (random-weight test models sit near it)")

@@ -126,6 +126,9 @@ def build_config(size: str, text_vocab: int) -> MusicgenConfig:
     config = MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=codec.to_dict(), decoder=decoder.to_dict())
     config.decoder_start_token_id = vocab
     config.pad_token_id = vocab
+    # Marks a test checkpoint: its loss sits at ln(vocab) by construction, which the review must not
+    # mistake for the misaligned-label failure a pretrained model shows there.
+    config.random_weights_test_model = True
     return config
 
 
