@@ -52,3 +52,13 @@ def trained_run(tiny_model_dir, example_data_dir, tmp_path_factory):
                       "--learning_rate", 3e-3, "--warmup_steps", 1, "--logging_steps", 1, "--save_steps", 2,
                       "--target_duration", 6, "--text_dropout", 0.0, "--no_progress")
     return out, proc.stdout + proc.stderr
+
+
+def assert_one_line_error(proc, *needles):
+    """A user mistake: exit 2, no traceback, exactly one `error:` line holding every needle."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    err = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(err) == 1, proc.stderr
+    for needle in needles:
+        assert needle in err[0], err[0]

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from conftest import run_script
+from conftest import assert_one_line_error, run_script
 
 
 def _train(model, data, out, *extra):
@@ -12,13 +12,6 @@ def _train(model, data, out, *extra):
                       "--num_epochs", 1, "--no_progress", *extra, check=False)
 
 
-def _assert_one_line_error(proc, *needles):
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr, proc.stderr
-    err = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
-    assert len(err) == 1, proc.stderr
-    for needle in needles:
-        assert needle in err[0], err[0]
 
 
 @pytest.fixture()
@@ -33,26 +26,26 @@ def test_missing_audio_file(tiny_model_dir, data_copy, tmp_path):
     gone = data_copy / meta["train"][0]["audio"]
     gone.unlink()
     proc = _train(tiny_model_dir, data_copy, tmp_path / "out")
-    _assert_one_line_error(proc, str(gone), "not found")
+    assert_one_line_error(proc, str(gone), "not found")
     assert not (tmp_path / "out").exists()
 
 
 def test_malformed_metadata(tiny_model_dir, data_copy, tmp_path):
     (data_copy / "metadata.json").write_text('{"train": [ {"audio": "x.wav",, } ]')
-    _assert_one_line_error(_train(tiny_model_dir, data_copy, tmp_path / "out"), "metadata.json", "JSON")
+    assert_one_line_error(_train(tiny_model_dir, data_copy, tmp_path / "out"), "metadata.json", "JSON")
     (data_copy / "metadata.json").write_text('{"train": [{"audio": "train/a.wav"}]}')
-    _assert_one_line_error(_train(tiny_model_dir, data_copy, tmp_path / "out"), "metadata.json", "description")
+    assert_one_line_error(_train(tiny_model_dir, data_copy, tmp_path / "out"), "metadata.json", "description")
 
 
 def test_corrupt_audio_file(tiny_model_dir, data_copy, tmp_path):
     meta = json.loads((data_copy / "metadata.json").read_text())
     bad = data_copy / meta["valid"][0]["audio"]
     bad.write_bytes(b"RIFF not really a wave file" * 10)
-    _assert_one_line_error(_train(tiny_model_dir, data_copy, tmp_path / "out"), str(bad), "cannot decode")
+    assert_one_line_error(_train(tiny_model_dir, data_copy, tmp_path / "out"), str(bad), "cannot decode")
 
 
 def test_unknown_model_path(data_copy, tmp_path):
-    _assert_one_line_error(_train(tmp_path / "no-such-model", data_copy, tmp_path / "out"), "no-such-model",
+    assert_one_line_error(_train(tmp_path / "no-such-model", data_copy, tmp_path / "out"), "no-such-model",
                            "--model_path")
 
 
@@ -60,5 +53,5 @@ def test_refuses_output_dir_holding_a_run(tiny_model_dir, data_copy, tmp_path):
     out = tmp_path / "out"
     (out / "best_model").mkdir(parents=True)
     (out / "best_model" / "keep.txt").write_text("precious")
-    _assert_one_line_error(_train(tiny_model_dir, data_copy, out), str(out), "--overwrite_output_dir")
+    assert_one_line_error(_train(tiny_model_dir, data_copy, out), str(out), "--overwrite_output_dir")
     assert (out / "best_model" / "keep.txt").read_text() == "precious"

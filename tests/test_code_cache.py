@@ -9,7 +9,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -18,32 +17,6 @@ from code_cache import CodeCache, load_codes
 from conftest import run_script
 from dataset import Collator, MusicDataset, load_audio, read_metadata
 from modeling import batch_loss, encode_audio, encode_clip, labels_for_batch, load_model_and_processor, model_info
-
-
-def init_codebooks_from_latents(model, audio: torch.Tensor, seed: int = 0):
-    """Residual codebooks = random latent (then residual) frames of `audio`, layer by layer."""
-    codec = model.audio_encoder
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        x = codec.encoder(audio.reshape(1, 1, -1))[0].T  # (T, D)
-        for layer in codec.quantizer.layers:
-            cb = layer.codebook
-            idx = torch.randint(0, x.shape[0], (cb.embed.shape[0],), generator=gen)
-            cb.embed.copy_(x[idx])
-            cb.embed_avg.copy_(x[idx])
-            x = x - cb.decode(cb.encode(x))
-
-
-@pytest.fixture(scope="module")
-def diverse_model_dir(tiny_model_dir, example_data_dir, tmp_path_factory):
-    model, processor = load_model_and_processor(str(tiny_model_dir))
-    clips = read_metadata(example_data_dir)["train"]
-    audio = torch.from_numpy(np.concatenate([load_audio(c.audio_path, 32000)[:32000 * 3] for c in clips[:6]]))
-    init_codebooks_from_latents(model, audio)
-    out = tmp_path_factory.mktemp("models") / "tiny-diverse-codes"
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
 
 
 @pytest.fixture
@@ -61,10 +34,10 @@ def data_copy(example_data_dir, tmp_path):
     return out
 
 
-def test_codes_are_diverse_and_crop_of_codes_differs_from_codes_of_crop(diverse_model_dir, example_data_dir):
+def test_codes_are_diverse_and_crop_of_codes_differs_from_codes_of_crop(tiny_model_dir, example_data_dir):
     """Why the cache stores whole clips and both paths crop codes: encoding an audio crop is not a
     crop of the clip's codes near the crop's edges (EnCodec's LSTM and non-causal convolutions)."""
-    model, _ = load_model_and_processor(str(diverse_model_dir))
+    model, _ = load_model_and_processor(str(tiny_model_dir))
     clip = read_metadata(example_data_dir)["train"][0]
     wav = torch.from_numpy(load_audio(clip.audio_path, 32000))
     whole = encode_clip(model, wav)
@@ -74,8 +47,8 @@ def test_codes_are_diverse_and_crop_of_codes_differs_from_codes_of_crop(diverse_
     assert not torch.equal(crop_first, whole[:, o:o + w])
 
 
-def test_cache_hit_miss_and_invalidation(diverse_model_dir, data_copy):
-    model, _ = load_model_and_processor(str(diverse_model_dir))
+def test_cache_hit_miss_and_invalidation(tiny_model_dir, data_copy):
+    model, _ = load_model_and_processor(str(tiny_model_dir))
     clips = read_metadata(data_copy)["train"][:3]
     cache_dir = data_copy / "cache"
 
@@ -116,9 +89,9 @@ def test_cache_hit_miss_and_invalidation(diverse_model_dir, data_copy):
     assert c4.stats == {"hits": 0, "misses": 3}
 
 
-def test_cached_and_uncached_batches_give_same_labels_and_loss(diverse_model_dir, data_copy):
+def test_cached_and_uncached_batches_give_same_labels_and_loss(tiny_model_dir, data_copy):
     """Same seed and epoch -> same random crop -> identical labels and loss, from cache or from audio."""
-    model, processor = load_model_and_processor(str(diverse_model_dir))
+    model, processor = load_model_and_processor(str(tiny_model_dir))
     info = model_info(model)
     sr, hop = info["sample_rate"], info["hop_length"]
     clips = read_metadata(data_copy)["train"][:4]
@@ -149,15 +122,15 @@ def _losses(run):
     return [(r["type"], r["step"], r.get("train_loss", r.get("valid_loss"))) for r in recs]
 
 
-def test_pretokenize_then_train_from_cache_equals_training_without(diverse_model_dir, data_copy, tmp_path):
-    proc = run_script("prepare_data.py", "--pretokenize", "--model_path", diverse_model_dir, "--data_dir", data_copy,
+def test_pretokenize_then_train_from_cache_equals_training_without(tiny_model_dir, data_copy, tmp_path):
+    proc = run_script("prepare_data.py", "--pretokenize", "--model_path", tiny_model_dir, "--data_dir", data_copy,
                       "--no_progress")
     assert "6 clips, 6 encoded, 0 already cached" in proc.stderr + proc.stdout
     assert "files/s" in proc.stderr + proc.stdout
     entries = sorted((data_copy / ".codes_cache").rglob("*.safetensors"))
     assert len(entries) == 6
 
-    common = ["--model_path", diverse_model_dir, "--data_dir", data_copy, "--num_epochs", 1, "--batch_size", 2,
+    common = ["--model_path", tiny_model_dir, "--data_dir", data_copy, "--num_epochs", 1, "--batch_size", 2,
               "--gradient_accumulation_steps", 1, "--learning_rate", 3e-3, "--warmup_steps", 1, "--logging_steps", 1,
               "--target_duration", 4, "--no_progress", "--seed", 7]
     cached = run_script("train_lora.py", *common, "--output_dir", tmp_path / "cached")

@@ -1,7 +1,6 @@
 """prepare_data.py on a real mixed folder: formats, rates, segments, silence, descriptions, split, report."""
 import json
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -8,20 +8,13 @@ import pytest
 import soundfile as sf
 
 from browser import chromium_session, find_chromium, media_state
-from conftest import ROOT, run_script
+from conftest import ROOT, assert_one_line_error, run_script
 
 PROMPTS_8 = ROOT / "finetune" / "data" / "eval" / "evaluation_prompts_8.json"
 DURATION = 1.0
 ROW_KEYS = {"prompt_id", "prompt", "model", "adapter_path", "wav", "seed", "settings"}
 
 
-def _one_line_error(proc, *needles):
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    err = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
-    assert len(err) == 1, proc.stderr
-    for needle in needles:
-        assert needle in err[0], err[0]
 
 
 def _rows(out):
@@ -118,25 +111,25 @@ def test_bad_input_is_one_clear_line(tiny_model_dir, trained_run, tmp_path):
     missing = tmp_path / "nope.json"
     proc = run_script("evaluate.py", *common, "--test_prompts_file", missing, "--output_dir", tmp_path / "o1",
                       check=False)
-    _one_line_error(proc, str(missing), "not found")
+    assert_one_line_error(proc, str(missing), "not found")
     empty = tmp_path / "empty.json"
     empty.write_text("[]")
     proc = run_script("evaluate.py", *common, "--test_prompts_file", empty, "--output_dir", tmp_path / "o2", check=False)
-    _one_line_error(proc, str(empty), "empty")
+    assert_one_line_error(proc, str(empty), "empty")
     not_adapter = tmp_path / "not_an_adapter"
     not_adapter.mkdir()
     (not_adapter / "weights.bin").write_bytes(b"x")
     proc = run_script("evaluate.py", *common, "--test_prompts", "x", "--compare", "--lora_model_path", not_adapter,
                       "--output_dir", tmp_path / "o3", check=False)
-    _one_line_error(proc, str(not_adapter), "adapter_config.json")
+    assert_one_line_error(proc, str(not_adapter), "adapter_config.json")
     # A run directory given to --compare gets pointed at best_model/.
     proc = run_script("evaluate.py", *common, "--test_prompts", "x", "--compare", "--lora_model_path", run,
                       "--output_dir", tmp_path / "o4", check=False)
-    _one_line_error(proc, "training run directory", "best_model")
+    assert_one_line_error(proc, "training run directory", "best_model")
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
     # An earlier evaluation is never overwritten silently.
     (tmp_path / "o5").mkdir()
     (tmp_path / "o5" / "comparison_results.jsonl").write_text("keep")
     proc = run_script("evaluate.py", *common, "--test_prompts", "x", "--output_dir", tmp_path / "o5", check=False)
-    _one_line_error(proc, "not empty", "--overwrite")
+    assert_one_line_error(proc, "not empty", "--overwrite")
     assert (tmp_path / "o5" / "comparison_results.jsonl").read_text() == "keep"

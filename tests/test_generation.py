@@ -8,18 +8,11 @@ import torch
 from transformers import MusicgenForConditionalGeneration
 
 from common import UserError
-from conftest import run_script
+from conftest import assert_one_line_error, run_script
 from generation import generate_audio, load_prompts, max_new_tokens_for
 from modeling import apply_lora, load_adapter, load_model_and_processor, model_info
 
 
-def _one_line_error(proc, *needles):
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    err = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
-    assert len(err) == 1, proc.stderr
-    for needle in needles:
-        assert needle in err[0], err[0]
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +51,9 @@ def test_seeded_per_prompt_independent_of_batching(tiny):
 
 def test_inference_writes_wavs_and_sidecars(tiny_model_dir, tmp_path):
     out = tmp_path / "gen"
-    proc = run_script("inference_lora.py", "--base_model_path", tiny_model_dir, "--prompts", "Trap beat: 808s & hats!",
-                      "--num_samples", 2, "--batch_size", 2, "--duration", 15, "--seed", 11, "--output_dir", out,
-                      "--no_progress")
+    run_script("inference_lora.py", "--base_model_path", tiny_model_dir, "--prompts", "Trap beat: 808s & hats!",
+               "--num_samples", 2, "--batch_size", 2, "--duration", 15, "--seed", 11, "--output_dir", out,
+               "--no_progress")
     wavs = sorted(out.glob("*.wav"))
     assert [w.name for w in wavs] == ["00_trap-beat-808s-hats_s0.wav", "00_trap-beat-808s-hats_s1.wav"]
     for j, wav in enumerate(wavs):
@@ -78,7 +71,7 @@ def test_inference_writes_wavs_and_sidecars(tiny_model_dir, tmp_path):
     # Refuses to overwrite earlier clips without --overwrite.
     again = run_script("inference_lora.py", "--base_model_path", tiny_model_dir, "--prompts", "Trap beat: 808s & hats!",
                        "--num_samples", 2, "--duration", 1, "--output_dir", out, check=False)
-    _one_line_error(again, "already exists", "--overwrite")
+    assert_one_line_error(again, "already exists", "--overwrite")
     assert sf.info(str(wavs[0])).frames == 15 * 32000
 
 
@@ -126,7 +119,7 @@ def test_adapter_for_another_architecture_is_a_clear_error(tiny_model_dir, tmp_p
     proc = run_script("inference_lora.py", "--base_model_path", tiny_model_dir, "--lora_model_path",
                       tmp_path / "other_adapter", "--prompts", "x", "--duration", 0.5, "--output_dir", tmp_path / "o",
                       check=False)
-    _one_line_error(proc, str(tmp_path / "other_adapter"), "does not fit this base model")
+    assert_one_line_error(proc, str(tmp_path / "other_adapter"), "does not fit this base model")
     assert not (tmp_path / "o").exists()
 
 
@@ -150,4 +143,4 @@ def test_prompt_files(tmp_path):
 def test_too_long_duration_is_refused(tiny_model_dir, tmp_path):
     proc = run_script("inference_lora.py", "--base_model_path", tiny_model_dir, "--prompts", "x", "--duration", 60,
                       "--output_dir", tmp_path / "o", check=False)
-    _one_line_error(proc, "--duration 60", "at most")
+    assert_one_line_error(proc, "--duration 60", "at most")

@@ -3,7 +3,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from conftest import run_script
+
 from dataset import Collator, MusicDataset, build_delay_pattern_labels, read_metadata, valid_frames_for_samples
 from modeling import forward_logits, labels_for_batch, load_model_and_processor, model_info
 

@@ -4,7 +4,6 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 import audio_metrics as am
 from conftest import run_script

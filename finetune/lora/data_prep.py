@@ -32,7 +32,7 @@ import numpy as np
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from common import UserError, atomic_write_json, log
+from common import UserError, atomic_write_json
 from dataset import load_audio
 
 SAMPLE_RATE = 32000

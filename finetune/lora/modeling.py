@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from common import UserError, log
+from common import UserError
 from dataset import build_delay_pattern_labels, crop_codes
 
 # Decoder attention (self and cross) and FFN, as in the seeds' adapters. The regex keeps LoRA off
