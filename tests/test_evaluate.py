@@ -133,3 +133,16 @@ def test_bad_input_is_one_clear_line(tiny_model_dir, trained_run, tmp_path):
     proc = run_script("evaluate.py", *common, "--test_prompts", "x", "--output_dir", tmp_path / "o5", check=False)
     assert_one_line_error(proc, "not empty", "--overwrite")
     assert (tmp_path / "o5" / "comparison_results.jsonl").read_text() == "keep"
+
+
+def test_run_dir_supplies_its_own_validation_set(trained_run, tiny_model_dir, tmp_path):
+    """Without --data_dir, held-out numbers come from the evaluated run's data (its run_config.json)."""
+    run, _ = trained_run
+    out = tmp_path / "eval"
+    proc = run_script("evaluate.py", "--base_model_path", tiny_model_dir, "--lora_model_path", run, "--compare_multi",
+                      "--test_prompts", "lo-fi hip hop beat", "--duration", 0.5, "--output_dir", out, "--no_progress")
+    assert "held-out loss and FAD on the run's validation set" in proc.stdout + proc.stderr
+    models = json.loads((out / "summary.json").read_text())["models"]
+    trained = json.loads((run / "logs" / "summary.json").read_text())
+    assert models["base_model"]["held_out_loss"] == pytest.approx(trained["base_valid_loss"], abs=1e-4)
+    assert models["best_model"]["held_out_loss"] == pytest.approx(trained["best_valid_loss"], abs=1e-4)

@@ -57,7 +57,8 @@ def build_parser():
     d = p.add_argument_group("objective numbers")
     d.add_argument("--data_dir", default=None,
                    help="Folder holding metadata.json: its validation clips give each model's held-out loss and "
-                        "the style reference for FAD (skipped without it).")
+                        "the style reference for FAD (default: the evaluated run's data_dir from its "
+                        "run_config.json when that exists; skipped otherwise).")
     d.add_argument("--metadata_file", default="metadata.json", help="Metadata file, relative to --data_dir.")
     d.add_argument("--target_duration", type=float, default=None,
                    help="Window in seconds for the held-out loss (default: the run's training window from "
@@ -72,19 +73,39 @@ def build_parser():
     return p
 
 
+def run_config_of(args):
+    """(path, dict) of the training run being evaluated, found beside the adapters; (None, {}) if none."""
+    import json
+
+    places = [Path(p) for p in (args.lora_model_path, args.best_model_path, args.final_model_path) if p]
+    for cfg in [c for p in places for c in (p / "run_config.json", p.parent / "run_config.json")]:
+        if cfg.is_file():
+            try:
+                return cfg, json.loads(cfg.read_text())
+            except (OSError, ValueError):
+                log.warning(f"warning: {cfg}: unreadable run_config.json, ignored")
+    return None, {}
+
+
 def training_window(args) -> float:
     if args.target_duration:
         return args.target_duration
-    if args.lora_model_path:
-        for cfg in (Path(args.lora_model_path) / "run_config.json", Path(args.lora_model_path).parent / "run_config.json"):
-            if cfg.is_file():
-                import json
-
-                window = json.loads(cfg.read_text()).get("window_seconds")
-                if window:
-                    log.info(f"held-out loss on {window:g} s windows (the training window in {cfg})")
-                    return float(window)
+    cfg, run = run_config_of(args)
+    if run.get("window_seconds"):
+        log.info(f"held-out loss on {run['window_seconds']:g} s windows (the training window in {cfg})")
+        return float(run["window_seconds"])
     return 15.0
+
+
+def default_data_dir(args):
+    """Without --data_dir, the run's own validation set (run_config.json) gives the held-out numbers."""
+    cfg, run = run_config_of(args)
+    data_dir, meta = run.get("data_dir"), run.get("metadata_file", "metadata.json")
+    if data_dir and (Path(data_dir) / meta).is_file():
+        log.info(f"held-out loss and FAD on the run's validation set: {data_dir} (from {cfg}; --data_dir overrides)")
+        args.metadata_file = meta
+        return data_dir
+    return None
 
 
 def print_verdicts(summary):
@@ -130,6 +151,8 @@ def main(argv=None):
     check_duration(model, args.duration)
     bank = ModelBank(model, specs)
     notes, numbers, reference = [], {}, None
+    if not args.data_dir and not args.score_only:
+        args.data_dir = default_data_dir(args)
     if args.data_dir:
         loader, valid = validation_loader(processor, model, args.data_dir, args.metadata_file, training_window(args),
                                           args.batch_size)
