@@ -91,3 +91,16 @@ def test_sample_every_writes_audible_progress(tiny_model_dir, example_data_dir, 
     # Later samples come from a changed adapter: the audio differs from the first sampling point.
     first, last = (sf.read(str(sorted(f.glob("*.wav"))[0]))[0] for f in (folders[0], folders[-1]))
     assert not np.array_equal(first, last)
+
+
+def test_frozen_text_encoder_is_deterministic_in_training(tiny_model_dir):
+    """Training mode must not perturb the (frozen) conditioning: same description, same T5 states."""
+    model, processor = load_model_and_processor(str(tiny_model_dir))
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.text_encoder.modules())
+    model = apply_lora(model, 4, 8, 0.1)
+    model.train()
+    enc = processor(text=["lo-fi hip hop beat with vinyl crackle"], return_tensors="pt")
+    text_encoder = model.get_base_model().text_encoder
+    with torch.no_grad():
+        first, second = (text_encoder(**enc).last_hidden_state for _ in range(2))
+    assert torch.equal(first, second)

@@ -1,6 +1,7 @@
 """Model plumbing: load MusicGen, attach/load LoRA, encode audio to codes, teacher-forced loss."""
 import json
 import math
+import types
 from pathlib import Path
 
 import torch
@@ -71,12 +72,24 @@ def lora_target_regex(target_modules) -> str:
     return rf"^(.*\.)?decoder\.model\.decoder\.layers\.\d+\.(.*\.)?({names})$"
 
 
+def _stay_in_eval_mode(self, mode=True):
+    return torch.nn.Module.train(self, False)
+
+
 def apply_lora(model, rank: int, alpha: float, dropout: float, target_modules=DEFAULT_TARGETS):
-    """Freeze everything, add LoRA to the decoder's linear layers only."""
+    """Freeze everything, add LoRA to the decoder's linear layers only.
+
+    The frozen T5 text encoder stays in eval mode: in train mode its dropout would feed the decoder
+    a randomly perturbed description every step (audiocraft keeps its T5 in eval mode too).
+    """
     from peft import LoraConfig, get_peft_model
 
     for param in model.parameters():
         param.requires_grad_(False)
+    # Pinned to eval mode (T5 also applies functional dropout inside attention, so zeroing Dropout
+    # modules is not enough); model.train() reaches children through this per-instance override.
+    model.text_encoder.eval()
+    model.text_encoder.train = types.MethodType(_stay_in_eval_mode, model.text_encoder)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
                         target_modules=lora_target_regex(target_modules), bias="none")
     try:
