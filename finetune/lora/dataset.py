@@ -175,14 +175,6 @@ def audio_duration(path) -> float | None:
         return None
 
 
-def crop(wav: np.ndarray, num_samples: int, rng: np.random.Generator | None) -> np.ndarray:
-    """Crop to at most num_samples: a random window when rng is given (training), else the start."""
-    if len(wav) <= num_samples:
-        return wav
-    start = int(rng.integers(0, len(wav) - num_samples + 1)) if rng is not None else 0
-    return wav[start:start + num_samples]
-
-
 # --------------------------------------------------------------------------------------------
 # Dataset and collation
 # --------------------------------------------------------------------------------------------

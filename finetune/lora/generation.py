@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import re
 import time
@@ -338,7 +337,3 @@ def describe_settings(settings: SamplingSettings, duration: float, batch_size: i
     s = settings
     mode = "greedy" if s.greedy else f"temperature {s.temperature:g}, top_k {s.top_k}, top_p {s.top_p:g}"
     return f"{duration:g} s, guidance {s.guidance_scale:g}, {mode}, batch {batch_size}"
-
-
-def json_line(obj) -> str:
-    return json.dumps(obj, ensure_ascii=False)
