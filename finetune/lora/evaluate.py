@@ -147,7 +147,8 @@ def main(argv=None):
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.fp16, args.bf16, device)
-    model, processor = load_model_and_processor(args.base_model_path, device=device, dtype=dtype)
+    model, processor = load_model_and_processor(args.base_model_path, device=device, dtype=dtype,
+                                                flag="--base_model_path")
     check_duration(model, args.duration)
     bank = ModelBank(model, specs)
     notes, numbers, reference = [], {}, None

@@ -109,7 +109,8 @@ def main(argv=None):
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.fp16, args.bf16, device)
-    model, processor = load_model_and_processor(args.base_model_path, device=device, dtype=dtype)
+    model, processor = load_model_and_processor(args.base_model_path, device=device, dtype=dtype,
+                                                flag="--base_model_path")
     if args.lora_model_path:
         model = load_adapter(model, args.lora_model_path)
     if args.merge:

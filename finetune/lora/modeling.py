@@ -15,23 +15,23 @@ from dataset import build_delay_pattern_labels, crop_codes
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
 
-def load_model_and_processor(model_path: str, device: str = "cpu", dtype=None):
+def load_model_and_processor(model_path: str, device: str = "cpu", dtype=None, flag: str = "--model_path"):
     """from_pretrained for a local folder or a hub id; a bad path is one clear line."""
     from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
     p = Path(model_path)
     looks_local = p.is_absolute() or model_path.startswith((".", "~")) or p.exists() or model_path.count("/") != 1
     if looks_local and not p.is_dir():
-        raise UserError(f"{model_path}: model folder not found; pass --model_path a local MusicGen folder "
+        raise UserError(f"{model_path}: model folder not found; pass {flag} a local MusicGen folder "
                         f"(config.json + weights) or a hub id like facebook/musicgen-small")
     if p.is_dir() and not (p / "config.json").is_file():
-        raise UserError(f"{model_path}: no config.json here; point --model_path at the MusicGen folder itself")
+        raise UserError(f"{model_path}: no config.json here; point {flag} at the MusicGen folder itself")
     try:
         model = MusicgenForConditionalGeneration.from_pretrained(model_path, dtype=dtype)
         processor = AutoProcessor.from_pretrained(model_path)
     except OSError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{model_path}: cannot load MusicGen ({first}); check --model_path "
+        raise UserError(f"{model_path}: cannot load MusicGen ({first}); check {flag} "
                         f"(offline machines need a local folder)") from None
     except (ValueError, KeyError) as e:
         raise UserError(f"{model_path}: not a MusicGen checkpoint ({e})") from None
