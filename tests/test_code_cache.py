@@ -89,6 +89,57 @@ def test_cache_hit_miss_and_invalidation(tiny_model_dir, data_copy):
     assert c4.stats == {"hits": 0, "misses": 3}
 
 
+def test_hash_memo_skips_rehashing_unchanged_files_and_catches_same_size_rewrites(tiny_model_dir, data_copy,
+                                                                                 monkeypatch):
+    """A second run reads no audio bytes to find its cache keys; a rewrite that keeps the size and is
+    given the old mtime back (rsync -t, cp -p) is still hashed again, through ctime."""
+    import os
+
+    import code_cache
+
+    model, _ = load_model_and_processor(str(tiny_model_dir))
+    clips = read_metadata(data_copy)["train"][:3]
+    old = (1_600_000_000, 1_600_000_000)  # files written long before they are hashed: not "racy"
+    for clip in clips:
+        os.utime(clip.audio_path, old)
+    hashed = []
+    real = code_cache.file_sha256
+    monkeypatch.setattr(code_cache, "file_sha256", lambda path, **kw: hashed.append(Path(path).name) or real(path))
+
+    first = CodeCache(data_copy / "cache", model, 32000)
+    paths = first.fill(clips, progress=False)
+    assert len(hashed) == 3 and first.last_fill["hashed"] == 3
+    assert (data_copy / "cache" / code_cache.HASH_MEMO_NAME).is_file()
+
+    hashed.clear()
+    second = CodeCache(data_copy / "cache", model, 32000)
+    assert second.fill(clips, progress=False) == paths
+    assert hashed == [] and second.stats == {"hits": 3, "misses": 0} and second.last_fill["hashed"] == 0
+
+    wav, sr = sf.read(clips[1].audio_path, dtype="float32")
+    size = clips[1].audio_path.stat().st_size
+    sf.write(clips[1].audio_path, wav * 0.5, sr)
+    os.utime(clips[1].audio_path, old)
+    assert clips[1].audio_path.stat().st_size == size
+    third = CodeCache(data_copy / "cache", model, 32000)
+    new_paths = third.fill(clips, progress=False)
+    assert hashed == [clips[1].audio_path.name] and third.stats == {"hits": 2, "misses": 1}
+    assert new_paths[1] != paths[1] and new_paths[0] == paths[0]
+
+    # A file hashed right after it was written is "racy": trusted only once it is older than the margin.
+    clips[2].audio_path.touch()
+    hashed.clear()
+    CodeCache(data_copy / "cache", model, 32000).fill(clips, progress=False)
+    CodeCache(data_copy / "cache", model, 32000).fill(clips, progress=False)
+    assert hashed == [clips[2].audio_path.name] * 2
+
+    # A corrupt memo costs only the hashing.
+    (data_copy / "cache" / code_cache.HASH_MEMO_NAME).write_text("{not json")
+    hashed.clear()
+    fourth = CodeCache(data_copy / "cache", model, 32000)
+    assert fourth.fill(clips, progress=False) == new_paths and len(hashed) == 3 and fourth.stats["misses"] == 0
+
+
 def test_cached_and_uncached_batches_give_same_labels_and_loss(tiny_model_dir, data_copy):
     """Same seed and epoch -> same random crop -> identical labels and loss, from cache or from audio."""
     model, processor = load_model_and_processor(str(tiny_model_dir))

@@ -91,6 +91,16 @@ def test_config_precedence_and_errors(tmp_path):
     assert args.lora_rank == 12  # parser default where neither says anything
     assert parse_args_with_config(build_parser(), []).batch_size == 2
 
+    # On/off switches the file turns on can be turned off again on the command line, and vice versa.
+    cfg.write_text("gradient_checkpointing: true\nno_cache: true\nbf16: false\n")
+    on = parse_args_with_config(build_parser(), ["--config", str(cfg)])
+    assert on.gradient_checkpointing is True and on.no_cache is True and on.bf16 is False
+    off = parse_args_with_config(build_parser(), ["--config", str(cfg), "--no_gradient_checkpointing", "--cache",
+                                                  "--bf16"])
+    assert off.gradient_checkpointing is False and off.no_cache is False and off.bf16 is True
+    plain = parse_args_with_config(build_parser(), ["--no_fp16"])
+    assert plain.fp16 is False and plain.no_cache is False and plain.gradient_checkpointing is False
+
     for text, needles in [("learnig_rate: 1.0e-4\n", ["unknown key 'learnig_rate'", str(cfg)]),
                           ("batch_size: two\n", ["batch_size", "'two'"]),
                           ("fp16: 1\n", ["fp16", "true or false"]),

@@ -13,7 +13,8 @@ Change any of them and the key changes, so a stale entry is never read. Entries 
 temp name and renamed, so a killed run leaves no half-written file.
 
 Layout: CACHE_DIR/<key[:2]>/<key>.safetensors with tensor "codes" (K, T) int32 and metadata
-num_samples, sample_rate, source.
+num_samples, sample_rate, source; CACHE_DIR/file_hashes.json memoises each audio file's sha256
+against its stat (see FileHashMemo), so a run over 100k cached clips reads no audio at all.
 """
 import hashlib
 import json
@@ -29,6 +30,11 @@ from common import UserError, log
 
 CACHE_FORMAT = 1
 DEFAULT_CACHE_NAME = ".codes_cache"
+HASH_MEMO_NAME = "file_hashes.json"
+# git's "racy clean" rule: a file written within this long before it was hashed could be written
+# again inside the same timestamp tick without its stat changing, so such an entry is not trusted
+# and the file is hashed again on the next run (by then it is old enough).
+RACY_MARGIN_NS = 2_000_000_000
 
 
 def file_sha256(path, chunk=1 << 20) -> str:
@@ -37,6 +43,59 @@ def file_sha256(path, chunk=1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+class FileHashMemo:
+    """sha256 of audio files, reused while a file's stat (size, mtime, ctime, inode) is unchanged.
+
+    Hashing is what makes a cache key content-based, but re-reading every clip on every run costs a
+    full pass over the dataset's bytes. Any write, rename-over or `touch` changes mtime or ctime (the
+    latter cannot be set from user space), so an unchanged stat means unchanged bytes; a file whose
+    mtime is too close to its hashing time is re-hashed (RACY_MARGIN_NS). A missing or unreadable
+    memo file only costs the hashing: it is rebuilt.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.entries, self.dirty, self.hashed = {}, False, 0
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and data.get("format") == CACHE_FORMAT:
+                self.entries = data.get("files", {})
+        except (OSError, ValueError):
+            pass
+
+    def sha256(self, audio_path) -> str:
+        path = str(Path(audio_path).resolve())
+        st = os.stat(path)
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        entry = self.entries.get(path)
+        if (isinstance(entry, dict) and entry.get("stat") == stamp
+                and st.st_mtime_ns + RACY_MARGIN_NS < entry.get("hashed_at_ns", 0)):
+            return entry["sha256"]
+        hashed_at = time.time_ns()
+        digest = file_sha256(path)
+        self.entries[path] = {"stat": stamp, "sha256": digest, "hashed_at_ns": hashed_at}
+        self.dirty, self.hashed = True, self.hashed + 1
+        return digest
+
+    def save(self):
+        """Atomic write (temp name + rename): concurrent ranks each replace it whole, never mix."""
+        if not self.dirty:
+            return
+        tmp = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"format": CACHE_FORMAT, "files": self.entries}, f)
+            os.replace(tmp, self.path)
+            self.dirty = False
+        except OSError as e:  # a read-only cache still serves hits; the next run only hashes again
+            log.warning(f"{self.path}: could not save the file-hash memo ({e}); files are re-hashed next run")
+        finally:
+            if tmp is not None and self.dirty:
+                Path(tmp).unlink(missing_ok=True)
 
 
 def codec_identity(model) -> str:
@@ -81,9 +140,10 @@ class CodeCache:
                          "hop_length": model_info(model)["hop_length"]}
         self.codec_id = codec_identity(model)
         self.stats = {"hits": 0, "misses": 0}
+        self.hashes = FileHashMemo(self.dir / HASH_MEMO_NAME)
 
     def key(self, audio_path) -> str:
-        payload = {"audio": file_sha256(audio_path), "codec": self.codec_id, "settings": self.settings}
+        payload = {"audio": self.hashes.sha256(audio_path), "codec": self.codec_id, "settings": self.settings}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def entry_path(self, key: str) -> Path:
@@ -127,14 +187,18 @@ class CodeCache:
         """Entry paths for these clips (in order), encoding the missing ones with a files/s bar."""
         paths = []
         start = time.time()
-        hits0, misses0 = self.stats["hits"], self.stats["misses"]
+        hits0, misses0, hashed0 = self.stats["hits"], self.stats["misses"], self.hashes.hashed
         bar = tqdm(clips, desc=desc, unit="file", disable=not progress, leave=False)
-        for clip in bar:
-            paths.append(str(self.get_or_encode(getattr(clip, "audio_path", clip))))
+        try:
+            for clip in bar:
+                paths.append(str(self.get_or_encode(getattr(clip, "audio_path", clip))))
+        finally:  # keep the hashes done so far, even when a clip fails to decode
+            self.hashes.save()
         elapsed = time.time() - start
         misses = self.stats["misses"] - misses0
         hits = self.stats["hits"] - hits0
-        self.last_fill = {"files": len(paths), "encoded": misses, "cached": hits, "seconds": elapsed,
+        self.last_fill = {"files": len(paths), "encoded": misses, "cached": hits,
+                          "hashed": self.hashes.hashed - hashed0, "seconds": elapsed,
                           "files_per_s": len(paths) / elapsed if elapsed > 0 else float("inf")}
         return paths
 
@@ -160,8 +224,8 @@ def open_training_cache(args, model, sample_rate: int, splits: dict, device=None
     for name, clips in splits.items():
         out[name] = cache.fill(clips, desc=f"codes ({name})", progress=progress)
         f = cache.last_fill
-        log.info(f"code cache {cache_dir}: {name} {f['files']} clips, {f['cached']} cached, {f['encoded']} encoded "
-                 f"({f['files_per_s']:.1f} files/s)")
+        log.info(f"code cache {cache_dir}: {name} {f['files']} clips, {f['cached']} cached, {f['encoded']} encoded, "
+                 f"{f['hashed']} hashed ({f['files_per_s']:.1f} files/s)")
     return out
 
 

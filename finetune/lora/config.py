@@ -62,12 +62,40 @@ def load_config_file(path, parser: argparse.ArgumentParser) -> dict:
     return values
 
 
+def negation_flag(option: str) -> str:
+    """--fp16 -> --no_fp16; --no_cache -> --cache."""
+    name = option.lstrip("-")
+    return "--" + (name[3:] if name.startswith("no_") else f"no_{name}")
+
+
+def add_negations(parser: argparse.ArgumentParser):
+    """Give every on/off flag an opposite (--fp16 / --no_fp16), so a switch a config file turns on can
+    be turned off again on the command line. The opposite has no default of its own: the flag's
+    default (or the file's value) stands unless it is given."""
+    taken = {opt for action in parser._actions for opt in action.option_strings}
+    group = None
+    for action in list(parser._actions):
+        if not isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            continue
+        long = [o for o in action.option_strings if o.startswith("--")]
+        if not long or negation_flag(long[0]) in taken or action.help == argparse.SUPPRESS:
+            continue
+        flag = negation_flag(long[0])
+        group = group or parser.add_argument_group("opposites of the on/off flags")
+        group.add_argument(flag, dest=action.dest, default=argparse.SUPPRESS,
+                            action="store_false" if isinstance(action, argparse._StoreTrueAction) else "store_true",
+                            help=f"Undo {long[0]} (when a --config file sets {action.dest}: true).")
+        taken.add(flag)
+
+
 def parse_args_with_config(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """Parse argv where `--config FILE` (already defined on `parser`) supplies defaults.
 
-    Precedence: the parser's defaults, then the file, then flags given on the command line.
+    Precedence: the parser's defaults, then the file, then flags given on the command line; every
+    on/off flag gets an opposite (add_negations) so the command line can undo the file either way.
     The returned namespace records the file's keys in `config_keys` for run_config.json.
     """
+    add_negations(parser)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Training throughput with and without the EnCodec code cache, pre-tokenisation speed, and peak RSS
-of the streaming dataset at 100 vs 10,000 clips -- all measured in one run, printed with ratios.
+of the streaming dataset at 100 vs 10,000 clips, and cache-key lookup with and without the file-hash
+memo -- all measured in one run, printed with ratios.
 
     python finetune/scripts/benchmark_train.py                 # tiny model only (~1 min on 2 cores)
     python finetune/scripts/benchmark_train.py --size small    # + musicgen-small architecture at 15 s
@@ -9,7 +10,8 @@ Models are built offline with make_tiny_model.py (random weights: speed and memo
 real architecture, losses are not meaningful). Training steps are real LoRA steps (forward, backward,
 AdamW) through modeling.batch_loss, from the same DataLoader/Collator the trainer uses; the first
 step of each mode is a warm-up and not timed. Peak RSS is measured in fresh subprocesses that read
-the metadata, look every clip up in the cache (hashing its file) and run one epoch of batches.
+the metadata, look every clip up in the cache (hashing its file, or reading its file-hash memo entry)
+and run one epoch of batches.
 With a CUDA GPU the throughput runs on it and peak GPU memory is printed at batch 1, 2 and 4;
 without one those figures are skipped (said in the output).
 """
@@ -217,6 +219,38 @@ def seed_rss_set(work: Path, model_dir: Path, count: int) -> Path:
     return data
 
 
+# --------------------------------------------------------------------------------------------
+# Cache-key lookup: hashing every file vs the file-hash memo
+# --------------------------------------------------------------------------------------------
+def bench_lookup(work: Path, model_dir: Path, count: int, seconds: float) -> dict:
+    """Time of the cache keys of `count` clips on a run where all are cached: first with no memo (each
+    file is read and hashed; the page cache is warm, so this is hashing's best case), then with it."""
+    from code_cache import HASH_MEMO_NAME, CodeCache
+    from modeling import load_model_and_processor, model_info
+
+    folder = work / "lookup-data" / "train"
+    if len(list(folder.glob("*.wav"))) != count:
+        shutil.rmtree(folder, ignore_errors=True)
+        synth_clips(folder, count, seconds, seed=3, prefix="look")
+    paths = sorted(folder.glob("*.wav"))
+    hour_ago = time.time() - 3600  # a dataset prepared earlier: past the memo's racy margin
+    for path in paths:
+        os.utime(path, (hour_ago, hour_ago))
+    model, _ = load_model_and_processor(str(model_dir))
+    cache_dir = work / "lookup-cache"
+    (cache_dir / HASH_MEMO_NAME).unlink(missing_ok=True)
+    timings, keys = [], []
+    for _ in range(2):
+        cache = CodeCache(cache_dir, model, model_info(model)["sample_rate"])
+        start = time.perf_counter()
+        keys.append([cache.key(path) for path in paths])
+        timings.append(time.perf_counter() - start)
+        cache.hashes.save()
+    assert keys[0] == keys[1], "the memo changed a cache key"
+    return {"files": count, "mb": sum(p.stat().st_size for p in paths) / 2**20, "hash_s": timings[0],
+            "memo_s": timings[1]}
+
+
 def bench_rss(work: Path, model_dir: Path, counts=(100, 10000)):
     data = seed_rss_set(work, model_dir, max(counts))
     out = {}
@@ -235,6 +269,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="Timed steps per mode (default: 4 tiny, 2 small).")
     p.add_argument("--batch_size", type=int, default=None, help="Batch size (default: 2 tiny, 1 small).")
     p.add_argument("--rss_clips", type=int, default=10000, help="Size of the large set for the peak-RSS check.")
+    p.add_argument("--lookup_clips", type=int, default=200,
+                   help="Clips (of --duration) for the cache-key lookup timing, hashing vs memo.")
     p.add_argument("--work_dir", default=None, help="Keep models/data/caches here (default: a temp dir).")
     p.add_argument("--_rss_child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -254,6 +290,7 @@ def main(argv=None):
     sizes = ["tiny"] + (["small"] if args.size == "small" else [])
     results = [bench_model(s, work, args, device) for s in sizes]
     rss = bench_rss(work, build_model("tiny", work), (100, args.rss_clips))
+    lookup = bench_lookup(work, build_model("tiny", work), args.lookup_clips, args.duration)
 
     print("\ntraining throughput (LoRA steps incl. data loading; random weights)")
     print(f"{'model':6} {'batch':>5} {'mode':9} {'samples/s':>10} {'tokens/s':>10} {'s/step':>8}")
@@ -267,6 +304,10 @@ def main(argv=None):
     for r in results:
         print(f"{r['size']:6} {r['pretokenize_files_per_s']:.2f} files/s of {args.duration:g} s "
               f"({r['pretokenize_audio_s_per_s']:.1f} s of audio per s)")
+    lk = lookup
+    print(f"\ncache keys of {lk['files']} cached {args.duration:g} s clips ({lk['mb']:.0f} MiB of WAV): hashing every "
+          f"file {lk['hash_s']:.3f} s ({lk['files'] / lk['hash_s']:.0f} files/s, page cache warm), file-hash memo "
+          f"{lk['memo_s']:.3f} s ({lk['files'] / lk['memo_s']:.0f} files/s) -> {lk['hash_s'] / lk['memo_s']:.1f}x")
     for r in results:
         if "peak_gpu_mb_by_batch" in r:
             print(f"{r['size']:6} peak GPU memory by batch: " +
