@@ -7,26 +7,10 @@ import soundfile as sf
 
 import audio_metrics as am
 from conftest import run_script
+from make_test_signals import chord_with_beat, clipped, fade, silent_tail, white_noise
 from style_distance import frechet_distance
 
 SR = 32000
-
-
-def chord_with_beat(seconds=15.0, sr=SR):
-    """A steady A-minor chord with a kick every half second: music-like, no fade, no silence."""
-    t = np.arange(int(seconds * sr)) / sr
-    x = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 261.63, 329.63)) / 3 * 0.3
-    n = int(0.08 * sr)
-    kick = 0.5 * np.sin(2 * np.pi * 60 * np.arange(n) / sr) * np.exp(-np.arange(n) / (0.02 * sr))
-    for start in np.arange(0, seconds, 0.5):
-        i = int(start * sr)
-        x[i:i + n] += kick[:len(x[i:i + n])]
-    return x.astype(np.float32)
-
-
-def fade(x, db=30.0, sr=SR):
-    t = np.arange(len(x)) / sr
-    return (x * 10 ** (-db * t / t[-1] / 20)).astype(np.float32)
 
 
 def test_steady_chord_with_beat_passes():
@@ -50,7 +34,7 @@ def test_fading_30_db_is_flagged_and_the_threshold_holds():
 
 
 def test_white_noise_is_noisy_music_is_not():
-    noise = (np.random.default_rng(0).standard_normal(15 * SR) * 0.1).astype(np.float32)
+    noise = white_noise()
     r = am.score_clip(noise, SR)
     assert r["flags"]["noisy"] and r["metrics"]["spectral_flatness"] > 0.9
     mixed = chord_with_beat() + noise * 0.05  # music with a little hiss stays music
@@ -58,9 +42,7 @@ def test_white_noise_is_noisy_music_is_not():
 
 
 def test_eight_seconds_of_silence_show():
-    x = chord_with_beat()
-    x[int(7 * SR):] = 0.0  # the last 8 s silent
-    r = am.score_clip(x, SR)
+    r = am.score_clip(silent_tail(chord_with_beat(), 8.0), SR)  # the last 8 s silent
     assert r["metrics"]["silence_ratio"] == pytest.approx(8 / 15, abs=0.01)
     assert r["metrics"]["longest_silence_s"] == pytest.approx(8.0, abs=0.06)
     assert r["flags"]["silent"]
@@ -72,8 +54,7 @@ def test_eight_seconds_of_silence_show():
 
 
 def test_clipping():
-    x = chord_with_beat() * 4  # driven far past full scale, then clipped as a WAV writer would
-    r = am.score_clip(np.clip(x, -1, 1), SR)
+    r = am.score_clip(clipped(chord_with_beat()), SR)
     assert r["flags"]["clipping"] and r["metrics"]["clipping_ratio"] > am.CLIPPING_RATIO_FLAG
     assert not am.score_clip(chord_with_beat(), SR)["flags"]["clipping"]
 
@@ -145,32 +126,32 @@ def test_compare_multi_summary_schema_and_verdicts(tiny_model_dir, trained_run, 
 
 
 def test_score_only_constructed_signals_with_a_corrupt_file(tmp_path):
-    clips = tmp_path / "clips"
-    (clips / "steady").mkdir(parents=True)
-    (clips / "broken").mkdir()
-    steady, faded = chord_with_beat(), fade(chord_with_beat(), 30)
-    noise = (np.random.default_rng(0).standard_normal(15 * SR) * 0.1).astype(np.float32)
-    silent = chord_with_beat()
-    silent[7 * SR:] = 0
-    for name, x in (("steady/01_chord", steady), ("steady/02_chord", steady), ("broken/01_chord", faded),
-                    ("broken/02_chord", noise), ("broken/03_chord", silent)):
-        sf.write(str(clips / f"{name}.wav"), x, SR, subtype="PCM_16")
-    (clips / "broken" / "04_corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 20)
-    out = tmp_path / "scored"
+    """make_test_signals.py's known answers through --score_only: each case flagged, the rest clean."""
+    clips, out = tmp_path / "clips", tmp_path / "scored"
+    run_script("make_test_signals.py", "--output_dir", clips, "--corrupt")
     proc = run_script("evaluate.py", "--score_only", "--input_dir", clips, "--output_dir", out)
-    assert "04_corrupt.wav" in proc.stderr and "unreadable" in proc.stderr
+    assert "99_corrupt.wav" in proc.stderr and "unreadable" in proc.stderr
     summary = json.loads((out / "summary.json").read_text())
-    steady_m, broken_m = summary["models"]["steady"], summary["models"]["broken"]
-    assert steady_m["num_clips"] == 2 and steady_m["flag_counts"] == {"fades_out": 0, "noisy": 0, "silent": 0,
-                                                                      "clipping": 0}
-    assert broken_m["num_clips"] == 3
-    assert broken_m["flag_counts"]["fades_out"] >= 1 and broken_m["flag_counts"]["noisy"] == 1
-    assert broken_m["flag_counts"]["silent"] == 1
-    assert broken_m["held_out_loss"] is None and broken_m["fad"] is None
-    assert [u["wav"].endswith("04_corrupt.wav") for u in summary["unreadable"]] == [True]
+    expected = {"steady": None, "fading": "fades_out", "noise": "noisy", "silent_tail": "silent",
+                "clipped": "clipping"}
+    assert set(summary["models"]) == set(expected)
+    for name, flag in expected.items():
+        m = summary["models"][name]
+        assert m["num_clips"] == 2, name
+        if flag:
+            assert m["flag_counts"][flag] == 2, (name, m["flag_counts"])
+        assert m["held_out_loss"] is None and m["fad"] is None
+    clean = {"fades_out": 0, "noisy": 0, "silent": 0, "clipping": 0}
+    assert summary["models"]["steady"]["flag_counts"] == clean
+    # Each failure is caught by its own flag, not by all of them (a stopped clip also reads as a fade).
+    assert summary["models"]["fading"]["flag_counts"] == dict(clean, fades_out=2)
+    assert summary["models"]["noise"]["flag_counts"] == dict(clean, noisy=2)
+    assert summary["models"]["clipped"]["flag_counts"] == dict(clean, clipping=2)
+    assert [u["wav"].endswith("99_corrupt.wav") for u in summary["unreadable"]] == [True]
     rows = [json.loads(line) for line in (out / "comparison_results.jsonl").read_text().splitlines()]
-    assert len(rows) == 6 and sum(1 for r in rows if r.get("error")) == 1
-    assert "steady: 0/2 fade out, 0/2 noisy" in proc.stdout
+    assert len(rows) == 11 and sum(1 for r in rows if r.get("error")) == 1
+    assert "steady: 0/2 fade out, 0/2 noisy, 0/2 silent, 0/2 clipping" in proc.stdout
+    assert "noise: 0/2 fade out, 2/2 noisy" in proc.stdout
     assert (out / "report.html").is_file()
 
 

@@ -154,7 +154,8 @@ def load_audio(path, sample_rate: int) -> np.ndarray:
     except FileNotFoundError:
         raise UserError(f"{path}: audio file not found") from None
     except Exception as e:
-        raise UserError(f"{path}: cannot decode audio ({type(e).__name__}: {e}); re-export it as WAV/FLAC "
+        why = f"{type(e).__name__}: {e}" if str(e).strip() else f"{type(e).__name__}: no decoder reads it"
+        raise UserError(f"{path}: cannot decode audio ({why}); re-export it as WAV/FLAC "
                         f"or remove it from the metadata") from None
     if wav.size == 0:
         raise UserError(f"{path}: audio file is empty; remove it from the metadata")

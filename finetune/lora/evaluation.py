@@ -238,7 +238,7 @@ def verdict(name: str, m: dict) -> str:
         ref = f" (uniform {m['uniform_loss']:.2f})" if m.get("uniform_loss") is not None else ""
         tail.append(f"held-out loss {m['held_out_loss']:.4f}{ref}")
     if m.get("fad") is not None:
-        tail.append(f"FAD {m['fad']:.3f}")
+        tail.append(f"FAD {m['fad']:.4g}")  # scale depends on the codec
     if m.get("clap_similarity") is not None:
         tail.append(f"CLAP {m['clap_similarity']:.3f}")
     if m.get("integrated_lufs") is not None:

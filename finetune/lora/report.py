@@ -46,6 +46,8 @@ def _fmt(v, digits=2) -> str:
     if isinstance(v, float):
         if not math.isfinite(v):
             return "&ndash;"
+        if isinstance(digits, str):  # a format spec, for numbers whose scale varies (FAD)
+            return f"{v:{digits}}"
         return f"{v:.{digits}f}" if abs(v) < 1e4 else f"{v:.3g}"
     return html.escape(str(v))
 
@@ -69,7 +71,7 @@ CLIP_METRICS = (("integrated_lufs", "LUFS", 1), ("loudness_drop_db", "drop dB", 
 MODEL_COLUMNS = (
     ("num_clips", "clips", 0, None),
     ("held_out_loss", "held-out loss", 4, None),
-    ("fad", "FAD (EnCodec)", 3, None),
+    ("fad", "FAD (EnCodec)", ".4g", None),  # its scale depends on the codec: significant digits
     ("integrated_lufs", "mean LUFS", 1, None),
     ("loudness_drop_db", "mean drop dB", 1, None),
     ("silence_ratio", "mean silence", 2, None),
