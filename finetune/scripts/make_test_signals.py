@@ -5,7 +5,8 @@
     python finetune/lora/evaluate.py --score_only --input_dir /tmp/signals --output_dir /tmp/signals_scored
 
 Each first-level folder is one "model" to --score_only, holding 15 s 32 kHz clips built from a
-steady A-minor chord with a kick every half second (music-like: no fade, no silence, tonal):
+steady minor chord (A minor, then G minor) with a kick every half second (music-like: no fade, no
+silence, tonal):
 
     steady/       the chord as it is                        -> no flags
     fading/       the same chord fading 30 dB over 15 s     -> fades_out ("gets quieter and quieter")
