@@ -15,10 +15,26 @@ PY=.venv/bin/python
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TOKENIZERS_PARALLELISM=false
 
 DEFAULT_MODEL=finetune/models/tiny-musicgen
+DEFAULT_DATA=finetune/data/example
 MODEL_PATH=${MODEL_PATH:-$DEFAULT_MODEL}
-DATA_DIR=${DATA_DIR:-finetune/data/example}
+DATA_DIR=${DATA_DIR:-$DEFAULT_DATA}
 OUTPUT_DIR=${OUTPUT_DIR:-finetune/output_quick_start}
 start=$(date +%s)
+
+if [ ! -f "$DATA_DIR/metadata.json" ]; then
+  if [ "$DATA_DIR" = "$DEFAULT_DATA" ]; then
+    "$PY" finetune/lora/prepare_data.py --create_example --output_dir "$DATA_DIR"
+  else
+    # A folder of the user's: never fill it with synthetic clips. Say how to prepare it instead.
+    hint="write one (format in DATA_PREPARATION.md)"
+    if [ -d "$DATA_DIR" ] && [ -n "$(find "$DATA_DIR" -maxdepth 3 -type f \( -iname '*.wav' -o -iname '*.flac' \
+        -o -iname '*.mp3' -o -iname '*.ogg' -o -iname '*.m4a' -o -iname '*.aif*' -o -iname '*.opus' \) -print -quit)" ]; then
+      hint="it holds audio: prepare it with: $PY finetune/lora/prepare_data.py --input_dir $DATA_DIR --output_dir ${DATA_DIR%/}-prepared (descriptions come from a .txt beside each file, --descriptions_file or --default_description TEXT), then run DATA_DIR=${DATA_DIR%/}-prepared ./quick_start.sh"
+    fi
+    echo "error: $DATA_DIR/metadata.json not found (DATA_DIR must hold metadata.json and the audio it lists); $hint" >&2
+    exit 2
+  fi
+fi
 
 if [ "$MODEL_PATH" = "$DEFAULT_MODEL" ]; then
   # Tiny random-weight model: learns fast enough to show the loss fall in a minute.
@@ -29,8 +45,6 @@ else
   EPOCHS=${EPOCHS:-1} LR=${LR:-1e-4} BATCH_SIZE=${BATCH_SIZE:-2} GRAD_ACCUM=${GRAD_ACCUM:-4}
   EVAL_DURATION=${EVAL_DURATION:-15}
 fi
-[ -f "$DATA_DIR/metadata.json" ] || "$PY" finetune/lora/prepare_data.py --create_example --output_dir "$DATA_DIR"
-
 "$PY" finetune/lora/train_lora.py \
   --model_path "$MODEL_PATH" --data_dir "$DATA_DIR" --output_dir "$OUTPUT_DIR" --overwrite_output_dir \
   --num_epochs "$EPOCHS" --learning_rate "$LR" --batch_size "$BATCH_SIZE" \

@@ -19,12 +19,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def run_script(script, *args, check=True, timeout=600):
+def run_script(script, *args, check=True, timeout=600, cwd=None, env=None, **popen):
     """Run one of the user-facing scripts the way a user does; returns CompletedProcess."""
     path = script if Path(script).is_absolute() else (LORA / script if (LORA / script).exists() else SCRIPTS / script)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env or {}))
     proc = subprocess.run([sys.executable, str(path), *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+                          env=env, timeout=timeout, cwd=cwd, **popen)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc

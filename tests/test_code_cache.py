@@ -13,10 +13,13 @@ import pytest
 import soundfile as sf
 import torch
 
+import numpy as np
+
+from audio_io import AudioPieces, load_audio, piece_samples
 from code_cache import CodeCache, load_codes
 from conftest import run_script
-from dataset import Collator, MusicDataset, load_audio, read_metadata
-from modeling import batch_loss, encode_audio, encode_clip, labels_for_batch, load_model_and_processor, model_info
+from dataset import Clip, Collator, MusicDataset, crop_codes, read_metadata
+from modeling import batch_loss, encode_audio, encode_pieces, labels_for_batch, load_model_and_processor, model_info
 
 
 @pytest.fixture
@@ -40,7 +43,7 @@ def test_codes_are_diverse_and_crop_of_codes_differs_from_codes_of_crop(tiny_mod
     model, _ = load_model_and_processor(str(tiny_model_dir))
     clip = read_metadata(example_data_dir)["train"][0]
     wav = torch.from_numpy(load_audio(clip.audio_path, 32000))
-    whole = encode_clip(model, wav)
+    whole = encode_pieces(model, [wav])  # a clip under 30 s is one piece: the whole clip
     assert all(len(whole[k].unique()) > 8 for k in range(whole.shape[0]))
     o, w, hop = 50, 100, model_info(model)["hop_length"]
     crop_first = encode_audio(model, wav[o * hop:(o + w) * hop][None])[0]
@@ -57,7 +60,7 @@ def test_cache_hit_miss_and_invalidation(tiny_model_dir, data_copy):
     assert cache.stats == {"hits": 0, "misses": 3} and len(set(paths)) == 3
     codes, n = load_codes(paths[0])
     wav = load_audio(clips[0].audio_path, 32000)
-    assert n == len(wav) and torch.equal(codes, encode_clip(model, torch.from_numpy(wav)))
+    assert n == len(wav) and torch.equal(codes, encode_pieces(model, [torch.from_numpy(wav)]))
     stamp = [p.stat().st_mtime_ns for p in map(Path, paths)]
 
     again = CodeCache(cache_dir, model, 32000)  # a new run: hits, nothing re-encoded or rewritten
@@ -166,6 +169,38 @@ def test_cached_and_uncached_batches_give_same_labels_and_loss(tiny_model_dir, d
             loss_a, tok_a = batch_loss(model, b_audio)
         assert tok_c == tok_a and loss_c.item() == pytest.approx(loss_a.item(), abs=1e-6)
     assert len(set(offsets)) > 3  # real random crops, not all at the start
+
+
+def test_long_clip_codes_are_the_same_cached_or_not_across_piece_boundaries(tiny_model_dir, example_data_dir,
+                                                                             tmp_path):
+    """A 70 s clip at 44.1 kHz is read and encoded in three ~30 s pieces: the code cache encodes all
+    of them, uncached training only the pieces under its window. Windows across a piece boundary,
+    inside one piece and in the short last piece give the same tokens either way."""
+    model, processor = load_model_and_processor(str(tiny_model_dir))
+    info = model_info(model)
+    sr, hop = info["sample_rate"], info["hop_length"]
+    parts = [sf.read(c.audio_path, dtype="float32")[0] for c in read_metadata(example_data_dir)["train"]]
+    long = np.concatenate(parts * 4)[: 70 * sr]
+    import librosa
+
+    path = tmp_path / "long.wav"
+    sf.write(path, librosa.resample(long, orig_sr=sr, target_sr=44100), 44100)
+    clip = Clip(path, "lo-fi hip hop beat", "train")
+    pieces = AudioPieces(path, sr, piece_samples(sr, hop))
+    assert pieces.num_pieces == 3 and abs(pieces.num_samples - 70 * sr) <= 1
+    entry = CodeCache(tmp_path / "cache", model, sr).fill([clip], progress=False)
+    cached = MusicDataset([clip], sr, 4.0, train=True, hop_length=hop, code_files=entry)
+    uncached = MusicDataset([clip], sr, 4.0, train=True, hop_length=hop)
+    collate = Collator(processor, 4 * sr, hop)
+    frames_per_piece = piece_samples(sr, hop) // hop
+    for offset in (frames_per_piece - 100, 2 * frames_per_piece - 1, 40, 3400):
+        a, b = collate([cached.item(0, offset)]), collate([uncached.item(0, offset)])
+        assert len(b["audio"][0]) <= 2 * piece_samples(sr, hop)  # never the whole clip in memory
+        assert torch.equal(labels_for_batch(model, a), labels_for_batch(model, b)), offset
+    whole_codes, n = load_codes(entry[0])
+    assert n == pieces.num_samples and whole_codes.shape[1] == -(-n // hop)
+    window, valid = crop_codes(whole_codes, n, 3400, 200, hop)
+    assert valid == min(200, n // hop - 3400) and valid < 200  # the clip's end: masked past it
 
 
 def _losses(run):

@@ -8,6 +8,7 @@ import soundfile as sf
 
 from conftest import run_script
 from data_prep import PrepareSettings, prepare_collection
+from outputs import MANIFEST
 
 SR_OUT = 32000
 
@@ -96,16 +97,21 @@ def test_mixed_folder_gives_expected_segments_split_and_report(collection, tmp_p
     assert train_src and valid_src and not train_src & valid_src
     assert 1 <= len(meta["valid"]) <= 2
 
-    # The corrupt, empty and silent files are named with reasons; the run still finished.
+    # The corrupt, empty, silent and undescribed files are named with reasons; the run still finished.
     reasons = {r["source"]: r["reason"] for r in report["skipped"]}
-    assert set(reasons) == {"bad/corrupt.wav", "bad/empty.flac", "silent.wav"}
+    assert set(reasons) == {"bad/corrupt.wav", "bad/empty.flac", "silent.wav", "nodesc.ogg"}
     assert "cannot decode" in reasons["bad/corrupt.wav"]
     assert "empty" in reasons["bad/empty.flac"]
     assert "near-silent" in reasons["silent.wav"]
-    assert report["files_found"] == 8 and report["files_read"] == 5 and report["files_skipped"] == 4
+    assert "no description" in reasons["nodesc.ogg"]
+    # The counts add up: found = used + skipped, and skipped = the sum of its kinds.
+    assert report["files_found"] == 8 and report["files_used"] == 4 and report["files_skipped"] == 4
+    assert report["skipped_by_kind"] == {"unreadable": 2, "near-silent": 1, "no description": 1}
     out_text = proc.stdout + proc.stderr
-    assert "8 found, 5 read, 4 skipped" in out_text and "bad/corrupt.wav" in out_text
+    assert ("files: 8 found = 4 used + 4 skipped (2 unreadable, 1 near-silent, 1 without a description)"
+            in out_text) and "bad/corrupt.wav" in out_text
     assert "descriptions: 7/8 files" in out_text and "nodesc.ogg" in out_text
+    assert "{" not in out_text and "1 tracks" not in out_text and "1 segments" not in out_text
 
     # The result trains: read_metadata accepts it.
     from dataset import read_metadata
@@ -119,8 +125,9 @@ def test_rerun_is_identical_and_existing_output_is_protected(collection, tmp_pat
     a, b = tmp_path / "a", tmp_path / "b"
     _prepare(a, root, descriptions)
     _prepare(b, root, descriptions)
-    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    assert files_a == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    # The data is byte-identical (the manifest, bookkeeping of who wrote it, carries a run id and time).
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name != MANIFEST)
+    assert files_a == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file() and p.name != MANIFEST)
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
 
     before = (a / "metadata.json").read_bytes()
@@ -129,7 +136,7 @@ def test_rerun_is_identical_and_existing_output_is_protected(collection, tmp_pat
     assert (a / "metadata.json").read_bytes() == before
     _prepare(a, root, descriptions, "--overwrite")
     assert (a / "metadata.json").read_bytes() == before
-    assert not list(a.glob(".prepare-tmp-*"))
+    assert not [p for p in a.iterdir() if ".tmp-" in p.name]
 
 
 def test_require_description_stops_before_writing(collection, tmp_path):

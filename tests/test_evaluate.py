@@ -127,11 +127,13 @@ def test_bad_input_is_one_clear_line(tiny_model_dir, trained_run, tmp_path):
                       "--output_dir", tmp_path / "o4", check=False)
     assert_one_line_error(proc, "training run directory", "best_model")
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
-    # An earlier evaluation is never overwritten silently.
+    # Files evaluate.py did not record writing are never overwritten, with or without --overwrite.
     (tmp_path / "o5").mkdir()
     (tmp_path / "o5" / "comparison_results.jsonl").write_text("keep")
-    proc = run_script("evaluate.py", *common, "--test_prompts", "x", "--output_dir", tmp_path / "o5", check=False)
-    assert_one_line_error(proc, "not empty", "--overwrite")
+    for extra in ([], ["--overwrite"]):
+        proc = run_script("evaluate.py", *common, "--test_prompts", "x", "--output_dir", tmp_path / "o5", *extra,
+                          check=False)
+        assert_one_line_error(proc, "did not write", "comparison_results.jsonl")
     assert (tmp_path / "o5" / "comparison_results.jsonl").read_text() == "keep"
 
 

@@ -144,3 +144,29 @@ def test_too_long_duration_is_refused(tiny_model_dir, tmp_path):
     proc = run_script("inference_lora.py", "--base_model_path", tiny_model_dir, "--prompts", "x", "--duration", 60,
                       "--output_dir", tmp_path / "o", check=False)
     assert_one_line_error(proc, "--duration 60", "at most")
+
+
+def test_guidance_at_or_below_one_is_really_off(tiny, tiny_model_dir, tmp_path):
+    """transformers refills a None guidance_scale from the checkpoint (3.0): 1 must mean off --
+    B*K decoder rows, not the 2*B*K of classifier-free guidance -- through the project's function."""
+    from generation import SamplingSettings, generation_config_for
+
+    model, processor = tiny
+    rows = []
+    hook = model.decoder.register_forward_pre_hook(lambda m, args, kw: rows.append(kw["input_ids"].shape[0]),
+                                                   with_kwargs=True)
+    try:
+        for scale, want in ((0.0, 2 * 4), (0.5, 2 * 4), (1.0, 2 * 4), (3.0, 2 * 2 * 4)):
+            rows.clear()
+            generate_audio(model, processor, ["trap beat", "lofi"], 0.2, guidance_scale=scale, greedy=True,
+                           progress=False)
+            assert set(rows) == {want}, (scale, rows)
+    finally:
+        hook.remove()
+    cfg = generation_config_for(model, SamplingSettings(guidance_scale=1.0), 1.0)
+    for key in ("guidance_scale", "temperature", "top_k", "top_p", "max_new_tokens", "min_length"):
+        assert getattr(cfg, key) is not None, key
+    proc = run_script("inference_lora.py", "--base_model_path", tiny_model_dir, "--prompts", "x", "--duration", 0.3,
+                      "--guidance_scale", 1, "--greedy", "--output_dir", tmp_path / "g", "--no_progress")
+    side = json.loads((tmp_path / "g" / "00_x.json").read_text())
+    assert side["guidance_scale"] == 1.0 and side["greedy"] is True and "guidance 1" in proc.stderr

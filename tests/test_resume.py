@@ -4,7 +4,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,40 +33,60 @@ def _adapter(path):
     return load_file(str(path / "adapter_model.safetensors"))
 
 
-def _kill_after_checkpoint(cmd, run, step, timeout=300):
-    """Start a training run and SIGKILL it once checkpoint-`step` exists and a later step is logged."""
+def _kill_after_checkpoint(cmd, run, step, sig=signal.SIGKILL, timeout=300):
+    """Start a training run and send it `sig` once checkpoint-`step` exists and a later step is
+    logged. Returns (exit code, stderr)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = run / "logs" / "metrics.jsonl"
     deadline = time.time() + timeout
-    try:
-        while proc.poll() is None and time.time() < deadline:
-            if (run / "checkpoints" / f"checkpoint-{step}" / ckpt.STATE_FILE).is_file() and metrics.is_file():
-                lines = [line for line in metrics.read_text().splitlines() if line.endswith("}")]
-                if any(json.loads(line)["step"] > step for line in lines):
-                    proc.send_signal(signal.SIGKILL)
-                    break
-            time.sleep(0.01)
-    finally:
-        if proc.poll() is None and time.time() >= deadline:
-            proc.kill()
-        proc.wait()
-    return proc.returncode
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        try:
+            while proc.poll() is None and time.time() < deadline:
+                if (run / "checkpoints" / f"checkpoint-{step}" / ckpt.STATE_FILE).is_file() and metrics.is_file():
+                    lines = [line for line in metrics.read_text().splitlines() if line.endswith("}")]
+                    if any(json.loads(line)["step"] > step for line in lines):
+                        proc.send_signal(sig)
+                        break
+                time.sleep(0.01)
+        finally:
+            if proc.poll() is None and time.time() >= deadline:
+                proc.kill()
+            proc.wait()
+        err.seek(0)
+        return proc.returncode, err.read()
 
 
-def test_sigkill_and_resume_matches_uninterrupted_run(tiny_model_dir, example_data_dir, tmp_path):
-    full, killed = tmp_path / "full", tmp_path / "killed"
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir, example_data_dir, tmp_path_factory):
+    full = tmp_path_factory.mktemp("resume") / "full"
     run_script("train_lora.py", *_args(tiny_model_dir, example_data_dir, full))
+    return full
 
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_and_resumed_run_matches_uninterrupted_run(tiny_model_dir, example_data_dir, uninterrupted, tmp_path,
+                                                          sig):
+    full, killed = uninterrupted, tmp_path / "killed"
     cmd = [sys.executable, str(LORA / "train_lora.py"), *map(str, _args(tiny_model_dir, example_data_dir, killed))]
-    assert _kill_after_checkpoint(cmd, killed, 3) == -signal.SIGKILL
-    assert not (killed / "final_model").exists()  # really killed mid-run
+    code, err = _kill_after_checkpoint(cmd, killed, 3, sig)
+    if sig == signal.SIGKILL:
+        assert code == -signal.SIGKILL
+    else:  # handled like Ctrl-C: one line saying how to go on, the shell's exit code, no traceback
+        assert code == 128 + signal.SIGTERM and "Traceback" not in err, err[-2000:]
+        (line,) = [x for x in err.splitlines() if x.startswith("interrupted")]
+        assert line.startswith("interrupted (SIGTERM): continue with the same command plus "
+                               "--resume_from_checkpoint latest (newest checkpoint: checkpoint-"), line
+        assert not any(".tmp-" in p.name for p in killed.rglob("*"))  # no save left half-written
+    assert not (killed / "final_model").exists()  # really stopped mid-run
     assert any(r["step"] > 3 for r in _records(killed))  # records past the checkpoint exist...
+    resumed_at = ckpt.list_checkpoints(killed)[-1][0]
 
     proc = run_script("train_lora.py", *_args(tiny_model_dir, example_data_dir, killed),
                       "--resume_from_checkpoint", "latest")
-    assert "resumed from" in proc.stderr and "checkpoint-3" in proc.stderr
-    assert "step 3/8, epoch 2, 2 batches of this epoch already seen" in proc.stderr
+    assert "resumed from" in proc.stderr and f"checkpoint-{resumed_at}" in proc.stderr
+    if resumed_at == 3:
+        assert "step 3/8, epoch 2, 2 batches of this epoch already seen" in proc.stderr
 
     a, b = _adapter(full / "final_model"), _adapter(killed / "final_model")
     assert a.keys() == b.keys()
@@ -80,7 +102,7 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tiny_model_dir, example_da
     assert max(float(v.abs().max()) for k, v in a.items() if "lora_B" in k) > 0
     sa, sb = (json.loads((r / "logs" / "summary.json").read_text()) for r in (full, killed))
     assert sa["best_valid_loss"] == pytest.approx(sb["best_valid_loss"], abs=1e-6) and sa["steps"] == sb["steps"] == 8
-    assert sb["resumed_from"].endswith("checkpoint-3")
+    assert Path(sb["resumed_from"]).name == f"checkpoint-{resumed_at}"
 
 
 KILL_DURING_SAVE = r"""
@@ -149,13 +171,19 @@ def test_kill_during_save_leaves_previous_checkpoint_loadable(tiny_model_dir, tm
 
 
 def test_interrupted_rename_is_recovered(tmp_path):
-    """A kill between atomic_dir's two renames leaves `.best_model.old-PID` and no best_model."""
-    (tmp_path / ".best_model.old-123").mkdir()
-    (tmp_path / ".best_model.old-123" / "adapter_config.json").write_text("{}")
-    (tmp_path / ".final_model.tmp-abc").mkdir()
+    """A kill between atomic_dir's two renames leaves `.best_model.old-PID` and no best_model; a kill
+    inside it leaves `.NAME.tmp-PID-...`. Swept when their process is dead, never while it lives."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid whose process has ended
+    (tmp_path / f".best_model.old-{dead}-0a1b2c3d").mkdir()
+    (tmp_path / f".best_model.old-{dead}-0a1b2c3d" / "adapter_config.json").write_text("{}")
+    (tmp_path / f".final_model.tmp-{dead}-0a1b2c3d").mkdir()
+    (tmp_path / f".final_model.tmp-{os.getpid()}-0a1b2c3d").mkdir()  # a live writer's: kept
+    (tmp_path / ".notes.txt").write_text("a user's hidden file: not ours, kept")
     ckpt.recover_interrupted_saves(tmp_path)
     assert (tmp_path / "best_model" / "adapter_config.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["best_model", f".final_model.tmp-{os.getpid()}-0a1b2c3d", ".notes.txt"])
 
 
 def test_save_total_limit_keeps_newest(tmp_path):
@@ -187,7 +215,9 @@ def test_resume_refusals_and_overwrite(tiny_model_dir, example_data_dir, tmp_pat
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     # A new run into it is refused, and nothing in it changes.
     err = _one_line_error(run_script("train_lora.py", *_args(tiny_model_dir, example_data_dir, out), check=False))
-    assert str(out) in err and "--overwrite_output_dir" in err and "--resume_from_checkpoint" in err
+    # It finished: resuming would do nothing, so that is not suggested.
+    assert str(out) in err and "it finished" in err and "--overwrite_output_dir" in err
+    assert "--resume_from_checkpoint" not in err
     # A resume that changes the batch layout is refused too.
     err = _one_line_error(run_script("train_lora.py", *_args(tiny_model_dir, example_data_dir, out),
                                      "--resume_from_checkpoint", "latest", "--batch_size", 1, check=False))

@@ -353,5 +353,5 @@ def test_base_at_uniform_is_a_note_only_for_random_weight_test_models(tmp_path):
                             recs)
     assert "warn  step 0: base validation loss 8.1900 is above ln(vocab)" in _review_text(real)
     text = _review_text(test_model)
-    assert "note  step 0: base validation loss 8.1900 is at ln(vocab)" in text and "random-weight" in text
+    assert "note  step 0: base validation loss 8.1900 is above ln(vocab)" in text and "random-weight" in text
     assert "warn  step 0" not in text

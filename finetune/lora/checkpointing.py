@@ -12,17 +12,18 @@ the previous checkpoints untouched:
 trainer_state.json is written last inside the temp dir; a folder without it is never resumed from.
 """
 import json
-import os
 import random
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import UserError, atomic_dir, atomic_write_json, log, read_json
+from common import UserError, log, read_json
+from outputs import (Survey, atomic_dir, atomic_write_json, check_writable, clean_stale, kind_of, remove_owned,
+                     remove_path, survey)
 
+TOOL = "train_lora.py"
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -30,7 +31,8 @@ SCHEDULER_FILE = "scheduler.pt"
 SCALER_FILE = "scaler.pt"
 RNG_FILE = "rng_state.pt"
 FORMAT_VERSION = 1
-RUN_MARKERS = ("run_config.json", "best_model", "final_model", CHECKPOINTS, "logs")
+# Everything train_lora.py writes into a run dir (its manifest lists these).
+RUN_PATHS = ("run_config.json", "logs", CHECKPOINTS, "best_model", "final_model", "samples")
 # Settings that fix the meaning of "step" and "position in the data order": a resume with other
 # values cannot continue the same run.
 RESUME_CRITICAL = ("batch_size", "gradient_accumulation_steps", "num_processes", "seed")
@@ -39,46 +41,74 @@ RESUME_CRITICAL = ("batch_size", "gradient_accumulation_steps", "num_processes",
 # --------------------------------------------------------------------------------------------
 # Run directory
 # --------------------------------------------------------------------------------------------
-def existing_run_markers(output_dir: Path) -> list[str]:
-    return [m for m in RUN_MARKERS if (Path(output_dir) / m).exists()]
+def survey_run_dir(output_dir: Path) -> Survey:
+    """What the run dir holds for train_lora.py: its own outputs (listed in its manifest, or by name
+    for runs written before manifests), evaluations and clips made from it, anything else."""
+    return survey(output_dir, TOOL, legacy_paths=RUN_PATHS, allow_derived=True)
 
 
-def check_output_dir(output_dir: Path, overwrite: bool, resuming: bool):
-    """Refuse to mix a new run into a folder that holds one (before anything is written)."""
-    found = existing_run_markers(output_dir)
-    if found and not overwrite and not resuming:
-        raise UserError(f"{output_dir}: already holds a training run ({', '.join(found)}); choose a new "
-                        f"--output_dir, continue it with --resume_from_checkpoint latest, or pass "
-                        f"--overwrite_output_dir to replace it")
+def _advice(output_dir: Path, foreign: list) -> str:
+    """What the user can do with an existing run, so that every suggestion works."""
+    finished = (Path(output_dir) / "final_model").is_dir() or (Path(output_dir) / "logs" / "summary.json").is_file()
+    replace = ("pass --overwrite_output_dir to replace it" if not foreign else
+               f"move {', '.join(foreign[:3])} out and pass --overwrite_output_dir to replace it")
+    if not finished and list_checkpoints(output_dir):
+        return f"continue it with --resume_from_checkpoint latest, choose a new --output_dir, or {replace}"
+    why = "it finished" if finished else "it has no checkpoint to resume from"
+    return f"{why}: choose a new --output_dir, or {replace}"
+
+
+def check_output_dir(output_dir: Path, overwrite: bool, resuming: bool) -> Survey:
+    """Refuse to mix a new run into a folder that holds one, or anything else (before anything is
+    written). Returns the survey an --overwrite_output_dir later acts on (clear_run)."""
+    output_dir = Path(output_dir)
+    check_writable(output_dir, "--output_dir")
+    s = survey_run_dir(output_dir)
+    if s.busy:
+        raise UserError(f"{output_dir}: {s.describe(s.busy)} is being written by another process; wait for it to "
+                        f"finish, or choose another --output_dir")
+    if resuming:
+        return s
+    if s.manifest is not None and s.manifest.get("tool") != TOOL:
+        raise UserError(f"{output_dir}: holds {kind_of(s.manifest)} (written by {s.manifest['tool']}); choose "
+                        f"another --output_dir")
+    ours = s.owned + s.derived
+    if not ours:
+        if s.foreign:
+            raise UserError(f"{output_dir}: holds files train_lora.py did not write ({s.describe(s.foreign)}); "
+                            f"choose an empty or new --output_dir")
+        return s
+    if not overwrite:
+        raise UserError(f"{output_dir}: already holds a training run ({s.describe(ours, 6)}); "
+                        f"{_advice(output_dir, s.foreign)}")
+    if s.foreign:
+        raise UserError(f"{output_dir}: holds a training run and files train_lora.py did not write "
+                        f"({s.describe(s.foreign)}); move those out or choose a new --output_dir "
+                        f"(--overwrite_output_dir only replaces what train_lora.py wrote)")
+    return s
 
 
 def clear_run(output_dir: Path):
-    """--overwrite_output_dir: remove the previous run's outputs so none of them is mistaken for ours
-    (a stale best_model, checkpoints that `latest` would pick, an old metrics log)."""
-    for marker in existing_run_markers(output_dir):
-        path = Path(output_dir) / marker
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+    """--overwrite_output_dir: remove every output of the previous run -- its adapters, checkpoints,
+    logs, samples and the evaluations and clips made from it -- so none of them is mistaken for the
+    new run's. Checked again here (the folder may have changed since the start)."""
+    s = check_output_dir(output_dir, overwrite=True, resuming=False)
+    remove_owned(s)
 
 
 def recover_interrupted_saves(folder: Path):
-    """Tidy what a kill during atomic_dir can leave in `folder`: temp dirs are dropped; an `.X.old-PID`
-    whose `X` is missing (kill between the two renames) is put back."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return
-    for entry in sorted(folder.iterdir()):
-        m = re.fullmatch(r"\.(.+)\.(tmp|old|deleting)-.*", entry.name)
-        if not m or not entry.is_dir():
-            continue
-        final = folder / m.group(1)
-        if m.group(2) == "old" and not final.exists():
-            os.replace(entry, final)
-            log.info(f"restored {final} from an interrupted save")
-        else:
-            shutil.rmtree(entry, ignore_errors=True)
+    """Tidy what a killed save can leave in `folder` (see outputs.clean_stale)."""
+    clean_stale(folder)
+
+
+def resume_hint(output_dir: Path) -> str:
+    """How to continue after an interruption or a failed write, naming the checkpoint it would use."""
+    ckpts = list_checkpoints(output_dir)
+    if ckpts:
+        return (f"continue with the same command plus --resume_from_checkpoint latest (newest checkpoint: "
+                f"{ckpts[-1][1].name})")
+    return ("no checkpoint was written yet (every --save_steps steps): start again with the same command plus "
+            "--overwrite_output_dir")
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,8 +132,11 @@ def resolve_resume_path(output_dir: Path, value: str) -> Path:
         recover_interrupted_saves(Path(output_dir) / CHECKPOINTS)
         ckpts = list_checkpoints(output_dir)
         if not ckpts:
-            raise UserError(f"{Path(output_dir) / CHECKPOINTS}: no checkpoint to resume from; start without "
-                            f"--resume_from_checkpoint (checkpoints are written every --save_steps steps)")
+            has_run = bool(survey_run_dir(output_dir).owned) if Path(output_dir).is_dir() else False
+            instead = ("start it again with --overwrite_output_dir instead" if has_run
+                       else "start without --resume_from_checkpoint")
+            raise UserError(f"{Path(output_dir) / CHECKPOINTS}: no checkpoint to resume from; {instead} "
+                            f"(checkpoints are written every --save_steps steps)")
         return ckpts[-1][1]
     path = Path(value)
     if not (path / STATE_FILE).is_file():
@@ -119,9 +152,7 @@ def rotate_checkpoints(output_dir: Path, keep: int | None):
     if not keep:
         return
     for _, path in list_checkpoints(output_dir)[:-keep]:
-        doomed = path.with_name(f".{path.name}.deleting-{os.getpid()}")
-        os.replace(path, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+        remove_path(path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,14 +19,15 @@ against its stat (see FileHashMemo), so a run over 100k cached clips reads no au
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from audio_io import RESAMPLER, piece_samples
 from common import UserError, log
+from outputs import atomic_file, atomic_write_text, clean_stale
 
 CACHE_FORMAT = 1
 DEFAULT_CACHE_NAME = ".codes_cache"
@@ -83,19 +84,11 @@ class FileHashMemo:
         """Atomic write (temp name + rename): concurrent ranks each replace it whole, never mix."""
         if not self.dirty:
             return
-        tmp = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"format": CACHE_FORMAT, "files": self.entries}, f)
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, json.dumps({"format": CACHE_FORMAT, "files": self.entries}))
             self.dirty = False
-        except OSError as e:  # a read-only cache still serves hits; the next run only hashes again
+        except OSError as e:  # a read-only (or full) cache still serves hits; the next run only hashes again
             log.warning(f"{self.path}: could not save the file-hash memo ({e}); files are re-hashed next run")
-        finally:
-            if tmp is not None and self.dirty:
-                Path(tmp).unlink(missing_ok=True)
 
 
 def codec_identity(model) -> str:
@@ -135,12 +128,16 @@ class CodeCache:
         self.dir = Path(cache_dir)
         self.model = model
         param = next(getattr(model, "get_base_model", lambda: model)().audio_encoder.parameters())
+        hop = model_info(model)["hop_length"]
         self.settings = {"format": CACHE_FORMAT, "sample_rate": int(sample_rate), "channels": "mono-mean",
-                         "resampler": "soxr_hq", "encode": "whole-clip", "dtype": str(param.dtype),
-                         "hop_length": model_info(model)["hop_length"]}
+                         "resampler": RESAMPLER, "encode": "pieces", "piece_samples": piece_samples(sample_rate, hop),
+                         "dtype": str(param.dtype), "hop_length": hop}
         self.codec_id = codec_identity(model)
         self.stats = {"hits": 0, "misses": 0}
         self.hashes = FileHashMemo(self.dir / HASH_MEMO_NAME)
+        # What killed encoders left behind (entries are written under temp names, then renamed).
+        for folder in [self.dir, *(p for p in (self.dir.iterdir() if self.dir.is_dir() else ()) if p.is_dir())]:
+            clean_stale(folder)
 
     def key(self, audio_path) -> str:
         payload = {"audio": self.hashes.sha256(audio_path), "codec": self.codec_id, "settings": self.settings}
@@ -150,12 +147,14 @@ class CodeCache:
         return self.dir / key[:2] / f"{key}.safetensors"
 
     def encode(self, audio_path) -> tuple[torch.Tensor, int]:
-        """Decode and encode a whole clip exactly as the uncached training path does."""
-        from dataset import load_audio
-        from modeling import encode_clip
+        """Encode a whole clip piece by piece, exactly as the uncached training path does (one
+        piece in memory at a time, however long the clip)."""
+        from audio_io import AudioPieces
+        from modeling import encode_pieces
 
-        wav = load_audio(audio_path, self.settings["sample_rate"])
-        return encode_clip(self.model, torch.from_numpy(wav)).cpu(), len(wav)
+        audio = AudioPieces(audio_path, self.settings["sample_rate"], self.settings["piece_samples"])
+        codes = encode_pieces(self.model, (audio.read(j) for j in range(audio.num_pieces)))
+        return codes.cpu(), audio.num_samples
 
     def get_or_encode(self, audio_path) -> Path:
         """Path of the clip's entry, encoding and storing it first on a miss."""
@@ -171,17 +170,10 @@ class CodeCache:
     def _write(self, path: Path, codes: torch.Tensor, num_samples: int, source):
         from safetensors.torch import save_file
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file({"codes": codes.to(torch.int32).contiguous()}, tmp,
+        with atomic_file(path) as tmp:
+            save_file({"codes": codes.to(torch.int32).contiguous()}, str(tmp),
                       metadata={"num_samples": str(num_samples), "sample_rate": str(self.settings["sample_rate"]),
-                                "source": str(source)})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+                                "source": os.fsencode(str(source)).decode("utf-8", "backslashreplace")})
 
     def fill(self, clips, desc="encoding", progress=True) -> list[str]:
         """Entry paths for these clips (in order), encoding the missing ones with a files/s bar."""

@@ -1,14 +1,15 @@
-"""Small pieces every script shares: user-facing errors, atomic writes, seeding, devices."""
-import contextlib
+"""Small pieces every script shares: user-facing errors and the script wrapper, seeding, devices.
+
+Writing files (atomic writes, ownership, locks, full disks) lives in outputs.py."""
 import functools
 import json
 import logging
 import math
 import os
 import random
-import shutil
+import signal
 import sys
-import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -21,20 +22,55 @@ class UserError(Exception):
     """A problem the user can fix (bad path, corrupt file, bad flag). Printed as one line, exit 2."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (a `kill`, a job scheduler, a container stop), handled exactly like Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum, _frame):
+    raise Interrupted(signum)
+
+
 def cli(main):
-    """Run a script's main(): UserError -> one clear line on stderr and exit code 2, no traceback."""
+    """Run a script's main(): UserError -> one clear line on stderr and exit code 2, no traceback.
+
+    Ctrl-C and SIGTERM end the same way: atomic writes in flight are rolled back by their own
+    cleanup, one line says so (plus how to continue, when the script attached a `hint` to the
+    exception), and the exit code is 128 + the signal number (130, 143), as a shell reports it.
+    A write that failed because the disk is full is one line too, whichever library raised it.
+    """
 
     @functools.wraps(main)
     def wrapper(argv=None):
         setup_logging()
+        for stream in (sys.stdout, sys.stderr):  # file names that are not valid UTF-8 print, escaped
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors="backslashreplace")
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _interrupt)
         try:
             return main(argv) or 0
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as e:
+            signum = getattr(e, "signum", signal.SIGINT)
+            hint = getattr(e, "hint", None)
+            print(f"interrupted ({signal.Signals(signum).name})" + (f": {hint}" if hint else ""), file=sys.stderr)
+            return 128 + signum
+        except Exception as e:
+            from outputs import disk_full_reason
+
+            reason = disk_full_reason(e)
+            if reason is None:
+                raise
+            where = getattr(e, "filename", None)
+            print(f"error: {reason}" + (f" while writing {where}" if where else "") + "; free some space, then "
+                  "run the same command again", file=sys.stderr)
+            return 2
 
     return wrapper
 
@@ -78,48 +114,6 @@ def resolve_device(requested: str | None = None) -> str:
 def uniform_loss(vocab_size: int) -> float:
     """Cross-entropy of a uniform guess over the codebook: the ceiling any sane model sits under."""
     return math.log(vocab_size)
-
-
-@contextlib.contextmanager
-def atomic_dir(final: Path):
-    """Yield a temp dir beside `final`; on success it replaces `final` in one rename.
-
-    A crash or kill inside the block leaves the previous `final` untouched.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        yield tmp
-        tmp.chmod(0o755)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: Path, obj):
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def read_json(path: Path, what: str = "file"):

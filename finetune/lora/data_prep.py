@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -32,9 +33,11 @@ import numpy as np
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from common import UserError, atomic_write_json
-from dataset import load_audio
+from audio_io import load_audio
+from common import UserError
+from outputs import atomic_write_json, check_shared_targets, clean_stale, read_manifest, temp_path, write_manifest
 
+TOOL = "prepare_data.py"
 SAMPLE_RATE = 32000
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".m4a")
 DEFAULT_SILENCE_DB = -60.0
@@ -60,25 +63,41 @@ def _is_audio(name: str) -> bool:
     return base.lower().endswith(AUDIO_EXTENSIONS) and not base.startswith(".")
 
 
-def find_sources(input_dirs=(), input_zips=(), exclude: Path | None = None) -> tuple[list[Source], list[dict]]:
-    """All audio sources, sorted by name; plus unreadable zips as report entries."""
-    sources, broken = [], []
-    exclude = exclude.resolve() if exclude else None
+def _inside(root: Path, path: Path) -> bool:
+    """True when `path`, links followed, lies under `root` (links never lead out of an input tree)."""
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def find_sources(input_dirs=(), input_zips=(), exclude=(), limits: "ZipLimits | None" = None):
+    """All audio sources, sorted by name; plus report entries for what was found and refused
+    (unreadable zips, links out of the input folder, zip members over the limits).
+
+    `exclude`: folders never read (our own output when it sits inside an input folder).
+    """
+    sources, refused = [], []
+    excluded = {os.path.realpath(e) for e in exclude}
+    limits = limits or ZipLimits()
     for d in input_dirs:
         d = Path(d)
         if not d.is_dir():
             raise UserError(f"{d}: --input_dir not found or not a folder")
-        for path in d.rglob("*"):
-            if not path.is_file() or not _is_audio(path.name):
-                continue
-            if exclude and (exclude == path.resolve().parent or exclude in path.resolve().parents):
-                continue  # never re-read our own output when it sits inside the input
-            rel = path.relative_to(d).as_posix()
-            if any(part.startswith(".") for part in PurePosixPath(rel).parts):
-                continue
-            txt = path.with_suffix(".txt")
-            sources.append(Source(name=rel, rel=rel, path=path, sidecar=str(txt) if txt.is_file() else None,
-                                  size=path.stat().st_size))
+        for folder, dirs, files in os.walk(d):  # links to folders are not descended into
+            dirs[:] = sorted(x for x in dirs if not x.startswith(".")
+                             and os.path.realpath(os.path.join(folder, x)) not in excluded)
+            for name in sorted(files):
+                path = Path(folder) / name
+                rel = path.relative_to(d).as_posix()
+                if not _is_audio(name):
+                    continue
+                if not _inside(d, path):
+                    refused.append({"source": rel, "kind": "link outside input",
+                                    "reason": "a link to a file outside the input folder (links are not followed "
+                                              "out of an input folder)"})
+                    continue
+                txt = path.with_suffix(".txt")
+                sidecar = str(txt) if txt.is_file() and _inside(d, txt) else None
+                sources.append(Source(name=rel, rel=rel, path=path, sidecar=sidecar, size=path.stat().st_size))
     for z in input_zips:
         z = Path(z)
         if not z.is_file():
@@ -87,18 +106,48 @@ def find_sources(input_dirs=(), input_zips=(), exclude: Path | None = None) -> t
             with zipfile.ZipFile(z) as zf:
                 infos = zf.infolist()
         except (zipfile.BadZipFile, OSError) as e:
-            broken.append({"source": z.name, "reason": f"unreadable zip ({e})"})
+            refused.append({"source": z.name, "kind": "unreadable zip", "reason": f"unreadable zip ({e})"})
             continue
         names = {i.filename for i in infos}
         for info in infos:
             m = info.filename
             if info.is_dir() or m.startswith("__MACOSX/") or not _is_audio(m):
                 continue
+            name = f"{z.name}:{m}"
+            too_big = limits.check(info)
+            if too_big:
+                refused.append({"source": name, "kind": "too large", "reason": too_big})
+                continue
             txt = str(PurePosixPath(m).with_suffix(".txt"))
-            sources.append(Source(name=f"{z.name}:{m}", rel=m, zip_path=z, member=m,
+            sources.append(Source(name=name, rel=m, zip_path=z, member=m,
                                   sidecar=txt if txt in names else None, size=info.file_size))
     sources.sort(key=lambda s: s.name)
-    return sources, broken
+    return sources, refused
+
+
+@dataclass
+class ZipLimits:
+    """Refuse a zip member before unpacking it when it is bigger than `max_mb` unpacked, or unpacks
+    to more than `max_ratio` times its packed size (zip bombs: 2 GiB of zeros pack into 2 MB).
+    Real audio barely compresses (WAV ~1.1-1.5x, FLAC/MP3 ~1.0x); only members over RATIO_FLOOR_MB
+    are held to the ratio, so small files of silence still pass. Python's zipfile never returns
+    more than the size a member declares, so checking the declared size bounds memory and disk."""
+
+    max_mb: float = 1024.0
+    max_ratio: float = 50.0
+    RATIO_FLOOR_MB = 16.0
+
+    def check(self, info: zipfile.ZipInfo) -> str | None:
+        size_mb = info.file_size / 2**20
+        if size_mb > self.max_mb:
+            return (f"unpacks to {size_mb:.0f} MB, over --max_member_mb {self.max_mb:g}; raise it if the file is "
+                    f"real audio")
+        ratio = info.file_size / max(info.compress_size, 1)
+        if size_mb > self.RATIO_FLOOR_MB and ratio > self.max_ratio:
+            return (f"unpacks to {size_mb:.0f} MB from {info.compress_size / 2**20:.1f} MB ({ratio:.0f}x, over "
+                    f"--max_compression_ratio {self.max_ratio:g}): not audio-like data (a zip bomb?); raise the flag "
+                    f"if the file is real")
+        return None
 
 
 class ZipReader:
@@ -113,8 +162,15 @@ class ZipReader:
             self.zf, self.path = zipfile.ZipFile(path), path
         return self.zf
 
-    def read(self, path: Path, member: str) -> bytes:
-        return self.open(path).read(member)
+    def read(self, path: Path, member: str, limit: int | None = None) -> bytes:
+        """A member's bytes (at most `limit` of them)."""
+        with self.open(path).open(member) as f:
+            return f.read(-1 if limit is None else limit)
+
+    def extract_to(self, path: Path, member: str, dest) -> None:
+        """Stream a member into an open file, in blocks (memory stays flat whatever its size)."""
+        with self.open(path).open(member) as f:
+            shutil.copyfileobj(f, dest, 1 << 20)
 
     def close(self):
         if self.zf is not None:
@@ -137,16 +193,14 @@ def _decode_source(src: Source, zips: ZipReader, sample_rate: int) -> np.ndarray
             return load_audio(src.path, sample_rate)
         except UserError as e:
             raise UserError(str(e).replace(f"{src.path}: ", "")) from None
-    try:
-        data = zips.read(src.zip_path, src.member)
-    except (zipfile.BadZipFile, OSError, RuntimeError) as e:  # CRC error, truncated or encrypted member
-        raise UserError(f"unreadable zip member ({e})") from None
-    # librosa's fallback decoders need a real file: one member at a time goes through a temp file.
+    # Decoders need a real file: one member at a time is streamed into a temp file.
     fd, tmp = tempfile.mkstemp(suffix=PurePosixPath(src.member).suffix)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        del data
+        try:
+            with os.fdopen(fd, "wb") as f:
+                zips.extract_to(src.zip_path, src.member, f)
+        except (zipfile.BadZipFile, RuntimeError, EOFError, zlib.error) as e:  # CRC error, truncated, encrypted
+            raise UserError(f"unreadable zip member ({e})") from None
         return load_audio(tmp, sample_rate)
     except UserError as e:
         raise UserError(str(e).replace(f"{tmp}: ", "")) from None
@@ -235,10 +289,19 @@ class DescriptionIndex:
         return self.by_name.get(PurePosixPath(key).name)
 
 
+# A description is a line or a paragraph; reading more than this of a sidecar is never useful (the
+# text is cut to dataset.MAX_TEXT_TOKENS tokens anyway) and a huge file must not fill memory.
+MAX_SIDECAR_BYTES = 64 * 1024
+
+
 def describe(src: Source, index: DescriptionIndex, default: str | None, zips: ZipReader):
     """(description, where it came from) or (None, None)."""
     if src.sidecar:
-        raw = Path(src.sidecar).read_bytes() if src.path is not None else zips.read(src.zip_path, src.sidecar)
+        if src.path is not None:
+            with open(src.sidecar, "rb") as f:
+                raw = f.read(MAX_SIDECAR_BYTES)
+        else:
+            raw = zips.read(src.zip_path, src.sidecar, limit=MAX_SIDECAR_BYTES)
         text = raw.decode("utf-8", errors="replace").strip()
         if text:
             return " ".join(text.split()), "sidecar"
@@ -338,24 +401,35 @@ class PrepareSettings:
     normalize_loudness: float | None = None
     overwrite: bool = False
     progress: bool = True
+    max_member_mb: float = 1024.0
+    max_compression_ratio: float = 50.0
 
 
 def check_settings(s: PrepareSettings):
     if not s.input_dirs and not s.input_zips:
         raise UserError("nothing to read: pass --input_dir DIR and/or --input_zip FILE.zip (or --create_example)")
-    if s.segment_duration <= 0:
-        raise UserError("--segment_duration must be positive")
-    if not 0 < s.min_segment_ratio <= 1:
-        raise UserError("--min_segment_ratio must be in (0, 1]")
-    if not 0 <= s.valid_ratio < 1:
-        raise UserError("--valid_ratio must be in [0, 1)")
-    out = Path(s.output_dir)
-    if (out / s.metadata_file).exists() and not s.overwrite:
-        raise UserError(f"{out / s.metadata_file}: already exists; pass --overwrite to replace it (train/, valid/ "
-                        f"and the metadata are replaced together) or choose another --output_dir")
-    for sub in ("train", "valid"):
-        if (out / sub).is_dir() and any((out / sub).iterdir()) and not s.overwrite:
-            raise UserError(f"{out / sub}: already holds files; pass --overwrite or choose another --output_dir")
+    check_output(Path(s.output_dir), s.metadata_file, s.overwrite)
+
+
+def output_targets(metadata_file: str) -> list[str]:
+    return [metadata_file, REPORT_NAME, "train", "valid"]
+
+
+def check_output(out: Path, metadata_file: str, overwrite: bool):
+    """The data folder may hold anything else (eval prompts, the raw audio, the code cache); what
+    this script writes there -- the metadata, the report, train/ and valid/ -- is replaced only with
+    --overwrite, and only when this script wrote it (every file inside train/ and valid/ too)."""
+    check_shared_targets(out, TOOL, output_targets(metadata_file), overwrite=overwrite, flag="--output_dir")
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
+# What each kind of skipped file is called in the summary line, in this order.
+SKIP_KINDS = {"unreadable": "unreadable", "too short": "too short", "near-silent": "near-silent",
+              "no description": "without a description", "too large": "refused by the zip limits",
+              "link outside input": "links out of the input folder"}
 
 
 def prepare_collection(s: PrepareSettings) -> dict:
@@ -363,8 +437,12 @@ def prepare_collection(s: PrepareSettings) -> dict:
     check_settings(s)
     out = Path(s.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sources, skipped = find_sources(s.input_dirs, s.input_zips, exclude=out)
-    if not sources:
+    clean_stale(out, "prepare")  # a killed earlier run's staging folder
+    sources, skipped = find_sources(s.input_dirs, s.input_zips, exclude=[out / "train", out / "valid"],
+                                    limits=ZipLimits(s.max_member_mb, s.max_compression_ratio))
+    broken_zips = [r for r in skipped if r["kind"] == "unreadable zip"]
+    skipped = [r for r in skipped if r["kind"] != "unreadable zip"]
+    if not sources and not skipped:
         where = ", ".join(map(str, [*s.input_dirs, *s.input_zips]))
         raise UserError(f"{where}: no audio files found (looked for {' '.join(AUDIO_EXTENSIONS)})")
     index = DescriptionIndex(s.descriptions_file)
@@ -385,10 +463,11 @@ def prepare_collection(s: PrepareSettings) -> dict:
                         f"{', '.join(missing[:3])}); add a .txt beside each, an entry in --descriptions_file, "
                         f"or --default_description TEXT")
 
-    staging = Path(tempfile.mkdtemp(prefix=".prepare-tmp-", dir=out))
+    staging = temp_path(out / "prepare")
+    staging.mkdir()
     try:
         (staging / "segments").mkdir()
-        tracks, read, dropped = [], 0, {"near_silent": 0, "short_tail": 0}
+        tracks, dropped = [], {"near_silent": 0, "short_tail": 0}
         loudness = {}
         for src in tqdm(sources, desc="preparing", unit="file", disable=not s.progress, leave=False):
             if src.name not in described:
@@ -396,9 +475,8 @@ def prepare_collection(s: PrepareSettings) -> dict:
             try:
                 wav = decode_source(src, zips)
             except UserError as e:
-                skipped.append({"source": src.name, "reason": str(e)})
+                skipped.append({"source": src.name, "kind": "unreadable", "reason": str(e)})
                 continue
-            read += 1
             if s.normalize_loudness is not None:
                 wav, info = normalize_loudness(wav, SAMPLE_RATE, s.normalize_loudness)
                 loudness[info["status"]] = loudness.get(info["status"], 0) + 1
@@ -406,9 +484,9 @@ def prepare_collection(s: PrepareSettings) -> dict:
             n_pieces = math.ceil(len(wav) / seg_len)
             dropped["short_tail"] += n_pieces - len(bounds)
             if not bounds:
-                skipped.append({"source": src.name, "reason": f"too short: {len(wav) / SAMPLE_RATE:.2f} s < "
-                                f"{s.min_segment_ratio * s.segment_duration:.2f} s (--min_segment_ratio x "
-                                f"--segment_duration)"})
+                skipped.append({"source": src.name, "kind": "too short", "reason": f"too short: "
+                                f"{len(wav) / SAMPLE_RATE:.2f} s < {s.min_segment_ratio * s.segment_duration:.2f} s "
+                                f"(--min_segment_ratio x --segment_duration)"})
                 continue
             stem, segments = output_stem(src.name), []
             for i, (a, b) in enumerate(bounds):
@@ -421,8 +499,8 @@ def prepare_collection(s: PrepareSettings) -> dict:
                 segments.append({"file": fname, "start": round(a / SAMPLE_RATE, 3),
                                  "duration": round((b - a) / SAMPLE_RATE, 3)})
             if not segments:
-                skipped.append({"source": src.name, "reason": f"near-silent: every segment's RMS is below "
-                                f"{s.silence_threshold_db:g} dBFS"})
+                skipped.append({"source": src.name, "kind": "near-silent", "reason": f"near-silent: every "
+                                f"segment's RMS is below {s.silence_threshold_db:g} dBFS"})
                 continue
             tracks.append({"source": src.name, "description": described[src.name], "segments": segments})
         zips.close()
@@ -440,16 +518,23 @@ def prepare_collection(s: PrepareSettings) -> dict:
         for split in metadata:
             metadata[split].sort(key=lambda e: e["audio"])
 
+        skipped += [{"source": name, "kind": "no description", "reason": "no description (no sidecar .txt, "
+                     "no --descriptions_file entry, no --default_description)"} for name in missing]
+        counts = {kind: sum(1 for r in skipped if r["kind"] == kind) for kind in SKIP_KINDS}
         report = {
             "settings": {"input_dir": [str(d) for d in s.input_dirs], "input_zip": [str(z) for z in s.input_zips],
                          "sample_rate": SAMPLE_RATE, "segment_duration": s.segment_duration,
                          "min_segment_ratio": s.min_segment_ratio, "silence_threshold_db": s.silence_threshold_db,
                          "normalize_loudness": s.normalize_loudness, "valid_ratio": s.valid_ratio, "seed": s.seed,
-                         "descriptions_file": s.descriptions_file, "default_description": s.default_description},
-            "files_found": len(sources),
-            "files_read": read,
-            "files_skipped": len(skipped) + len(missing),
+                         "descriptions_file": s.descriptions_file, "default_description": s.default_description,
+                         "max_member_mb": s.max_member_mb, "max_compression_ratio": s.max_compression_ratio},
+            # files_found = files_used + files_skipped; files_skipped by kind in "skipped_by_kind"
+            "files_found": len(tracks) + len(skipped),
+            "files_used": len(tracks),
+            "files_skipped": len(skipped),
+            "skipped_by_kind": {k: n for k, n in counts.items() if n},
             "skipped": sorted(skipped, key=lambda r: r["source"]),
+            "unreadable_zips": broken_zips,
             "no_description": missing,
             "descriptions": {**origins, "missing": len(missing)},
             "segments": {"written": sum(len(v) for v in metadata.values()),
@@ -460,19 +545,25 @@ def prepare_collection(s: PrepareSettings) -> dict:
         }
         if s.normalize_loudness is not None:
             report["loudness"] = loudness
+        owned = set((read_manifest(out) or {}).get("paths", []))
         if not tracks:
+            write_manifest(out, TOOL, owned | {REPORT_NAME})
             atomic_write_json(out / REPORT_NAME, report)
-            raise UserError(f"no segments written: all {len(sources)} files were skipped; reasons in "
+            raise UserError(f"no segments written: all {report['files_found']} files were skipped; reasons in "
                             f"{out / REPORT_NAME}")
 
-        # Swap the new train/ and valid/ in, then write the metadata last: until then the previous
-        # metadata.json and its audio stay as they were.
+        # Claim the new names first (a kill mid-swap leaves nothing unrecorded), swap the new train/
+        # and valid/ in, then write the metadata last: until then the previous metadata.json and its
+        # audio stay as they were.
+        written = [s.metadata_file, REPORT_NAME] + [e["audio"] for entries in metadata.values() for e in entries]
+        write_manifest(out, TOOL, owned | set(written))
         for split in ("train", "valid"):
             if (out / split).exists():
                 os.replace(out / split, staging / f"old-{split}")
             os.replace(staging / split, out / split)
         atomic_write_json(out / s.metadata_file, metadata)
         atomic_write_json(out / REPORT_NAME, report)
+        write_manifest(out, TOOL, written)
     finally:
         zips.close()
         shutil.rmtree(staging, ignore_errors=True)
@@ -481,27 +572,32 @@ def prepare_collection(s: PrepareSettings) -> dict:
 
 def summary_lines(report: dict, out: Path, metadata_file: str) -> list[str]:
     d, sp, seg = report["descriptions"], report["splits"], report["segments"]
-    found = report["files_found"]
-    have = found - d["missing"]
+    found, kinds = report["files_found"], report["skipped_by_kind"]
+    described = found - d["missing"]
+    why = ", ".join(f"{kinds[k]} {SKIP_KINDS[k]}" for k in SKIP_KINDS if kinds.get(k))
     lines = [
-        f"files: {found} found, {report['files_read']} read, {report['files_skipped']} skipped "
-        f"({len(report['skipped'])} unreadable/too short/silent, {d['missing']} without description)",
-        f"segments: {seg['written']} written, {seg['dropped_near_silent']} near-silent and {seg['dropped_short_tail']} "
-        f"short tails dropped",
-        f"train: {sp['train']['segments']} segments from {sp['train']['tracks']} tracks, {sp['train']['hours']:.3f} h; "
-        f"valid: {sp['valid']['segments']} segments from {sp['valid']['tracks']} tracks, {sp['valid']['hours']:.3f} h",
-        f"descriptions: {have}/{found} files ({100 * have / max(found, 1):.0f}%): {d['sidecar']} sidecar .txt, "
-        f"{d['descriptions_file']} descriptions file, {d['default']} default",
+        f"files: {found} found = {report['files_used']} used + {report['files_skipped']} skipped" +
+        (f" ({why})" if why else ""),
+        f"segments: {seg['written']} written; dropped {seg['dropped_near_silent']} near-silent and "
+        f"{seg['dropped_short_tail']} short {'tail' if seg['dropped_short_tail'] == 1 else 'tails'}",
+        f"train: {plural(sp['train']['segments'], 'segment')} from {plural(sp['train']['tracks'], 'track')}, "
+        f"{sp['train']['hours']:.3f} h; valid: {plural(sp['valid']['segments'], 'segment')} from "
+        f"{plural(sp['valid']['tracks'], 'track')}, {sp['valid']['hours']:.3f} h",
+        f"descriptions: {described}/{found} files ({100 * described / max(found, 1):.0f}%): {d['sidecar']} sidecar "
+        f".txt, {d['descriptions_file']} descriptions file, {d['default']} default",
     ]
-    for r in report["skipped"][:5]:
+    shown = [r for r in report["skipped"] if r["kind"] != "no description"]
+    for r in shown[:5]:
         lines.append(f"  skipped {r['source']}: {r['reason']}")
-    if len(report["skipped"]) > 5:
-        lines.append(f"  ... {len(report['skipped']) - 5} more")
+    if len(shown) > 5:
+        lines.append(f"  ... {len(shown) - 5} more in {out / REPORT_NAME}")
+    for z in report.get("unreadable_zips", []):
+        lines.append(f"warning: {z['source']}: {z['reason']}; none of its files were read")
     if d["missing"]:
-        lines.append(f"warning: {d['missing']} files have no description and were left out (first: "
+        lines.append(f"warning: {plural(d['missing'], 'file')} without a description left out (first: "
                      f"{report['no_description'][0]}); add sidecar .txt files, --descriptions_file or "
                      f"--default_description, or --require_description to stop on this")
     if "loudness" in report:
-        lines.append(f"loudness: {report['loudness']}")
+        lines.append("loudness: " + ", ".join(f"{n} {status}" for status, n in sorted(report["loudness"].items())))
     lines.append(f"wrote {out / metadata_file} and {out / REPORT_NAME}")
     return lines

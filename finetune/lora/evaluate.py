@@ -23,16 +23,18 @@ scores existing audio (any folder, recursively) without loading a model. Writes 
 sidecar, .png spectrogram), comparison_results.jsonl (one row per prompt x model x sample),
 summary.json and report.html (open it in a browser to listen).
 """
-import argparse
 import sys
 from pathlib import Path
 
 from common import UserError, cli, log, resolve_device
+from config import Parser, positive_float, positive_int
 from inference_lora import add_sampling_args
+
+TOOL = "evaluate.py"
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     m = p.add_argument_group("models")
     m.add_argument("--base_model_path", default="facebook/musicgen-small", help="Local MusicGen folder or hub id.")
     m.add_argument("--lora_model_path", default=None,
@@ -51,7 +53,7 @@ def build_parser():
                    help="JSON list of prompts (strings or {\"prompt\", \"id\", \"seed\"} objects), e.g. "
                         "../data/eval/evaluation_prompts_8.json.")
     q.add_argument("--test_prompts", nargs="+", default=None, help="Prompts given on the command line.")
-    q.add_argument("--num_samples_per_prompt", type=int, default=1, help="Clips per prompt and model (seed, seed+1, ...).")
+    q.add_argument("--num_samples_per_prompt", type=positive_int, default=1, help="Clips per prompt and model (seed, seed+1, ...).")
     q.add_argument("--output_dir", default="../output/evaluation", help="Folder for clips, results and report.")
 
     d = p.add_argument_group("objective numbers")
@@ -60,7 +62,7 @@ def build_parser():
                         "the style reference for FAD (default: the evaluated run's data_dir from its "
                         "run_config.json when that exists; skipped otherwise).")
     d.add_argument("--metadata_file", default="metadata.json", help="Metadata file, relative to --data_dir.")
-    d.add_argument("--target_duration", type=float, default=None,
+    d.add_argument("--target_duration", type=positive_float, default=None,
                    help="Window in seconds for the held-out loss (default: the run's training window from "
                         "run_config.json, else 15).")
     d.add_argument("--clap_model_path", default=None,
@@ -74,14 +76,15 @@ def build_parser():
 
 
 def run_config_of(args):
-    """(path, dict) of the training run being evaluated, found beside the adapters; (None, {}) if none."""
+    """(run dir, run_config dict) of the training run being evaluated, found beside the adapters;
+    (None, {}) if none."""
     import json
 
     places = [Path(p) for p in (args.lora_model_path, args.best_model_path, args.final_model_path) if p]
     for cfg in [c for p in places for c in (p / "run_config.json", p.parent / "run_config.json")]:
         if cfg.is_file():
             try:
-                return cfg, json.loads(cfg.read_text())
+                return cfg.parent, json.loads(cfg.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 log.warning(f"warning: {cfg}: unreadable run_config.json, ignored")
     return None, {}
@@ -90,22 +93,30 @@ def run_config_of(args):
 def training_window(args) -> float:
     if args.target_duration:
         return args.target_duration
-    cfg, run = run_config_of(args)
+    run_dir, run = run_config_of(args)
     if run.get("window_seconds"):
-        log.info(f"held-out loss on {run['window_seconds']:g} s windows (the training window in {cfg})")
+        log.info(f"held-out loss on {run['window_seconds']:g} s windows (the training window in "
+                 f"{run_dir / 'run_config.json'})")
         return float(run["window_seconds"])
     return 15.0
 
 
-def default_data_dir(args):
-    """Without --data_dir, the run's own validation set (run_config.json) gives the held-out numbers."""
-    cfg, run = run_config_of(args)
-    data_dir, meta = run.get("data_dir"), run.get("metadata_file", "metadata.json")
-    if data_dir and (Path(data_dir) / meta).is_file():
-        log.info(f"held-out loss and FAD on the run's validation set: {data_dir} (from {cfg}; --data_dir overrides)")
-        args.metadata_file = meta
-        return data_dir
-    return None
+def default_data(args) -> tuple[str | None, str, str | None]:
+    """(data_dir, metadata_file, note): without --data_dir, the evaluated run's own validation set
+    (run_config.json) gives the held-out numbers; a recorded folder that is gone is said, not skipped."""
+    from runs import recorded_path
+
+    run_dir, run = run_config_of(args)
+    if not run.get("data_dir"):
+        return None, args.metadata_file, None
+    data_dir, meta = recorded_path(run_dir, run, "data_dir"), run.get("metadata_file", "metadata.json")
+    if data_dir is not None and (data_dir / meta).is_file():
+        log.info(f"held-out loss and FAD on the run's validation set: {data_dir} (from "
+                 f"{run_dir / 'run_config.json'}; --data_dir overrides)")
+        return str(data_dir), meta, None
+    shown = data_dir / meta if data_dir is not None else run["data_dir"]
+    return None, args.metadata_file, (f"held-out loss and FAD skipped: the run's data ({shown}, from "
+                                      f"{run_dir / 'run_config.json'}) is not there; pass --data_dir")
 
 
 def print_verdicts(summary):
@@ -113,19 +124,35 @@ def print_verdicts(summary):
         print(m["verdict"])
 
 
+def check_args(args):
+    if args.score_only and not args.input_dir:
+        raise UserError("--score_only needs --input_dir (the folder of clips to score)")
+    if args.input_dir and not args.score_only:
+        raise UserError("--input_dir is read by --score_only; pass both (or neither)")
+    if args.fp16 and args.bf16:
+        raise UserError("--fp16 and --bf16 exclude each other; pick one")
+
+
 @cli
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    check_args(args)
+    from outputs import output_lock
+
+    out = Path(args.output_dir)
+    with output_lock(out, TOOL):  # one evaluation at a time per folder
+        return evaluate(args, out)
+
+
+def evaluate(args, out: Path):
+    from dataset import report_long_descriptions
     from evaluation import (ModelBank, check_output_dir, compare_models, held_out_losses, reference_embeddings,
                             resolve_models, score_folder, validation_loader)
     from generation import SamplingSettings, check_duration, load_prompts, plan_jobs, resolve_dtype
     from modeling import load_model_and_processor
 
-    out = Path(args.output_dir)
+    check_output_dir(out, args.overwrite)
     if args.score_only:
-        if not args.input_dir:
-            raise UserError("--score_only needs --input_dir (the folder of clips to score)")
-        check_output_dir(out, args.overwrite)
         summary = score_folder(Path(args.input_dir), out)
         log.info(f"scored {sum(m['num_clips'] for m in summary['models'].values())} clip(s) into {out}")
         if summary.get("unreadable"):
@@ -138,7 +165,12 @@ def main(argv=None):
     settings = SamplingSettings(args.guidance_scale, args.temperature, args.top_k, args.top_p, args.greedy)
     settings.validate()
     jobs = plan_jobs(prompts, args.num_samples_per_prompt, args.seed)
-    check_output_dir(out, args.overwrite)
+    notes, numbers, reference = [], {}, None
+    data_dir, metadata_file = args.data_dir, args.metadata_file
+    if not data_dir:
+        data_dir, metadata_file, note = default_data(args)
+        if note:
+            notes.append(note)
     clap = None
     if args.clap_model_path:
         from clap_score import ClapScorer
@@ -150,16 +182,14 @@ def main(argv=None):
     model, processor = load_model_and_processor(args.base_model_path, device=device, dtype=dtype,
                                                 flag="--base_model_path")
     check_duration(model, args.duration)
+    report_long_descriptions(processor.tokenizer, [(f"prompt {p.id}", p.text) for p in prompts])
     bank = ModelBank(model, specs)
-    notes, numbers, reference = [], {}, None
-    if not args.data_dir and not args.score_only:
-        args.data_dir = default_data_dir(args)
-    if args.data_dir:
-        loader, valid = validation_loader(processor, model, args.data_dir, args.metadata_file, training_window(args),
+    if data_dir:
+        loader, valid = validation_loader(processor, model, data_dir, metadata_file, training_window(args),
                                           args.batch_size)
         numbers = held_out_losses(bank, specs, loader, progress=not args.no_progress)
         reference = reference_embeddings(model, valid)
-    else:
+    elif not notes:
         notes.append("held-out loss and FAD skipped: pass --data_dir (the folder holding metadata.json).")
     if clap is None:
         notes.append("CLAP similarity skipped: pass --clap_model_path (a local transformers CLAP folder).")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -13,35 +14,61 @@ from pathlib import Path
 
 import numpy as np
 
-from common import UserError, atomic_dir, atomic_write_json, atomic_write_text, log
+from common import UserError, log
+from modeling import check_adapter_dir, load_adapter
+from outputs import atomic_dir, atomic_write_json, atomic_write_text, check_own_folder, write_manifest
 from generation import (Job, SamplingSettings, clip_filename, describe_settings, generate_jobs, slugify,
                         write_clip)
 
 BASE = "base_model"
 
 
+TOOL = "evaluate.py"
+
+
 @dataclass
 class ModelSpec:
     name: str  # folder name in the output dir and label in the report
     adapter_path: Path | None  # None: the base model
+    run_id: str | None = None  # the training run the adapter came from (None: base, or unknown)
 
 
-def check_adapter_dir(path) -> Path:
-    """A PEFT adapter folder, or one clear line saying what the folder is instead."""
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"{path}: adapter folder not found; pass a best_model/ or final_model/ folder written by "
-                        f"train_lora.py")
-    if not (path / "adapter_config.json").is_file():
-        if (path / "best_model").is_dir() or (path / "final_model").is_dir():
-            raise UserError(f"{path}: this is a training run directory, not an adapter; pass {path}/best_model "
-                            f"(or use evaluate.py --compare_multi --lora_model_path {path})")
-        raise UserError(f"{path}: no adapter_config.json here, so it is not a PEFT adapter; pass a best_model/, "
-                        f"final_model/ or checkpoints/checkpoint-N/ folder written by train_lora.py")
-    if not any((path / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
-        raise UserError(f"{path}: adapter_config.json but no adapter_model.safetensors; the adapter was not "
-                        f"saved completely")
-    return path
+def adapter_run_id(adapter: Path) -> str | None:
+    """The run id train_lora.py recorded beside an adapter (training_info.json, else the run's
+    run_config.json), so results made from it are credited to that run and no other."""
+    for path in (Path(adapter) / "training_info.json", Path(adapter).parent / "run_config.json",
+                 Path(adapter).parent.parent / "run_config.json"):
+        try:
+            run_id = json.loads(path.read_text(encoding="utf-8")).get("run_id")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if run_id:
+            return str(run_id)
+    return None
+
+
+def adapter_spec(name: str, path) -> ModelSpec:
+    path = check_adapter_dir(path)
+    return ModelSpec(name, path, adapter_run_id(path))
+
+
+def run_adapters(run_dir: Path) -> list[ModelSpec]:
+    """--compare_multi on a run dir: its best_model/ and final_model/, whichever exist (a run that
+    never validated has no best_model/); one line saying what to pass when it holds neither."""
+    if (run_dir / "adapter_config.json").is_file():
+        raise UserError(f"{run_dir}: is one adapter, and --compare_multi compares a run's best_model/ and "
+                        f"final_model/: use --compare --lora_model_path {run_dir}, or pass the run directory")
+    found = [adapter_spec(n, run_dir / n) for n in ("best_model", "final_model") if (run_dir / n).is_dir()]
+    if not found:
+        ckpts = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) \
+            if (run_dir / "checkpoints").is_dir() else []
+        hint = (f"compare a checkpoint with --compare --lora_model_path {ckpts[-1]}" if ckpts else
+                "train first (train_lora.py writes them), or pass adapters with --best_model_path/--final_model_path")
+        raise UserError(f"{run_dir}: holds neither best_model/ nor final_model/; {hint}")
+    if len(found) == 1:
+        missing = {"best_model", "final_model"} - {found[0].name}
+        log.warning(f"warning: {run_dir} has no {missing.pop()}/; comparing base_model and {found[0].name}")
+    return found
 
 
 def resolve_models(args) -> list[ModelSpec]:
@@ -49,29 +76,30 @@ def resolve_models(args) -> list[ModelSpec]:
     models = [ModelSpec(BASE, None)]
     run_dir = Path(args.lora_model_path) if args.lora_model_path else None
     if args.compare_multi:
-        best = Path(args.best_model_path) if args.best_model_path else (run_dir / "best_model" if run_dir else None)
-        final = Path(args.final_model_path) if args.final_model_path else (run_dir / "final_model" if run_dir else None)
-        if best is None and final is None:
+        if args.best_model_path or args.final_model_path:
+            for name, path in (("best_model", args.best_model_path), ("final_model", args.final_model_path)):
+                if path:
+                    models.append(adapter_spec(name, path))
+        elif run_dir is not None:
+            models += run_adapters(run_dir)
+        else:
             raise UserError("--compare_multi needs the run directory as --lora_model_path (holding best_model/ and "
                             "final_model/) or --best_model_path/--final_model_path")
-        for name, path in (("best_model", best), ("final_model", final)):
-            if path is not None:
-                models.append(ModelSpec(name, check_adapter_dir(path)))
     elif args.compare or (run_dir is not None):
         if run_dir is None:
             raise UserError("--compare needs --lora_model_path (the adapter to compare with the base model)")
-        models.append(ModelSpec("lora_model", check_adapter_dir(run_dir)))
+        models.append(adapter_spec("lora_model", run_dir))
     else:
         for name, path in (("best_model", args.best_model_path), ("final_model", args.final_model_path)):
             if path:
-                models.append(ModelSpec(name, check_adapter_dir(path)))
+                models.append(adapter_spec(name, path))
     for spec in args.adapter or []:
         if "=" not in spec:
             raise UserError(f"--adapter {spec}: use NAME=PATH, e.g. --adapter rank16=../output_r16/best_model")
         name, path = spec.split("=", 1)
         if slugify(name, 60) != name.lower() or not name:
             raise UserError(f"--adapter {spec}: NAME must be letters, digits and dashes (it names a folder)")
-        models.append(ModelSpec(name, check_adapter_dir(path)))
+        models.append(adapter_spec(name, path))
     names = [m.name for m in models]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -85,21 +113,11 @@ class ModelBank:
     up front means an adapter that does not fit fails before any generation time is spent."""
 
     def __init__(self, base_model, specs: list[ModelSpec]):
-        from modeling import load_adapter
-
         self.model = base_model
         self.peft = None
         for spec in specs:
-            if spec.adapter_path is None:
-                continue
-            if self.peft is None:
-                self.peft = load_adapter(base_model, str(spec.adapter_path), adapter_name=spec.name)
-            else:
-                try:
-                    self.peft.load_adapter(str(spec.adapter_path), adapter_name=spec.name)
-                except (RuntimeError, ValueError, KeyError) as e:
-                    raise UserError(f"{spec.adapter_path}: adapter does not fit this base model: "
-                                    f"{str(e).splitlines()[0][:200]}") from None
+            if spec.adapter_path is not None:
+                self.peft = load_adapter(base_model, spec.adapter_path, adapter_name=spec.name, into=self.peft)
         if self.peft is not None:
             self.peft.eval()
 
@@ -115,12 +133,29 @@ class ModelBank:
             yield self.peft
 
 
+def training_runs(specs: list[ModelSpec], out: Path) -> list[dict]:
+    """The training runs the adapters came from, with their curves and review as paths relative to
+    the evaluation folder (for the report's links)."""
+    runs, seen = [], set()
+    for spec in specs:
+        if spec.adapter_path is None:
+            continue
+        run_dir = next((d for d in (spec.adapter_path.parent, spec.adapter_path.parent.parent)
+                        if (d / "run_config.json").is_file()), None)
+        if run_dir is None or run_dir.resolve() in seen:
+            continue
+        seen.add(run_dir.resolve())
+        entry = {"name": run_dir.resolve().name, "run_dir": str(run_dir.resolve()), "run_id": spec.run_id}
+        for key, name in (("curves", "training_curves.png"), ("review", "review.txt")):
+            if (run_dir / "logs" / name).is_file():
+                entry[key] = os.path.relpath((run_dir / "logs" / name).resolve(), Path(out).resolve())
+        runs.append(entry)
+    return runs
+
+
 def check_output_dir(out: Path, overwrite: bool):
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder; choose another --output_dir")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out}: not empty (an earlier evaluation?); choose a new --output_dir or pass --overwrite "
-                        f"to replace it")
+    """An evaluation folder is evaluate.py's whole: refuse anything it did not write (outputs.check_own_folder)."""
+    check_own_folder(out, TOOL, overwrite=overwrite, flag="--output_dir", what="an earlier evaluation")
 
 
 def compare_models(bank: "ModelBank", processor, specs: list[ModelSpec], jobs: list[Job], out: Path, *,
@@ -143,7 +178,7 @@ def compare_models(bank: "ModelBank", processor, specs: list[ModelSpec], jobs: l
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     setting_dict = {"duration": duration, **settings.to_dict(), "batch_size": batch_size}
     fad = {}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, owner=TOOL) as tmp:
         for spec in specs:
             log.info(f"{spec.name}: {len(jobs)} clip(s), {describe_settings(settings, duration, batch_size)}")
             with bank.use(spec) as m:
@@ -154,11 +189,11 @@ def compare_models(bank: "ModelBank", processor, specs: list[ModelSpec], jobs: l
 
                     fad[spec.name] = frechet_distance(encodec_embeddings(m, audio), reference)
             for job, wav in zip(jobs, audio):
-                name = clip_filename(job.prompt_index, job.prompt.text, job.sample if many else None)
+                name = clip_filename(job.prompt, job.sample if many else None)
                 rel = f"{spec.name}/{name}.wav"
                 sidecar = {"prompt": job.prompt.text, "prompt_id": job.prompt.id, "model": spec.name,
                            "base_model": base_model_path, "adapter": str(spec.adapter_path) if spec.adapter_path else None,
-                           "sample": job.sample, "seed": job.seed, **setting_dict, "sample_rate": sr,
+                           "run_id": spec.run_id, "sample": job.sample, "seed": job.seed, **setting_dict, "sample_rate": sr,
                            "wav_subtype": wav_subtype, "wall_seconds": per_clip, "created": created}
                 write_clip(tmp / rel, wav, sr, sidecar, wav_subtype)
                 spectrogram_png(wav, sr, tmp / spec.name / f"{name}.png")
@@ -168,12 +203,15 @@ def compare_models(bank: "ModelBank", processor, specs: list[ModelSpec], jobs: l
                              "sample": job.sample, "settings": setting_dict, "sample_rate": sr,
                              "duration_s": len(wav) / sr, "wall_seconds": per_clip})
                 audio_by_row.append(wav)
+        run_ids = sorted({s.run_id for s in specs if s.run_id})
         summary = {"created": created, "base_model": base_model_path, "settings": setting_dict,
-                   "num_prompts": len({j.prompt.id for j in jobs}), "clips_per_model": len(jobs)}
-        extras = {s.name: {"adapter_path": str(s.adapter_path) if s.adapter_path else None,
+                   "num_prompts": len({j.prompt.id for j in jobs}), "clips_per_model": len(jobs), "run_ids": run_ids,
+                   "training_runs": training_runs(specs, out)}
+        extras = {s.name: {"adapter_path": str(s.adapter_path) if s.adapter_path else None, "run_id": s.run_id,
                            **(model_numbers or {}).get(s.name, {}), "fad": fad.get(s.name)} for s in specs}
         score_rows(tmp, rows, audio_by_row, sr, summary, extras, notes or [], clap)
         write_results(tmp, rows, summary)
+        write_manifest(tmp, TOOL, os.listdir(tmp), run_ids=run_ids)
     return summary
 
 
@@ -250,15 +288,17 @@ def validation_loader(processor, model, data_dir, metadata_file, window: float, 
     """The trainer's validation set and collation (same clips, crops and labels as step 0)."""
     import torch
 
-    from dataset import Collator, MusicDataset, read_metadata
+    from dataset import Collator, MusicDataset, read_metadata, report_long_descriptions
     from modeling import model_info
 
     splits = read_metadata(data_dir, metadata_file)
     clips = splits["valid"] or splits["train"][: max(1, len(splits["train"]) // 10)]
-    sr = model_info(model)["sample_rate"]
-    ds = MusicDataset(clips, sr, window, train=False)
+    report_long_descriptions(processor.tokenizer, clips)
+    info = model_info(model)
+    sr, hop = info["sample_rate"], info["hop_length"]
+    ds = MusicDataset(clips, sr, window, train=False, hop_length=hop)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False,
-                                         collate_fn=Collator(processor, int(round(window * sr))))
+                                         collate_fn=Collator(processor, int(round(window * sr)), hop))
     return loader, ds
 
 
@@ -292,23 +332,27 @@ def score_folder(input_dir: Path, out: Path, sample_rate: int = 32000) -> dict:
     """--score_only: score every audio file under input_dir (recursively) into out. The first folder
     level names the model (base_model/, best_model/, ...); a sidecar .json supplies prompt and seed.
     Unreadable files are reported and skipped."""
-    from dataset import load_audio
+    from audio_io import load_audio
     from plotting import spectrogram_png
 
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise UserError(f"{input_dir}: folder not found; pass --input_dir a folder of WAVs (e.g. an old evaluation)")
+    if out.resolve() == input_dir.resolve():
+        raise UserError(f"{out}: --output_dir is --input_dir; the scores need a folder of their own, e.g. "
+                        f"--output_dir {input_dir.name}_scored")
+    root = input_dir.resolve()
     files = sorted(p for p in input_dir.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
-                   and not p.name.startswith("."))
-    if out.resolve() != input_dir.resolve():
-        files = [p for p in files if out.resolve() not in p.resolve().parents]
+                   and not p.name.startswith(".") and out.resolve() not in p.resolve().parents)
+    outside = [p for p in files if root not in p.resolve().parents]  # symlinks out of the tree: not followed
+    if outside:
+        log.warning(f"warning: skipping {len(outside)} link(s) that point outside {input_dir} (e.g. {outside[0]})")
+        files = [p for p in files if p not in outside]
     if not files:
         raise UserError(f"{input_dir}: no audio files (.wav/.flac/.mp3/.ogg) found")
     rows, audio = [], []
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    import os
-
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, owner=TOOL) as tmp:
         for path in files:
             rel_in = path.relative_to(input_dir)
             model = rel_in.parts[0] if len(rel_in.parts) > 1 else "clips"
@@ -344,6 +388,7 @@ def score_folder(input_dir: Path, out: Path, sample_rate: int = 32000) -> dict:
         score_rows(tmp, rows, audio, sample_rate, summary, {}, ["--score_only: no models loaded, so no "
                                                                    "held-out loss or FAD."])
         write_results(tmp, rows, summary)
+        write_manifest(tmp, TOOL, os.listdir(tmp))
     return summary
 
 

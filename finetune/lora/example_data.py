@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from common import atomic_write_json
+from outputs import atomic_write_json
 
 SR = 32000
 

@@ -24,7 +24,8 @@ import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
-from common import UserError, atomic_write_json, log, read_json
+from common import UserError, log, read_json
+from outputs import atomic_file, atomic_write_json
 from modeling import model_info
 
 WAV_SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
@@ -202,16 +203,53 @@ def check_duration(model, duration: float):
                         f"({limit} positions); ask for less")
 
 
+def generation_config_for(base, settings: SamplingSettings, duration: float):
+    """Exactly what generate() is told. Every sampling value is set, never left None: generate()
+    refills a None from the checkpoint's generation_config (guidance 3.0, top_k 250 for MusicGen),
+    so None would silently mean "the checkpoint's value", not "off"."""
+    info = model_info(base)
+    cfg = copy.deepcopy(base.generation_config)
+    cfg.do_sample = False  # SeededSampler does the sampling; generate only takes its argmax
+    # transformers runs classifier-free guidance only above 1 (2*B*K decoder rows); 1.0 means off.
+    cfg.guidance_scale = float(settings.guidance_scale) if settings.guidance_scale > 1 else 1.0
+    cfg.temperature, cfg.top_k, cfg.top_p = 1.0, 50, 1.0  # transformers' neutral values; unused without do_sample
+    cfg.max_new_tokens = max_new_tokens_for(duration, info)
+    cfg.max_length = 1 + cfg.max_new_tokens
+    cfg.min_new_tokens, cfg.min_length = 0, 0
+    return cfg
+
+
+@contextlib.contextmanager
+def _capture_codes(base):
+    """Record the codes generate() hands to EnCodec's decoder ((B, K, frames) per call)."""
+    codec, calls = base.audio_encoder, []
+    real = codec.decode
+
+    def decode(audio_codes, *args, **kwargs):
+        calls.append(audio_codes[0].detach().cpu())
+        return real(audio_codes, *args, **kwargs)
+
+    codec.decode = decode
+    try:
+        yield calls
+    finally:
+        del codec.decode  # back to the class's method
+
+
 @torch.no_grad()
 def generate_audio(model, processor, prompts: Sequence[str], duration: float, *, guidance_scale: float = 3.0,
                    temperature: float = 1.0, top_k: int = 250, top_p: float = 0.0, greedy: bool = False,
                    seed: int | Sequence[int] = 0, batch_size: int = 8, progress: bool = True,
-                   desc: str = "generating") -> list[np.ndarray]:
-    """Generate `duration` seconds of audio for each prompt; returns float32 mono arrays.
+                   desc: str = "generating", return_codes: bool = False):
+    """Generate `duration` seconds of audio for each prompt; returns float32 mono arrays (and, with
+    return_codes, the (K, frames) EnCodec codes each clip was decoded from).
 
     seed: one int for every prompt, or one seed per prompt. Works on a plain MusicGen model or a
     PeftModel (the active adapter applies; inside `disable_adapter()` the base model does).
+    Descriptions are cut to dataset.MAX_TEXT_TOKENS tokens, as in training.
     """
+    from dataset import tokenize_text
+
     settings = SamplingSettings(guidance_scale, temperature, top_k, top_p, greedy)
     settings.validate()
     if batch_size < 1:
@@ -225,28 +263,25 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
     info = model_info(model)
     device = next(base.parameters()).device
     num_samples = int(round(duration * info["sample_rate"]))
-    gen_config = copy.deepcopy(base.generation_config)
-    gen_config.do_sample = False  # SeededSampler does the sampling; generate only takes its argmax
-    gen_config.top_k = gen_config.top_p = gen_config.temperature = None
-    gen_config.guidance_scale = guidance_scale if guidance_scale > 1 else None
-    gen_config.max_new_tokens = max_new_tokens_for(duration, info)
-    gen_config.max_length = None
-    gen_config.min_new_tokens = gen_config.min_length = None
+    gen_config = generation_config_for(base, settings, duration)
 
     was_training = base.training
     base.eval()
     outputs: list[np.ndarray] = []
+    codes: list[torch.Tensor] = []
     batches = range(0, len(prompts), batch_size)
     try:
         for start in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
             texts = prompts[start:start + batch_size]
-            inputs = processor(text=texts, padding=True, return_tensors="pt").to(device)
+            inputs = tokenize_text(processor.tokenizer, texts).to(device)
             from transformers import LogitsProcessorList
 
             procs = LogitsProcessorList()
             if not greedy:
                 procs.append(SeededSampler(seeds[start:start + batch_size], info["num_codebooks"], settings, device))
-            audio = base.generate(**inputs, generation_config=gen_config, logits_processor=procs)
+            with _capture_codes(base) as decoded:
+                audio = base.generate(**inputs, generation_config=gen_config, logits_processor=procs)
+            codes += list(decoded[0])
             audio = audio[:, 0].float().cpu().numpy()
             for row in audio:
                 row = row[:num_samples]
@@ -256,30 +291,24 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
     finally:
         if was_training:
             base.train()
-    return outputs
+    return (outputs, codes) if return_codes else outputs
 
 
 # --------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------
-def clip_filename(index: int, prompt_text: str, sample: int | None = None) -> str:
-    stem = f"{index:02d}_{slugify(prompt_text)}"
+def clip_filename(prompt: Prompt, sample: int | None = None) -> str:
+    """A clip's file stem: its prompt's id (so report headings and files agree), made safe for any
+    file system, plus _sN when a prompt has several samples."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", prompt.id).strip("-.")[:60] or "prompt"
     return f"{stem}_s{sample}" if sample is not None else stem
 
 
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16"):
     """Write atomically (temp name, then rename) so a kill never leaves a truncated WAV."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_file(path) as tmp:
         sf.write(str(tmp), np.clip(audio, -1.0, 1.0) if subtype != "FLOAT" else audio, sample_rate,
                  subtype=subtype, format="WAV")
-        tmp.replace(path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
 
 
 def write_clip(path: Path, audio: np.ndarray, sample_rate: int, sidecar: dict, subtype: str = "PCM_16"):

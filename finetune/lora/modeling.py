@@ -1,5 +1,4 @@
 """Model plumbing: load MusicGen, attach/load LoRA, encode audio to codes, teacher-forced loss."""
-import json
 import math
 import types
 from pathlib import Path
@@ -7,12 +6,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from common import UserError
+from common import UserError, read_json
+from config import DEFAULT_TARGETS
 from dataset import build_delay_pattern_labels, crop_codes
-
-# Decoder attention (self and cross) and FFN, as in the seeds' adapters. The regex keeps LoRA off
-# the T5 text encoder and EnCodec whatever names they use.
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
 
 def load_model_and_processor(model_path: str, device: str = "cpu", dtype=None, flag: str = "--model_path"):
@@ -105,20 +101,53 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-def load_adapter(base_model, adapter_path: str, adapter_name: str = "default", is_trainable=False):
-    """PeftModel.from_pretrained with a clear error for a folder that is not an adapter of this base."""
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def check_adapter_dir(path) -> Path:
+    """A PEFT adapter folder this toolkit loads, or one clear line saying what the folder is instead."""
+    path = Path(path)
+    if not path.is_dir():
+        what = "is a file, not an adapter folder" if path.exists() else "adapter folder not found"
+        raise UserError(f"{path}: {what}; pass a best_model/, final_model/ or checkpoints/checkpoint-N/ folder "
+                        f"written by train_lora.py")
+    if not (path / "adapter_config.json").is_file():
+        inside = [path / name for name in ("best_model", "final_model") if (path / name / "adapter_config.json").is_file()]
+        if inside:
+            raise UserError(f"{path}: this is a training run directory, not an adapter; pass {inside[0]} (or use "
+                            f"evaluate.py --compare_multi --lora_model_path {path})")
+        raise UserError(f"{path}: no adapter_config.json here, so it is not a PEFT adapter; pass a best_model/, "
+                        f"final_model/ or checkpoints/checkpoint-N/ folder written by train_lora.py")
+    read_json(path / "adapter_config.json", "adapter config")
+    if not (path / ADAPTER_WEIGHTS).is_file():
+        if (path / "adapter_model.bin").is_file():
+            raise UserError(f"{path}: holds adapter_model.bin, a pickle, which this toolkit never loads (unpickling "
+                            f"can run code); convert an adapter you trust with: python finetune/scripts/"
+                            f"convert_adapter.py {path}")
+        raise UserError(f"{path}: adapter_config.json but no {ADAPTER_WEIGHTS}; the adapter was not saved "
+                        f"completely: pass another adapter folder")
+    return path
+
+
+def load_adapter(base_model, adapter_path, adapter_name: str = "default", is_trainable=False, into=None):
+    """PeftModel.from_pretrained (or, with `into`, one more adapter on that PeftModel), with one clear
+    line for a folder that is not a safetensors adapter of this base model."""
     from peft import PeftModel
 
-    path = Path(adapter_path)
-    if not (path / "adapter_config.json").is_file():
-        raise UserError(f"{path}: no adapter_config.json here; pass a best_model/ or final_model/ folder "
-                        f"written by train_lora.py")
+    path = check_adapter_dir(adapter_path)
     try:
+        if into is not None:
+            into.load_adapter(str(path), adapter_name=adapter_name, is_trainable=is_trainable)
+            return into
         return PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name, is_trainable=is_trainable)
-    except (RuntimeError, ValueError, KeyError) as e:
-        cfg = json.loads((path / "adapter_config.json").read_text())
-        raise UserError(f"{path}: adapter does not fit this base model (trained on "
-                        f"{cfg.get('base_model_name_or_path')!r}): {str(e).splitlines()[0][:200]}") from None
+    except Exception as e:  # a user's file: shape mismatch, wrong targets, corrupt weights
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        trained_on = read_json(path / "adapter_config.json").get("base_model_name_or_path")
+        if any(w in str(e) for w in ("size mismatch", "shape", "Target modules", "not found in the base model")):
+            raise UserError(f"{path}: adapter does not fit this base model (trained on {trained_on!r}): "
+                            f"{first}") from None
+        raise UserError(f"{path}: cannot load this adapter ({type(e).__name__}: {first}); pass another adapter "
+                        f"folder") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,26 +171,36 @@ def encode_audio(model, audio: torch.Tensor) -> torch.Tensor:
     return codes[0]
 
 
-def encode_clip(model, wav: torch.Tensor) -> torch.Tensor:
-    """One whole clip (N,) -> codes (K, T). The code cache and the uncached path both encode here, one
-    clip at a time, so that zero-padding a batch cannot change a clip's last frames."""
-    return encode_audio(model, wav.reshape(1, -1))[0]
+def encode_pieces(model, pieces) -> torch.Tensor:
+    """A clip's pieces (audio_io.AudioPieces: ~30 s each, in order) -> codes (K, T), each piece
+    encoded on its own. The code cache and the uncached path both encode here, one clip at a time,
+    so zero-padding a batch cannot change a clip's last frames, and memory follows the piece."""
+    codes = [encode_audio(model, torch.as_tensor(piece).reshape(1, -1))[0] for piece in pieces]
+    return torch.cat(codes, dim=-1)
+
+
+def split_pieces(wav: torch.Tensor, piece: int) -> list[torch.Tensor]:
+    return [wav[i:i + piece] for i in range(0, wav.shape[-1], piece)]
 
 
 def codes_for_batch(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes (B, K, T), valid frames (B,)) of a batch: from the cache when it carries `codes`, else by
-    encoding each whole clip and cropping the window the dataset picked (dataset.crop_codes)."""
+    encoding the pieces under each row's window and cropping the window the dataset picked
+    (dataset.crop_codes)."""
     if "codes" in batch:
         return batch["codes"], batch["num_frames"]
     hop = model_info(model)["hop_length"]
-    audio, lengths = batch["audio"], batch["num_samples"].tolist()
-    b = audio.shape[0]
+    audio, b = batch["audio"], batch["audio"].shape[0]
+    lengths = batch["audio_samples"].tolist() if "audio_samples" in batch else batch["num_samples"].tolist()
+    clip_lengths = batch["num_samples"].tolist()
     offsets = batch["frame_offset"].tolist() if "frame_offset" in batch else [0] * b
+    starts = batch["audio_start_frame"].tolist() if "audio_start_frame" in batch else [0] * b
+    pieces = batch["piece_samples"].tolist() if "piece_samples" in batch else [audio.shape[1]] * b
     window = int(batch["window_frames"][0]) if "window_frames" in batch else -(-audio.shape[1] // hop)
     rows, valid = [], []
     for i in range(b):
-        whole = encode_clip(model, audio[i, :lengths[i]])
-        codes, n_valid = crop_codes(whole, lengths[i], offsets[i], window, hop)
+        encoded = encode_pieces(model, split_pieces(audio[i, :lengths[i]], pieces[i]))
+        codes, n_valid = crop_codes(encoded, clip_lengths[i], offsets[i], window, hop, codes_start_frame=starts[i])
         rows.append(torch.nn.functional.pad(codes, (0, window - codes.shape[1])))
         valid.append(n_valid)
     codes = torch.stack(rows)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +18,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def _save(fig, path: Path, dpi: int = 80):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    from outputs import atomic_file
+
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
 
 
 def spectrogram_png(audio: np.ndarray, sample_rate: int, path: Path, title: str | None = None):
@@ -38,7 +38,12 @@ def spectrogram_png(audio: np.ndarray, sample_rate: int, path: Path, title: str 
     duration = len(audio) / sample_rate
     ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=-80, vmax=0,
               extent=(0, duration, 0, db.shape[0]))
-    ax.set_yticks([])
+    # A frequency axis on the mel bins: the bin centres' frequencies, interpolated at round values.
+    centres = librosa.mel_frequencies(n_mels=db.shape[0] + 2, fmax=sample_rate / 2)[1:-1]
+    ticks = [f for f in (100, 500, 1000, 2000, 4000, 8000, 16000) if centres[0] <= f <= centres[-1]]
+    ax.set_yticks(np.interp(ticks, centres, np.arange(len(centres)) + 0.5))
+    ax.set_yticklabels([f"{f // 1000}k" if f >= 1000 else str(f) for f in ticks])
+    ax.set_ylabel("Hz", fontsize=7, labelpad=1)
     ax.set_xlabel("s", fontsize=7, labelpad=1)
     ax.tick_params(labelsize=7)
     if title:

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from pathlib import Path
 from urllib.parse import quote
 
-from common import atomic_write_text
+from outputs import atomic_write_text
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em auto;max-width:1200px;
@@ -22,7 +22,7 @@ h1{font-size:1.4em;margin-bottom:.2em} h2{font-size:1.1em;margin:1.6em 0 .3em}
 table{border-collapse:collapse;width:100%;margin:.4em 0}
 th,td{border-bottom:1px solid #ddd;padding:.35em .5em;text-align:left;vertical-align:middle;font-size:.88em}
 th{background:#f4f4f6}
-td.model{font-weight:600;white-space:nowrap}
+td.model{font-weight:600;white-space:nowrap} td.verdict{min-width:16em}
 audio{width:260px} img.spec{height:110px;display:block} img.loud{max-width:100%;height:180px}
 .flag{display:inline-block;background:#d93025;color:#fff;border-radius:3px;padding:0 .4em;margin:.1em;font-size:.8em}
 .ok{color:#188038} td.bad{background:#fde7e6;color:#a50e0e;font-weight:600}
@@ -47,8 +47,11 @@ def _fmt(v, digits=2) -> str:
         if not math.isfinite(v):
             return "&ndash;"
         if isinstance(digits, str):  # a format spec, for numbers whose scale varies (FAD)
-            return f"{v:{digits}}"
-        return f"{v:.{digits}f}" if abs(v) < 1e4 else f"{v:.3g}"
+            text = f"{v:{digits}}"
+        else:
+            text = f"{v:.{digits}f}" if abs(v) < 1e4 else f"{v:.3g}"
+        # -0.04 rounds to "-0.0": a sign on a printed zero only confuses
+        return text[1:] if text.startswith("-") and not any(c in "123456789" for c in text.split("e")[0]) else text
     return html.escape(str(v))
 
 
@@ -87,11 +90,14 @@ def _model_table(summary: dict) -> str:
         return ""
     present = [c for c in MODEL_COLUMNS if any(c[0] in m for m in models.values())]
     flag_cols = [f for f in FLAG_NAMES if any(f in (m.get("flag_counts") or {}) for m in models.values())]
-    head = "".join(f"<th>{html.escape(c[1])}</th>" for c in present)
+    head = "<th>verdict</th>" + "".join(f"<th>{html.escape(c[1])}</th>" for c in present)
     head += "".join(f"<th>{html.escape(f)}</th>" for f in flag_cols)
     body = []
     for name, m in models.items():
-        cells = [f'<td class="model">{html.escape(name)}</td>']
+        flagged = any(isinstance(n, int) and n > 0 for n in (m.get("flag_counts") or {}).values())
+        verdict = str(m.get("verdict", "")).split(": ", 1)[-1] if m.get("verdict") else ""
+        cells = [f'<td class="model">{html.escape(name)}</td>',
+                 f'<td class="verdict{" bad" if flagged else ""}">{html.escape(verdict)}</td>']
         for key, _label, digits, _bad in present:
             cells.append(f"<td>{_fmt(m.get(key), digits) if key != 'verdict' else html.escape(str(m.get(key, '')))}</td>")
         for f in flag_cols:
@@ -99,10 +105,20 @@ def _model_table(summary: dict) -> str:
             cls = ' class="bad"' if n else ""
             cells.append(f"<td{cls}>{n}/{m.get('num_clips', '?')}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    verdicts = "".join(f"<li><code>{html.escape(str(m['verdict']))}</code></li>" for m in models.values()
-                       if m.get("verdict"))
-    notes = (f'<ul class="small">{verdicts}</ul>' if verdicts else "") + "".join(f'<p class="small">{html.escape(n)}</p>' for n in summary.get("notes", []))
+    notes = "".join(f'<p class="small">{html.escape(n)}</p>' for n in summary.get("notes", []))
     return (f'<h2>Models</h2><table id="models"><tr><th>model</th>{head}</tr>{"".join(body)}</table>{notes}')
+
+
+def _run_links(summary: dict) -> str:
+    """Links to each evaluated training run's curves and review (paths relative to the report)."""
+    items = []
+    for run in summary.get("training_runs") or []:
+        links = [f'<a href="{_url(run[key])}">{label}</a>' for key, label in (("curves", "training curves"),
+                                                                              ("review", "review of the logs"))
+                 if run.get(key)]
+        if links:
+            items.append(f"<li>run <code>{html.escape(str(run.get('name', '')))}</code>: {' &middot; '.join(links)}</li>")
+    return f'<ul class="meta" id="runs">{"".join(items)}</ul>' if items else ""
 
 
 def _clip_cell(row: dict) -> str:
@@ -133,7 +149,7 @@ def render(rows: list[dict], summary: dict) -> str:
         meta.append(html.escape(", ".join(f"{k} {v}" for k, v in settings.items())))
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-             f'<p class="meta">{" &middot; ".join(meta)}</p>', _model_table(summary)]
+             f'<p class="meta">{" &middot; ".join(meta)}</p>', _run_links(summary), _model_table(summary)]
     plots = summary.get("loudness_plots") or {}
     for (pid, sample), group in groups.items():
         head = html.escape(pid) + (f" &middot; sample {sample}" if any(g.get("sample") for g in group) else "")

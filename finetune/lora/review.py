@@ -17,7 +17,8 @@ also listed in USAGE.md:
   where validation turned upward is named.
 - not converged: the last validation loss more than CONVERGED (1%) below the one before it.
 - warm-up: warm-up at or above the run's optimizer steps (the learning rate never reaches its peak),
-  or above WARMUP_SHARE (20%) of them.
+  or above WARMUP_SHARE (20%) of them -- and only when the suggested value (about 10% of the steps)
+  is smaller, so a run that follows the advice gets no warning.
 - throughput: steps/s, samples/s and tokens/s over the logging intervals inside epochs (see
   runs.throughput) and peak memory: always reported, never judged.
 """
@@ -80,9 +81,9 @@ def check_step0(run: Run):
     if base is None or ln_v is None:
         return [Finding("note", "no step-0 validation loss logged: cannot compare the base model with ln(vocab)")]
     if base > ln_v and run.config.get("model_random_weights"):
-        return [Finding("note", f"step 0: base validation loss {base:.4f} is at ln(vocab) = {ln_v:.4f}, as "
-                                f"expected for this random-weight test model (a pretrained MusicGen above it "
-                                f"would mean labels or data are wrong)")]
+        return [Finding("note", f"step 0: base validation loss {base:.4f} is above ln(vocab) = {ln_v:.4f}, as "
+                                f"expected for this random-weight test model (random, confident guesses; a "
+                                f"pretrained MusicGen above it would mean labels or data are wrong)")]
     if base > ln_v:
         return [Finding("warn", f"step 0: base validation loss {base:.4f} is above ln(vocab) = {ln_v:.4f}, a "
                                 f"uniform guess: labels or data are wrong, not hyper-parameters (a pretrained "
@@ -218,6 +219,12 @@ def check_fit(run: Run):
     return out
 
 
+def suggested_warmup(total_steps: int) -> int:
+    """About 10% of the run's optimizer steps (none for a run under 5 steps: there a warm-up step
+    only spends an update at learning rate 0)."""
+    return int(round(0.1 * total_steps))
+
+
 def check_warmup(run: Run):
     cfg = run.config
     warmup, spe = run.warmup_steps, cfg.get("steps_per_epoch")
@@ -228,13 +235,14 @@ def check_warmup(run: Run):
     why = (f" ({clips} clips / (batch {bs} x accumulation {acc}) = {spe} steps per epoch)"
            if clips and bs and acc and spe else f" ({spe} per epoch)" if spe else "")
     lr = cfg.get("learning_rate")
-    suggest = max(1, round(0.1 * total))
-    if warmup >= total:
+    suggest = suggested_warmup(total)
+    # Warn only when the advice changes something: a run that follows it gets no warning.
+    if warmup >= total and suggest < warmup:
         peak = f"{lr * total / warmup:.2g} of the {lr:g} asked for" if lr else f"{total / warmup:.0%} of its peak"
         return [Finding("warn", f"warm-up {warmup} steps >= the run's {total} optimizer steps{why}: the whole run is "
                                 f"warm-up and the learning rate only reaches {peak}; use --warmup_steps "
                                 f"{suggest} or train longer")]
-    if warmup > WARMUP_SHARE * total:
+    if warmup > WARMUP_SHARE * total and suggest < warmup:
         epochs = f" = {warmup / spe:.1f} epochs" if spe else ""
         return [Finding("warn", f"warm-up {warmup} steps is {warmup / total:.0%} of the run's {total} optimizer "
                                 f"steps{why}{epochs}: most of it is spent ramping up; use --warmup_steps "
@@ -294,12 +302,18 @@ def review_lines(run_dir) -> list:
     return [f"review of {run.name} ({run.status}):"] + [str(f) for f in review(run)]
 
 
+REVIEW_FILE = "review.txt"  # in the run's logs/, linked from evaluation reports
+
+
 def log_review(run_dir):
-    """Log the review of a run; advisory, so a fault here never fails a finished training."""
+    """Log the review of a run and keep it as logs/review.txt; advisory, so a fault here never fails
+    a finished training."""
     from common import log
+    from outputs import atomic_write_text
 
     try:
         lines = review_lines(Path(run_dir))
+        atomic_write_text(Path(run_dir) / "logs" / REVIEW_FILE, "\n".join(lines) + "\n")
     except Exception as e:  # pragma: no cover - defensive: the adapters are already saved
         log.warning(f"warning: could not review {run_dir} ({type(e).__name__}: {e})")
         return

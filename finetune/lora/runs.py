@@ -22,6 +22,7 @@ import html
 import io
 import json
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -29,15 +30,62 @@ from pathlib import Path
 
 RUNNING_MINUTES = 10.0
 
+# Settings that are paths. run_config.json stores them absolute (as typed under "as_given"), so a run
+# is read, evaluated and compared the same from any folder.
+PATH_KEYS = ("model_path", "data_dir", "output_dir", "cache_dir", "config", "sample_prompts",
+             "resume_from_checkpoint")
+
+
+def absolute_paths(settings: dict) -> dict:
+    """A copy of `settings` with local paths made absolute (hub ids and 'latest' kept as typed)."""
+    out, given = dict(settings), {}
+    for key in PATH_KEYS:
+        value = out.get(key)
+        if not isinstance(value, str) or not value or value == "latest":
+            continue
+        path = Path(value).expanduser()
+        if key == "model_path" and not path.exists() and not value.startswith((".", "/", "~")):
+            continue  # a hub id such as facebook/musicgen-small
+        absolute = os.path.abspath(path)
+        if absolute != value:
+            given[key], out[key] = value, absolute
+    if given:
+        out["as_given"] = given
+    return out
+
+
+def recorded_path(run_dir, config: dict, key: str) -> Path | None:
+    """A path setting of a run, absolute. Runs written before paths were stored absolute recorded
+    them relative to the folder they were started from; that folder follows from where the run dir
+    is now and its recorded output_dir (run_dir = start / output_dir). None when it cannot be known."""
+    value = config.get(key)
+    if not isinstance(value, str) or not value:
+        return None
+    if Path(value).is_absolute():
+        return Path(value)
+    out = config.get("output_dir")
+    if not isinstance(out, str) or Path(out).is_absolute():
+        return None
+    parts = Path(os.path.normpath(out)).parts
+    ups = len(parts) - len([p for p in parts if p != ".."])
+    if any(p == ".." for p in parts[ups:]):
+        return None
+    marker = "\0start"  # stands for the unknown names below which the run was started
+    start = Path(os.path.abspath(run_dir)).joinpath(*[".."] * (len(parts) - ups)).joinpath(*[marker] * ups)
+    resolved = os.path.normpath(start / value)
+    return None if marker in resolved else Path(resolved)
+
 # Hyper-parameters in the order of the user's hand-made table, with short column names.
 CORE_PARAMS = {
     "lora_rank": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout", "learning_rate": "lr",
     "batch_size": "batch", "gradient_accumulation_steps": "accum", "num_epochs": "epochs",
     "warmup": "warmup", "window_seconds": "window s",
 }
-# Keys that differ between any two runs without being a choice that shapes the result.
+# Keys that differ between any two runs without being a choice that shapes the result (or that
+# another column shows: fp16/bf16/mixed_precision are in "precision").
 NOT_PARAMS = {"output_dir", "no_progress", "overwrite_output_dir", "warmup_steps", "warmup_steps_effective",
-              "target_duration", "max_duration", "uniform_loss"}
+              "target_duration", "max_duration", "uniform_loss", "run_id", "as_given", "fp16", "bf16",
+              "mixed_precision", "requested_precision", "precision", "resumed_from", "config_keys"}
 # Figures that follow from the choices (or from the model): shown with --all only.
 DERIVED = {"total_steps", "steps_per_epoch", "trainable_parameters", "total_parameters",
            "logging_steps", "save_steps", "num_workers"}  # ... and bookkeeping that leaves the result alone
@@ -136,7 +184,10 @@ def find_evaluation_summaries(run_dir: Path):
     return [p for p in found if p.parent.name != "logs"]
 
 
-def read_evaluations(run_dir: Path, notes: list) -> dict:
+def read_evaluations(run_dir: Path, notes: list, run_id: str | None = None) -> dict:
+    """Model verdicts of the evaluations inside a run dir. An evaluation is credited to this run only
+    when the adapters it evaluated carry this run's id (evaluate.py records it): after an
+    --overwrite_output_dir, or a folder copied in from another run, its numbers are ignored with a note."""
     models = {}
     for path in find_evaluation_summaries(run_dir):
         obj = _read_json_quiet(path, notes, f"{path.parent.name}/summary.json")
@@ -145,6 +196,12 @@ def read_evaluations(run_dir: Path, notes: list) -> dict:
             if obj is not None:
                 notes.append(f"{path.parent.name}/summary.json has no 'models' table, ignored")
             continue
+        if run_id is not None:
+            ids = {e.get("run_id") for e in entries.values() if isinstance(e, dict) and e.get("adapter_path")}
+            if ids != {run_id}:
+                other = ", ".join(sorted(str(i) for i in ids)) or "none recorded"
+                notes.append(f"{path.parent.name}/ evaluated another run's adapters (run id {other}), ignored")
+                continue
         for name, entry in entries.items():
             if isinstance(entry, dict):
                 models.setdefault(name, entry)  # the first folder wins for a model named twice
@@ -180,7 +237,7 @@ def load_run(run_dir, running_minutes: float = RUNNING_MINUTES) -> Run:
     run.records, notes = read_metrics(metrics_path)
     run.notes += notes
     run.summary = _read_json_quiet(run_dir / "logs" / "summary.json", run.notes, "logs/summary.json") or {}
-    run.evaluations = read_evaluations(run_dir, run.notes)
+    run.evaluations = read_evaluations(run_dir, run.notes, run.config.get("run_id"))
     run.status = run_status(run_dir, bool(run.config), metrics_path.is_file(), running_minutes)
     if not run.config:
         run.notes.append("no run_config.json")
@@ -305,7 +362,21 @@ def verdict_text(name: str, entry: dict) -> str:
 # --- the table -------------------------------------------------------------------------------------
 
 def _param_value(run: Run, key: str):
-    return run.warmup_steps if key == "warmup" else run.config.get(key)
+    if key == "warmup":
+        return run.warmup_steps
+    if key in PATH_KEYS and run.config.get(key):  # one folder spelled two ways is one value
+        resolved = recorded_path(run.path, run.config, key)
+        return str(resolved) if resolved is not None else run.config.get(key)
+    return run.config.get(key)
+
+
+def precision_of(run: Run) -> str:
+    """The precision the run really trained in (older runs recorded only accelerate's mixed_precision)."""
+    ran = run.config.get("precision")
+    if ran:
+        return ran
+    mixed = run.config.get("mixed_precision")
+    return {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}.get(mixed, "") if mixed else ""
 
 
 def param_columns(runs, show_all: bool = False):
@@ -356,7 +427,7 @@ def build_table(runs, show_all: bool = False, wide: bool = False):
     params = param_columns(runs, show_all)
     per_epoch = [epoch_losses(r) for r in runs]
     max_epoch = max([max([*t, *v], default=0) for t, v in per_epoch], default=0)
-    header = ["run", "status"] + [CORE_PARAMS.get(k, k) for k in params] + ["base valid (ln V)"]
+    header = ["run", "status", "precision"] + [CORE_PARAMS.get(k, k) for k in params] + ["base valid (ln V)"]
     if wide:
         header += [f"train e{e}" for e in range(1, max_epoch + 1)] + [f"valid e{e}" for e in range(1, max_epoch + 1)]
     else:
@@ -364,7 +435,7 @@ def build_table(runs, show_all: bool = False, wide: bool = False):
     header += ["best epoch", "best valid", "steps/s", "evaluation", "notes"]
     rows = []
     for run, (train, valid) in zip(runs, per_epoch):
-        row = [run.name, run.status] + [_fmt(_param_value(run, k)) for k in params]
+        row = [run.name, run.status, precision_of(run)] + [_fmt(_param_value(run, k)) for k in params]
         base, ln_v = base_loss(run), run.uniform_loss
         row.append(_loss(base) + (f" ({ln_v:.4f})" if ln_v is not None else ""))
         if wide:
@@ -448,10 +519,12 @@ def plot_curves(runs, path: Path) -> Path | None:
     ax.set_title("validation loss per run (step 0 = base model)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
+    from outputs import atomic_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=100, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path

@@ -6,30 +6,30 @@
 Loads the model, runs one forward with delay-pattern labels, and prints the validation loss beside
 ln(vocab): a pretrained MusicGen on in-style music sits well below it.
 """
-import argparse
 import math
 import sys
 
-import torch
-
 from common import UserError, cli, log, uniform_loss
-from dataset import Collator, MusicDataset, read_metadata
-from modeling import count_parameters, evaluate_loss, load_adapter, load_model_and_processor, model_info
+from config import Parser, nonneg_int, positive_float, positive_int
 
 
 @cli
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("--model_path", required=True, help="MusicGen folder or hub id.")
     p.add_argument("--data_dir", default="../data", help="Folder holding metadata.json.")
     p.add_argument("--metadata_file", default="metadata.json", help="Metadata file, relative to --data_dir.")
     p.add_argument("--adapter", default=None, help="Optional LoRA adapter folder to evaluate on top.")
-    p.add_argument("--target_duration", type=float, default=15.0, help="Window in seconds.")
-    p.add_argument("--max_clips", type=int, default=8, help="Validation clips to use (0 = all).")
-    p.add_argument("--batch_size", type=int, default=2, help="Clips per forward pass.")
+    p.add_argument("--target_duration", type=positive_float, default=15.0, help="Window in seconds.")
+    p.add_argument("--max_clips", type=nonneg_int, default=8, help="Validation clips to use (0 = all).")
+    p.add_argument("--batch_size", type=positive_int, default=2, help="Clips per forward pass.")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda.")
     args = p.parse_args(argv)
+    import torch
+
     from common import resolve_device
+    from dataset import Collator, MusicDataset, read_metadata, report_long_descriptions
+    from modeling import count_parameters, evaluate_loss, load_adapter, load_model_and_processor, model_info
 
     device = resolve_device(args.device)
     model, processor = load_model_and_processor(args.model_path, device=device)
@@ -43,9 +43,10 @@ def main(argv=None):
     clips = splits["valid"] or splits["train"]
     if args.max_clips:
         clips = clips[: args.max_clips]
-    ds = MusicDataset(clips, info["sample_rate"], args.target_duration, train=False)
-    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size,
-                                         collate_fn=Collator(processor, int(args.target_duration * info["sample_rate"])))
+    report_long_descriptions(processor.tokenizer, clips)
+    ds = MusicDataset(clips, info["sample_rate"], args.target_duration, train=False, hop_length=info["hop_length"])
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, collate_fn=Collator(
+        processor, int(round(args.target_duration * info["sample_rate"])), info["hop_length"]))
     res = evaluate_loss(model, loader)
     if not math.isfinite(res["loss"]):
         raise UserError(f"forward gave a non-finite loss ({res['loss']}) on {args.data_dir}; check the model files")

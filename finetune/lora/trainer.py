@@ -5,6 +5,7 @@ training, so the same loop runs on a CPU, one GPU, or under `accelerate launch` 
 Checkpoint/resume machinery lives in checkpointing.py, the accelerator and trackers in runtime.py,
 the divergence guard and early stopping in guards.py.
 """
+import contextlib
 import json
 import logging
 import math
@@ -17,12 +18,15 @@ from tqdm.auto import tqdm
 
 import checkpointing as ckpt
 from code_cache import open_training_cache
-from common import UserError, atomic_dir, atomic_write_json, log, seed_everything, uniform_loss
-from dataset import Collator, MusicDataset, batch_size_of, padding_report, read_metadata
+from common import UserError, log, seed_everything, uniform_loss
+from dataset import Collator, MusicDataset, batch_size_of, padding_report, read_metadata, report_long_descriptions
 from guards import EarlyStopping, NonFiniteGuard, parse_steps
 from modeling import (apply_lora, batch_loss, count_parameters, evaluate_loss, load_model_and_processor,
                       model_info)
+from outputs import (DiskFull, atomic_dir, atomic_write_json, disk_full_error, new_run_id, output_lock, read_manifest,
+                     write_manifest)
 from plotting import write_training_curves
+from runs import absolute_paths
 from runtime import (any_across_ranks, enable_gradient_checkpointing, make_accelerator, mean_across_ranks,
                      shard_for_rank, start_trackers, sum_across_ranks, tracker_values)
 
@@ -67,18 +71,48 @@ def save_adapter(model, accelerator, path: Path, extra: dict | None = None):
             atomic_write_json(tmp / "training_info.json", extra)
 
 
+def default_warmup(total_steps: int) -> int:
+    """5% of the optimizer steps, rounded: none for a run under 10 steps, where one warm-up step
+    would spend the first update at learning rate 0."""
+    return int(round(0.05 * total_steps))
+
+
+def run_config(args, accelerator, run_id: str) -> dict:
+    """run_config.json's settings: every flag as parsed, paths made absolute (as typed under
+    `as_given`), and the precision and device that really ran (not just what was asked)."""
+    config = absolute_paths(vars(args))
+    ran = accelerator.mixed_precision if accelerator.mixed_precision in ("fp16", "bf16") else "fp32"
+    asked = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
+    config.update(run_id=run_id, precision=ran, requested_precision=asked, fp16=ran == "fp16", bf16=ran == "bf16",
+                  mixed_precision=accelerator.mixed_precision, device=str(accelerator.device),
+                  num_processes=accelerator.num_processes)
+    return config
+
+
 def train(args):
+    """Run one training; holds the run dir's lock for its whole life (main process)."""
     output_dir = Path(args.output_dir)
+    accelerator = make_accelerator(args, output_dir)
+    with contextlib.ExitStack() as stack:
+        if accelerator.is_main_process:  # one writer per run dir: a second train_lora.py stops here
+            stack.enter_context(output_lock(output_dir, ckpt.TOOL))
+        try:
+            return _train(args, accelerator, output_dir)
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: say how to go on
+            e.hint = ckpt.resume_hint(output_dir)
+            raise
+        except Exception as e:  # a full disk: the files written before are intact; say how to go on
+            full = e if isinstance(e, DiskFull) else disk_full_error(e, output_dir)
+            if full is None:
+                raise
+            raise DiskFull(full.base, f"free some space, then {ckpt.resume_hint(output_dir)}") from None
+
+
+def _train(args, accelerator, output_dir: Path):
     window = args.target_duration if args.max_duration is None else min(args.target_duration, args.max_duration)
     if args.max_duration is not None and args.max_duration < args.target_duration:
         log.warning(f"warning: --max_duration {args.max_duration} < --target_duration {args.target_duration}: "
                     f"training on {window} s windows")
-    if window <= 0:
-        raise UserError("--target_duration must be positive")
-    if args.batch_size < 1 or args.gradient_accumulation_steps < 1:
-        raise UserError("--batch_size and --gradient_accumulation_steps must be at least 1")
-    if args.save_total_limit is not None and args.save_total_limit < 1:
-        raise UserError("--save_total_limit must be at least 1 (leave it out to keep every checkpoint)")
     # Resolve the checkpoint and check the run dir before anything is loaded or written.
     resume_from = ckpt.resolve_resume_path(output_dir, args.resume_from_checkpoint) \
         if args.resume_from_checkpoint else None
@@ -88,13 +122,19 @@ def train(args):
     splits = read_metadata(args.data_dir, args.metadata_file)
     if not splits["train"]:
         raise UserError(f"{args.data_dir}/{args.metadata_file}: no training clips listed")
-    accelerator = make_accelerator(args, output_dir)
+    sample_prompts = []
+    if args.sample_every:  # read now: a bad prompts file is one line before the model loads
+        from generation import load_prompts
+
+        sample_prompts = ([p.text for p in load_prompts(args.sample_prompts)] if args.sample_prompts
+                          else [c.description for c in (splits["valid"] or splits["train"])[:3]])
     device = accelerator.device
     main = accelerator.is_main_process
     if not main:  # one copy of every message, from the process that writes the files
         log.setLevel(logging.ERROR)
     model, processor = load_model_and_processor(args.model_path, device="cpu")
     info = model_info(model)
+    report_long_descriptions(processor.tokenizer, splits["train"] + splits["valid"])
     targets = [t.strip() for t in args.lora_target_modules.split(",") if t.strip()]
     model = apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, targets)
     if args.gradient_checkpointing:
@@ -141,7 +181,7 @@ def train(args):
     total_steps = steps_per_epoch * args.num_epochs
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps) if args.num_epochs else args.max_steps
-    warmup = args.warmup_steps if args.warmup_steps is not None else max(1, int(0.05 * total_steps))
+    warmup = args.warmup_steps if args.warmup_steps is not None else default_warmup(total_steps)
     if warmup >= total_steps:
         log.warning(f"warning: --warmup_steps {warmup} >= {total_steps} optimizer steps in this run: the "
                     f"learning rate never reaches {args.learning_rate:g}")
@@ -155,13 +195,16 @@ def train(args):
                 "num_processes": accelerator.num_processes, "seed": args.seed}
     if resume_from:
         ckpt.check_resume_compatible(resume_from, ckpt.read_trainer_state(resume_from), this_run)
-    config = {k: v for k, v in vars(args).items()}
+    # The run id ties everything made from this run (evaluations, samples) to it; a resume keeps it.
+    previous = read_manifest(output_dir) or {}
+    run_id = previous.get("run_id") if resume_from and previous.get("tool") == ckpt.TOOL else None
+    run_id = run_id or (ckpt.read_trainer_state(resume_from).get("run_id") if resume_from else None) or new_run_id()
+    config = run_config(args, accelerator, run_id)
     config.update(window_seconds=window, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                   warmup_steps_effective=warmup, trainable_parameters=trainable, total_parameters=total,
-                  train_clips=len(train_set), valid_clips=len(valid_set), mixed_precision=accelerator.mixed_precision,
-                  device=str(device), num_processes=accelerator.num_processes,
+                  train_clips=len(train_set), valid_clips=len(valid_set),
                   global_batch_size=args.batch_size * args.gradient_accumulation_steps * accelerator.num_processes,
-                  resumed_from=str(resume_from) if resume_from else None,
+                  resumed_from=str(Path(resume_from).absolute()) if resume_from else None,
                   uniform_loss=uniform_loss(info["vocab_size"]), **{f"model_{k}": v for k, v in info.items()})
     accelerator.wait_for_everyone()  # every rank has checked the output dir before the first write
     if main:
@@ -170,6 +213,7 @@ def train(args):
         output_dir.mkdir(parents=True, exist_ok=True)
         for folder in (output_dir, output_dir / ckpt.CHECKPOINTS):
             ckpt.recover_interrupted_saves(folder)
+        write_manifest(output_dir, ckpt.TOOL, ckpt.RUN_PATHS, run_id=run_id)
         atomic_write_json(output_dir / "run_config.json", config)
     metrics = None
     if main:
@@ -193,12 +237,6 @@ def train(args):
     grad_norm = None
     done = False
     evals_done = 0
-    sample_prompts = []
-    if args.sample_every:
-        from generation import load_prompts
-
-        sample_prompts = ([p.text for p in load_prompts(args.sample_prompts)] if args.sample_prompts
-                          else [c.description for c in valid_clips[:3]])
     if resume_from:
         state, mine = ckpt.load_checkpoint(resume_from, accelerator, model, optimizer, scheduler)
         step, start_epoch, skip_batches = state["step"], state["epoch"], state["batches_in_epoch"]
@@ -243,7 +281,7 @@ def train(args):
                                seed=args.seed, batch_size=len(sample_prompts), progress=False)
         for i, (text, clip) in enumerate(zip(sample_prompts, audio)):
             write_clip(folder / f"{i:02d}.wav", clip, sr, {"prompt": text, "step": step, "seed": args.seed,
-                                                         "duration": args.sample_duration})
+                                                         "duration": args.sample_duration, "run_id": run_id})
         log.info(f"step {step}: {len(audio)} samples -> {folder}")
 
     def run_eval(epoch):
@@ -255,7 +293,7 @@ def train(args):
         if improved:
             best = {"loss": res["loss"], "step": step, "saved": True}
             save_adapter(model, accelerator, output_dir / "best_model",
-                         {"step": step, "epoch": epoch, "valid_loss": res["loss"]})
+                         {"step": step, "epoch": epoch, "valid_loss": res["loss"], "run_id": run_id})
             msg += " (best so far -> best_model/)"
         if stopper.update(improved):
             stop_reason = "early_stopping"
@@ -277,11 +315,11 @@ def train(args):
                  "evals_without_improvement": stopper.bad_evals, "nonfinite": guard.state(),
                  "evals_done": evals_done,
                  "metrics_offset": metrics.offset() if metrics else None, "elapsed_seconds": time.time() - t0,
-                 "run": this_run}
+                 "run": this_run, "run_id": run_id}
         rank_state = {"window": dict(win, elapsed=time.time() - window_start), "text_dropout_rng": text_gen.get_state(),
                       "epoch_start_data_order_rng": epoch_start_rng}
         ckpt.save_checkpoint(output_dir / ckpt.CHECKPOINTS / f"checkpoint-{step}", accelerator, model, optimizer,
-                             scheduler, state, rank_state, {"step": step, "epoch": epoch})
+                             scheduler, state, rank_state, {"step": step, "epoch": epoch, "run_id": run_id})
         if main:
             ckpt.rotate_checkpoints(output_dir, args.save_total_limit)
 
@@ -370,7 +408,7 @@ def train(args):
 
     if stop_reason != "non-finite":
         save_adapter(model, accelerator, output_dir / "final_model",
-                     {"step": step, "epoch": epoch, "valid_loss": last_eval["loss"]})
+                     {"step": step, "epoch": epoch, "valid_loss": last_eval["loss"], "run_id": run_id})
     wall = time.time() - t0
     summary = {"base_valid_loss": base["loss"], "best_valid_loss": best["loss"], "best_step": best["step"],
                "final_valid_loss": last_eval["loss"], "steps": step, "epochs": epoch, "wall_seconds": wall,

@@ -11,7 +11,6 @@ of evaluate.py (RUN/evaluation*/summary.json). runs_curves.png (validation loss 
 line per run, ln(vocab) dashed) is written beside --output, or in the current directory. Crashed,
 running or half-written runs appear with what is known. Definitions and review thresholds: USAGE.md.
 """
-import argparse
 import glob
 import os
 import sys
@@ -19,7 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lora"))
 
-from common import UserError, atomic_write_text, cli, log  # noqa: E402
+from common import UserError, cli, log  # noqa: E402
+from config import Parser, positive_float  # noqa: E402
+from outputs import atomic_write_text  # noqa: E402
 from review import review_lines  # noqa: E402
 from runs import RUNNING_MINUTES, expand_run_paths, load_run, load_runs, plot_curves, render  # noqa: E402
 
@@ -27,7 +28,7 @@ FORMATS = {".md": "md", ".markdown": "md", ".csv": "csv", ".html": "html", ".htm
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("runs", nargs="*", default=[],
                    help="Run directories (train_lora.py --output_dir); globs such as 'output_*' are expanded "
                         "here too, so they work quoted.")
@@ -41,7 +42,7 @@ def build_parser():
     p.add_argument("--no_plot", action="store_true", help="Do not write the plot.")
     p.add_argument("--review", action="append", default=[], metavar="RUN_DIR",
                    help="Print the review gate for this run (repeatable); with no other runs, no table.")
-    p.add_argument("--running_minutes", type=float, default=RUNNING_MINUTES,
+    p.add_argument("--running_minutes", type=positive_float, default=RUNNING_MINUTES,
                    help="A run without logs/summary.json whose metrics.jsonl changed within this many minutes "
                         "is shown as running rather than crashed.")
     return p

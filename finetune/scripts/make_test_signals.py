@@ -17,11 +17,18 @@ silence, tonal):
 `--corrupt` adds steady/99_corrupt.wav, a file no decoder reads, which --score_only reports and skips.
 The same signals are what tests/test_metrics.py checks every threshold on.
 """
-import argparse
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lora"))  # the toolkit's shared modules
+from common import cli  # noqa: E402
+from config import Parser, positive_float  # noqa: E402
+
+TOOL = "make_test_signals.py"
 
 SR = 32000
 
@@ -72,23 +79,32 @@ def signals(seconds=15.0, sr=SR) -> dict[str, np.ndarray]:
     return out
 
 
+@cli
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("--output_dir", required=True, help="Folder to write the clips into (one sub-folder per case).")
-    p.add_argument("--duration", type=float, default=15.0, help="Seconds per clip.")
+    p.add_argument("--duration", type=positive_float, default=15.0, help="Seconds per clip.")
     p.add_argument("--corrupt", action="store_true", help="Also write steady/99_corrupt.wav, an unreadable file.")
+    p.add_argument("--overwrite", action="store_true",
+                   help="Replace clips this script wrote earlier in --output_dir (anything else is never replaced).")
     args = p.parse_args(argv)
+    from outputs import atomic_dir, check_own_folder, output_lock, write_manifest
+
     out = Path(args.output_dir)
     clips = signals(args.duration)
-    for name, audio in clips.items():
-        path = out / f"{name}.wav"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(str(path), audio, SR, subtype="PCM_16")
-    if args.corrupt:
-        (out / "steady" / "99_corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 20)
+    with output_lock(out, TOOL):
+        check_own_folder(out, TOOL, overwrite=args.overwrite, flag="--output_dir", what="test signals")
+        with atomic_dir(out, owner=TOOL) as tmp:
+            for name, audio in clips.items():
+                path = tmp / f"{name}.wav"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sf.write(str(path), audio, SR, subtype="PCM_16")
+            if args.corrupt:
+                (tmp / "steady" / "99_corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 20)
+            write_manifest(tmp, TOOL, os.listdir(tmp))
     print(f"wrote {len(clips)} clips{' + 1 corrupt file' if args.corrupt else ''} to {out}: "
           f"{', '.join(sorted({n.split('/')[0] for n in clips}))}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,27 +12,23 @@ take the same code path as for `facebook/musicgen-small`. Nothing is downloaded.
 `tiny` trains on a CPU in seconds (4 codebooks of 64 codes at 50 Hz, 32 kHz, like the real one);
 `small` is the musicgen-small architecture (419.6 M decoder parameters) for benchmarks.
 Same --seed, same weights and tokenizer.
+
+The LM heads start LM_HEAD_SCALE times larger than transformers' init: behind the decoder's final
+LayerNorm, heads of std 0.02 cap every logit near +-1.3, so no adapter could make a confident
+prediction and a learning test on such a model could barely fail. Argmax behaviour is unchanged;
+the base loss sits above ln(vocab) instead of at it (random but confident guesses).
 """
-import argparse
 import io
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-import sentencepiece as spm
-import torch
-from transformers import (
-    EncodecConfig,
-    EncodecFeatureExtractor,
-    MusicgenConfig,
-    MusicgenDecoderConfig,
-    MusicgenForConditionalGeneration,
-    MusicgenProcessor,
-    T5Config,
-    T5TokenizerFast,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lora"))  # the toolkit's shared modules
+from common import cli  # noqa: E402
+from config import Parser  # noqa: E402
+
+TOOL = "make_tiny_model.py"
+LM_HEAD_SCALE = 16.0
 
 SAMPLE_RATE = 32000
 # 32 kHz / (8*5*4*4) = 50 frames per second, as in musicgen-small.
@@ -87,8 +83,11 @@ def _tokenizer_corpus():
     return lines
 
 
-def train_tokenizer(vocab_size: int = 200) -> T5TokenizerFast:
+def train_tokenizer(vocab_size: int = 200):
     """Train a small sentencepiece unigram model (T5 conventions: pad 0, eos 1, unk 2)."""
+    import sentencepiece as spm
+    from transformers import T5TokenizerFast
+
     model_io = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(_tokenizer_corpus()),
@@ -106,7 +105,9 @@ def train_tokenizer(vocab_size: int = 200) -> T5TokenizerFast:
     return T5TokenizerFast(vocab=vocab, extra_ids=0)
 
 
-def build_config(size: str, text_vocab: int) -> MusicgenConfig:
+def build_config(size: str, text_vocab: int):
+    from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
+
     spec = SIZES[size]
     dec = spec["decoder"]
     text = T5Config(vocab_size=spec["text_vocab"] or text_vocab, **spec["text"],
@@ -132,7 +133,6 @@ def build_config(size: str, text_vocab: int) -> MusicgenConfig:
     return config
 
 
-@torch.no_grad()
 def init_codebooks(model, seed: int):
     """Give EnCodec's codebooks real entries.
 
@@ -141,6 +141,8 @@ def init_codebooks(model, seed: int):
     k-means init does, seed each residual codebook with encoder frames, here of synthetic tones and
     noise, so different audio gives different codes and different codes give different audio.
     """
+    import torch
+
     codec = model.audio_encoder
     g = torch.Generator().manual_seed(seed)
     sr = codec.config.sampling_rate
@@ -152,62 +154,70 @@ def init_codebooks(model, seed: int):
     envelope = 0.5 + 0.5 * torch.sin(2 * torch.pi * torch.rand(clips, 1, generator=g) * 4 * t)
     noise = torch.randn(clips, t.numel(), generator=g) * torch.rand(clips, 1, generator=g) * 0.3
     audio = (tones * envelope * torch.rand(clips, 1, generator=g) + noise).unsqueeze(1)
-    residual = codec.encoder(audio)  # (B, D, T) before quantisation
-    for layer in codec.quantizer.layers:
-        frames = residual.permute(0, 2, 1).reshape(-1, residual.shape[1])
-        pick = torch.randperm(frames.shape[0], generator=g)[:size]
-        book = layer.codebook
-        book.embed.copy_(frames[pick])
-        book.embed_avg.copy_(frames[pick])
-        book.cluster_size.fill_(1.0)
-        residual = residual - layer.decode(layer.encode(residual))
+    with torch.no_grad():
+        residual = codec.encoder(audio)  # (B, D, T) before quantisation
+        for layer in codec.quantizer.layers:
+            frames = residual.permute(0, 2, 1).reshape(-1, residual.shape[1])
+            pick = torch.randperm(frames.shape[0], generator=g)[:size]
+            book = layer.codebook
+            book.embed.copy_(frames[pick])
+            book.embed_avg.copy_(frames[pick])
+            book.cluster_size.fill_(1.0)
+            residual = residual - layer.decode(layer.encode(residual))
 
 
-def build(output_dir: str, size: str = "tiny", seed: int = 0) -> Path:
+def build(output_dir: str, size: str = "tiny", seed: int = 0, overwrite: bool = False) -> Path:
+    """Write the checkpoint to output_dir (built beside it and renamed: a kill never leaves half a
+    model). An existing folder is replaced only with `overwrite` and only when this script wrote it."""
+    import torch
+    from transformers import EncodecFeatureExtractor, MusicgenForConditionalGeneration, MusicgenProcessor
+
+    from outputs import atomic_dir, check_own_folder, output_lock, write_manifest
+
     out = Path(output_dir)
-    parent = out.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename: a killed build never leaves a half-written model.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    try:
-        torch.manual_seed(seed)
-        tokenizer = train_tokenizer()
-        config = build_config(size, text_vocab=len(tokenizer))
-        model = MusicgenForConditionalGeneration(config).eval()
-        init_codebooks(model, seed)
-        gen = model.generation_config
-        vocab = config.decoder.vocab_size
-        gen.decoder_start_token_id = vocab
-        gen.pad_token_id = vocab
-        gen.bos_token_id = vocab
-        gen.do_sample = True
-        gen.guidance_scale = 3.0
-        gen.top_k = 250
-        gen.max_length = 1500
-        model.save_pretrained(tmp)
-        processor = MusicgenProcessor(
-            feature_extractor=EncodecFeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE),
-            tokenizer=tokenizer,
-        )
-        processor.save_pretrained(tmp)
-        tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with output_lock(out, TOOL):
+        check_own_folder(out, TOOL, overwrite=overwrite, flag="--output_dir", what="a test model")
+        with atomic_dir(out, owner=TOOL) as tmp:
+            torch.manual_seed(seed)
+            tokenizer = train_tokenizer()
+            config = build_config(size, text_vocab=len(tokenizer))
+            model = MusicgenForConditionalGeneration(config).eval()
+            init_codebooks(model, seed)
+            with torch.no_grad():
+                for head in model.decoder.lm_heads:
+                    head.weight.mul_(LM_HEAD_SCALE)
+            gen = model.generation_config
+            vocab = config.decoder.vocab_size
+            gen.decoder_start_token_id = vocab
+            gen.pad_token_id = vocab
+            gen.bos_token_id = vocab
+            gen.do_sample = True
+            gen.guidance_scale = 3.0
+            gen.top_k = 250
+            gen.max_length = 1500
+            model.save_pretrained(tmp)
+            processor = MusicgenProcessor(
+                feature_extractor=EncodecFeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE),
+                tokenizer=tokenizer,
+            )
+            processor.save_pretrained(tmp)
+            write_manifest(tmp, TOOL, os.listdir(tmp), size=size, seed=seed)
     return out
 
 
+@cli
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output_dir", required=True, help="Folder to write the checkpoint to (replaced if present).")
+    p = Parser(description=__doc__)
+    p.add_argument("--output_dir", required=True, help="Folder to write the checkpoint to.")
     p.add_argument("--size", choices=sorted(SIZES), default="tiny",
                    help="tiny: seconds to build and train on CPU; small: the musicgen-small architecture.")
     p.add_argument("--seed", type=int, default=0, help="Seed for the random weights (same seed, same checkpoint).")
+    p.add_argument("--overwrite", action="store_true",
+                   help="Replace a model this script wrote earlier in --output_dir (anything else is never replaced).")
     args = p.parse_args(argv)
-    out = build(args.output_dir, args.size, args.seed)
+    out = build(args.output_dir, args.size, args.seed, args.overwrite)
+    from transformers import MusicgenForConditionalGeneration
+
     model = MusicgenForConditionalGeneration.from_pretrained(out)
     n_dec = sum(p.numel() for p in model.decoder.parameters())
     print(f"wrote {args.size} MusicGen checkpoint to {out} (decoder {n_dec / 1e6:.1f} M parameters, "
