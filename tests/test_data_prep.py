@@ -132,7 +132,8 @@ def test_rerun_is_identical_and_existing_output_is_protected(collection, tmp_pat
 
     before = (a / "metadata.json").read_bytes()
     proc = _prepare(a, root, descriptions, "--seed", 4, check=False)
-    assert proc.returncode == 2 and "already exists; pass --overwrite" in proc.stderr
+    assert proc.returncode == 2 and "already exists (4 of 4 outputs would be replaced)" in proc.stderr
+    assert "pass --overwrite" in proc.stderr
     assert (a / "metadata.json").read_bytes() == before
     _prepare(a, root, descriptions, "--overwrite")
     assert (a / "metadata.json").read_bytes() == before

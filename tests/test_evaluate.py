@@ -82,6 +82,19 @@ def test_same_seed_gives_the_same_clips_across_runs(compare_multi, tiny_model_di
     assert np.abs(base - final).max() > 0
 
 
+PAGE_JS = """
+return {
+  groups: [...document.querySelectorAll('section.prompt-group')].map(g => [g.querySelector('h2').textContent,
+           [...g.querySelectorAll('td .small')].map(d => d.textContent).filter(t => t.endsWith('.wav'))
+           .map(t => t.split('/').pop())]),
+  modelHeader: [...document.querySelectorAll('#models th')].map(th => th.textContent),
+  verdicts: [...document.querySelectorAll('#models td.verdict')].map(td => td.textContent),
+  runLinks: [...document.querySelectorAll('#runs a')].map(a => [a.textContent, a.getAttribute('href')]),
+  text: document.body.innerText,
+};
+"""
+
+
 @pytest.mark.skipif(not all(find_chromium()), reason="chromium/chromedriver missing: run tests/setup.sh")
 def test_report_opens_in_headless_chromium(compare_multi, tmp_path):
     out, _ = compare_multi
@@ -91,7 +104,17 @@ def test_report_opens_in_headless_chromium(compare_multi, tmp_path):
     with chromium_session() as browser:
         browser.get((moved / "report.html").as_uri())
         state = media_state(browser)
+        page = browser.execute(PAGE_JS)
         browser.screenshot(moved / "report_screenshot.png")
+    # Each prompt's heading and its clips' files carry the same id (01_trap_808 over 01_trap_808.wav).
+    for heading, wavs in page["groups"]:
+        assert wavs and all(Path(w).stem == heading for w in wavs), (heading, wavs)
+    assert page["modelHeader"][:2] == ["model", "verdict"] and len(page["verdicts"]) == 3
+    assert all("fade out" in v for v in page["verdicts"])
+    assert "-0.0" not in page["text"]
+    # The run's training curves and review are linked, and travel with the folder.
+    assert sorted(text for text, _ in page["runLinks"]) == ["review of the logs", "training curves"]
+    assert all((moved / href).is_file() for _, href in page["runLinks"])
     assert state["groups"] == 8
     assert len(state["audio"]) == 24
     for a in state["audio"]:

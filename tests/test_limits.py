@@ -97,8 +97,9 @@ def test_a_100kb_description_is_cut_and_reported_once(tiny_model_dir, datasets, 
     proc = run_script("inference_lora.py", "--base_model_path", tiny_model_dir, "--prompts",
                       " ".join(["dark trap beat with booming 808"] * 3000), "--duration", 0.3,
                       "--output_dir", tmp_path / "gen", "--no_progress")
-    assert "prompt 00_dark-trap-beat-with-booming-808: the text is" in proc.stderr
-    assert (tmp_path / "gen" / "00_dark-trap-beat-with-booming-808.wav").is_file()
+    (line,) = [x for x in proc.stderr.splitlines() if "only its first 512 are used" in x]
+    assert line.startswith("warning: prompt 00_dark-trap-beat")
+    assert len(list((tmp_path / "gen").glob("00_dark-trap-beat*.wav"))) == 1
 
 
 def test_zip_members_over_the_limits_are_skipped_before_unpacking(tmp_path):

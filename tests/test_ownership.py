@@ -105,7 +105,7 @@ def test_train_overwrite_removes_the_old_runs_outputs_and_readers_ignore_stale_o
     # An evaluation of the old run copied back in is not credited to the new one.
     shutil.copytree(stale_eval, run / "evaluation")
     table = run_script("compare_runs.py", run, "--no_plot").stdout
-    assert "evaluated another run's adapters" in table and "best_model:" not in table
+    assert "holds no results of this run's adapters" in table and "best_model:" not in table
     review = run_script("compare_runs.py", "--review", run).stdout
     assert "evaluation best_model" not in review
 

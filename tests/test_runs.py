@@ -355,3 +355,24 @@ def test_base_at_uniform_is_a_note_only_for_random_weight_test_models(tmp_path):
     text = _review_text(test_model)
     assert "note  step 0: base validation loss 8.1900 is above ln(vocab)" in text and "random-weight" in text
     assert "warn  step 0" not in text
+
+
+@pytest.mark.parametrize("total,warmup,warned,suggested", [
+    (3, 1, True, 0),     # the shipped config on a 24-clip set: 3 steps; one warm-up step is a third of them
+    (3, 0, False, None),  # ... following the advice: no warning
+    (10, 50, True, 1),   # the seeds' gate: the whole run is warm-up
+    (10, 1, False, None),
+    (100, 30, True, 10),
+    (100, 10, False, None),
+])
+def test_warmup_advice_is_reachable(tmp_path, total, warmup, warned, suggested):
+    """A run that follows the review's warm-up advice gets no warm-up warning."""
+    from review import check_warmup
+
+    cfg = _config(total_steps=total, steps_per_epoch=total, num_epochs=1, warmup_steps=warmup,
+                  warmup_steps_effective=warmup)
+    (finding,) = check_warmup(load_run(_write_run(tmp_path / "r", cfg, _records(6.0, [[5.0] * total], [5.0],
+                                                                                    steps_per_epoch=total))))
+    assert (finding.level == "warn") == warned, finding.text
+    if warned:
+        assert finding.text.count(f"use --warmup_steps {suggested}") == 1 and suggested < warmup

@@ -79,15 +79,10 @@ def setup_logging():
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     # transformers/peft chatter ("pad_token_id must be within the vocabulary" for every MusicGen,
-    # real ones too) hides what matters; keep their warnings and errors only.
+    # real ones too) and weight-loading bars hide what matters; keep their warnings and errors only.
+    # Set through the environment, read when transformers is imported: --help never imports it.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except Exception:  # pragma: no cover - transformers missing is reported elsewhere
-        pass
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", message=".*weight_norm.*deprecated.*")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated.*")
 

@@ -355,7 +355,7 @@ def output_stem(source_name: str) -> str:
     """A readable, unique, filesystem-safe name for a source's segments."""
     stem = re.sub(r"\.[A-Za-z0-9]+$", "", source_name)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem.replace("/", "__").replace(":", "__")).strip("._")[-80:]
-    return f"{stem}-{hashlib.sha1(source_name.encode()).hexdigest()[:8]}"
+    return f"{stem}-{hashlib.sha1(os.fsencode(source_name)).hexdigest()[:8]}"  # the name's real bytes
 
 
 def split_tracks(tracks: list[dict], valid_ratio: float, seed: int) -> set[str]:

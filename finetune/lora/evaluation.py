@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -133,9 +134,9 @@ class ModelBank:
             yield self.peft
 
 
-def training_runs(specs: list[ModelSpec], out: Path) -> list[dict]:
-    """The training runs the adapters came from, with their curves and review as paths relative to
-    the evaluation folder (for the report's links)."""
+def training_runs(specs: list[ModelSpec], folder: Path) -> list[dict]:
+    """The training runs the adapters came from. Their training curves and review are copied into
+    `folder` (training/<run>/), so the report links to them and still works when moved or zipped."""
     runs, seen = [], set()
     for spec in specs:
         if spec.adapter_path is None:
@@ -145,10 +146,14 @@ def training_runs(specs: list[ModelSpec], out: Path) -> list[dict]:
         if run_dir is None or run_dir.resolve() in seen:
             continue
         seen.add(run_dir.resolve())
+        name = slugify(run_dir.resolve().name, 60)
         entry = {"name": run_dir.resolve().name, "run_dir": str(run_dir.resolve()), "run_id": spec.run_id}
-        for key, name in (("curves", "training_curves.png"), ("review", "review.txt")):
-            if (run_dir / "logs" / name).is_file():
-                entry[key] = os.path.relpath((run_dir / "logs" / name).resolve(), Path(out).resolve())
+        for key, file in (("curves", "training_curves.png"), ("review", "review.txt")):
+            if (run_dir / "logs" / file).is_file():
+                rel = f"training/{name}/{file}"
+                (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(run_dir / "logs" / file, folder / rel)
+                entry[key] = rel
         runs.append(entry)
     return runs
 
@@ -206,7 +211,7 @@ def compare_models(bank: "ModelBank", processor, specs: list[ModelSpec], jobs: l
         run_ids = sorted({s.run_id for s in specs if s.run_id})
         summary = {"created": created, "base_model": base_model_path, "settings": setting_dict,
                    "num_prompts": len({j.prompt.id for j in jobs}), "clips_per_model": len(jobs), "run_ids": run_ids,
-                   "training_runs": training_runs(specs, out)}
+                   "training_runs": training_runs(specs, tmp)}
         extras = {s.name: {"adapter_path": str(s.adapter_path) if s.adapter_path else None, "run_id": s.run_id,
                            **(model_numbers or {}).get(s.name, {}), "fad": fad.get(s.name)} for s in specs}
         score_rows(tmp, rows, audio_by_row, sr, summary, extras, notes or [], clap)
@@ -363,7 +368,8 @@ def score_folder(input_dir: Path, out: Path, sample_rate: int = 32000) -> dict:
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     side = {}
             row = {"prompt_id": side.get("prompt_id") or path.stem, "prompt": side.get("prompt"), "model": model,
-                   "adapter_path": side.get("adapter"), "wav": os.path.relpath(path.resolve(), out.resolve()),
+                   "adapter_path": side.get("adapter"), "run_id": side.get("run_id"),
+                   "wav": os.path.relpath(path.resolve(), out.resolve()),
                    "seed": side.get("seed"), "sample": side.get("sample", 0) or 0,
                    "settings": {k: side[k] for k in ("duration", "guidance_scale", "temperature", "top_k", "top_p",
                                                       "greedy", "batch_size") if k in side}}
@@ -385,8 +391,12 @@ def score_folder(input_dir: Path, out: Path, sample_rate: int = 32000) -> dict:
             audio.append(wav)
         summary = {"created": created, "title": f"Scores for {input_dir}", "input_dir": str(input_dir),
                    "settings": {}, "score_only": True}
-        score_rows(tmp, rows, audio, sample_rate, summary, {}, ["--score_only: no models loaded, so no "
-                                                                   "held-out loss or FAD."])
+        # Which adapter (and training run) made each model's clips, from their sidecars: credited to that run.
+        extras = {}
+        for row in rows:
+            extras.setdefault(row["model"], {"adapter_path": row.get("adapter_path"), "run_id": row.get("run_id")})
+        score_rows(tmp, rows, audio, sample_rate, summary, extras, ["--score_only: no models loaded, so no "
+                                                                    "held-out loss or FAD."])
         write_results(tmp, rows, summary)
         write_manifest(tmp, TOOL, os.listdir(tmp))
     return summary

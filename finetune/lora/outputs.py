@@ -25,6 +25,7 @@ import re
 import shutil
 import socket
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -421,11 +422,11 @@ def check_own_folder(folder: Path, tool: str, *, overwrite: bool, flag: str, ove
     if s.busy:
         raise UserError(f"{folder}: {s.describe(s.busy)} is being written by another process; wait for it to "
                         f"finish, or choose another {flag}")
-    if not (s.owned or s.foreign):
-        return s
     if s.manifest is not None and s.manifest.get("tool") != tool:
         raise UserError(f"{folder}: holds {kind_of(s.manifest)} (written by {s.manifest['tool']}), which {tool} "
                         f"never replaces; choose another {flag}")
+    if not (s.owned or s.foreign):
+        return s
     if not s.owned:
         raise UserError(f"{folder}: holds files {tool} did not write ({s.describe(s.foreign)}); choose an empty "
                         f"or new {flag}")
@@ -476,17 +477,25 @@ def check_shared_targets(folder: Path, tool: str, targets, *, overwrite: bool, f
     return clashes
 
 
-def check_writable(folder: Path, flag: str):
-    """An output folder that cannot be created or written is one line, before any work."""
+def check_writable(folder: Path, flag: str = "--output_dir"):
+    """An output folder that cannot be created or written is one line, before any work. Tried for
+    real (a temp file in the nearest existing folder): permission bits do not stop root, while a
+    read-only mount or /proc still does."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder}: exists and is not a folder; pass {flag} a folder path")
     probe = folder
-    while not probe.exists():
+    while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"{folder}: cannot write there ({probe} is not writable); pass {flag} a folder you can "
-                        f"write to")
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(str(probe))
+        with tempfile.TemporaryFile(dir=probe, prefix=".musicgen_lora.probe-"):
+            pass
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise UserError(f"{folder}: cannot write there ({probe}: {why}); pass {flag} a folder you can write "
+                        f"to") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,6 +515,7 @@ def output_lock(folder: Path, tool: str):
     kernel, so a stale file never blocks anyone.
     """
     folder = Path(folder)
+    check_writable(folder)
     path = lock_path(folder)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:

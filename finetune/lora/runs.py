@@ -196,15 +196,17 @@ def read_evaluations(run_dir: Path, notes: list, run_id: str | None = None) -> d
             if obj is not None:
                 notes.append(f"{path.parent.name}/summary.json has no 'models' table, ignored")
             continue
-        if run_id is not None:
-            ids = {e.get("run_id") for e in entries.values() if isinstance(e, dict) and e.get("adapter_path")}
-            if ids != {run_id}:
-                other = ", ".join(sorted(str(i) for i in ids)) or "none recorded"
-                notes.append(f"{path.parent.name}/ evaluated another run's adapters (run id {other}), ignored")
+        entries = {name: e for name, e in entries.items() if isinstance(e, dict)}
+        if run_id is not None:  # keep the base model and this run's adapters; others belong to their runs
+            adapters = [e for e in entries.values() if e.get("adapter_path")]
+            entries = {n: e for n, e in entries.items() if not e.get("adapter_path") or e.get("run_id") == run_id}
+            if not any(e.get("adapter_path") for e in entries.values()):
+                other = ", ".join(sorted({str(e.get("run_id")) for e in adapters})) or "none recorded"
+                notes.append(f"{path.parent.name}/ holds no results of this run's adapters (theirs: run id {other}), "
+                             f"ignored")
                 continue
         for name, entry in entries.items():
-            if isinstance(entry, dict):
-                models.setdefault(name, entry)  # the first folder wins for a model named twice
+            models.setdefault(name, entry)  # the first folder wins for a model named twice
     return models
 
 
