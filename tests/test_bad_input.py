@@ -120,8 +120,12 @@ def test_pickled_adapter_is_refused_and_converts_safely(tiny_model_dir, trained_
         proc = run_script(script, *flags, check=False)
         assert_one_line_error(proc, str(old), "adapter_model.bin", "convert_adapter.py")
         assert "weights_only" not in proc.stderr
-    # The suggested command works, and the converted adapter is the same adapter.
-    run_script("convert_adapter.py", old)
+    # The suggested command works as printed, and the converted adapter is the same adapter.
+    suggested = proc.stderr.split("convert an adapter you trust with: python ")[1].split()
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, *suggested], check=True, capture_output=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     converted = load_file(str(old / "adapter_model.safetensors"))
     assert converted.keys() == state.keys() and all(torch.equal(converted[k], state[k]) for k in state)
     run_script("inference_lora.py", "--base_model_path", tiny_model_dir, "--lora_model_path", old, "--prompts", "x",

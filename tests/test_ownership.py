@@ -243,7 +243,7 @@ def test_killed_evaluation_leaves_no_temp_folder_forever(tiny_model_dir, run_wit
     assert not temps() and (out / "summary.json").is_file()
 
 
-@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
+@pytest.mark.parametrize("mask", [0o002, 0o077], ids=["umask-002", "umask-077"])
 def test_every_output_follows_the_umask(tiny_model_dir, example_data_dir, tmp_path, mask):
     """Files 0666 & ~umask, folders 0777 & ~umask, as plain writes give -- never 0600 from temp files."""
     old = os.umask(mask)  # children inherit it

@@ -107,8 +107,8 @@ def resume_hint(output_dir: Path) -> str:
     if ckpts:
         return (f"continue with the same command plus --resume_from_checkpoint latest (newest checkpoint: "
                 f"{ckpts[-1][1].name})")
-    return ("no checkpoint was written yet (every --save_steps steps): start again with the same command plus "
-            "--overwrite_output_dir")
+    return ("start again with the same command plus --overwrite_output_dir (no checkpoint was written yet; "
+            "they are written every --save_steps steps)")
 
 
 # --------------------------------------------------------------------------------------------

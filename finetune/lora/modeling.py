@@ -1,5 +1,6 @@
 """Model plumbing: load MusicGen, attach/load LoRA, encode audio to codes, teacher-forced loss."""
 import math
+import os
 import types
 from pathlib import Path
 
@@ -121,9 +122,9 @@ def check_adapter_dir(path) -> Path:
     read_json(path / "adapter_config.json", "adapter config")
     if not (path / ADAPTER_WEIGHTS).is_file():
         if (path / "adapter_model.bin").is_file():
+            script = os.path.relpath(Path(__file__).resolve().parents[1] / "scripts" / "convert_adapter.py")
             raise UserError(f"{path}: holds adapter_model.bin, a pickle, which this toolkit never loads (unpickling "
-                            f"can run code); convert an adapter you trust with: python finetune/scripts/"
-                            f"convert_adapter.py {path}")
+                            f"can run code); convert an adapter you trust with: python {script} {path}")
         raise UserError(f"{path}: adapter_config.json but no {ADAPTER_WEIGHTS}; the adapter was not saved "
                         f"completely: pass another adapter folder")
     return path
