@@ -2,6 +2,8 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -122,9 +124,6 @@ def test_pickled_adapter_is_refused_and_converts_safely(tiny_model_dir, trained_
         assert "weights_only" not in proc.stderr
     # The suggested command works as printed, and the converted adapter is the same adapter.
     suggested = proc.stderr.split("convert an adapter you trust with: python ")[1].split()
-    import subprocess
-    import sys
-
     subprocess.run([sys.executable, *suggested], check=True, capture_output=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     converted = load_file(str(old / "adapter_model.safetensors"))
     assert converted.keys() == state.keys() and all(torch.equal(converted[k], state[k]) for k in state)
