@@ -56,7 +56,7 @@ def imports(module: str, tree: ast.Module, modules: set[str], is_package: bool):
                     base = ".".join(package + ([base] if base else []))
                 names = [f"{base}.{a.name}" if base else a.name for a in child.names]
             targets = {resolve(name, modules) for name in names} - {None, module}
-            found += [(target, in_function) for target in sorted(targets)]  # one per statement and module
+            found.extend((target, in_function) for target in sorted(targets))  # one per statement and module
             visit(child, local)
 
     visit(tree, False)
