@@ -21,8 +21,8 @@ fi
 PY="$VENV/bin/python"
 
 stamp="$VENV/.installed"
-want="$(cat requirements.txt; echo "torch=$TORCH_VERSION system=${USE_SYSTEM_TORCH:-0}")"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$PY" -c "import torch, transformers, peft" 2>/dev/null; then
+want="$(cat requirements.txt pyproject.toml; echo "torch=$TORCH_VERSION system=${USE_SYSTEM_TORCH:-0}")"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$PY" -c "import torch, transformers, peft, musicgen_lora" 2>/dev/null; then
   echo "install.sh: .venv is up to date ($("$PY" -c 'import torch; print("torch", torch.__version__)'))"
   exit 0
 fi
@@ -35,5 +35,8 @@ else
   "$PY" -m pip install -q "torch==$TORCH_VERSION"
 fi
 "$PY" -m pip install -q -r requirements.txt
+# The toolkit's package (finetune/lora/musicgen_lora), editable: tests, benchmarks and your own code
+# import musicgen_lora from the checkout, and the musicgen-lora-* commands land in .venv/bin.
+"$PY" -m pip install -q --no-deps -e .
 echo "$want" > "$stamp"
 "$PY" -c "import torch, transformers, peft, accelerate; print(f'install.sh: ready: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, accelerate {accelerate.__version__}')"

@@ -9,8 +9,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LORA = ROOT / "finetune" / "lora"
 SCRIPTS = ROOT / "finetune" / "scripts"
-sys.path.insert(0, str(LORA))
-sys.path.append(str(SCRIPTS))  # helper scripts whose functions tests reuse (make_test_signals)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

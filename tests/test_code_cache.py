@@ -15,11 +15,11 @@ import torch
 
 import numpy as np
 
-from audio_io import AudioPieces, load_audio, piece_samples
-from code_cache import CodeCache, load_codes
+from musicgen_lora.audio import AudioPieces, load_audio, piece_samples
+from musicgen_lora.data.code_cache import CodeCache, load_codes
 from conftest import run_script
-from dataset import Clip, Collator, MusicDataset, crop_codes, read_metadata
-from modeling import batch_loss, encode_audio, encode_pieces, labels_for_batch, load_model_and_processor, model_info
+from musicgen_lora.data.dataset import Clip, Collator, MusicDataset, crop_codes, read_metadata
+from musicgen_lora.modeling import batch_loss, encode_audio, encode_pieces, labels_for_batch, load_model_and_processor, model_info
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_hash_memo_skips_rehashing_unchanged_files_and_catches_same_size_rewrite
     given the old mtime back (rsync -t, cp -p) is still hashed again, through ctime."""
     import os
 
-    import code_cache
+    import musicgen_lora.data.code_cache as code_cache
 
     model, _ = load_model_and_processor(str(tiny_model_dir))
     clips = read_metadata(data_copy)["train"][:3]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import checkpointing as ckpt
+import musicgen_lora.training.checkpointing as ckpt
 from conftest import LORA, run_script
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import checkpointing as ckpt
-from common import UserError
+import musicgen_lora.training.checkpointing as ckpt
+from musicgen_lora.common import UserError
 from conftest import LORA, run_script
 
 FAST = ("--batch_size", 4, "--gradient_accumulation_steps", 1, "--target_duration", 2, "--logging_steps", 1,
@@ -80,8 +80,8 @@ def test_early_stopping_and_yaml_config(tiny_model_dir, example_data_dir, tmp_pa
 
 
 def test_config_precedence_and_errors(tmp_path):
-    from config import parse_args_with_config
-    from train_lora import build_parser
+    from musicgen_lora.cli.args import parse_args_with_config
+    from musicgen_lora.cli.train import build_parser
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("learning_rate: 1e-4\nbatch_size: 3\nfp16: true\nreport_to: tensorboard\n")
@@ -121,8 +121,8 @@ def test_unknown_config_key_is_one_line(tmp_path):
 
 
 def test_shipped_config_is_valid_and_matches_flag_defaults():
-    from config import load_config_file
-    from train_lora import build_parser
+    from musicgen_lora.cli.args import load_config_file
+    from musicgen_lora.cli.train import build_parser
 
     parser = build_parser()
     values = load_config_file(LORA / "config.yaml", parser)
@@ -132,9 +132,9 @@ def test_shipped_config_is_valid_and_matches_flag_defaults():
 
 
 def test_gradient_checkpointing_recomputes_and_keeps_gradients(tiny_model_dir, example_data_dir):
-    from dataset import Collator, MusicDataset, read_metadata
-    from modeling import apply_lora, batch_loss, load_model_and_processor, model_info
-    from runtime import enable_gradient_checkpointing
+    from musicgen_lora.data.dataset import Collator, MusicDataset, read_metadata
+    from musicgen_lora.modeling import apply_lora, batch_loss, load_model_and_processor, model_info
+    from musicgen_lora.training.runtime import enable_gradient_checkpointing
 
     def grads(checkpointing):
         torch.manual_seed(0)

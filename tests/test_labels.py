@@ -4,8 +4,8 @@ import soundfile as sf
 import torch
 
 
-from dataset import Collator, MusicDataset, build_delay_pattern_labels, read_metadata, valid_frames_for_samples
-from modeling import forward_logits, labels_for_batch, load_model_and_processor, model_info
+from musicgen_lora.data.dataset import Collator, MusicDataset, build_delay_pattern_labels, read_metadata, valid_frames_for_samples
+from musicgen_lora.modeling import forward_logits, labels_for_batch, load_model_and_processor, model_info
 
 
 def test_delay_layout_small_tensor():

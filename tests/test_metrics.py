@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-import audio_metrics as am
+import musicgen_lora.evaluation.metrics as am
 from conftest import run_script
-from make_test_signals import chord_with_beat, clipped, fade, silent_tail, white_noise
-from style_distance import frechet_distance
+from musicgen_lora.testing.signals import chord_with_beat, clipped, fade, silent_tail, white_noise
+from musicgen_lora.evaluation.style_distance import frechet_distance
 
 SR = 32000
 
@@ -59,8 +59,8 @@ def test_clipping():
 
 
 def test_fad_is_zero_on_itself_and_grows_with_noise(tiny_model_dir):
-    from modeling import load_model_and_processor
-    from style_distance import encodec_embeddings
+    from musicgen_lora.modeling import load_model_and_processor
+    from musicgen_lora.evaluation.style_distance import encodec_embeddings
 
     model, _ = load_model_and_processor(str(tiny_model_dir))
     clips = [chord_with_beat(3.0) * g for g in (0.5, 0.8, 1.0, 1.2)]
@@ -77,8 +77,8 @@ def test_fad_is_zero_on_itself_and_grows_with_noise(tiny_model_dir):
 def test_base_held_out_loss_equals_the_trainers_step_0(tiny_model_dir, trained_run, example_data_dir, tmp_path):
     """Same label function, same validation clips and window: evaluate.py reproduces train_lora.py."""
     run, output = trained_run
-    from evaluation import ModelBank, ModelSpec, held_out_losses, validation_loader
-    from modeling import load_model_and_processor
+    from musicgen_lora.evaluation.compare import ModelBank, ModelSpec, held_out_losses, validation_loader
+    from musicgen_lora.modeling import load_model_and_processor
 
     summary = json.loads((run / "logs" / "summary.json").read_text())
     model, processor = load_model_and_processor(str(tiny_model_dir))
@@ -158,7 +158,7 @@ def test_training_curves_png(trained_run):
     run, _ = trained_run
     png = run / "logs" / "training_curves.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    from plotting import training_curves_png
+    from musicgen_lora.plotting import training_curves_png
 
     # Redrawn from metrics.jsonl alone (a run's log is enough to plot it again).
     again = training_curves_png(run / "logs" / "metrics.jsonl", run / "logs" / "again.png")
@@ -178,7 +178,7 @@ def test_clap_similarity_with_a_tiny_offline_clap(tiny_model_dir, tmp_path):
     rows = [json.loads(line) for line in (out / "comparison_results.jsonl").read_text().splitlines()]
     sims = [r["metrics"]["clap_similarity"] for r in rows]
     assert len(sims) == 2 and all(-1 <= s <= 1 for s in sims)
-    from clap_score import ClapScorer
+    from musicgen_lora.evaluation.clap import ClapScorer
 
     scorer = ClapScorer(str(clap))
     noise = white_noise(2.0, rms=0.3)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import LORA, ROOT, assert_one_line_error, run_script
-from outputs import MANIFEST, lock_path
+from musicgen_lora.outputs import MANIFEST, lock_path
 
 FAST_TRAIN = ("--num_epochs", 1, "--batch_size", 4, "--gradient_accumulation_steps", 1, "--target_duration", 2,
               "--logging_steps", 1, "--save_steps", 1, "--no_progress")
@@ -199,9 +199,8 @@ def test_second_trainer_into_the_same_run_dir_is_refused_and_a_dead_ones_lock_is
 
 HOLD_LOCK = """
 import sys, time
-sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from outputs import output_lock
+from musicgen_lora.outputs import output_lock
 with output_lock(Path(sys.argv[2]), "evaluate.py"):
     print("held", flush=True)
     time.sleep(120)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import checkpointing as ckpt
+import musicgen_lora.training.checkpointing as ckpt
 from conftest import LORA, run_script
 
 # Default flags (LoRA dropout 0.05, text dropout 0.1) so every RNG the loop draws from is exercised;
@@ -107,10 +107,9 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tiny_model_dir, exampl
 
 KILL_DURING_SAVE = r"""
 import os, signal, sys, torch
-sys.path.insert(0, sys.argv[1])
 from accelerate import Accelerator
-import checkpointing as ckpt
-from modeling import apply_lora, load_model_and_processor
+import musicgen_lora.training.checkpointing as ckpt
+from musicgen_lora.modeling import apply_lora, load_model_and_processor
 from pathlib import Path
 
 out = Path(sys.argv[3])
@@ -152,7 +151,7 @@ def test_kill_during_save_leaves_previous_checkpoint_loadable(tiny_model_dir, tm
     path = ckpt.resolve_resume_path(out, "latest")  # also sweeps the temp dir away
     assert path.name == "checkpoint-1" and not any(p.name.startswith(".") for p in folder.iterdir())
     from accelerate import Accelerator
-    from modeling import apply_lora, load_model_and_processor
+    from musicgen_lora.modeling import apply_lora, load_model_and_processor
 
     model, _ = load_model_and_processor(str(tiny_model_dir))
     model = apply_lora(model, 4, 8, 0.0)

@@ -6,8 +6,8 @@ import torch
 from peft import PeftModel
 from transformers import MusicgenForConditionalGeneration
 
-from dataset import Collator, MusicDataset, read_metadata
-from modeling import apply_lora, evaluate_loss, load_model_and_processor, model_info
+from musicgen_lora.data.dataset import Collator, MusicDataset, read_metadata
+from musicgen_lora.modeling import apply_lora, evaluate_loss, load_model_and_processor, model_info
 
 
 def _records(run):
@@ -113,10 +113,10 @@ def test_lora_memorises_one_clip_and_greedy_generation_reproduces_it(tiny_model_
     EnCodec codes, while the base model stays at chance (1/64 per position)."""
     import soundfile as sf
 
-    from audio_io import AudioPieces, piece_samples
+    from musicgen_lora.audio import AudioPieces, piece_samples
     from conftest import run_script
-    from generation import generate_audio
-    from modeling import encode_pieces, load_adapter
+    from musicgen_lora.generation import generate_audio
+    from musicgen_lora.modeling import encode_pieces, load_adapter
 
     data = tmp_path / "data"
     data.mkdir()

@@ -1,73 +1,8 @@
 #!/usr/bin/env python
-"""Smoke-check your data before training (a user tool, not a pytest test).
-
-    python test_dataset.py --data_dir ../data --model_path /path/to/musicgen-small --target_duration 15
-
-Loads every clip (the window training reads of it), reports durations, how many label tokens
-padding masks at this duration, and clips far longer than the window.
-"""
+"""Smoke-check your data before training (a user tool, not a pytest test). `--help` lists the flags; the code is musicgen_lora/cli/check_dataset.py."""
 import sys
 
-from common import cli, log
-from config import Parser, positive_float
-
-# A clip longer than this many training windows is flagged: training reads one random window of it
-# per epoch, so most of it is never heard.
-LONG_CLIP_WINDOWS = 4
-
-
-@cli
-def main(argv=None):
-    p = Parser(description=__doc__)
-    p.add_argument("--data_dir", default="../data", help="Folder holding metadata.json.")
-    p.add_argument("--metadata_file", default="metadata.json", help="Metadata file, relative to --data_dir.")
-    p.add_argument("--model_path", default=None, help="MusicGen folder, for its sample rate, hop and codebooks "
-                                                     "(default: musicgen-small's 32 kHz, 640, 4).")
-    p.add_argument("--target_duration", type=positive_float, default=15.0, help="Training window in seconds.")
-    args = p.parse_args(argv)
-    import numpy as np
-    import torch
-
-    from dataset import (MusicDataset, build_delay_pattern_labels, num_frames_for_samples, read_metadata,
-                         valid_frames_for_samples)
-
-    sr, hop, k = 32000, 640, 4
-    if args.model_path:
-        from modeling import load_model_and_processor, model_info
-
-        info = model_info(load_model_and_processor(args.model_path)[0])
-        sr, hop, k = info["sample_rate"], info["hop_length"], info["num_codebooks"]
-    splits = read_metadata(args.data_dir, args.metadata_file)
-    n_target = int(round(args.target_duration * sr))
-    frames = num_frames_for_samples(n_target, hop)
-    for name, clips in splits.items():
-        if not clips:
-            log.info(f"{name}: no clips")
-            continue
-        ds = MusicDataset(clips, sr, args.target_duration, train=False, hop_length=hop)
-        durations, valid_tokens, total_tokens, long = [], 0, 0, []
-        for i in range(len(ds)):
-            item = ds[i]
-            durations.append(min(item["num_samples"], ds.num_samples) / sr)
-            if item["num_samples"] > LONG_CLIP_WINDOWS * ds.num_samples:
-                long.append((item["num_samples"] / sr, clips[i].audio_path))
-            valid = valid_frames_for_samples(item["num_samples"], hop)
-            labels = build_delay_pattern_labels(torch.zeros(k, frames, dtype=torch.long), valid)
-            valid_tokens += int((labels != -100).sum())
-            total_tokens += k * frames
-        d = np.array(durations)
-        log.info(f"{name}: {len(ds)} clips load; used length {d.min():.1f}-{d.max():.1f} s (mean {d.mean():.1f}); "
-                 f"{int((d < args.target_duration - hop / sr).sum())} shorter than {args.target_duration:g} s; "
-                 f"{100 * (1 - valid_tokens / total_tokens):.1f}% of label tokens masked as padding")
-        if long:
-            seconds, path = max(long)
-            log.warning(f"warning: {name}: {len(long)} clip(s) are over {LONG_CLIP_WINDOWS}x the "
-                        f"{args.target_duration:g} s window (longest: {path}, {seconds:.0f} s): training reads one "
-                        f"random {args.target_duration:g} s window of each per epoch, so most of such a clip is never "
-                        f"heard; cut them into segments (prepare_data.py --input_dir FOLDER --output_dir NEW_DATA_DIR) "
-                        f"to train on all of it")
-    log.info("dataset OK")
-
+from musicgen_lora.cli.check_dataset import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,9 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "lora"))
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lora"))  # where the musicgen_lora package lives
 
 
 def main(argv=None):
@@ -35,9 +33,9 @@ def main(argv=None):
 
     import torch
 
-    from common import resolve_device, setup_logging
-    from generation import generate_audio
-    from modeling import load_model_and_processor
+    from musicgen_lora.common import resolve_device, setup_logging
+    from musicgen_lora.generation import generate_audio
+    from musicgen_lora.modeling import load_model_and_processor
 
     setup_logging()
     if args.threads:
@@ -46,7 +44,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model_path
         if path is None:
-            from make_tiny_model import build
+            from musicgen_lora.testing.tiny_model import build
 
             path = str(build(Path(tmp) / f"{args.size}-musicgen", args.size, seed=0))
         model, processor = load_model_and_processor(path, device=device)

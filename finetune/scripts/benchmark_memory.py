@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lora"))  # where the musicgen_lora package lives
 HERE = Path(__file__).resolve().parent
 LORA = HERE.parent / "lora"
 
@@ -32,13 +33,12 @@ def _status_kib(field: str) -> int:
 
 def worker(args):
     """One configuration; prints one JSON line."""
-    sys.path.insert(0, str(LORA))
     import numpy as np
     import torch
 
-    from dataset import Collator
-    from modeling import apply_lora, batch_loss, load_model_and_processor, model_info
-    from runtime import enable_gradient_checkpointing
+    from musicgen_lora.data.dataset import Collator
+    from musicgen_lora.modeling import apply_lora, batch_loss, load_model_and_processor, model_info
+    from musicgen_lora.training.runtime import enable_gradient_checkpointing
 
     torch.manual_seed(0)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 LORA = HERE.parent / "lora"
-sys.path.insert(0, str(LORA))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lora"))  # where the musicgen_lora package lives
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -70,8 +70,8 @@ def write_metadata(data: Path, entries: list[dict], name="metadata.json"):
 # Training throughput
 # --------------------------------------------------------------------------------------------
 def time_training(model, processor, clips, window_s, batch_size, steps, device, code_files=None):
-    from dataset import Collator, MusicDataset
-    from modeling import batch_loss, model_info
+    from musicgen_lora.data.dataset import Collator, MusicDataset
+    from musicgen_lora.modeling import batch_loss, model_info
 
     info = model_info(model)
     ds = MusicDataset(clips, info["sample_rate"], window_s, train=True, seed=0, hop_length=info["hop_length"],
@@ -114,9 +114,9 @@ def time_training(model, processor, clips, window_s, batch_size, steps, device, 
 
 
 def bench_model(size, work, args, device):
-    from code_cache import CodeCache
-    from dataset import read_metadata
-    from modeling import apply_lora, load_model_and_processor, model_info
+    from musicgen_lora.data.code_cache import CodeCache
+    from musicgen_lora.data.dataset import read_metadata
+    from musicgen_lora.modeling import apply_lora, load_model_and_processor, model_info
 
     steps = args.steps or (2 if size == "small" else 4)
     batch = args.batch_size or (1 if size == "small" else 2)
@@ -165,9 +165,9 @@ def bench_model(size, work, args, device):
 # Peak RSS of the streaming dataset (child processes)
 # --------------------------------------------------------------------------------------------
 def rss_child(data: Path, metadata_file: str, model_dir: Path, cache_dir: Path):
-    from code_cache import CodeCache
-    from dataset import Collator, MusicDataset, build_delay_pattern_labels, read_metadata
-    from modeling import load_model_and_processor, model_info
+    from musicgen_lora.data.code_cache import CodeCache
+    from musicgen_lora.data.dataset import Collator, MusicDataset, build_delay_pattern_labels, read_metadata
+    from musicgen_lora.modeling import load_model_and_processor, model_info
 
     model, processor = load_model_and_processor(str(model_dir))
     info = model_info(model)
@@ -198,8 +198,8 @@ def current_rss_mb(field="VmRSS:") -> float:
 def seed_rss_set(work: Path, model_dir: Path, count: int) -> Path:
     """count distinct 0.2 s clips and their cache entries (encoded in batches: one call per 500 clips,
     since one EnCodec call per clip would take minutes here and the child measures memory, not speed)."""
-    from code_cache import CodeCache
-    from modeling import encode_audio, load_model_and_processor, model_info
+    from musicgen_lora.data.code_cache import CodeCache
+    from musicgen_lora.modeling import encode_audio, load_model_and_processor, model_info
 
     data = work / "rss-data"
     if (data / "metadata-10000.json").is_file():
@@ -225,8 +225,8 @@ def seed_rss_set(work: Path, model_dir: Path, count: int) -> Path:
 def bench_lookup(work: Path, model_dir: Path, count: int, seconds: float) -> dict:
     """Time of the cache keys of `count` clips on a run where all are cached: first with no memo (each
     file is read and hashed; the page cache is warm, so this is hashing's best case), then with it."""
-    from code_cache import HASH_MEMO_NAME, CodeCache
-    from modeling import load_model_and_processor, model_info
+    from musicgen_lora.data.code_cache import HASH_MEMO_NAME, CodeCache
+    from musicgen_lora.modeling import load_model_and_processor, model_info
 
     folder = work / "lookup-data" / "train"
     if len(list(folder.glob("*.wav"))) != count:
@@ -278,7 +278,7 @@ def main(argv=None):
         d, meta, model_dir, cache_dir = args._rss_child
         return rss_child(Path(d), meta, Path(model_dir), Path(cache_dir))
 
-    from common import setup_logging
+    from musicgen_lora.common import setup_logging
 
     setup_logging()
     tmp = None if args.work_dir else tempfile.TemporaryDirectory(prefix="bench-train-")

@@ -1,0 +1,159 @@
+"""Reading audio: any format to mono float32 at the model's rate, whole or in fixed pieces.
+
+Training reads a clip in pieces (`AudioPieces`): piece j holds the source samples of
+[j * P, (j + 1) * P) seconds of output (P = the codec's piece length, about 30 s), decoded,
+mixed to mono and resampled on its own. EnCodec encodes each piece on its own too
+(modeling.encode_pieces), so the codes of frame t depend only on the piece holding it. That gives:
+  - memory that follows the piece, not the file: a one-hour clip costs what a 30 s one does;
+  - random access: a training window reads only the one or two pieces under it;
+  - one definition of a clip's codes, whichever path computes them (the code cache encodes every
+    piece of the clip once; uncached training encodes the pieces under its window): same tokens.
+A clip no longer than one piece is exactly the whole-file decode + resample + encode.
+
+Formats soundfile cannot seek in (some m4a/mp3 through librosa's fallback decoders) are decoded
+whole once; only those cost memory in proportion to their length.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from musicgen_lora.common import UserError
+
+# Every released MusicGen codec (musicgen-small ... -large, stereo, melody) runs at 32 kHz. The one
+# home of that number: data preparation writes at this rate, and tools without a model at hand
+# (test_dataset.py without --model_path, --score_only) assume it; with a model, its codec's rate wins.
+MUSICGEN_SAMPLE_RATE = 32000
+MUSICGEN_HOP_LENGTH = 640  # 32 kHz / 50 frames per second
+
+# About this many seconds of audio per piece: longer than any training window people use (15-30 s),
+# short enough that decoding + resampling + encoding one costs a few hundred MB at most.
+PIECE_SECONDS = 30.0
+RESAMPLER = "soxr_hq"
+
+
+def piece_samples(sample_rate: int, hop_length: int) -> int:
+    """Output samples per piece: a whole number of codec frames (so pieces never split a frame)."""
+    return hop_length * max(1, round(PIECE_SECONDS * sample_rate / hop_length))
+
+
+def _decode_error(path, e) -> UserError:
+    why = f"{type(e).__name__}: {e}" if str(e).strip() else f"{type(e).__name__}: no decoder reads it"
+    return UserError(f"{path}: cannot decode audio ({why}); re-export it as WAV/FLAC or remove it from the metadata")
+
+
+def _check(path, wav: np.ndarray) -> np.ndarray:
+    if wav.size == 0:
+        raise UserError(f"{path}: audio file is empty; remove it from the metadata")
+    if not np.all(np.isfinite(wav)):
+        raise UserError(f"{path}: audio holds NaN/inf samples; re-export it")
+    return wav
+
+
+def resample(wav: np.ndarray, source_rate: int, sample_rate: int) -> np.ndarray:
+    if source_rate == sample_rate:
+        return wav
+    import librosa
+
+    return librosa.resample(wav, orig_sr=source_rate, target_sr=sample_rate, res_type=RESAMPLER)
+
+
+def _decode_whole(path: Path) -> tuple[np.ndarray, int]:
+    """(mono float32, rate) of a whole file: soundfile, else librosa (slower; some mp3/m4a)."""
+    try:
+        try:
+            with open(path, "rb") as fh:  # a file object: names that are not valid UTF-8 open too
+                wav, sr = sf.read(fh, dtype="float32", always_2d=True)
+            return wav.mean(axis=1), sr
+        except (sf.LibsndfileError, RuntimeError, TypeError):
+            import librosa
+
+            wav, sr = librosa.load(str(path), sr=None, mono=True)
+            return wav, sr
+    except FileNotFoundError:
+        raise UserError(f"{path}: audio file not found") from None
+    except UserError:
+        raise
+    except Exception as e:
+        raise _decode_error(path, e) from None
+
+
+def load_audio(path, sample_rate: int) -> np.ndarray:
+    """Decode a whole file, mix to mono float32, resample to sample_rate (for clips, not hours)."""
+    path = Path(path)
+    wav, sr = _decode_whole(path)
+    _check(path, wav)
+    return np.ascontiguousarray(resample(wav, sr, sample_rate), dtype=np.float32)
+
+
+def audio_duration(path) -> float | None:
+    """Duration in seconds from the header when cheap; None if unknown."""
+    try:
+        with open(path, "rb") as fh:
+            return sf.info(fh).duration
+    except Exception:
+        return None
+
+
+class AudioPieces:
+    """A clip as fixed pieces of `piece` output samples, read one at a time (see module doc).
+
+    num_samples: the clip's length at `sample_rate`, known from the header without decoding.
+    """
+
+    def __init__(self, path, sample_rate: int, piece: int):
+        self.path, self.sample_rate, self.piece = Path(path), int(sample_rate), int(piece)
+        self._whole = None
+        try:
+            with open(self.path, "rb") as fh, sf.SoundFile(fh) as f:
+                self.source_rate, self.source_frames = int(f.samplerate), int(f.frames)
+            seekable = self.source_frames > 0
+        except FileNotFoundError:
+            raise UserError(f"{self.path}: audio file not found") from None
+        except Exception:
+            seekable = False
+        if not seekable:  # not seekable by soundfile: decode once, whole
+            wav, sr = _decode_whole(self.path)
+            self._whole = _check(self.path, wav)
+            self.source_rate, self.source_frames = int(sr), len(wav)
+        if self.source_frames == 0:
+            raise UserError(f"{self.path}: audio file is empty; remove it from the metadata")
+        # Source samples per piece: the same span of time as `piece` output samples.
+        self.source_piece = max(1, round(self.piece * self.source_rate / self.sample_rate))
+        self.num_pieces = math.ceil(self.source_frames / self.source_piece)
+        last_source = self.source_frames - (self.num_pieces - 1) * self.source_piece
+        self.last_length = max(1, math.ceil(last_source * self.sample_rate / self.source_rate))
+        self.num_samples = (self.num_pieces - 1) * self.piece + self.last_length
+
+    def length(self, j: int) -> int:
+        return self.piece if j < self.num_pieces - 1 else self.last_length
+
+    def read(self, j: int) -> np.ndarray:
+        """Piece j: mono float32 at sample_rate, exactly length(j) samples."""
+        start, count = j * self.source_piece, self.source_piece
+        if self._whole is not None:
+            wav = self._whole[start:start + count]
+        else:
+            try:
+                with open(self.path, "rb") as fh, sf.SoundFile(fh) as f:
+                    f.seek(start)
+                    wav = f.read(count, dtype="float32", always_2d=True).mean(axis=1)
+            except FileNotFoundError:
+                raise UserError(f"{self.path}: audio file not found") from None
+            except Exception as e:
+                raise _decode_error(self.path, e) from None
+        _check(self.path, wav)
+        out = resample(wav, self.source_rate, self.sample_rate)
+        n = self.length(j)
+        out = out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))  # resampler rounding: +-1 sample
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def pieces_for_frames(self, first_frame: int, num_frames: int, hop_length: int) -> range:
+        """The pieces that hold code frames [first_frame, first_frame + num_frames)."""
+        frames_per_piece = self.piece // hop_length
+        first = min(first_frame // frames_per_piece, self.num_pieces - 1)
+        last = min((first_frame + max(num_frames, 1) - 1) // frames_per_piece, self.num_pieces - 1)
+        return range(first, last + 1)

@@ -1,0 +1,1 @@
+"""The command-line layer: parsers, flag checks, and the main() of every script."""

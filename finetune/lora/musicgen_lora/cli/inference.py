@@ -1,0 +1,172 @@
+#!/usr/bin/env python
+"""Generate music from text with MusicGen, optionally with a LoRA adapter on top.
+
+    python inference_lora.py --base_model_path /path/to/musicgen-small \\
+        --lora_model_path ../output_epoch1/best_model \\
+        --prompts "hip hop 808 beat with trap drums" "lo-fi piano, vinyl crackle" \\
+        --output_dir ../output_epoch1/generated --duration 15
+
+Writes OUTPUT_DIR/NN_prompt-slug.wav (32 kHz mono, 16-bit PCM by default) and a JSON sidecar of the
+same name holding the prompt, model, adapter, seed and every generation setting, so any clip can be
+regenerated exactly. Without --lora_model_path the base model generates.
+
+    python inference_lora.py --base_model_path BASE --lora_model_path ADAPTER --merge --output_dir MERGED
+
+writes a full model with the adapter merged in, loadable with plain
+MusicgenForConditionalGeneration.from_pretrained(MERGED) (no peft needed).
+"""
+import argparse
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from musicgen_lora.common import UserError, log, resolve_device
+
+from musicgen_lora.cli.runner import cli
+from musicgen_lora.cli.args import Parser, any_int, nonneg_float, nonneg_int, positive_float, positive_int, probability
+
+
+def add_sampling_args(p: argparse.ArgumentParser):
+    """Sampling flags shared with evaluate.py (same names, same defaults)."""
+    g = p.add_argument_group("sampling")
+    g.add_argument("--duration", type=positive_float, default=15.0, help="Seconds of audio per clip.")
+    g.add_argument("--guidance_scale", type=nonneg_float, default=3.0,
+                   help="Classifier-free guidance scale (1 or less turns guidance off).")
+    g.add_argument("--temperature", type=positive_float, default=1.0, help="Sampling temperature.")
+    g.add_argument("--top_k", type=nonneg_int, default=250, help="Sample from the k most likely codes (0 disables).")
+    g.add_argument("--top_p", type=probability, default=0.0, help="Nucleus sampling mass (0 disables).")
+    g.add_argument("--greedy", action="store_true", help="Argmax decoding instead of sampling (often loops).")
+    g.add_argument("--seed", type=any_int, default=42,
+                   help="Seed for every prompt (a prompt's own 'seed' in the prompts file wins); sample j of a "
+                        "prompt uses seed + j.")
+    g.add_argument("--batch_size", type=positive_int, default=8, help="Clips generated together in one batch.")
+    g.add_argument("--wav_subtype", default="PCM_16", choices=["PCM_16", "PCM_24", "FLOAT"],
+                   help="WAV sample format.")
+    r = p.add_argument_group("runtime")
+    r.add_argument("--device", default="auto", help="auto, cpu or cuda.")
+    r.add_argument("--fp16", action="store_true", help="Load the model in fp16 (GPU only).")
+    r.add_argument("--bf16", action="store_true", help="Load the model in bf16 (GPU only).")
+    r.add_argument("--overwrite", action="store_true",
+                   help="Replace earlier outputs of this script in --output_dir instead of refusing (files it did "
+                        "not write are never replaced).")
+    r.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
+
+
+def build_parser():
+    p = Parser(description=__doc__)
+    p.add_argument("--base_model_path", default="facebook/musicgen-small",
+                   help="Local MusicGen folder or hub id the adapter was trained on.")
+    p.add_argument("--lora_model_path", default=None,
+                   help="PEFT adapter folder (best_model/, final_model/ or checkpoints/checkpoint-N/). "
+                        "Omit to generate with the base model.")
+    p.add_argument("--prompts", nargs="+", default=None, help="One or more text prompts.")
+    p.add_argument("--prompts_file", default=None,
+                   help="JSON list of prompts (strings or {\"prompt\", \"id\", \"seed\"} objects) or a .txt file, "
+                        "one prompt per line.")
+    p.add_argument("--num_samples", type=positive_int, default=1, help="Clips per prompt (different seeds).")
+    p.add_argument("--output_dir", default="../output/generated", help="Folder for WAVs and sidecars "
+                                                                          "(or the merged model with --merge).")
+    p.add_argument("--merge", action="store_true",
+                   help="Merge the adapter into the base weights and save a full model to --output_dir "
+                        "instead of generating.")
+    add_sampling_args(p)
+    return p
+
+
+TOOL, MERGE_TOOL = "inference_lora.py", "inference_lora.py --merge"
+
+
+def merge(args, model, processor):
+    from musicgen_lora.outputs import atomic_dir, atomic_write_json, write_manifest
+
+    out = Path(args.output_dir)
+    merged = model.merge_and_unload()
+    with atomic_dir(out, owner=MERGE_TOOL) as tmp:
+        merged.save_pretrained(str(tmp))
+        processor.save_pretrained(str(tmp))
+        atomic_write_json(tmp / "merge_info.json", {"base_model": args.base_model_path,
+                                                    "adapter": str(Path(args.lora_model_path).resolve())})
+        write_manifest(tmp, MERGE_TOOL, os.listdir(tmp))
+    log.info(f"merged model written to {out} (load it with MusicgenForConditionalGeneration.from_pretrained)")
+
+
+def check_args(args):
+    if args.merge and not args.lora_model_path:
+        raise UserError("--merge needs --lora_model_path (the adapter to merge into the base model)")
+    if args.merge and (args.prompts or args.prompts_file):
+        raise UserError("--merge writes a model and generates nothing; drop --prompts/--prompts_file (or --merge)")
+    if args.fp16 and args.bf16:
+        raise UserError("--fp16 and --bf16 exclude each other; pick one")
+
+
+@cli
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    from musicgen_lora.outputs import output_lock
+
+    with output_lock(Path(args.output_dir), MERGE_TOOL if args.merge else TOOL):
+        return run(args)
+
+
+def run(args):
+    from musicgen_lora.data.dataset import report_long_descriptions
+    from musicgen_lora.evaluation.compare import adapter_run_id
+    from musicgen_lora.generation import (SamplingSettings, clip_filename, describe_settings, generate_jobs, load_prompts,
+                            plan_jobs, resolve_dtype, write_clip)
+    from musicgen_lora.modeling import check_adapter_dir, load_adapter, load_model_and_processor, model_info
+    from musicgen_lora.outputs import check_own_folder, check_shared_targets, read_manifest, write_manifest
+
+    out = Path(args.output_dir)
+    if args.merge:
+        check_own_folder(out, MERGE_TOOL, overwrite=args.overwrite, flag="--output_dir")
+    else:
+        prompts = load_prompts(args.prompts_file, args.prompts)
+        settings = SamplingSettings(args.guidance_scale, args.temperature, args.top_k, args.top_p, args.greedy)
+        settings.validate()
+        jobs = plan_jobs(prompts, args.num_samples, args.seed)
+        names = [clip_filename(j.prompt, j.sample if args.num_samples > 1 else None) for j in jobs]
+        targets = [f"{n}{ext}" for n in names for ext in (".wav", ".json")]
+        check_shared_targets(out, TOOL, targets, overwrite=args.overwrite, flag="--output_dir")
+    if args.lora_model_path:
+        check_adapter_dir(args.lora_model_path)
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.fp16, args.bf16, device)
+    model, processor = load_model_and_processor(args.base_model_path, device=device, dtype=dtype,
+                                                flag="--base_model_path")
+    if args.lora_model_path:
+        model = load_adapter(model, args.lora_model_path)
+    if args.merge:
+        return merge(args, model, processor)
+
+    info = model_info(model)
+    report_long_descriptions(processor.tokenizer, [(f"prompt {p.id}", p.text) for p in prompts])
+    who = f"{args.base_model_path} + {args.lora_model_path}" if args.lora_model_path else args.base_model_path
+    log.info(f"generating {len(jobs)} clip(s) with {who}: {describe_settings(settings, args.duration, args.batch_size)}")
+    t0 = time.time()
+    audio, per_clip = generate_jobs(model, processor, jobs, args.duration, settings, args.batch_size,
+                                    progress=not args.no_progress)
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    run_id = adapter_run_id(Path(args.lora_model_path)) if args.lora_model_path else None
+    # Claim the names first: a kill mid-way leaves every written clip recorded as ours.
+    write_manifest(out, TOOL, set((read_manifest(out) or {}).get("paths", [])) | set(targets))
+    for job, name, wav in zip(jobs, names, audio):
+        sidecar = {"prompt": job.prompt.text, "prompt_id": job.prompt.id, "sample": job.sample, "seed": job.seed,
+                   "base_model": args.base_model_path,
+                   "adapter": str(Path(args.lora_model_path).resolve()) if args.lora_model_path else None,
+                   "run_id": run_id, "duration": args.duration, "sample_rate": info["sample_rate"],
+                   "num_samples": len(wav), **settings.to_dict(), "batch_size": args.batch_size, "device": device,
+                   "dtype": str(dtype or "float32").replace("torch.", ""), "wav_subtype": args.wav_subtype,
+                   "wall_seconds": per_clip, "created": stamp}
+        write_clip(out / f"{name}.wav", wav, info["sample_rate"], sidecar, args.wav_subtype)
+        log.info(f"  {out / (name + '.wav')}  ({len(wav) / info['sample_rate']:.2f} s, seed {job.seed})")
+    wall = time.time() - t0
+    rtf = wall / (len(jobs) * args.duration)
+    log.info(f"done: {len(jobs)} clip(s) in {wall:.1f} s ({rtf:.2f} s of compute per second of audio)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

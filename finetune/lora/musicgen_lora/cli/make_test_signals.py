@@ -1,0 +1,44 @@
+"""Write clips with known answers, to see what evaluate.py's flags catch (and to check a threshold).
+
+    python finetune/scripts/make_test_signals.py --output_dir /tmp/signals
+    python finetune/lora/evaluate.py --score_only --input_dir /tmp/signals --output_dir /tmp/signals_scored
+
+Each first-level folder is one "model" to --score_only, holding 15 s 32 kHz clips built from a
+steady minor chord (A minor, then G minor) with a kick every half second (music-like: no fade, no
+silence, tonal):
+
+    steady/       the chord as it is                        -> no flags
+    fading/       the same chord fading 30 dB over 15 s     -> fades_out ("gets quieter and quieter")
+    noise/        white noise                               -> noisy ("mostly noise")
+    silent_tail/  the chord, then 8 s of digital silence    -> silent (silence_ratio ~0.53)
+    clipped/      the chord driven 4x past full scale       -> clipping
+
+`--corrupt` adds steady/99_corrupt.wav, a file no decoder reads, which --score_only reports and skips.
+The same signals are what tests/test_metrics.py checks every threshold on.
+"""
+import sys
+from pathlib import Path
+
+from musicgen_lora.cli.args import Parser, positive_float
+from musicgen_lora.cli.runner import cli
+
+
+@cli
+def main(argv=None):
+    p = Parser(description=__doc__)
+    p.add_argument("--output_dir", required=True, help="Folder to write the clips into (one sub-folder per case).")
+    p.add_argument("--duration", type=positive_float, default=15.0, help="Seconds per clip.")
+    p.add_argument("--corrupt", action="store_true", help="Also write steady/99_corrupt.wav, an unreadable file.")
+    p.add_argument("--overwrite", action="store_true",
+                   help="Replace clips this script wrote earlier in --output_dir (anything else is never replaced).")
+    args = p.parse_args(argv)
+    from musicgen_lora.testing.signals import write_signals
+
+    out = Path(args.output_dir)
+    clips = write_signals(out, args.duration, args.corrupt, args.overwrite)
+    print(f"wrote {len(clips)} clips{' + 1 corrupt file' if args.corrupt else ''} to {out}: "
+          f"{', '.join(sorted({n.split('/')[0] for n in clips}))}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""On-disk cache of EnCodec codes, so each clip is encoded at most once across epochs and runs.
+
+A cache entry holds the codes of the WHOLE clip (never a crop) as a safetensors file: random training
+crops are taken in code frames from it (dataset.crop_codes), so one entry serves every epoch.
+
+The key is sha256 over
+  - the audio file's bytes (content, not its path or mtime: a re-exported file re-encodes),
+  - the codec's identity: its config and every weight of `audio_encoder` (another checkpoint, or a
+    fine-tuned codec, re-encodes), and the dtype it runs in,
+  - the settings that decide the samples it sees: sample rate, mono mix, resampler, whole-clip
+    encoding, cache format.
+Change any of them and the key changes, so a stale entry is never read. Entries are written to a
+temp name and renamed, so a killed run leaves no half-written file.
+
+Layout: CACHE_DIR/<key[:2]>/<key>.safetensors with tensor "codes" (K, T) int32 and metadata
+num_samples, sample_rate, source; CACHE_DIR/file_hashes.json memoises each audio file's sha256
+against its stat (see FileHashMemo), so a run over 100k cached clips reads no audio at all.
+"""
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from musicgen_lora.audio import RESAMPLER, piece_samples
+from musicgen_lora.common import UserError, log
+from musicgen_lora.outputs import atomic_file, atomic_write_text, clean_stale
+
+CACHE_FORMAT = 1
+DEFAULT_CACHE_NAME = ".codes_cache"
+HASH_MEMO_NAME = "file_hashes.json"
+# git's "racy clean" rule: a file written within this long before it was hashed could be written
+# again inside the same timestamp tick without its stat changing, so such an entry is not trusted
+# and the file is hashed again on the next run (by then it is old enough).
+RACY_MARGIN_NS = 2_000_000_000
+
+
+def file_sha256(path, chunk=1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class FileHashMemo:
+    """sha256 of audio files, reused while a file's stat (size, mtime, ctime, inode) is unchanged.
+
+    Hashing is what makes a cache key content-based, but re-reading every clip on every run costs a
+    full pass over the dataset's bytes. Any write, rename-over or `touch` changes mtime or ctime (the
+    latter cannot be set from user space), so an unchanged stat means unchanged bytes; a file whose
+    mtime is too close to its hashing time is re-hashed (RACY_MARGIN_NS). A missing or unreadable
+    memo file only costs the hashing: it is rebuilt.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.entries, self.dirty, self.hashed = {}, False, 0
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and data.get("format") == CACHE_FORMAT:
+                self.entries = data.get("files", {})
+        except (OSError, ValueError):
+            pass
+
+    def sha256(self, audio_path) -> str:
+        path = str(Path(audio_path).resolve())
+        st = os.stat(path)
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        entry = self.entries.get(path)
+        if (isinstance(entry, dict) and entry.get("stat") == stamp
+                and st.st_mtime_ns + RACY_MARGIN_NS < entry.get("hashed_at_ns", 0)):
+            return entry["sha256"]
+        hashed_at = time.time_ns()
+        digest = file_sha256(path)
+        self.entries[path] = {"stat": stamp, "sha256": digest, "hashed_at_ns": hashed_at}
+        self.dirty, self.hashed = True, self.hashed + 1
+        return digest
+
+    def save(self):
+        """Atomic write (temp name + rename): concurrent ranks each replace it whole, never mix."""
+        if not self.dirty:
+            return
+        try:
+            atomic_write_text(self.path, json.dumps({"format": CACHE_FORMAT, "files": self.entries}))
+            self.dirty = False
+        except OSError as e:  # a read-only (or full) cache still serves hits; the next run only hashes again
+            log.warning(f"{self.path}: could not save the file-hash memo ({e}); files are re-hashed next run")
+
+
+def codec_identity(model) -> str:
+    """sha256 of the codec's config and weights (computed once per run; ~0.5 s for musicgen-small's)."""
+    base = getattr(model, "get_base_model", lambda: model)()
+    codec = base.audio_encoder
+    h = hashlib.sha256()
+    cfg = {k: v for k, v in codec.config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(codec.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def load_codes(path) -> tuple[torch.Tensor, int]:
+    """Read one entry: (codes (K, T) long, num_samples of the clip it encodes)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            codes = f.get_tensor("codes").long()
+        return codes, int(meta["num_samples"])
+    except Exception as e:  # truncated by hand, disk error...
+        raise UserError(f"{path}: unreadable code cache entry ({type(e).__name__}: {e}); delete it (it is "
+                        f"re-encoded on the next run) or train with --no_cache") from None
+
+
+class CodeCache:
+    """Codes of whole clips, keyed by audio content + codec identity + settings (see module doc)."""
+
+    def __init__(self, cache_dir, model, sample_rate: int):
+        from musicgen_lora.modeling import model_info
+
+        self.dir = Path(cache_dir)
+        self.model = model
+        param = next(getattr(model, "get_base_model", lambda: model)().audio_encoder.parameters())
+        hop = model_info(model)["hop_length"]
+        self.settings = {"format": CACHE_FORMAT, "sample_rate": int(sample_rate), "channels": "mono-mean",
+                         "resampler": RESAMPLER, "encode": "pieces", "piece_samples": piece_samples(sample_rate, hop),
+                         "dtype": str(param.dtype), "hop_length": hop}
+        self.codec_id = codec_identity(model)
+        self.stats = {"hits": 0, "misses": 0}
+        self.hashes = FileHashMemo(self.dir / HASH_MEMO_NAME)
+        # What killed encoders left behind (entries are written under temp names, then renamed).
+        for folder in [self.dir, *(p for p in (self.dir.iterdir() if self.dir.is_dir() else ()) if p.is_dir())]:
+            clean_stale(folder)
+
+    def key(self, audio_path) -> str:
+        payload = {"audio": self.hashes.sha256(audio_path), "codec": self.codec_id, "settings": self.settings}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def entry_path(self, key: str) -> Path:
+        return self.dir / key[:2] / f"{key}.safetensors"
+
+    def encode(self, audio_path) -> tuple[torch.Tensor, int]:
+        """Encode a whole clip piece by piece, exactly as the uncached training path does (one
+        piece in memory at a time, however long the clip)."""
+        from musicgen_lora.audio import AudioPieces
+        from musicgen_lora.modeling import encode_pieces
+
+        audio = AudioPieces(audio_path, self.settings["sample_rate"], self.settings["piece_samples"])
+        codes = encode_pieces(self.model, (audio.read(j) for j in range(audio.num_pieces)))
+        return codes.cpu(), audio.num_samples
+
+    def get_or_encode(self, audio_path) -> Path:
+        """Path of the clip's entry, encoding and storing it first on a miss."""
+        path = self.entry_path(self.key(audio_path))
+        if path.is_file():
+            self.stats["hits"] += 1
+            return path
+        codes, num_samples = self.encode(audio_path)
+        self._write(path, codes, num_samples, audio_path)
+        self.stats["misses"] += 1
+        return path
+
+    def _write(self, path: Path, codes: torch.Tensor, num_samples: int, source):
+        from safetensors.torch import save_file
+
+        with atomic_file(path) as tmp:
+            save_file({"codes": codes.to(torch.int32).contiguous()}, str(tmp),
+                      metadata={"num_samples": str(num_samples), "sample_rate": str(self.settings["sample_rate"]),
+                                "source": os.fsencode(str(source)).decode("utf-8", "backslashreplace")})
+
+    def fill(self, clips, desc="encoding", progress=True) -> list[str]:
+        """Entry paths for these clips (in order), encoding the missing ones with a files/s bar."""
+        paths = []
+        start = time.time()
+        hits0, misses0, hashed0 = self.stats["hits"], self.stats["misses"], self.hashes.hashed
+        bar = tqdm(clips, desc=desc, unit="file", disable=not progress, leave=False)
+        try:
+            for clip in bar:
+                paths.append(str(self.get_or_encode(getattr(clip, "audio_path", clip))))
+        finally:  # keep the hashes done so far, even when a clip fails to decode
+            self.hashes.save()
+        elapsed = time.time() - start
+        misses = self.stats["misses"] - misses0
+        hits = self.stats["hits"] - hits0
+        self.last_fill = {"files": len(paths), "encoded": misses, "cached": hits,
+                          "hashed": self.hashes.hashed - hashed0, "seconds": elapsed,
+                          "files_per_s": len(paths) / elapsed if elapsed > 0 else float("inf")}
+        return paths
+
+
+def default_cache_dir(data_dir) -> Path:
+    return Path(data_dir) / DEFAULT_CACHE_NAME
+
+
+def open_training_cache(args, model, sample_rate: int, splits: dict, device=None, progress=True) -> dict:
+    """For train_lora.py: entry paths per split ({split: [path, ...]}), or {split: None} with --no_cache.
+
+    The codec runs on `device` (the GPU when there is one) and in fp32: the codes must not depend on
+    the trainer's autocast.
+    """
+    if getattr(args, "no_cache", False):
+        return {name: None for name in splits}
+    cache_dir = Path(args.cache_dir) if getattr(args, "cache_dir", None) else default_cache_dir(args.data_dir)
+    base = getattr(model, "get_base_model", lambda: model)()
+    cache = CodeCache(cache_dir, model, sample_rate)
+    if device is not None:
+        base.audio_encoder.to(device)
+    out = {}
+    for name, clips in splits.items():
+        out[name] = cache.fill(clips, desc=f"codes ({name})", progress=progress)
+        f = cache.last_fill
+        log.info(f"code cache {cache_dir}: {name} {f['files']} clips, {f['cached']} cached, {f['encoded']} encoded, "
+                 f"{f['hashed']} hashed ({f['files_per_s']:.1f} files/s)")
+    return out
+
+
+def pretokenize(model_path: str, data_dir, metadata_file="metadata.json", cache_dir=None, device="auto",
+                progress=True) -> dict:
+    """Fill the cache for every clip in metadata.json ahead of training; returns fill statistics."""
+    from musicgen_lora.common import resolve_device
+    from musicgen_lora.data.dataset import read_metadata
+    from musicgen_lora.modeling import load_model_and_processor, model_info
+
+    splits = read_metadata(data_dir, metadata_file)
+    clips = splits["train"] + splits["valid"]
+    model, _ = load_model_and_processor(model_path, device=resolve_device(device))
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(data_dir)
+    cache = CodeCache(cache_dir, model, model_info(model)["sample_rate"])
+    cache.fill(clips, desc="pretokenizing", progress=progress)
+    return {**cache.last_fill, "cache_dir": str(cache_dir)}

@@ -1,0 +1,603 @@
+"""Turn a real collection (folders and/or zip batches of audio) into training data.
+
+Writes, under the output dir: train/ and valid/ (32 kHz mono 16-bit WAV segments), metadata.json in
+the format dataset.read_metadata reads, and prepare_report.json (every skipped file with its reason,
+dropped segments, description coverage, hours per split). See DATA_PREPARATION.md.
+
+Rules, in the order they apply to each source file:
+  1. decode (any rate, mono/stereo, whatever soundfile/librosa read), mix to mono, resample to 32 kHz;
+     an unreadable, corrupt or empty file is reported and skipped;
+  2. optionally normalise the track's integrated loudness (--normalize_loudness LUFS, BS.1770);
+  3. cut into --segment_duration pieces from the start; a last piece shorter than
+     --min_segment_ratio x segment_duration is dropped (audiocraft's rule: padding teaches silence);
+  4. drop near-silent segments: RMS below --silence_threshold_db dBFS (default -60);
+  5. split by source track (all segments of a track on one side), seeded, sized by --valid_ratio.
+Output names derive from the source path, sources are processed in sorted order and nothing
+time-dependent is written, so the same input gives byte-identical output.
+"""
+import csv
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import warnings
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import soundfile as sf
+from tqdm.auto import tqdm
+
+from musicgen_lora.audio import load_audio
+from musicgen_lora.common import UserError
+from musicgen_lora.outputs import atomic_write_json, check_shared_targets, clean_stale, read_manifest, temp_path, write_manifest
+
+TOOL = "prepare_data.py"
+SAMPLE_RATE = 32000
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".m4a")
+DEFAULT_SILENCE_DB = -60.0
+REPORT_NAME = "prepare_report.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Sources: files under --input_dir and members of --input_zip, in one sorted list
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Source:
+    name: str                      # shown in the report and stored as metadata "source"
+    rel: str                       # path matched against --descriptions_file entries
+    path: Path | None = None       # a file on disk ...
+    zip_path: Path | None = None   # ... or a member of a zip
+    member: str | None = None
+    sidecar: str | None = None     # the .txt beside it (a path, or a member of the same zip)
+    size: int = 0
+
+
+def _is_audio(name: str) -> bool:
+    base = PurePosixPath(name).name
+    return base.lower().endswith(AUDIO_EXTENSIONS) and not base.startswith(".")
+
+
+def _inside(root: Path, path: Path) -> bool:
+    """True when `path`, links followed, lies under `root` (links never lead out of an input tree)."""
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def find_sources(input_dirs=(), input_zips=(), exclude=(), limits: "ZipLimits | None" = None):
+    """All audio sources, sorted by name; plus report entries for what was found and refused
+    (unreadable zips, links out of the input folder, zip members over the limits).
+
+    `exclude`: folders never read (our own output when it sits inside an input folder).
+    """
+    sources, refused = [], []
+    excluded = {os.path.realpath(e) for e in exclude}
+    limits = limits or ZipLimits()
+    for d in input_dirs:
+        d = Path(d)
+        if not d.is_dir():
+            raise UserError(f"{d}: --input_dir not found or not a folder")
+        for folder, dirs, files in os.walk(d):  # links to folders are not descended into
+            dirs[:] = sorted(x for x in dirs if not x.startswith(".")
+                             and os.path.realpath(os.path.join(folder, x)) not in excluded)
+            for name in sorted(files):
+                path = Path(folder) / name
+                rel = path.relative_to(d).as_posix()
+                if not _is_audio(name):
+                    continue
+                if not _inside(d, path):
+                    refused.append({"source": rel, "kind": "link outside input",
+                                    "reason": "a link to a file outside the input folder (links are not followed "
+                                              "out of an input folder)"})
+                    continue
+                txt = path.with_suffix(".txt")
+                sidecar = str(txt) if txt.is_file() and _inside(d, txt) else None
+                sources.append(Source(name=rel, rel=rel, path=path, sidecar=sidecar, size=path.stat().st_size))
+    for z in input_zips:
+        z = Path(z)
+        if not z.is_file():
+            raise UserError(f"{z}: --input_zip not found")
+        try:
+            with zipfile.ZipFile(z) as zf:
+                infos = zf.infolist()
+        except (zipfile.BadZipFile, OSError) as e:
+            refused.append({"source": z.name, "kind": "unreadable zip", "reason": f"unreadable zip ({e})"})
+            continue
+        names = {i.filename for i in infos}
+        for info in infos:
+            m = info.filename
+            if info.is_dir() or m.startswith("__MACOSX/") or not _is_audio(m):
+                continue
+            name = f"{z.name}:{m}"
+            too_big = limits.check(info)
+            if too_big:
+                refused.append({"source": name, "kind": "too large", "reason": too_big})
+                continue
+            txt = str(PurePosixPath(m).with_suffix(".txt"))
+            sources.append(Source(name=name, rel=m, zip_path=z, member=m,
+                                  sidecar=txt if txt in names else None, size=info.file_size))
+    sources.sort(key=lambda s: s.name)
+    return sources, refused
+
+
+@dataclass
+class ZipLimits:
+    """Refuse a zip member before unpacking it when it is bigger than `max_mb` unpacked, or unpacks
+    to more than `max_ratio` times its packed size (zip bombs: 2 GiB of zeros pack into 2 MB).
+    Real audio barely compresses (WAV ~1.1-1.5x, FLAC/MP3 ~1.0x); only members over RATIO_FLOOR_MB
+    are held to the ratio, so small files of silence still pass. Python's zipfile never returns
+    more than the size a member declares, so checking the declared size bounds memory and disk."""
+
+    max_mb: float = 1024.0
+    max_ratio: float = 50.0
+    RATIO_FLOOR_MB = 16.0
+
+    def check(self, info: zipfile.ZipInfo) -> str | None:
+        size_mb = info.file_size / 2**20
+        if size_mb > self.max_mb:
+            return (f"unpacks to {size_mb:.0f} MB, over --max_member_mb {self.max_mb:g}; raise it if the file is "
+                    f"real audio")
+        ratio = info.file_size / max(info.compress_size, 1)
+        if size_mb > self.RATIO_FLOOR_MB and ratio > self.max_ratio:
+            return (f"unpacks to {size_mb:.0f} MB from {info.compress_size / 2**20:.1f} MB ({ratio:.0f}x, over "
+                    f"--max_compression_ratio {self.max_ratio:g}): not audio-like data (a zip bomb?); raise the flag "
+                    f"if the file is real")
+        return None
+
+
+class ZipReader:
+    """Keeps one zip open at a time; members are read one by one (never all extracted at once)."""
+
+    def __init__(self):
+        self.path, self.zf = None, None
+
+    def open(self, path: Path) -> zipfile.ZipFile:
+        if self.path != path:
+            self.close()
+            self.zf, self.path = zipfile.ZipFile(path), path
+        return self.zf
+
+    def read(self, path: Path, member: str, limit: int | None = None) -> bytes:
+        """A member's bytes (at most `limit` of them)."""
+        with self.open(path).open(member) as f:
+            return f.read(-1 if limit is None else limit)
+
+    def extract_to(self, path: Path, member: str, dest) -> None:
+        """Stream a member into an open file, in blocks (memory stays flat whatever its size)."""
+        with self.open(path).open(member) as f:
+            shutil.copyfileobj(f, dest, 1 << 20)
+
+    def close(self):
+        if self.zf is not None:
+            self.zf.close()
+        self.path, self.zf = None, None
+
+
+def decode_source(src: Source, zips: ZipReader, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Mono float32 at sample_rate; UserError with a reason (no path) when it cannot be used."""
+    with warnings.catch_warnings():  # librosa's "PySoundFile failed, trying audioread" for every bad file
+        warnings.simplefilter("ignore")
+        return _decode_source(src, zips, sample_rate)
+
+
+def _decode_source(src: Source, zips: ZipReader, sample_rate: int) -> np.ndarray:
+    if src.size == 0:
+        raise UserError("empty file (0 bytes)")
+    if src.path is not None:
+        try:
+            return load_audio(src.path, sample_rate)
+        except UserError as e:
+            raise UserError(str(e).replace(f"{src.path}: ", "")) from None
+    # Decoders need a real file: one member at a time is streamed into a temp file.
+    fd, tmp = tempfile.mkstemp(suffix=PurePosixPath(src.member).suffix)
+    try:
+        try:
+            with os.fdopen(fd, "wb") as f:
+                zips.extract_to(src.zip_path, src.member, f)
+        except (zipfile.BadZipFile, RuntimeError, EOFError, zlib.error) as e:  # CRC error, truncated, encrypted
+            raise UserError(f"unreadable zip member ({e})") from None
+        return load_audio(tmp, sample_rate)
+    except UserError as e:
+        raise UserError(str(e).replace(f"{tmp}: ", "")) from None
+    finally:
+        os.unlink(tmp)
+
+
+# --------------------------------------------------------------------------------------------
+# Descriptions: sidecar .txt, then --descriptions_file, then --default_description
+# --------------------------------------------------------------------------------------------
+class DescriptionIndex:
+    """Descriptions from a JSONL ({"path", "description", ...} per line) or CSV (path,description) file.
+
+    A source matches an entry by its relative path (or zip member name); failing that, by file name
+    when exactly one entry has that file name.
+    """
+
+    def __init__(self, path=None):
+        self.by_path, self.by_name = {}, {}
+        if path is None:
+            return
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: --descriptions_file not found")
+        if path.suffix.lower() == ".csv":
+            rows = self._read_csv(path)
+        elif path.suffix.lower() in (".jsonl", ".ndjson"):
+            rows = self._read_jsonl(path)
+        else:
+            raise UserError(f"{path}: --descriptions_file must be .jsonl ({{\"path\", \"description\"}} per line) "
+                            f"or .csv (columns path,description)")
+        ambiguous = set()
+        for where, p, text in rows:
+            key = self._norm(p)
+            self.by_path[key] = text
+            name = PurePosixPath(key).name
+            if name in self.by_name and self.by_name[name] != text:
+                ambiguous.add(name)
+            self.by_name[name] = text
+        for name in ambiguous:
+            del self.by_name[name]
+
+    @staticmethod
+    def _norm(p: str) -> str:
+        p = str(p).replace("\\", "/")
+        while p.startswith("./"):
+            p = p[2:]
+        return p.lstrip("/")
+
+    @staticmethod
+    def _read_jsonl(path: Path):
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}: line {n} is not valid JSON ({e}); fix or remove it") from None
+            if not isinstance(obj, dict) or not obj.get("path") or not isinstance(obj.get("description"), str):
+                raise UserError(f"{path}: line {n} needs \"path\" and \"description\" "
+                                f"(like {{\"path\": \"audio/a.wav\", \"description\": \"...\"}})")
+            if obj["description"].strip():
+                rows.append((n, obj["path"], obj["description"].strip()))
+        return rows
+
+    @staticmethod
+    def _read_csv(path: Path):
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
+            if "path" not in cols or "description" not in cols:
+                raise UserError(f"{path}: CSV needs a header row with columns path,description "
+                                f"(found {', '.join(reader.fieldnames or []) or 'no header'})")
+            rows = []
+            for n, row in enumerate(reader, 2):
+                p, text = (row.get(cols["path"]) or "").strip(), (row.get(cols["description"]) or "").strip()
+                if p and text:
+                    rows.append((n, p, text))
+            return rows
+
+    def lookup(self, rel: str) -> str | None:
+        key = self._norm(rel)
+        if key in self.by_path:
+            return self.by_path[key]
+        return self.by_name.get(PurePosixPath(key).name)
+
+
+# A description is a line or a paragraph; reading more than this of a sidecar is never useful (the
+# text is cut to dataset.MAX_TEXT_TOKENS tokens anyway) and a huge file must not fill memory.
+MAX_SIDECAR_BYTES = 64 * 1024
+
+
+def describe(src: Source, index: DescriptionIndex, default: str | None, zips: ZipReader):
+    """(description, where it came from) or (None, None)."""
+    if src.sidecar:
+        if src.path is not None:
+            with open(src.sidecar, "rb") as f:
+                raw = f.read(MAX_SIDECAR_BYTES)
+        else:
+            raw = zips.read(src.zip_path, src.sidecar, limit=MAX_SIDECAR_BYTES)
+        text = raw.decode("utf-8", errors="replace").strip()
+        if text:
+            return " ".join(text.split()), "sidecar"
+    text = index.lookup(src.rel)
+    if text:
+        return text, "descriptions_file"
+    if default and default.strip():
+        return default.strip(), "default"
+    return None, None
+
+
+# --------------------------------------------------------------------------------------------
+# Signal rules
+# --------------------------------------------------------------------------------------------
+def segment_bounds(num_samples: int, segment_samples: int, min_ratio: float) -> list[tuple[int, int]]:
+    """[start, end) of each segment; a last piece under min_ratio x segment is dropped."""
+    bounds = []
+    for start in range(0, num_samples, segment_samples):
+        end = min(start + segment_samples, num_samples)
+        if end - start >= min_ratio * segment_samples - 1e-9:
+            bounds.append((start, end))
+    return bounds
+
+
+def rms_dbfs(x: np.ndarray) -> float:
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+    return 20 * math.log10(rms) if rms > 0 else -math.inf
+
+
+def normalize_loudness(wav: np.ndarray, sample_rate: int, target_lufs: float) -> tuple[np.ndarray, dict]:
+    """Scale a track to target integrated loudness (ITU-R BS.1770 via pyloudnorm). When the gain
+    would push peaks past 0.999 the track is scaled down to that peak instead (no limiter), so such
+    tracks end up quieter than the target; the report counts them."""
+    import pyloudnorm
+
+    try:
+        loudness = pyloudnorm.Meter(sample_rate).integrated_loudness(wav.astype(np.float64))
+    except ValueError:  # shorter than one 400 ms gating block
+        return wav, {"status": "too short to measure"}
+    if not math.isfinite(loudness):
+        return wav, {"status": "silent"}
+    out = wav * np.float32(10 ** ((target_lufs - loudness) / 20))
+    peak = float(np.max(np.abs(out))) if out.size else 0.0
+    if peak > 0.999:
+        out = out * np.float32(0.999 / peak)
+        return out.astype(np.float32), {"status": "peak-limited", "from_lufs": loudness}
+    return out.astype(np.float32), {"status": "normalized", "from_lufs": loudness}
+
+
+def output_stem(source_name: str) -> str:
+    """A readable, unique, filesystem-safe name for a source's segments."""
+    stem = re.sub(r"\.[A-Za-z0-9]+$", "", source_name)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem.replace("/", "__").replace(":", "__")).strip("._")[-80:]
+    return f"{stem}-{hashlib.sha1(os.fsencode(source_name)).hexdigest()[:8]}"  # the name's real bytes
+
+
+def split_tracks(tracks: list[dict], valid_ratio: float, seed: int) -> set[str]:
+    """Names of the tracks that go to valid: whole tracks, in a seeded order, until the valid side
+    holds about valid_ratio of all segments (never more than ceil of it unless one track alone
+    does). At least one track stays in train."""
+    if valid_ratio <= 0 or len(tracks) < 2:
+        return set()
+    total = sum(len(t["segments"]) for t in tracks)
+    target = math.ceil(valid_ratio * total - 1e-9)
+    order = np.random.default_rng(seed).permutation(len(tracks))
+    valid, count = set(), 0
+    for i in order:
+        n = len(tracks[i]["segments"])
+        if count + n <= target and len(valid) < len(tracks) - 1:
+            valid.add(tracks[i]["source"])
+            count += n
+        if count >= target:
+            break
+    if not valid:  # every track is bigger than the target: take the smallest one
+        smallest = min(tracks, key=lambda t: (len(t["segments"]), t["source"]))
+        valid.add(smallest["source"])
+    return valid
+
+
+# --------------------------------------------------------------------------------------------
+# The whole run
+# --------------------------------------------------------------------------------------------
+@dataclass
+class PrepareSettings:
+    output_dir: Path
+    input_dirs: list = field(default_factory=list)
+    input_zips: list = field(default_factory=list)
+    metadata_file: str = "metadata.json"
+    segment_duration: float = 15.0
+    min_segment_ratio: float = 0.8
+    silence_threshold_db: float = DEFAULT_SILENCE_DB
+    descriptions_file: str | None = None
+    default_description: str | None = None
+    require_description: bool = False
+    valid_ratio: float = 0.1
+    seed: int = 0
+    normalize_loudness: float | None = None
+    overwrite: bool = False
+    progress: bool = True
+    max_member_mb: float = 1024.0
+    max_compression_ratio: float = 50.0
+
+
+def check_settings(s: PrepareSettings):
+    if not s.input_dirs and not s.input_zips:
+        raise UserError("nothing to read: pass --input_dir DIR and/or --input_zip FILE.zip (or --create_example)")
+    check_output(Path(s.output_dir), s.metadata_file, s.overwrite)
+
+
+def output_targets(metadata_file: str) -> list[str]:
+    return [metadata_file, REPORT_NAME, "train", "valid"]
+
+
+def check_output(out: Path, metadata_file: str, overwrite: bool):
+    """The data folder may hold anything else (eval prompts, the raw audio, the code cache); what
+    this script writes there -- the metadata, the report, train/ and valid/ -- is replaced only with
+    --overwrite, and only when this script wrote it (every file inside train/ and valid/ too)."""
+    check_shared_targets(out, TOOL, output_targets(metadata_file), overwrite=overwrite, flag="--output_dir")
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
+# What each kind of skipped file is called in the summary line, in this order.
+SKIP_KINDS = {"unreadable": "unreadable", "too short": "too short", "near-silent": "near-silent",
+              "no description": "without a description", "too large": "refused by the zip limits",
+              "link outside input": "links out of the input folder"}
+
+
+def prepare_collection(s: PrepareSettings) -> dict:
+    """Run the whole preparation; returns the report (also written to OUTPUT_DIR/prepare_report.json)."""
+    check_settings(s)
+    out = Path(s.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clean_stale(out, "prepare")  # a killed earlier run's staging folder
+    sources, skipped = find_sources(s.input_dirs, s.input_zips, exclude=[out / "train", out / "valid"],
+                                    limits=ZipLimits(s.max_member_mb, s.max_compression_ratio))
+    broken_zips = [r for r in skipped if r["kind"] == "unreadable zip"]
+    skipped = [r for r in skipped if r["kind"] != "unreadable zip"]
+    if not sources and not skipped:
+        where = ", ".join(map(str, [*s.input_dirs, *s.input_zips]))
+        raise UserError(f"{where}: no audio files found (looked for {' '.join(AUDIO_EXTENSIONS)})")
+    index = DescriptionIndex(s.descriptions_file)
+    zips = ZipReader()
+    seg_len = int(round(s.segment_duration * SAMPLE_RATE))
+
+    described, origins, missing = {}, {"sidecar": 0, "descriptions_file": 0, "default": 0}, []
+    for src in sources:
+        text, origin = describe(src, index, s.default_description, zips)
+        if text is None:
+            missing.append(src.name)
+        else:
+            described[src.name] = text
+            origins[origin] += 1
+    if missing and s.require_description:
+        zips.close()
+        raise UserError(f"{len(missing)} of {len(sources)} audio files have no description (first: "
+                        f"{', '.join(missing[:3])}); add a .txt beside each, an entry in --descriptions_file, "
+                        f"or --default_description TEXT")
+
+    staging = temp_path(out / "prepare")
+    staging.mkdir()
+    try:
+        (staging / "segments").mkdir()
+        tracks, dropped = [], {"near_silent": 0, "short_tail": 0}
+        loudness = {}
+        for src in tqdm(sources, desc="preparing", unit="file", disable=not s.progress, leave=False):
+            if src.name not in described:
+                continue  # reported under no_description
+            try:
+                wav = decode_source(src, zips)
+            except UserError as e:
+                skipped.append({"source": src.name, "kind": "unreadable", "reason": str(e)})
+                continue
+            if s.normalize_loudness is not None:
+                wav, info = normalize_loudness(wav, SAMPLE_RATE, s.normalize_loudness)
+                loudness[info["status"]] = loudness.get(info["status"], 0) + 1
+            bounds = segment_bounds(len(wav), seg_len, s.min_segment_ratio)
+            n_pieces = math.ceil(len(wav) / seg_len)
+            dropped["short_tail"] += n_pieces - len(bounds)
+            if not bounds:
+                skipped.append({"source": src.name, "kind": "too short", "reason": f"too short: "
+                                f"{len(wav) / SAMPLE_RATE:.2f} s < {s.min_segment_ratio * s.segment_duration:.2f} s "
+                                f"(--min_segment_ratio x --segment_duration)"})
+                continue
+            stem, segments = output_stem(src.name), []
+            for i, (a, b) in enumerate(bounds):
+                seg = wav[a:b]
+                if rms_dbfs(seg) < s.silence_threshold_db:
+                    dropped["near_silent"] += 1
+                    continue
+                fname = f"{stem}_{i:03d}.wav"
+                sf.write(staging / "segments" / fname, np.clip(seg, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
+                segments.append({"file": fname, "start": round(a / SAMPLE_RATE, 3),
+                                 "duration": round((b - a) / SAMPLE_RATE, 3)})
+            if not segments:
+                skipped.append({"source": src.name, "kind": "near-silent", "reason": f"near-silent: every "
+                                f"segment's RMS is below {s.silence_threshold_db:g} dBFS"})
+                continue
+            tracks.append({"source": src.name, "description": described[src.name], "segments": segments})
+        zips.close()
+
+        valid_names = split_tracks(tracks, s.valid_ratio, s.seed)
+        metadata = {"train": [], "valid": []}
+        for split in metadata:
+            (staging / split).mkdir()
+        for t in tracks:
+            split = "valid" if t["source"] in valid_names else "train"
+            for seg in t["segments"]:
+                os.replace(staging / "segments" / seg["file"], staging / split / seg["file"])
+                metadata[split].append({"audio": f"{split}/{seg['file']}", "description": t["description"],
+                                        "duration": seg["duration"], "source": t["source"], "start": seg["start"]})
+        for split in metadata:
+            metadata[split].sort(key=lambda e: e["audio"])
+
+        skipped += [{"source": name, "kind": "no description", "reason": "no description (no sidecar .txt, "
+                     "no --descriptions_file entry, no --default_description)"} for name in missing]
+        counts = {kind: sum(1 for r in skipped if r["kind"] == kind) for kind in SKIP_KINDS}
+        report = {
+            "settings": {"input_dir": [str(d) for d in s.input_dirs], "input_zip": [str(z) for z in s.input_zips],
+                         "sample_rate": SAMPLE_RATE, "segment_duration": s.segment_duration,
+                         "min_segment_ratio": s.min_segment_ratio, "silence_threshold_db": s.silence_threshold_db,
+                         "normalize_loudness": s.normalize_loudness, "valid_ratio": s.valid_ratio, "seed": s.seed,
+                         "descriptions_file": s.descriptions_file, "default_description": s.default_description,
+                         "max_member_mb": s.max_member_mb, "max_compression_ratio": s.max_compression_ratio},
+            # files_found = files_used + files_skipped; files_skipped by kind in "skipped_by_kind"
+            "files_found": len(tracks) + len(skipped),
+            "files_used": len(tracks),
+            "files_skipped": len(skipped),
+            "skipped_by_kind": {k: n for k, n in counts.items() if n},
+            "skipped": sorted(skipped, key=lambda r: r["source"]),
+            "unreadable_zips": broken_zips,
+            "no_description": missing,
+            "descriptions": {**origins, "missing": len(missing)},
+            "segments": {"written": sum(len(v) for v in metadata.values()),
+                         "dropped_near_silent": dropped["near_silent"], "dropped_short_tail": dropped["short_tail"]},
+            "splits": {split: {"tracks": len({e["source"] for e in entries}), "segments": len(entries),
+                               "hours": round(sum(e["duration"] for e in entries) / 3600, 4)}
+                       for split, entries in metadata.items()},
+        }
+        if s.normalize_loudness is not None:
+            report["loudness"] = loudness
+        owned = set((read_manifest(out) or {}).get("paths", []))
+        if not tracks:
+            write_manifest(out, TOOL, owned | {REPORT_NAME})
+            atomic_write_json(out / REPORT_NAME, report)
+            raise UserError(f"no segments written: all {report['files_found']} files were skipped; reasons in "
+                            f"{out / REPORT_NAME}")
+
+        # Claim the new names first (a kill mid-swap leaves nothing unrecorded), swap the new train/
+        # and valid/ in, then write the metadata last: until then the previous metadata.json and its
+        # audio stay as they were.
+        written = [s.metadata_file, REPORT_NAME] + [e["audio"] for entries in metadata.values() for e in entries]
+        write_manifest(out, TOOL, owned | set(written))
+        for split in ("train", "valid"):
+            if (out / split).exists():
+                os.replace(out / split, staging / f"old-{split}")
+            os.replace(staging / split, out / split)
+        atomic_write_json(out / s.metadata_file, metadata)
+        atomic_write_json(out / REPORT_NAME, report)
+        write_manifest(out, TOOL, written)
+    finally:
+        zips.close()
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+def summary_lines(report: dict, out: Path, metadata_file: str) -> list[str]:
+    d, sp, seg = report["descriptions"], report["splits"], report["segments"]
+    found, kinds = report["files_found"], report["skipped_by_kind"]
+    described = found - d["missing"]
+    why = ", ".join(f"{kinds[k]} {SKIP_KINDS[k]}" for k in SKIP_KINDS if kinds.get(k))
+    lines = [
+        f"files: {found} found = {report['files_used']} used + {report['files_skipped']} skipped" +
+        (f" ({why})" if why else ""),
+        f"segments: {seg['written']} written; dropped {seg['dropped_near_silent']} near-silent and "
+        f"{seg['dropped_short_tail']} short {'tail' if seg['dropped_short_tail'] == 1 else 'tails'}",
+        f"train: {plural(sp['train']['segments'], 'segment')} from {plural(sp['train']['tracks'], 'track')}, "
+        f"{sp['train']['hours']:.3f} h; valid: {plural(sp['valid']['segments'], 'segment')} from "
+        f"{plural(sp['valid']['tracks'], 'track')}, {sp['valid']['hours']:.3f} h",
+        f"descriptions: {described}/{found} files ({100 * described / max(found, 1):.0f}%): {d['sidecar']} sidecar "
+        f".txt, {d['descriptions_file']} descriptions file, {d['default']} default",
+    ]
+    shown = [r for r in report["skipped"] if r["kind"] != "no description"]
+    for r in shown[:5]:
+        lines.append(f"  skipped {r['source']}: {r['reason']}")
+    if len(shown) > 5:
+        lines.append(f"  ... {len(shown) - 5} more in {out / REPORT_NAME}")
+    for z in report.get("unreadable_zips", []):
+        lines.append(f"warning: {z['source']}: {z['reason']}; none of its files were read")
+    if d["missing"]:
+        lines.append(f"warning: {plural(d['missing'], 'file')} without a description left out (first: "
+                     f"{report['no_description'][0]}); add sidecar .txt files, --descriptions_file or "
+                     f"--default_description, or --require_description to stop on this")
+    if "loudness" in report:
+        lines.append("loudness: " + ", ".join(f"{n} {status}" for status, n in sorted(report["loudness"].items())))
+    lines.append(f"wrote {out / metadata_file} and {out / REPORT_NAME}")
+    return lines

@@ -1,0 +1,1 @@
+"""Evaluation: compare models on prompts, score clips (metrics and flags), style distance, CLAP, report."""

@@ -1,0 +1,178 @@
+"""report.html: a self-contained listening page (no network, works from file://).
+
+Grouped by prompt, one row per model: audio player, spectrogram, settings and the clip's metrics
+with its flags highlighted. Above, a per-model table of the summary numbers. Every link is relative
+to the report, so the output folder can be moved or zipped whole.
+"""
+from __future__ import annotations
+
+import html
+import math
+from collections import OrderedDict
+from pathlib import Path
+from urllib.parse import quote
+
+from musicgen_lora.outputs import atomic_write_text
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em auto;max-width:1200px;
+  color:#1d1d1f;padding:0 1em}
+h1{font-size:1.4em;margin-bottom:.2em} h2{font-size:1.1em;margin:1.6em 0 .3em}
+.meta{color:#555;font-size:.9em} .prompt{font-style:italic}
+table{border-collapse:collapse;width:100%;margin:.4em 0}
+th,td{border-bottom:1px solid #ddd;padding:.35em .5em;text-align:left;vertical-align:middle;font-size:.88em}
+th{background:#f4f4f6}
+td.model{font-weight:600;white-space:nowrap} td.verdict{min-width:16em}
+audio{width:260px} img.spec{height:110px;display:block} img.loud{max-width:100%;height:180px}
+.flag{display:inline-block;background:#d93025;color:#fff;border-radius:3px;padding:0 .4em;margin:.1em;font-size:.8em}
+.ok{color:#188038} td.bad{background:#fde7e6;color:#a50e0e;font-weight:600}
+.small{font-size:.8em;color:#555} code{font-size:.9em}
+"""
+
+FLAG_NAMES = ("fades_out", "noisy", "silent", "clipping")
+
+
+def _url(rel: str) -> str:
+    return quote(rel.replace("\\", "/"))
+
+
+def _fmt(v, digits=2) -> str:
+    if v is None:
+        return "&ndash;"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "&ndash;"
+        if isinstance(digits, str):  # a format spec, for numbers whose scale varies (FAD)
+            text = f"{v:{digits}}"
+        else:
+            text = f"{v:.{digits}f}" if abs(v) < 1e4 else f"{v:.3g}"
+        # -0.04 rounds to "-0.0": a sign on a printed zero only confuses
+        return text[1:] if text.startswith("-") and not any(c in "123456789" for c in text.split("e")[0]) else text
+    return html.escape(str(v))
+
+
+def _flags_html(flags: dict | None) -> str:
+    if not flags:
+        return ""
+    raised = [name for name in FLAG_NAMES if flags.get(name)]
+    if not raised:
+        return '<span class="ok">no flags</span>'
+    return "".join(f'<span class="flag">{html.escape(n)}</span>' for n in raised)
+
+
+# Per-clip numbers shown beside each player: (key in row["metrics"], label, digits).
+CLIP_METRICS = (("integrated_lufs", "LUFS", 1), ("loudness_drop_db", "drop dB", 1),
+                ("loudness_slope_db_per_s", "slope dB/s", 2), ("silence_ratio", "silence", 2),
+                ("spectral_flatness", "flatness", 3), ("clipping_ratio", "clipping", 4),
+                ("clap_similarity", "CLAP", 3))
+
+# Per-model summary columns: (key, label, digits, is_bad(value, model) or None).
+MODEL_COLUMNS = (
+    ("num_clips", "clips", 0, None),
+    ("held_out_loss", "held-out loss", 4, None),
+    ("fad", "FAD (EnCodec)", ".4g", None),  # its scale depends on the codec: significant digits
+    ("integrated_lufs", "mean LUFS", 1, None),
+    ("loudness_drop_db", "mean drop dB", 1, None),
+    ("silence_ratio", "mean silence", 2, None),
+    ("spectral_flatness", "mean flatness", 3, None),
+    ("clipping_ratio", "mean clipping", 4, None),
+    ("clap_similarity", "CLAP", 3, None),
+)
+
+
+def _model_table(summary: dict) -> str:
+    models = summary.get("models") or {}
+    if not models:
+        return ""
+    present = [c for c in MODEL_COLUMNS if any(c[0] in m for m in models.values())]
+    flag_cols = [f for f in FLAG_NAMES if any(f in (m.get("flag_counts") or {}) for m in models.values())]
+    head = "<th>verdict</th>" + "".join(f"<th>{html.escape(c[1])}</th>" for c in present)
+    head += "".join(f"<th>{html.escape(f)}</th>" for f in flag_cols)
+    body = []
+    for name, m in models.items():
+        flagged = any(isinstance(n, int) and n > 0 for n in (m.get("flag_counts") or {}).values())
+        verdict = str(m.get("verdict", "")).split(": ", 1)[-1] if m.get("verdict") else ""
+        cells = [f'<td class="model">{html.escape(name)}</td>',
+                 f'<td class="verdict{" bad" if flagged else ""}">{html.escape(verdict)}</td>']
+        for key, _label, digits, _bad in present:
+            cells.append(f"<td>{_fmt(m.get(key), digits) if key != 'verdict' else html.escape(str(m.get(key, '')))}</td>")
+        for f in flag_cols:
+            n = (m.get("flag_counts") or {}).get(f, 0)
+            cls = ' class="bad"' if n else ""
+            cells.append(f"<td{cls}>{n}/{m.get('num_clips', '?')}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    notes = "".join(f'<p class="small">{html.escape(n)}</p>' for n in summary.get("notes", []))
+    return (f'<h2>Models</h2><table id="models"><tr><th>model</th>{head}</tr>{"".join(body)}</table>{notes}')
+
+
+def _run_links(summary: dict) -> str:
+    """Links to each evaluated training run's curves and review (paths relative to the report)."""
+    items = []
+    for run in summary.get("training_runs") or []:
+        links = [f'<a href="{_url(run[key])}">{label}</a>' for key, label in (("curves", "training curves"),
+                                                                              ("review", "review of the logs"))
+                 if run.get(key)]
+        if links:
+            items.append(f"<li>run <code>{html.escape(str(run.get('name', '')))}</code>: {' &middot; '.join(links)}</li>")
+    return f'<ul class="meta" id="runs">{"".join(items)}</ul>' if items else ""
+
+
+def _clip_cell(row: dict) -> str:
+    metrics = row.get("metrics") or {}
+    parts = [f"{label} {_fmt(metrics.get(key), digits)}" for key, label, digits in CLIP_METRICS if key in metrics]
+    s = row.get("settings") or {}
+    setting = ", ".join(f"{k} {v}" for k, v in s.items() if k in ("guidance_scale", "temperature", "top_k", "top_p"))
+    seed = f"seed {row['seed']}" if row.get("seed") is not None else ""
+    lines = [_flags_html(row.get("flags"))] if row.get("flags") is not None else []
+    if row.get("error"):
+        lines.append(f'<span class="flag">unreadable</span> {html.escape(row["error"])}')
+    if parts:
+        lines.append(" &middot; ".join(parts))
+    lines.append(f'<span class="small">{html.escape(", ".join(x for x in (seed, setting) if x))}</span>')
+    return "<br>".join(line for line in lines if line)
+
+
+def render(rows: list[dict], summary: dict) -> str:
+    title = summary.get("title", "MusicGen evaluation")
+    groups: "OrderedDict[tuple, list[dict]]" = OrderedDict()
+    for r in rows:
+        groups.setdefault((r["prompt_id"], r.get("sample", 0)), []).append(r)
+    settings = summary.get("settings") or {}
+    meta = [f"created {html.escape(str(summary.get('created', '')))}"]
+    if summary.get("base_model"):
+        meta.append(f"base model <code>{html.escape(str(summary['base_model']))}</code>")
+    if settings:
+        meta.append(html.escape(", ".join(f"{k} {v}" for k, v in settings.items())))
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
+             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+             f'<p class="meta">{" &middot; ".join(meta)}</p>', _run_links(summary), _model_table(summary)]
+    plots = summary.get("loudness_plots") or {}
+    for (pid, sample), group in groups.items():
+        head = html.escape(pid) + (f" &middot; sample {sample}" if any(g.get("sample") for g in group) else "")
+        parts.append(f'<section class="prompt-group"><h2>{head}</h2>')
+        if group[0].get("prompt"):
+            parts.append(f'<p class="prompt">&ldquo;{html.escape(group[0]["prompt"])}&rdquo;</p>')
+        plot = plots.get(f"{pid}#{sample}")
+        if plot:
+            parts.append(f'<img class="loud" src="{_url(plot)}" alt="loudness over time for {html.escape(pid)}">')
+        parts.append("<table><tr><th>model</th><th>listen</th><th>spectrogram</th><th>numbers</th></tr>")
+        for r in group:
+            audio = (f'<audio controls preload="metadata" src="{_url(r["wav"])}"></audio>' if r.get("wav") and
+                     not r.get("error") else "")
+            spec = (f'<img class="spec" src="{_url(r["spectrogram"])}" alt="spectrogram">'
+                    if r.get("spectrogram") else "")
+            parts.append(f'<tr><td class="model">{html.escape(r["model"])}</td><td>{audio}<div class="small">'
+                         f'{html.escape(r.get("wav") or "")}</div></td><td>{spec}</td><td>{_clip_cell(r)}</td></tr>')
+        parts.append("</table></section>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def write_report(out_dir: Path, rows: list[dict], summary: dict) -> Path:
+    path = Path(out_dir) / "report.html"
+    atomic_write_text(path, render(rows, summary))
+    return path

@@ -1,0 +1,368 @@
+"""Text-to-music generation shared by inference_lora.py, evaluate.py (and samples during training).
+
+The one entry point is `generate_audio(model, processor, prompts, duration, ...)` -> list of float32
+numpy arrays, one per prompt, each exactly `duration` seconds long at the model's sample rate.
+
+Reproducibility: each prompt is sampled from its own torch.Generator seeded with that prompt's seed,
+so a clip depends on (prompt, seed, settings, weights) and not on which other prompts share its batch
+or where it sits in it. Two models given one seed draw the same random numbers, so the difference
+between their clips comes from the weights (a LoRA adapter with B = 0 gives the base model's audio).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import soundfile as sf
+import torch
+from tqdm.auto import tqdm
+
+from musicgen_lora.common import UserError, log, read_json
+from musicgen_lora.outputs import atomic_file, atomic_write_json
+from musicgen_lora.modeling import model_info
+
+WAV_SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
+
+
+# --------------------------------------------------------------------------------------------
+# Prompts
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Prompt:
+    id: str
+    text: str
+    seed: int | None = None  # None: the run's --seed
+
+
+def slugify(text: str, max_len: int = 40) -> str:
+    """Safe, telling file-name part: lowercase ascii words joined by '-'."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    slug = slug[:max_len].rstrip("-")
+    return slug or "prompt"
+
+
+def _prompts_from_list(items, where: str) -> list[Prompt]:
+    prompts, seen = [], set()
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            text, pid, seed = item, None, None
+        elif isinstance(item, dict):
+            text = item.get("prompt", item.get("text", item.get("description")))
+            pid, seed = item.get("id"), item.get("seed")
+            if seed is not None and not isinstance(seed, int):
+                raise UserError(f"{where}: entry {i} has seed {seed!r}; use an integer")
+        else:
+            raise UserError(f"{where}: entry {i} is {type(item).__name__}; use a string or "
+                            f'{{"prompt": "...", "id": "...", "seed": 1}}')
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"{where}: entry {i} has no prompt text")
+        pid = str(pid) if pid is not None else f"{i:02d}_{slugify(text, 30)}"
+        if pid in seen:
+            raise UserError(f"{where}: prompt id {pid!r} appears twice; ids must be unique")
+        seen.add(pid)
+        prompts.append(Prompt(pid, text.strip(), seed))
+    return prompts
+
+
+def load_prompts(prompts_file: str | Path | None = None, prompts: Sequence[str] | None = None) -> list[Prompt]:
+    """Prompts from a file and/or the command line, in that order.
+
+    File formats: a JSON list of strings, a JSON list of objects {"prompt": ..., "id": ..., "seed": ...}
+    (id and seed optional), a JSON object {"prompts": [...]} holding either, or a .txt file with one
+    prompt per line. An empty result is an error: there is nothing to generate.
+    """
+    out: list[Prompt] = []
+    if prompts_file:
+        path = Path(prompts_file)
+        if not path.is_file():
+            raise UserError(f"{path}: prompts file not found; pass a JSON list of prompts "
+                            f"(e.g. finetune/data/eval/evaluation_prompts_8.json)")
+        if path.suffix.lower() == ".txt":
+            items = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        else:
+            items = read_json(path, "prompts file")
+            if isinstance(items, dict) and "prompts" in items:
+                items = items["prompts"]
+            if not isinstance(items, list):
+                raise UserError(f"{path}: expected a JSON list of prompts (strings or objects with 'prompt')")
+        if not items:
+            raise UserError(f"{path}: the prompt list is empty; add at least one prompt")
+        out += _prompts_from_list(items, str(path))
+    if prompts:
+        start = len(out)
+        extra = _prompts_from_list(list(prompts), "--prompts")
+        for j, p in enumerate(extra):  # keep ids unique and ordered after the file's
+            p.id = f"{start + j:02d}_{slugify(p.text, 30)}"
+        out += extra
+    if not out:
+        raise UserError("no prompts: pass --prompts \"...\" or a prompts file with at least one prompt")
+    ids = [p.id for p in out]
+    if len(set(ids)) != len(ids):
+        raise UserError("prompt ids are not unique across the prompts file and --prompts")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SamplingSettings:
+    """Every knob that changes the audio (written beside each clip)."""
+
+    guidance_scale: float = 3.0
+    temperature: float = 1.0
+    top_k: int = 250
+    top_p: float = 0.0
+    greedy: bool = False
+
+    def validate(self):
+        if self.temperature <= 0 and not self.greedy:
+            raise UserError("--temperature must be > 0 (use --greedy for argmax decoding)")
+        if self.top_k < 0:
+            raise UserError("--top_k must be >= 0 (0 disables it)")
+        if not 0 <= self.top_p <= 1:
+            raise UserError("--top_p must be in [0, 1] (0 or 1 disables it)")
+        if self.guidance_scale < 0:
+            raise UserError("--guidance_scale must be >= 0 (1 or less disables guidance)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SeededSampler:
+    """A logits processor that samples each batch row from its own generator.
+
+    It runs inside `generate` in greedy mode and returns scores that are 0 at the token it drew and
+    -1e4 elsewhere, so the argmax picks that token. With classifier-free guidance it receives the
+    (conditional, unconditional) halves, mixes them exactly as transformers' CFG processor does, and
+    returns the same one-hot scores in both halves: the CFG processor that follows then leaves them
+    unchanged (u + (c - u) * g = u when c = u).
+    """
+
+    def __init__(self, seeds: Sequence[int], num_codebooks: int, settings: SamplingSettings, device):
+        self.k = num_codebooks
+        self.s = settings
+        self.generators = []
+        for seed in seeds:
+            g = torch.Generator(device=device)
+            g.manual_seed(int(seed))
+            self.generators.append(g)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        rows = input_ids.shape[0]
+        logits = scores.float()
+        doubled = scores.shape[0] == 2 * rows
+        if doubled:
+            cond, uncond = logits.split(rows, dim=0)
+            logits = uncond + (cond - uncond) * self.s.guidance_scale
+        logits = logits / self.s.temperature
+        if self.s.top_k and self.s.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.s.top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if 0 < self.s.top_p < 1:
+            sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cum - sorted_logits.softmax(-1) > self.s.top_p  # keep the token that crosses top_p
+            logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        probs = logits.softmax(-1)
+        tokens = torch.empty(rows, dtype=torch.long, device=scores.device)
+        for b, gen in enumerate(self.generators):  # rows are (item, codebook), item-major
+            tokens[b * self.k:(b + 1) * self.k] = torch.multinomial(probs[b * self.k:(b + 1) * self.k], 1,
+                                                                   generator=gen)[:, 0]
+        out = torch.full((rows, scores.shape[-1]), -1e4, dtype=scores.dtype, device=scores.device)
+        out.scatter_(1, tokens[:, None], 0.0)
+        return torch.cat([out, out]) if doubled else out
+
+
+def frames_for_duration(duration: float, frame_rate: float) -> int:
+    return max(1, math.ceil(duration * frame_rate - 1e-6))
+
+
+def max_new_tokens_for(duration: float, info: dict) -> int:
+    """The delay pattern costs K - 1 extra steps: N new tokens give N - K + 1 frames."""
+    return frames_for_duration(duration, info["frame_rate"]) + info["num_codebooks"] - 1
+
+
+def check_duration(model, duration: float):
+    info = model_info(model)
+    base = getattr(model, "get_base_model", lambda: model)()
+    limit = base.decoder.config.max_position_embeddings
+    if duration <= 0:
+        raise UserError("--duration must be positive (seconds)")
+    need = max_new_tokens_for(duration, info) + 1
+    if need > limit:
+        longest = (limit - info["num_codebooks"]) / info["frame_rate"]
+        raise UserError(f"--duration {duration:g}: this model generates at most {longest:.1f} s "
+                        f"({limit} positions); ask for less")
+
+
+def generation_config_for(base, settings: SamplingSettings, duration: float):
+    """Exactly what generate() is told. Every sampling value is set, never left None: generate()
+    refills a None from the checkpoint's generation_config (guidance 3.0, top_k 250 for MusicGen),
+    so None would silently mean "the checkpoint's value", not "off"."""
+    info = model_info(base)
+    cfg = copy.deepcopy(base.generation_config)
+    cfg.do_sample = False  # SeededSampler does the sampling; generate only takes its argmax
+    # transformers runs classifier-free guidance only above 1 (2*B*K decoder rows); 1.0 means off.
+    cfg.guidance_scale = float(settings.guidance_scale) if settings.guidance_scale > 1 else 1.0
+    cfg.temperature, cfg.top_k, cfg.top_p = 1.0, 50, 1.0  # transformers' neutral values; unused without do_sample
+    cfg.max_new_tokens = max_new_tokens_for(duration, info)
+    cfg.max_length = 1 + cfg.max_new_tokens
+    cfg.min_new_tokens, cfg.min_length = 0, 0
+    return cfg
+
+
+@contextlib.contextmanager
+def _capture_codes(base):
+    """Record the codes generate() hands to EnCodec's decoder ((B, K, frames) per call)."""
+    codec, calls = base.audio_encoder, []
+    real = codec.decode
+
+    def decode(audio_codes, *args, **kwargs):
+        calls.append(audio_codes[0].detach().cpu())
+        return real(audio_codes, *args, **kwargs)
+
+    codec.decode = decode
+    try:
+        yield calls
+    finally:
+        del codec.decode  # back to the class's method
+
+
+@torch.no_grad()
+def generate_audio(model, processor, prompts: Sequence[str], duration: float, *, guidance_scale: float = 3.0,
+                   temperature: float = 1.0, top_k: int = 250, top_p: float = 0.0, greedy: bool = False,
+                   seed: int | Sequence[int] = 0, batch_size: int = 8, progress: bool = True,
+                   desc: str = "generating", return_codes: bool = False):
+    """Generate `duration` seconds of audio for each prompt; returns float32 mono arrays (and, with
+    return_codes, the (K, frames) EnCodec codes each clip was decoded from).
+
+    seed: one int for every prompt, or one seed per prompt. Works on a plain MusicGen model or a
+    PeftModel (the active adapter applies; inside `disable_adapter()` the base model does).
+    Descriptions are cut to dataset.MAX_TEXT_TOKENS tokens, as in training.
+    """
+    from musicgen_lora.data.dataset import tokenize_text
+
+    settings = SamplingSettings(guidance_scale, temperature, top_k, top_p, greedy)
+    settings.validate()
+    if batch_size < 1:
+        raise UserError("--batch_size must be at least 1")
+    prompts = list(prompts)
+    seeds = [int(seed)] * len(prompts) if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
+    if len(seeds) != len(prompts):
+        raise ValueError("one seed per prompt")
+    check_duration(model, duration)
+    base = getattr(model, "get_base_model", lambda: model)()
+    info = model_info(model)
+    device = next(base.parameters()).device
+    num_samples = int(round(duration * info["sample_rate"]))
+    gen_config = generation_config_for(base, settings, duration)
+
+    was_training = base.training
+    base.eval()
+    outputs: list[np.ndarray] = []
+    codes: list[torch.Tensor] = []
+    batches = range(0, len(prompts), batch_size)
+    try:
+        for start in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+            texts = prompts[start:start + batch_size]
+            inputs = tokenize_text(processor.tokenizer, texts).to(device)
+            from transformers import LogitsProcessorList
+
+            procs = LogitsProcessorList()
+            if not greedy:
+                procs.append(SeededSampler(seeds[start:start + batch_size], info["num_codebooks"], settings, device))
+            with _capture_codes(base) as decoded:
+                audio = base.generate(**inputs, generation_config=gen_config, logits_processor=procs)
+            codes += list(decoded[0])
+            audio = audio[:, 0].float().cpu().numpy()
+            for row in audio:
+                row = row[:num_samples]
+                if len(row) < num_samples:  # never expected: EnCodec returns frames * hop samples
+                    row = np.pad(row, (0, num_samples - len(row)))
+                outputs.append(np.ascontiguousarray(row, dtype=np.float32))
+    finally:
+        if was_training:
+            base.train()
+    return (outputs, codes) if return_codes else outputs
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+def clip_filename(prompt: Prompt, sample: int | None = None) -> str:
+    """A clip's file stem: its prompt's id (so report headings and files agree), made safe for any
+    file system, plus _sN when a prompt has several samples."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", prompt.id).strip("-.")[:60] or "prompt"
+    return f"{stem}_s{sample}" if sample is not None else stem
+
+
+def write_wav(path: Path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16"):
+    """Write atomically (temp name, then rename) so a kill never leaves a truncated WAV."""
+    with atomic_file(path) as tmp:
+        sf.write(str(tmp), np.clip(audio, -1.0, 1.0) if subtype != "FLOAT" else audio, sample_rate,
+                 subtype=subtype, format="WAV")
+
+
+def write_clip(path: Path, audio: np.ndarray, sample_rate: int, sidecar: dict, subtype: str = "PCM_16"):
+    """WAV plus a JSON sidecar of the same stem holding everything needed to regenerate it."""
+    write_wav(path, audio, sample_rate, subtype)
+    atomic_write_json(Path(path).with_suffix(".json"), sidecar)
+
+
+@dataclass
+class Job:
+    """One clip to generate: prompt index, sample number and its seed."""
+
+    prompt_index: int
+    prompt: Prompt
+    sample: int
+    seed: int
+    extra: dict = field(default_factory=dict)
+
+
+def plan_jobs(prompts: list[Prompt], num_samples: int, seed: int) -> list[Job]:
+    """(prompt, sample) pairs with their seeds: the prompt's own seed (or --seed) plus the sample number."""
+    if num_samples < 1:
+        raise UserError("--num_samples must be at least 1")
+    jobs = []
+    for i, p in enumerate(prompts):
+        base_seed = p.seed if p.seed is not None else seed
+        for j in range(num_samples):
+            jobs.append(Job(i, p, j, base_seed + j))
+    return jobs
+
+
+def generate_jobs(model, processor, jobs: list[Job], duration: float, settings: SamplingSettings,
+                  batch_size: int, progress: bool = True, desc: str = "generating"):
+    """generate_audio over jobs; returns (audio list, wall seconds per clip)."""
+    t0 = time.time()
+    audio = generate_audio(model, processor, [j.prompt.text for j in jobs], duration,
+                           seed=[j.seed for j in jobs], batch_size=batch_size, progress=progress, desc=desc,
+                           **settings.to_dict())
+    per_clip = (time.time() - t0) / max(1, len(jobs))
+    return audio, per_clip
+
+
+def resolve_dtype(fp16: bool, bf16: bool, device: str):
+    if fp16 and bf16:
+        raise UserError("--fp16 and --bf16 exclude each other; pick one")
+    if not (fp16 or bf16):
+        return None
+    if device == "cpu":
+        log.warning(f"warning: --{'fp16' if fp16 else 'bf16'} needs a GPU; generating in fp32 on the CPU")
+        return None
+    return torch.float16 if fp16 else torch.bfloat16
+
+
+def describe_settings(settings: SamplingSettings, duration: float, batch_size: int) -> str:
+    s = settings
+    mode = "greedy" if s.greedy else f"temperature {s.temperature:g}, top_k {s.top_k}, top_p {s.top_p:g}"
+    return f"{duration:g} s, guidance {s.guidance_scale:g}, {mode}, batch {batch_size}"

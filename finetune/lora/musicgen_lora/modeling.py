@@ -1,0 +1,288 @@
+"""Model plumbing: load MusicGen, attach/load LoRA, encode audio to codes, teacher-forced loss."""
+import math
+import os
+import types
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from musicgen_lora.common import UserError, read_json
+from musicgen_lora.cli.args import DEFAULT_TARGETS
+from musicgen_lora.data.dataset import build_delay_pattern_labels, crop_codes
+
+
+def load_model_and_processor(model_path: str, device: str = "cpu", dtype=None, flag: str = "--model_path"):
+    """from_pretrained for a local folder or a hub id; a bad path is one clear line."""
+    from transformers import AutoProcessor, MusicgenForConditionalGeneration
+
+    p = Path(model_path)
+    looks_local = p.is_absolute() or model_path.startswith((".", "~")) or p.exists() or model_path.count("/") != 1
+    if looks_local and not p.is_dir():
+        raise UserError(f"{model_path}: model folder not found; pass {flag} a local MusicGen folder "
+                        f"(config.json + weights) or a hub id like facebook/musicgen-small")
+    if p.is_dir() and not (p / "config.json").is_file():
+        raise UserError(f"{model_path}: no config.json here; point {flag} at the MusicGen folder itself")
+    try:
+        model = MusicgenForConditionalGeneration.from_pretrained(model_path, dtype=dtype)
+        processor = AutoProcessor.from_pretrained(model_path)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{model_path}: cannot load MusicGen ({first}); check {flag} "
+                        f"(offline machines need a local folder)") from None
+    except (ValueError, KeyError) as e:
+        raise UserError(f"{model_path}: not a MusicGen checkpoint ({e})") from None
+    model.to(device)
+    return model, processor
+
+
+def unwrap_base(model):
+    """The MusicGen under a PeftModel and/or a DistributedDataParallel wrapper (multi-process runs)."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    return getattr(model, "get_base_model", lambda: model)()
+
+
+def model_info(model) -> dict:
+    """Numbers every script needs: codebooks, vocab, sample rate, hop length, frame rate."""
+    base = unwrap_base(model)
+    codec = base.config.audio_encoder
+    hop = int(math.prod(codec.upsampling_ratios))
+    return {
+        "num_codebooks": base.decoder.config.num_codebooks,
+        "vocab_size": base.decoder.config.vocab_size,
+        "sample_rate": codec.sampling_rate,
+        "hop_length": hop,
+        "frame_rate": codec.sampling_rate / hop,
+        "pad_token_id": base.decoder.config.pad_token_id,
+        # make_tiny_model.py marks its random-weight checkpoints; their loss sits at ln(vocab) by design.
+        "random_weights": bool(getattr(base.config, "random_weights_test_model", False)),
+        "decoder_start_token_id": base.config.decoder.decoder_start_token_id
+        if getattr(base.config.decoder, "decoder_start_token_id", None) is not None
+        else base.generation_config.decoder_start_token_id,
+    }
+
+
+def lora_target_regex(target_modules) -> str:
+    names = "|".join(sorted(set(target_modules)))
+    # Module keys look like decoder.model.decoder.layers.3.self_attn.q_proj
+    return rf"^(.*\.)?decoder\.model\.decoder\.layers\.\d+\.(.*\.)?({names})$"
+
+
+def _stay_in_eval_mode(self, mode=True):
+    return torch.nn.Module.train(self, False)
+
+
+def apply_lora(model, rank: int, alpha: float, dropout: float, target_modules=DEFAULT_TARGETS):
+    """Freeze everything, add LoRA to the decoder's linear layers only.
+
+    The frozen T5 text encoder stays in eval mode: in train mode its dropout would feed the decoder
+    a randomly perturbed description every step (audiocraft keeps its T5 in eval mode too).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    for param in model.parameters():
+        param.requires_grad_(False)
+    # Pinned to eval mode (T5 also applies functional dropout inside attention, so zeroing Dropout
+    # modules is not enough); model.train() reaches children through this per-instance override.
+    model.text_encoder.eval()
+    model.text_encoder.train = types.MethodType(_stay_in_eval_mode, model.text_encoder)
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                        target_modules=lora_target_regex(target_modules), bias="none")
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as e:
+        raise UserError(f"--lora_target_modules {','.join(target_modules)}: {e}") from None
+    return peft_model
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def check_adapter_dir(path) -> Path:
+    """A PEFT adapter folder this toolkit loads, or one clear line saying what the folder is instead."""
+    path = Path(path)
+    if not path.is_dir():
+        what = "is a file, not an adapter folder" if path.exists() else "adapter folder not found"
+        raise UserError(f"{path}: {what}; pass a best_model/, final_model/ or checkpoints/checkpoint-N/ folder "
+                        f"written by train_lora.py")
+    if not (path / "adapter_config.json").is_file():
+        inside = [path / name for name in ("best_model", "final_model") if (path / name / "adapter_config.json").is_file()]
+        if inside:
+            raise UserError(f"{path}: this is a training run directory, not an adapter; pass {inside[0]} (or use "
+                            f"evaluate.py --compare_multi --lora_model_path {path})")
+        raise UserError(f"{path}: no adapter_config.json here, so it is not a PEFT adapter; pass a best_model/, "
+                        f"final_model/ or checkpoints/checkpoint-N/ folder written by train_lora.py")
+    read_json(path / "adapter_config.json", "adapter config")
+    if not (path / ADAPTER_WEIGHTS).is_file():
+        if (path / "adapter_model.bin").is_file():
+            script = os.path.relpath(Path(__file__).resolve().parents[2] / "scripts" / "convert_adapter.py")  # finetune/scripts
+            raise UserError(f"{path}: holds adapter_model.bin, a pickle, which this toolkit never loads (unpickling "
+                            f"can run code); convert an adapter you trust with: python {script} {path}")
+        raise UserError(f"{path}: adapter_config.json but no {ADAPTER_WEIGHTS}; the adapter was not saved "
+                        f"completely: pass another adapter folder")
+    return path
+
+
+def load_adapter(base_model, adapter_path, adapter_name: str = "default", is_trainable=False, into=None):
+    """PeftModel.from_pretrained (or, with `into`, one more adapter on that PeftModel), with one clear
+    line for a folder that is not a safetensors adapter of this base model."""
+    from peft import PeftModel
+
+    path = check_adapter_dir(adapter_path)
+    try:
+        if into is not None:
+            into.load_adapter(str(path), adapter_name=adapter_name, is_trainable=is_trainable)
+            return into
+        return PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name, is_trainable=is_trainable)
+    except Exception as e:  # a user's file: shape mismatch, wrong targets, corrupt weights
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        trained_on = read_json(path / "adapter_config.json").get("base_model_name_or_path")
+        if any(w in str(e) for w in ("size mismatch", "shape", "Target modules", "not found in the base model")):
+            raise UserError(f"{path}: adapter does not fit this base model (trained on {trained_on!r}): "
+                            f"{first}") from None
+        raise UserError(f"{path}: cannot load this adapter ({type(e).__name__}: {first}); pass another adapter "
+                        f"folder") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Codes and loss
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def encode_audio(model, audio: torch.Tensor) -> torch.Tensor:
+    """(B, N) float audio -> (B, K, T) EnCodec codes with the model's own codec (frozen).
+
+    Always in the codec's own dtype with autocast off: codes must not depend on --fp16/--bf16, or
+    cached and uncached training would see different tokens.
+    """
+    base = unwrap_base(model)
+    codec = base.audio_encoder
+    param = next(codec.parameters())
+    with torch.autocast(device_type=param.device.type, enabled=False):
+        out = codec.encode(audio.unsqueeze(1).to(param.device, param.dtype))
+    codes = out.audio_codes  # (chunks=1, B, K, T)
+    if codes.shape[0] != 1:
+        raise ValueError("EnCodec returned several chunks; MusicGen's codec must not chunk")
+    return codes[0]
+
+
+def encode_pieces(model, pieces) -> torch.Tensor:
+    """A clip's pieces (audio_io.AudioPieces: ~30 s each, in order) -> codes (K, T), each piece
+    encoded on its own. The code cache and the uncached path both encode here, one clip at a time,
+    so zero-padding a batch cannot change a clip's last frames, and memory follows the piece."""
+    codes = [encode_audio(model, torch.as_tensor(piece).reshape(1, -1))[0] for piece in pieces]
+    return torch.cat(codes, dim=-1)
+
+
+def split_pieces(wav: torch.Tensor, piece: int) -> list[torch.Tensor]:
+    return [wav[i:i + piece] for i in range(0, wav.shape[-1], piece)]
+
+
+def codes_for_batch(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes (B, K, T), valid frames (B,)) of a batch: from the cache when it carries `codes`, else by
+    encoding the pieces under each row's window and cropping the window the dataset picked
+    (dataset.crop_codes)."""
+    if "codes" in batch:
+        return batch["codes"], batch["num_frames"]
+    hop = model_info(model)["hop_length"]
+    audio, b = batch["audio"], batch["audio"].shape[0]
+    lengths = batch["audio_samples"].tolist() if "audio_samples" in batch else batch["num_samples"].tolist()
+    clip_lengths = batch["num_samples"].tolist()
+    offsets = batch["frame_offset"].tolist() if "frame_offset" in batch else [0] * b
+    starts = batch["audio_start_frame"].tolist() if "audio_start_frame" in batch else [0] * b
+    pieces = batch["piece_samples"].tolist() if "piece_samples" in batch else [audio.shape[1]] * b
+    window = int(batch["window_frames"][0]) if "window_frames" in batch else -(-audio.shape[1] // hop)
+    rows, valid = [], []
+    for i in range(b):
+        encoded = encode_pieces(model, split_pieces(audio[i, :lengths[i]], pieces[i]))
+        codes, n_valid = crop_codes(encoded, clip_lengths[i], offsets[i], window, hop, codes_start_frame=starts[i])
+        rows.append(torch.nn.functional.pad(codes, (0, window - codes.shape[1])))
+        valid.append(n_valid)
+    codes = torch.stack(rows)
+    return codes, torch.tensor(valid, dtype=torch.long, device=codes.device)
+
+
+def labels_for_batch(model, batch) -> torch.Tensor:
+    """Batch -> delay-pattern labels with padded frames masked (the only route to labels)."""
+    codes, valid = codes_for_batch(model, batch)
+    return build_delay_pattern_labels(codes, valid.to(codes.device))
+
+
+def masked_token_nll(logits: torch.Tensor, labels: torch.Tensor):
+    """Per-codebook summed NLL and counts over labels != -100.
+
+    logits: (B*K, S, V) as MusicGen returns them; labels: (B, S, K).
+    Summing (not averaging) lets callers weight every real token equally across batches.
+    """
+    b, s, k = labels.shape
+    logits = logits.reshape(b, k, s, -1).float()
+    target = labels.permute(0, 2, 1)  # (B, K, S)
+    nll = torch.nn.functional.cross_entropy(logits.permute(0, 3, 1, 2), target.clamp_min(0), reduction="none")
+    mask = target != -100
+    nll = nll * mask
+    return nll.sum(dim=(0, 2)), mask.sum(dim=(0, 2))
+
+
+def forward_logits(model, batch, labels, text_dropout: float = 0.0, generator=None):
+    """Teacher-forced decoder logits. text_dropout blanks whole descriptions (the null condition
+    that classifier-free guidance uses at generation time: zero attention mask -> zero states)."""
+    from transformers.models.musicgen.modeling_musicgen import shift_tokens_right
+
+    info = model_info(model)
+    device = labels.device
+    attention_mask = batch["attention_mask"].to(device)
+    if text_dropout > 0:
+        drop = torch.rand(attention_mask.shape[0], generator=generator) < text_dropout
+        attention_mask = attention_mask * (~drop).to(device, attention_mask.dtype)[:, None]
+    decoder_input_ids = shift_tokens_right(labels, info["pad_token_id"], info["decoder_start_token_id"])
+    b, k, s = decoder_input_ids.shape
+    out = model(input_ids=batch["input_ids"].to(device), attention_mask=attention_mask,
+                decoder_input_ids=decoder_input_ids.reshape(b * k, s))
+    return out.logits
+
+
+def batch_loss(model, batch, text_dropout: float = 0.0, generator=None, labels=None):
+    """Mean NLL per real label token; also returns the token count (for throughput)."""
+    if labels is None:
+        labels = labels_for_batch(model, batch)
+    logits = forward_logits(model, batch, labels, text_dropout, generator)
+    nll, count = masked_token_nll(logits, labels)
+    total = count.sum()
+    return nll.sum() / total.clamp_min(1), int(total)
+
+
+@torch.no_grad()
+def evaluate_loss(model, loader, autocast=None, desc="valid", progress=True, reduce=None) -> dict:
+    """Held-out teacher-forced loss, token-weighted, overall and per codebook (no dropout, no text
+    dropout). The same function gives step-0, per-epoch and evaluate.py's held-out numbers.
+    `reduce` (multi-process runs) sums the per-codebook NLL and token counts over all ranks, each of
+    which saw its own shard of the loader."""
+    import contextlib
+
+    was_training = model.training
+    model.eval()
+    k = model_info(model)["num_codebooks"]
+    nll_sum, count_sum = torch.zeros(k, dtype=torch.float64), torch.zeros(k, dtype=torch.long)
+    ctx = autocast or contextlib.nullcontext
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        labels = labels_for_batch(model, batch)
+        with ctx():
+            logits = forward_logits(model, batch, labels)
+        nll, count = masked_token_nll(logits, labels)
+        nll_sum += nll.detach().cpu().double()
+        count_sum += count.cpu()
+    if was_training:
+        model.train()
+    if reduce is not None:
+        nll_sum, count_sum = reduce(nll_sum), reduce(count_sum)
+    if count_sum.sum() == 0:
+        return {"loss": float("nan"), "per_codebook": [], "tokens": 0}
+    per_cb = (nll_sum / count_sum.clamp_min(1)).tolist()
+    return {"loss": float(nll_sum.sum() / count_sum.sum()), "per_codebook": per_cb,
+            "tokens": int(count_sum.sum())}

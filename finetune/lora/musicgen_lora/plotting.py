@@ -1,0 +1,134 @@
+"""Figures: clip spectrograms and loudness curves for the listening report, training curves for runs.
+
+matplotlib with the Agg backend (no display needed); every figure is written to a temp name and
+renamed, so a reader never sees half a PNG.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save(fig, path: Path, dpi: int = 80):
+    from musicgen_lora.outputs import atomic_file
+
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
+
+
+def spectrogram_png(audio: np.ndarray, sample_rate: int, path: Path, title: str | None = None):
+    """Log-mel spectrogram (dB, 80 dB range) with a time axis in seconds."""
+    import librosa
+
+    mel = librosa.feature.melspectrogram(y=audio.astype(np.float32), sr=sample_rate, n_fft=2048, hop_length=512,
+                                         n_mels=96, fmax=sample_rate / 2)
+    db = librosa.power_to_db(mel, ref=max(float(mel.max()), 1e-10), top_db=80.0)
+    fig, ax = plt.subplots(figsize=(6.4, 1.8))
+    duration = len(audio) / sample_rate
+    ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=-80, vmax=0,
+              extent=(0, duration, 0, db.shape[0]))
+    # A frequency axis on the mel bins: the bin centres' frequencies, interpolated at round values.
+    centres = librosa.mel_frequencies(n_mels=db.shape[0] + 2, fmax=sample_rate / 2)[1:-1]
+    ticks = [f for f in (100, 500, 1000, 2000, 4000, 8000, 16000) if centres[0] <= f <= centres[-1]]
+    ax.set_yticks(np.interp(ticks, centres, np.arange(len(centres)) + 0.5))
+    ax.set_yticklabels([f"{f // 1000}k" if f >= 1000 else str(f) for f in ticks])
+    ax.set_ylabel("Hz", fontsize=7, labelpad=1)
+    ax.set_xlabel("s", fontsize=7, labelpad=1)
+    ax.tick_params(labelsize=7)
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout(pad=0.3)
+    _save(fig, path)
+
+
+def loudness_plot_png(curves: dict[str, list[float]], path: Path, title: str | None = None, hop_seconds: float = 1.0):
+    """Short-term loudness over time, one line per model (LUFS; silence plotted at the floor)."""
+    fig, ax = plt.subplots(figsize=(6.4, 2.0))
+    for name, values in curves.items():
+        v = np.asarray(values, dtype=float)
+        if v.size == 0:
+            continue
+        t = np.arange(v.size) * hop_seconds + hop_seconds / 2
+        ax.plot(t, v, marker="o", markersize=2.5, linewidth=1.2, label=name)
+    finite = [x for v in curves.values() for x in v if np.isfinite(x)]
+    if finite:  # at least a 12 dB span, so float noise never looks like a fade
+        mid, half = (max(finite) + min(finite)) / 2, max(6.0, (max(finite) - min(finite)) / 2 + 1)
+        ax.set_ylim(mid - half, mid + half)
+    ax.ticklabel_format(axis="y", useOffset=False)
+    ax.set_ylabel("LUFS (short-term)", fontsize=7)
+    ax.set_xlabel("s", fontsize=7, labelpad=1)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout(pad=0.3)
+    _save(fig, path)
+
+
+def training_curves_png(metrics_file: Path, out_path: Path) -> Path | None:
+    """Train and validation loss (ln(vocab) marked) and learning rate from logs/metrics.jsonl.
+
+    Returns the written path, or None when the log holds nothing to plot yet.
+    """
+    metrics_file = Path(metrics_file)
+    if not metrics_file.is_file():
+        return None
+    train, evals, uniform = [], [], None
+    for line in metrics_file.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line being written when a crash hit: skip it
+            continue
+        if rec.get("type") == "train":
+            train.append(rec)
+        elif rec.get("type") == "eval":
+            evals.append(rec)
+            uniform = rec.get("uniform_loss", uniform)
+    if not train and not evals:
+        return None
+    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7, 5), sharex=True,
+                                         gridspec_kw={"height_ratios": [3, 1]})
+    if train:
+        ax_loss.plot([r["step"] for r in train], [r["train_loss"] for r in train], label="train loss",
+                     color="tab:blue", linewidth=1)
+        ax_lr.plot([r["step"] for r in train], [r["learning_rate"] for r in train], color="tab:green")
+    if evals:
+        ax_loss.plot([r["step"] for r in evals], [r["valid_loss"] for r in evals], label="validation loss",
+                     color="tab:orange", marker="o", markersize=3)
+    if uniform is not None and math.isfinite(uniform):
+        ax_loss.axhline(uniform, color="red", linestyle="--", linewidth=1,
+                        label=f"uniform guess ln(vocab) = {uniform:.2f}")
+    ax_loss.set_ylabel("loss (nats/token)")
+    ax_loss.grid(alpha=0.3)
+    ax_loss.legend(fontsize=8)
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("optimizer step")
+    ax_lr.grid(alpha=0.3)
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    fig.tight_layout()
+    _save(fig, Path(out_path), dpi=100)
+    return Path(out_path)
+
+
+def write_training_curves(output_dir) -> Path | None:
+    """logs/training_curves.png for a run dir; a plotting problem is logged, never fatal to training."""
+    from musicgen_lora.common import log
+
+    try:
+        return training_curves_png(Path(output_dir) / "logs" / "metrics.jsonl",
+                                   Path(output_dir) / "logs" / "training_curves.png")
+    except Exception as e:  # noqa: BLE001 - a figure must never end a training run
+        log.warning(f"warning: could not draw logs/training_curves.png ({type(e).__name__}: {e})")
+        return None

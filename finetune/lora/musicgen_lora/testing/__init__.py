@@ -1,0 +1,1 @@
+"""Offline test material: MusicGen checkpoints with random weights, clips with known answers."""

@@ -1,0 +1,91 @@
+"""Write clips with known answers, to see what evaluate.py's flags catch (and to check a threshold).
+
+Each first-level folder is one "model" to --score_only, holding 15 s 32 kHz clips built from a
+steady minor chord (A minor, then G minor) with a kick every half second (music-like: no fade, no
+silence, tonal):
+
+    steady/       the chord as it is                        -> no flags
+    fading/       the same chord fading 30 dB over 15 s     -> fades_out ("gets quieter and quieter")
+    noise/        white noise                               -> noisy ("mostly noise")
+    silent_tail/  the chord, then 8 s of digital silence    -> silent (silence_ratio ~0.53)
+    clipped/      the chord driven 4x past full scale       -> clipping
+
+`--corrupt` adds steady/99_corrupt.wav, a file no decoder reads, which --score_only reports and skips.
+The same signals are what tests/test_metrics.py checks every threshold on.
+"""
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from musicgen_lora.audio import MUSICGEN_SAMPLE_RATE
+from musicgen_lora.outputs import atomic_dir, check_own_folder, output_lock, write_manifest
+
+
+TOOL = "make_test_signals.py"
+
+SR = MUSICGEN_SAMPLE_RATE
+
+
+def chord_with_beat(seconds=15.0, sr=SR, root=220.0):
+    """A steady minor chord (root, minor third, fifth) with a decaying 60 Hz kick every half second."""
+    t = np.arange(int(seconds * sr)) / sr
+    x = sum(np.sin(2 * np.pi * root * r * t) for r in (1.0, 2 ** (3 / 12), 2 ** (7 / 12))) / 3 * 0.3
+    n = int(0.08 * sr)
+    kick = 0.5 * np.sin(2 * np.pi * 60 * np.arange(n) / sr) * np.exp(-np.arange(n) / (0.02 * sr))
+    for start in np.arange(0, seconds, 0.5):
+        i = int(start * sr)
+        x[i:i + n] += kick[:len(x[i:i + n])]
+    return x.astype(np.float32)
+
+
+def fade(x, db=30.0, sr=SR):
+    """Linear-in-dB fade of `db` over the whole clip."""
+    t = np.arange(len(x)) / sr
+    return (x * 10 ** (-db * t / t[-1] / 20)).astype(np.float32)
+
+
+def white_noise(seconds=15.0, sr=SR, seed=0, rms=0.1):
+    return (np.random.default_rng(seed).standard_normal(int(seconds * sr)) * rms).astype(np.float32)
+
+
+def silent_tail(x, silent_seconds=8.0, sr=SR):
+    y = x.copy()
+    y[len(y) - int(silent_seconds * sr):] = 0.0
+    return y
+
+
+def clipped(x, gain=4.0):
+    """Driven past full scale, then clipped as a WAV writer would."""
+    return np.clip(x * gain, -1.0, 1.0).astype(np.float32)
+
+
+def signals(seconds=15.0, sr=SR) -> dict[str, np.ndarray]:
+    """{"folder/name": audio}: two clips per case (two chords, two noise seeds)."""
+    out = {}
+    for i, root in enumerate((220.0, 196.0), start=1):
+        chord = chord_with_beat(seconds, sr, root)
+        out[f"steady/{i:02d}_chord"] = chord
+        out[f"fading/{i:02d}_chord_fading_30db"] = fade(chord, 30.0, sr)
+        out[f"noise/{i:02d}_white_noise"] = white_noise(seconds, sr, seed=i)
+        out[f"silent_tail/{i:02d}_chord_then_8s_silence"] = silent_tail(chord, 8.0 * seconds / 15.0, sr)
+        out[f"clipped/{i:02d}_chord_clipped"] = clipped(chord)
+    return out
+
+
+def write_signals(out: Path, duration: float = 15.0, corrupt: bool = False, overwrite: bool = False) -> dict:
+    """Write the clips (one sub-folder per case) into `out`, a folder this module owns whole."""
+    out = Path(out)
+    clips = signals(duration)
+    with output_lock(out, TOOL):
+        check_own_folder(out, TOOL, overwrite=overwrite, flag="--output_dir", what="test signals")
+        with atomic_dir(out, owner=TOOL) as tmp:
+            for name, audio in clips.items():
+                path = tmp / f"{name}.wav"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sf.write(str(path), audio, SR, subtype="PCM_16")
+            if corrupt:
+                (tmp / "steady" / "99_corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 20)
+            write_manifest(tmp, TOOL, os.listdir(tmp))
+    return clips

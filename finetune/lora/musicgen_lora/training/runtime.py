@@ -1,0 +1,101 @@
+"""How training runs: accelerate (device, precision, accumulation, processes), trackers, sharded
+validation, gradient checkpointing. Works unchanged under `accelerate launch` and `torchrun`."""
+import importlib.util
+import math
+from pathlib import Path
+
+import torch
+
+from musicgen_lora.common import UserError, log, resolve_device
+
+REPORT_TO = ("none", "tensorboard", "wandb")
+
+
+def make_accelerator(args, output_dir: Path):
+    from accelerate import Accelerator
+
+    device = resolve_device(args.device)
+    precision = "no"
+    if args.fp16 and args.bf16:
+        raise UserError("--fp16 and --bf16 exclude each other; pick one")
+    if args.fp16 or args.bf16:
+        wanted = "fp16" if args.fp16 else "bf16"
+        if device == "cpu":
+            log.warning(f"warning: --{wanted} needs a GPU; training in fp32 on the CPU instead")
+        elif args.bf16 and not torch.cuda.is_bf16_supported():
+            log.warning("warning: this GPU has no bf16; training in fp32")
+        else:
+            precision = wanted
+    report_to = getattr(args, "report_to", "none") or "none"
+    if report_to not in REPORT_TO:
+        raise UserError(f"--report_to {report_to}: choose one of {', '.join(REPORT_TO)}")
+    if report_to != "none" and importlib.util.find_spec(report_to) is None:
+        raise UserError(f"--report_to {report_to} needs the {report_to} package: pip install {report_to} "
+                        f"(or use --report_to none; logs/metrics.jsonl is always written)")
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=args.gradient_accumulation_steps,
+                       cpu=device == "cpu", log_with=None if report_to == "none" else report_to,
+                       project_dir=str(output_dir / "logs"))
+
+
+def start_trackers(accelerator, config: dict, run_name: str):
+    """Hand the run's settings to the trackers (they take scalars only)."""
+    if not accelerator.log_with:
+        return
+    flat = {k: (v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in config.items()}
+    accelerator.init_trackers(run_name, config=flat)
+
+
+def tracker_values(record: dict) -> dict:
+    """A metrics.jsonl record -> `type/name: number` pairs for tensorboard / wandb."""
+    kind = record.get("type", "train")
+    out = {}
+    for key, value in record.items():
+        if key in ("type", "step") or isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            out[f"{kind}/{key}"] = value
+        elif isinstance(value, list) and key == "valid_loss_per_codebook":
+            out.update({f"{kind}/valid_loss_codebook_{i}": v for i, v in enumerate(value)})
+    return out
+
+
+def shard_for_rank(dataset, accelerator):
+    """Each process validates a distinct, non-padded slice (the sums are reduced across ranks, so
+    no clip is counted twice -- unlike a prepared loader, which pads the last batch with repeats)."""
+    if accelerator.num_processes == 1:
+        return dataset
+    return torch.utils.data.Subset(dataset, range(accelerator.process_index, len(dataset), accelerator.num_processes))
+
+
+def sum_across_ranks(accelerator):
+    """A reduce function for evaluate_loss: NLL sums and token counts added over all processes."""
+    if accelerator.num_processes == 1:
+        return None
+    return lambda t: accelerator.reduce(t.to(accelerator.device), reduction="sum").cpu()
+
+
+def mean_across_ranks(accelerator, value: float) -> float:
+    if accelerator.num_processes == 1:
+        return value
+    return float(accelerator.reduce(torch.tensor([value], device=accelerator.device), reduction="mean")[0])
+
+
+def any_across_ranks(accelerator, flag: bool) -> bool:
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="sum")[0] > 0)
+
+
+def enable_gradient_checkpointing(model):
+    """Recompute decoder activations in the backward pass instead of storing them.
+
+    Non-reentrant checkpointing works with LoRA on frozen layers (the reentrant kind drops the
+    gradient when no input requires grad) and keeps dropout identical in the recomputation.
+    """
+    base = getattr(model, "get_base_model", lambda: model)()
+    kwargs = {"use_reentrant": False}
+    if hasattr(base.decoder, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        base.decoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    base.decoder.config.use_cache = False
