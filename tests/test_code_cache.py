@@ -18,7 +18,9 @@ import numpy as np
 from musicgen_lora.audio import AudioPieces, load_audio, piece_samples
 from musicgen_lora.data.code_cache import CodeCache, load_codes
 from conftest import run_script
-from musicgen_lora.data.dataset import Clip, Collator, MusicDataset, crop_codes, read_metadata
+from musicgen_lora.codes import crop_codes
+from musicgen_lora.data.dataset import Collator, MusicDataset
+from musicgen_lora.data.metadata import Clip, read_metadata
 from musicgen_lora.modeling import batch_loss, encode_audio, encode_pieces, labels_for_batch, load_model_and_processor, model_info
 
 

@@ -114,7 +114,7 @@ def test_mixed_folder_gives_expected_segments_split_and_report(collection, tmp_p
     assert "{" not in out_text and "1 tracks" not in out_text and "1 segments" not in out_text
 
     # The result trains: read_metadata accepts it.
-    from musicgen_lora.data.dataset import read_metadata
+    from musicgen_lora.data.metadata import read_metadata
 
     splits = read_metadata(out)
     assert len(splits["train"]) + len(splits["valid"]) == 5

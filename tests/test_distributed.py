@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import musicgen_lora.training.checkpointing as ckpt
+from musicgen_lora.training.metrics_log import read_metrics
 from conftest import LORA, run_script
 
 
@@ -57,7 +58,7 @@ def test_two_processes_match_one(no_dropout_model, example_data_dir, tmp_path):
 
     cfg = json.loads((two / "run_config.json").read_text())
     assert cfg["num_processes"] == 2 and cfg["global_batch_size"] == 4 and cfg["steps_per_epoch"] == 2
-    ra, rb = (ckpt.read_metrics(r / "logs" / "metrics.jsonl") for r in (one, two))
+    ra, rb = (read_metrics(r / "logs" / "metrics.jsonl")[0] for r in (one, two))
     assert [(r["type"], r["step"]) for r in ra] == [(r["type"], r["step"]) for r in rb]  # one set, no duplicates
     for x, y in zip(ra, rb):
         for key in ("train_loss", "valid_loss", "learning_rate", "grad_norm"):

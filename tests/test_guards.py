@@ -1,21 +1,56 @@
 """Divergence guard, early stopping, YAML config precedence, gradient checkpointing."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import musicgen_lora.modeling as modeling
 import musicgen_lora.training.checkpointing as ckpt
-from musicgen_lora.common import UserError
 from conftest import LORA, run_script
+from musicgen_lora.common import UserError
+from musicgen_lora.training.config import TrainConfig
+from musicgen_lora.training.guards import EarlyStopping, NonFiniteGuard
+from musicgen_lora.training.metrics_log import read_metrics
+from musicgen_lora.training.state import TrainState
 
 FAST = ("--batch_size", 4, "--gradient_accumulation_steps", 1, "--target_duration", 2, "--logging_steps", 1,
         "--no_progress")
 
+# train_lora.py's own main(), with training forwards made non-finite at the given optimizer steps
+# (one forward per step with accumulation 1): a fault from outside, the real loop reacting to it.
+NAN_AT_STEPS = """
+import sys
+import musicgen_lora.modeling as modeling
+from musicgen_lora.cli.train import main
 
-def _train(model, data, out, *extra, check=True):
-    return run_script("train_lora.py", "--model_path", model, "--data_dir", data, "--output_dir", out, *FAST, *extra,
-                      check=check)
+real, bad, calls = modeling.forward_logits, {int(s) for s in sys.argv[1].split(",")}, [0]
+
+def forward_logits(model, batch, labels, *args, **kwargs):
+    logits = real(model, batch, labels, *args, **kwargs)
+    if model.training:
+        calls[0] += 1
+        if calls[0] in bad:
+            logits = logits * float("nan")
+    return logits
+
+modeling.forward_logits = forward_logits
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _train(model, data, out, *extra, check=True, nan_at=None):
+    if nan_at is None:
+        return run_script("train_lora.py", "--model_path", model, "--data_dir", data, "--output_dir", out, *FAST,
+                          *extra, check=check)
+    args = ["--model_path", model, "--data_dir", data, "--output_dir", out, *FAST, *extra]
+    proc = subprocess.run([sys.executable, "-c", NAN_AT_STEPS, str(nan_at), *map(str, args)], capture_output=True,
+                          text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=600)
+    assert not check or proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def _adapter(path):
@@ -25,9 +60,9 @@ def _adapter(path):
 def test_nonfinite_loss_is_skipped_and_logged(tiny_model_dir, example_data_dir, tmp_path):
     out = tmp_path / "run"
     proc = _train(tiny_model_dir, example_data_dir, out, "--num_epochs", 2, "--save_steps", 1,
-                  "--learning_rate", 1e-2, "--debug_inject_nan_at_step", 2)
+                  "--learning_rate", 1e-2, nan_at=2)
     assert "step 2: non-finite loss; update skipped (1 in a row" in proc.stderr
-    recs = ckpt.read_metrics(out / "logs" / "metrics.jsonl")
+    recs = read_metrics(out / "logs" / "metrics.jsonl")[0]
     bad = [r for r in recs if r["type"] == "nonfinite"]
     assert [(r["step"], r["loss_finite"], r["consecutive"]) for r in bad] == [(2, False, 1)]
     train = {r["step"]: r for r in recs if r["type"] == "train"}
@@ -46,7 +81,7 @@ def test_nonfinite_loss_is_skipped_and_logged(tiny_model_dir, example_data_dir, 
 def test_consecutive_nonfinite_steps_stop_the_run(tiny_model_dir, example_data_dir, tmp_path):
     out = tmp_path / "run"
     proc = _train(tiny_model_dir, example_data_dir, out, "--num_epochs", 3, "--save_steps", 2, "--eval_steps", 2,
-                  "--debug_inject_nan_at_step", "3,4", "--max_nonfinite_steps", 2, check=False)
+                  "--max_nonfinite_steps", 2, check=False, nan_at="3,4")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "training stopped at step 4: 2 non-finite" in err[0]
@@ -56,6 +91,80 @@ def test_consecutive_nonfinite_steps_stop_the_run(tiny_model_dir, example_data_d
     assert not (out / "final_model").exists()
     summary = json.loads((out / "logs" / "summary.json").read_text())
     assert summary["stopped_reason"] == "non-finite" and summary["steps"] == 4
+
+
+@pytest.fixture
+def tiny_run(tiny_model_dir, example_data_dir, tmp_path):
+    """A real training run set up in this process (tiny model, example data), at step 0."""
+    from accelerate.state import AcceleratorState
+
+    from musicgen_lora.training.runtime import make_accelerator
+    from musicgen_lora.training.trainer import setup, start
+
+    cfg = TrainConfig(model_path=str(tiny_model_dir), data_dir=str(example_data_dir), output_dir=str(tmp_path / "run"),
+                      batch_size=4, gradient_accumulation_steps=1, target_duration=2.0, learning_rate=1e-2,
+                      no_progress=True, max_nonfinite_steps=2).check()
+    run = setup(cfg, make_accelerator("cpu", "fp32", 1, "none", tmp_path / "run" / "logs"))
+    yield run, start(run)
+    run.metrics.close()
+    AcceleratorState._reset_state(True)
+
+
+def test_a_step_with_a_nonfinite_loss_changes_nothing_and_is_counted(tiny_run, monkeypatch):
+    """The guard as a unit of the step: a NaN loss -> no update, the streak counts, a record is
+    written; the next finite step updates and resets the streak; enough in a row exhausts it."""
+    from musicgen_lora.training.trainer import train_step
+
+    run, state = tiny_run
+    run.model.train()
+    batches = (b for _ in range(4) for b in run.train_loader)  # 2 batches an epoch: several passes
+    real = modeling.forward_logits
+    monkeypatch.setattr(modeling, "forward_logits", lambda *a, **k: real(*a, **k) * float("nan"))
+    before = [p.detach().clone() for p in run.params]
+    assert train_step(run, state, next(batches)) is True
+    assert state.step == 1 and state.guard.streak == 1 and state.guard.total == 1 and not state.guard.exhausted
+    assert all(torch.equal(a, b) for a, b in zip(before, run.params))  # the update was skipped
+    assert state.window.micro == 0  # a NaN loss is not averaged into the train record
+    monkeypatch.setattr(modeling, "forward_logits", real)
+    assert train_step(run, state, next(batches)) is True
+    assert state.guard.streak == 0 and any(not torch.equal(a, b) for a, b in zip(before, run.params))
+    monkeypatch.setattr(modeling, "forward_logits", lambda *a, **k: real(*a, **k) * float("inf"))
+    for _ in range(2):
+        train_step(run, state, next(batches))
+    assert state.guard.exhausted and state.guard.total == 3
+    run.metrics.file.flush()
+    records, _ = read_metrics(run.metrics.path)
+    assert [(r["step"], r["consecutive"]) for r in records if r["type"] == "nonfinite"] == [(1, 1), (3, 1), (4, 2)]
+
+
+def test_train_state_round_trips_and_reads_checkpoints_written_before_it():
+    """Everything resumable is one record: state_dict -> load_state_dict gives it back, and the
+    trainer_state.json of a checkpoint written before TrainState existed (format 1) loads."""
+    def fresh():
+        return TrainState(guard=NonFiniteGuard(10), stopper=EarlyStopping(3), text_rng=torch.Generator().manual_seed(1))
+
+    a = fresh()
+    a.step, a.epoch, a.batches_in_epoch, a.base_loss, a.evals_done, a.stop_reason = 7, 2, 5, 6.9, 3, None
+    a.best, a.last_eval, a.last_eval_step = {"loss": 6.5, "step": 6, "saved": True}, {"loss": 6.6}, 6
+    a.guard.check(False, None)
+    a.stopper.update(False)
+    a.window.add(2.5, 100, 4)
+    a.text_rng.manual_seed(123)
+    a.epoch_start_data_rng = torch.Generator().manual_seed(5).get_state()
+    shared, rank = json.loads(json.dumps(a.state_dict())), a.rank_state_dict()
+    b = fresh()
+    b.load_state_dict(shared, rank)
+    assert b.state_dict() | {"elapsed_seconds": 0} == a.state_dict() | {"elapsed_seconds": 0}
+    assert torch.equal(b.text_rng.get_state(), a.text_rng.get_state()) and b.window.loss == 2.5
+    assert b.guard.streak == 1 and b.stopper.bad_evals == 1
+    old = {"format_version": 1, "step": 3, "epoch": 2, "batches_in_epoch": 2, "total_steps": 8,
+           "base_valid_loss": 6.95, "best": {"loss": 6.94, "step": 2, "saved": True}, "last_eval": {"loss": 6.94},
+           "last_eval_step": 2, "stop_reason": None, "evals_without_improvement": 0,
+           "nonfinite": {"streak": 0, "total": 0}, "evals_done": 1, "metrics_offset": 1234, "elapsed_seconds": 4.2,
+           "run": {"batch_size": 2}, "run_id": "x"}
+    c = fresh()
+    c.load_state_dict(old, rank)
+    assert (c.step, c.epoch, c.batches_in_epoch, c.best["loss"], c.evals_done) == (3, 2, 2, 6.94, 1)
 
 
 def test_early_stopping_and_yaml_config(tiny_model_dir, example_data_dir, tmp_path):
@@ -70,7 +179,7 @@ def test_early_stopping_and_yaml_config(tiny_model_dir, example_data_dir, tmp_pa
     summary = json.loads((out / "logs" / "summary.json").read_text())
     assert summary["stopped_reason"] == "early_stopping" and summary["steps"] == 3 and summary["best_step"] == 1
     assert (out / "final_model" / "adapter_model.safetensors").is_file()
-    evals = [r for r in ckpt.read_metrics(out / "logs" / "metrics.jsonl") if r["type"] == "eval"]
+    evals = [r for r in read_metrics(out / "logs" / "metrics.jsonl")[0] if r["type"] == "eval"]
     assert [r["step"] for r in evals] == [0, 1, 2, 3]
     run_config = json.loads((out / "run_config.json").read_text())
     assert run_config["learning_rate"] == 0.0 and run_config["lora_rank"] == 4  # from the file
@@ -132,7 +241,8 @@ def test_shipped_config_is_valid_and_matches_flag_defaults():
 
 
 def test_gradient_checkpointing_recomputes_and_keeps_gradients(tiny_model_dir, example_data_dir):
-    from musicgen_lora.data.dataset import Collator, MusicDataset, read_metadata
+    from musicgen_lora.data.dataset import Collator, MusicDataset
+    from musicgen_lora.data.metadata import read_metadata
     from musicgen_lora.modeling import apply_lora, batch_loss, load_model_and_processor, model_info
     from musicgen_lora.training.runtime import enable_gradient_checkpointing
 
@@ -144,8 +254,9 @@ def test_gradient_checkpointing_recomputes_and_keeps_gradients(tiny_model_dir, e
             enable_gradient_checkpointing(model)
         info = model_info(model)
         clips = read_metadata(example_data_dir)["train"][:2]
-        batch = Collator(processor, 2 * info["sample_rate"])(
-            [MusicDataset(clips, info["sample_rate"], 2.0, train=False)[i] for i in range(2)])
+        batch = Collator(processor, 2 * info["sample_rate"], info["hop_length"])(
+            [MusicDataset(clips, info["sample_rate"], 2.0, train=False, hop_length=info["hop_length"])[i]
+             for i in range(2)])
         # Inside the checkpointed layer: its attention runs again when the backward pass recomputes it.
         attention = model.get_base_model().decoder.model.decoder.layers[0].self_attn
         calls = []

@@ -4,7 +4,9 @@ import soundfile as sf
 import torch
 
 
-from musicgen_lora.data.dataset import Collator, MusicDataset, build_delay_pattern_labels, read_metadata, valid_frames_for_samples
+from musicgen_lora.codes import build_delay_pattern_labels, valid_frames_for_samples
+from musicgen_lora.data.dataset import Collator, MusicDataset
+from musicgen_lora.data.metadata import read_metadata
 from musicgen_lora.modeling import forward_logits, labels_for_batch, load_model_and_processor, model_info
 
 
@@ -39,8 +41,8 @@ def test_padded_clip_through_collator_masks_every_padded_frame(tiny_model_dir, t
     sf.write(tmp_path / "a.wav", wav, sr)
     (tmp_path / "metadata.json").write_text('{"train": [{"audio": "a.wav", "description": "sine"}]}')
     clips = read_metadata(tmp_path)["train"]
-    ds = MusicDataset(clips, sr, 4.0, train=False)
-    batch = Collator(processor, 4 * sr)([ds[0]])
+    ds = MusicDataset(clips, sr, 4.0, train=False, hop_length=hop)
+    batch = Collator(processor, 4 * sr, hop)([ds[0]])
     labels = labels_for_batch(model, batch)
     total_frames = 4 * sr // hop  # 200
     valid = valid_frames_for_samples(int(2.5 * sr), hop)  # 125

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import musicgen_lora.training.checkpointing as ckpt
+from musicgen_lora.training.metrics_log import read_metrics
 from conftest import LORA, run_script
 
 # Default flags (LoRA dropout 0.05, text dropout 0.1) so every RNG the loop draws from is exercised;
@@ -26,7 +27,7 @@ def _args(model, data, out, *extra):
 
 
 def _records(run):
-    return ckpt.read_metrics(run / "logs" / "metrics.jsonl")
+    return read_metrics(run / "logs" / "metrics.jsonl")[0]
 
 
 def _adapter(path):

@@ -6,7 +6,8 @@ import torch
 from peft import PeftModel
 from transformers import MusicgenForConditionalGeneration
 
-from musicgen_lora.data.dataset import Collator, MusicDataset, read_metadata
+from musicgen_lora.data.dataset import Collator, MusicDataset
+from musicgen_lora.data.metadata import read_metadata
 from musicgen_lora.modeling import apply_lora, evaluate_loss, load_model_and_processor, model_info
 
 
@@ -41,8 +42,9 @@ def test_adapters_reload_with_plain_peft_and_match(trained_run, tiny_model_dir, 
     _, processor = load_model_and_processor(str(tiny_model_dir))
     info = model_info(model)
     clips = read_metadata(example_data_dir)["valid"]
-    ds = MusicDataset(clips, info["sample_rate"], 6.0, train=False)
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=Collator(processor, 6 * info["sample_rate"]))
+    ds = MusicDataset(clips, info["sample_rate"], 6.0, train=False, hop_length=info["hop_length"])
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=Collator(processor, 6 * info["sample_rate"],
+                                                                                 info["hop_length"]))
     res = evaluate_loss(model, loader, progress=False)
     # The reloaded final adapter reproduces the loss the trainer measured in memory.
     assert abs(res["loss"] - summary["final_valid_loss"]) < 1e-4

@@ -52,7 +52,7 @@ def worker(args):
     rng = np.random.default_rng(0)
     items = [{"audio": (0.1 * rng.standard_normal(n)).astype(np.float32), "num_samples": n,
               "description": "calm piano with soft strings", "index": i} for i in range(args.batch_size)]
-    batch = Collator(processor, n)(items)
+    batch = Collator(processor, n, info["hop_length"])(items)
     batch = {k: v.to(device) for k, v in batch.items()}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()

@@ -115,7 +115,7 @@ def time_training(model, processor, clips, window_s, batch_size, steps, device, 
 
 def bench_model(size, work, args, device):
     from musicgen_lora.data.code_cache import CodeCache
-    from musicgen_lora.data.dataset import read_metadata
+    from musicgen_lora.data.metadata import read_metadata
     from musicgen_lora.modeling import apply_lora, load_model_and_processor, model_info
 
     steps = args.steps or (2 if size == "small" else 4)
@@ -166,7 +166,9 @@ def bench_model(size, work, args, device):
 # --------------------------------------------------------------------------------------------
 def rss_child(data: Path, metadata_file: str, model_dir: Path, cache_dir: Path):
     from musicgen_lora.data.code_cache import CodeCache
-    from musicgen_lora.data.dataset import Collator, MusicDataset, build_delay_pattern_labels, read_metadata
+    from musicgen_lora.codes import build_delay_pattern_labels
+    from musicgen_lora.data.dataset import Collator, MusicDataset
+    from musicgen_lora.data.metadata import read_metadata
     from musicgen_lora.modeling import load_model_and_processor, model_info
 
     model, processor = load_model_and_processor(str(model_dir))

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from musicgen_lora.common import UserError, log, read_json
 from musicgen_lora.outputs import atomic_file, atomic_write_json
-from musicgen_lora.modeling import model_info
+from musicgen_lora.modeling import model_info, unwrap_base
 
 WAV_SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
 
@@ -192,7 +192,7 @@ def max_new_tokens_for(duration: float, info: dict) -> int:
 
 def check_duration(model, duration: float):
     info = model_info(model)
-    base = getattr(model, "get_base_model", lambda: model)()
+    base = unwrap_base(model)
     limit = base.decoder.config.max_position_embeddings
     if duration <= 0:
         raise UserError("--duration must be positive (seconds)")
@@ -248,7 +248,7 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
     PeftModel (the active adapter applies; inside `disable_adapter()` the base model does).
     Descriptions are cut to dataset.MAX_TEXT_TOKENS tokens, as in training.
     """
-    from musicgen_lora.data.dataset import tokenize_text
+    from musicgen_lora.data.metadata import tokenize_text
 
     settings = SamplingSettings(guidance_scale, temperature, top_k, top_p, greedy)
     settings.validate()
@@ -259,7 +259,7 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
     if len(seeds) != len(prompts):
         raise ValueError("one seed per prompt")
     check_duration(model, duration)
-    base = getattr(model, "get_base_model", lambda: model)()
+    base = unwrap_base(model)
     info = model_info(model)
     device = next(base.parameters()).device
     num_samples = int(round(duration * info["sample_rate"]))

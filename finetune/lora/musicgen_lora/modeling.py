@@ -8,8 +8,8 @@ import torch
 from tqdm.auto import tqdm
 
 from musicgen_lora.common import UserError, read_json
-from musicgen_lora.cli.args import DEFAULT_TARGETS
-from musicgen_lora.data.dataset import build_delay_pattern_labels, crop_codes
+from musicgen_lora.training.config import DEFAULT_TARGETS
+from musicgen_lora.codes import build_delay_pattern_labels, crop_codes
 
 
 def load_model_and_processor(model_path: str, device: str = "cpu", dtype=None, flag: str = "--model_path"):

@@ -5,7 +5,6 @@ renamed, so a reader never sees half a PNG.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -82,20 +81,12 @@ def training_curves_png(metrics_file: Path, out_path: Path) -> Path | None:
 
     Returns the written path, or None when the log holds nothing to plot yet.
     """
-    metrics_file = Path(metrics_file)
-    if not metrics_file.is_file():
-        return None
-    train, evals, uniform = [], [], None
-    for line in metrics_file.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:  # a line being written when a crash hit: skip it
-            continue
-        if rec.get("type") == "train":
-            train.append(rec)
-        elif rec.get("type") == "eval":
-            evals.append(rec)
-            uniform = rec.get("uniform_loss", uniform)
+    from musicgen_lora.training.metrics_log import read_metrics
+
+    records, _ = read_metrics(metrics_file)  # a line being written when a crash hit is skipped
+    train = [r for r in records if r.get("type") == "train"]
+    evals = [r for r in records if r.get("type") == "eval"]
+    uniform = next((r["uniform_loss"] for r in reversed(evals) if r.get("uniform_loss") is not None), None)
     if not train and not evals:
         return None
     fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7, 5), sharex=True,

@@ -16,11 +16,6 @@ from pathlib import Path
 
 from musicgen_lora.common import UserError
 
-# Decoder attention (self and cross) and FFN, as in the seeds' adapters (the flag's default; LoRA
-# is kept off the T5 text encoder and EnCodec whatever names they use, see modeling.apply_lora).
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
-
-
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the description's layout and shows every flag's default (unless its help says it)."""
 

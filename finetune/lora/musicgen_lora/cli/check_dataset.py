@@ -24,16 +24,19 @@ def main(argv=None):
     p.add_argument("--data_dir", default="../data", help="Folder holding metadata.json.")
     p.add_argument("--metadata_file", default="metadata.json", help="Metadata file, relative to --data_dir.")
     p.add_argument("--model_path", default=None, help="MusicGen folder, for its sample rate, hop and codebooks "
-                                                     "(default: musicgen-small's 32 kHz, 640, 4).")
+                                                     "(default: those every mono MusicGen has: 32 kHz, 640, 4).")
     p.add_argument("--target_duration", type=positive_float, default=15.0, help="Training window in seconds.")
     args = p.parse_args(argv)
     import numpy as np
     import torch
 
-    from musicgen_lora.data.dataset import (MusicDataset, build_delay_pattern_labels, num_frames_for_samples, read_metadata,
-                         valid_frames_for_samples)
+    from musicgen_lora.audio import MUSICGEN_HOP_LENGTH, MUSICGEN_SAMPLE_RATE
+    from musicgen_lora.codes import (MUSICGEN_CODEBOOKS, build_delay_pattern_labels, num_frames_for_samples,
+                                     valid_frames_for_samples)
+    from musicgen_lora.data.dataset import MusicDataset
+    from musicgen_lora.data.metadata import read_metadata
 
-    sr, hop, k = 32000, 640, 4
+    sr, hop, k = MUSICGEN_SAMPLE_RATE, MUSICGEN_HOP_LENGTH, MUSICGEN_CODEBOOKS
     if args.model_path:
         from musicgen_lora.modeling import load_model_and_processor, model_info
 

@@ -30,7 +30,8 @@ def main(argv=None):
     import torch
 
     from musicgen_lora.common import resolve_device
-    from musicgen_lora.data.dataset import Collator, MusicDataset, read_metadata, report_long_descriptions
+    from musicgen_lora.data.dataset import Collator, MusicDataset
+    from musicgen_lora.data.metadata import read_metadata, report_long_descriptions, validation_clips
     from musicgen_lora.modeling import count_parameters, evaluate_loss, load_adapter, load_model_and_processor, model_info
 
     device = resolve_device(args.device)
@@ -42,7 +43,7 @@ def main(argv=None):
     log.info(f"model loads: {total / 1e6:.1f} M parameters, {info['num_codebooks']} codebooks x "
              f"{info['vocab_size']} codes, {info['sample_rate']} Hz, {info['frame_rate']:g} frames/s")
     splits = read_metadata(args.data_dir, args.metadata_file)
-    clips = splits["valid"] or splits["train"]
+    clips = validation_clips(splits)
     if args.max_clips:
         clips = clips[: args.max_clips]
     report_long_descriptions(processor.tokenizer, clips)

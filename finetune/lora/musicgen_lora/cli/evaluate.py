@@ -147,7 +147,7 @@ def main(argv=None):
 
 
 def evaluate(args, out: Path):
-    from musicgen_lora.data.dataset import report_long_descriptions
+    from musicgen_lora.data.metadata import report_long_descriptions
     from musicgen_lora.evaluation.compare import (ModelBank, check_output_dir, compare_models, held_out_losses, reference_embeddings,
                             resolve_models, score_folder, validation_loader)
     from musicgen_lora.generation import SamplingSettings, check_duration, load_prompts, plan_jobs, resolve_dtype

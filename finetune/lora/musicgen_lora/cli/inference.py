@@ -112,7 +112,7 @@ def main(argv=None):
 
 
 def run(args):
-    from musicgen_lora.data.dataset import report_long_descriptions
+    from musicgen_lora.data.metadata import report_long_descriptions
     from musicgen_lora.evaluation.compare import adapter_run_id
     from musicgen_lora.generation import (SamplingSettings, clip_filename, describe_settings, generate_jobs, load_prompts,
                             plan_jobs, resolve_dtype, write_clip)

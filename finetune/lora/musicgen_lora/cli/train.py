@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Fine-tune MusicGen with LoRA on clips described in metadata.json.
 
     python train_lora.py --model_path /path/to/musicgen-small --data_dir ../data \\
@@ -13,13 +12,15 @@ Continue an interrupted run with the same command plus --resume_from_checkpoint 
 Several GPUs: accelerate launch train_lora.py ... (or torchrun --nproc_per_node N train_lora.py ...).
 """
 import argparse
+import dataclasses
 import sys
 
-from musicgen_lora.common import UserError
-
+from musicgen_lora.cli.args import (Parser, any_int, dropout, nonneg_float, nonneg_int, parse_args_with_config,
+                                    positive_float, positive_int, probability)
 from musicgen_lora.cli.runner import cli
-from musicgen_lora.cli.args import (DEFAULT_TARGETS, Parser, any_int, dropout, nonneg_float, nonneg_int, parse_args_with_config,
-                    positive_float, positive_int, probability)
+from musicgen_lora.training.config import TrainConfig
+
+D = TrainConfig()  # every flag's default comes from here
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,19 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None,
                    help="YAML file of flag: value lines (see config.yaml); flags given here override it.")
     a = p.add_argument_group("data and model")
-    a.add_argument("--model_path", default="facebook/musicgen-small",
+    a.add_argument("--model_path", default=D.model_path,
                    help="Local MusicGen folder or hub id (offline machines need a local folder).")
-    a.add_argument("--data_dir", default="../data", help="Folder holding metadata.json and the audio it lists.")
-    a.add_argument("--metadata_file", default="metadata.json", help="Metadata file, relative to --data_dir.")
-    a.add_argument("--output_dir", default="../output", help="Run directory for adapters, checkpoints and logs.")
-    a.add_argument("--target_duration", type=positive_float, default=15.0,
+    a.add_argument("--data_dir", default=D.data_dir, help="Folder holding metadata.json and the audio it lists.")
+    a.add_argument("--metadata_file", default=D.metadata_file, help="Metadata file, relative to --data_dir.")
+    a.add_argument("--output_dir", default=D.output_dir, help="Run directory for adapters, checkpoints and logs.")
+    a.add_argument("--target_duration", type=positive_float, default=D.target_duration,
                    help="Training window in seconds: longer clips are cropped (randomly in training), shorter "
                         "ones padded, and every padded frame is masked out of the loss.")
-    a.add_argument("--max_duration", type=positive_float, default=None,
+    a.add_argument("--max_duration", type=positive_float, default=D.max_duration,
                    help="Upper bound on the window in seconds (kept for older command lines); the window is "
                         "min(target_duration, max_duration).")
-    a.add_argument("--num_workers", type=nonneg_int, default=0, help="DataLoader worker processes for audio decoding.")
-    a.add_argument("--cache_dir", default=None,
+    a.add_argument("--num_workers", type=nonneg_int, default=D.num_workers, help="DataLoader worker processes for audio decoding.")
+    a.add_argument("--cache_dir", default=D.cache_dir,
                    help="EnCodec code cache (default: DATA_DIR/.codes_cache); each clip is encoded once and "
                         "re-encoded only when its audio, the codec or the sample rate changes.")
     a.add_argument("--no_cache", action="store_true",
@@ -47,32 +48,32 @@ def build_parser() -> argparse.ArgumentParser:
                         "slower).")
 
     l = p.add_argument_group("LoRA")
-    l.add_argument("--lora_rank", type=positive_int, default=12, help="LoRA rank r.")
-    l.add_argument("--lora_alpha", type=positive_float, default=24, help="LoRA alpha (scale = alpha / r).")
-    l.add_argument("--lora_dropout", type=dropout, default=0.05, help="Dropout on the LoRA branch.")
-    l.add_argument("--lora_target_modules", default=",".join(DEFAULT_TARGETS),
+    l.add_argument("--lora_rank", type=positive_int, default=D.lora_rank, help="LoRA rank r.")
+    l.add_argument("--lora_alpha", type=positive_float, default=D.lora_alpha, help="LoRA alpha (scale = alpha / r).")
+    l.add_argument("--lora_dropout", type=dropout, default=D.lora_dropout, help="Dropout on the LoRA branch.")
+    l.add_argument("--lora_target_modules", default=D.lora_target_modules,
                    help="Comma-separated decoder linear layers to adapt (decoder only; text encoder and EnCodec "
                         "stay frozen).")
 
     o = p.add_argument_group("optimisation")
-    o.add_argument("--learning_rate", type=nonneg_float, default=1e-4, help="Peak AdamW learning rate.")
-    o.add_argument("--weight_decay", type=nonneg_float, default=0.01, help="AdamW weight decay on LoRA weights.")
-    o.add_argument("--batch_size", type=positive_int, default=2, help="Clips per micro-batch.")
-    o.add_argument("--gradient_accumulation_steps", type=positive_int, default=4,
+    o.add_argument("--learning_rate", type=nonneg_float, default=D.learning_rate, help="Peak AdamW learning rate.")
+    o.add_argument("--weight_decay", type=nonneg_float, default=D.weight_decay, help="AdamW weight decay on LoRA weights.")
+    o.add_argument("--batch_size", type=positive_int, default=D.batch_size, help="Clips per micro-batch.")
+    o.add_argument("--gradient_accumulation_steps", type=positive_int, default=D.gradient_accumulation_steps,
                    help="Micro-batches per optimizer step (effective batch = batch_size x this).")
-    o.add_argument("--num_epochs", type=positive_int, default=1, help="Passes over the training clips.")
-    o.add_argument("--max_steps", type=positive_int, default=None, help="Stop after this many optimizer steps (overrides "
+    o.add_argument("--num_epochs", type=positive_int, default=D.num_epochs, help="Passes over the training clips.")
+    o.add_argument("--max_steps", type=positive_int, default=D.max_steps, help="Stop after this many optimizer steps (overrides "
                                                                 "--num_epochs when reached first).")
-    o.add_argument("--warmup_steps", type=nonneg_int, default=None,
+    o.add_argument("--warmup_steps", type=nonneg_int, default=D.warmup_steps,
                    help="Linear warm-up steps before cosine decay (default: 5%% of the optimizer steps).")
-    o.add_argument("--max_grad_norm", type=nonneg_float, default=1.0, help="Gradient clipping norm (0 disables).")
-    o.add_argument("--text_dropout", type=probability, default=0.1,
+    o.add_argument("--max_grad_norm", type=nonneg_float, default=D.max_grad_norm, help="Gradient clipping norm (0 disables).")
+    o.add_argument("--text_dropout", type=probability, default=D.text_dropout,
                    help="Probability of training a clip with an empty description, so classifier-free "
                         "guidance keeps working (audiocraft uses 0.1).")
-    o.add_argument("--seed", type=any_int, default=42, help="Seed for LoRA init, crops, dropout and data order.")
+    o.add_argument("--seed", type=any_int, default=D.seed, help="Seed for LoRA init, crops, dropout and data order.")
 
     r = p.add_argument_group("runtime")
-    r.add_argument("--device", default="auto", help="auto, cpu or cuda.")
+    r.add_argument("--device", default=D.device, help="auto, cpu or cuda.")
     r.add_argument("--fp16", action="store_true", help="fp16 mixed precision (GPU only; ignored with a warning "
                                                         "on CPU).")
     r.add_argument("--bf16", action="store_true", help="bf16 mixed precision (Ampere or newer GPUs).")
@@ -81,65 +82,53 @@ def build_parser() -> argparse.ArgumentParser:
                         "(see finetune/scripts/benchmark_memory.py).")
 
     s = p.add_argument_group("logging and saving")
-    s.add_argument("--logging_steps", type=positive_int, default=10, help="Log train loss every N optimizer steps.")
-    s.add_argument("--eval_steps", type=positive_int, default=None,
+    s.add_argument("--logging_steps", type=positive_int, default=D.logging_steps, help="Log train loss every N optimizer steps.")
+    s.add_argument("--eval_steps", type=positive_int, default=D.eval_steps,
                    help="Also validate every N optimizer steps (always at each epoch end).")
-    s.add_argument("--sample_every", type=nonneg_int, default=0,
+    s.add_argument("--sample_every", type=nonneg_int, default=D.sample_every,
                    help="Every N validations, generate --sample_prompts into OUTPUT_DIR/samples/step-N/ so "
                         "progress can be heard during training (0 = off).")
-    s.add_argument("--sample_prompts", default=None,
+    s.add_argument("--sample_prompts", default=D.sample_prompts,
                    help="Prompts for --sample_every: a prompts file (JSON/txt, as evaluate.py reads) "
                         "(default: the first 3 validation descriptions).")
-    s.add_argument("--sample_duration", type=positive_float, default=10.0, help="Seconds per sample for --sample_every.")
-    s.add_argument("--save_steps", type=nonneg_int, default=200,
+    s.add_argument("--sample_duration", type=positive_float, default=D.sample_duration, help="Seconds per sample for --sample_every.")
+    s.add_argument("--save_steps", type=nonneg_int, default=D.save_steps,
                    help="Write checkpoints/checkpoint-N (adapter + optimizer, scheduler, RNG and data position, "
                         "enough to resume) every N optimizer steps.")
-    s.add_argument("--save_total_limit", type=positive_int, default=None,
+    s.add_argument("--save_total_limit", type=positive_int, default=D.save_total_limit,
                    help="Keep only the newest N checkpoints (default: keep all; best_model/ is never removed).")
-    s.add_argument("--resume_from_checkpoint", default=None,
+    s.add_argument("--resume_from_checkpoint", default=D.resume_from_checkpoint,
                    help="Continue a run: 'latest' (newest checkpoint in --output_dir) or a checkpoint-N folder. "
                         "Use the run's other flags unchanged.")
     s.add_argument("--overwrite_output_dir", action="store_true",
                    help="Replace a run already in --output_dir (its outputs are deleted first).")
-    s.add_argument("--report_to", default="none", choices=["none", "tensorboard", "wandb"],
+    s.add_argument("--report_to", default=D.report_to, choices=["none", "tensorboard", "wandb"],
                    help="Also send metrics to tensorboard (OUTPUT_DIR/logs/) or wandb (pip install wandb); "
                         "logs/metrics.jsonl is always written.")
     s.add_argument("--no_progress", action="store_true", help="Hide progress bars (logs still printed).")
 
     g = p.add_argument_group("stopping")
-    g.add_argument("--early_stopping_patience", type=positive_int, default=None,
+    g.add_argument("--early_stopping_patience", type=positive_int, default=D.early_stopping_patience,
                    help="Stop after N validations in a row without a new best loss (final_model is still "
                         "written). Default: never.")
-    g.add_argument("--max_nonfinite_steps", type=nonneg_int, default=10,
+    g.add_argument("--max_nonfinite_steps", type=nonneg_int, default=D.max_nonfinite_steps,
                    help="A NaN/inf loss or gradient skips that update; this many in a row stop the run "
                         "(best_model/ and checkpoints are kept). 0: never stop.")
-    g.add_argument("--debug_inject_nan_at_step", default=None, help=argparse.SUPPRESS)  # tests only
     return p
 
 
-def check_args(args):
-    """Checks across flags (one flag's range is its type's job): one line each, before anything loads."""
-    if args.fp16 and args.bf16:
-        raise UserError("--fp16 and --bf16 exclude each other; pick one")
-    if args.resume_from_checkpoint and args.overwrite_output_dir:
-        raise UserError("--resume_from_checkpoint continues the run in --output_dir and --overwrite_output_dir "
-                        "replaces it; pass one of them")
-    targets = [t.strip() for t in args.lora_target_modules.split(",") if t.strip()]
-    bad = [t for t in targets if not t.replace("_", "").isalnum()]
-    if not targets or bad:
-        raise UserError(f"--lora_target_modules {args.lora_target_modules!r}: give comma-separated layer names "
-                        f"such as {','.join(DEFAULT_TARGETS)}")
-    if args.sample_prompts and not args.sample_every:
-        raise UserError("--sample_prompts is used by --sample_every N; pass both (or neither)")
+def config_from(args) -> TrainConfig:
+    """The parsed flags as the library's typed config (the flags are its fields), checked."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names}).check()
 
 
 @cli
 def main(argv=None):
-    args = parse_args_with_config(build_parser(), argv)
-    check_args(args)
+    cfg = config_from(parse_args_with_config(build_parser(), argv))
     from musicgen_lora.training.trainer import train
 
-    train(args)
+    train(cfg)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from musicgen_lora.audio import RESAMPLER, piece_samples
-from musicgen_lora.common import UserError, log
+from musicgen_lora.audio import RESAMPLER, AudioPieces, piece_samples
+from musicgen_lora.common import UserError, log, resolve_device
+from musicgen_lora.data.metadata import read_metadata
+from musicgen_lora.modeling import encode_pieces, load_model_and_processor, model_info, unwrap_base
 from musicgen_lora.outputs import atomic_file, atomic_write_text, clean_stale
 
 CACHE_FORMAT = 1
@@ -93,7 +95,7 @@ class FileHashMemo:
 
 def codec_identity(model) -> str:
     """sha256 of the codec's config and weights (computed once per run; ~0.5 s for musicgen-small's)."""
-    base = getattr(model, "get_base_model", lambda: model)()
+    base = unwrap_base(model)
     codec = base.audio_encoder
     h = hashlib.sha256()
     cfg = {k: v for k, v in codec.config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
@@ -123,11 +125,9 @@ class CodeCache:
     """Codes of whole clips, keyed by audio content + codec identity + settings (see module doc)."""
 
     def __init__(self, cache_dir, model, sample_rate: int):
-        from musicgen_lora.modeling import model_info
-
         self.dir = Path(cache_dir)
         self.model = model
-        param = next(getattr(model, "get_base_model", lambda: model)().audio_encoder.parameters())
+        param = next(unwrap_base(model).audio_encoder.parameters())
         hop = model_info(model)["hop_length"]
         self.settings = {"format": CACHE_FORMAT, "sample_rate": int(sample_rate), "channels": "mono-mean",
                          "resampler": RESAMPLER, "encode": "pieces", "piece_samples": piece_samples(sample_rate, hop),
@@ -149,9 +149,6 @@ class CodeCache:
     def encode(self, audio_path) -> tuple[torch.Tensor, int]:
         """Encode a whole clip piece by piece, exactly as the uncached training path does (one
         piece in memory at a time, however long the clip)."""
-        from musicgen_lora.audio import AudioPieces
-        from musicgen_lora.modeling import encode_pieces
-
         audio = AudioPieces(audio_path, self.settings["sample_rate"], self.settings["piece_samples"])
         codes = encode_pieces(self.model, (audio.read(j) for j in range(audio.num_pieces)))
         return codes.cpu(), audio.num_samples
@@ -199,19 +196,19 @@ def default_cache_dir(data_dir) -> Path:
     return Path(data_dir) / DEFAULT_CACHE_NAME
 
 
-def open_training_cache(args, model, sample_rate: int, splits: dict, device=None, progress=True) -> dict:
-    """For train_lora.py: entry paths per split ({split: [path, ...]}), or {split: None} with --no_cache.
+def open_training_cache(model, sample_rate: int, splits: dict, cache_dir: Path | None, device=None,
+                        progress=True) -> dict:
+    """For the trainer: entry paths per split ({split: [path, ...]}), or {split: None} without a
+    cache (cache_dir None: training encodes at every step).
 
     The codec runs on `device` (the GPU when there is one) and in fp32: the codes must not depend on
     the trainer's autocast.
     """
-    if getattr(args, "no_cache", False):
+    if cache_dir is None:
         return {name: None for name in splits}
-    cache_dir = Path(args.cache_dir) if getattr(args, "cache_dir", None) else default_cache_dir(args.data_dir)
-    base = getattr(model, "get_base_model", lambda: model)()
     cache = CodeCache(cache_dir, model, sample_rate)
     if device is not None:
-        base.audio_encoder.to(device)
+        unwrap_base(model).audio_encoder.to(device)
     out = {}
     for name, clips in splits.items():
         out[name] = cache.fill(clips, desc=f"codes ({name})", progress=progress)
@@ -224,10 +221,6 @@ def open_training_cache(args, model, sample_rate: int, splits: dict, device=None
 def pretokenize(model_path: str, data_dir, metadata_file="metadata.json", cache_dir=None, device="auto",
                 progress=True) -> dict:
     """Fill the cache for every clip in metadata.json ahead of training; returns fill statistics."""
-    from musicgen_lora.common import resolve_device
-    from musicgen_lora.data.dataset import read_metadata
-    from musicgen_lora.modeling import load_model_and_processor, model_info
-
     splits = read_metadata(data_dir, metadata_file)
     clips = splits["train"] + splits["valid"]
     model, _ = load_model_and_processor(model_path, device=resolve_device(device))

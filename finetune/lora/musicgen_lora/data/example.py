@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from musicgen_lora.audio import MUSICGEN_SAMPLE_RATE
 from musicgen_lora.outputs import atomic_write_json
 
-SR = 32000
+SR = MUSICGEN_SAMPLE_RATE
 
 
 def _env(n, attack, decay):

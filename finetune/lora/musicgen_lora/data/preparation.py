@@ -33,12 +33,12 @@ import numpy as np
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from musicgen_lora.audio import load_audio
+from musicgen_lora.audio import MUSICGEN_SAMPLE_RATE, load_audio
 from musicgen_lora.common import UserError
 from musicgen_lora.outputs import atomic_write_json, check_shared_targets, clean_stale, read_manifest, temp_path, write_manifest
 
 TOOL = "prepare_data.py"
-SAMPLE_RATE = 32000
+SAMPLE_RATE = MUSICGEN_SAMPLE_RATE  # prepared data is written at the rate every MusicGen codec runs at
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".m4a")
 DEFAULT_SILENCE_DB = -60.0
 REPORT_NAME = "prepare_report.json"

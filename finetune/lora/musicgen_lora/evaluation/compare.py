@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from musicgen_lora.audio import MUSICGEN_SAMPLE_RATE
 from musicgen_lora.common import UserError, log
 from musicgen_lora.modeling import check_adapter_dir, load_adapter
 from musicgen_lora.outputs import atomic_dir, atomic_write_json, atomic_write_text, check_own_folder, write_manifest
@@ -293,11 +294,12 @@ def validation_loader(processor, model, data_dir, metadata_file, window: float, 
     """The trainer's validation set and collation (same clips, crops and labels as step 0)."""
     import torch
 
-    from musicgen_lora.data.dataset import Collator, MusicDataset, read_metadata, report_long_descriptions
+    from musicgen_lora.data.dataset import Collator, MusicDataset
+    from musicgen_lora.data.metadata import read_metadata, report_long_descriptions, validation_clips
     from musicgen_lora.modeling import model_info
 
     splits = read_metadata(data_dir, metadata_file)
-    clips = splits["valid"] or splits["train"][: max(1, len(splits["train"]) // 10)]
+    clips = validation_clips(splits)
     report_long_descriptions(processor.tokenizer, clips)
     info = model_info(model)
     sr, hop = info["sample_rate"], info["hop_length"]
@@ -333,7 +335,7 @@ def reference_embeddings(model, dataset) -> np.ndarray:
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
 
 
-def score_folder(input_dir: Path, out: Path, sample_rate: int = 32000) -> dict:
+def score_folder(input_dir: Path, out: Path, sample_rate: int = MUSICGEN_SAMPLE_RATE) -> dict:
     """--score_only: score every audio file under input_dir (recursively) into out. The first folder
     level names the model (base_model/, best_model/, ...); a sidecar .json supplies prompt and seed.
     Unreadable files are reported and skipped."""

@@ -13,11 +13,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from musicgen_lora.modeling import unwrap_base
+
 
 @torch.no_grad()
 def encodec_embeddings(model, clips: list[np.ndarray], batch_size: int = 4) -> np.ndarray:
     """(frames, dim) float64: all clips' encoder frames stacked (clips are encoded one batch at a time)."""
-    base = getattr(model, "get_base_model", lambda: model)()
+    base = unwrap_base(model)
     codec = base.audio_encoder
     param = next(codec.parameters())
     out = []

@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from musicgen_lora.training.metrics_log import read_metrics
+
 RUNNING_MINUTES = 10.0
 
 # Settings that are paths. run_config.json stores them absolute (as typed under "as_given"), so a run
@@ -146,36 +148,6 @@ def _read_json_quiet(path: Path, notes: list, what: str):
         notes.append(f"{what} is not a JSON object, ignored")
         return None
     return obj
-
-
-def read_metrics(path: Path):
-    """Records of a metrics JSONL and notes on what was skipped.
-
-    Python's json writes NaN/Infinity for non-finite floats and reads them back, so a NaN loss arrives
-    as float('nan'). A line cut short by a crash, or any other malformed line, is skipped with a note.
-    """
-    records, bad = [], []
-    try:
-        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
-        return [], []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            bad.append(i)
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
-            records.append(rec)
-        else:
-            bad.append(i)
-    notes = []
-    if bad:
-        shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
-        notes.append(f"skipped {len(bad)} malformed line(s) of metrics.jsonl (line {shown})")
-    return records, notes
 
 
 def find_evaluation_summaries(run_dir: Path):

@@ -11,7 +11,6 @@ the previous checkpoints untouched:
 
 trainer_state.json is written last inside the temp dir; a folder without it is never resumed from.
 """
-import json
 import random
 import re
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musicgen_lora.common import UserError, log, read_json
+from musicgen_lora.common import UserError, read_json
 from musicgen_lora.outputs import (Survey, atomic_dir, atomic_write_json, check_writable, clean_stale, kind_of, remove_owned,
                      remove_path, survey)
 
@@ -263,31 +262,3 @@ def load_checkpoint(path: Path, accelerator, model, optimizer, scheduler) -> tup
         raise UserError(f"{path}: written by {len(ranks)} processes, resumed with {accelerator.num_processes}; "
                         f"resume with the same number of processes")
     return state, mine
-
-
-# --------------------------------------------------------------------------------------------
-# Metrics log
-# --------------------------------------------------------------------------------------------
-def restore_metrics_log(metrics_path: Path, checkpoint: Path, offset: int):
-    """Cut the JSONL back to what it held when the checkpoint was written, so records the killed run
-    wrote after it (or a torn last line) are not duplicated: the resumed log equals an uninterrupted
-    one. Resuming into another output dir copies the source run's records up to that point."""
-    source = Path(checkpoint).resolve().parent.parent / "logs" / "metrics.jsonl"
-    metrics_path = Path(metrics_path)
-    if source.is_file() and source.resolve() != metrics_path.resolve():
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        metrics_path.write_bytes(source.read_bytes()[:offset])
-        return
-    if not metrics_path.is_file():
-        log.warning(f"warning: {metrics_path} is missing; the resumed run's log starts at the checkpoint")
-        return
-    size = metrics_path.stat().st_size
-    if size < offset:
-        log.warning(f"warning: {metrics_path} is shorter than when the checkpoint was written; keeping it as is")
-        return
-    with open(metrics_path, "r+b") as f:
-        f.truncate(offset)
-
-
-def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -21,10 +21,10 @@ class NonFiniteGuard:
     def exhausted(self) -> bool:
         return bool(self.limit) and self.streak >= self.limit
 
-    def state(self) -> dict:
+    def state_dict(self) -> dict:
         return {"streak": self.streak, "total": self.total}
 
-    def load(self, state: dict):
+    def load_state_dict(self, state: dict):
         self.streak, self.total = state["streak"], state["total"]
 
 
@@ -40,7 +40,8 @@ class EarlyStopping:
         self.bad_evals = 0 if improved else self.bad_evals + 1
         return bool(self.patience) and self.bad_evals >= self.patience
 
+    def state_dict(self) -> dict:
+        return {"evals_without_improvement": self.bad_evals}
 
-def parse_steps(text: str | None) -> set[int]:
-    """'3,5' -> {3, 5} (test hook: optimizer steps whose loss is made non-finite)."""
-    return {int(s) for s in str(text).split(",") if s.strip()} if text else set()
+    def load_state_dict(self, state: dict):
+        self.bad_evals = state.get("evals_without_improvement", 0)

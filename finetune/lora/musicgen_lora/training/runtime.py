@@ -1,40 +1,34 @@
 """How training runs: accelerate (device, precision, accumulation, processes), trackers, sharded
 validation, gradient checkpointing. Works unchanged under `accelerate launch` and `torchrun`."""
 import importlib.util
-import math
 from pathlib import Path
 
 import torch
 
 from musicgen_lora.common import UserError, log, resolve_device
+from musicgen_lora.modeling import unwrap_base
 
-REPORT_TO = ("none", "tensorboard", "wandb")
-
-
-def make_accelerator(args, output_dir: Path):
+def make_accelerator(device: str, precision: str, gradient_accumulation_steps: int, report_to: str,
+                     project_dir: Path):
+    """The accelerate Accelerator for a run. `precision` is what was asked ("fp32", "fp16", "bf16");
+    it falls back to fp32 with a warning where the hardware cannot (a CPU; bf16 on an older GPU)."""
     from accelerate import Accelerator
 
-    device = resolve_device(args.device)
-    precision = "no"
-    if args.fp16 and args.bf16:
-        raise UserError("--fp16 and --bf16 exclude each other; pick one")
-    if args.fp16 or args.bf16:
-        wanted = "fp16" if args.fp16 else "bf16"
+    device = resolve_device(device)
+    mixed = "no"
+    if precision in ("fp16", "bf16"):
         if device == "cpu":
-            log.warning(f"warning: --{wanted} needs a GPU; training in fp32 on the CPU instead")
-        elif args.bf16 and not torch.cuda.is_bf16_supported():
+            log.warning(f"warning: --{precision} needs a GPU; training in fp32 on the CPU instead")
+        elif precision == "bf16" and not torch.cuda.is_bf16_supported():
             log.warning("warning: this GPU has no bf16; training in fp32")
         else:
-            precision = wanted
-    report_to = getattr(args, "report_to", "none") or "none"
-    if report_to not in REPORT_TO:
-        raise UserError(f"--report_to {report_to}: choose one of {', '.join(REPORT_TO)}")
+            mixed = precision
     if report_to != "none" and importlib.util.find_spec(report_to) is None:
         raise UserError(f"--report_to {report_to} needs the {report_to} package: pip install {report_to} "
                         f"(or use --report_to none; logs/metrics.jsonl is always written)")
-    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=args.gradient_accumulation_steps,
+    return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=gradient_accumulation_steps,
                        cpu=device == "cpu", log_with=None if report_to == "none" else report_to,
-                       project_dir=str(output_dir / "logs"))
+                       project_dir=str(project_dir))
 
 
 def start_trackers(accelerator, config: dict, run_name: str):
@@ -43,20 +37,6 @@ def start_trackers(accelerator, config: dict, run_name: str):
         return
     flat = {k: (v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in config.items()}
     accelerator.init_trackers(run_name, config=flat)
-
-
-def tracker_values(record: dict) -> dict:
-    """A metrics.jsonl record -> `type/name: number` pairs for tensorboard / wandb."""
-    kind = record.get("type", "train")
-    out = {}
-    for key, value in record.items():
-        if key in ("type", "step") or isinstance(value, bool):
-            continue
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            out[f"{kind}/{key}"] = value
-        elif isinstance(value, list) and key == "valid_loss_per_codebook":
-            out.update({f"{kind}/valid_loss_codebook_{i}": v for i, v in enumerate(value)})
-    return out
 
 
 def shard_for_rank(dataset, accelerator):
@@ -92,7 +72,7 @@ def enable_gradient_checkpointing(model):
     Non-reentrant checkpointing works with LoRA on frozen layers (the reentrant kind drops the
     gradient when no input requires grad) and keeps dropout identical in the recomputation.
     """
-    base = getattr(model, "get_base_model", lambda: model)()
+    base = unwrap_base(model)
     kwargs = {"use_reentrant": False}
     if hasattr(base.decoder, "activation_checkpointing_enable"):  # transformers >= 5.2x
         base.decoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)

@@ -1,103 +1,98 @@
-"""The LoRA training loop: one visible loop of get batch, forward, backward, clip, step, log, eval, save.
+"""The LoRA training loop: read `run_training` top to bottom -- get a batch, step, and once in a while
+log, validate (and sample), save a checkpoint -- each occasional action a small named function.
 
 accelerate carries device placement, mixed precision, gradient accumulation and multi-process
-training, so the same loop runs on a CPU, one GPU, or under `accelerate launch` / `torchrun`.
-Checkpoint/resume machinery lives in checkpointing.py, the accelerator and trackers in runtime.py,
-the divergence guard and early stopping in guards.py.
+training, so the same loop runs on a CPU, one GPU, or under `accelerate launch` / `torchrun`. What a
+run works with is built once by `setup` (a `Run`, never rebound); everything a resume needs lives in
+one `TrainState` (training/state.py). Checkpoint files are checkpointing.py's, the metrics log
+metrics_log.py's, the accelerator and collectives runtime.py's.
 """
+from __future__ import annotations
+
 import contextlib
-import json
 import logging
 import math
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 import musicgen_lora.training.checkpointing as ckpt
-from musicgen_lora.data.code_cache import open_training_cache
 from musicgen_lora.common import UserError, log, seed_everything, uniform_loss
-from musicgen_lora.data.dataset import Collator, MusicDataset, batch_size_of, padding_report, read_metadata, report_long_descriptions
-from musicgen_lora.training.guards import EarlyStopping, NonFiniteGuard, parse_steps
+from musicgen_lora.data.code_cache import default_cache_dir, open_training_cache
+from musicgen_lora.data.dataset import Collator, MusicDataset, batch_size_of, padding_report
+from musicgen_lora.data.metadata import read_metadata, report_long_descriptions, validation_clips
 from musicgen_lora.modeling import (apply_lora, batch_loss, count_parameters, evaluate_loss, load_model_and_processor,
-                      model_info)
-from musicgen_lora.outputs import (DiskFull, atomic_dir, atomic_write_json, disk_full_error, new_run_id, output_lock, read_manifest,
-                     write_manifest)
+                                    model_info)
+from musicgen_lora.outputs import (DiskFull, atomic_dir, atomic_write_json, disk_full_error, new_run_id, output_lock,
+                                   read_manifest, write_manifest)
 from musicgen_lora.plotting import write_training_curves
 from musicgen_lora.runs.table import absolute_paths
-from musicgen_lora.training.runtime import (any_across_ranks, enable_gradient_checkpointing, make_accelerator, mean_across_ranks,
-                     shard_for_rank, start_trackers, sum_across_ranks, tracker_values)
+from musicgen_lora.training.config import TrainConfig
+from musicgen_lora.training.guards import EarlyStopping, NonFiniteGuard
+from musicgen_lora.training.metrics_log import FILE as METRICS_FILE
+from musicgen_lora.training.metrics_log import MetricsLog, cut_back
+from musicgen_lora.training.runtime import (any_across_ranks, enable_gradient_checkpointing, make_accelerator,
+                                            mean_across_ranks, shard_for_rank, start_trackers, sum_across_ranks)
+from musicgen_lora.training.state import TrainState, Window
 
 
-class MetricsLog:
-    """Append-only JSONL of training and validation records (flushed per line, survives crashes),
-    mirrored to accelerate's trackers (tensorboard/wandb) when --report_to asks for them."""
+@dataclass
+class Run:
+    """What one training run works with: built by `setup` (run_id and metrics when the run dir is
+    opened), read by the loop and its actions."""
 
-    def __init__(self, path: Path, accelerator=None):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.accelerator = accelerator
-        self.file = open(path, "a", encoding="utf-8")
+    cfg: TrainConfig
+    accelerator: object
+    output_dir: Path
+    model: object
+    processor: object
+    info: dict
+    params: list
+    optimizer: object
+    scheduler: object
+    train_set: MusicDataset
+    valid_set: MusicDataset
+    train_loader: object
+    valid_loader: object
+    data_rng: torch.Generator   # draws each epoch's shuffle
+    total_steps: int
+    steps_per_epoch: int
+    warmup: int
+    run_id: str
+    resume_from: Path | None
+    sample_prompts: list
+    metrics: MetricsLog | None  # the main process writes the files; None elsewhere
 
-    def write(self, record: dict):
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        if self.accelerator is not None and self.accelerator.log_with:
-            self.accelerator.log(tracker_values(record), step=record["step"])
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
 
-    def offset(self) -> int:
-        """Bytes written so far: a checkpoint records it so a resume can cut the log back to it."""
-        return self.file.tell()
+    @property
+    def progress(self) -> bool:
+        return self.main and not self.cfg.no_progress
 
-    def close(self):
-        self.file.close()
-
-
-def peak_memory_mb(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def save_adapter(model, accelerator, path: Path, extra: dict | None = None):
-    """Write a PEFT adapter folder atomically (a kill mid-save keeps the previous one)."""
-    if not accelerator.is_main_process:
-        return
-    with atomic_dir(path) as tmp:
-        accelerator.unwrap_model(model).save_pretrained(str(tmp))
-        if extra:
-            atomic_write_json(tmp / "training_info.json", extra)
-
-
-def default_warmup(total_steps: int) -> int:
-    """5% of the optimizer steps, rounded: none for a run under 10 steps, where one warm-up step
-    would spend the first update at learning rate 0."""
-    return int(round(0.05 * total_steps))
+    @property
+    def uniform(self) -> float:
+        return uniform_loss(self.info["vocab_size"])
 
 
-def run_config(args, accelerator, run_id: str) -> dict:
-    """run_config.json's settings: every flag as parsed, paths made absolute (as typed under
-    `as_given`), and the precision and device that really ran (not just what was asked)."""
-    config = absolute_paths(vars(args))
-    ran = accelerator.mixed_precision if accelerator.mixed_precision in ("fp16", "bf16") else "fp32"
-    asked = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
-    config.update(run_id=run_id, precision=ran, requested_precision=asked, fp16=ran == "fp16", bf16=ran == "bf16",
-                  mixed_precision=accelerator.mixed_precision, device=str(accelerator.device),
-                  num_processes=accelerator.num_processes)
-    return config
-
-
-def train(args):
-    """Run one training; holds the run dir's lock for its whole life (main process)."""
-    output_dir = Path(args.output_dir)
-    accelerator = make_accelerator(args, output_dir)
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> dict:
+    """Train, holding the run dir's lock for the whole run (main process); returns logs/summary.json."""
+    output_dir = Path(cfg.output_dir)
+    accelerator = make_accelerator(cfg.device, cfg.requested_precision, cfg.gradient_accumulation_steps,
+                                   cfg.report_to, output_dir / "logs")
     with contextlib.ExitStack() as stack:
         if accelerator.is_main_process:  # one writer per run dir: a second train_lora.py stops here
             stack.enter_context(output_lock(output_dir, ckpt.TOOL))
         try:
-            return _train(args, accelerator, output_dir)
+            return run_training(cfg, accelerator)
         except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: say how to go on
             e.hint = ckpt.resume_hint(output_dir)
             raise
@@ -108,331 +103,445 @@ def train(args):
             raise DiskFull(full.base, f"free some space, then {ckpt.resume_hint(output_dir)}") from None
 
 
-def _train(args, accelerator, output_dir: Path):
-    window = args.target_duration if args.max_duration is None else min(args.target_duration, args.max_duration)
-    if args.max_duration is not None and args.max_duration < args.target_duration:
-        log.warning(f"warning: --max_duration {args.max_duration} < --target_duration {args.target_duration}: "
-                    f"training on {window} s windows")
-    # Resolve the checkpoint and check the run dir before anything is loaded or written.
-    resume_from = ckpt.resolve_resume_path(output_dir, args.resume_from_checkpoint) \
-        if args.resume_from_checkpoint else None
-    ckpt.check_output_dir(output_dir, args.overwrite_output_dir, resuming=resume_from is not None)
+def run_training(cfg: TrainConfig, accelerator) -> dict:
+    run = setup(cfg, accelerator)
+    state = resume(run) if run.resume_from else start(run)
+    run.model.train()
+    for epoch in range(state.epoch, cfg.num_epochs + 1):
+        for batch in epoch_batches(run, state, epoch):
+            if not train_step(run, state, batch):
+                continue  # accumulating micro-batches: no optimizer step yet
+            if state.guard.exhausted:
+                state.stop_reason = "non-finite"
+                break
+            if state.step % cfg.logging_steps == 0 or state.step == run.total_steps:
+                log_window(run, state)
+            if cfg.eval_steps and state.step % cfg.eval_steps == 0:
+                validate(run, state)
+            if cfg.save_steps and state.step % cfg.save_steps == 0:
+                save_checkpoint(run, state)
+            if state.finished(run.total_steps):
+                break
+        if state.last_eval_step != state.step and state.stop_reason != "non-finite":
+            validate(run, state)  # every epoch ends validated
+        if state.finished(run.total_steps):
+            break
+    return finish(run, state)
 
-    seed_everything(args.seed)
-    splits = read_metadata(args.data_dir, args.metadata_file)
+
+# --------------------------------------------------------------------------------------------
+# Setting up
+# --------------------------------------------------------------------------------------------
+def setup(cfg: TrainConfig, accelerator) -> Run:
+    """Check the run dir, load data and model, build loaders, optimizer and schedule, open the run dir."""
+    output_dir = Path(cfg.output_dir)
+    # Before anything is loaded or written: the checkpoint to resume and what the run dir holds.
+    resume_from = ckpt.resolve_resume_path(output_dir, cfg.resume_from_checkpoint) if cfg.resume_from_checkpoint \
+        else None
+    ckpt.check_output_dir(output_dir, cfg.overwrite_output_dir, resuming=resume_from is not None)
+    seed_everything(cfg.seed)
+    splits, sample_prompts = load_data(cfg)
+    if not accelerator.is_main_process:  # one copy of every message, from the process that writes the files
+        log.setLevel(logging.ERROR)
+    model, processor, info = load_model(cfg, splits)
+    train_set, valid_set, train_loader, valid_loader, data_rng = make_loaders(cfg, accelerator, model, processor, info,
+                                                                              splits)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    total_steps, steps_per_epoch, warmup, scheduler = make_schedule(cfg, train_loader, optimizer)
+    run = Run(cfg, accelerator, output_dir, model, processor, info, params, optimizer, scheduler, train_set,
+              valid_set, train_loader, valid_loader, data_rng, total_steps, steps_per_epoch, warmup, "", resume_from,
+              sample_prompts, None)
+    if resume_from:
+        ckpt.check_resume_compatible(resume_from, ckpt.read_trainer_state(resume_from), resume_critical(run))
+    open_run_dir(run)
+    return run
+
+
+def load_data(cfg: TrainConfig):
+    """The metadata's splits, and the prompts --sample_every will use (read now: a bad prompts file
+    is one line before the model loads)."""
+    splits = read_metadata(cfg.data_dir, cfg.metadata_file)
     if not splits["train"]:
-        raise UserError(f"{args.data_dir}/{args.metadata_file}: no training clips listed")
-    sample_prompts = []
-    if args.sample_every:  # read now: a bad prompts file is one line before the model loads
+        raise UserError(f"{cfg.data_dir}/{cfg.metadata_file}: no training clips listed")
+    prompts = []
+    if cfg.sample_every:
         from musicgen_lora.generation import load_prompts
 
-        sample_prompts = ([p.text for p in load_prompts(args.sample_prompts)] if args.sample_prompts
-                          else [c.description for c in (splits["valid"] or splits["train"])[:3]])
-    device = accelerator.device
-    main = accelerator.is_main_process
-    if not main:  # one copy of every message, from the process that writes the files
-        log.setLevel(logging.ERROR)
-    model, processor = load_model_and_processor(args.model_path, device="cpu")
+        prompts = ([p.text for p in load_prompts(cfg.sample_prompts)] if cfg.sample_prompts
+                   else [c.description for c in validation_clips(splits)[:3]])
+    return splits, prompts
+
+
+def load_model(cfg: TrainConfig, splits: dict):
+    model, processor = load_model_and_processor(cfg.model_path, device="cpu")
     info = model_info(model)
     report_long_descriptions(processor.tokenizer, splits["train"] + splits["valid"])
-    targets = [t.strip() for t in args.lora_target_modules.split(",") if t.strip()]
-    model = apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, targets)
-    if args.gradient_checkpointing:
+    model = apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.targets)
+    if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     trainable, total = count_parameters(model)
-    log.info(f"LoRA r={args.lora_rank} alpha={args.lora_alpha} on {','.join(targets)}: "
+    log.info(f"LoRA r={cfg.lora_rank} alpha={cfg.lora_alpha} on {','.join(cfg.targets)}: "
              f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+    return model, processor, info
 
-    sr = info["sample_rate"]
-    hop = info["hop_length"]
-    collate = Collator(processor, int(round(window * sr)), hop)
-    valid_clips = splits["valid"] or splits["train"][: max(1, len(splits["train"]) // 10)]
+
+def make_loaders(cfg: TrainConfig, accelerator, model, processor, info: dict, splits: dict):
+    """Datasets over the code cache (each clip encoded once, ever; none with --no_cache) and their loaders."""
+    window = cfg.window_seconds
+    if cfg.max_duration is not None and cfg.max_duration < cfg.target_duration:
+        log.warning(f"warning: --max_duration {cfg.max_duration} < --target_duration {cfg.target_duration}: "
+                    f"training on {window} s windows")
+    sr, hop = info["sample_rate"], info["hop_length"]
+    valid_clips = validation_clips(splits)
     if not splits["valid"]:
         log.warning("warning: metadata has no valid split; validating on a slice of the training clips")
-    # Codes come from the on-disk cache (each clip encoded once, ever) unless --no_cache.
+    cache_dir = None if cfg.no_cache else Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.data_dir)
     with accelerator.main_process_first():
-        code_files = open_training_cache(args, model, sr, {"train": splits["train"], "valid": valid_clips},
-                                         device=device, progress=not args.no_progress)
-    train_set = MusicDataset(splits["train"], sr, window, train=True, seed=args.seed, hop_length=hop,
+        code_files = open_training_cache(model, sr, {"train": splits["train"], "valid": valid_clips}, cache_dir,
+                                         device=accelerator.device, progress=not cfg.no_progress)
+    train_set = MusicDataset(splits["train"], sr, window, train=True, seed=cfg.seed, hop_length=hop,
                              code_files=code_files["train"])
-    valid_set = MusicDataset(valid_clips, sr, window, train=False, seed=args.seed, hop_length=hop,
+    valid_set = MusicDataset(valid_clips, sr, window, train=False, seed=cfg.seed, hop_length=hop,
                              code_files=code_files["valid"])
-    pad = padding_report(splits["train"], window)
-    if pad["padded_fraction"] is not None:
-        log.info(f"train clips: {len(train_set)}, valid clips: {len(valid_set)}; {pad['shorter_than_target']} "
-                 f"shorter than {window:g} s -> {100 * pad['padded_fraction']:.1f}% of label frames are padding "
-                 f"(masked, never learned)")
-        if pad["padded_fraction"] > 0.2:
-            log.warning(f"warning: {100 * pad['padded_fraction']:.0f}% of the window is padding; lower "
-                        f"--target_duration towards your clips' length")
+    log_padding(splits["train"], window, len(train_set), len(valid_set))
+    collate = Collator(processor, int(round(window * sr)), hop)
+    # Each epoch's shuffle is drawn from data_rng; accelerate shards the batches over processes.
+    data_rng = torch.Generator().manual_seed(cfg.seed)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True,
+                                               collate_fn=collate, num_workers=cfg.num_workers,
+                                               generator=data_rng, drop_last=False)
+    valid_loader = torch.utils.data.DataLoader(shard_for_rank(valid_set, accelerator), batch_size=cfg.batch_size,
+                                               shuffle=False, collate_fn=collate, num_workers=cfg.num_workers)
+    return train_set, valid_set, train_loader, valid_loader, data_rng
 
-    # The shuffle of each epoch is drawn from loader_gen; accelerate shards the batches over ranks.
-    loader_gen = torch.Generator().manual_seed(args.seed)
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
-                                               collate_fn=collate, num_workers=args.num_workers,
-                                               generator=loader_gen, drop_last=False)
-    valid_loader = torch.utils.data.DataLoader(shard_for_rank(valid_set, accelerator), batch_size=args.batch_size,
-                                               shuffle=False, collate_fn=collate, num_workers=args.num_workers)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)  # per rank, after sharding
-    total_steps = steps_per_epoch * args.num_epochs
-    if args.max_steps:
-        total_steps = min(total_steps, args.max_steps) if args.num_epochs else args.max_steps
-    warmup = args.warmup_steps if args.warmup_steps is not None else default_warmup(total_steps)
-    if warmup >= total_steps:
-        log.warning(f"warning: --warmup_steps {warmup} >= {total_steps} optimizer steps in this run: the "
-                    f"learning rate never reaches {args.learning_rate:g}")
+def log_padding(train_clips, window: float, n_train: int, n_valid: int):
+    pad = padding_report(train_clips, window)
+    if pad["padded_fraction"] is None:
+        return
+    log.info(f"train clips: {n_train}, valid clips: {n_valid}; {pad['shorter_than_target']} shorter than "
+             f"{window:g} s -> {100 * pad['padded_fraction']:.1f}% of label frames are padding (masked, never "
+             f"learned)")
+    if pad["padded_fraction"] > 0.2:
+        log.warning(f"warning: {100 * pad['padded_fraction']:.0f}% of the window is padding; lower "
+                    f"--target_duration towards your clips' length")
+
+
+def default_warmup(total_steps: int) -> int:
+    """5% of the optimizer steps, rounded: none for a run under 10 steps, where one warm-up step
+    would spend the first update at learning rate 0."""
+    return int(round(0.05 * total_steps))
+
+
+def make_schedule(cfg: TrainConfig, train_loader, optimizer):
+    """(total steps, steps per epoch, warm-up steps, cosine schedule). The scheduler is stepped by
+    hand once per optimizer step, whatever the number of processes (not given to accelerate)."""
     from transformers import get_cosine_schedule_with_warmup
 
-    # Not passed to accelerate.prepare: stepped by hand once per optimizer step, whatever the
-    # number of processes.
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)  # per process
+    total_steps = steps_per_epoch * cfg.num_epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else default_warmup(total_steps)
+    if warmup >= total_steps:
+        log.warning(f"warning: --warmup_steps {warmup} >= {total_steps} optimizer steps in this run: the "
+                    f"learning rate never reaches {cfg.learning_rate:g}")
     scheduler = get_cosine_schedule_with_warmup(optimizer.optimizer, warmup, max(total_steps, 1))
+    return total_steps, steps_per_epoch, warmup, scheduler
 
-    this_run = {"batch_size": args.batch_size, "gradient_accumulation_steps": args.gradient_accumulation_steps,
-                "num_processes": accelerator.num_processes, "seed": args.seed}
-    if resume_from:
-        ckpt.check_resume_compatible(resume_from, ckpt.read_trainer_state(resume_from), this_run)
-    # The run id ties everything made from this run (evaluations, samples) to it; a resume keeps it.
-    previous = read_manifest(output_dir) or {}
-    run_id = previous.get("run_id") if resume_from and previous.get("tool") == ckpt.TOOL else None
-    run_id = run_id or (ckpt.read_trainer_state(resume_from).get("run_id") if resume_from else None) or new_run_id()
-    config = run_config(args, accelerator, run_id)
-    config.update(window_seconds=window, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                  warmup_steps_effective=warmup, trainable_parameters=trainable, total_parameters=total,
-                  train_clips=len(train_set), valid_clips=len(valid_set),
-                  global_batch_size=args.batch_size * args.gradient_accumulation_steps * accelerator.num_processes,
-                  resumed_from=str(Path(resume_from).absolute()) if resume_from else None,
-                  uniform_loss=uniform_loss(info["vocab_size"]), **{f"model_{k}": v for k, v in info.items()})
-    accelerator.wait_for_everyone()  # every rank has checked the output dir before the first write
-    if main:
-        if args.overwrite_output_dir and not resume_from:
-            ckpt.clear_run(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        for folder in (output_dir, output_dir / ckpt.CHECKPOINTS):
+
+def resume_critical(run: Run) -> dict:
+    return {**run.cfg.resume_critical, "num_processes": run.accelerator.num_processes}
+
+
+def open_run_dir(run: Run):
+    """Settle the run id (a resume keeps it: it ties evaluations and samples to the run), write the
+    manifest and run_config.json, open the metrics log (cut back to the checkpoint on a resume)."""
+    previous = read_manifest(run.output_dir) or {}
+    run.run_id = (previous.get("run_id") if run.resume_from and previous.get("tool") == ckpt.TOOL else None) or \
+        (ckpt.read_trainer_state(run.resume_from).get("run_id") if run.resume_from else None) or new_run_id()
+    config = run_config(run)
+    run.accelerator.wait_for_everyone()  # every process has checked the output dir before the first write
+    if run.main:
+        if run.cfg.overwrite_output_dir and not run.resume_from:
+            ckpt.clear_run(run.output_dir)
+        run.output_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (run.output_dir, run.output_dir / ckpt.CHECKPOINTS):
             ckpt.recover_interrupted_saves(folder)
-        write_manifest(output_dir, ckpt.TOOL, ckpt.RUN_PATHS, run_id=run_id)
-        atomic_write_json(output_dir / "run_config.json", config)
-    metrics = None
-    if main:
-        if resume_from:
-            ckpt.restore_metrics_log(output_dir / "logs" / "metrics.jsonl", resume_from,
-                                     ckpt.read_trainer_state(resume_from)["metrics_offset"])
-        metrics = MetricsLog(output_dir / "logs" / "metrics.jsonl", accelerator)
-    start_trackers(accelerator, config, output_dir.name)
-    autocast = accelerator.autocast
-    ln_v = uniform_loss(info["vocab_size"])
-    progress = not args.no_progress and main
-    reduce = sum_across_ranks(accelerator)
+        write_manifest(run.output_dir, ckpt.TOOL, ckpt.RUN_PATHS, run_id=run.run_id)
+        atomic_write_json(run.output_dir / "run_config.json", config)
+        if run.resume_from:
+            cut_back(run.output_dir / METRICS_FILE, run.resume_from,
+                     ckpt.read_trainer_state(run.resume_from)["metrics_offset"])
+        run.metrics = MetricsLog(run.output_dir / METRICS_FILE, run.accelerator)
+    start_trackers(run.accelerator, config, run.output_dir.name)
 
-    best = {"loss": None, "step": 0, "saved": False}
-    guard = NonFiniteGuard(args.max_nonfinite_steps)
-    stopper = EarlyStopping(args.early_stopping_patience)
-    inject_nan = parse_steps(getattr(args, "debug_inject_nan_at_step", None))
-    text_gen = torch.Generator().manual_seed(args.seed + 1)
-    step, start_epoch, skip_batches, last_eval_step, stop_reason = 0, 1, 0, 0, None
-    win = {"loss": 0.0, "micro": 0, "tokens": 0, "samples": 0}  # what the next train record averages
-    grad_norm = None
-    done = False
-    evals_done = 0
-    if resume_from:
-        state, mine = ckpt.load_checkpoint(resume_from, accelerator, model, optimizer, scheduler)
-        step, start_epoch, skip_batches = state["step"], state["epoch"], state["batches_in_epoch"]
-        base, best, last_eval = {"loss": state["base_valid_loss"]}, state["best"], state["last_eval"]
-        last_eval_step, stop_reason = state["last_eval_step"], state["stop_reason"]
-        stopper.bad_evals = state["evals_without_improvement"]
-        evals_done = state.get("evals_done", 0)
-        guard.load(state["nonfinite"])
-        t0 = time.time() - state["elapsed_seconds"]
-        win = dict(mine["window"])
-        window_start = time.time() - win.pop("elapsed")
-        text_gen.set_state(mine["text_dropout_rng"])
-        loader_gen.set_state(mine["epoch_start_data_order_rng"])  # replays this epoch's shuffle
-        ckpt.restore_rng_state(mine["rng"])  # last: nothing below draws before the loop does
-        log.info(f"resumed from {resume_from}: step {step}/{total_steps}, epoch {start_epoch}, "
-                 f"{skip_batches} batches of this epoch already seen, best validation loss {best['loss']:.4f}")
-    else:
-        # Step 0: the base model's loss (LoRA B starts at zero). Above ln(vocab) means labels or data
-        # are wrong, not hyper-parameters -- the seeds' runs sat there.
-        t0 = time.time()
-        base = evaluate_loss(model, valid_loader, autocast, desc="base valid", progress=progress, reduce=reduce)
-        log.info(f"step 0: base validation loss {base['loss']:.4f} (uniform guess ln({info['vocab_size']}) = "
-                 f"{ln_v:.4f})")
-        if base["loss"] > ln_v and info["random_weights"]:
-            log.info("(a random-weight test model sits at the uniform guess; a pretrained one sits well below)")
-        elif base["loss"] > ln_v:
-            log.warning(f"warning: base validation loss {base['loss']:.3f} is above a uniform guess ({ln_v:.3f}): "
-                        f"a pretrained MusicGen on in-style audio should sit well below it; check the data and "
-                        f"model (random-weight test models sit near it)")
-        if metrics:
-            metrics.write({"type": "eval", "step": 0, "epoch": 0, "valid_loss": base["loss"],
+
+def run_config(run: Run) -> dict:
+    """run_config.json: every setting (paths absolute, as typed under `as_given`), the precision and
+    device that really ran (not just what was asked), and what the run derived from them."""
+    cfg, acc = run.cfg, run.accelerator
+    trainable, total = count_parameters(run.model)
+    ran = acc.mixed_precision if acc.mixed_precision in ("fp16", "bf16") else "fp32"
+    config = absolute_paths(cfg.to_dict())
+    config.update(run_id=run.run_id, precision=ran, requested_precision=cfg.requested_precision,
+                  fp16=ran == "fp16", bf16=ran == "bf16", mixed_precision=acc.mixed_precision, device=str(acc.device),
+                  num_processes=acc.num_processes, window_seconds=cfg.window_seconds, total_steps=run.total_steps,
+                  steps_per_epoch=run.steps_per_epoch, warmup_steps_effective=run.warmup,
+                  trainable_parameters=trainable, total_parameters=total, train_clips=len(run.train_set),
+                  valid_clips=len(run.valid_set),
+                  global_batch_size=cfg.batch_size * cfg.gradient_accumulation_steps * acc.num_processes,
+                  resumed_from=str(Path(run.resume_from).absolute()) if run.resume_from else None,
+                  uniform_loss=run.uniform, **{f"model_{k}": v for k, v in run.info.items()})
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# Starting, resuming
+# --------------------------------------------------------------------------------------------
+def new_state(run: Run) -> TrainState:
+    return TrainState(guard=NonFiniteGuard(run.cfg.max_nonfinite_steps),
+                      stopper=EarlyStopping(run.cfg.early_stopping_patience),
+                      text_rng=torch.Generator().manual_seed(run.cfg.seed + 1))
+
+
+def start(run: Run) -> TrainState:
+    """A new run: step 0 is the base model's validation loss (LoRA B starts at zero). Above ln(vocab)
+    means labels or data are wrong, not hyper-parameters -- the seeds' runs sat there."""
+    state = new_state(run)
+    base = evaluate_loss(run.model, run.valid_loader, run.accelerator.autocast, desc="base valid",
+                         progress=run.progress, reduce=sum_across_ranks(run.accelerator))
+    ln_v = run.uniform
+    log.info(f"step 0: base validation loss {base['loss']:.4f} (uniform guess ln({run.info['vocab_size']}) = "
+             f"{ln_v:.4f})")
+    if base["loss"] > ln_v and run.info["random_weights"]:
+        log.info("(a random-weight test model sits at the uniform guess or above; a pretrained one sits well below)")
+    elif base["loss"] > ln_v:
+        log.warning(f"warning: base validation loss {base['loss']:.3f} is above a uniform guess ({ln_v:.3f}): a "
+                    f"pretrained MusicGen on in-style audio should sit well below it; check the data and model "
+                    f"(random-weight test models sit near it)")
+    if run.metrics:
+        run.metrics.write({"type": "eval", "step": 0, "epoch": 0, "valid_loss": base["loss"],
                            "valid_loss_per_codebook": base["per_codebook"], "uniform_loss": ln_v, "time": 0.0})
-        best["loss"], last_eval = base["loss"], base
-        window_start = time.time()
+    state.base_loss, state.last_eval = base["loss"], base
+    state.best["loss"] = base["loss"]
+    state.window = Window()
+    return state
 
-    def write_samples():
-        """Listen to progress: same prompts and seeds at every sampling point (main process only)."""
-        from musicgen_lora.generation import generate_audio, write_clip
 
-        folder = output_dir / "samples" / f"step-{step}"
-        audio = generate_audio(accelerator.unwrap_model(model), processor, sample_prompts, args.sample_duration,
-                               seed=args.seed, batch_size=len(sample_prompts), progress=False)
-        for i, (text, clip) in enumerate(zip(sample_prompts, audio)):
-            write_clip(folder / f"{i:02d}.wav", clip, sr, {"prompt": text, "step": step, "seed": args.seed,
-                                                         "duration": args.sample_duration, "run_id": run_id})
-        log.info(f"step {step}: {len(audio)} samples -> {folder}")
+def resume(run: Run) -> TrainState:
+    """Restore weights, optimizer, schedule, scaler and the whole TrainState from a checkpoint."""
+    state = new_state(run)
+    shared, mine = ckpt.load_checkpoint(run.resume_from, run.accelerator, run.model, run.optimizer, run.scheduler)
+    state.load_state_dict(shared, mine)
+    run.data_rng.set_state(state.epoch_start_data_rng)  # replays this epoch's shuffle
+    ckpt.restore_rng_state(mine["rng"])  # last: nothing below draws before the loop does
+    log.info(f"resumed from {run.resume_from}: step {state.step}/{run.total_steps}, epoch {state.epoch}, "
+             f"{state.batches_in_epoch} batches of this epoch already seen, best validation loss "
+             f"{state.best['loss']:.4f}")
+    return state
 
-    def run_eval(epoch):
-        nonlocal best, last_eval, last_eval_step, stop_reason, evals_done
-        res = evaluate_loss(model, valid_loader, autocast, progress=progress, reduce=reduce)
-        last_eval, last_eval_step = res, step
-        improved = res["loss"] < best["loss"] or not best["saved"]
-        msg = f"step {step}: validation loss {res['loss']:.4f}"
-        if improved:
-            best = {"loss": res["loss"], "step": step, "saved": True}
-            save_adapter(model, accelerator, output_dir / "best_model",
-                         {"step": step, "epoch": epoch, "valid_loss": res["loss"], "run_id": run_id})
-            msg += " (best so far -> best_model/)"
-        if stopper.update(improved):
-            stop_reason = "early_stopping"
-            msg += f"; no improvement in {stopper.patience} evaluations: stopping early"
-        log.info(msg)
-        if metrics:
-            metrics.write({"type": "eval", "step": step, "epoch": epoch, "valid_loss": res["loss"],
-                           "valid_loss_per_codebook": res["per_codebook"], "best_valid_loss": best["loss"],
-                           "time": time.time() - t0})
-            write_training_curves(output_dir)
-        evals_done += 1
-        if main and args.sample_every and evals_done % args.sample_every == 0:
-            write_samples()
 
-    def save_checkpoint(epoch, batches_in_epoch, epoch_start_rng):
-        state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch, "total_steps": total_steps,
-                 "base_valid_loss": base["loss"], "best": best, "last_eval": last_eval,
-                 "last_eval_step": last_eval_step, "stop_reason": stop_reason,
-                 "evals_without_improvement": stopper.bad_evals, "nonfinite": guard.state(),
-                 "evals_done": evals_done,
-                 "metrics_offset": metrics.offset() if metrics else None, "elapsed_seconds": time.time() - t0,
-                 "run": this_run, "run_id": run_id}
-        rank_state = {"window": dict(win, elapsed=time.time() - window_start), "text_dropout_rng": text_gen.get_state(),
-                      "epoch_start_data_order_rng": epoch_start_rng}
-        ckpt.save_checkpoint(output_dir / ckpt.CHECKPOINTS / f"checkpoint-{step}", accelerator, model, optimizer,
-                             scheduler, state, rank_state, {"step": step, "epoch": epoch, "run_id": run_id})
-        if main:
-            ckpt.rotate_checkpoints(output_dir, args.save_total_limit)
-
-    model.train()
-    epoch = start_epoch
-    for epoch in range(start_epoch, args.num_epochs + 1):
-        train_set.set_epoch(epoch)
-        # A resumed epoch skips the batches the checkpoint had consumed (same shuffle, replayed).
-        epoch_loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
-        epoch_loader.set_epoch(epoch)  # accelerate passes it on to the dataset: crops depend on the epoch only
-        epoch_start_rng = loader_gen.get_state()
-        micro_in_epoch, skip_batches = skip_batches, 0
-        done = done or step >= total_steps or stop_reason is not None  # a checkpoint from the very end
-        bar = tqdm(total=steps_per_epoch, initial=micro_in_epoch // args.gradient_accumulation_steps,
-                   desc=f"epoch {epoch}/{args.num_epochs}", disable=not progress, leave=False)
-        window_nonfinite = False
-        for batch in (() if done else epoch_loader):
-            micro_in_epoch += 1
-            skipped = False
-            with accelerator.accumulate(model):
-                with autocast():
-                    loss, tokens = batch_loss(model, batch, args.text_dropout, text_gen)
-                if step + 1 in inject_nan:  # hidden test hook; the guard below is the real path
-                    loss = loss * float("nan")
-                loss_finite = bool(torch.isfinite(loss.detach()))
-                window_nonfinite |= not loss_finite
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    # Clip at +inf when clipping is off: the norm is still needed to spot inf/nan.
-                    grad_norm = float(accelerator.clip_grad_norm_(params, args.max_grad_norm or math.inf))
-                    skipped = guard.check(not any_across_ranks(accelerator, window_nonfinite), grad_norm)
-                    if skipped:  # no gradients -> the optimizer (and fp16 scaler) step changes nothing
-                        optimizer.zero_grad(set_to_none=True)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            if loss_finite:
-                win["loss"] += float(loss.detach())
-                win["micro"] += 1
-            win["tokens"] += tokens
-            win["samples"] += batch_size_of(batch)
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            step += 1
-            window_nonfinite = False
-            bar.update(1)
-            if skipped:
-                log.warning(f"warning: step {step}: non-finite {'gradient' if loss_finite else 'loss'}; update "
-                            f"skipped ({guard.streak} in a row, the run stops at {args.max_nonfinite_steps})")
-                if metrics:
-                    metrics.write({"type": "nonfinite", "step": step, "epoch": epoch, "loss_finite": loss_finite,
-                                   "grad_norm": grad_norm if math.isfinite(grad_norm) else str(grad_norm),
-                                   "consecutive": guard.streak, "time": time.time() - t0})
-                if guard.exhausted:
-                    stop_reason, done = "non-finite", True
-                    break
-            if step % args.logging_steps == 0 or step == total_steps:
-                elapsed = max(time.time() - window_start, 1e-9)
-                train_loss = mean_across_ranks(accelerator, win["loss"] / win["micro"] if win["micro"] else math.nan)
-                n = accelerator.num_processes
-                rec = {"type": "train", "step": step, "epoch": epoch,
-                       "train_loss": train_loss if math.isfinite(train_loss) else None,
-                       "learning_rate": scheduler.get_last_lr()[0], "grad_norm": grad_norm if math.isfinite(
-                           grad_norm) else None, "samples_per_s": n * win["samples"] / elapsed,
-                       "tokens_per_s": n * win["tokens"] / elapsed, "peak_memory_mb": peak_memory_mb(device),
-                       "time": time.time() - t0}
-                bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{rec['learning_rate']:.2e}")
-                log.info(f"step {step}/{total_steps} epoch {epoch}: train loss {train_loss:.4f}, "
-                         f"lr {rec['learning_rate']:.2e}, {rec['samples_per_s']:.2f} samples/s")
-                if metrics:
-                    metrics.write(rec)
-                win = {"loss": 0.0, "micro": 0, "tokens": 0, "samples": 0}
-                window_start = time.time()
-            if args.eval_steps and step % args.eval_steps == 0:
-                run_eval(epoch)
-            if args.save_steps and step % args.save_steps == 0:
-                save_checkpoint(epoch, micro_in_epoch, epoch_start_rng)
-            if step >= total_steps or stop_reason:
-                done = True
-                break
+# --------------------------------------------------------------------------------------------
+# One epoch, one step
+# --------------------------------------------------------------------------------------------
+def epoch_batches(run: Run, state: TrainState, epoch: int):
+    """The epoch's micro-batches -- none when the run is already done (a checkpoint from its very end);
+    a resumed epoch skips the ones its checkpoint had consumed (same shuffle, replayed). Keeps
+    state.epoch / batches_in_epoch / epoch_start_data_rng current and the progress bar moving."""
+    skip = state.batches_in_epoch if epoch == state.epoch else 0
+    run.train_set.set_epoch(epoch)
+    loader = run.accelerator.skip_first_batches(run.train_loader, skip) if skip else run.train_loader
+    loader.set_epoch(epoch)  # accelerate passes it on to the dataset: crops depend on the epoch only
+    state.epoch, state.batches_in_epoch = epoch, skip
+    state.epoch_start_data_rng = run.data_rng.get_state()
+    if state.finished(run.total_steps):
+        return
+    bar = tqdm(total=run.steps_per_epoch, initial=skip // run.cfg.gradient_accumulation_steps,
+               desc=f"epoch {epoch}/{run.cfg.num_epochs}", disable=not run.progress, leave=False)
+    try:
+        for batch in loader:
+            state.batches_in_epoch += 1
+            seen = state.step
+            yield batch
+            bar.update(state.step - seen)
+    finally:
         bar.close()
-        if last_eval_step != step and stop_reason != "non-finite":
-            run_eval(epoch)
-        if done or stop_reason:
-            break
 
-    if stop_reason != "non-finite":
-        save_adapter(model, accelerator, output_dir / "final_model",
-                     {"step": step, "epoch": epoch, "valid_loss": last_eval["loss"], "run_id": run_id})
-    wall = time.time() - t0
-    summary = {"base_valid_loss": base["loss"], "best_valid_loss": best["loss"], "best_step": best["step"],
-               "final_valid_loss": last_eval["loss"], "steps": step, "epochs": epoch, "wall_seconds": wall,
-               "uniform_loss": ln_v, "stopped_reason": stop_reason or "completed",
-               "nonfinite_steps_skipped": guard.total, "resumed_from": str(resume_from) if resume_from else None}
-    if main:
-        atomic_write_json(output_dir / "logs" / "summary.json", summary)
-        metrics.close()
-    accelerator.end_training()
-    if stop_reason == "non-finite":
-        last = ckpt.list_checkpoints(output_dir)
-        kept = ([f"{output_dir / 'best_model'} (step {best['step']})"] if best["saved"] else []) + \
-               ([f"last good checkpoint {last[-1][1]}"] if last else [])
-        raise UserError(f"training stopped at step {step}: {guard.streak} non-finite losses/gradients in a row "
-                        f"(--max_nonfinite_steps {args.max_nonfinite_steps}); lower --learning_rate or check the "
-                        f"data. Kept: {', '.join(kept) or 'nothing yet'}")
-    if main:
-        write_training_curves(output_dir)
-        log.info(f"done in {wall:.1f} s, {step} optimizer steps"
-                 + (" (stopped early: no validation improvement)" if stop_reason == "early_stopping" else ""))
-        log.info(f"validation loss: base {base['loss']:.4f} -> best {best['loss']:.4f} (step {best['step']}) -> "
-                 f"final {last_eval['loss']:.4f}; uniform guess {ln_v:.4f}")
-        log.info(f"best adapter:  {output_dir / 'best_model'}")
-        log.info(f"final adapter: {output_dir / 'final_model'}")
-        from musicgen_lora.runs.review import log_review  # the review gate: a plain-words reading of the logs just written
-        log_review(output_dir)
+
+def train_step(run: Run, state: TrainState, batch) -> bool:
+    """One micro-batch: forward and backward; at the accumulation boundary, clip and update -- or skip
+    the update when a loss or the gradient is not finite (the guard counts it). Returns True when an
+    optimizer step was taken (state.step moved on)."""
+    acc, cfg = run.accelerator, run.cfg
+    skipped = False
+    with acc.accumulate(run.model):
+        with acc.autocast():
+            loss, tokens = batch_loss(run.model, batch, cfg.text_dropout, state.text_rng)
+        finite = bool(torch.isfinite(loss.detach()))
+        state.accum_nonfinite |= not finite
+        acc.backward(loss)
+        if acc.sync_gradients:
+            # Clip at +inf when clipping is off: the norm is still needed to spot inf/nan.
+            state.grad_norm = float(acc.clip_grad_norm_(run.params, cfg.max_grad_norm or math.inf))
+            skipped = state.guard.check(not any_across_ranks(acc, state.accum_nonfinite), state.grad_norm)
+            if skipped:  # no gradients -> the optimizer (and fp16 scaler) step changes nothing
+                run.optimizer.zero_grad(set_to_none=True)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    state.window.add(float(loss.detach()) if finite else None, tokens, batch_size_of(batch))
+    if not acc.sync_gradients:
+        return False
+    run.scheduler.step()
+    state.step += 1
+    state.accum_nonfinite = False
+    if skipped:
+        report_skipped(run, state, finite)
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Once in a while
+# --------------------------------------------------------------------------------------------
+def report_skipped(run: Run, state: TrainState, loss_finite: bool):
+    log.warning(f"warning: step {state.step}: non-finite {'gradient' if loss_finite else 'loss'}; update skipped "
+                f"({state.guard.streak} in a row, the run stops at {run.cfg.max_nonfinite_steps})")
+    if run.metrics:
+        norm = state.grad_norm
+        run.metrics.write({"type": "nonfinite", "step": state.step, "epoch": state.epoch, "loss_finite": loss_finite,
+                           "grad_norm": norm if math.isfinite(norm) else str(norm), "consecutive": state.guard.streak,
+                           "time": state.elapsed})
+
+
+def peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def log_window(run: Run, state: TrainState):
+    """A `train` record: mean loss, throughput and learning rate since the last one (all processes)."""
+    acc, win = run.accelerator, state.window
+    elapsed = max(time.time() - win.started, 1e-9)
+    train_loss = mean_across_ranks(acc, win.loss / win.micro if win.micro else math.nan)
+    n, norm = acc.num_processes, state.grad_norm
+    rec = {"type": "train", "step": state.step, "epoch": state.epoch,
+           "train_loss": train_loss if math.isfinite(train_loss) else None,
+           "learning_rate": run.scheduler.get_last_lr()[0],
+           "grad_norm": norm if norm is not None and math.isfinite(norm) else None,
+           "samples_per_s": n * win.samples / elapsed, "tokens_per_s": n * win.tokens / elapsed,
+           "peak_memory_mb": peak_memory_mb(acc.device), "time": state.elapsed}
+    log.info(f"step {state.step}/{run.total_steps} epoch {state.epoch}: train loss {train_loss:.4f}, "
+             f"lr {rec['learning_rate']:.2e}, {rec['samples_per_s']:.2f} samples/s")
+    if run.metrics:
+        run.metrics.write(rec)
+    state.window = Window()
+
+
+def validate(run: Run, state: TrainState):
+    """Validation loss; a new best is saved as best_model/; early stopping counts; samples every
+    --sample_every validations."""
+    res = evaluate_loss(run.model, run.valid_loader, run.accelerator.autocast, progress=run.progress,
+                        reduce=sum_across_ranks(run.accelerator))
+    state.last_eval, state.last_eval_step = res, state.step
+    improved = res["loss"] < state.best["loss"] or not state.best["saved"]
+    msg = f"step {state.step}: validation loss {res['loss']:.4f}"
+    if improved:
+        state.best = {"loss": res["loss"], "step": state.step, "saved": True}
+        save_adapter(run, run.output_dir / "best_model", res["loss"], state)
+        msg += " (best so far -> best_model/)"
+    if state.stopper.update(improved):
+        state.stop_reason = "early_stopping"
+        msg += f"; no improvement in {state.stopper.patience} evaluations: stopping early"
+    log.info(msg)
+    if run.metrics:
+        run.metrics.write({"type": "eval", "step": state.step, "epoch": state.epoch, "valid_loss": res["loss"],
+                           "valid_loss_per_codebook": res["per_codebook"], "best_valid_loss": state.best["loss"],
+                           "time": state.elapsed})
+        write_training_curves(run.output_dir)
+    state.evals_done += 1
+    if run.main and run.cfg.sample_every and state.evals_done % run.cfg.sample_every == 0:
+        write_samples(run, state)
+
+
+def write_samples(run: Run, state: TrainState):
+    """Listen to progress: the same prompts and seeds at every sampling point (main process only)."""
+    from musicgen_lora.generation import generate_audio, write_clip
+
+    cfg, folder = run.cfg, run.output_dir / "samples" / f"step-{state.step}"
+    audio = generate_audio(run.accelerator.unwrap_model(run.model), run.processor, run.sample_prompts,
+                           cfg.sample_duration, seed=cfg.seed, batch_size=len(run.sample_prompts), progress=False)
+    for i, (text, clip) in enumerate(zip(run.sample_prompts, audio)):
+        write_clip(folder / f"{i:02d}.wav", clip, run.info["sample_rate"],
+                   {"prompt": text, "step": state.step, "seed": cfg.seed, "duration": cfg.sample_duration,
+                    "run_id": run.run_id})
+    log.info(f"step {state.step}: {len(audio)} samples -> {folder}")
+
+
+def save_adapter(run: Run, path: Path, valid_loss: float, state: TrainState):
+    """A PEFT adapter folder, written atomically (a kill mid-save keeps the previous one)."""
+    if not run.main:
+        return
+    with atomic_dir(path) as tmp:
+        run.accelerator.unwrap_model(run.model).save_pretrained(str(tmp))
+        atomic_write_json(tmp / "training_info.json", {"step": state.step, "epoch": state.epoch,
+                                                       "valid_loss": valid_loss, "run_id": run.run_id})
+
+
+def save_checkpoint(run: Run, state: TrainState):
+    """checkpoints/checkpoint-N: the adapter, optimizer, schedule and the whole TrainState (every process)."""
+    shared = {**state.state_dict(), "total_steps": run.total_steps, "run": resume_critical(run),
+              "run_id": run.run_id, "metrics_offset": run.metrics.offset() if run.metrics else None}
+    ckpt.save_checkpoint(run.output_dir / ckpt.CHECKPOINTS / f"checkpoint-{state.step}", run.accelerator, run.model,
+                         run.optimizer, run.scheduler, shared, state.rank_state_dict(),
+                         {"step": state.step, "epoch": state.epoch, "run_id": run.run_id})
+    if run.main:
+        ckpt.rotate_checkpoints(run.output_dir, run.cfg.save_total_limit)
+
+
+# --------------------------------------------------------------------------------------------
+# Finishing
+# --------------------------------------------------------------------------------------------
+def finish(run: Run, state: TrainState) -> dict:
+    """final_model/ (unless the run diverged), logs/summary.json, the curves, and the review."""
+    if state.stop_reason != "non-finite":
+        save_adapter(run, run.output_dir / "final_model", state.last_eval["loss"], state)
+    summary = {"base_valid_loss": state.base_loss, "best_valid_loss": state.best["loss"],
+               "best_step": state.best["step"], "final_valid_loss": state.last_eval["loss"], "steps": state.step,
+               "epochs": state.epoch, "wall_seconds": state.elapsed, "uniform_loss": run.uniform,
+               "stopped_reason": state.stop_reason or "completed", "nonfinite_steps_skipped": state.guard.total,
+               "resumed_from": str(run.resume_from) if run.resume_from else None}
+    if run.main:
+        atomic_write_json(run.output_dir / "logs" / "summary.json", summary)
+        run.metrics.close()
+    run.accelerator.wait_for_everyone()  # leave together: a process exiting mid-teardown can abort its peer
+    run.accelerator.end_training()
+    if state.stop_reason == "non-finite":
+        raise UserError(diverged_message(run, state))
+    if run.main:
+        report_end(run, state, summary)
     return summary
+
+
+def diverged_message(run: Run, state: TrainState) -> str:
+    last = ckpt.list_checkpoints(run.output_dir)
+    kept = ([f"{run.output_dir / 'best_model'} (step {state.best['step']})"] if state.best["saved"] else []) + \
+           ([f"last good checkpoint {last[-1][1]}"] if last else [])
+    return (f"training stopped at step {state.step}: {state.guard.streak} non-finite losses/gradients in a row "
+            f"(--max_nonfinite_steps {run.cfg.max_nonfinite_steps}); lower --learning_rate or check the data. "
+            f"Kept: {', '.join(kept) or 'nothing yet'}")
+
+
+def report_end(run: Run, state: TrainState, summary: dict):
+    from musicgen_lora.runs.review import log_review  # the review gate: a plain-words reading of the logs
+
+    write_training_curves(run.output_dir)
+    log.info(f"done in {summary['wall_seconds']:.1f} s, {state.step} optimizer steps"
+             + (" (stopped early: no validation improvement)" if state.stop_reason == "early_stopping" else ""))
+    log.info(f"validation loss: base {state.base_loss:.4f} -> best {state.best['loss']:.4f} (step "
+             f"{state.best['step']}) -> final {state.last_eval['loss']:.4f}; uniform guess {run.uniform:.4f}")
+    log.info(f"best adapter:  {run.output_dir / 'best_model'}")
+    log.info(f"final adapter: {run.output_dir / 'final_model'}")
+    log_review(run.output_dir)

@@ -1,0 +1,77 @@
+"""MusicGen's code layout: frames, the windows cut from a clip's codes, and the delay pattern that
+training labels follow. A leaf module: torch and numpy only, no model, so every other module (data,
+modeling, generation, the stereo and melody layouts to come) builds on the one definition here.
+
+Shapes: codes (K, T) or (B, K, T) integer EnCodec codes, K codebooks of T frames; labels
+(B, T + K - 1, K) with -100 where nothing is to be predicted.
+"""
+import math
+
+import numpy as np
+import torch
+
+# A mono MusicGen's codebooks (stereo checkpoints interleave two channels: 8). With a model at hand
+# its own count wins; this is for tools that run without one (test_dataset.py).
+MUSICGEN_CODEBOOKS = 4
+
+def build_delay_pattern_labels(codes: torch.Tensor, num_valid_frames=None) -> torch.Tensor:
+    """Turn EnCodec codes into MusicGen training labels.
+
+    codes: (K, T) or (B, K, T) integer codes. num_valid_frames: None (all valid), an int, or a
+    (B,) tensor/list -- frames at or past it come from padding.
+
+    MusicGen predicts codebook k delayed by k frames, so labels have shape (B, T + K - 1, K) with
+    labels[b, t + k, k] = codes[b, k, t] for valid frames t and -100 everywhere else (the delay's
+    empty corners and every frame that covers padded audio). The model's forward shifts the labels
+    right itself, so these labels line up with what `generate` samples.
+    """
+    squeeze = codes.dim() == 2
+    if squeeze:
+        codes = codes.unsqueeze(0)
+    b, k, t = codes.shape
+    if num_valid_frames is None:
+        valid = torch.full((b,), t, dtype=torch.long)
+    else:
+        valid = torch.as_tensor(num_valid_frames, dtype=torch.long).reshape(-1).expand(b).clamp(0, t)
+    frame_ok = torch.arange(t)[None, :] < valid[:, None].to(torch.long)  # (B, T)
+    labels = torch.full((b, t + k - 1, k), -100, dtype=torch.long, device=codes.device)
+    for cb in range(k):
+        labels[:, cb:cb + t, cb] = torch.where(frame_ok.to(codes.device), codes[:, cb, :].long(),
+                                               torch.tensor(-100, device=codes.device))
+    return labels[0] if squeeze else labels
+
+
+def valid_frames_for_samples(num_samples, hop_length: int):
+    """Frames whose whole hop lies inside real (unpadded) audio."""
+    if isinstance(num_samples, torch.Tensor):
+        return torch.div(num_samples, hop_length, rounding_mode="floor")
+    return int(num_samples) // hop_length
+
+
+def num_frames_for_samples(num_samples: int, hop_length: int) -> int:
+    """Frames EnCodec emits for a clip of this many samples (non-causal convs pad the tail)."""
+    return math.ceil(num_samples / hop_length)
+
+
+def choose_frame_offset(total_valid_frames: int, window_frames: int, rng: np.random.Generator | None) -> int:
+    """First code frame of the training window: random in training (rng given), 0 in validation."""
+    if rng is None or total_valid_frames <= window_frames:
+        return 0
+    return int(rng.integers(0, total_valid_frames - window_frames + 1))
+
+
+def crop_codes(codes: torch.Tensor, num_samples: int, frame_offset: int, window_frames: int, hop_length: int,
+               codes_start_frame: int = 0):
+    """Window of a clip's codes (K, T) -> (codes (K, <= window), number of valid frames).
+
+    `codes` start at frame `codes_start_frame` of the clip (the code cache holds the whole clip:
+    0; uncached training encodes only the pieces under the window). Cached and uncached training
+    both crop here, from codes encoded piece by piece (audio_io), so they see the same tokens:
+    EnCodec's LSTM and non-causal convolutions make the codes of an audio crop differ from a crop
+    of the codes near the crop's edges. Frames covering samples past the clip's end (its last
+    partial hop) are not valid and get masked.
+    """
+    start = frame_offset - codes_start_frame
+    window = codes[:, start:start + window_frames]
+    total_valid = valid_frames_for_samples(num_samples, hop_length)
+    return window, max(0, min(window_frames, total_valid - frame_offset, window.shape[1]))

@@ -1,0 +1,163 @@
+"""metadata.json: which clips, with which descriptions, in which split -- read, checked, and the one
+rule for the validation set. Also the text side: descriptions and prompts are cut to a bounded
+number of tokens everywhere. See DATA_PREPARATION.md for the format:
+
+    {"train": [{"audio": "train/clip_000.wav", "description": "lo-fi hip hop beat, vinyl crackle", ...}],
+     "valid": [{"audio": "valid/clip_080.wav", "description": "..."}]}
+
+A flat list of entries with a "split" field ("train"/"valid") is accepted too.
+"""
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from musicgen_lora.common import UserError, log, read_json
+
+AUDIO_KEYS = ("audio", "audio_path", "path", "file", "file_name")
+TEXT_KEYS = ("description", "text", "caption", "prompt")
+SPLIT_ALIASES = {"train": "train", "training": "train", "valid": "valid", "validation": "valid", "val": "valid",
+                 "eval": "valid", "test": "valid"}
+# Descriptions and prompts are cut to this many T5 tokens (T5's own training length). Unbounded, a
+# 100 KB description made the text encoder's attention take 23 GB.
+MAX_TEXT_TOKENS = 512
+
+
+@dataclass
+class Clip:
+    audio_path: Path
+    description: str
+    split: str
+    duration: float | None = None  # seconds, when known
+    where: str = ""  # "metadata.json: entry 3", for messages about this clip
+
+
+def _first(entry: dict, keys):
+    for key in keys:
+        if entry.get(key) not in (None, ""):
+            return entry[key]
+    return None
+
+
+def read_metadata(data_dir, metadata_file="metadata.json", check_files=True) -> dict[str, list[Clip]]:
+    """Read and validate metadata.json; returns {"train": [...], "valid": [...]}.
+
+    Every problem names the file and the entry, so the user can fix it without a traceback.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"{data_dir}: data directory not found; pass --data_dir pointing at the folder "
+                        f"that holds metadata.json")
+    meta_path = Path(metadata_file)
+    if not meta_path.is_absolute():
+        meta_path = data_dir / meta_path
+    raw = read_json(meta_path, "metadata file (create it with prepare_data.py)")
+
+    if isinstance(raw, dict) and any(k in raw for k in SPLIT_ALIASES):
+        entries = []
+        for key, items in raw.items():
+            if key not in SPLIT_ALIASES:
+                continue
+            if not isinstance(items, list):
+                raise UserError(f"{meta_path}: '{key}' must be a list of entries")
+            entries += [(SPLIT_ALIASES[key], f'"{key}" entry {j}', e) for j, e in enumerate(items)]
+    elif isinstance(raw, dict) and isinstance(raw.get("clips"), list):
+        entries = [(None, f'"clips" entry {j}', e) for j, e in enumerate(raw["clips"])]
+    elif isinstance(raw, list):
+        entries = [(None, f"entry {j}", e) for j, e in enumerate(raw)]
+    else:
+        raise UserError(f"{meta_path}: expected {{\"train\": [...], \"valid\": [...]}} or a list of entries; "
+                        f"see DATA_PREPARATION.md")
+
+    splits = {"train": [], "valid": []}
+    for split, label, entry in entries:
+        where = f"{meta_path}: {label}"
+        if not isinstance(entry, dict):
+            raise UserError(f"{where} is not an object with 'audio' and 'description'")
+        rel = _first(entry, AUDIO_KEYS)
+        text = _first(entry, TEXT_KEYS)
+        if rel is None:
+            raise UserError(f"{where} has no audio path (one of {', '.join(AUDIO_KEYS)})")
+        if not isinstance(rel, str):
+            raise UserError(f"{where}: the audio path must be a string like \"train/clip_000.wav\", got {rel!r}")
+        if text is None or not isinstance(text, str):
+            raise UserError(f"{where} ({rel}) has no description text (one of {', '.join(TEXT_KEYS)})")
+        raw_split = entry.get("split", "train")
+        split = split or (SPLIT_ALIASES.get(raw_split.lower()) if isinstance(raw_split, str) else None)
+        if split is None:
+            raise UserError(f"{where} ({rel}) has unknown split {raw_split!r}; use train or valid")
+        path = Path(rel)
+        if not path.is_absolute():
+            path = data_dir / path
+        if check_files and not path.is_file():
+            raise UserError(f"{path}: audio file not found (listed in {meta_path}, {label}); "
+                            f"fix the path or remove the entry")
+        duration = entry.get("duration")
+        if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))
+                                     or not math.isfinite(duration) or duration < 0):
+            raise UserError(f"{where} ({rel}): 'duration' must be seconds as a number (e.g. 15.0), got "
+                            f"{duration!r}; fix it or remove the key")
+        splits[split].append(Clip(path, text.strip(), split, float(duration) if duration else None, where))
+    if not splits["train"] and not splits["valid"]:
+        raise UserError(f"{meta_path}: no clips listed")
+    warn_duplicates(splits, meta_path)
+    return splits
+
+
+def warn_duplicates(splits: dict, meta_path: Path):
+    """Warn about audio listed twice in a split (it counts double) and, above all, audio in both
+    train and valid: validating on training clips reports a loss that means nothing."""
+    def key(clip):
+        return os.path.realpath(clip.audio_path)
+
+    for name, clips in splits.items():
+        seen, repeats = {}, []
+        for clip in clips:
+            if key(clip) in seen:
+                repeats.append(f"{clip.audio_path.name} ({seen[key(clip)].where.rsplit(': ', 1)[-1]} and "
+                               f"{clip.where.rsplit(': ', 1)[-1]})")
+            seen.setdefault(key(clip), clip)
+        if repeats:
+            log.warning(f"warning: {meta_path}: {len(repeats)} clip(s) listed twice in {name}, e.g. "
+                        f"{'; '.join(repeats[:3])}: each copy is trained/validated on again")
+    both = sorted({key(c) for c in splits["train"]} & {key(c) for c in splits["valid"]})
+    if both:
+        shown = ", ".join(Path(p).name for p in both[:3]) + (f" and {len(both) - 3} more" if len(both) > 3 else "")
+        log.warning(f"warning: {meta_path}: {len(both)} clip(s) are in both train and valid ({shown}): the "
+                    f"validation loss on them measures memory, not generalisation; remove them from one split")
+
+
+def validation_clips(splits: dict) -> list[Clip]:
+    """The validation set: the "valid" split, or (when there is none) the first tenth of the training
+    clips -- the one rule the trainer, evaluate.py and test_model.py share."""
+    return splits["valid"] or splits["train"][: max(1, len(splits["train"]) // 10)]
+
+
+# --------------------------------------------------------------------------------------------
+# Text
+# --------------------------------------------------------------------------------------------
+def text_token_limit(tokenizer) -> int:
+    limit = getattr(tokenizer, "model_max_length", None)
+    return min(MAX_TEXT_TOKENS, limit) if isinstance(limit, int) and limit > 0 else MAX_TEXT_TOKENS
+
+
+def tokenize_text(tokenizer, texts):
+    """Descriptions/prompts -> padded token tensors, each cut to text_token_limit tokens."""
+    return tokenizer(list(texts), padding=True, truncation=True, max_length=text_token_limit(tokenizer),
+                     return_tensors="pt")
+
+
+def report_long_descriptions(tokenizer, items) -> int:
+    """Warn once per text that tokenize_text will cut. items: Clips, or (where, text) pairs.
+    Returns how many were cut."""
+    limit = text_token_limit(tokenizer)
+    cut = 0
+    for item in items:
+        where, text = (item.where or str(item.audio_path), item.description) if isinstance(item, Clip) else item
+        if len(text) + 2 <= limit:  # a token covers at least one character (plus "▁" and </s>)
+            continue
+        n = len(tokenizer(text)["input_ids"])
+        if n > limit:
+            cut += 1
+            log.warning(f"warning: {where}: the text is {n} tokens long; only its first {limit} are used")
+    return cut
