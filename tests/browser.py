@@ -97,7 +97,8 @@ def media_state(session, timeout=30.0):
     deadline = time.time() + timeout
     while True:
         state = session.execute(MEDIA_STATE_JS)
-        settled = all(a["ready"] >= 1 or a["error"] for a in state["audio"]) and all(i["complete"] for i in state["img"])
+        settled = (all(a["ready"] >= 1 or a["error"] for a in state["audio"])
+                   and all(i["complete"] for i in state["img"]))
         if settled or time.time() > deadline:
             return state
         time.sleep(0.3)

@@ -124,7 +124,8 @@ def test_pickled_adapter_is_refused_and_converts_safely(tiny_model_dir, trained_
         assert "weights_only" not in proc.stderr
     # The suggested command works as printed, and the converted adapter is the same adapter.
     suggested = proc.stderr.split("convert an adapter you trust with: python ")[1].split()
-    subprocess.run([sys.executable, *suggested], check=True, capture_output=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    subprocess.run([sys.executable, *suggested], check=True, capture_output=True,
+                   env=dict(os.environ, HF_HUB_OFFLINE="1"))
     converted = load_file(str(old / "adapter_model.safetensors"))
     assert converted.keys() == state.keys() and all(torch.equal(converted[k], state[k]) for k in state)
     run_script("inference_lora.py", "--base_model_path", tiny_model_dir, "--lora_model_path", old, "--prompts", "x",

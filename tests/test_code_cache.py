@@ -9,19 +9,26 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-import numpy as np
-
 from musicgen_lora.audio import AudioPieces, load_audio, piece_samples
-from musicgen_lora.data.code_cache import CodeCache, load_codes
-from conftest import run_script
 from musicgen_lora.codes import crop_codes
+from musicgen_lora.data.code_cache import CodeCache, load_codes
 from musicgen_lora.data.dataset import Collator, MusicDataset
 from musicgen_lora.data.metadata import Clip, read_metadata
-from musicgen_lora.modeling import batch_loss, encode_audio, encode_pieces, labels_for_batch, load_model_and_processor, model_info
+from musicgen_lora.modeling import (
+    batch_loss,
+    encode_audio,
+    encode_pieces,
+    labels_for_batch,
+    load_model_and_processor,
+    model_info,
+)
+
+from conftest import run_script
 
 
 @pytest.fixture

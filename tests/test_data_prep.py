@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import run_script
 from musicgen_lora.data.preparation import PrepareSettings, prepare_collection
 from musicgen_lora.outputs import MANIFEST
+
+from conftest import run_script
 
 SR_OUT = 32000
 

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 import musicgen_lora.training.checkpointing as ckpt
 from musicgen_lora.training.metrics_log import read_metrics
+
 from conftest import LORA, run_script
 
 
@@ -68,7 +69,7 @@ def test_two_processes_match_one(no_dropout_model, example_data_dir, tmp_path):
     print("1 process vs 2 processes, valid loss by step:",
           {r["step"]: (round(r["valid_loss"], 6), round(final[r["step"]], 6)) for r in ra if r["type"] == "eval"})
     for name in ("final_model", "best_model", "checkpoints/checkpoint-4"):
-        a, b = load_file(str(one / name / "adapter_model.safetensors")), load_file(str(two / name / "adapter_model.safetensors"))
+        a, b = (load_file(str(run / name / "adapter_model.safetensors")) for run in (one, two))
         assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5, name
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
     assert len(torch.load(two / "checkpoints" / "checkpoint-4" / ckpt.RNG_FILE, weights_only=True)) == 2

@@ -137,7 +137,8 @@ def test_bad_input_is_one_clear_line(tiny_model_dir, trained_run, tmp_path):
     assert_one_line_error(proc, str(missing), "not found")
     empty = tmp_path / "empty.json"
     empty.write_text("[]")
-    proc = run_script("evaluate.py", *common, "--test_prompts_file", empty, "--output_dir", tmp_path / "o2", check=False)
+    proc = run_script("evaluate.py", *common, "--test_prompts_file", empty, "--output_dir", tmp_path / "o2",
+                      check=False)
     assert_one_line_error(proc, str(empty), "empty")
     not_adapter = tmp_path / "not_an_adapter"
     not_adapter.mkdir()

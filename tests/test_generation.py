@@ -8,11 +8,11 @@ import torch
 from transformers import MusicgenForConditionalGeneration
 
 from musicgen_lora.common import UserError
-from conftest import assert_one_line_error, run_script
-from musicgen_lora.generation import generate_audio, load_prompts, max_new_tokens_for
+from musicgen_lora.generation import generate_audio, max_new_tokens_for
 from musicgen_lora.modeling import apply_lora, load_adapter, load_model_and_processor, model_info
+from musicgen_lora.prompts import load_prompts
 
-
+from conftest import assert_one_line_error, run_script
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,8 @@ def test_too_long_duration_is_refused(tiny_model_dir, tmp_path):
 def test_guidance_at_or_below_one_is_really_off(tiny, tiny_model_dir, tmp_path):
     """transformers refills a None guidance_scale from the checkpoint (3.0): 1 must mean off --
     B*K decoder rows, not the 2*B*K of classifier-free guidance -- through the project's function."""
-    from musicgen_lora.generation import SamplingSettings, generation_config_for
+    from musicgen_lora.generation import generation_config_for
+    from musicgen_lora.sampling import SamplingSettings
 
     model, processor = tiny
     rows = []

@@ -10,12 +10,13 @@ from safetensors.torch import load_file
 
 import musicgen_lora.modeling as modeling
 import musicgen_lora.training.checkpointing as ckpt
-from conftest import LORA, run_script
 from musicgen_lora.common import UserError
 from musicgen_lora.training.config import TrainConfig
 from musicgen_lora.training.guards import EarlyStopping, NonFiniteGuard
 from musicgen_lora.training.metrics_log import read_metrics
 from musicgen_lora.training.state import TrainState
+
+from conftest import LORA, run_script
 
 FAST = ("--batch_size", 4, "--gradient_accumulation_steps", 1, "--target_duration", 2, "--logging_steps", 1,
         "--no_progress")
@@ -265,7 +266,8 @@ def test_gradient_checkpointing_recomputes_and_keeps_gradients(tiny_model_dir, e
         torch.manual_seed(1)
         loss, _ = batch_loss(model, batch)
         loss.backward()
-        return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, len(calls)
+        by_name = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return float(loss.detach()), by_name, len(calls)
 
     loss0, g0, calls0 = grads(False)
     loss1, g1, calls1 = grads(True)

@@ -3,7 +3,6 @@ import numpy as np
 import soundfile as sf
 import torch
 
-
 from musicgen_lora.codes import build_delay_pattern_labels, valid_frames_for_samples
 from musicgen_lora.data.dataset import Collator, MusicDataset
 from musicgen_lora.data.metadata import read_metadata

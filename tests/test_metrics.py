@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 import musicgen_lora.evaluation.metrics as am
-from conftest import run_script
-from musicgen_lora.testing.signals import chord_with_beat, clipped, fade, silent_tail, white_noise
 from musicgen_lora.evaluation.style_distance import frechet_distance
+from musicgen_lora.testing.signals import chord_with_beat, clipped, fade, silent_tail, white_noise
+
+from conftest import run_script
 
 SR = 32000
 
@@ -59,8 +60,8 @@ def test_clipping():
 
 
 def test_fad_is_zero_on_itself_and_grows_with_noise(tiny_model_dir):
-    from musicgen_lora.modeling import load_model_and_processor
     from musicgen_lora.evaluation.style_distance import encodec_embeddings
+    from musicgen_lora.modeling import load_model_and_processor
 
     model, _ = load_model_and_processor(str(tiny_model_dir))
     clips = [chord_with_beat(3.0) * g for g in (0.5, 0.8, 1.0, 1.2)]
@@ -172,8 +173,8 @@ def test_clap_similarity_with_a_tiny_offline_clap(tiny_model_dir, tmp_path):
 
     clap = build_tiny_clap(tmp_path / "tiny-clap")
     out = tmp_path / "eval"
-    proc = run_script("evaluate.py", "--base_model_path", tiny_model_dir, "--test_prompts", "dark trap 808", "lofi piano",
-                      "--duration", 1, "--clap_model_path", clap, "--output_dir", out, "--no_progress")
+    proc = run_script("evaluate.py", "--base_model_path", tiny_model_dir, "--test_prompts", "dark trap 808",
+                      "lofi piano", "--duration", 1, "--clap_model_path", clap, "--output_dir", out, "--no_progress")
     summary = json.loads((out / "summary.json").read_text())
     rows = [json.loads(line) for line in (out / "comparison_results.jsonl").read_text().splitlines()]
     sims = [r["metrics"]["clap_similarity"] for r in rows]

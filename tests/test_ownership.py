@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LORA, ROOT, assert_one_line_error, run_script
 from musicgen_lora.outputs import MANIFEST, lock_path
+
+from conftest import LORA, ROOT, assert_one_line_error, run_script
 
 FAST_TRAIN = ("--num_epochs", 1, "--batch_size", 4, "--gradient_accumulation_steps", 1, "--target_duration", 2,
               "--logging_steps", 1, "--save_steps", 1, "--no_progress")

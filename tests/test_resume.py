@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 import musicgen_lora.training.checkpointing as ckpt
 from musicgen_lora.training.metrics_log import read_metrics
+
 from conftest import LORA, run_script
 
 # Default flags (LoRA dropout 0.05, text dropout 0.1) so every RNG the loop draws from is exercised;
@@ -152,6 +153,7 @@ def test_kill_during_save_leaves_previous_checkpoint_loadable(tiny_model_dir, tm
     path = ckpt.resolve_resume_path(out, "latest")  # also sweeps the temp dir away
     assert path.name == "checkpoint-1" and not any(p.name.startswith(".") for p in folder.iterdir())
     from accelerate import Accelerator
+
     from musicgen_lora.modeling import apply_lora, load_model_and_processor
 
     model, _ = load_model_and_processor(str(tiny_model_dir))

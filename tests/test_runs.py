@@ -12,9 +12,10 @@ from html.parser import HTMLParser
 
 import pytest
 
-from conftest import SCRIPTS, run_script
 from musicgen_lora.runs.review import OVERFIT_RISE, SPIKE_FACTOR, find_spikes, review, review_lines
 from musicgen_lora.runs.table import epoch_losses, load_run, read_metrics
+
+from conftest import SCRIPTS, run_script
 
 LN_2048 = math.log(2048)
 

@@ -116,9 +116,10 @@ def test_lora_memorises_one_clip_and_greedy_generation_reproduces_it(tiny_model_
     import soundfile as sf
 
     from musicgen_lora.audio import AudioPieces, piece_samples
-    from conftest import run_script
     from musicgen_lora.generation import generate_audio
     from musicgen_lora.modeling import encode_pieces, load_adapter
+
+    from conftest import run_script
 
     data = tmp_path / "data"
     data.mkdir()

@@ -3,8 +3,15 @@ import tempfile
 from pathlib import Path
 
 from tokenizers import ByteLevelBPETokenizer
-from transformers import (ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor,
-                          ClapTextConfig, RobertaTokenizerFast)
+from transformers import (
+    ClapAudioConfig,
+    ClapConfig,
+    ClapFeatureExtractor,
+    ClapModel,
+    ClapProcessor,
+    ClapTextConfig,
+    RobertaTokenizerFast,
+)
 
 
 def build_tiny_clap(out: Path) -> Path:

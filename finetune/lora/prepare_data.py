@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""Prepare training data: metadata.json plus train/ and valid/ audio, and (optionally) cached codes. `--help` lists the flags; the code is musicgen_lora/cli/prepare.py."""
+"""Prepare training data: metadata.json plus train/ and valid/ audio, and (optionally) cached codes.
+
+`--help` lists the flags; the code is musicgen_lora/cli/prepare.py.
+"""
 import sys
 
 from musicgen_lora.cli.prepare import main

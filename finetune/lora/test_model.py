@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""Smoke-check a model (and optionally an adapter) on your validation clips. `--help` lists the flags; the code is musicgen_lora/cli/check_model.py."""
+"""Smoke-check a model (and optionally an adapter) on your validation clips.
+
+`--help` lists the flags; the code is musicgen_lora/cli/check_model.py.
+"""
 import sys
 
 from musicgen_lora.cli.check_model import main

@@ -125,7 +125,8 @@ def main():
                   f"{r['seconds_per_step']:7.2f}   ({r['device']})")
         off, on = res[False], res[True]
         print(f"{size:6} on/off ratio: peak {on['peak_mb'] / off['peak_mb']:.3f}, step memory "
-              f"{on['step_mb'] / max(off['step_mb'], 1e-9):.3f}, time {on['seconds_per_step'] / off['seconds_per_step']:.2f}")
+              f"{on['step_mb'] / max(off['step_mb'], 1e-9):.3f}, "
+              f"time {on['seconds_per_step'] / off['seconds_per_step']:.2f}")
 
 
 if __name__ == "__main__":

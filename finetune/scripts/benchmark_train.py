@@ -165,8 +165,8 @@ def bench_model(size, work, args, device):
 # Peak RSS of the streaming dataset (child processes)
 # --------------------------------------------------------------------------------------------
 def rss_child(data: Path, metadata_file: str, model_dir: Path, cache_dir: Path):
-    from musicgen_lora.data.code_cache import CodeCache
     from musicgen_lora.codes import build_delay_pattern_labels
+    from musicgen_lora.data.code_cache import CodeCache
     from musicgen_lora.data.dataset import Collator, MusicDataset
     from musicgen_lora.data.metadata import read_metadata
     from musicgen_lora.modeling import load_model_and_processor, model_info
@@ -301,7 +301,8 @@ def main(argv=None):
             m = r[mode]
             print(f"{r['size']:6} {r['batch']:>5} {mode:9} {m['samples_per_s']:>10.3f} {m['tokens_per_s']:>10.1f} "
                   f"{m['seconds_per_step']:>8.2f}")
-        print(f"{r['size']:6} cached/uncached = {r['ratio']:.2f}x  (first-step loss differs by {r['first_loss_delta']:.2e})")
+        print(f"{r['size']:6} cached/uncached = {r['ratio']:.2f}x  "
+              f"(first-step loss differs by {r['first_loss_delta']:.2e})")
     print("\npre-tokenisation (CodeCache.fill, one EnCodec call per clip)")
     for r in results:
         print(f"{r['size']:6} {r['pretokenize_files_per_s']:.2f} files/s of {args.duration:g} s "

@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""Convert a PEFT adapter saved as adapter_model.bin (a pickle) to adapter_model.safetensors. `--help` lists the flags; the code is finetune/lora/musicgen_lora/cli/convert_adapter.py."""
+"""Convert a PEFT adapter saved as adapter_model.bin (a pickle) to adapter_model.safetensors.
+
+`--help` lists the flags; the code is finetune/lora/musicgen_lora/cli/convert_adapter.py.
+"""
 import sys
 from pathlib import Path
 

@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""Write clips with known answers, to see what evaluate.py's flags catch. `--help` lists the flags; the code is finetune/lora/musicgen_lora/cli/make_test_signals.py."""
+"""Write clips with known answers, to see what evaluate.py's flags catch.
+
+`--help` lists the flags; the code is finetune/lora/musicgen_lora/cli/make_test_signals.py.
+"""
 import sys
 from pathlib import Path
 

@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""Build a MusicGen checkpoint offline, with random weights, that loads exactly like a real one. `--help` lists the flags; the code is finetune/lora/musicgen_lora/cli/make_tiny_model.py."""
+"""Build a MusicGen checkpoint offline, with random weights, that loads exactly like a real one.
+
+`--help` lists the flags; the code is finetune/lora/musicgen_lora/cli/make_tiny_model.py.
+"""
 import sys
 from pathlib import Path
 

@@ -13,129 +13,26 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import re
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
-from musicgen_lora.common import UserError, log, read_json
-from musicgen_lora.outputs import atomic_file, atomic_write_json
+from musicgen_lora.common import UserError, log
+from musicgen_lora.data.metadata import tokenize_text
 from musicgen_lora.modeling import model_info, unwrap_base
-
-WAV_SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
-
-
-# --------------------------------------------------------------------------------------------
-# Prompts
-# --------------------------------------------------------------------------------------------
-@dataclass
-class Prompt:
-    id: str
-    text: str
-    seed: int | None = None  # None: the run's --seed
-
-
-def slugify(text: str, max_len: int = 40) -> str:
-    """Safe, telling file-name part: lowercase ascii words joined by '-'."""
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    slug = slug[:max_len].rstrip("-")
-    return slug or "prompt"
-
-
-def _prompts_from_list(items, where: str) -> list[Prompt]:
-    prompts, seen = [], set()
-    for i, item in enumerate(items):
-        if isinstance(item, str):
-            text, pid, seed = item, None, None
-        elif isinstance(item, dict):
-            text = item.get("prompt", item.get("text", item.get("description")))
-            pid, seed = item.get("id"), item.get("seed")
-            if seed is not None and not isinstance(seed, int):
-                raise UserError(f"{where}: entry {i} has seed {seed!r}; use an integer")
-        else:
-            raise UserError(f"{where}: entry {i} is {type(item).__name__}; use a string or "
-                            f'{{"prompt": "...", "id": "...", "seed": 1}}')
-        if not isinstance(text, str) or not text.strip():
-            raise UserError(f"{where}: entry {i} has no prompt text")
-        pid = str(pid) if pid is not None else f"{i:02d}_{slugify(text, 30)}"
-        if pid in seen:
-            raise UserError(f"{where}: prompt id {pid!r} appears twice; ids must be unique")
-        seen.add(pid)
-        prompts.append(Prompt(pid, text.strip(), seed))
-    return prompts
-
-
-def load_prompts(prompts_file: str | Path | None = None, prompts: Sequence[str] | None = None) -> list[Prompt]:
-    """Prompts from a file and/or the command line, in that order.
-
-    File formats: a JSON list of strings, a JSON list of objects {"prompt": ..., "id": ..., "seed": ...}
-    (id and seed optional), a JSON object {"prompts": [...]} holding either, or a .txt file with one
-    prompt per line. An empty result is an error: there is nothing to generate.
-    """
-    out: list[Prompt] = []
-    if prompts_file:
-        path = Path(prompts_file)
-        if not path.is_file():
-            raise UserError(f"{path}: prompts file not found; pass a JSON list of prompts "
-                            f"(e.g. finetune/data/eval/evaluation_prompts_8.json)")
-        if path.suffix.lower() == ".txt":
-            items = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        else:
-            items = read_json(path, "prompts file")
-            if isinstance(items, dict) and "prompts" in items:
-                items = items["prompts"]
-            if not isinstance(items, list):
-                raise UserError(f"{path}: expected a JSON list of prompts (strings or objects with 'prompt')")
-        if not items:
-            raise UserError(f"{path}: the prompt list is empty; add at least one prompt")
-        out += _prompts_from_list(items, str(path))
-    if prompts:
-        start = len(out)
-        extra = _prompts_from_list(list(prompts), "--prompts")
-        for j, p in enumerate(extra):  # keep ids unique and ordered after the file's
-            p.id = f"{start + j:02d}_{slugify(p.text, 30)}"
-        out += extra
-    if not out:
-        raise UserError("no prompts: pass --prompts \"...\" or a prompts file with at least one prompt")
-    ids = [p.id for p in out]
-    if len(set(ids)) != len(ids):
-        raise UserError("prompt ids are not unique across the prompts file and --prompts")
-    return out
+from musicgen_lora.outputs import atomic_file, atomic_write_json
+from musicgen_lora.prompts import Job
+from musicgen_lora.sampling import SamplingSettings
 
 
 # --------------------------------------------------------------------------------------------
 # Sampling
 # --------------------------------------------------------------------------------------------
-@dataclass
-class SamplingSettings:
-    """Every knob that changes the audio (written beside each clip)."""
-
-    guidance_scale: float = 3.0
-    temperature: float = 1.0
-    top_k: int = 250
-    top_p: float = 0.0
-    greedy: bool = False
-
-    def validate(self):
-        if self.temperature <= 0 and not self.greedy:
-            raise UserError("--temperature must be > 0 (use --greedy for argmax decoding)")
-        if self.top_k < 0:
-            raise UserError("--top_k must be >= 0 (0 disables it)")
-        if not 0 <= self.top_p <= 1:
-            raise UserError("--top_p must be in [0, 1] (0 or 1 disables it)")
-        if self.guidance_scale < 0:
-            raise UserError("--guidance_scale must be >= 0 (1 or less disables guidance)")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 class SeededSampler:
     """A logits processor that samples each batch row from its own generator.
 
@@ -248,8 +145,6 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
     PeftModel (the active adapter applies; inside `disable_adapter()` the base model does).
     Descriptions are cut to dataset.MAX_TEXT_TOKENS tokens, as in training.
     """
-    from musicgen_lora.data.metadata import tokenize_text
-
     settings = SamplingSettings(guidance_scale, temperature, top_k, top_p, greedy)
     settings.validate()
     if batch_size < 1:
@@ -297,13 +192,6 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
 # --------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------
-def clip_filename(prompt: Prompt, sample: int | None = None) -> str:
-    """A clip's file stem: its prompt's id (so report headings and files agree), made safe for any
-    file system, plus _sN when a prompt has several samples."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", prompt.id).strip("-.")[:60] or "prompt"
-    return f"{stem}_s{sample}" if sample is not None else stem
-
-
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16"):
     """Write atomically (temp name, then rename) so a kill never leaves a truncated WAV."""
     with atomic_file(path) as tmp:
@@ -315,29 +203,6 @@ def write_clip(path: Path, audio: np.ndarray, sample_rate: int, sidecar: dict, s
     """WAV plus a JSON sidecar of the same stem holding everything needed to regenerate it."""
     write_wav(path, audio, sample_rate, subtype)
     atomic_write_json(Path(path).with_suffix(".json"), sidecar)
-
-
-@dataclass
-class Job:
-    """One clip to generate: prompt index, sample number and its seed."""
-
-    prompt_index: int
-    prompt: Prompt
-    sample: int
-    seed: int
-    extra: dict = field(default_factory=dict)
-
-
-def plan_jobs(prompts: list[Prompt], num_samples: int, seed: int) -> list[Job]:
-    """(prompt, sample) pairs with their seeds: the prompt's own seed (or --seed) plus the sample number."""
-    if num_samples < 1:
-        raise UserError("--num_samples must be at least 1")
-    jobs = []
-    for i, p in enumerate(prompts):
-        base_seed = p.seed if p.seed is not None else seed
-        for j in range(num_samples):
-            jobs.append(Job(i, p, j, base_seed + j))
-    return jobs
 
 
 def generate_jobs(model, processor, jobs: list[Job], duration: float, settings: SamplingSettings,
@@ -360,9 +225,3 @@ def resolve_dtype(fp16: bool, bf16: bool, device: str):
         log.warning(f"warning: --{'fp16' if fp16 else 'bf16'} needs a GPU; generating in fp32 on the CPU")
         return None
     return torch.float16 if fp16 else torch.bfloat16
-
-
-def describe_settings(settings: SamplingSettings, duration: float, batch_size: int) -> str:
-    s = settings
-    mode = "greedy" if s.greedy else f"temperature {s.temperature:g}, top_k {s.top_k}, top_p {s.top_p:g}"
-    return f"{duration:g} s, guidance {s.guidance_scale:g}, {mode}, batch {batch_size}"

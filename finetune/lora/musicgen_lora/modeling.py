@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from musicgen_lora.codes import build_delay_pattern_labels, crop_codes
 from musicgen_lora.common import UserError, read_json
 from musicgen_lora.training.config import DEFAULT_TARGETS
-from musicgen_lora.codes import build_delay_pattern_labels, crop_codes
 
 
 def load_model_and_processor(model_path: str, device: str = "cpu", dtype=None, flag: str = "--model_path"):
@@ -113,7 +113,8 @@ def check_adapter_dir(path) -> Path:
         raise UserError(f"{path}: {what}; pass a best_model/, final_model/ or checkpoints/checkpoint-N/ folder "
                         f"written by train_lora.py")
     if not (path / "adapter_config.json").is_file():
-        inside = [path / name for name in ("best_model", "final_model") if (path / name / "adapter_config.json").is_file()]
+        inside = [path / name for name in ("best_model", "final_model")
+                  if (path / name / "adapter_config.json").is_file()]
         if inside:
             raise UserError(f"{path}: this is a training run directory, not an adapter; pass {inside[0]} (or use "
                             f"evaluate.py --compare_multi --lora_model_path {path})")
@@ -122,7 +123,8 @@ def check_adapter_dir(path) -> Path:
     read_json(path / "adapter_config.json", "adapter config")
     if not (path / ADAPTER_WEIGHTS).is_file():
         if (path / "adapter_model.bin").is_file():
-            script = os.path.relpath(Path(__file__).resolve().parents[2] / "scripts" / "convert_adapter.py")  # finetune/scripts
+            # finetune/scripts/convert_adapter.py, as a path that works from where the user is
+            script = os.path.relpath(Path(__file__).resolve().parents[2] / "scripts" / "convert_adapter.py")
             raise UserError(f"{path}: holds adapter_model.bin, a pickle, which this toolkit never loads (unpickling "
                             f"can run code); convert an adapter you trust with: python {script} {path}")
         raise UserError(f"{path}: adapter_config.json but no {ADAPTER_WEIGHTS}; the adapter was not saved "

@@ -77,7 +77,7 @@ def apply_umask(path: Path, is_dir: bool):
 def apply_umask_tree(root: Path):
     """apply_umask over a folder we just filled: libraries write some files 0600 (safetensors does)."""
     mask = current_umask()
-    for folder, dirs, files in os.walk(root):
+    for folder, _dirs, files in os.walk(root):
         os.chmod(folder, 0o777 & ~mask)
         for name in files:
             path = os.path.join(folder, name)

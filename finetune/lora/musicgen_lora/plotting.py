@@ -8,17 +8,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
-
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from musicgen_lora.common import log
+from musicgen_lora.outputs import atomic_file
+from musicgen_lora.training.metrics_log import read_metrics
+
 
 def _save(fig, path: Path, dpi: int = 80):
-    from musicgen_lora.outputs import atomic_file
-
     try:
         with atomic_file(path) as tmp:
             fig.savefig(tmp, dpi=dpi, format="png")
@@ -81,8 +82,6 @@ def training_curves_png(metrics_file: Path, out_path: Path) -> Path | None:
 
     Returns the written path, or None when the log holds nothing to plot yet.
     """
-    from musicgen_lora.training.metrics_log import read_metrics
-
     records, _ = read_metrics(metrics_file)  # a line being written when a crash hit is skipped
     train = [r for r in records if r.get("type") == "train"]
     evals = [r for r in records if r.get("type") == "eval"]
@@ -115,8 +114,6 @@ def training_curves_png(metrics_file: Path, out_path: Path) -> Path | None:
 
 def write_training_curves(output_dir) -> Path | None:
     """logs/training_curves.png for a run dir; a plotting problem is logged, never fatal to training."""
-    from musicgen_lora.common import log
-
     try:
         return training_curves_png(Path(output_dir) / "logs" / "metrics.jsonl",
                                    Path(output_dir) / "logs" / "training_curves.png")

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 from musicgen_lora.common import UserError
+from musicgen_lora.sampling import WAV_SUBTYPES, SamplingSettings
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the description's layout and shows every flag's default (unless its help says it)."""
@@ -190,3 +192,39 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv=None) -> argpar
     args = parser.parse_args(argv)
     args.config_keys = sorted(from_file)
     return args
+
+
+# --------------------------------------------------------------------------------------------
+# Flag groups that several scripts share
+# --------------------------------------------------------------------------------------------
+def add_sampling_args(p: argparse.ArgumentParser):
+    """The sampling and runtime flags inference_lora.py and evaluate.py share (same names and defaults)."""
+    d = SamplingSettings()
+    g = p.add_argument_group("sampling")
+    g.add_argument("--duration", type=positive_float, default=15.0, help="Seconds of audio per clip.")
+    g.add_argument("--guidance_scale", type=nonneg_float, default=d.guidance_scale,
+                   help="Classifier-free guidance scale (1 or less turns guidance off).")
+    g.add_argument("--temperature", type=positive_float, default=d.temperature, help="Sampling temperature.")
+    g.add_argument("--top_k", type=nonneg_int, default=d.top_k,
+                   help="Sample from the k most likely codes (0 disables).")
+    g.add_argument("--top_p", type=probability, default=d.top_p, help="Nucleus sampling mass (0 disables).")
+    g.add_argument("--greedy", action="store_true", help="Argmax decoding instead of sampling (often loops).")
+    g.add_argument("--seed", type=any_int, default=42,
+                   help="Seed for every prompt (a prompt's own 'seed' in the prompts file wins); sample j of a "
+                        "prompt uses seed + j.")
+    g.add_argument("--batch_size", type=positive_int, default=8, help="Clips generated together in one batch.")
+    g.add_argument("--wav_subtype", default="PCM_16", choices=WAV_SUBTYPES,
+                   help="WAV sample format.")
+    r = p.add_argument_group("runtime")
+    r.add_argument("--device", default="auto", help="auto, cpu or cuda.")
+    r.add_argument("--fp16", action="store_true", help="Load the model in fp16 (GPU only).")
+    r.add_argument("--bf16", action="store_true", help="Load the model in bf16 (GPU only).")
+    r.add_argument("--overwrite", action="store_true",
+                   help="Replace earlier outputs of this script in --output_dir instead of refusing (files it did "
+                        "not write are never replaced).")
+    r.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
+
+
+def sampling_settings(args) -> SamplingSettings:
+    """The parsed sampling flags as the library's settings, checked."""
+    return SamplingSettings(args.guidance_scale, args.temperature, args.top_k, args.top_p, args.greedy).validate()

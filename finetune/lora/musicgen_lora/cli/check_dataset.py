@@ -8,10 +8,9 @@ padding masks at this duration, and clips far longer than the window.
 """
 import sys
 
-from musicgen_lora.common import log
-
-from musicgen_lora.cli.runner import cli
 from musicgen_lora.cli.args import Parser, positive_float
+from musicgen_lora.cli.runner import cli
+from musicgen_lora.common import log
 
 # A clip longer than this many training windows is flagged: training reads one random window of it
 # per epoch, so most of it is never heard.
@@ -31,8 +30,12 @@ def main(argv=None):
     import torch
 
     from musicgen_lora.audio import MUSICGEN_HOP_LENGTH, MUSICGEN_SAMPLE_RATE
-    from musicgen_lora.codes import (MUSICGEN_CODEBOOKS, build_delay_pattern_labels, num_frames_for_samples,
-                                     valid_frames_for_samples)
+    from musicgen_lora.codes import (
+        MUSICGEN_CODEBOOKS,
+        build_delay_pattern_labels,
+        num_frames_for_samples,
+        valid_frames_for_samples,
+    )
     from musicgen_lora.data.dataset import MusicDataset
     from musicgen_lora.data.metadata import read_metadata
 

@@ -9,10 +9,9 @@ ln(vocab): a pretrained MusicGen on in-style music sits well below it.
 import math
 import sys
 
-from musicgen_lora.common import UserError, log, uniform_loss
-
-from musicgen_lora.cli.runner import cli
 from musicgen_lora.cli.args import Parser, nonneg_int, positive_float, positive_int
+from musicgen_lora.cli.runner import cli
+from musicgen_lora.common import UserError, log, uniform_loss
 
 
 @cli
@@ -32,7 +31,13 @@ def main(argv=None):
     from musicgen_lora.common import resolve_device
     from musicgen_lora.data.dataset import Collator, MusicDataset
     from musicgen_lora.data.metadata import read_metadata, report_long_descriptions, validation_clips
-    from musicgen_lora.modeling import count_parameters, evaluate_loss, load_adapter, load_model_and_processor, model_info
+    from musicgen_lora.modeling import (
+        count_parameters,
+        evaluate_loss,
+        load_adapter,
+        load_model_and_processor,
+        model_info,
+    )
 
     device = resolve_device(args.device)
     model, processor = load_model_and_processor(args.model_path, device=device)

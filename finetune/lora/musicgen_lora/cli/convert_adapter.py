@@ -11,9 +11,10 @@ Only convert adapters you trust: their weights still decide what the model gener
 import sys
 from pathlib import Path
 
-from musicgen_lora.common import UserError, log
-from musicgen_lora.cli.runner import cli
 from musicgen_lora.cli.args import Parser
+from musicgen_lora.cli.runner import cli
+from musicgen_lora.common import UserError, log
+from musicgen_lora.outputs import atomic_file
 
 
 @cli
@@ -26,7 +27,6 @@ def main(argv=None):
     import torch
     from safetensors.torch import save_file
 
-    from musicgen_lora.outputs import atomic_file
 
     folder = Path(args.adapter_dir)
     source, target = folder / "adapter_model.bin", folder / "adapter_model.safetensors"

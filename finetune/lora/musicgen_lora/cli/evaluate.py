@@ -19,18 +19,21 @@ evaluate.py ends with one verdict line per model.
 
     python evaluate.py --score_only --input_dir OLD_EVALUATION --output_dir OLD_EVALUATION_scored
 
-scores existing audio (any folder, recursively) without loading a model. Writes OUTPUT_DIR/<model>/NN_prompt.wav (+ .json
-sidecar, .png spectrogram), comparison_results.jsonl (one row per prompt x model x sample),
+scores existing audio (any folder, recursively) without loading a model. Writes
+OUTPUT_DIR/<model>/NN_prompt.wav (+ .json sidecar, .png spectrogram), comparison_results.jsonl
+(one row per prompt x model x sample),
 summary.json and report.html (open it in a browser to listen).
 """
 import sys
 from pathlib import Path
 
-from musicgen_lora.common import UserError, log, resolve_device
-
+from musicgen_lora.cli.args import Parser, add_sampling_args, positive_float, positive_int, sampling_settings
 from musicgen_lora.cli.runner import cli
-from musicgen_lora.cli.args import Parser, positive_float, positive_int
-from musicgen_lora.cli.inference import add_sampling_args
+from musicgen_lora.common import UserError, log, resolve_device
+from musicgen_lora.data.metadata import report_long_descriptions
+from musicgen_lora.outputs import output_lock
+from musicgen_lora.prompts import load_prompts, plan_jobs
+from musicgen_lora.runs.table import recorded_path
 
 TOOL = "evaluate.py"
 
@@ -55,7 +58,8 @@ def build_parser():
                    help="JSON list of prompts (strings or {\"prompt\", \"id\", \"seed\"} objects), e.g. "
                         "../data/eval/evaluation_prompts_8.json.")
     q.add_argument("--test_prompts", nargs="+", default=None, help="Prompts given on the command line.")
-    q.add_argument("--num_samples_per_prompt", type=positive_int, default=1, help="Clips per prompt and model (seed, seed+1, ...).")
+    q.add_argument("--num_samples_per_prompt", type=positive_int, default=1,
+                   help="Clips per prompt and model (seed, seed+1, ...).")
     q.add_argument("--output_dir", default="../output/evaluation", help="Folder for clips, results and report.")
 
     d = p.add_argument_group("objective numbers")
@@ -106,8 +110,6 @@ def training_window(args) -> float:
 def default_data(args) -> tuple[str | None, str, str | None]:
     """(data_dir, metadata_file, note): without --data_dir, the evaluated run's own validation set
     (run_config.json) gives the held-out numbers; a recorded folder that is gone is said, not skipped."""
-    from musicgen_lora.runs.table import recorded_path
-
     run_dir, run = run_config_of(args)
     if not run.get("data_dir"):
         return None, args.metadata_file, None
@@ -139,7 +141,6 @@ def check_args(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
-    from musicgen_lora.outputs import output_lock
 
     out = Path(args.output_dir)
     with output_lock(out, TOOL):  # one evaluation at a time per folder
@@ -147,10 +148,17 @@ def main(argv=None):
 
 
 def evaluate(args, out: Path):
-    from musicgen_lora.data.metadata import report_long_descriptions
-    from musicgen_lora.evaluation.compare import (ModelBank, check_output_dir, compare_models, held_out_losses, reference_embeddings,
-                            resolve_models, score_folder, validation_loader)
-    from musicgen_lora.generation import SamplingSettings, check_duration, load_prompts, plan_jobs, resolve_dtype
+    from musicgen_lora.evaluation.compare import (
+        ModelBank,
+        check_output_dir,
+        compare_models,
+        held_out_losses,
+        reference_embeddings,
+        resolve_models,
+        validation_loader,
+    )
+    from musicgen_lora.evaluation.scoring import score_folder
+    from musicgen_lora.generation import check_duration, resolve_dtype
     from musicgen_lora.modeling import load_model_and_processor
 
     check_output_dir(out, args.overwrite)
@@ -162,10 +170,10 @@ def evaluate(args, out: Path):
         print_verdicts(summary)
         return
 
-    specs = resolve_models(args)
+    specs = resolve_models(args.lora_model_path, args.best_model_path, args.final_model_path, args.adapter,
+                           compare=args.compare, compare_multi=args.compare_multi)
     prompts = load_prompts(args.test_prompts_file, args.test_prompts)
-    settings = SamplingSettings(args.guidance_scale, args.temperature, args.top_k, args.top_p, args.greedy)
-    settings.validate()
+    settings = sampling_settings(args)
     jobs = plan_jobs(prompts, args.num_samples_per_prompt, args.seed)
     notes, numbers, reference = [], {}, None
     data_dir, metadata_file = args.data_dir, args.metadata_file

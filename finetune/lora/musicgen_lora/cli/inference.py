@@ -15,43 +15,26 @@ regenerated exactly. Without --lora_model_path the base model generates.
 writes a full model with the adapter merged in, loadable with plain
 MusicgenForConditionalGeneration.from_pretrained(MERGED) (no peft needed).
 """
-import argparse
 import os
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from musicgen_lora.common import UserError, log, resolve_device
-
+from musicgen_lora.cli.args import Parser, add_sampling_args, positive_int, sampling_settings
 from musicgen_lora.cli.runner import cli
-from musicgen_lora.cli.args import Parser, any_int, nonneg_float, nonneg_int, positive_float, positive_int, probability
-
-
-def add_sampling_args(p: argparse.ArgumentParser):
-    """Sampling flags shared with evaluate.py (same names, same defaults)."""
-    g = p.add_argument_group("sampling")
-    g.add_argument("--duration", type=positive_float, default=15.0, help="Seconds of audio per clip.")
-    g.add_argument("--guidance_scale", type=nonneg_float, default=3.0,
-                   help="Classifier-free guidance scale (1 or less turns guidance off).")
-    g.add_argument("--temperature", type=positive_float, default=1.0, help="Sampling temperature.")
-    g.add_argument("--top_k", type=nonneg_int, default=250, help="Sample from the k most likely codes (0 disables).")
-    g.add_argument("--top_p", type=probability, default=0.0, help="Nucleus sampling mass (0 disables).")
-    g.add_argument("--greedy", action="store_true", help="Argmax decoding instead of sampling (often loops).")
-    g.add_argument("--seed", type=any_int, default=42,
-                   help="Seed for every prompt (a prompt's own 'seed' in the prompts file wins); sample j of a "
-                        "prompt uses seed + j.")
-    g.add_argument("--batch_size", type=positive_int, default=8, help="Clips generated together in one batch.")
-    g.add_argument("--wav_subtype", default="PCM_16", choices=["PCM_16", "PCM_24", "FLOAT"],
-                   help="WAV sample format.")
-    r = p.add_argument_group("runtime")
-    r.add_argument("--device", default="auto", help="auto, cpu or cuda.")
-    r.add_argument("--fp16", action="store_true", help="Load the model in fp16 (GPU only).")
-    r.add_argument("--bf16", action="store_true", help="Load the model in bf16 (GPU only).")
-    r.add_argument("--overwrite", action="store_true",
-                   help="Replace earlier outputs of this script in --output_dir instead of refusing (files it did "
-                        "not write are never replaced).")
-    r.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
+from musicgen_lora.common import UserError, log, resolve_device
+from musicgen_lora.data.metadata import report_long_descriptions
+from musicgen_lora.outputs import (
+    atomic_dir,
+    atomic_write_json,
+    check_own_folder,
+    check_shared_targets,
+    output_lock,
+    read_manifest,
+    write_manifest,
+)
+from musicgen_lora.prompts import clip_filename, describe_settings, load_prompts, plan_jobs
 
 
 def build_parser():
@@ -79,8 +62,6 @@ TOOL, MERGE_TOOL = "inference_lora.py", "inference_lora.py --merge"
 
 
 def merge(args, model, processor):
-    from musicgen_lora.outputs import atomic_dir, atomic_write_json, write_manifest
-
     out = Path(args.output_dir)
     merged = model.merge_and_unload()
     with atomic_dir(out, owner=MERGE_TOOL) as tmp:
@@ -105,27 +86,22 @@ def check_args(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
-    from musicgen_lora.outputs import output_lock
 
     with output_lock(Path(args.output_dir), MERGE_TOOL if args.merge else TOOL):
         return run(args)
 
 
 def run(args):
-    from musicgen_lora.data.metadata import report_long_descriptions
     from musicgen_lora.evaluation.compare import adapter_run_id
-    from musicgen_lora.generation import (SamplingSettings, clip_filename, describe_settings, generate_jobs, load_prompts,
-                            plan_jobs, resolve_dtype, write_clip)
+    from musicgen_lora.generation import generate_jobs, resolve_dtype, write_clip
     from musicgen_lora.modeling import check_adapter_dir, load_adapter, load_model_and_processor, model_info
-    from musicgen_lora.outputs import check_own_folder, check_shared_targets, read_manifest, write_manifest
 
     out = Path(args.output_dir)
     if args.merge:
         check_own_folder(out, MERGE_TOOL, overwrite=args.overwrite, flag="--output_dir")
     else:
         prompts = load_prompts(args.prompts_file, args.prompts)
-        settings = SamplingSettings(args.guidance_scale, args.temperature, args.top_k, args.top_p, args.greedy)
-        settings.validate()
+        settings = sampling_settings(args)
         jobs = plan_jobs(prompts, args.num_samples, args.seed)
         names = [clip_filename(j.prompt, j.sample if args.num_samples > 1 else None) for j in jobs]
         targets = [f"{n}{ext}" for n in names for ext in (".wav", ".json")]
@@ -145,7 +121,8 @@ def run(args):
     info = model_info(model)
     report_long_descriptions(processor.tokenizer, [(f"prompt {p.id}", p.text) for p in prompts])
     who = f"{args.base_model_path} + {args.lora_model_path}" if args.lora_model_path else args.base_model_path
-    log.info(f"generating {len(jobs)} clip(s) with {who}: {describe_settings(settings, args.duration, args.batch_size)}")
+    log.info(f"generating {len(jobs)} clip(s) with {who}: "
+             f"{describe_settings(settings, args.duration, args.batch_size)}")
     t0 = time.time()
     audio, per_clip = generate_jobs(model, processor, jobs, args.duration, settings, args.batch_size,
                                     progress=not args.no_progress)

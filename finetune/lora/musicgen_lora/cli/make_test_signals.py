@@ -21,6 +21,7 @@ from pathlib import Path
 
 from musicgen_lora.cli.args import Parser, positive_float
 from musicgen_lora.cli.runner import cli
+from musicgen_lora.testing.signals import write_signals
 
 
 @cli
@@ -32,7 +33,6 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true",
                    help="Replace clips this script wrote earlier in --output_dir (anything else is never replaced).")
     args = p.parse_args(argv)
-    from musicgen_lora.testing.signals import write_signals
 
     out = Path(args.output_dir)
     clips = write_signals(out, args.duration, args.corrupt, args.overwrite)

@@ -16,11 +16,27 @@ See DATA_PREPARATION.md for the rules (segments, silence, descriptions, split) a
 import sys
 from pathlib import Path
 
-from musicgen_lora.common import UserError, log
-
+from musicgen_lora.cli.args import (
+    Parser,
+    any_int,
+    finite_float,
+    fraction,
+    positive_float,
+    positive_fraction,
+    positive_int,
+)
 from musicgen_lora.cli.runner import cli
-from musicgen_lora.cli.args import Parser, any_int, finite_float, fraction, positive_float, positive_fraction, positive_int
-from musicgen_lora.data.preparation import DEFAULT_SILENCE_DB, TOOL
+from musicgen_lora.common import UserError, log
+from musicgen_lora.data.example import create_example_dataset
+from musicgen_lora.data.preparation import (
+    DEFAULT_SILENCE_DB,
+    TOOL,
+    PrepareSettings,
+    check_output,
+    prepare_collection,
+    summary_lines,
+)
+from musicgen_lora.outputs import output_lock, read_manifest, remove_path, write_manifest
 
 
 def build_parser():
@@ -65,7 +81,8 @@ def build_parser():
     t = p.add_argument_group("code cache")
     t.add_argument("--pretokenize", action="store_true",
                    help="Encode every clip of --data_dir's metadata with the model's EnCodec into the code cache.")
-    t.add_argument("--model_path", default=None, help="MusicGen folder (or hub id) whose codec encodes (--pretokenize).")
+    t.add_argument("--model_path", default=None,
+                   help="MusicGen folder (or hub id) whose codec encodes (--pretokenize).")
     t.add_argument("--data_dir", default=None,
                    help="Data folder holding metadata.json to pretokenize (default: --output_dir).")
     t.add_argument("--cache_dir", default=None, help="Code cache folder (default: DATA_DIR/.codes_cache).")
@@ -80,10 +97,6 @@ def build_parser():
 
 
 def create_example(args):
-    from musicgen_lora.data.preparation import check_output
-    from musicgen_lora.data.example import create_example_dataset
-    from musicgen_lora.outputs import read_manifest, remove_path, write_manifest
-
     out = Path(args.output_dir)
     check_output(out, args.metadata_file, args.overwrite)
     for split in ("train", "valid"):  # an earlier example set of ours: replaced whole
@@ -100,9 +113,7 @@ def create_example(args):
 
 
 def pretokenize(args):
-    if not args.model_path:
-        raise UserError("--pretokenize needs --model_path (the MusicGen whose EnCodec you train with)")
-    from musicgen_lora.data.code_cache import pretokenize as fill
+    from musicgen_lora.data.code_cache import pretokenize as fill  # loads torch: after parsing only
 
     data_dir = args.data_dir or args.output_dir
     stats = fill(args.model_path, data_dir, args.metadata_file, args.cache_dir, args.device,
@@ -117,13 +128,14 @@ def check_args(args):
         raise UserError("nothing to do: pass --input_dir/--input_zip, --create_example or --pretokenize (see --help)")
     if args.create_example and collection:
         raise UserError("--create_example and --input_dir/--input_zip exclude each other; run them separately")
+    if args.pretokenize and not args.model_path:
+        raise UserError("--pretokenize needs --model_path (the MusicGen whose EnCodec you train with)")
 
 
 @cli
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
-    from musicgen_lora.outputs import output_lock
 
     collection = bool(args.input_dir or args.input_zip)
     if args.create_example or collection:
@@ -132,15 +144,11 @@ def main(argv=None):
                 create_example(args)
             else:
                 prepare(args)
-    if args.pretokenize:
-        if collection and not args.data_dir:
-            args.data_dir = args.output_dir
+    if args.pretokenize:  # of --data_dir, else of the data just prepared in --output_dir
         pretokenize(args)
 
 
 def prepare(args):
-    from musicgen_lora.data.preparation import PrepareSettings, prepare_collection, summary_lines
-
     settings = PrepareSettings(
         output_dir=Path(args.output_dir), input_dirs=args.input_dir, input_zips=args.input_zip,
         metadata_file=args.metadata_file, segment_duration=args.segment_duration,

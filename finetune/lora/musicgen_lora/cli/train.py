@@ -15,8 +15,17 @@ import argparse
 import dataclasses
 import sys
 
-from musicgen_lora.cli.args import (Parser, any_int, dropout, nonneg_float, nonneg_int, parse_args_with_config,
-                                    positive_float, positive_int, probability)
+from musicgen_lora.cli.args import (
+    Parser,
+    any_int,
+    dropout,
+    nonneg_float,
+    nonneg_int,
+    parse_args_with_config,
+    positive_float,
+    positive_int,
+    probability,
+)
 from musicgen_lora.cli.runner import cli
 from musicgen_lora.training.config import TrainConfig
 
@@ -39,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--max_duration", type=positive_float, default=D.max_duration,
                    help="Upper bound on the window in seconds (kept for older command lines); the window is "
                         "min(target_duration, max_duration).")
-    a.add_argument("--num_workers", type=nonneg_int, default=D.num_workers, help="DataLoader worker processes for audio decoding.")
+    a.add_argument("--num_workers", type=nonneg_int, default=D.num_workers,
+                   help="DataLoader worker processes for audio decoding.")
     a.add_argument("--cache_dir", default=D.cache_dir,
                    help="EnCodec code cache (default: DATA_DIR/.codes_cache); each clip is encoded once and "
                         "re-encoded only when its audio, the codec or the sample rate changes.")
@@ -47,26 +57,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Encode clips with EnCodec at every step instead of reading cached codes (same tokens, "
                         "slower).")
 
-    l = p.add_argument_group("LoRA")
-    l.add_argument("--lora_rank", type=positive_int, default=D.lora_rank, help="LoRA rank r.")
-    l.add_argument("--lora_alpha", type=positive_float, default=D.lora_alpha, help="LoRA alpha (scale = alpha / r).")
-    l.add_argument("--lora_dropout", type=dropout, default=D.lora_dropout, help="Dropout on the LoRA branch.")
-    l.add_argument("--lora_target_modules", default=D.lora_target_modules,
+    lo = p.add_argument_group("LoRA")
+    lo.add_argument("--lora_rank", type=positive_int, default=D.lora_rank, help="LoRA rank r.")
+    lo.add_argument("--lora_alpha", type=positive_float, default=D.lora_alpha, help="LoRA alpha (scale = alpha / r).")
+    lo.add_argument("--lora_dropout", type=dropout, default=D.lora_dropout, help="Dropout on the LoRA branch.")
+    lo.add_argument("--lora_target_modules", default=D.lora_target_modules,
                    help="Comma-separated decoder linear layers to adapt (decoder only; text encoder and EnCodec "
                         "stay frozen).")
 
     o = p.add_argument_group("optimisation")
     o.add_argument("--learning_rate", type=nonneg_float, default=D.learning_rate, help="Peak AdamW learning rate.")
-    o.add_argument("--weight_decay", type=nonneg_float, default=D.weight_decay, help="AdamW weight decay on LoRA weights.")
+    o.add_argument("--weight_decay", type=nonneg_float, default=D.weight_decay,
+                   help="AdamW weight decay on LoRA weights.")
     o.add_argument("--batch_size", type=positive_int, default=D.batch_size, help="Clips per micro-batch.")
     o.add_argument("--gradient_accumulation_steps", type=positive_int, default=D.gradient_accumulation_steps,
                    help="Micro-batches per optimizer step (effective batch = batch_size x this).")
     o.add_argument("--num_epochs", type=positive_int, default=D.num_epochs, help="Passes over the training clips.")
-    o.add_argument("--max_steps", type=positive_int, default=D.max_steps, help="Stop after this many optimizer steps (overrides "
-                                                                "--num_epochs when reached first).")
+    o.add_argument("--max_steps", type=positive_int, default=D.max_steps,
+                   help="Stop after this many optimizer steps (overrides --num_epochs when reached first).")
     o.add_argument("--warmup_steps", type=nonneg_int, default=D.warmup_steps,
                    help="Linear warm-up steps before cosine decay (default: 5%% of the optimizer steps).")
-    o.add_argument("--max_grad_norm", type=nonneg_float, default=D.max_grad_norm, help="Gradient clipping norm (0 disables).")
+    o.add_argument("--max_grad_norm", type=nonneg_float, default=D.max_grad_norm,
+                   help="Gradient clipping norm (0 disables).")
     o.add_argument("--text_dropout", type=probability, default=D.text_dropout,
                    help="Probability of training a clip with an empty description, so classifier-free "
                         "guidance keeps working (audiocraft uses 0.1).")
@@ -82,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(see finetune/scripts/benchmark_memory.py).")
 
     s = p.add_argument_group("logging and saving")
-    s.add_argument("--logging_steps", type=positive_int, default=D.logging_steps, help="Log train loss every N optimizer steps.")
+    s.add_argument("--logging_steps", type=positive_int, default=D.logging_steps,
+                   help="Log train loss every N optimizer steps.")
     s.add_argument("--eval_steps", type=positive_int, default=D.eval_steps,
                    help="Also validate every N optimizer steps (always at each epoch end).")
     s.add_argument("--sample_every", type=nonneg_int, default=D.sample_every,
@@ -91,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sample_prompts", default=D.sample_prompts,
                    help="Prompts for --sample_every: a prompts file (JSON/txt, as evaluate.py reads) "
                         "(default: the first 3 validation descriptions).")
-    s.add_argument("--sample_duration", type=positive_float, default=D.sample_duration, help="Seconds per sample for --sample_every.")
+    s.add_argument("--sample_duration", type=positive_float, default=D.sample_duration,
+                   help="Seconds per sample for --sample_every.")
     s.add_argument("--save_steps", type=nonneg_int, default=D.save_steps,
                    help="Write checkpoints/checkpoint-N (adapter + optimizer, scheduler, RNG and data position, "
                         "enough to resume) every N optimizer steps.")

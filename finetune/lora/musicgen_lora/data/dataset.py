@@ -7,8 +7,8 @@ import torch
 
 from musicgen_lora.audio import AudioPieces, audio_duration
 from musicgen_lora.audio import piece_samples as default_piece_samples
-from musicgen_lora.data.code_cache import load_codes
 from musicgen_lora.codes import choose_frame_offset, crop_codes, num_frames_for_samples, valid_frames_for_samples
+from musicgen_lora.data.code_cache import load_codes
 from musicgen_lora.data.metadata import Clip, tokenize_text
 
 

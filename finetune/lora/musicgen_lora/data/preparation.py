@@ -35,7 +35,14 @@ from tqdm.auto import tqdm
 
 from musicgen_lora.audio import MUSICGEN_SAMPLE_RATE, load_audio
 from musicgen_lora.common import UserError
-from musicgen_lora.outputs import atomic_write_json, check_shared_targets, clean_stale, read_manifest, temp_path, write_manifest
+from musicgen_lora.outputs import (
+    atomic_write_json,
+    check_shared_targets,
+    clean_stale,
+    read_manifest,
+    temp_path,
+    write_manifest,
+)
 
 TOOL = "prepare_data.py"
 SAMPLE_RATE = MUSICGEN_SAMPLE_RATE  # prepared data is written at the rate every MusicGen codec runs at
@@ -233,7 +240,7 @@ class DescriptionIndex:
             raise UserError(f"{path}: --descriptions_file must be .jsonl ({{\"path\", \"description\"}} per line) "
                             f"or .csv (columns path,description)")
         ambiguous = set()
-        for where, p, text in rows:
+        for _line, p, text in rows:
             key = self._norm(p)
             self.by_path[key] = text
             name = PurePosixPath(key).name

@@ -42,7 +42,6 @@ NOISY_FLATNESS = 0.5
 CLIP_LEVEL = 0.999
 CLIPPING_RATIO_FLAG = 0.001
 
-FLAG_NAMES = ("fades_out", "noisy", "silent", "clipping")
 
 
 def _finite_lufs(value: float) -> float:

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from pathlib import Path
 from urllib.parse import quote
 
+from musicgen_lora.evaluation.flags import FLAG_NAMES
 from musicgen_lora.outputs import atomic_write_text
 
 CSS = """
@@ -29,7 +30,6 @@ audio{width:260px} img.spec{height:110px;display:block} img.loud{max-width:100%;
 .small{font-size:.8em;color:#555} code{font-size:.9em}
 """
 
-FLAG_NAMES = ("fades_out", "noisy", "silent", "clipping")
 
 
 def _url(rel: str) -> str:
@@ -99,7 +99,7 @@ def _model_table(summary: dict) -> str:
         cells = [f'<td class="model">{html.escape(name)}</td>',
                  f'<td class="verdict{" bad" if flagged else ""}">{html.escape(verdict)}</td>']
         for key, _label, digits, _bad in present:
-            cells.append(f"<td>{_fmt(m.get(key), digits) if key != 'verdict' else html.escape(str(m.get(key, '')))}</td>")
+            cells.append(f"<td>{_fmt(m.get(key), digits)}</td>")
         for f in flag_cols:
             n = (m.get("flag_counts") or {}).get(f, 0)
             cls = ' class="bad"' if n else ""
@@ -117,7 +117,8 @@ def _run_links(summary: dict) -> str:
                                                                               ("review", "review of the logs"))
                  if run.get(key)]
         if links:
-            items.append(f"<li>run <code>{html.escape(str(run.get('name', '')))}</code>: {' &middot; '.join(links)}</li>")
+            name = html.escape(str(run.get("name", "")))
+            items.append(f"<li>run <code>{name}</code>: {' &middot; '.join(links)}</li>")
     return f'<ul class="meta" id="runs">{"".join(items)}</ul>' if items else ""
 
 
@@ -138,7 +139,7 @@ def _clip_cell(row: dict) -> str:
 
 def render(rows: list[dict], summary: dict) -> str:
     title = summary.get("title", "MusicGen evaluation")
-    groups: "OrderedDict[tuple, list[dict]]" = OrderedDict()
+    groups: OrderedDict[tuple, list[dict]] = OrderedDict()
     for r in rows:
         groups.setdefault((r["prompt_id"], r.get("sample", 0)), []).append(r)
     settings = summary.get("settings") or {}

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from musicgen_lora.runs.table import Run, _finite, base_loss, best_point, load_run, throughput, verdict_text
+from musicgen_lora.common import log
+from musicgen_lora.outputs import atomic_write_text
 
 NEAR_UNIFORM = 0.05
 SPIKE_FACTOR = 1.5
@@ -308,9 +310,6 @@ REVIEW_FILE = "review.txt"  # in the run's logs/, linked from evaluation reports
 def log_review(run_dir):
     """Log the review of a run and keep it as logs/review.txt; advisory, so a fault here never fails
     a finished training."""
-    from musicgen_lora.common import log
-    from musicgen_lora.outputs import atomic_write_text
-
     try:
         lines = review_lines(Path(run_dir))
         atomic_write_text(Path(run_dir) / "logs" / REVIEW_FILE, "\n".join(lines) + "\n")

@@ -28,7 +28,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from musicgen_lora.evaluation.flags import count_words
 from musicgen_lora.training.metrics_log import read_metrics
+from musicgen_lora.outputs import atomic_file
 
 RUNNING_MINUTES = 10.0
 
@@ -312,9 +314,6 @@ def throughput(run: Run):
             "peak_memory_mb": max(peaks) if peaks else None}
 
 
-FLAG_WORDS = {"fades_out": "fade out", "noisy": "noisy", "silent": "silent", "clipping": "clipping"}
-
-
 def verdict_text(name: str, entry: dict) -> str:
     """'final_model: 6/8 fade out' -- evaluate.py's own verdict when given, else built from its counts."""
     verdict = entry.get("verdict")
@@ -323,9 +322,7 @@ def verdict_text(name: str, entry: dict) -> str:
         return verdict if verdict.startswith(name) else f"{name}: {verdict}"  # evaluate.py may name it already
     n = entry.get("num_clips")
     counts = entry.get("flag_counts") if isinstance(entry.get("flag_counts"), dict) else {}
-    parts = [f"{c}/{n} {FLAG_WORDS.get(k, k.replace('_', ' '))}" if isinstance(n, int) else
-             f"{c} {FLAG_WORDS.get(k, k.replace('_', ' '))}"
-             for k, c in counts.items() if isinstance(c, int) and c > 0]
+    parts = count_words(counts, n if isinstance(n, int) else None, only_raised=True)
     if parts:
         return f"{name}: " + ", ".join(parts)
     if counts and isinstance(n, int):
@@ -493,7 +490,6 @@ def plot_curves(runs, path: Path) -> Path | None:
     ax.set_title("validation loss per run (step 0 = base model)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    from musicgen_lora.outputs import atomic_file
 
     path = Path(path)
     try:

@@ -22,7 +22,6 @@ import soundfile as sf
 from musicgen_lora.audio import MUSICGEN_SAMPLE_RATE
 from musicgen_lora.outputs import atomic_dir, check_own_folder, output_lock, write_manifest
 
-
 TOOL = "make_test_signals.py"
 
 SR = MUSICGEN_SAMPLE_RATE

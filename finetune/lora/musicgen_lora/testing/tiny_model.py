@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from musicgen_lora.audio import MUSICGEN_SAMPLE_RATE
+from musicgen_lora.outputs import atomic_dir, check_own_folder, output_lock, write_manifest
 
 TOOL = "make_tiny_model.py"
 LM_HEAD_SCALE = 16.0
@@ -165,7 +166,6 @@ def build(output_dir: str, size: str = "tiny", seed: int = 0, overwrite: bool = 
     import torch
     from transformers import EncodecFeatureExtractor, MusicgenForConditionalGeneration, MusicgenProcessor
 
-    from musicgen_lora.outputs import atomic_dir, check_own_folder, output_lock, write_manifest
 
     out = Path(output_dir)
     with output_lock(out, TOOL):

@@ -19,8 +19,17 @@ import numpy as np
 import torch
 
 from musicgen_lora.common import UserError, read_json
-from musicgen_lora.outputs import (Survey, atomic_dir, atomic_write_json, check_writable, clean_stale, kind_of, remove_owned,
-                     remove_path, survey)
+from musicgen_lora.outputs import (
+    Survey,
+    atomic_dir,
+    atomic_write_json,
+    check_writable,
+    clean_stale,
+    kind_of,
+    remove_owned,
+    remove_path,
+    survey,
+)
 
 TOOL = "train_lora.py"
 CHECKPOINTS = "checkpoints"

@@ -8,6 +8,7 @@ import torch
 from musicgen_lora.common import UserError, log, resolve_device
 from musicgen_lora.modeling import unwrap_base
 
+
 def make_accelerator(device: str, precision: str, gradient_accumulation_steps: int, report_to: str,
                      project_dir: Path):
     """The accelerate Accelerator for a run. `precision` is what was asked ("fp32", "fp16", "bf16");

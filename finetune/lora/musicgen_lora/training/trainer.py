@@ -25,18 +25,42 @@ from musicgen_lora.common import UserError, log, seed_everything, uniform_loss
 from musicgen_lora.data.code_cache import default_cache_dir, open_training_cache
 from musicgen_lora.data.dataset import Collator, MusicDataset, batch_size_of, padding_report
 from musicgen_lora.data.metadata import read_metadata, report_long_descriptions, validation_clips
-from musicgen_lora.modeling import (apply_lora, batch_loss, count_parameters, evaluate_loss, load_model_and_processor,
-                                    model_info)
-from musicgen_lora.outputs import (DiskFull, atomic_dir, atomic_write_json, disk_full_error, new_run_id, output_lock,
-                                   read_manifest, write_manifest)
+from musicgen_lora.generation import generate_audio, write_clip
+from musicgen_lora.modeling import (
+    apply_lora,
+    batch_loss,
+    count_parameters,
+    evaluate_loss,
+    load_model_and_processor,
+    model_info,
+)
+from musicgen_lora.outputs import (
+    DiskFull,
+    atomic_dir,
+    atomic_write_json,
+    disk_full_error,
+    new_run_id,
+    output_lock,
+    read_manifest,
+    write_manifest,
+)
 from musicgen_lora.plotting import write_training_curves
+from musicgen_lora.prompts import load_prompts
+from musicgen_lora.runs.review import log_review  # the review gate: a plain-words reading of the logs
 from musicgen_lora.runs.table import absolute_paths
 from musicgen_lora.training.config import TrainConfig
 from musicgen_lora.training.guards import EarlyStopping, NonFiniteGuard
 from musicgen_lora.training.metrics_log import FILE as METRICS_FILE
 from musicgen_lora.training.metrics_log import MetricsLog, cut_back
-from musicgen_lora.training.runtime import (any_across_ranks, enable_gradient_checkpointing, make_accelerator,
-                                            mean_across_ranks, shard_for_rank, start_trackers, sum_across_ranks)
+from musicgen_lora.training.runtime import (
+    any_across_ranks,
+    enable_gradient_checkpointing,
+    make_accelerator,
+    mean_across_ranks,
+    shard_for_rank,
+    start_trackers,
+    sum_across_ranks,
+)
 from musicgen_lora.training.state import TrainState, Window
 
 
@@ -167,8 +191,6 @@ def load_data(cfg: TrainConfig):
         raise UserError(f"{cfg.data_dir}/{cfg.metadata_file}: no training clips listed")
     prompts = []
     if cfg.sample_every:
-        from musicgen_lora.generation import load_prompts
-
         prompts = ([p.text for p in load_prompts(cfg.sample_prompts)] if cfg.sample_prompts
                    else [c.description for c in validation_clips(splits)[:3]])
     return splits, prompts
@@ -468,8 +490,6 @@ def validate(run: Run, state: TrainState):
 
 def write_samples(run: Run, state: TrainState):
     """Listen to progress: the same prompts and seeds at every sampling point (main process only)."""
-    from musicgen_lora.generation import generate_audio, write_clip
-
     cfg, folder = run.cfg, run.output_dir / "samples" / f"step-{state.step}"
     audio = generate_audio(run.accelerator.unwrap_model(run.model), run.processor, run.sample_prompts,
                            cfg.sample_duration, seed=cfg.seed, batch_size=len(run.sample_prompts), progress=False)
@@ -535,8 +555,6 @@ def diverged_message(run: Run, state: TrainState) -> str:
 
 
 def report_end(run: Run, state: TrainState, summary: dict):
-    from musicgen_lora.runs.review import log_review  # the review gate: a plain-words reading of the logs
-
     write_training_curves(run.output_dir)
     log.info(f"done in {summary['wall_seconds']:.1f} s, {state.step} optimizer steps"
              + (" (stopped early: no validation improvement)" if state.stop_reason == "early_stopping" else ""))

@@ -1,0 +1,175 @@
+"""Scoring clips into results: per-clip metrics and flags, per-model aggregates and the verdict line,
+loudness plots, and the files an evaluation leaves (comparison_results.jsonl, summary.json,
+report.html). Used after generating (compare.compare_models) and on any folder of audio
+(--score_only, score_folder).
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from musicgen_lora.audio import MUSICGEN_SAMPLE_RATE, load_audio
+from musicgen_lora.common import UserError, log
+from musicgen_lora.evaluation.flags import FLAG_NAMES, count_words
+from musicgen_lora.evaluation.metrics import THRESHOLDS, score_clip
+from musicgen_lora.evaluation.report import write_report
+from musicgen_lora.outputs import atomic_dir, atomic_write_json, atomic_write_text, write_manifest
+from musicgen_lora.plotting import loudness_plot_png, spectrogram_png
+from musicgen_lora.prompts import slugify
+
+TOOL = "evaluate.py"
+
+
+def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict, extras: dict[str, dict],
+               notes: list[str], clap=None):
+    """Per-clip metrics into rows, per-model aggregates and verdicts into summary, loudness plots."""
+    curves: dict[tuple, dict[str, list[float]]] = {}
+    for row, wav in zip(rows, audio):
+        if wav is None:
+            continue
+        scored = score_clip(wav, sr)
+        row["metrics"], row["flags"] = scored["metrics"], scored["flags"]
+        row["loudness_trajectory"] = scored["loudness_trajectory"]
+        curves.setdefault(clip_key(row), {})[row["model"]] = scored["loudness_trajectory"]
+    if clap is not None:
+        scored_rows = [(r, a) for r, a in zip(rows, audio) if a is not None and r.get("prompt")]
+        sims = clap.similarity([r["prompt"] for r, _ in scored_rows], [a for _, a in scored_rows], sr)
+        for (r, _), sim in zip(scored_rows, sims):
+            r["metrics"]["clap_similarity"] = sim
+    plots = {}
+    for (pid, sample), per_model in curves.items():
+        rel = f"plots/{slugify(pid, 60)}{f'_s{sample}' if sample else ''}_loudness.png"
+        loudness_plot_png(per_model, out / rel, title=f"{pid}: short-term loudness")
+        plots[f"{pid}#{sample}"] = rel
+    summary["loudness_plots"] = plots
+    models = {}
+    for name in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == name and "metrics" in r]
+        n = len(mine)
+        counts = {f: sum(1 for r in mine if r["flags"][f]) for f in FLAG_NAMES}
+        entry = {"num_clips": n, "flag_counts": counts}
+        entry.update({"held_out_loss": None, "fad": None})
+        entry.update(extras.get(name, {}))
+        for key in ("integrated_lufs", "loudness_slope_db_per_s", "loudness_drop_db", "silence_ratio",
+                    "longest_silence_s", "spectral_flatness", "clipping_ratio", "clap_similarity"):
+            vals = [r["metrics"][key] for r in mine if r["metrics"].get(key) is not None]
+            if vals:
+                entry[key] = float(np.mean(vals))
+        entry["verdict"] = verdict(name, entry)
+        models[name] = entry
+    summary["models"] = models
+    summary["thresholds"] = THRESHOLDS
+    summary["notes"] = notes + [
+        "FAD (EnCodec): Frechet distance between the model's own EnCodec encoder frames of generated and "
+        "validation clips; relative (compare models in one evaluation), noisy with few clips."]
+    unreadable = [r for r in rows if r.get("error")]
+    if unreadable:
+        summary["unreadable"] = [{"wav": r["wav"], "error": r["error"]} for r in unreadable]
+
+
+def verdict(name: str, m: dict) -> str:
+    """One line a person can act on, e.g. 'final_model: 6/8 fade out, 0/8 noisy; held-out loss 3.91'."""
+    line = f"{name}: " + ", ".join(count_words(m["flag_counts"], m["num_clips"]))
+    tail = []
+    if m.get("held_out_loss") is not None:
+        ref = f" (uniform {m['uniform_loss']:.2f})" if m.get("uniform_loss") is not None else ""
+        tail.append(f"held-out loss {m['held_out_loss']:.4f}{ref}")
+    if m.get("fad") is not None:
+        tail.append(f"FAD {m['fad']:.4g}")  # scale depends on the codec
+    if m.get("clap_similarity") is not None:
+        tail.append(f"CLAP {m['clap_similarity']:.3f}")
+    if m.get("integrated_lufs") is not None:
+        tail.append(f"{m['integrated_lufs']:.1f} LUFS")
+    return line + ("; " + ", ".join(tail) if tail else "")
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
+
+
+def score_folder(input_dir: Path, out: Path, sample_rate: int = MUSICGEN_SAMPLE_RATE) -> dict:
+    """--score_only: score every audio file under input_dir (recursively) into out. The first folder
+    level names the model (base_model/, best_model/, ...); a sidecar .json supplies prompt and seed.
+    Unreadable files are reported and skipped."""
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise UserError(f"{input_dir}: folder not found; pass --input_dir a folder of WAVs (e.g. an old evaluation)")
+    if out.resolve() == input_dir.resolve():
+        raise UserError(f"{out}: --output_dir is --input_dir; the scores need a folder of their own, e.g. "
+                        f"--output_dir {input_dir.name}_scored")
+    root = input_dir.resolve()
+    files = sorted(p for p in input_dir.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
+                   and not p.name.startswith(".") and out.resolve() not in p.resolve().parents)
+    outside = [p for p in files if root not in p.resolve().parents]  # symlinks out of the tree: not followed
+    if outside:
+        log.warning(f"warning: skipping {len(outside)} link(s) that point outside {input_dir} (e.g. {outside[0]})")
+        files = [p for p in files if p not in outside]
+    if not files:
+        raise UserError(f"{input_dir}: no audio files (.wav/.flac/.mp3/.ogg) found")
+    rows, audio = [], []
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    with atomic_dir(out, owner=TOOL) as tmp:
+        for path in files:
+            rel_in = path.relative_to(input_dir)
+            model = rel_in.parts[0] if len(rel_in.parts) > 1 else "clips"
+            side = {}
+            if path.with_suffix(".json").is_file():
+                try:
+                    side = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    side = {}
+            row = {"prompt_id": side.get("prompt_id") or path.stem, "prompt": side.get("prompt"), "model": model,
+                   "adapter_path": side.get("adapter"), "run_id": side.get("run_id"),
+                   "wav": os.path.relpath(path.resolve(), out.resolve()),
+                   "seed": side.get("seed"), "sample": side.get("sample", 0) or 0,
+                   "settings": {k: side[k] for k in ("duration", "guidance_scale", "temperature", "top_k", "top_p",
+                                                      "greedy", "batch_size") if k in side}}
+            try:
+                with warnings.catch_warnings():  # librosa's fallback decoders warn before failing
+                    warnings.simplefilter("ignore")
+                    wav = load_audio(path, sample_rate)
+            except UserError as e:
+                log.warning(f"warning: skipping unreadable file: {e}")
+                row["error"] = str(e)
+                rows.append(row)
+                audio.append(None)
+                continue
+            spec_rel = Path(model) / (str(rel_in.with_suffix("")).replace(os.sep, "__") + ".png")
+            spectrogram_png(wav, sample_rate, tmp / spec_rel)
+            row.update({"spectrogram": spec_rel.as_posix(), "sample_rate": sample_rate,
+                        "duration_s": len(wav) / sample_rate})
+            rows.append(row)
+            audio.append(wav)
+        summary = {"created": created, "title": f"Scores for {input_dir}", "input_dir": str(input_dir),
+                   "settings": {}, "score_only": True}
+        # Which adapter (and training run) made each model's clips, from their sidecars: credited to that run.
+        extras = {}
+        for row in rows:
+            extras.setdefault(row["model"], {"adapter_path": row.get("adapter_path"), "run_id": row.get("run_id")})
+        score_rows(tmp, rows, audio, sample_rate, summary, extras, ["--score_only: no models loaded, so no "
+                                                                    "held-out loss or FAD."])
+        write_results(tmp, rows, summary)
+        write_manifest(tmp, TOOL, os.listdir(tmp))
+    return summary
+
+
+def write_results(out: Path, rows: list[dict], summary: dict):
+    """comparison_results.jsonl, summary.json and report.html (used by compare and --score_only)."""
+    atomic_write_text(out / "comparison_results.jsonl",
+                      "".join(json.dumps(r, ensure_ascii=False, default=to_jsonable) + "\n" for r in rows))
+    atomic_write_json(out / "summary.json", summary)
+    write_report(out, rows, summary)
+
+
+def clip_key(row) -> tuple:
+    return row["prompt_id"], row.get("sample", 0)
+
+
+def to_jsonable(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return x
