@@ -22,8 +22,9 @@ def main(argv=None):
     p = Parser(description=__doc__)
     p.add_argument("--data_dir", default="../data", help="Folder holding metadata.json.")
     p.add_argument("--metadata_file", default="metadata.json", help="Metadata file, relative to --data_dir.")
-    p.add_argument("--model_path", default=None, help="MusicGen folder, for its sample rate, hop and codebooks "
-                                                     "(default: those every mono MusicGen has: 32 kHz, 640, 4).")
+    p.add_argument("--model_path", default=None,
+                   help="MusicGen folder, for its sample rate, hop and codebooks (default: the layout every mono "
+                        "MusicGen has: 32 kHz, 50 frames/s, 4 codebooks).")
     p.add_argument("--target_duration", type=positive_float, default=15.0, help="Training window in seconds.")
     args = p.parse_args(argv)
     import numpy as np

@@ -66,7 +66,7 @@ class TrainConfig:
     config_keys: list = field(default_factory=list)
 
     def check(self):
-        """Rules across settings (one setting's range is its flag type's job, cli/args.py)."""
+        """Rules across settings (one setting's range is checked by its flag's type in the parser)."""
         if self.fp16 and self.bf16:
             raise UserError("--fp16 and --bf16 exclude each other; pick one")
         if self.resume_from_checkpoint and self.overwrite_output_dir:
