@@ -13,7 +13,8 @@ import_graph = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(import_graph)
 
 PATH_CODE = "sys." + "path"  # spelled so that `grep -rn` for it finds only the scripts' bootstrap lines
-BOOTSTRAP = PATH_CODE + '.insert(0, str(Path(__file__).resolve().parents[1] / "lora"))  # where the musicgen_lora package lives'
+BOOTSTRAP = (PATH_CODE + '.insert(0, str(Path(__file__).resolve().parents[1] / "lora"))'
+             "  # where the musicgen_lora package lives")
 
 
 def _python_files(*folders):
