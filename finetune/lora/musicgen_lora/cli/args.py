@@ -225,6 +225,12 @@ def add_sampling_args(p: argparse.ArgumentParser):
     r.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
 
 
+def check_runtime_flags(args):
+    """The runtime group's own rule (add_sampling_args); train_lora.py's is TrainConfig.check."""
+    if args.fp16 and args.bf16:
+        raise UserError("--fp16 and --bf16 exclude each other; pick one")
+
+
 def sampling_settings(args) -> SamplingSettings:
     """The parsed sampling flags as the library's settings, checked."""
     return SamplingSettings(args.guidance_scale, args.temperature, args.top_k, args.top_p, args.greedy).validate()

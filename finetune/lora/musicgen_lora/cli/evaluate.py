@@ -27,7 +27,14 @@ summary.json and report.html (open it in a browser to listen).
 import sys
 from pathlib import Path
 
-from musicgen_lora.cli.args import Parser, add_sampling_args, positive_float, positive_int, sampling_settings
+from musicgen_lora.cli.args import (
+    Parser,
+    add_sampling_args,
+    check_runtime_flags,
+    positive_float,
+    positive_int,
+    sampling_settings,
+)
 from musicgen_lora.cli.runner import cli
 from musicgen_lora.common import UserError, log, resolve_device
 from musicgen_lora.data.metadata import report_long_descriptions
@@ -133,8 +140,7 @@ def check_args(args):
         raise UserError("--score_only needs --input_dir (the folder of clips to score)")
     if args.input_dir and not args.score_only:
         raise UserError("--input_dir is read by --score_only; pass both (or neither)")
-    if args.fp16 and args.bf16:
-        raise UserError("--fp16 and --bf16 exclude each other; pick one")
+    check_runtime_flags(args)
 
 
 @cli

@@ -21,7 +21,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from musicgen_lora.cli.args import Parser, add_sampling_args, positive_int, sampling_settings
+from musicgen_lora.cli.args import Parser, add_sampling_args, check_runtime_flags, positive_int, sampling_settings
 from musicgen_lora.cli.runner import cli
 from musicgen_lora.common import UserError, log, resolve_device
 from musicgen_lora.data.metadata import report_long_descriptions
@@ -78,8 +78,7 @@ def check_args(args):
         raise UserError("--merge needs --lora_model_path (the adapter to merge into the base model)")
     if args.merge and (args.prompts or args.prompts_file):
         raise UserError("--merge writes a model and generates nothing; drop --prompts/--prompts_file (or --merge)")
-    if args.fp16 and args.bf16:
-        raise UserError("--fp16 and --bf16 exclude each other; pick one")
+    check_runtime_flags(args)
 
 
 @cli

@@ -3,18 +3,8 @@
     python finetune/scripts/make_test_signals.py --output_dir /tmp/signals
     python finetune/lora/evaluate.py --score_only --input_dir /tmp/signals --output_dir /tmp/signals_scored
 
-Each first-level folder is one "model" to --score_only, holding 15 s 32 kHz clips built from a
-steady minor chord (A minor, then G minor) with a kick every half second (music-like: no fade, no
-silence, tonal):
-
-    steady/       the chord as it is                        -> no flags
-    fading/       the same chord fading 30 dB over 15 s     -> fades_out ("gets quieter and quieter")
-    noise/        white noise                               -> noisy ("mostly noise")
-    silent_tail/  the chord, then 8 s of digital silence    -> silent (silence_ratio ~0.53)
-    clipped/      the chord driven 4x past full scale       -> clipping
-
-`--corrupt` adds steady/99_corrupt.wav, a file no decoder reads, which --score_only reports and skips.
-The same signals are what tests/test_metrics.py checks every threshold on.
+One folder per case (steady, fading, noise, silent_tail, clipped), each tripping exactly its own flag;
+`--corrupt` adds an unreadable file. The cases and their expected flags: musicgen_lora/testing/signals.py.
 """
 import sys
 from pathlib import Path

@@ -3,19 +3,9 @@
     python finetune/scripts/make_tiny_model.py --output_dir models/tiny-musicgen
     python finetune/scripts/make_tiny_model.py --output_dir models/small-random --size small
 
-The folder holds config.json + model.safetensors + generation_config.json and a processor
-(EnCodec feature extractor + T5 tokenizer trained here with sentencepiece), so
-`MusicgenForConditionalGeneration.from_pretrained(DIR)` and `AutoProcessor.from_pretrained(DIR)`
-take the same code path as for `facebook/musicgen-small`. Nothing is downloaded.
-
-`tiny` trains on a CPU in seconds (4 codebooks of 64 codes at 50 Hz, 32 kHz, like the real one);
-`small` is the musicgen-small architecture (419.6 M decoder parameters) for benchmarks.
-Same --seed, same weights and tokenizer.
-
-The LM heads start LM_HEAD_SCALE times larger than transformers' init: behind the decoder's final
-LayerNorm, heads of std 0.02 cap every logit near +-1.3, so no adapter could make a confident
-prediction and a learning test on such a model could barely fail. Argmax behaviour is unchanged;
-the base loss sits above ln(vocab) instead of at it (random but confident guesses).
+What the checkpoint holds and why its LM heads are scaled: musicgen_lora/testing/tiny_model.py.
+`tiny` builds and trains on a CPU in seconds; `small` is the musicgen-small architecture (random
+weights) for benchmarks. Same --seed, same files.
 """
 import sys
 

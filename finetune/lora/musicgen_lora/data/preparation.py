@@ -452,10 +452,31 @@ def prepare_collection(s: PrepareSettings) -> dict:
     if not sources and not skipped:
         where = ", ".join(map(str, [*s.input_dirs, *s.input_zips]))
         raise UserError(f"{where}: no audio files found (looked for {' '.join(AUDIO_EXTENSIONS)})")
-    index = DescriptionIndex(s.descriptions_file)
     zips = ZipReader()
-    seg_len = int(round(s.segment_duration * SAMPLE_RATE))
+    staging = None
+    try:
+        described, origins = describe_sources(sources, s, zips)
+        staging = temp_path(out / "prepare")
+        (staging / "segments").mkdir(parents=True)
+        tracks, dropped, loudness = cut_tracks(sources, described, s, zips, staging / "segments", skipped)
+        zips.close()
+        metadata = split_into(staging, tracks, s)
+        missing = [src.name for src in sources if src.name not in described]
+        skipped += [{"source": name, "kind": "no description", "reason": "no description (no sidecar .txt, "
+                     "no --descriptions_file entry, no --default_description)"} for name in missing]
+        report = build_report(s, tracks, skipped, broken_zips, missing, origins, metadata, dropped, loudness)
+        commit(out, staging, metadata, report, s.metadata_file)
+    finally:
+        zips.close()
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    return report
 
+
+def describe_sources(sources: list[Source], s: PrepareSettings, zips: ZipReader):
+    """{source name: description} and how many came from where; with --require_description, a
+    file without one stops the run before anything is written."""
+    index = DescriptionIndex(s.descriptions_file)
     described, origins, missing = {}, {"sidecar": 0, "descriptions_file": 0, "default": 0}, []
     for src in sources:
         text, origin = describe(src, index, s.default_description, zips)
@@ -465,116 +486,119 @@ def prepare_collection(s: PrepareSettings) -> dict:
             described[src.name] = text
             origins[origin] += 1
     if missing and s.require_description:
-        zips.close()
         raise UserError(f"{len(missing)} of {len(sources)} audio files have no description (first: "
                         f"{', '.join(missing[:3])}); add a .txt beside each, an entry in --descriptions_file, "
                         f"or --default_description TEXT")
+    return described, origins
 
-    staging = temp_path(out / "prepare")
-    staging.mkdir()
-    try:
-        (staging / "segments").mkdir()
-        tracks, dropped = [], {"near_silent": 0, "short_tail": 0}
-        loudness = {}
-        for src in tqdm(sources, desc="preparing", unit="file", disable=not s.progress, leave=False):
-            if src.name not in described:
-                continue  # reported under no_description
-            try:
-                wav = decode_source(src, zips)
-            except UserError as e:
-                skipped.append({"source": src.name, "kind": "unreadable", "reason": str(e)})
-                continue
-            if s.normalize_loudness is not None:
-                wav, info = normalize_loudness(wav, SAMPLE_RATE, s.normalize_loudness)
-                loudness[info["status"]] = loudness.get(info["status"], 0) + 1
-            bounds = segment_bounds(len(wav), seg_len, s.min_segment_ratio)
-            n_pieces = math.ceil(len(wav) / seg_len)
-            dropped["short_tail"] += n_pieces - len(bounds)
-            if not bounds:
-                skipped.append({"source": src.name, "kind": "too short", "reason": f"too short: "
-                                f"{len(wav) / SAMPLE_RATE:.2f} s < {s.min_segment_ratio * s.segment_duration:.2f} s "
-                                f"(--min_segment_ratio x --segment_duration)"})
-                continue
-            stem, segments = output_stem(src.name), []
-            for i, (a, b) in enumerate(bounds):
-                seg = wav[a:b]
-                if rms_dbfs(seg) < s.silence_threshold_db:
-                    dropped["near_silent"] += 1
-                    continue
-                fname = f"{stem}_{i:03d}.wav"
-                sf.write(staging / "segments" / fname, np.clip(seg, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
-                segments.append({"file": fname, "start": round(a / SAMPLE_RATE, 3),
-                                 "duration": round((b - a) / SAMPLE_RATE, 3)})
-            if not segments:
-                skipped.append({"source": src.name, "kind": "near-silent", "reason": f"near-silent: every "
-                                f"segment's RMS is below {s.silence_threshold_db:g} dBFS"})
-                continue
-            tracks.append({"source": src.name, "description": described[src.name], "segments": segments})
-        zips.close()
 
-        valid_names = split_tracks(tracks, s.valid_ratio, s.seed)
-        metadata = {"train": [], "valid": []}
-        for split in metadata:
-            (staging / split).mkdir()
-        for t in tracks:
-            split = "valid" if t["source"] in valid_names else "train"
-            for seg in t["segments"]:
-                os.replace(staging / "segments" / seg["file"], staging / split / seg["file"])
-                metadata[split].append({"audio": f"{split}/{seg['file']}", "description": t["description"],
-                                        "duration": seg["duration"], "source": t["source"], "start": seg["start"]})
-        for split in metadata:
-            metadata[split].sort(key=lambda e: e["audio"])
-
-        skipped += [{"source": name, "kind": "no description", "reason": "no description (no sidecar .txt, "
-                     "no --descriptions_file entry, no --default_description)"} for name in missing]
-        counts = {kind: sum(1 for r in skipped if r["kind"] == kind) for kind in SKIP_KINDS}
-        report = {
-            "settings": {"input_dir": [str(d) for d in s.input_dirs], "input_zip": [str(z) for z in s.input_zips],
-                         "sample_rate": SAMPLE_RATE, "segment_duration": s.segment_duration,
-                         "min_segment_ratio": s.min_segment_ratio, "silence_threshold_db": s.silence_threshold_db,
-                         "normalize_loudness": s.normalize_loudness, "valid_ratio": s.valid_ratio, "seed": s.seed,
-                         "descriptions_file": s.descriptions_file, "default_description": s.default_description,
-                         "max_member_mb": s.max_member_mb, "max_compression_ratio": s.max_compression_ratio},
-            # files_found = files_used + files_skipped; files_skipped by kind in "skipped_by_kind"
-            "files_found": len(tracks) + len(skipped),
-            "files_used": len(tracks),
-            "files_skipped": len(skipped),
-            "skipped_by_kind": {k: n for k, n in counts.items() if n},
-            "skipped": sorted(skipped, key=lambda r: r["source"]),
-            "unreadable_zips": broken_zips,
-            "no_description": missing,
-            "descriptions": {**origins, "missing": len(missing)},
-            "segments": {"written": sum(len(v) for v in metadata.values()),
-                         "dropped_near_silent": dropped["near_silent"], "dropped_short_tail": dropped["short_tail"]},
-            "splits": {split: {"tracks": len({e["source"] for e in entries}), "segments": len(entries),
-                               "hours": round(sum(e["duration"] for e in entries) / 3600, 4)}
-                       for split, entries in metadata.items()},
-        }
+def cut_tracks(sources, described: dict, s: PrepareSettings, zips: ZipReader, folder: Path, skipped: list):
+    """Decode, (normalise,) cut and drop near-silent pieces of every described source, writing the
+    segments into `folder`. Returns (tracks, dropped counts, loudness statuses); skips go to `skipped`."""
+    seg_len = int(round(s.segment_duration * SAMPLE_RATE))
+    tracks, dropped, loudness = [], {"near_silent": 0, "short_tail": 0}, {}
+    for src in tqdm(sources, desc="preparing", unit="file", disable=not s.progress, leave=False):
+        if src.name not in described:
+            continue  # reported under no_description
+        try:
+            wav = decode_source(src, zips)
+        except UserError as e:
+            skipped.append({"source": src.name, "kind": "unreadable", "reason": str(e)})
+            continue
         if s.normalize_loudness is not None:
-            report["loudness"] = loudness
-        owned = set((read_manifest(out) or {}).get("paths", []))
-        if not tracks:
-            write_manifest(out, TOOL, owned | {REPORT_NAME})
-            atomic_write_json(out / REPORT_NAME, report)
-            raise UserError(f"no segments written: all {report['files_found']} files were skipped; reasons in "
-                            f"{out / REPORT_NAME}")
+            wav, info = normalize_loudness(wav, SAMPLE_RATE, s.normalize_loudness)
+            loudness[info["status"]] = loudness.get(info["status"], 0) + 1
+        bounds = segment_bounds(len(wav), seg_len, s.min_segment_ratio)
+        dropped["short_tail"] += math.ceil(len(wav) / seg_len) - len(bounds)
+        if not bounds:
+            skipped.append({"source": src.name, "kind": "too short", "reason": f"too short: "
+                            f"{len(wav) / SAMPLE_RATE:.2f} s < {s.min_segment_ratio * s.segment_duration:.2f} s "
+                            f"(--min_segment_ratio x --segment_duration)"})
+            continue
+        stem, segments = output_stem(src.name), []
+        for i, (a, b) in enumerate(bounds):
+            if rms_dbfs(wav[a:b]) < s.silence_threshold_db:
+                dropped["near_silent"] += 1
+                continue
+            fname = f"{stem}_{i:03d}.wav"
+            sf.write(folder / fname, np.clip(wav[a:b], -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
+            segments.append({"file": fname, "start": round(a / SAMPLE_RATE, 3),
+                             "duration": round((b - a) / SAMPLE_RATE, 3)})
+        if not segments:
+            skipped.append({"source": src.name, "kind": "near-silent", "reason": f"near-silent: every "
+                            f"segment's RMS is below {s.silence_threshold_db:g} dBFS"})
+            continue
+        tracks.append({"source": src.name, "description": described[src.name], "segments": segments})
+    return tracks, dropped, loudness
 
-        # Claim the new names first (a kill mid-swap leaves nothing unrecorded), swap the new train/
-        # and valid/ in, then write the metadata last: until then the previous metadata.json and its
-        # audio stay as they were.
-        written = [s.metadata_file, REPORT_NAME] + [e["audio"] for entries in metadata.values() for e in entries]
-        write_manifest(out, TOOL, owned | set(written))
-        for split in ("train", "valid"):
-            if (out / split).exists():
-                os.replace(out / split, staging / f"old-{split}")
-            os.replace(staging / split, out / split)
-        atomic_write_json(out / s.metadata_file, metadata)
-        atomic_write_json(out / REPORT_NAME, report)
-        write_manifest(out, TOOL, written)
-    finally:
-        zips.close()
-        shutil.rmtree(staging, ignore_errors=True)
+
+def split_into(staging: Path, tracks: list[dict], s: PrepareSettings) -> dict:
+    """Move the segments into staging/train and staging/valid by source track; the metadata for them."""
+    valid_names = split_tracks(tracks, s.valid_ratio, s.seed)
+    metadata = {"train": [], "valid": []}
+    for split in metadata:
+        (staging / split).mkdir()
+    for t in tracks:
+        split = "valid" if t["source"] in valid_names else "train"
+        for seg in t["segments"]:
+            os.replace(staging / "segments" / seg["file"], staging / split / seg["file"])
+            metadata[split].append({"audio": f"{split}/{seg['file']}", "description": t["description"],
+                                    "duration": seg["duration"], "source": t["source"], "start": seg["start"]})
+    for split in metadata:
+        metadata[split].sort(key=lambda e: e["audio"])
+    return metadata
+
+
+def build_report(s: PrepareSettings, tracks, skipped, broken_zips, missing, origins, metadata, dropped,
+                 loudness) -> dict:
+    """prepare_report.json: files_found = files_used + files_skipped, the skips by kind and one by one."""
+    counts = {kind: sum(1 for r in skipped if r["kind"] == kind) for kind in SKIP_KINDS}
+    report = {
+        "settings": {"input_dir": [str(d) for d in s.input_dirs], "input_zip": [str(z) for z in s.input_zips],
+                     "sample_rate": SAMPLE_RATE, "segment_duration": s.segment_duration,
+                     "min_segment_ratio": s.min_segment_ratio, "silence_threshold_db": s.silence_threshold_db,
+                     "normalize_loudness": s.normalize_loudness, "valid_ratio": s.valid_ratio, "seed": s.seed,
+                     "descriptions_file": s.descriptions_file, "default_description": s.default_description,
+                     "max_member_mb": s.max_member_mb, "max_compression_ratio": s.max_compression_ratio},
+        "files_found": len(tracks) + len(skipped),
+        "files_used": len(tracks),
+        "files_skipped": len(skipped),
+        "skipped_by_kind": {k: n for k, n in counts.items() if n},
+        "skipped": sorted(skipped, key=lambda r: r["source"]),
+        "unreadable_zips": broken_zips,
+        "no_description": missing,
+        "descriptions": {**origins, "missing": len(missing)},
+        "segments": {"written": sum(len(v) for v in metadata.values()),
+                     "dropped_near_silent": dropped["near_silent"], "dropped_short_tail": dropped["short_tail"]},
+        "splits": {split: {"tracks": len({e["source"] for e in entries}), "segments": len(entries),
+                           "hours": round(sum(e["duration"] for e in entries) / 3600, 4)}
+                   for split, entries in metadata.items()},
+    }
+    if s.normalize_loudness is not None:
+        report["loudness"] = loudness
     return report
+
+
+def commit(out: Path, staging: Path, metadata: dict, report: dict, metadata_file: str):
+    """Put the new data in place. The new names are claimed first (a kill mid-swap leaves nothing
+    unrecorded), then train/ and valid/ are swapped in, and the metadata is written last: until then
+    the previous metadata.json and its audio stay as they were. With nothing to write, only the
+    report is, and the run stops with one line."""
+    owned = set((read_manifest(out) or {}).get("paths", []))
+    if not report["files_used"]:
+        write_manifest(out, TOOL, owned | {REPORT_NAME})
+        atomic_write_json(out / REPORT_NAME, report)
+        raise UserError(f"no segments written: all {report['files_found']} files were skipped; reasons in "
+                        f"{out / REPORT_NAME}")
+    written = [metadata_file, REPORT_NAME] + [e["audio"] for entries in metadata.values() for e in entries]
+    write_manifest(out, TOOL, owned | set(written))
+    for split in ("train", "valid"):
+        if (out / split).exists():
+            os.replace(out / split, staging / f"old-{split}")
+        os.replace(staging / split, out / split)
+    atomic_write_json(out / metadata_file, metadata)
+    atomic_write_json(out / REPORT_NAME, report)
+    write_manifest(out, TOOL, written)
 
 
 def summary_lines(report: dict, out: Path, metadata_file: str) -> list[str]:
