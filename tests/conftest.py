@@ -36,6 +36,14 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_stereo_model_dir(tmp_path_factory):
+    """The musicgen-stereo layout: 8 codebooks, [L0, R0, L1, R1, ...], the mono codec per channel."""
+    out = tmp_path_factory.mktemp("models") / "tiny-stereo"
+    run_script(SCRIPTS / "make_tiny_model.py", "--output_dir", out, "--seed", 0, "--stereo")
+    return out
+
+
+@pytest.fixture(scope="session")
 def example_data_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "example"
     run_script("prepare_data.py", "--create_example", "--output_dir", out, "--num_examples", 10)

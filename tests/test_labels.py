@@ -1,11 +1,19 @@
 """The delay-pattern labels and padding masks: the one thing training must get exactly right."""
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
-from musicgen_lora.codes import build_delay_pattern_labels, valid_frames_for_samples
+from musicgen_lora.codes import (
+    build_delay_pattern_labels,
+    codebook_delays,
+    interleave_channels,
+    split_channels,
+    valid_frames_for_samples,
+)
 from musicgen_lora.data.dataset import Collator, MusicDataset
-from musicgen_lora.data.metadata import read_metadata
+from musicgen_lora.data.metadata import read_metadata, tokenize_text
+from musicgen_lora.generation import generate_audio
 from musicgen_lora.modeling import forward_logits, labels_for_batch, load_model_and_processor, model_info
 
 
@@ -40,7 +48,7 @@ def test_padded_clip_through_collator_masks_every_padded_frame(tiny_model_dir, t
     sf.write(tmp_path / "a.wav", wav, sr)
     (tmp_path / "metadata.json").write_text('{"train": [{"audio": "a.wav", "description": "sine"}]}')
     clips = read_metadata(tmp_path)["train"]
-    ds = MusicDataset(clips, sr, 4.0, train=False, hop_length=hop)
+    ds = MusicDataset(clips, sr, 4.0, train=False, hop_length=hop, audio_channels=1)
     batch = Collator(processor, 4 * sr, hop)([ds[0]])
     labels = labels_for_batch(model, batch)
     total_frames = 4 * sr // hop  # 200
@@ -54,35 +62,63 @@ def test_padded_clip_through_collator_masks_every_padded_frame(tiny_model_dir, t
         assert (col[cb + valid:] == -100).all() and (col[:cb] == -100).all()
 
 
-def test_teacher_forcing_matches_greedy_generation(tiny_model_dir):
-    """Labels built by dataset.py from generated codes reproduce generation at 100% of positions."""
-    model, processor = load_model_and_processor(str(tiny_model_dir))
-    model.eval()
-    captured = {}
-    decode = model.audio_encoder.decode
+@pytest.mark.parametrize("channels", [1, 2], ids=["mono", "stereo"])
+def test_delay_layout_per_channel(channels):
+    """Row k is delayed by k // channels: stereo rows 2c (left) and 2c + 1 (right) both by c."""
+    k, t = 4 * channels, 5
+    codes = torch.arange(k * t).reshape(k, t)
+    labels = build_delay_pattern_labels(codes, audio_channels=channels)
+    assert labels.shape == (t + k // channels - 1, k)
+    for row in range(k):
+        d = row // channels
+        assert torch.equal(labels[d:d + t, row], codes[row])
+        assert (labels[:d, row] == -100).all() and (labels[d + t:, row] == -100).all()
+    assert codebook_delays(k, channels) == ([0, 1, 2, 3] if channels == 1 else [0, 0, 1, 1, 2, 2, 3, 3])
 
-    def capture(codes, *a, **kw):
-        captured["codes"] = codes.clone()
-        return decode(codes, *a, **kw)
 
-    model.audio_encoder.decode = capture
-    inputs = processor(text=["lo-fi hip hop beat", "dark trap beat with 808"], padding=True, return_tensors="pt")
-    with torch.no_grad():
-        model.generate(**inputs, do_sample=False, guidance_scale=1, max_new_tokens=40)
-    codes = captured["codes"][0]  # (B, K, T)
-    assert codes.shape[-1] == 40 - model_info(model)["num_codebooks"] + 1
-    labels = build_delay_pattern_labels(codes)
+def test_channels_interleave_and_split_round_trip():
+    left, right = torch.arange(12).reshape(4, 3), 100 + torch.arange(12).reshape(4, 3)
+    both = interleave_channels([left, right])
+    assert both[:, 0].tolist() == [0, 100, 3, 103, 6, 106, 9, 109]  # [L0, R0, L1, R1, ...]
+    assert all(torch.equal(a, b) for a, b in zip(split_channels(both, 2), [left, right]))
+
+
+def teacher_forcing_agreement(model, processor, prompts, frames, audio_channels):
+    """Greedy generate through generation.generate_audio (guidance off) -> its codes -> labels built
+    with `audio_channels` -> one teacher-forced forward: the share of label positions where the
+    logits' argmax is the token generate() chose."""
+    info = model_info(model)
+    duration = frames / info["frame_rate"]
+    _, codes = generate_audio(model, processor, prompts, duration, greedy=True, guidance_scale=1.0,
+                              progress=False, return_codes=True)
+    codes = torch.stack(codes)  # (B, K, T)
+    labels = build_delay_pattern_labels(codes, audio_channels=audio_channels)
+    inputs = tokenize_text(processor.tokenizer, prompts)
     with torch.no_grad():
         logits = forward_logits(model, dict(inputs), labels)
     b, s, k = labels.shape
     pred = logits.reshape(b, k, s, -1).argmax(-1).permute(0, 2, 1)
     valid = labels != -100
-    assert valid.sum() == b * k * codes.shape[-1]
-    assert torch.equal(pred[valid], labels[valid])
-    # Un-delayed labels (what a naive trainer uses) do not line up.
-    naive = torch.full_like(labels, -100)
-    naive[:, : codes.shape[-1], :] = codes.permute(0, 2, 1)
-    with torch.no_grad():
-        pred_naive = forward_logits(model, dict(inputs), naive).reshape(b, k, s, -1).argmax(-1).permute(0, 2, 1)
-    m = naive != -100
-    assert (pred_naive[m] == naive[m]).float().mean() < 0.9
+    assert int(valid.sum()) == b * k * codes.shape[-1]
+    return float((pred[valid] == labels[valid]).float().mean()), codes
+
+
+@pytest.mark.parametrize("stereo", [False, True], ids=["mono", "stereo"])
+def test_teacher_forcing_matches_greedy_generation(stereo, tiny_model_dir, tiny_stereo_model_dir):
+    """Labels built from generated codes reproduce generation at 100% of positions -- and a wrong
+    layout does not: un-delayed labels (what a naive trainer uses) on mono, the mono delays on stereo."""
+    model, processor = load_model_and_processor(str(tiny_stereo_model_dir if stereo else tiny_model_dir))
+    model.eval()
+    channels = model_info(model)["audio_channels"]
+    assert channels == (2 if stereo else 1)
+    prompts = ["lo-fi hip hop beat", "dark trap beat with 808"]
+    agreement, codes = teacher_forcing_agreement(model, processor, prompts, 30, channels)
+    assert codes.shape[1:] == (4 * channels, 30)
+    assert agreement == 1.0
+    if stereo:
+        left, right = split_channels(codes, 2)
+        assert (left != right).float().mean() > 0.5  # the channels really differ: the test can tell L from R
+        control, _ = teacher_forcing_agreement(model, processor, prompts, 30, audio_channels=1)
+    else:
+        control, _ = teacher_forcing_agreement(model, processor, prompts, 30, audio_channels=4)  # no delay
+    assert control < 0.9, control

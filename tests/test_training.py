@@ -42,7 +42,8 @@ def test_adapters_reload_with_plain_peft_and_match(trained_run, tiny_model_dir, 
     _, processor = load_model_and_processor(str(tiny_model_dir))
     info = model_info(model)
     clips = read_metadata(example_data_dir)["valid"]
-    ds = MusicDataset(clips, info["sample_rate"], 6.0, train=False, hop_length=info["hop_length"])
+    ds = MusicDataset(clips, info["sample_rate"], 6.0, train=False, hop_length=info["hop_length"],
+                      audio_channels=1)
     loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=Collator(processor, 6 * info["sample_rate"],
                                                                                  info["hop_length"]))
     res = evaluate_loss(model, loader, progress=False)
@@ -132,7 +133,8 @@ def test_lora_memorises_one_clip_and_greedy_generation_reproduces_it(tiny_model_
     proc = run_script("train_lora.py", "--model_path", tiny_model_dir, "--data_dir", data, "--output_dir", run,
                       "--num_epochs", 10, "--batch_size", 1, "--gradient_accumulation_steps", 1,
                       "--learning_rate", 3e-3, "--lora_rank", 32, "--lora_alpha", 64, "--lora_dropout", 0,
-                      "--text_dropout", 0, "--warmup_steps", 0, "--target_duration", 2, "--save_steps", 0,
+                      "--text_dropout", 0, "--word_dropout", 0, "--warmup_steps", 0, "--target_duration", 2,
+                      "--save_steps", 0,
                       "--logging_steps", 100, "--no_progress")
     assert "listed twice in train" in proc.stderr and "in both train and valid" in proc.stderr
 

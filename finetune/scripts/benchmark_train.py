@@ -75,7 +75,7 @@ def time_training(model, processor, clips, window_s, batch_size, steps, device, 
 
     info = model_info(model)
     ds = MusicDataset(clips, info["sample_rate"], window_s, train=True, seed=0, hop_length=info["hop_length"],
-                      code_files=code_files)
+                      audio_channels=info["audio_channels"], code_files=code_files)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False,
                                          collate_fn=Collator(processor, int(window_s * info["sample_rate"]),
                                                              info["hop_length"]))
@@ -177,13 +177,14 @@ def rss_child(data: Path, metadata_file: str, model_dir: Path, cache_dir: Path):
     clips = read_metadata(data, metadata_file)["train"]
     cache = CodeCache(cache_dir, model, info["sample_rate"])
     files = cache.fill(clips, progress=False)
-    ds = MusicDataset(clips, info["sample_rate"], 0.2, train=True, hop_length=info["hop_length"], code_files=files)
+    ds = MusicDataset(clips, info["sample_rate"], 0.2, train=True, hop_length=info["hop_length"],
+                      audio_channels=info["audio_channels"], code_files=files)
     loader = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True,
                                          collate_fn=Collator(processor, int(0.2 * info["sample_rate"]),
                                                              info["hop_length"]))
     tokens, data_peak = 0, current_rss_mb()
     for batch in loader:
-        tokens += int((build_delay_pattern_labels(batch["codes"], batch["num_frames"]) != -100).sum())
+        tokens += int((build_delay_pattern_labels(batch["codes"], batch["num_frames"], info["audio_channels"]) != -100).sum())
         data_peak = max(data_peak, current_rss_mb())
     peak = current_rss_mb("VmHWM:")  # not ru_maxrss: Linux carries the parent's over fork+exec
     print(json.dumps({"clips": len(clips), "base_mb": base, "data_peak_mb": data_peak, "peak_mb": peak,

@@ -1,8 +1,13 @@
-"""Reading audio: any format to mono float32 at the model's rate, whole or in fixed pieces.
+"""Reading audio: any format to float32 at the model's rate and channel count, whole or in pieces.
+
+Channels follow the model (`to_channels`, the one rule): a mono model gets the mean of the source's
+channels; a stereo model gets a stereo source as it is and a mono one up-mixed L = R, as
+transformers does (a source of more than two channels is mixed down to mono first, then up-mixed:
+its speaker layout is unknown).
 
 Training reads a clip in pieces (`AudioPieces`): piece j holds the source samples of
 [j * P, (j + 1) * P) seconds of output (P = the codec's piece length, about 30 s), decoded,
-mixed to mono and resampled on its own. EnCodec encodes each piece on its own too
+set to the model's channels and resampled on its own. EnCodec encodes each piece on its own too
 (modeling.encode_pieces), so the codes of frame t depend only on the piece holding it. That gives:
   - memory that follows the piece, not the file: a one-hour clip costs what a 30 s one does;
   - random access: a training window reads only the one or two pieces under it;
@@ -54,25 +59,34 @@ def _check(path, wav: np.ndarray) -> np.ndarray:
 
 
 def resample(wav: np.ndarray, source_rate: int, sample_rate: int) -> np.ndarray:
+    """Resample along the last axis ((n,) or (C, n))."""
     if source_rate == sample_rate:
         return wav
     import librosa
 
-    return librosa.resample(wav, orig_sr=source_rate, target_sr=sample_rate, res_type=RESAMPLER)
+    return librosa.resample(wav, orig_sr=source_rate, target_sr=sample_rate, res_type=RESAMPLER, axis=-1)
+
+
+def to_channels(wav: np.ndarray, channels: int) -> np.ndarray:
+    """(C_source, n) -> (channels, n) by the module's rule: mono = mean; stereo = as is, or L = R."""
+    if wav.shape[0] == channels:
+        return wav
+    mono = wav.mean(axis=0, keepdims=True)
+    return mono if channels == 1 else np.repeat(mono, channels, axis=0)
 
 
 def _decode_whole(path: Path) -> tuple[np.ndarray, int]:
-    """(mono float32, rate) of a whole file: soundfile, else librosa (slower; some mp3/m4a)."""
+    """((C, n) float32, rate) of a whole file: soundfile, else librosa (slower; some mp3/m4a)."""
     try:
         try:
             with open(path, "rb") as fh:  # a file object: names that are not valid UTF-8 open too
                 wav, sr = sf.read(fh, dtype="float32", always_2d=True)
-            return wav.mean(axis=1), sr
+            return wav.T, sr
         except (sf.LibsndfileError, RuntimeError, TypeError):
             import librosa
 
-            wav, sr = librosa.load(str(path), sr=None, mono=True)
-            return wav, sr
+            wav, sr = librosa.load(str(path), sr=None, mono=False)
+            return np.atleast_2d(wav), sr
     except FileNotFoundError:
         raise UserError(f"{path}: audio file not found") from None
     except UserError:
@@ -81,12 +95,25 @@ def _decode_whole(path: Path) -> tuple[np.ndarray, int]:
         raise _decode_error(path, e) from None
 
 
-def load_audio(path, sample_rate: int) -> np.ndarray:
-    """Decode a whole file, mix to mono float32, resample to sample_rate (for clips, not hours)."""
+def load_audio(path, sample_rate: int, channels: int | None = 1) -> np.ndarray:
+    """Decode a whole file at sample_rate (for clips, not hours): (n,) mono float32 with channels=1,
+    (channels, n) with 2 (to_channels), (C_source, n) as the file has them with None."""
     path = Path(path)
     wav, sr = _decode_whole(path)
     _check(path, wav)
-    return np.ascontiguousarray(resample(wav, sr, sample_rate), dtype=np.float32)
+    if channels is not None:
+        wav = to_channels(wav, channels)
+    out = np.ascontiguousarray(resample(wav, sr, sample_rate), dtype=np.float32)
+    return out[0] if channels == 1 else out
+
+
+def file_channels(path) -> int | None:
+    """Channels from the header when soundfile reads it; None if unknown."""
+    try:
+        with open(path, "rb") as fh:
+            return sf.info(fh).channels
+    except Exception:
+        return None
 
 
 def audio_duration(path) -> float | None:
@@ -99,13 +126,15 @@ def audio_duration(path) -> float | None:
 
 
 class AudioPieces:
-    """A clip as fixed pieces of `piece` output samples, read one at a time (see module doc).
+    """A clip as fixed pieces of `piece` output samples, read one at a time (see module doc), each
+    (channels, n): the model's channel count (1 mono, 2 stereo), whatever the file holds.
 
     num_samples: the clip's length at `sample_rate`, known from the header without decoding.
     """
 
-    def __init__(self, path, sample_rate: int, piece: int):
+    def __init__(self, path, sample_rate: int, piece: int, channels: int = 1):
         self.path, self.sample_rate, self.piece = Path(path), int(sample_rate), int(piece)
+        self.channels = int(channels)
         self._whole = None
         try:
             with open(self.path, "rb") as fh, sf.SoundFile(fh) as f:
@@ -118,7 +147,7 @@ class AudioPieces:
         if not seekable:  # not seekable by soundfile: decode once, whole
             wav, sr = _decode_whole(self.path)
             self._whole = _check(self.path, wav)
-            self.source_rate, self.source_frames = int(sr), len(wav)
+            self.source_rate, self.source_frames = int(sr), wav.shape[-1]
         if self.source_frames == 0:
             raise UserError(f"{self.path}: audio file is empty; remove it from the metadata")
         # Source samples per piece: the same span of time as `piece` output samples.
@@ -132,23 +161,23 @@ class AudioPieces:
         return self.piece if j < self.num_pieces - 1 else self.last_length
 
     def read(self, j: int) -> np.ndarray:
-        """Piece j: mono float32 at sample_rate, exactly length(j) samples."""
+        """Piece j: (channels, length(j)) float32 at sample_rate."""
         start, count = j * self.source_piece, self.source_piece
         if self._whole is not None:
-            wav = self._whole[start:start + count]
+            wav = self._whole[:, start:start + count]
         else:
             try:
                 with open(self.path, "rb") as fh, sf.SoundFile(fh) as f:
                     f.seek(start)
-                    wav = f.read(count, dtype="float32", always_2d=True).mean(axis=1)
+                    wav = f.read(count, dtype="float32", always_2d=True).T
             except FileNotFoundError:
                 raise UserError(f"{self.path}: audio file not found") from None
             except Exception as e:
                 raise _decode_error(self.path, e) from None
         _check(self.path, wav)
-        out = resample(wav, self.source_rate, self.sample_rate)
+        out = resample(to_channels(wav, self.channels), self.source_rate, self.sample_rate)
         n = self.length(j)
-        out = out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))  # resampler rounding: +-1 sample
+        out = out[:, :n] if out.shape[-1] >= n else np.pad(out, ((0, 0), (0, n - out.shape[-1])))  # resampler: +-1
         return np.ascontiguousarray(out, dtype=np.float32)
 
     def pieces_for_frames(self, first_frame: int, num_frames: int, hop_length: int) -> range:

@@ -1,7 +1,8 @@
 """Text-to-music generation shared by inference_lora.py, evaluate.py (and samples during training).
 
 The one entry point is `generate_audio(model, processor, prompts, duration, ...)` -> list of float32
-numpy arrays, one per prompt, each exactly `duration` seconds long at the model's sample rate.
+numpy arrays, one per prompt, each exactly `duration` seconds long at the model's sample rate:
+(samples,) from a mono model, (samples, 2) from a stereo one (soundfile's layout: a WAV writes as is).
 
 Reproducibility: each prompt is sampled from its own torch.Generator seeded with that prompt's seed,
 so a clip depends on (prompt, seed, settings, weights) and not on which other prompts share its batch
@@ -22,6 +23,7 @@ import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
+from musicgen_lora.codes import codebook_delays, interleave_channels
 from musicgen_lora.common import UserError, log
 from musicgen_lora.data.metadata import tokenize_text
 from musicgen_lora.modeling import model_info, unwrap_base
@@ -83,8 +85,10 @@ def frames_for_duration(duration: float, frame_rate: float) -> int:
 
 
 def max_new_tokens_for(duration: float, info: dict) -> int:
-    """The delay pattern costs K - 1 extra steps: N new tokens give N - K + 1 frames."""
-    return frames_for_duration(duration, info["frame_rate"]) + info["num_codebooks"] - 1
+    """The delay pattern costs its largest delay in extra steps (K - 1 mono, K/2 - 1 stereo:
+    codes.codebook_delays): N new tokens give N - delay frames."""
+    return frames_for_duration(duration, info["frame_rate"]) + codebook_delays(info["num_codebooks"],
+                                                                               info["audio_channels"])[-1]
 
 
 def check_duration(model, duration: float):
@@ -95,7 +99,7 @@ def check_duration(model, duration: float):
         raise UserError("--duration must be positive (seconds)")
     need = max_new_tokens_for(duration, info) + 1
     if need > limit:
-        longest = (limit - info["num_codebooks"]) / info["frame_rate"]
+        longest = (limit - 1 - codebook_delays(info["num_codebooks"], info["audio_channels"])[-1]) / info["frame_rate"]
         raise UserError(f"--duration {duration:g}: this model generates at most {longest:.1f} s "
                         f"({limit} positions); ask for less")
 
@@ -118,7 +122,8 @@ def generation_config_for(base, settings: SamplingSettings, duration: float):
 
 @contextlib.contextmanager
 def _capture_codes(base):
-    """Record the codes generate() hands to EnCodec's decoder ((B, K, frames) per call)."""
+    """Record the codes generate() hands to EnCodec's decoder ((B, K_c, frames) per call: one call
+    per batch from a mono model, left then right from a stereo one)."""
     codec, calls = base.audio_encoder, []
     real = codec.decode
 
@@ -138,8 +143,9 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
                    temperature: float = 1.0, top_k: int = 250, top_p: float = 0.0, greedy: bool = False,
                    seed: int | Sequence[int] = 0, batch_size: int = 8, progress: bool = True,
                    desc: str = "generating", return_codes: bool = False):
-    """Generate `duration` seconds of audio for each prompt; returns float32 mono arrays (and, with
-    return_codes, the (K, frames) EnCodec codes each clip was decoded from).
+    """Generate `duration` seconds of audio for each prompt; returns float32 arrays, (samples,) mono
+    or (samples, channels) stereo (and, with return_codes, the (K, frames) EnCodec codes each clip
+    was decoded from, stereo rows interleaved [L0, R0, L1, ...] as the decoder predicts them).
 
     seed: one int for every prompt, or one seed per prompt. Works on a plain MusicGen model or a
     PeftModel (the active adapter applies; inside `disable_adapter()` the base model does).
@@ -176,13 +182,13 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
                 procs.append(SeededSampler(seeds[start:start + batch_size], info["num_codebooks"], settings, device))
             with _capture_codes(base) as decoded:
                 audio = base.generate(**inputs, generation_config=gen_config, logits_processor=procs)
-            codes += list(decoded[0])
-            audio = audio[:, 0].float().cpu().numpy()
+            codes += list(interleave_channels(decoded))
+            audio = audio.float().cpu().numpy()  # (B, channels, samples)
             for row in audio:
-                row = row[:num_samples]
-                if len(row) < num_samples:  # never expected: EnCodec returns frames * hop samples
-                    row = np.pad(row, (0, num_samples - len(row)))
-                outputs.append(np.ascontiguousarray(row, dtype=np.float32))
+                row = row[:, :num_samples]
+                if row.shape[-1] < num_samples:  # never expected: EnCodec returns frames * hop samples
+                    row = np.pad(row, ((0, 0), (0, num_samples - row.shape[-1])))
+                outputs.append(np.ascontiguousarray(row[0] if row.shape[0] == 1 else row.T, dtype=np.float32))
     finally:
         if was_training:
             base.train()

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from musicgen_lora.codes import build_delay_pattern_labels, crop_codes
+from musicgen_lora.codes import build_delay_pattern_labels, crop_codes, interleave_channels
 from musicgen_lora.common import UserError, read_json
 from musicgen_lora.training.config import DEFAULT_TARGETS
 
@@ -44,12 +44,14 @@ def unwrap_base(model):
 
 
 def model_info(model) -> dict:
-    """Numbers every script needs: codebooks, vocab, sample rate, hop length, frame rate."""
+    """Numbers every script needs: codebooks, audio channels, vocab, sample rate, hop length, frame rate."""
     base = unwrap_base(model)
     codec = base.config.audio_encoder
     hop = int(math.prod(codec.upsampling_ratios))
     return {
         "num_codebooks": base.decoder.config.num_codebooks,
+        # Stereo checkpoints: 2, the mono codec run per channel, codebooks interleaved [L0, R0, ...].
+        "audio_channels": int(getattr(base.decoder.config, "audio_channels", 1) or 1),
         "vocab_size": base.decoder.config.vocab_size,
         "sample_rate": codec.sampling_rate,
         "hop_length": hop,
@@ -61,6 +63,32 @@ def model_info(model) -> dict:
         if getattr(base.config.decoder, "decoder_start_token_id", None) is not None
         else base.generation_config.decoder_start_token_id,
     }
+
+
+def model_layout(model) -> dict:
+    """What an adapter, a checkpoint or a code cache must agree on with the base model it meets:
+    the code layout (codebooks, channels, vocabulary) and the decoder's shape (its size)."""
+    base = unwrap_base(model)
+    dec = base.decoder.config
+    return {"num_codebooks": dec.num_codebooks, "audio_channels": model_info(base)["audio_channels"],
+            "vocab_size": dec.vocab_size, "hidden_size": dec.hidden_size, "num_hidden_layers": dec.num_hidden_layers}
+
+
+def describe_layout(layout: dict) -> str:
+    channels = {1: "mono", 2: "stereo"}.get(layout.get("audio_channels", 1), f"{layout['audio_channels']}-channel")
+    return (f"{channels}, {layout['num_codebooks']} codebooks, decoder {layout['hidden_size']} wide x "
+            f"{layout['num_hidden_layers']} layers")
+
+
+def check_layout(recorded: dict | None, current: dict, what: str, fix: str):
+    """One line before any forward when `recorded` (an adapter's or checkpoint's model layout) is not
+    the base model's: a mono adapter on a stereo base would otherwise load (LoRA shapes depend only on
+    the decoder's width) and quietly mean nothing; other sizes die in a shape error."""
+    if not isinstance(recorded, dict):
+        return  # written before layouts were recorded, or not by train_lora.py: PEFT's own checks apply
+    if any(recorded.get(k) != v for k, v in current.items() if k in recorded):
+        raise UserError(f"{what} was trained on a {describe_layout({**current, **recorded})} MusicGen, but the base "
+                        f"model is {describe_layout(current)}; {fix}")
 
 
 def lora_target_regex(target_modules) -> str:
@@ -138,6 +166,10 @@ def load_adapter(base_model, adapter_path, adapter_name: str = "default", is_tra
     from peft import PeftModel
 
     path = check_adapter_dir(adapter_path)
+    info = read_json(path / "training_info.json", "training info") if (path / "training_info.json").is_file() else {}
+    trained_on = read_json(path / "adapter_config.json").get("base_model_name_or_path")
+    check_layout(info.get("model"), model_layout(base_model), str(path),
+                 f"pass the base model it was trained on ({trained_on}) or an adapter trained on this one")
     try:
         if into is not None:
             into.load_adapter(str(path), adapter_name=adapter_name, is_trainable=is_trainable)
@@ -145,7 +177,6 @@ def load_adapter(base_model, adapter_path, adapter_name: str = "default", is_tra
         return PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name, is_trainable=is_trainable)
     except Exception as e:  # a user's file: shape mismatch, wrong targets, corrupt weights
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        trained_on = read_json(path / "adapter_config.json").get("base_model_name_or_path")
         if any(w in str(e) for w in ("size mismatch", "shape", "Target modules", "not found in the base model")):
             raise UserError(f"{path}: adapter does not fit this base model (trained on {trained_on!r}): "
                             f"{first}") from None
@@ -174,20 +205,32 @@ def encode_audio(model, audio: torch.Tensor) -> torch.Tensor:
     return codes[0]
 
 
+def encode_channels(model, piece) -> torch.Tensor:
+    """One piece, (n,) or (C, n) with C the model's audio channels -> codes (K, T): each channel
+    through the mono codec on its own, rows interleaved [L0, R0, L1, ...] as generate() does."""
+    piece = torch.as_tensor(piece)
+    piece = piece.reshape(1, -1) if piece.dim() == 1 else piece
+    channels = model_info(model)["audio_channels"]
+    if piece.shape[0] != channels:
+        raise ValueError(f"audio has {piece.shape[0]} channels, the model {channels} (audio.AudioPieces sets them)")
+    codes = encode_audio(model, piece)  # the channels as a batch of mono clips: (C, K_c, T)
+    return interleave_channels(list(codes))
+
+
 def encode_pieces(model, pieces) -> torch.Tensor:
     """A clip's pieces (audio_io.AudioPieces: ~30 s each, in order) -> codes (K, T), each piece
     encoded on its own. The code cache and the uncached path both encode here, one clip at a time,
     so zero-padding a batch cannot change a clip's last frames, and memory follows the piece."""
-    codes = [encode_audio(model, torch.as_tensor(piece).reshape(1, -1))[0] for piece in pieces]
-    return torch.cat(codes, dim=-1)
+    return torch.cat([encode_channels(model, piece) for piece in pieces], dim=-1)
 
 
 def split_pieces(wav: torch.Tensor, piece: int) -> list[torch.Tensor]:
-    return [wav[i:i + piece] for i in range(0, wav.shape[-1], piece)]
+    return [wav[..., i:i + piece] for i in range(0, wav.shape[-1], piece)]
 
 
 def codes_for_batch(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes (B, K, T), valid frames (B,)) of a batch: from the cache when it carries `codes`, else by
+    encoding the audio (B, C, samples)
     encoding the pieces under each row's window and cropping the window the dataset picked
     (dataset.crop_codes)."""
     if "codes" in batch:
@@ -198,11 +241,11 @@ def codes_for_batch(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     clip_lengths = batch["num_samples"].tolist()
     offsets = batch["frame_offset"].tolist() if "frame_offset" in batch else [0] * b
     starts = batch["audio_start_frame"].tolist() if "audio_start_frame" in batch else [0] * b
-    pieces = batch["piece_samples"].tolist() if "piece_samples" in batch else [audio.shape[1]] * b
-    window = int(batch["window_frames"][0]) if "window_frames" in batch else -(-audio.shape[1] // hop)
+    pieces = batch["piece_samples"].tolist() if "piece_samples" in batch else [audio.shape[-1]] * b
+    window = int(batch["window_frames"][0]) if "window_frames" in batch else -(-audio.shape[-1] // hop)
     rows, valid = [], []
     for i in range(b):
-        encoded = encode_pieces(model, split_pieces(audio[i, :lengths[i]], pieces[i]))
+        encoded = encode_pieces(model, split_pieces(audio[i, ..., :lengths[i]], pieces[i]))
         codes, n_valid = crop_codes(encoded, clip_lengths[i], offsets[i], window, hop, codes_start_frame=starts[i])
         rows.append(torch.nn.functional.pad(codes, (0, window - codes.shape[1])))
         valid.append(n_valid)
@@ -213,7 +256,11 @@ def codes_for_batch(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
 def labels_for_batch(model, batch) -> torch.Tensor:
     """Batch -> delay-pattern labels with padded frames masked (the only route to labels)."""
     codes, valid = codes_for_batch(model, batch)
-    return build_delay_pattern_labels(codes, valid.to(codes.device))
+    info = model_info(model)
+    if codes.shape[1] != info["num_codebooks"]:  # a cache or batch built for another layout: never a shape error
+        raise UserError(f"the batch holds {codes.shape[1]} codebooks, the model {info['num_codebooks']} "
+                        f"({info['audio_channels']} audio channel(s)); delete the code cache or pass --no_cache")
+    return build_delay_pattern_labels(codes, valid.to(codes.device), info["audio_channels"])
 
 
 def masked_token_nll(logits: torch.Tensor, labels: torch.Tensor):

@@ -40,12 +40,12 @@ def main(argv=None):
     from musicgen_lora.data.dataset import MusicDataset
     from musicgen_lora.data.metadata import read_metadata
 
-    sr, hop, k = MUSICGEN_SAMPLE_RATE, MUSICGEN_HOP_LENGTH, MUSICGEN_CODEBOOKS
+    sr, hop, k, channels = MUSICGEN_SAMPLE_RATE, MUSICGEN_HOP_LENGTH, MUSICGEN_CODEBOOKS, 1
     if args.model_path:
         from musicgen_lora.modeling import load_model_and_processor, model_info
 
         info = model_info(load_model_and_processor(args.model_path)[0])
-        sr, hop, k = info["sample_rate"], info["hop_length"], info["num_codebooks"]
+        sr, hop, k, channels = info["sample_rate"], info["hop_length"], info["num_codebooks"], info["audio_channels"]
     splits = read_metadata(args.data_dir, args.metadata_file)
     n_target = int(round(args.target_duration * sr))
     frames = num_frames_for_samples(n_target, hop)
@@ -53,7 +53,7 @@ def main(argv=None):
         if not clips:
             log.info(f"{name}: no clips")
             continue
-        ds = MusicDataset(clips, sr, args.target_duration, train=False, hop_length=hop)
+        ds = MusicDataset(clips, sr, args.target_duration, train=False, hop_length=hop, audio_channels=channels)
         durations, valid_tokens, total_tokens, long = [], 0, 0, []
         for i in range(len(ds)):
             item = ds[i]
@@ -61,7 +61,7 @@ def main(argv=None):
             if item["num_samples"] > LONG_CLIP_WINDOWS * ds.num_samples:
                 long.append((item["num_samples"] / sr, clips[i].audio_path))
             valid = valid_frames_for_samples(item["num_samples"], hop)
-            labels = build_delay_pattern_labels(torch.zeros(k, frames, dtype=torch.long), valid)
+            labels = build_delay_pattern_labels(torch.zeros(k, frames, dtype=torch.long), valid, channels)
             valid_tokens += int((labels != -100).sum())
             total_tokens += k * frames
         d = np.array(durations)

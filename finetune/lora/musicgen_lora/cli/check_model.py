@@ -52,7 +52,8 @@ def main(argv=None):
     if args.max_clips:
         clips = clips[: args.max_clips]
     report_long_descriptions(processor.tokenizer, clips)
-    ds = MusicDataset(clips, info["sample_rate"], args.target_duration, train=False, hop_length=info["hop_length"])
+    ds = MusicDataset(clips, info["sample_rate"], args.target_duration, train=False, hop_length=info["hop_length"],
+                      audio_channels=info["audio_channels"])
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, collate_fn=Collator(
         processor, int(round(args.target_duration * info["sample_rate"])), info["hop_length"]))
     res = evaluate_loss(model, loader)

@@ -92,6 +92,9 @@ def build_parser():
     e.add_argument("--create_example", action="store_true",
                    help="Write a synthetic text-conditioned example set (5 styles, 8-20 s clips).")
     e.add_argument("--num_examples", type=positive_int, default=30, help="Clips in the example set.")
+    e.add_argument("--stereo_example", action="store_true",
+                   help="Write the example set in stereo (two takes of each clip panned left and right, L != R), "
+                        "for trying stereo checkpoints.")
     p.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
     return p
 
@@ -105,10 +108,11 @@ def create_example(args):
     owned = set((read_manifest(out) or {}).get("paths", []))
     write_manifest(out, TOOL, owned | {args.metadata_file, "train", "valid"})
     entries = create_example_dataset(out, num_clips=args.num_examples, valid_ratio=ratio,
-                                     seed=args.seed, metadata_file=args.metadata_file)
+                                     seed=args.seed, metadata_file=args.metadata_file, stereo=args.stereo_example)
     write_manifest(out, TOOL, [args.metadata_file] + [e["audio"] for split in entries.values() for e in split])
     short = sum(1 for split in entries.values() for e in split if e["duration"] < 15)
-    log.info(f"wrote {len(entries['train'])} train + {len(entries['valid'])} valid clips ({short} shorter than "
+    log.info(f"wrote {len(entries['train'])} train + {len(entries['valid'])} valid "
+             f"{'stereo ' if args.stereo_example else ''}clips ({short} shorter than "
              f"15 s) and {out / args.metadata_file}")
 
 

@@ -80,8 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--max_grad_norm", type=nonneg_float, default=D.max_grad_norm,
                    help="Gradient clipping norm (0 disables).")
     o.add_argument("--text_dropout", type=probability, default=D.text_dropout,
-                   help="Probability of training a clip with an empty description, so classifier-free "
-                        "guidance keeps working (audiocraft uses 0.1).")
+                   help="Probability of training a clip with no description at all (the null condition "
+                        "classifier-free guidance pairs each prompt with); audiocraft's text-to-music setting.")
+    o.add_argument("--word_dropout", type=probability, default=D.word_dropout,
+                   help="Probability of leaving out each word of a description in training (audiocraft's T5 "
+                        "word dropout), so prompts shorter or worded unlike the captions still steer.")
     o.add_argument("--seed", type=any_int, default=D.seed, help="Seed for LoRA init, crops, dropout and data order.")
 
     r = p.add_argument_group("runtime")

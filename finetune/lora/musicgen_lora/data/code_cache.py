@@ -7,10 +7,13 @@ The key is sha256 over
   - the audio file's bytes (content, not its path or mtime: a re-exported file re-encodes),
   - the codec's identity: its config and every weight of `audio_encoder` (another checkpoint, or a
     fine-tuned codec, re-encodes), and the dtype it runs in,
-  - the settings that decide the samples it sees: sample rate, mono mix, resampler, whole-clip
-    encoding, cache format.
+  - the settings that decide the samples it sees: sample rate, channel layout (mono mix, or
+    stereo: L/R kept, mono up-mixed), resampler, piece-wise encoding, cache format.
 Change any of them and the key changes, so a stale entry is never read. Entries are written to a
 temp name and renamed, so a killed run leaves no half-written file.
+
+A stereo entry holds the interleaved (8, T) codes [L0, R0, L1, ...]; the layout is in the key, so a
+mono entry is never served to a stereo model or the reverse.
 
 Layout: CACHE_DIR/<key[:2]>/<key>.safetensors with tensor "codes" (K, T) int32 and metadata
 num_samples, sample_rate, source; CACHE_DIR/file_hashes.json memoises each audio file's sha256
@@ -128,8 +131,12 @@ class CodeCache:
         self.dir = Path(cache_dir)
         self.model = model
         param = next(unwrap_base(model).audio_encoder.parameters())
-        hop = model_info(model)["hop_length"]
-        self.settings = {"format": CACHE_FORMAT, "sample_rate": int(sample_rate), "channels": "mono-mean",
+        info = model_info(model)
+        hop = info["hop_length"]
+        self.channels = info["audio_channels"]
+        # "mono-mean" keeps mono entries written before stereo support valid.
+        layout = "mono-mean" if self.channels == 1 else f"{self.channels}ch-interleaved"
+        self.settings = {"format": CACHE_FORMAT, "sample_rate": int(sample_rate), "channels": layout,
                          "resampler": RESAMPLER, "encode": "pieces", "piece_samples": piece_samples(sample_rate, hop),
                          "dtype": str(param.dtype), "hop_length": hop}
         self.codec_id = codec_identity(model)
@@ -149,7 +156,7 @@ class CodeCache:
     def encode(self, audio_path) -> tuple[torch.Tensor, int]:
         """Encode a whole clip piece by piece, exactly as the uncached training path does (one
         piece in memory at a time, however long the clip)."""
-        audio = AudioPieces(audio_path, self.settings["sample_rate"], self.settings["piece_samples"])
+        audio = AudioPieces(audio_path, self.settings["sample_rate"], self.settings["piece_samples"], self.channels)
         codes = encode_pieces(self.model, (audio.read(j) for j in range(audio.num_pieces)))
         return codes.cpu(), audio.num_samples
 

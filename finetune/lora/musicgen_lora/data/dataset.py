@@ -9,7 +9,7 @@ from musicgen_lora.audio import AudioPieces, audio_duration
 from musicgen_lora.audio import piece_samples as default_piece_samples
 from musicgen_lora.codes import choose_frame_offset, crop_codes, num_frames_for_samples, valid_frames_for_samples
 from musicgen_lora.data.code_cache import load_codes
-from musicgen_lora.data.metadata import Clip, tokenize_text
+from musicgen_lora.data.metadata import Clip, drop_words, tokenize_text
 
 
 class MusicDataset(torch.utils.data.Dataset):
@@ -21,21 +21,26 @@ class MusicDataset(torch.utils.data.Dataset):
     (modeling.codes_for_batch). Either way an item costs memory in proportion to the window, never
     to the clip: the dataset streams.
 
-    Random windows are drawn from a generator seeded by (seed, epoch, index): the same run gives the
-    same crops, and a resumed run gets the crops the uninterrupted one would have.
+    Random windows -- and, with word_dropout, the words of the description each clip is trained with
+    (metadata.drop_words, as audiocraft's T5 conditioner does) -- are drawn from a generator seeded by
+    (seed, epoch, index): the same run gives the same crops and texts, and a resumed run gets the ones
+    the uninterrupted run would have. Validation (train=False) keeps every word and the start.
     """
 
     def __init__(self, clips: list[Clip], sample_rate: int, target_duration: float, train: bool, seed: int = 0, *,
-                 hop_length: int, code_files: list[str] | None = None, piece_samples: int | None = None):
+                 hop_length: int, code_files: list[str] | None = None, piece_samples: int | None = None,
+                 audio_channels: int, word_dropout: float = 0.0):
         if code_files is not None and len(code_files) != len(clips):
             raise ValueError("one code file per clip expected")
         self.clips = clips
         self.sample_rate = sample_rate
         self.num_samples = int(round(target_duration * sample_rate))
         self.hop_length = hop_length
+        self.audio_channels = audio_channels  # the model's: AudioPieces mixes or up-mixes to it
         self.piece_samples = piece_samples or default_piece_samples(sample_rate, hop_length)
         self.window_frames = num_frames_for_samples(self.num_samples, hop_length)
         self.code_files = code_files
+        self.word_dropout = word_dropout if train else 0.0
         self.train = train
         self.seed = seed
         self.epoch = 0
@@ -56,18 +61,19 @@ class MusicDataset(torch.utils.data.Dataset):
         if self.code_files is not None:
             codes, num_samples = load_codes(self.code_files[idx])
         else:
-            audio = AudioPieces(clip.audio_path, self.sample_rate, self.piece_samples)
+            audio = AudioPieces(clip.audio_path, self.sample_rate, self.piece_samples, self.audio_channels)
             num_samples = audio.num_samples
         rng = np.random.default_rng((self.seed, self.epoch, idx)) if self.train else None
         offset = frame_offset if frame_offset is not None else choose_frame_offset(
             valid_frames_for_samples(num_samples, self.hop_length), self.window_frames, rng)
-        item = {"description": clip.description, "index": idx, "frame_offset": offset, "num_samples": num_samples}
+        description = drop_words(clip.description, self.word_dropout, rng) if rng is not None else clip.description
+        item = {"description": description, "index": idx, "frame_offset": offset, "num_samples": num_samples}
         if self.code_files is not None:
             item["codes"], item["num_frames"] = crop_codes(codes, num_samples, offset, self.window_frames,
                                                            self.hop_length)
         else:
             pieces = audio.pieces_for_frames(offset, self.window_frames, self.hop_length)
-            item["audio"] = np.concatenate([audio.read(j) for j in pieces])
+            item["audio"] = np.concatenate([audio.read(j) for j in pieces], axis=-1)  # (channels, samples)
             item["audio_start_frame"] = pieces[0] * (self.piece_samples // self.hop_length)
             item["piece_samples"] = self.piece_samples
         return item
@@ -77,7 +83,7 @@ class Collator:
     """Batches items and tokenizes descriptions.
 
     Code items -> `codes` (B, K, window) zero-padded + `num_frames` (B,) valid frames.
-    Audio items -> `audio` (B, longest) zero-padded + `audio_samples` (its real length per row),
+    Audio items -> `audio` (B, C, longest) zero-padded + `audio_samples` (its real length per row),
     `audio_start_frame`, `piece_samples`, `num_samples` (the whole clip's), `frame_offset`,
     `window_frames`; modeling.codes_for_batch encodes each row's pieces alone and crops the window.
     Either way build_delay_pattern_labels masks every frame past the valid ones, so padding is never
@@ -101,12 +107,12 @@ class Collator:
             batch["codes"] = codes
             batch["num_frames"] = torch.tensor([it["num_frames"] for it in items], dtype=torch.long)
             return batch
-        longest = max(len(it["audio"]) for it in items)
-        audio = torch.zeros(b, longest)
+        longest = max(it["audio"].shape[-1] for it in items)
+        audio = torch.zeros(b, items[0]["audio"].shape[0], longest)
         for i, it in enumerate(items):
-            audio[i, :len(it["audio"])] = torch.from_numpy(it["audio"])
+            audio[i, :, :it["audio"].shape[-1]] = torch.from_numpy(it["audio"])
         batch["audio"] = audio
-        batch["audio_samples"] = torch.tensor([len(it["audio"]) for it in items], dtype=torch.long)
+        batch["audio_samples"] = torch.tensor([it["audio"].shape[-1] for it in items], dtype=torch.long)
         batch["audio_start_frame"] = torch.tensor([it.get("audio_start_frame", 0) for it in items], dtype=torch.long)
         batch["piece_samples"] = torch.tensor([it.get("piece_samples", longest) for it in items], dtype=torch.long)
         batch["num_samples"] = torch.tensor([it["num_samples"] for it in items], dtype=torch.long)

@@ -150,18 +150,23 @@ STYLES = {
 }
 
 
-def render_clip(style: str, seconds: float, rng: np.random.Generator):
+def render_clip(style: str, seconds: float, rng: np.random.Generator, stereo: bool = False):
+    """(audio, description): (samples,) mono, or (samples, 2) stereo -- two takes of the style at one
+    tempo, panned 70/30 to opposite sides, so the channels differ."""
     fn, (lo, hi), template = STYLES[style]
     bpm = int(rng.integers(lo, hi + 1))
-    audio = fn(rng, seconds, bpm)
-    audio = audio / (np.max(np.abs(audio)) + 1e-9) * 0.8
+    takes = [fn(rng, seconds, bpm) for _ in range(2 if stereo else 1)]
+    takes = [t / (np.max(np.abs(t)) + 1e-9) * 0.8 for t in takes]
+    audio = np.stack([0.7 * takes[0] + 0.3 * takes[1], 0.3 * takes[0] + 0.7 * takes[1]], axis=1) if stereo \
+        else takes[0]
     return audio.astype(np.float32), template.format(bpm=bpm)
 
 
 def create_example_dataset(output_dir, num_clips: int = 30, valid_ratio: float = 0.2, seed: int = 0,
                            min_seconds: float = 8.0, max_seconds: float = 20.0,
-                           metadata_file: str = "metadata.json") -> dict:
-    """Write train/, valid/ and metadata.json. Same seed, same files."""
+                           metadata_file: str = "metadata.json", stereo: bool = False) -> dict:
+    """Write train/, valid/ and metadata.json. Same seed, same files. stereo: each clip is two takes
+    of its style (same tempo and description), panned to opposite sides (render_clip), so L != R."""
     out = Path(output_dir)
     rng = np.random.default_rng(seed)
     styles = list(STYLES)
@@ -171,7 +176,7 @@ def create_example_dataset(output_dir, num_clips: int = 30, valid_ratio: float =
         style = styles[i % len(styles)]
         split = "valid" if i >= num_clips - n_valid else "train"
         seconds = float(np.round(rng.uniform(min_seconds, max_seconds), 2))
-        audio, text = render_clip(style, seconds, rng)
+        audio, text = render_clip(style, seconds, rng, stereo)
         rel = f"{split}/{style}_{i:03d}.wav"
         (out / split).mkdir(parents=True, exist_ok=True)
         sf.write(out / rel, audio, SR, subtype="PCM_16")

@@ -142,9 +142,26 @@ def text_token_limit(tokenizer) -> int:
 
 
 def tokenize_text(tokenizer, texts):
-    """Descriptions/prompts -> padded token tensors, each cut to text_token_limit tokens."""
-    return tokenizer(list(texts), padding=True, truncation=True, max_length=text_token_limit(tokenizer),
-                     return_tensors="pt")
+    """Descriptions/prompts -> padded token tensors, each cut to text_token_limit tokens. An empty
+    text is the null condition: its attention mask is all zero, which MusicGen's forward turns into
+    zero encoder states -- what generate() pairs with each prompt for classifier-free guidance (and
+    what audiocraft gives a description that word dropout emptied)."""
+    texts = list(texts)
+    out = tokenizer(texts, padding=True, truncation=True, max_length=text_token_limit(tokenizer), return_tensors="pt")
+    for i, text in enumerate(texts):
+        if not text.strip():
+            out["attention_mask"][i] = 0
+    return out
+
+
+def drop_words(text: str, p: float, rng) -> str:
+    """audiocraft's T5 word dropout: split on spaces, keep each word with probability 1 - p (all may
+    go: the null condition). rng: a numpy Generator (the dataset's, seeded per clip and epoch)."""
+    if p <= 0:
+        return text
+    words = text.split(" ")
+    keep = rng.random(len(words)) >= p
+    return " ".join(w for w, k in zip(words, keep) if k)
 
 
 def report_long_descriptions(tokenizer, items) -> int:

@@ -1,11 +1,14 @@
 """Turn a real collection (folders and/or zip batches of audio) into training data.
 
-Writes, under the output dir: train/ and valid/ (32 kHz mono 16-bit WAV segments), metadata.json in
+Writes, under the output dir: train/ and valid/ (32 kHz 16-bit WAV segments, mono or stereo as
+the source), metadata.json in
 the format dataset.read_metadata reads, and prepare_report.json (every skipped file with its reason,
 dropped segments, description coverage, hours per split). See DATA_PREPARATION.md.
 
 Rules, in the order they apply to each source file:
-  1. decode (any rate, mono/stereo, whatever soundfile/librosa read), mix to mono, resample to 32 kHz;
+  1. decode (any rate, whatever soundfile/librosa read), resample to 32 kHz; mono and stereo sources
+     keep their channels (training mixes or up-mixes them to the model's: audio.to_channels), more
+     than two channels are mixed to mono (their speaker layout is unknown);
      an unreadable, corrupt or empty file is reported and skipped;
   2. optionally normalise the track's integrated loudness (--normalize_loudness LUFS, BS.1770);
   3. cut into --segment_duration pieces from the start; a last piece shorter than
@@ -186,10 +189,18 @@ class ZipReader:
 
 
 def decode_source(src: Source, zips: ZipReader, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Mono float32 at sample_rate; UserError with a reason (no path) when it cannot be used."""
+    """Float32 at sample_rate, (samples,) mono or (samples, 2) stereo (soundfile's layout: cutting and
+    writing index samples first); UserError with a reason (no path) when it cannot be used."""
     with warnings.catch_warnings():  # librosa's "PySoundFile failed, trying audioread" for every bad file
         warnings.simplefilter("ignore")
         return _decode_source(src, zips, sample_rate)
+
+
+def _prepared_channels(wav: np.ndarray) -> np.ndarray:
+    """(C, n) as decoded -> (n,) mono or (n, 2) stereo; more than two channels are mixed to mono."""
+    if wav.shape[0] == 1 or wav.shape[0] > 2:
+        return np.ascontiguousarray(wav.mean(axis=0), dtype=np.float32)
+    return np.ascontiguousarray(wav.T)
 
 
 def _decode_source(src: Source, zips: ZipReader, sample_rate: int) -> np.ndarray:
@@ -197,7 +208,7 @@ def _decode_source(src: Source, zips: ZipReader, sample_rate: int) -> np.ndarray
         raise UserError("empty file (0 bytes)")
     if src.path is not None:
         try:
-            return load_audio(src.path, sample_rate)
+            return _prepared_channels(load_audio(src.path, sample_rate, channels=None))
         except UserError as e:
             raise UserError(str(e).replace(f"{src.path}: ", "")) from None
     # Decoders need a real file: one member at a time is streamed into a temp file.
@@ -208,7 +219,7 @@ def _decode_source(src: Source, zips: ZipReader, sample_rate: int) -> np.ndarray
                 zips.extract_to(src.zip_path, src.member, f)
         except (zipfile.BadZipFile, RuntimeError, EOFError, zlib.error) as e:  # CRC error, truncated, encrypted
             raise UserError(f"unreadable zip member ({e})") from None
-        return load_audio(tmp, sample_rate)
+        return _prepared_channels(load_audio(tmp, sample_rate, channels=None))
     except UserError as e:
         raise UserError(str(e).replace(f"{tmp}: ", "")) from None
     finally:
@@ -528,7 +539,8 @@ def cut_tracks(sources, described: dict, s: PrepareSettings, zips: ZipReader, fo
             skipped.append({"source": src.name, "kind": "near-silent", "reason": f"near-silent: every "
                             f"segment's RMS is below {s.silence_threshold_db:g} dBFS"})
             continue
-        tracks.append({"source": src.name, "description": described[src.name], "segments": segments})
+        tracks.append({"source": src.name, "description": described[src.name], "segments": segments,
+                       "channels": 1 if wav.ndim == 1 else wav.shape[1]})
     return tracks, dropped, loudness
 
 
@@ -563,6 +575,9 @@ def build_report(s: PrepareSettings, tracks, skipped, broken_zips, missing, orig
         "files_found": len(tracks) + len(skipped),
         "files_used": len(tracks),
         "files_skipped": len(skipped),
+        # Stereo sources stay stereo; a mono model mixes them, a stereo model up-mixes mono ones (L = R).
+        "channels": {"mono": sum(1 for t in tracks if t["channels"] == 1),
+                     "stereo": sum(1 for t in tracks if t["channels"] == 2)},
         "skipped_by_kind": {k: n for k, n in counts.items() if n},
         "skipped": sorted(skipped, key=lambda r: r["source"]),
         "unreadable_zips": broken_zips,
@@ -609,7 +624,9 @@ def summary_lines(report: dict, out: Path, metadata_file: str) -> list[str]:
     lines = [
         f"files: {found} found = {report['files_used']} used + {report['files_skipped']} skipped" +
         (f" ({why})" if why else ""),
-        f"segments: {seg['written']} written; dropped {seg['dropped_near_silent']} near-silent and "
+        f"segments: {seg['written']} written"
+        + (f" (from {plural(report['channels']['stereo'], 'stereo source')}, kept stereo)"
+           if report["channels"]["stereo"] else "") + f"; dropped {seg['dropped_near_silent']} near-silent and "
         f"{seg['dropped_short_tail']} short {'tail' if seg['dropped_short_tail'] == 1 else 'tails'}",
         f"train: {plural(sp['train']['segments'], 'segment')} from {plural(sp['train']['tracks'], 'track')}, "
         f"{sp['train']['hours']:.3f} h; valid: {plural(sp['valid']['segments'], 'segment')} from "

@@ -232,7 +232,7 @@ def validation_loader(processor, model, data_dir, metadata_file, window: float, 
     report_long_descriptions(processor.tokenizer, clips)
     info = model_info(model)
     sr, hop = info["sample_rate"], info["hop_length"]
-    ds = MusicDataset(clips, sr, window, train=False, hop_length=hop)
+    ds = MusicDataset(clips, sr, window, train=False, hop_length=hop, audio_channels=info["audio_channels"])
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False,
                                          collate_fn=Collator(processor, int(round(window * sr)), hop))
     return loader, ds
@@ -253,6 +253,7 @@ def held_out_losses(bank: ModelBank, specs: list[ModelSpec], loader, progress=Tr
 
 
 def reference_embeddings(model, dataset) -> np.ndarray:
-    return encodec_embeddings(model, [dataset[i]["audio"] for i in range(len(dataset))])
+    # dataset items hold (channels, samples); embeddings take clips as generated: (samples, channels)
+    return encodec_embeddings(model, [dataset[i]["audio"].T for i in range(len(dataset))])
 
 

@@ -2,7 +2,8 @@
 
 Embeddings are the model's own EnCodec encoder outputs before quantisation, one vector per 20 ms
 frame. The distance between the Gaussians fitted to generated frames and to validation frames says
-how far a model's output sits from the training style.
+how far a model's output sits from the training style. Stereo clips are measured on their mid signal
+(the mean of the channels), as the other clip metrics are.
 
 Read it as relative: compare models against the same validation clips in one evaluation; the
 absolute value depends on the codec, clip length and count. With few clips (8 x 15 s = 6,000
@@ -18,7 +19,9 @@ from musicgen_lora.modeling import unwrap_base
 
 @torch.no_grad()
 def encodec_embeddings(model, clips: list[np.ndarray], batch_size: int = 4) -> np.ndarray:
-    """(frames, dim) float64: all clips' encoder frames stacked (clips are encoded one batch at a time)."""
+    """(frames, dim) float64: all clips' encoder frames stacked (clips are encoded one batch at a time).
+    clips: (samples,) mono or (samples, channels) as generated (mixed to mid here)."""
+    clips = [c.mean(axis=1) if c.ndim == 2 else c for c in clips]
     base = unwrap_base(model)
     codec = base.audio_encoder
     param = next(codec.parameters())

@@ -6,8 +6,10 @@ The folder holds config.json + model.safetensors + generation_config.json and a 
 take the same code path as for `facebook/musicgen-small`. Nothing is downloaded.
 
 `tiny` trains on a CPU in seconds (4 codebooks of 64 codes at 50 Hz, 32 kHz, like the real one);
-`small` is the musicgen-small architecture (419.6 M decoder parameters) for benchmarks.
-Same --seed, same weights and tokenizer.
+`small`, `medium` and `large` are those checkpoints' architectures (419.6 M decoder parameters for
+small) for benchmarks and memory plans. `stereo=True` gives the musicgen-stereo layout: the same
+mono codec, run once per channel, and a decoder of 2 x 4 = 8 codebooks interleaved [L0, R0, L1, ...]
+(decoder.config.audio_channels = 2). Same --seed, same weights and tokenizer.
 
 The LM heads start LM_HEAD_SCALE times larger than transformers' init: behind the decoder's final
 LayerNorm, heads of std 0.02 cap every logit near +-1.3, so no adapter could make a confident
@@ -48,6 +50,12 @@ SIZES = {
         max_positions=2048,
     ),
 }
+# medium and large: wider, deeper decoders over the same T5-base text encoder and 32 kHz EnCodec
+# (the hub's config.json files for facebook/musicgen-medium and -large).
+SIZES["medium"] = {**SIZES["small"], "decoder": dict(hidden_size=1536, num_hidden_layers=48, num_attention_heads=24,
+                                                     ffn_dim=6144, vocab_size=2048)}
+SIZES["large"] = {**SIZES["small"], "decoder": dict(hidden_size=2048, num_hidden_layers=48, num_attention_heads=32,
+                                                    ffn_dim=8192, vocab_size=2048)}
 
 # Text the tokenizer is trained on: the vocabulary of music descriptions.
 _WORDS = """
@@ -99,7 +107,7 @@ def train_tokenizer(vocab_size: int = 200):
     return T5TokenizerFast(vocab=vocab, extra_ids=0)
 
 
-def build_config(size: str, text_vocab: int):
+def build_config(size: str, text_vocab: int, stereo: bool = False):
     from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
 
     spec = SIZES[size]
@@ -112,12 +120,15 @@ def build_config(size: str, text_vocab: int):
         chunk_length_s=None, overlap=None, **spec["codec"],
     )
     vocab = dec["vocab_size"]
+    channels = 2 if stereo else 1
     decoder = MusicgenDecoderConfig(
-        **dec, num_codebooks=4, max_position_embeddings=spec["max_positions"],
+        **dec, num_codebooks=codec.num_quantizers * channels, audio_channels=channels,
+        max_position_embeddings=spec["max_positions"],
         pad_token_id=vocab, bos_token_id=vocab, decoder_start_token_id=vocab,
         dropout=0.1, activation_function="gelu",
     )
-    assert codec.num_quantizers == decoder.num_codebooks, "EnCodec codebooks must equal the decoder's"
+    # Stereo checkpoints run the mono codec once per channel: codec codebooks x channels = decoder's.
+    assert codec.num_quantizers * channels == decoder.num_codebooks, "EnCodec codebooks x channels != decoder's"
     config = MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=codec.to_dict(), decoder=decoder.to_dict())
     config.decoder_start_token_id = vocab
     config.pad_token_id = vocab
@@ -160,7 +171,7 @@ def init_codebooks(model, seed: int):
             residual = residual - layer.decode(layer.encode(residual))
 
 
-def build(output_dir: str, size: str = "tiny", seed: int = 0, overwrite: bool = False) -> Path:
+def build(output_dir: str, size: str = "tiny", seed: int = 0, overwrite: bool = False, stereo: bool = False) -> Path:
     """Write the checkpoint to output_dir (built beside it and renamed: a kill never leaves half a
     model). An existing folder is replaced only with `overwrite` and only when this script wrote it."""
     import torch
@@ -173,7 +184,7 @@ def build(output_dir: str, size: str = "tiny", seed: int = 0, overwrite: bool = 
         with atomic_dir(out, owner=TOOL) as tmp:
             torch.manual_seed(seed)
             tokenizer = train_tokenizer()
-            config = build_config(size, text_vocab=len(tokenizer))
+            config = build_config(size, text_vocab=len(tokenizer), stereo=stereo)
             model = MusicgenForConditionalGeneration(config).eval()
             init_codebooks(model, seed)
             with torch.no_grad():
@@ -194,5 +205,5 @@ def build(output_dir: str, size: str = "tiny", seed: int = 0, overwrite: bool = 
                 tokenizer=tokenizer,
             )
             processor.save_pretrained(tmp)
-            write_manifest(tmp, TOOL, os.listdir(tmp), size=size, seed=seed)
+            write_manifest(tmp, TOOL, os.listdir(tmp), size=size, seed=seed, stereo=stereo)
     return out

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from musicgen_lora.common import UserError, read_json
+from musicgen_lora.modeling import check_layout
 from musicgen_lora.outputs import (
     Survey,
     atomic_dir,
@@ -43,7 +44,7 @@ FORMAT_VERSION = 1
 RUN_PATHS = ("run_config.json", "logs", CHECKPOINTS, "best_model", "final_model", "samples")
 # Settings that fix the meaning of "step" and "position in the data order": a resume with other
 # values cannot continue the same run.
-RESUME_CRITICAL = ("batch_size", "gradient_accumulation_steps", "num_processes", "seed")
+RESUME_CRITICAL = ("batch_size", "gradient_accumulation_steps", "num_processes", "seed", "model")
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,6 +237,9 @@ def read_trainer_state(path: Path) -> dict:
 def check_resume_compatible(path: Path, state: dict, current: dict):
     """Refuse a resume whose batch layout differs (the data position would mean something else)."""
     saved = state.get("run", {})
+    if "model" in saved:  # another base model: its layout in words, before any weight is touched
+        check_layout(saved["model"], current["model"], str(path),
+                     "resume with the --model_path the run started with (see run_config.json)")
     diff = [f"{k}: {saved[k]} -> {current[k]}" for k in RESUME_CRITICAL if k in saved and saved[k] != current[k]]
     if diff:
         raise UserError(f"{path}: cannot resume with different {', '.join(diff)}; use the settings the run "

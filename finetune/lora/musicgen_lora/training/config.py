@@ -39,7 +39,10 @@ class TrainConfig:
     max_steps: int | None = None
     warmup_steps: int | None = None
     max_grad_norm: float = 1.0
-    text_dropout: float = 0.1
+    # audiocraft's text-to-music defaults (conditioner/text2music.yaml): the whole description dropped
+    # with 0.3 (classifier-free guidance's null condition), and each word of the rest with 0.3.
+    text_dropout: float = 0.3
+    word_dropout: float = 0.3
     seed: int = 42
     # runtime
     device: str = "auto"

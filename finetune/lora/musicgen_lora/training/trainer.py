@@ -33,6 +33,7 @@ from musicgen_lora.modeling import (
     evaluate_loss,
     load_model_and_processor,
     model_info,
+    model_layout,
 )
 from musicgen_lora.outputs import (
     DiskFull,
@@ -98,6 +99,11 @@ class Run:
     @property
     def progress(self) -> bool:
         return self.main and not self.cfg.no_progress
+
+    @property
+    def layout(self) -> dict:
+        """The base model's layout, recorded with every adapter and checkpoint (modeling.check_layout)."""
+        return model_layout(self.model)
 
     @property
     def uniform(self) -> float:
@@ -168,6 +174,9 @@ def setup(cfg: TrainConfig, accelerator) -> Run:
     if not accelerator.is_main_process:  # one copy of every message, from the process that writes the files
         log.setLevel(logging.ERROR)
     model, processor, info = load_model(cfg, splits)
+    if resume_from:  # before any clip is encoded: another base model or batch layout is one line
+        ckpt.check_resume_compatible(resume_from, ckpt.read_trainer_state(resume_from),
+                                     resume_critical(cfg, accelerator, model))
     train_set, valid_set, train_loader, valid_loader, data_rng = make_loaders(cfg, accelerator, model, processor, info,
                                                                               splits)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -177,8 +186,6 @@ def setup(cfg: TrainConfig, accelerator) -> Run:
     run = Run(cfg, accelerator, output_dir, model, processor, info, params, optimizer, scheduler, train_set,
               valid_set, train_loader, valid_loader, data_rng, total_steps, steps_per_epoch, warmup, "", resume_from,
               sample_prompts, None)
-    if resume_from:
-        ckpt.check_resume_compatible(resume_from, ckpt.read_trainer_state(resume_from), resume_critical(run))
     open_run_dir(run)
     return run
 
@@ -223,10 +230,11 @@ def make_loaders(cfg: TrainConfig, accelerator, model, processor, info: dict, sp
     with accelerator.main_process_first():
         code_files = open_training_cache(model, sr, {"train": splits["train"], "valid": valid_clips}, cache_dir,
                                          device=accelerator.device, progress=not cfg.no_progress)
-    train_set = MusicDataset(splits["train"], sr, window, train=True, seed=cfg.seed, hop_length=hop,
-                             code_files=code_files["train"])
-    valid_set = MusicDataset(valid_clips, sr, window, train=False, seed=cfg.seed, hop_length=hop,
-                             code_files=code_files["valid"])
+    layout = {"hop_length": hop, "audio_channels": info["audio_channels"]}
+    train_set = MusicDataset(splits["train"], sr, window, train=True, seed=cfg.seed, code_files=code_files["train"],
+                             word_dropout=cfg.word_dropout, **layout)
+    valid_set = MusicDataset(valid_clips, sr, window, train=False, seed=cfg.seed, code_files=code_files["valid"],
+                             **layout)
     log_padding(splits["train"], window, len(train_set), len(valid_set))
     collate = Collator(processor, int(round(window * sr)), hop)
     # Each epoch's shuffle is drawn from data_rng; accelerate shards the batches over processes.
@@ -274,8 +282,8 @@ def make_schedule(cfg: TrainConfig, train_loader, optimizer):
     return total_steps, steps_per_epoch, warmup, scheduler
 
 
-def resume_critical(run: Run) -> dict:
-    return {**run.cfg.resume_critical, "num_processes": run.accelerator.num_processes}
+def resume_critical(cfg: TrainConfig, accelerator, model) -> dict:
+    return {**cfg.resume_critical, "num_processes": accelerator.num_processes, "model": model_layout(model)}
 
 
 def open_run_dir(run: Run):
@@ -507,16 +515,17 @@ def save_adapter(run: Run, path: Path, valid_loss: float, state: TrainState):
     with atomic_dir(path) as tmp:
         run.accelerator.unwrap_model(run.model).save_pretrained(str(tmp))
         atomic_write_json(tmp / "training_info.json", {"step": state.step, "epoch": state.epoch,
-                                                       "valid_loss": valid_loss, "run_id": run.run_id})
+                                                       "valid_loss": valid_loss, "run_id": run.run_id,
+                                                       "model": run.layout})
 
 
 def save_checkpoint(run: Run, state: TrainState):
     """checkpoints/checkpoint-N: the adapter, optimizer, schedule and the whole TrainState (every process)."""
-    shared = {**state.state_dict(), "total_steps": run.total_steps, "run": resume_critical(run),
+    shared = {**state.state_dict(), "total_steps": run.total_steps, "run": resume_critical(run.cfg, run.accelerator, run.model),
               "run_id": run.run_id, "metrics_offset": run.metrics.offset() if run.metrics else None}
     ckpt.save_checkpoint(run.output_dir / ckpt.CHECKPOINTS / f"checkpoint-{state.step}", run.accelerator, run.model,
                          run.optimizer, run.scheduler, shared, state.rank_state_dict(),
-                         {"step": state.step, "epoch": state.epoch, "run_id": run.run_id})
+                         {"step": state.step, "epoch": state.epoch, "run_id": run.run_id, "model": run.layout})
     if run.main:
         ckpt.rotate_checkpoints(run.output_dir, run.cfg.save_total_limit)
 
