@@ -1,0 +1,160 @@
+"""Stereo checkpoints (musicgen-stereo-*) end to end, on a tiny offline stereo model: channels come from
+the checkpoint, stereo audio stays stereo, the code cache keeps layouts apart, training learns through
+the real command line, adapters load with plain PEFT, inference writes 2-channel WAVs, and every
+layout mismatch is one line before any forward. (The teacher-forcing proof is in test_labels.py.)"""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from musicgen_lora.audio import AudioPieces, piece_samples
+from musicgen_lora.codes import split_channels
+from musicgen_lora.common import UserError
+from musicgen_lora.data.code_cache import CodeCache
+from musicgen_lora.modeling import encode_audio, encode_pieces, labels_for_batch, load_model_and_processor, model_info
+
+from conftest import assert_one_line_error, run_script
+
+
+@pytest.fixture(scope="module")
+def stereo_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "stereo"
+    run_script("prepare_data.py", "--create_example", "--stereo_example", "--output_dir", out, "--num_examples", 10)
+    return out
+
+
+@pytest.fixture(scope="module")
+def stereo_run(tiny_stereo_model_dir, stereo_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "stereo"
+    proc = run_script("train_lora.py", "--model_path", tiny_stereo_model_dir, "--data_dir", stereo_data,
+                      "--output_dir", out, "--num_epochs", 4, "--batch_size", 4, "--gradient_accumulation_steps", 1,
+                      "--learning_rate", 3e-3, "--warmup_steps", 1, "--logging_steps", 1, "--save_steps", 2,
+                      "--target_duration", 6, "--text_dropout", 0, "--word_dropout", 0, "--no_progress")
+    return out, proc.stdout + proc.stderr
+
+
+def test_stereo_example_data_differs_left_to_right(stereo_data):
+    meta = json.loads((stereo_data / "metadata.json").read_text())
+    corr = []
+    for entry in meta["train"] + meta["valid"]:
+        wav, sr = sf.read(stereo_data / entry["audio"])
+        assert sr == 32000 and wav.ndim == 2 and wav.shape[1] == 2
+        corr.append(np.corrcoef(wav[:, 0], wav[:, 1])[0, 1])
+    assert max(corr) < 0.99 and np.mean(corr) < 0.9, corr  # real stereo: never collapsed to mono
+
+
+def test_pieces_follow_the_model_channels(stereo_data, tmp_path):
+    sr = 32000
+    meta = json.loads((stereo_data / "metadata.json").read_text())
+    path = stereo_data / meta["train"][0]["audio"]
+    wav, _ = sf.read(path, dtype="float32")
+    stereo = AudioPieces(path, sr, piece_samples(sr, 640), channels=2).read(0)
+    mono = AudioPieces(path, sr, piece_samples(sr, 640), channels=1).read(0)
+    assert stereo.shape == (2, len(wav)) and mono.shape == (1, len(wav))
+    assert np.allclose(stereo, wav.T, atol=1e-4)  # stereo kept as it is
+    assert np.allclose(mono[0], wav.mean(axis=1), atol=1e-4)  # a mono model hears the mix
+    sf.write(tmp_path / "m.wav", wav[:, 0], sr)
+    up = AudioPieces(tmp_path / "m.wav", sr, piece_samples(sr, 640), channels=2).read(0)
+    assert np.array_equal(up[0], up[1])  # a mono source up-mixed L = R, as transformers does
+
+
+def test_stereo_codes_are_each_channel_encoded_and_interleaved(tiny_stereo_model_dir, stereo_data):
+    model, _ = load_model_and_processor(str(tiny_stereo_model_dir))
+    meta = json.loads((stereo_data / "metadata.json").read_text())
+    wav, _ = sf.read(stereo_data / meta["train"][0]["audio"], dtype="float32")
+    wav = torch.from_numpy(wav[: 3 * 32000].T.copy())
+    codes = encode_pieces(model, [wav])
+    assert codes.shape[0] == 8
+    left, right = split_channels(codes, 2)
+    assert torch.equal(left, encode_audio(model, wav[:1])[0]) and torch.equal(right, encode_audio(model, wav[1:])[0])
+    assert not torch.equal(left, right)
+
+
+def test_cache_keeps_mono_and_stereo_entries_apart(tiny_model_dir, tiny_stereo_model_dir, stereo_data, tmp_path):
+    """Both tiny models share one codec (same seed), so only the channel layout in the key tells
+    their entries apart; a mono entry is never served to the stereo model or the reverse."""
+    meta = json.loads((stereo_data / "metadata.json").read_text())
+    audio = stereo_data / meta["train"][0]["audio"]
+    mono_model, _ = load_model_and_processor(str(tiny_model_dir))
+    stereo_model, _ = load_model_and_processor(str(tiny_stereo_model_dir))
+    mono, stereo = CodeCache(tmp_path, mono_model, 32000), CodeCache(tmp_path, stereo_model, 32000)
+    assert mono.codec_id == stereo.codec_id
+    assert mono.key(audio) != stereo.key(audio)
+    from musicgen_lora.data.code_cache import load_codes
+
+    assert load_codes(mono.get_or_encode(audio))[0].shape[0] == 4
+    assert load_codes(stereo.get_or_encode(audio))[0].shape[0] == 8
+    assert mono.stats["misses"] == stereo.stats["misses"] == 1
+
+
+def test_a_batch_of_the_other_layout_is_one_line(tiny_stereo_model_dir):
+    model, processor = load_model_and_processor(str(tiny_stereo_model_dir))
+    batch = {"codes": torch.zeros(1, 4, 10, dtype=torch.long), "num_frames": torch.tensor([10])}
+    with pytest.raises(UserError, match="4 codebooks, the model 8"):
+        labels_for_batch(model, batch)
+
+
+def test_stereo_training_learns_and_the_adapter_loads_with_plain_peft(stereo_run, tiny_stereo_model_dir):
+    out, log = stereo_run
+    summary = json.loads((out / "logs" / "summary.json").read_text())
+    assert summary["best_valid_loss"] < summary["base_valid_loss"] * 0.95, summary
+    cfg = json.loads((out / "run_config.json").read_text())
+    assert cfg["model_audio_channels"] == 2 and cfg["model_num_codebooks"] == 8
+    info = json.loads((out / "best_model" / "training_info.json").read_text())
+    assert info["model"]["audio_channels"] == 2 and info["model"]["num_codebooks"] == 8
+
+    from peft import PeftModel
+    from transformers import MusicgenForConditionalGeneration
+
+    base = MusicgenForConditionalGeneration.from_pretrained(tiny_stereo_model_dir)
+    model = PeftModel.from_pretrained(base, str(out / "best_model"))
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(float(p.abs().max()) > 0 for p in lora_b)
+
+
+def test_stereo_inference_writes_two_channel_wavs(stereo_run, tiny_stereo_model_dir, tmp_path):
+    out, _ = stereo_run
+    gen = tmp_path / "gen"
+    run_script("inference_lora.py", "--base_model_path", tiny_stereo_model_dir, "--lora_model_path",
+               out / "final_model", "--prompts", "lo-fi hip hop beat", "dark trap beat", "--output_dir", gen,
+               "--duration", 1.5, "--no_progress")
+    wavs = sorted(gen.glob("*.wav"))
+    assert len(wavs) == 2
+    for w in wavs:
+        info = sf.info(str(w))
+        assert (info.channels, info.samplerate, info.frames) == (2, 32000, 48000)
+        audio, _ = sf.read(w)
+        assert not np.allclose(audio[:, 0], audio[:, 1])  # two channels, not one copied
+
+
+def test_layout_mismatches_are_one_line(stereo_run, trained_run, tiny_model_dir, tiny_stereo_model_dir, stereo_data,
+                                        tmp_path):
+    stereo_out, _ = stereo_run
+    mono_out, _ = trained_run
+    # a stereo adapter on a mono base, and a mono adapter on a stereo base
+    for base, adapter, needle in ((tiny_model_dir, stereo_out / "best_model", "trained on a stereo"),
+                                  (tiny_stereo_model_dir, mono_out / "best_model", "trained on a mono")):
+        proc = run_script("inference_lora.py", "--base_model_path", base, "--lora_model_path", adapter,
+                          "--prompts", "x", "--output_dir", tmp_path / f"g{len(needle)}", "--duration", 1,
+                          check=False)
+        assert_one_line_error(proc, needle, "the base model is")
+    # an adapter trained on another size (its recorded decoder width differs)
+    other = tmp_path / "other_size"
+    shutil.copytree(mono_out / "best_model", other)
+    info = json.loads((other / "training_info.json").read_text())
+    info["model"]["hidden_size"] = 1024
+    (other / "training_info.json").write_text(json.dumps(info))
+    proc = run_script("inference_lora.py", "--base_model_path", tiny_model_dir, "--lora_model_path", other,
+                      "--prompts", "x", "--output_dir", tmp_path / "g", "--duration", 1, check=False)
+    assert_one_line_error(proc, "decoder 1024 wide", "decoder 64 wide")
+    # resuming a stereo run on the mono model: stopped before any clip is encoded
+    run = tmp_path / "resume"
+    shutil.copytree(stereo_out, run)
+    proc = run_script("train_lora.py", "--model_path", tiny_model_dir, "--data_dir", stereo_data, "--output_dir", run,
+                      "--num_epochs", 5, "--batch_size", 4, "--gradient_accumulation_steps", 1, "--target_duration", 6,
+                      "--resume_from_checkpoint", "latest", "--no_progress", check=False)
+    assert_one_line_error(proc, "trained on a stereo", "--model_path")
+    assert "code cache" not in proc.stderr
