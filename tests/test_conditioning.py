@@ -23,7 +23,8 @@ def generate_null_logits(model, inputs, labels):
     zero text-encoder states with an all-zero attention mask (transformers' MusicGen,
     _prepare_text_encoder_kwargs_for_generation)."""
     info = model_info(model)
-    states = model.text_encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+    states = model.text_encoder(input_ids=inputs["input_ids"],
+                                attention_mask=inputs["attention_mask"]).last_hidden_state
     dec_in = shift_tokens_right(labels, info["pad_token_id"], info["decoder_start_token_id"])
     b, k, s = dec_in.shape
     out = model(encoder_outputs=BaseModelOutput(last_hidden_state=torch.zeros_like(states)),

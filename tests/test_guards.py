@@ -256,7 +256,8 @@ def test_gradient_checkpointing_recomputes_and_keeps_gradients(tiny_model_dir, e
         info = model_info(model)
         clips = read_metadata(example_data_dir)["train"][:2]
         batch = Collator(processor, 2 * info["sample_rate"], info["hop_length"])(
-            [MusicDataset(clips, info["sample_rate"], 2.0, train=False, hop_length=info["hop_length"], audio_channels=1)[i]
+            [MusicDataset(clips, info["sample_rate"], 2.0, train=False, hop_length=info["hop_length"],
+                          audio_channels=1)[i]
              for i in range(2)])
         # Inside the checkpointed layer: its attention runs again when the backward pass recomputes it.
         attention = model.get_base_model().decoder.model.decoder.layers[0].self_attn

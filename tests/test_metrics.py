@@ -3,11 +3,23 @@ import json
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 import musicgen_lora.evaluation.metrics as am
+from musicgen_lora.evaluation.flags import FLAG_NAMES, STEREO_FLAG_NAMES
 from musicgen_lora.evaluation.style_distance import frechet_distance
-from musicgen_lora.testing.signals import chord_with_beat, clipped, fade, silent_tail, white_noise
+from musicgen_lora.testing.signals import (
+    chord_with_beat,
+    clipped,
+    fade,
+    invert_right,
+    silent_tail,
+    stereo_chord,
+    to_stereo,
+    white_noise,
+)
 
+from browser import chromium_session, find_chromium
 from conftest import run_script
 
 SR = 32000
@@ -57,6 +69,107 @@ def test_clipping():
     r = am.score_clip(clipped(chord_with_beat()), SR)
     assert r["flags"]["clipping"] and r["metrics"]["clipping_ratio"] > am.CLIPPING_RATIO_FLAG
     assert not am.score_clip(chord_with_beat(), SR)["flags"]["clipping"]
+
+
+# --- stereo: the mid signal, the stereo measures and their two flags -----------------------------------
+
+MONO_FLAGS = {"fades_out", "noisy", "silent", "clipping"}
+# Every constructed clip and the flags it raises, exactly: each stereo flag on its own signal only,
+# never on a mono clip (whose flags have no stereo keys at all).
+CASES = {
+    "steady": (chord_with_beat, set()),
+    "fading": (lambda: fade(chord_with_beat(), 30), {"fades_out"}),
+    "noise": (white_noise, {"noisy"}),
+    "clipped": (lambda: clipped(chord_with_beat()), {"clipping"}),
+    "stereo": (stereo_chord, set()),
+    "stereo_noise": (lambda: np.stack([white_noise(seed=1), white_noise(seed=2)], axis=1), {"noisy"}),
+    "collapsed": (lambda: to_stereo(chord_with_beat()), {"collapsed_to_mono"}),
+    "panned_mono": (lambda: np.stack([chord_with_beat(), 0.5 * chord_with_beat()], axis=1), {"collapsed_to_mono"}),
+    "phase_inverted": (lambda: invert_right(stereo_chord()), {"phase_inverted"}),
+    # R = -L: the mid cancels, so the mono fold-down is silent too (as it is on a mono speaker).
+    "left_minus_left": (lambda: invert_right(to_stereo(chord_with_beat())), {"phase_inverted", "silent"}),
+}
+
+
+@pytest.fixture(scope="module")
+def scored_cases():
+    return {name: am.score_clip(make(), SR) for name, (make, _) in CASES.items()}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_flag_fires_exactly_on_its_signal(scored_cases, case):
+    r = scored_cases[case]
+    raised = {f for f, on in r["flags"].items() if on}
+    assert raised == CASES[case][1], (case, r["metrics"])
+    stereo = r["metrics"]["channels"] == 2
+    assert set(r["flags"]) == (set(FLAG_NAMES) if stereo else MONO_FLAGS)
+    assert (r["metrics"]["lr_correlation"] is None) == (not stereo)
+
+
+@pytest.mark.parametrize("flag", STEREO_FLAG_NAMES)
+def test_stereo_flags_never_fire_on_mono_clips(scored_cases, flag):
+    fired = {case for case, r in scored_cases.items() if r["flags"].get(flag)}
+    assert fired == {case for case, (_, expected) in CASES.items() if flag in expected}
+    assert all(flag not in r["flags"] for r in scored_cases.values() if r["metrics"]["channels"] == 1)
+
+
+def test_stereo_measures_of_the_constructed_clips(scored_cases):
+    m = {case: scored_cases[case]["metrics"] for case in ("steady", "stereo", "collapsed", "phase_inverted",
+                                                          "stereo_noise", "left_minus_left")}
+    assert m["steady"]["channels"] == 1 and m["steady"]["lr_correlation"] is None and m["steady"]["side_mid_db"] is None
+    assert all(m[c]["channels"] == 2 for c in m if c != "steady")
+    assert m["stereo"]["lr_correlation"] == pytest.approx(0.66, abs=0.03)
+    assert m["stereo"]["side_mid_db"] == pytest.approx(-6.9, abs=0.5)
+    assert m["collapsed"]["lr_correlation"] == pytest.approx(1.0)
+    assert m["collapsed"]["side_mid_db"] == -am.SIDE_MID_LIMIT_DB  # no side at all
+    # Flipping R swaps mid and side: the same numbers with the sign changed.
+    assert m["phase_inverted"]["lr_correlation"] == pytest.approx(-m["stereo"]["lr_correlation"], abs=1e-6)
+    assert m["phase_inverted"]["side_mid_db"] == pytest.approx(-m["stereo"]["side_mid_db"], abs=1e-4)
+    assert abs(m["stereo_noise"]["lr_correlation"]) < 0.05 and abs(m["stereo_noise"]["side_mid_db"]) < 0.5
+    assert m["left_minus_left"]["lr_correlation"] == pytest.approx(-1.0)
+    assert m["left_minus_left"]["side_mid_db"] == am.SIDE_MID_LIMIT_DB
+    # The stereo clip's mid is the mono chord: the mid-signal numbers agree with the mono clip's.
+    for key in ("integrated_lufs", "loudness_drop_db", "silence_ratio", "spectral_flatness"):
+        assert m["stereo"][key] == pytest.approx(m["steady"][key], abs=1e-3), key
+
+
+def test_mono_clip_and_its_left_equals_right_copy_score_the_same():
+    mono = chord_with_beat()
+    a, b = am.score_clip(mono, SR), am.score_clip(to_stereo(mono), SR)
+    stereo_keys = {"channels", "lr_correlation", "side_mid_db"}
+    assert {k: v for k, v in a["metrics"].items() if k not in stereo_keys} == \
+           {k: v for k, v in b["metrics"].items() if k not in stereo_keys}
+    assert a["loudness_trajectory"] == b["loudness_trajectory"] and a["loudness_times"] == b["loudness_times"]
+    assert {f: b["flags"][f] for f in MONO_FLAGS} == a["flags"]
+    # (samples, 1) is mono, the same as (samples,); (channels, samples) is refused, not misread.
+    assert am.score_clip(mono[:, None], SR) == a
+    with pytest.raises(ValueError, match="samples, channels"):
+        am.score_clip(to_stereo(mono).T, SR)
+    # The same holds for a failing clip: a fade scores the same in mono and as L = R.
+    faded = fade(mono, 30)
+    assert am.score_clip(faded, SR)["metrics"]["loudness_drop_db"] == \
+           am.score_clip(to_stereo(faded), SR)["metrics"]["loudness_drop_db"]
+
+
+def _with_side_mid(x, db):
+    """x (samples, 2) with its side rescaled so side/mid energy is `db`, peaks kept below full scale."""
+    mid, side = (x[:, 0] + x[:, 1]) / 2, (x[:, 0] - x[:, 1]) / 2
+    side = side * np.sqrt(10 ** (db / 10) * np.sum(mid ** 2) / np.sum(side ** 2))
+    y = np.stack([mid + side, mid - side], axis=1)
+    return (y / max(1.0, np.abs(y).max() / 0.9)).astype(np.float32)
+
+
+@pytest.mark.parametrize("db,flag", [(-50, "collapsed_to_mono"), (-36, "collapsed_to_mono"), (-30, None),
+                                     (-15, None), (0, None), (3, None), (6, "phase_inverted"),
+                                     (15, "phase_inverted")])
+def test_stereo_thresholds_on_the_side_mid_scale(db, flag):
+    """Equal-level channels: corr = (1 - r) / (1 + r). Collapsed below about -33 dB (corr 0.999), a
+    narrow real mix (-30...-15 dB) is stereo; side above mid by ~5 dB (corr -0.5) is phase inverted."""
+    r = am.score_clip(_with_side_mid(stereo_chord(), db), SR)
+    ratio = 10 ** (db / 10)
+    assert r["metrics"]["side_mid_db"] == pytest.approx(db, abs=0.1)
+    assert r["metrics"]["lr_correlation"] == pytest.approx((1 - ratio) / (1 + ratio), abs=0.01)
+    assert {f for f, on in r["flags"].items() if on} == ({flag} if flag else set())
 
 
 def test_fad_is_zero_on_itself_and_grows_with_noise(tiny_model_dir):
@@ -153,6 +266,99 @@ def test_score_only_constructed_signals_with_a_corrupt_file(tmp_path):
     assert "steady: 0/2 fade out, 0/2 noisy, 0/2 silent, 0/2 clipping" in proc.stdout
     assert "noise: 0/2 fade out, 2/2 noisy" in proc.stdout
     assert (out / "report.html").is_file()
+
+
+STEREO_REPORT_JS = """
+return {format: document.querySelector('#format').textContent,
+        header: [...document.querySelectorAll('#models th')].map(th => th.textContent),
+        rows: [...document.querySelectorAll('#models tr')].slice(1).map(tr =>
+              [tr.querySelector('td.model').textContent, tr.querySelector('td.verdict').className]),
+        notes: [...document.querySelectorAll('.flag.note')].map(s => s.textContent),
+        text: document.body.innerText};
+"""
+
+
+def test_score_only_stereo_wavs(tmp_path):
+    """2-channel WAVs through --score_only: channels and stereo measures per clip, each stereo flag on
+    its own folder, mono folders untouched, and the report showing the format and the measures."""
+    clips, out = tmp_path / "clips", tmp_path / "scored"
+    run_script("make_test_signals.py", "--output_dir", clips, "--stereo", "--duration", 6)
+    assert sf.info(str(clips / "stereo" / "01_chord_stereo.wav")).channels == 2
+    assert sf.info(str(clips / "steady" / "01_chord.wav")).channels == 1
+    proc = run_script("evaluate.py", "--score_only", "--input_dir", clips, "--output_dir", out)
+    summary = json.loads((out / "summary.json").read_text())
+    models = summary["models"]
+    mono_clean = {"fades_out": 0, "noisy": 0, "silent": 0, "clipping": 0}
+    stereo_clean = dict(mono_clean, collapsed_to_mono=0, phase_inverted=0)
+    assert models["steady"]["flag_counts"] == mono_clean and models["steady"]["channels"] == 1
+    assert "lr_correlation" not in models["steady"]
+    assert models["stereo"]["flag_counts"] == stereo_clean and models["stereo"]["channels"] == 2
+    assert models["collapsed"]["flag_counts"] == dict(stereo_clean, collapsed_to_mono=2)
+    assert models["phase_inverted"]["flag_counts"] == dict(stereo_clean, phase_inverted=2)
+    assert models["stereo"]["lr_correlation"] == pytest.approx(0.66, abs=0.03)
+    assert models["phase_inverted"]["lr_correlation"] == pytest.approx(-0.66, abs=0.03)
+    assert models["collapsed"]["side_mid_db"] < -60
+    # The mid of stereo/ is the mono chord (16-bit rounding apart).
+    assert models["stereo"]["integrated_lufs"] == pytest.approx(models["steady"]["integrated_lufs"], abs=0.05)
+    assert "collapsed: 0/2 fade out, 0/2 noisy, 0/2 silent, 0/2 clipping, 2/2 collapsed to mono, " \
+           "0/2 phase inverted" in proc.stdout
+    assert "steady: 0/2 fade out, 0/2 noisy, 0/2 silent, 0/2 clipping;" in proc.stdout
+    assert any(n.startswith("Stereo clips:") for n in summary["notes"])
+    rows = {r["wav"].split("/")[-1]: r for r in
+            (json.loads(line) for line in (out / "comparison_results.jsonl").read_text().splitlines())}
+    assert len(rows) == 16
+    for name, r in rows.items():
+        stereo = r["model"] in ("stereo", "collapsed", "phase_inverted")
+        assert r["channels"] == r["metrics"]["channels"] == (2 if stereo else 1), name
+        assert (r["metrics"]["lr_correlation"] is None) == (not stereo), name
+        assert (r["metrics"]["side_mid_db"] is None) == (not stereo), name
+        assert set(r["flags"]) == (set(FLAG_NAMES) if stereo else set(mono_clean)), name
+    html = (out / "report.html").read_text()
+    assert "mono, 1 channel, 32 kHz; stereo, 2 channels, 32 kHz" in html
+    assert "stereo (2 ch) &middot; L/R corr 0.6" in html and "mean L/R corr" in html
+    if all(find_chromium()):
+        with chromium_session() as browser:
+            browser.get((out / "report.html").as_uri())
+            page = browser.execute(STEREO_REPORT_JS)
+        assert page["format"] == "mono, 1 channel, 32 kHz; stereo, 2 channels, 32 kHz"
+        assert {"channels", "mean L/R corr", "mean side/mid dB", "collapsed_to_mono", "phase_inverted"} <= \
+               set(page["header"])
+        verdict_class = dict(page["rows"])
+        # Collapsed to mono is a note (amber), phase inversion a fault (red), clean stereo neither.
+        assert verdict_class["collapsed"] == "verdict warn" and verdict_class["phase_inverted"] == "verdict bad"
+        assert verdict_class["stereo"] == "verdict" and verdict_class["steady"] == "verdict"
+        assert page["notes"] == ["collapsed_to_mono"] * 2
+        assert "-0.0" not in page["text"]
+
+
+def test_evaluate_a_stereo_model_scores_two_channels(tiny_stereo_model_dir, tmp_path):
+    """Generated stereo clips (samples, 2) through compare and scoring: 2-channel WAVs, rows and the
+    model's summary with channels and the stereo measures, the report's format line."""
+    out = tmp_path / "eval"
+    run_script("evaluate.py", "--base_model_path", tiny_stereo_model_dir, "--test_prompts", "dark trap 808",
+               "lofi piano", "--duration", 1, "--output_dir", out, "--no_progress")
+    rows = [json.loads(line) for line in (out / "comparison_results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for r in rows:
+        assert sf.info(str(out / r["wav"])).channels == 2
+        assert r["channels"] == r["metrics"]["channels"] == 2 and set(r["flags"]) == set(FLAG_NAMES)
+        assert isinstance(r["metrics"]["lr_correlation"], float) and isinstance(r["metrics"]["side_mid_db"], float)
+    base = json.loads((out / "summary.json").read_text())["models"]["base_model"]
+    assert base["channels"] == 2 and set(base["flag_counts"]) == set(FLAG_NAMES)
+    assert isinstance(base["lr_correlation"], float)
+    assert 'id="format">stereo, 2 channels, 32 kHz<' in (out / "report.html").read_text()
+
+
+def test_read_clip_keeps_channels_and_resamples(tmp_path):
+    from musicgen_lora.evaluation.scoring import read_clip
+
+    stereo = stereo_chord(1.0, 44100)
+    sf.write(str(tmp_path / "s.wav"), stereo, 44100)
+    sf.write(str(tmp_path / "m.flac"), stereo[:, 0], 44100)
+    wav = read_clip(tmp_path / "s.wav", SR)
+    assert wav.shape == (SR, 2) and wav.dtype == np.float32
+    assert np.corrcoef(wav[:, 0], wav[:, 1])[0, 1] == pytest.approx(np.corrcoef(stereo.T)[0, 1], abs=0.01)
+    assert read_clip(tmp_path / "m.flac", SR).shape == (SR,)
 
 
 def test_training_curves_png(trained_run):

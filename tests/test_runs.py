@@ -307,6 +307,27 @@ def test_overfitting_threshold(tmp_path):
     assert any(f.text.startswith("unstable: validation rose 5.4000 -> 5.8000") for f in review(both_rise))
 
 
+def test_channels_column(synthetic_runs, tmp_path):
+    """The model's audio channels from run_config.json's model_audio_channels; runs recorded before it
+    was kept trained mono models (1); a run without run_config.json has none."""
+    _, healthy, _, _ = synthetic_runs
+    counts = {"fades_out": 0, "noisy": 0, "silent": 0, "clipping": 0, "collapsed_to_mono": 3, "phase_inverted": 0}
+    stereo = _write_run(tmp_path / "output_stereo", _config(model_audio_channels=2, model_num_codebooks=8),
+                        _records(6.0, HEALTHY_TRAIN, [5.7, 5.5, 5.45]),
+                        evaluation={"models": {"final_model": {"num_clips": 8, "channels": 2, "flag_counts": counts}}})
+    (tmp_path / "output_empty").mkdir()
+    md, csv_out = tmp_path / "runs.md", tmp_path / "runs.csv"
+    run_script("compare_runs.py", healthy, stereo, tmp_path / "output_empty", "--output", md, "--no_plot")
+    run_script("compare_runs.py", healthy, stereo, "--output", csv_out, "--all", "--no_plot")
+    text = md.read_text()
+    assert text.splitlines()[0].startswith("| run | status | precision | channels |")
+    rows = {r["run"]: r for r in _md_table(text)}
+    assert [rows[n]["channels"] for n in ("output_healthy", "output_stereo", "output_empty")] == ["1", "2", ""]
+    assert rows["output_stereo"]["evaluation"] == "final_model: 3/8 collapsed to mono"
+    header = next(csv.reader(io.StringIO(csv_out.read_text())))
+    assert header.count("channels") == 1 and "model_audio_channels" not in header  # one column, even with --all
+
+
 def test_malformed_and_nan_lines(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text('{"type": "train", "step": 1, "epoch": 1, "train_loss": NaN}\n'

@@ -14,7 +14,7 @@ from musicgen_lora.audio import AudioPieces, piece_samples
 from musicgen_lora.codes import split_channels
 from musicgen_lora.common import UserError
 from musicgen_lora.data.code_cache import CodeCache
-from musicgen_lora.modeling import encode_audio, encode_pieces, labels_for_batch, load_model_and_processor, model_info
+from musicgen_lora.modeling import encode_audio, encode_pieces, labels_for_batch, load_model_and_processor
 
 from conftest import assert_one_line_error, run_script
 

@@ -184,7 +184,8 @@ def rss_child(data: Path, metadata_file: str, model_dir: Path, cache_dir: Path):
                                                              info["hop_length"]))
     tokens, data_peak = 0, current_rss_mb()
     for batch in loader:
-        tokens += int((build_delay_pattern_labels(batch["codes"], batch["num_frames"], info["audio_channels"]) != -100).sum())
+        labels = build_delay_pattern_labels(batch["codes"], batch["num_frames"], info["audio_channels"])
+        tokens += int((labels != -100).sum())
         data_peak = max(data_peak, current_rss_mb())
     peak = current_rss_mb("VmHWM:")  # not ru_maxrss: Linux carries the parent's over fork+exec
     print(json.dumps({"clips": len(clips), "base_mb": base, "data_peak_mb": data_peak, "peak_mb": peak,

@@ -28,9 +28,13 @@ def _save(fig, path: Path, dpi: int = 80):
 
 
 def spectrogram_png(audio: np.ndarray, sample_rate: int, path: Path, title: str | None = None):
-    """Log-mel spectrogram (dB, 80 dB range) with a time axis in seconds."""
+    """Log-mel spectrogram (dB, 80 dB range) with a time axis in seconds; a (samples, channels) clip
+    is drawn from its mid signal (the mean of the channels)."""
     import librosa
 
+    audio = np.asarray(audio)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=1)
     mel = librosa.feature.melspectrogram(y=audio.astype(np.float32), sr=sample_rate, n_fft=2048, hop_length=512,
                                          n_mels=96, fmax=sample_rate / 2)
     db = librosa.power_to_db(mel, ref=max(float(mel.max()), 1e-10), top_db=80.0)

@@ -6,9 +6,9 @@
         --prompts "hip hop 808 beat with trap drums" "lo-fi piano, vinyl crackle" \\
         --output_dir ../output_epoch1/generated --duration 15
 
-Writes OUTPUT_DIR/NN_prompt-slug.wav (32 kHz, mono or stereo as the model, 16-bit PCM by default) and a JSON sidecar of the
-same name holding the prompt, model, adapter, seed and every generation setting, so any clip can be
-regenerated exactly. Without --lora_model_path the base model generates.
+Writes OUTPUT_DIR/NN_prompt-slug.wav (32 kHz, mono or stereo as the model, 16-bit PCM by default)
+and a JSON sidecar of the same name holding the prompt, model, adapter, seed and every generation
+setting, so any clip can be regenerated exactly. Without --lora_model_path the base model generates.
 
     python inference_lora.py --base_model_path BASE --lora_model_path ADAPTER --merge --output_dir MERGED
 

@@ -1,6 +1,11 @@
 """The clip flags, in one table: the metrics raise them (evaluation/metrics.py holds each threshold),
 and the verdict line, the report's columns and the runs table all read them from here, in this order.
-A new flag is one row here plus its rule in metrics.score_clip."""
+A new flag is one row here plus its rule in metrics.score_clip.
+
+Stereo flags (stereo=True) exist only on two-channel clips: a mono clip's "flags" and a model with
+only mono clips have no such key, so mono verdicts read as before. Flags that are not faults
+(fault=False: the audio is fine, e.g. a stereo model's output that is really mono) are counted in
+the verdict like the others but shown as a note, not as a failure, in the report."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,12 +15,25 @@ from dataclasses import dataclass
 class ClipFlag:
     name: str   # key in a clip's "flags" and in a model's "flag_counts"
     words: str  # how a verdict counts it: "6/8 fade out"
+    stereo: bool = False  # raised (and present) only on two-channel clips
+    fault: bool = True    # the clip failed; False: worth a look, not a failure
 
 
 FLAGS = (ClipFlag("fades_out", "fade out"), ClipFlag("noisy", "noisy"), ClipFlag("silent", "silent"),
-         ClipFlag("clipping", "clipping"))
+         ClipFlag("clipping", "clipping"),
+         ClipFlag("collapsed_to_mono", "collapsed to mono", stereo=True, fault=False),
+         ClipFlag("phase_inverted", "phase inverted", stereo=True))
 FLAG_NAMES = tuple(f.name for f in FLAGS)
+STEREO_FLAG_NAMES = tuple(f.name for f in FLAGS if f.stereo)
+NOTE_FLAG_NAMES = tuple(f.name for f in FLAGS if not f.fault)  # not failures: shown as notes
 WORDS = {f.name: f.words for f in FLAGS}
+
+
+def model_flag_counts(flags: list[dict]) -> dict:
+    """{flag: clips raising it} over one model's clips' flag dicts: every mono flag, and the stereo
+    flags when any clip has them (a model of mono clips gets no stereo counts)."""
+    return {name: sum(1 for f in flags if f.get(name)) for name in FLAG_NAMES
+            if name not in STEREO_FLAG_NAMES or any(name in f for f in flags)}
 
 
 def count_words(counts: dict, total: int | None, only_raised: bool = False) -> list[str]:

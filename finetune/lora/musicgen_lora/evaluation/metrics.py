@@ -1,10 +1,18 @@
-"""Per-clip diagnostics that catch the failures heard in earlier runs: fading out, silence, noise, clipping.
+"""Per-clip diagnostics that catch the failures heard in earlier runs: fading out, silence, noise, clipping;
+and for stereo clips, output collapsed to mono or with one channel's polarity inverted.
 
 Every threshold is a named constant here, with the reason for its value; tests check each one on
 constructed signals (a steady chord with a beat passes; the same chord fading 30 dB over 15 s is
 flagged fades_out; white noise is flagged noisy; 8 s of silence shows in the silence ratio).
 
 `score_clip(audio, sample_rate)` -> {"metrics": {...}, "flags": {...}, "loudness_trajectory": [...]}
+
+Audio is (samples,) mono or (samples, channels) as soundfile reads and writes it. Loudness, fade,
+silence and flatness are measured on the mid signal (the mean of the channels: what a mono fold-down
+plays), so a mono clip and its L = R stereo copy score the same; peaks and clipping on every
+channel's samples (one channel can clip while the mid does not). Two-channel clips add the stereo
+measures (L/R correlation, side/mid energy) and the stereo flags; mono clips get channels 1, the
+stereo measures None and no stereo flags at all.
 """
 from __future__ import annotations
 
@@ -41,6 +49,29 @@ NOISY_FLATNESS = 0.5
 # (a few isolated full-scale peaks are inaudible, sustained clipping is not).
 CLIP_LEVEL = 0.999
 CLIPPING_RATIO_FLAG = 0.001
+
+# Stereo (two-channel clips only), measured on the samples of the 50 ms frames where either channel
+# is above the silence level (-60 dBFS): digital silence or a fade's tail would only add noise.
+# L/R correlation: Pearson over those samples. Side/mid: 10 log10(sum side^2 / sum mid^2), side =
+# (L - R) / 2, mid = (L + R) / 2, capped at +-SIDE_MID_LIMIT_DB (identical channels have no side at
+# all; R = -L no mid). For channels of equal level the two are one number: corr = (1 - r) / (1 + r)
+# with r the side/mid power ratio; correlation also sees a mono source panned off centre (L = g R
+# gives corr 1 at any g, side/mid -9.5 dB at g = 0.5), so the flags read the correlation.
+# Real stereo music sits at corr ~0.3-0.95 and side/mid ~ -25...-5 dB; decorrelated stereo noise at
+# corr ~0, side/mid ~0 dB.
+#
+# collapsed_to_mono: corr above 0.999 (side/mid below about -33 dB at equal levels, and any side/mid
+# below -40 dB implies corr > 0.9998). Even a narrow real mix (reverb, a stereo piano) stays below
+# ~0.99; what passes 0.999 is the same signal in both channels -- L = R, a level difference, or the
+# quiet decoder noise of two identical code streams. The audio is fine, it is just not stereo: worth
+# a note for a stereo model, not a failure of the clip.
+COLLAPSED_CORRELATION = 0.999
+# phase_inverted: corr below -0.5 (side above mid by more than +4.8 dB at equal levels). Wide
+# stereo effects and decorrelated pads bring a whole clip's correlation near 0, rarely below; one
+# channel's polarity flipped turns a normal mix's +0.5...+0.95 into -0.5...-0.95, which cancels on a
+# mono fold-down (phones, club PAs) and sounds hollow on speakers.
+PHASE_INVERTED_CORRELATION = -0.5
+SIDE_MID_LIMIT_DB = 100.0
 
 
 
@@ -136,17 +167,62 @@ def clipping_ratio(audio: np.ndarray) -> float:
     return float(np.mean(np.abs(audio) >= CLIP_LEVEL)) if len(audio) else 0.0
 
 
+def as_channels(audio) -> np.ndarray:
+    """(samples, channels) float32 of a (samples,) or (samples, channels) clip (soundfile's layout)."""
+    x = np.asarray(audio, dtype=np.float32)
+    if x.ndim == 1:
+        return x[:, None]
+    if x.ndim != 2 or (x.shape[1] > x.shape[0] and x.shape[0] <= 8):
+        raise ValueError(f"audio of shape {x.shape}: expected (samples,) or (samples, channels)")
+    return x
+
+
+def to_mid(audio) -> np.ndarray:
+    """The mid signal, (samples,) float32: the mean of the channels (a mono clip as it is)."""
+    x = np.asarray(audio, dtype=np.float32)
+    return x if x.ndim == 1 else as_channels(x).mean(axis=1, dtype=np.float32)
+
+
+def stereo_stats(audio: np.ndarray, sample_rate: int) -> tuple[float | None, float | None]:
+    """(L/R Pearson correlation, side/mid energy in dB) of a (samples, 2) clip over the 50 ms frames
+    where either channel is above SILENCE_DBFS; None where undefined (silent, or a constant channel)."""
+    hop = max(1, int(round(SILENCE_FRAME_S * sample_rate)))
+    x = np.asarray(audio, dtype=np.float64)
+    frames = len(x) // hop
+    if frames == 0:
+        keep = x
+    else:
+        framed = x[:frames * hop].reshape(frames, hop, 2)
+        loud = 10 * np.log10(np.mean(framed ** 2, axis=1).max(axis=1) + 1e-20) >= SILENCE_DBFS
+        keep = framed[loud].reshape(-1, 2)
+    if len(keep) < 2:
+        return None, None
+    left, right = keep[:, 0], keep[:, 1]
+    mid, side = np.sum(((left + right) / 2) ** 2), np.sum(((left - right) / 2) ** 2)
+    if mid == 0 and side == 0:
+        return None, None
+    ratio = 10 * np.log10(side / mid) if mid > 0 and side > 0 else (-np.inf if side == 0 else np.inf)
+    side_mid = float(np.clip(ratio, -SIDE_MID_LIMIT_DB, SIDE_MID_LIMIT_DB))
+    dl, dr = left - left.mean(), right - right.mean()
+    norm = math.sqrt(float(np.sum(dl ** 2)) * float(np.sum(dr ** 2)))
+    corr = float(np.clip(np.sum(dl * dr) / norm, -1.0, 1.0)) if norm > 0 else None
+    return corr, side_mid
+
+
 def score_clip(audio: np.ndarray, sample_rate: int) -> dict:
-    """All per-clip numbers and flags for one mono clip."""
-    audio = np.asarray(audio, dtype=np.float32)
+    """All per-clip numbers and flags for one clip, (samples,) mono or (samples, channels)."""
+    channels = as_channels(audio)
+    audio = to_mid(channels)
     duration = len(audio) / sample_rate
     times, traj = loudness_trajectory(audio, sample_rate)
     silence, longest = silence_stats(audio, sample_rate)
     flat = spectral_flatness(audio, sample_rate)
-    clip = clipping_ratio(audio)
+    clip = clipping_ratio(channels)
     drop = third_drop(times, traj, duration)
+    corr, side_mid = stereo_stats(channels, sample_rate) if channels.shape[1] == 2 else (None, None)
     metrics = {
         "duration_s": duration,
+        "channels": int(channels.shape[1]),
         "integrated_lufs": integrated_loudness(audio, sample_rate),
         "loudness_slope_db_per_s": fit_slope(times, traj),
         "loudness_drop_db": drop,
@@ -154,7 +230,9 @@ def score_clip(audio: np.ndarray, sample_rate: int) -> dict:
         "longest_silence_s": longest,
         "spectral_flatness": flat,
         "clipping_ratio": clip,
-        "peak_dbfs": float(20 * np.log10(np.max(np.abs(audio)) + 1e-12)) if len(audio) else None,
+        "peak_dbfs": float(20 * np.log10(np.max(np.abs(channels)) + 1e-12)) if len(audio) else None,
+        "lr_correlation": corr,
+        "side_mid_db": side_mid,
     }
     flags = {
         "fades_out": bool(drop > FADE_DROP_DB),
@@ -162,6 +240,9 @@ def score_clip(audio: np.ndarray, sample_rate: int) -> dict:
         "silent": bool(silence > SILENT_RATIO_FLAG),
         "clipping": bool(clip > CLIPPING_RATIO_FLAG),
     }
+    if channels.shape[1] == 2:  # the stereo flags exist only on stereo clips (flags.FLAGS: stereo=True)
+        flags["collapsed_to_mono"] = bool(corr is not None and corr > COLLAPSED_CORRELATION)
+        flags["phase_inverted"] = bool(corr is not None and corr < PHASE_INVERTED_CORRELATION)
     return {"metrics": metrics, "flags": flags, "loudness_trajectory": traj, "loudness_times": times}
 
 
@@ -170,4 +251,8 @@ THRESHOLDS = {
     "noisy": f"mean spectral flatness > {NOISY_FLATNESS:g} (white noise ~0.95, music < 0.3)",
     "silent": f"> {SILENT_RATIO_FLAG:.0%} of 50 ms frames below {SILENCE_DBFS:g} dBFS",
     "clipping": f"> {CLIPPING_RATIO_FLAG:.1%} of samples at full scale",
+    "collapsed_to_mono": f"stereo clips: L/R correlation > {COLLAPSED_CORRELATION:g} (the same signal in both "
+                         f"channels; side/mid below about -33 dB)",
+    "phase_inverted": f"stereo clips: L/R correlation < {PHASE_INVERTED_CORRELATION:g} (one channel's polarity "
+                      f"flipped; side above mid by about 5 dB or more)",
 }

@@ -1,7 +1,8 @@
 """report.html: a self-contained listening page (no network, works from file://).
 
 Grouped by prompt, one row per model: audio player, spectrogram, settings and the clip's metrics
-with its flags highlighted. Above, a per-model table of the summary numbers. Every link is relative
+with its flags highlighted (stereo clips also their L/R correlation and side/mid energy). Above, the
+clips' format ("stereo, 2 channels, 32 kHz") and a per-model table of the summary numbers. Every link is relative
 to the report, so the output folder can be moved or zipped whole.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections import OrderedDict
 from pathlib import Path
 from urllib.parse import quote
 
-from musicgen_lora.evaluation.flags import FLAG_NAMES
+from musicgen_lora.evaluation.flags import FLAG_NAMES, NOTE_FLAG_NAMES
 from musicgen_lora.outputs import atomic_write_text
 
 CSS = """
@@ -26,7 +27,9 @@ th{background:#f4f4f6}
 td.model{font-weight:600;white-space:nowrap} td.verdict{min-width:16em}
 audio{width:260px} img.spec{height:110px;display:block} img.loud{max-width:100%;height:180px}
 .flag{display:inline-block;background:#d93025;color:#fff;border-radius:3px;padding:0 .4em;margin:.1em;font-size:.8em}
+.flag.note{background:#b06000}
 .ok{color:#188038} td.bad{background:#fde7e6;color:#a50e0e;font-weight:600}
+td.warn{background:#fef7e0;color:#b06000;font-weight:600}
 .small{font-size:.8em;color:#555} code{font-size:.9em}
 """
 
@@ -61,7 +64,8 @@ def _flags_html(flags: dict | None) -> str:
     raised = [name for name in FLAG_NAMES if flags.get(name)]
     if not raised:
         return '<span class="ok">no flags</span>'
-    return "".join(f'<span class="flag">{html.escape(n)}</span>' for n in raised)
+    return "".join(f'<span class="flag{" note" if n in NOTE_FLAG_NAMES else ""}">{html.escape(n)}</span>'
+                   for n in raised)
 
 
 # Per-clip numbers shown beside each player: (key in row["metrics"], label, digits).
@@ -69,10 +73,13 @@ CLIP_METRICS = (("integrated_lufs", "LUFS", 1), ("loudness_drop_db", "drop dB", 
                 ("loudness_slope_db_per_s", "slope dB/s", 2), ("silence_ratio", "silence", 2),
                 ("spectral_flatness", "flatness", 3), ("clipping_ratio", "clipping", 4),
                 ("clap_similarity", "CLAP", 3))
+# ... and of a stereo clip, after the words "stereo (2 ch)".
+STEREO_METRICS = (("lr_correlation", "L/R corr", 3), ("side_mid_db", "side/mid dB", 1))
 
 # Per-model summary columns: (key, label, digits, is_bad(value, model) or None).
 MODEL_COLUMNS = (
     ("num_clips", "clips", 0, None),
+    ("channels", "channels", 0, None),  # 1 mono, 2 stereo
     ("held_out_loss", "held-out loss", 4, None),
     ("fad", "FAD (EnCodec)", ".4g", None),  # its scale depends on the codec: significant digits
     ("integrated_lufs", "mean LUFS", 1, None),
@@ -81,7 +88,22 @@ MODEL_COLUMNS = (
     ("spectral_flatness", "mean flatness", 3, None),
     ("clipping_ratio", "mean clipping", 4, None),
     ("clap_similarity", "CLAP", 3, None),
+    ("lr_correlation", "mean L/R corr", 3, None),  # stereo models only
+    ("side_mid_db", "mean side/mid dB", 1, None),
 )
+
+
+def channel_words(channels: int, sample_rate=None) -> str:
+    """'stereo, 2 channels, 32 kHz' / 'mono, 1 channel'."""
+    kind = {1: "mono", 2: "stereo"}.get(channels, "multichannel")
+    words = f"{kind}, {channels} channel{'' if channels == 1 else 's'}"
+    return words + (f", {sample_rate / 1000:g} kHz" if isinstance(sample_rate, (int, float)) else "")
+
+
+def _format_line(rows: list[dict]) -> str:
+    """The clips' format for the header: 'stereo, 2 channels, 32 kHz' (each kind when they differ)."""
+    kinds = dict.fromkeys((r["channels"], r.get("sample_rate")) for r in rows if isinstance(r.get("channels"), int))
+    return "; ".join(channel_words(c, sr) for c, sr in sorted(kinds, key=lambda k: (k[0], k[1] or 0)))
 
 
 def _model_table(summary: dict) -> str:
@@ -94,15 +116,17 @@ def _model_table(summary: dict) -> str:
     head += "".join(f"<th>{html.escape(f)}</th>" for f in flag_cols)
     body = []
     for name, m in models.items():
-        flagged = any(isinstance(n, int) and n > 0 for n in (m.get("flag_counts") or {}).values())
+        raised = [f for f, n in (m.get("flag_counts") or {}).items() if isinstance(n, int) and n > 0]
+        # A fault (fade, noise, ...) marks the verdict red; only notes (collapsed to mono) amber.
+        mark = " bad" if any(f not in NOTE_FLAG_NAMES for f in raised) else " warn" if raised else ""
         verdict = str(m.get("verdict", "")).split(": ", 1)[-1] if m.get("verdict") else ""
         cells = [f'<td class="model">{html.escape(name)}</td>',
-                 f'<td class="verdict{" bad" if flagged else ""}">{html.escape(verdict)}</td>']
+                 f'<td class="verdict{mark}">{html.escape(verdict)}</td>']
         for key, _label, digits, _bad in present:
             cells.append(f"<td>{_fmt(m.get(key), digits)}</td>")
         for f in flag_cols:
             n = (m.get("flag_counts") or {}).get(f, 0)
-            cls = ' class="bad"' if n else ""
+            cls = (' class="warn"' if f in NOTE_FLAG_NAMES else ' class="bad"') if n else ""
             cells.append(f"<td{cls}>{n}/{m.get('num_clips', '?')}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     notes = "".join(f'<p class="small">{html.escape(n)}</p>' for n in summary.get("notes", []))
@@ -133,6 +157,11 @@ def _clip_cell(row: dict) -> str:
         lines.append(f'<span class="flag">unreadable</span> {html.escape(row["error"])}')
     if parts:
         lines.append(" &middot; ".join(parts))
+    channels = row.get("channels", metrics.get("channels"))
+    if isinstance(channels, int) and channels > 1:
+        lines.append(" &middot; ".join([f"{'stereo' if channels == 2 else 'multichannel'} ({channels} ch)"] +
+                                       [f"{label} {_fmt(metrics.get(key), digits)}"
+                                        for key, label, digits in STEREO_METRICS if key in metrics]))
     lines.append(f'<span class="small">{html.escape(", ".join(x for x in (seed, setting) if x))}</span>')
     return "<br>".join(line for line in lines if line)
 
@@ -146,6 +175,9 @@ def render(rows: list[dict], summary: dict) -> str:
     meta = [f"created {html.escape(str(summary.get('created', '')))}"]
     if summary.get("base_model"):
         meta.append(f"base model <code>{html.escape(str(summary['base_model']))}</code>")
+    audio_format = _format_line(rows)
+    if audio_format:
+        meta.append(f'<span id="format">{html.escape(audio_format)}</span>')
     if settings:
         meta.append(html.escape(", ".join(f"{k} {v}" for k, v in settings.items())))
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",

@@ -12,11 +12,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
-from musicgen_lora.audio import MUSICGEN_SAMPLE_RATE, load_audio
+from musicgen_lora.audio import MUSICGEN_SAMPLE_RATE, load_audio, resample
 from musicgen_lora.common import UserError, log
-from musicgen_lora.evaluation.flags import FLAG_NAMES, count_words
-from musicgen_lora.evaluation.metrics import THRESHOLDS, score_clip
+from musicgen_lora.evaluation.flags import count_words, model_flag_counts
+from musicgen_lora.evaluation.metrics import THRESHOLDS, score_clip, to_mid
 from musicgen_lora.evaluation.report import write_report
 from musicgen_lora.outputs import atomic_dir, atomic_write_json, atomic_write_text, write_manifest
 from musicgen_lora.plotting import loudness_plot_png, spectrogram_png
@@ -27,18 +28,20 @@ TOOL = "evaluate.py"
 
 def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict, extras: dict[str, dict],
                notes: list[str], clap=None):
-    """Per-clip metrics into rows, per-model aggregates and verdicts into summary, loudness plots."""
+    """Per-clip metrics into rows, per-model aggregates and verdicts into summary, loudness plots.
+    audio: one array per row, (samples,) or (samples, channels), or None for an unreadable file."""
     curves: dict[tuple, dict[str, list[float]]] = {}
     for row, wav in zip(rows, audio):
         if wav is None:
             continue
         scored = score_clip(wav, sr)
         row["metrics"], row["flags"] = scored["metrics"], scored["flags"]
+        row["channels"] = scored["metrics"]["channels"]
         row["loudness_trajectory"] = scored["loudness_trajectory"]
         curves.setdefault(clip_key(row), {})[row["model"]] = scored["loudness_trajectory"]
     if clap is not None:
         scored_rows = [(r, a) for r, a in zip(rows, audio) if a is not None and r.get("prompt")]
-        sims = clap.similarity([r["prompt"] for r, _ in scored_rows], [a for _, a in scored_rows], sr)
+        sims = clap.similarity([r["prompt"] for r, _ in scored_rows], [to_mid(a) for _, a in scored_rows], sr)
         for (r, _), sim in zip(scored_rows, sims):
             r["metrics"]["clap_similarity"] = sim
     plots = {}
@@ -51,12 +54,16 @@ def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict,
     for name in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == name and "metrics" in r]
         n = len(mine)
-        counts = {f: sum(1 for r in mine if r["flags"][f]) for f in FLAG_NAMES}
+        counts = model_flag_counts([r["flags"] for r in mine])
         entry = {"num_clips": n, "flag_counts": counts}
+        channels = sorted({r["channels"] for r in mine})
+        if channels:  # 1 mono, 2 stereo; [1, 2] for a folder of both
+            entry["channels"] = channels[0] if len(channels) == 1 else channels
         entry.update({"held_out_loss": None, "fad": None})
         entry.update(extras.get(name, {}))
         for key in ("integrated_lufs", "loudness_slope_db_per_s", "loudness_drop_db", "silence_ratio",
-                    "longest_silence_s", "spectral_flatness", "clipping_ratio", "clap_similarity"):
+                    "longest_silence_s", "spectral_flatness", "clipping_ratio", "clap_similarity",
+                    "lr_correlation", "side_mid_db"):  # the stereo two: over the stereo clips only
             vals = [r["metrics"][key] for r in mine if r["metrics"].get(key) is not None]
             if vals:
                 entry[key] = float(np.mean(vals))
@@ -67,6 +74,11 @@ def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict,
     summary["notes"] = notes + [
         "FAD (EnCodec): Frechet distance between the model's own EnCodec encoder frames of generated and "
         "validation clips; relative (compare models in one evaluation), noisy with few clips."]
+    if any(r.get("channels", 1) > 1 for r in rows):
+        summary["notes"].append(
+            "Stereo clips: loudness, fade, silence and flatness are measured on the mid signal (L + R) / 2, "
+            "peaks and clipping on every channel; L/R correlation and side/mid energy show the stereo image "
+            "(collapsed_to_mono: the same signal in both channels; phase_inverted: one channel's polarity flipped).")
     unreadable = [r for r in rows if r.get("error")]
     if unreadable:
         summary["unreadable"] = [{"wav": r["wav"], "error": r["error"]} for r in unreadable]
@@ -89,6 +101,20 @@ def verdict(name: str, m: dict) -> str:
 
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
+
+
+def read_clip(path: Path, sample_rate: int) -> np.ndarray:
+    """A file at sample_rate as score_clip takes it: (samples, channels) when soundfile reads two or
+    more channels, else (samples,) from audio.load_audio (mono files, formats only librosa decodes,
+    and every unreadable, empty or non-finite file, with load_audio's one-line error)."""
+    try:
+        with open(path, "rb") as fh:
+            wav, sr = sf.read(fh, dtype="float32", always_2d=True)
+    except Exception:
+        wav, sr = None, None
+    if wav is None or wav.shape[1] < 2 or wav.shape[0] == 0 or not np.all(np.isfinite(wav)):
+        return load_audio(path, sample_rate)
+    return np.ascontiguousarray(resample(wav.T, sr, sample_rate).T, dtype=np.float32)
 
 
 def score_folder(input_dir: Path, out: Path, sample_rate: int = MUSICGEN_SAMPLE_RATE) -> dict:
@@ -131,7 +157,7 @@ def score_folder(input_dir: Path, out: Path, sample_rate: int = MUSICGEN_SAMPLE_
             try:
                 with warnings.catch_warnings():  # librosa's fallback decoders warn before failing
                     warnings.simplefilter("ignore")
-                    wav = load_audio(path, sample_rate)
+                    wav = read_clip(path, sample_rate)
             except UserError as e:
                 log.warning(f"warning: skipping unreadable file: {e}")
                 row["error"] = str(e)
@@ -139,7 +165,7 @@ def score_folder(input_dir: Path, out: Path, sample_rate: int = MUSICGEN_SAMPLE_
                 audio.append(None)
                 continue
             spec_rel = Path(model) / (str(rel_in.with_suffix("")).replace(os.sep, "__") + ".png")
-            spectrogram_png(wav, sample_rate, tmp / spec_rel)
+            spectrogram_png(to_mid(wav), sample_rate, tmp / spec_rel)
             row.update({"spectrogram": spec_rel.as_posix(), "sample_rate": sample_rate,
                         "duration_s": len(wav) / sample_rate})
             rows.append(row)

@@ -28,9 +28,9 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from musicgen_lora.runs.table import Run, _finite, base_loss, best_point, load_run, throughput, verdict_text
 from musicgen_lora.common import log
 from musicgen_lora.outputs import atomic_write_text
+from musicgen_lora.runs.table import Run, _finite, base_loss, best_point, load_run, throughput, verdict_text
 
 NEAR_UNIFORM = 0.05
 SPIKE_FACTOR = 1.5

@@ -10,6 +10,8 @@ Definitions used in the table (also in USAGE.md):
 - valid loss of epoch e: the last eval record of epoch e (the one written at the epoch's end);
 - base: the step-0 validation loss (adapter still zero), shown beside ln(vocab);
 - best: the lowest validation loss after step 0, with its epoch (that is what best_model/ holds);
+- channels: the model's audio channels (run_config.json's model_audio_channels: 1 mono, 2 stereo);
+  runs recorded before it was kept trained mono models, so 1;
 - steps/s: optimizer steps per second while training -- steps over seconds between consecutive train
   records of the same epoch (validation pauses left out), else samples/s / effective batch;
 - status: finished (logs/summary.json or final_model/ exists), running (no summary, and metrics.jsonl
@@ -29,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from musicgen_lora.evaluation.flags import count_words
-from musicgen_lora.training.metrics_log import read_metrics
 from musicgen_lora.outputs import atomic_file
+from musicgen_lora.training.metrics_log import read_metrics
 
 RUNNING_MINUTES = 10.0
 
@@ -89,7 +91,8 @@ CORE_PARAMS = {
 # another column shows: fp16/bf16/mixed_precision are in "precision").
 NOT_PARAMS = {"output_dir", "no_progress", "overwrite_output_dir", "warmup_steps", "warmup_steps_effective",
               "target_duration", "max_duration", "uniform_loss", "run_id", "as_given", "fp16", "bf16",
-              "mixed_precision", "requested_precision", "precision", "resumed_from", "config_keys"}
+              "mixed_precision", "requested_precision", "precision", "resumed_from", "config_keys",
+              "model_audio_channels"}  # in "channels"
 # Figures that follow from the choices (or from the model): shown with --all only.
 DERIVED = {"total_steps", "steps_per_epoch", "trainable_parameters", "total_parameters",
            "logging_steps", "save_steps", "num_workers"}  # ... and bookkeeping that leaves the result alone
@@ -350,6 +353,15 @@ def precision_of(run: Run) -> str:
     return {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}.get(mixed, "") if mixed else ""
 
 
+def channels_of(run: Run) -> str:
+    """The model's audio channels ("1" mono, "2" stereo); runs from before model_audio_channels was
+    recorded are mono; "" without a run_config.json."""
+    if not run.config:
+        return ""
+    channels = run.config.get("model_audio_channels")
+    return str(channels) if isinstance(channels, int) and not isinstance(channels, bool) else "1"
+
+
 def param_columns(runs, show_all: bool = False):
     """Config keys to show: the core ones in the seeds' order, then any other key; only the choices
     that differ between runs (not derived figures such as total_steps) unless show_all; the core
@@ -398,7 +410,8 @@ def build_table(runs, show_all: bool = False, wide: bool = False):
     params = param_columns(runs, show_all)
     per_epoch = [epoch_losses(r) for r in runs]
     max_epoch = max([max([*t, *v], default=0) for t, v in per_epoch], default=0)
-    header = ["run", "status", "precision"] + [CORE_PARAMS.get(k, k) for k in params] + ["base valid (ln V)"]
+    header = ["run", "status", "precision", "channels"] + [CORE_PARAMS.get(k, k) for k in params]
+    header += ["base valid (ln V)"]
     if wide:
         header += [f"train e{e}" for e in range(1, max_epoch + 1)] + [f"valid e{e}" for e in range(1, max_epoch + 1)]
     else:
@@ -406,7 +419,7 @@ def build_table(runs, show_all: bool = False, wide: bool = False):
     header += ["best epoch", "best valid", "steps/s", "evaluation", "notes"]
     rows = []
     for run, (train, valid) in zip(runs, per_epoch):
-        row = [run.name, run.status, precision_of(run)] + [_fmt(_param_value(run, k)) for k in params]
+        row = [run.name, run.status, precision_of(run), channels_of(run)] + [_fmt(_param_value(run, k)) for k in params]
         base, ln_v = base_loss(run), run.uniform_loss
         row.append(_loss(base) + (f" ({ln_v:.4f})" if ln_v is not None else ""))
         if wide:

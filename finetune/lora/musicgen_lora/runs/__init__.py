@@ -1,0 +1,1 @@
+"""Run directories: reading them, the comparison table and plot, the review gate."""
