@@ -1,16 +1,28 @@
 #!/usr/bin/env python
-"""Peak memory of a LoRA training step with and without --gradient_checkpointing.
+"""Peak memory of a LoRA training step with and without --gradient_checkpointing, next to the
+memory plan train_lora.py prints (musicgen_lora/training/memory.py) and the error of that estimate.
 
 Each configuration runs in a fresh process (so one cannot inherit another's peak): load the model,
 attach LoRA as train_lora.py does, one warm-up step, then measure two training steps (EnCodec
 encode, teacher-forced forward, backward, AdamW step) -- the trainer's own functions.
 
     python finetune/scripts/benchmark_memory.py --sizes tiny small --duration 2
+    python finetune/scripts/benchmark_memory.py --sizes tiny small --duration 2 --stereo   # + stereo layouts
 
 Peak memory is CUDA max_memory_allocated on a GPU and peak RSS (VmHWM, reset after loading) on a
-CPU. "step" is the peak above what the process held before the measured steps (mostly
-activations); the ratio compares checkpointing on / off. Models are random-weight MusicGens built
-offline by make_tiny_model.py (--size small has musicgen-small's real architecture).
+CPU, where the workers run with MALLOC_MMAP_THRESHOLD_=128 KiB so that a freed tensor leaves the RSS
+as it leaves max_memory_allocated (glibc's default raises that threshold as blocks are freed and
+keeps them resident: --glibc_heap measures that way). "step" is the peak above what the process
+held before the measured steps (mostly activations); the ratio compares checkpointing on / off.
+Models are random-weight MusicGens built offline by make_tiny_model.py (--size small has
+musicgen-small's real architecture).
+
+"plan" is the memory plan for the same model and settings (uncached: the step encodes its clips of
+--duration seconds, as train_lora.py --no_cache does), with the batch's real text length: on a CPU its
+total (the framework allowance included) against the peak RSS, on a GPU its total less the
+allowance (the CUDA context is outside torch's allocator) against max_memory_allocated; "plan step"
+(activations + weight copies + logits, or EnCodec's encode when larger) against the measured step.
+ratio = plan / measured, error = (plan - measured) / measured.
 """
 import argparse
 import json
@@ -38,6 +50,7 @@ def worker(args):
 
     from musicgen_lora.data.dataset import Collator
     from musicgen_lora.modeling import apply_lora, batch_loss, load_model_and_processor, model_info
+    from musicgen_lora.training.memory import plan_memory
     from musicgen_lora.training.runtime import enable_gradient_checkpointing
 
     torch.manual_seed(0)
@@ -50,15 +63,25 @@ def worker(args):
     info = model_info(model)
     n = int(args.duration * info["sample_rate"])
     rng = np.random.default_rng(0)
-    items = [{"audio": (0.1 * rng.standard_normal(n)).astype(np.float32), "num_samples": n,
+    channels = info.get("audio_channels", 1)
+    items = [{"audio": (0.1 * rng.standard_normal((channels, n))).astype(np.float32), "num_samples": n,
               "description": "calm piano with soft strings", "index": i} for i in range(args.batch_size)]
     batch = Collator(processor, n, info["hop_length"])(items)
     batch = {k: v.to(device) for k, v in batch.items()}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
+    half = args.precision != "fp32" and device == "cuda"  # as accelerate: mixed precision on a GPU only
+    precision = args.precision if half else "fp32"
+    plan = plan_memory(model, precision=precision, batch_size=args.batch_size, window_seconds=args.duration,
+                       gradient_checkpointing=args.gradient_checkpointing, lora_rank=12, lora_dropout=0.05,
+                       cached=False, codec_seconds=args.duration,  # each step encodes its clips, as --no_cache
+                       text_tokens=int(batch["input_ids"].shape[1]), device=device)
+    autocast = torch.autocast("cuda", dtype=getattr(torch, {"fp16": "float16", "bf16": "bfloat16"}.get(
+        precision, "float32")), enabled=half)
 
     def step():
-        loss, _ = batch_loss(model, batch, 0.1, torch.Generator().manual_seed(0))
+        with autocast:
+            loss, _ = batch_loss(model, batch, 0.1, torch.Generator().manual_seed(0))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -84,8 +107,15 @@ def worker(args):
         peak = torch.cuda.max_memory_allocated()
     else:
         peak = _status_kib("VmHWM") * 1024
+    plan_peak = plan.total - (plan.overhead if device == "cuda" else 0)  # the CUDA context is not in the allocator
     print(json.dumps({"peak_mb": peak / 2**20, "step_mb": (peak - before) / 2**20, "held_mb": before / 2**20,
-                      "seconds_per_step": (time.perf_counter() - t) / args.steps, "device": device}))
+                      "seconds_per_step": (time.perf_counter() - t) / args.steps, "device": device,
+                      "precision": precision, "plan_mb": plan_peak / 2**20, "plan_step_mb": plan.step / 2**20,
+                      "plan": plan.describe()}))
+
+
+def _error(plan: float, measured: float) -> str:
+    return f"{plan / measured:6.2f} {100 * (plan - measured) / measured:+6.1f}%"
 
 
 def main():
@@ -96,6 +126,13 @@ def main():
     p.add_argument("--batch_size", type=int, default=2, help="Clips per step.")
     p.add_argument("--steps", type=int, default=2, help="Measured training steps per configuration.")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda.")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="Mixed precision of the step (autocast, as train_lora.py --fp16/--bf16; a GPU only).")
+    p.add_argument("--stereo", action="store_true",
+                   help="Also measure each size's stereo layout (8 codebooks; make_tiny_model.py --stereo).")
+    p.add_argument("--glibc_heap", action="store_true",
+                   help="On a CPU, measure with glibc's default heap, which keeps freed blocks resident (the RSS "
+                        "peak then overstates the live tensors; by 1.8x for small's step).")
     p.add_argument("--work_dir", default=None, help="Where the built models are kept (default: a temp dir).")
     p.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model_path", default=None, help=argparse.SUPPRESS)
@@ -106,27 +143,40 @@ def main():
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-mem-"))
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    print(f"batch {args.batch_size} x {args.duration:g} s, {args.steps} measured steps, LoRA r=12 on the decoder")
-    print(f"{'model':6} {'checkpointing':13} {'peak MB':>9} {'step MB':>9} {'s/step':>7}")
-    for size in args.sizes:
-        model = work / f"musicgen-{size}"
+    if not args.glibc_heap:  # every large block mmapped and unmapped when freed: RSS follows the live tensors
+        env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
+    print(f"batch {args.batch_size} x {args.duration:g} s, {args.steps} measured steps, LoRA r=12 on the decoder, "
+          f"{args.precision}")
+    print(f"{'model':12} {'checkpointing':13} {'peak MB':>9} {'plan MB':>9} {'ratio':>6} {'error':>7} "
+          f"{'step MB':>9} {'plan step':>9} {'ratio':>6} {'error':>7} {'s/step':>7}")
+    for size, layout in [(s, lay) for s in args.sizes for lay in (["mono", "stereo"] if args.stereo else ["mono"])]:
+        name = f"{size} {layout}"
+        model = work / f"musicgen-{size}" if layout == "mono" else work / f"musicgen-{size}-stereo"
         if not (model / "config.json").is_file():
             subprocess.run([sys.executable, str(HERE / "make_tiny_model.py"), "--output_dir", str(model),
-                            "--size", size], check=True, env=env, capture_output=True)
+                            "--size", size] + (["--stereo"] if layout == "stereo" else []),
+                           check=True, env=env, capture_output=True)
         res = {}
         for gc in (False, True):
             cmd = [sys.executable, __file__, "--_worker", "--model_path", str(model), "--duration",
                    str(args.duration), "--batch_size", str(args.batch_size), "--steps", str(args.steps),
-                   "--device", args.device] + (["--gradient_checkpointing"] if gc else [])
-            out = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True).stdout
-            res[gc] = json.loads(out.strip().splitlines()[-1])
-            r = res[gc]
-            print(f"{size:6} {'on' if gc else 'off':13} {r['peak_mb']:9.1f} {r['step_mb']:9.1f} "
-                  f"{r['seconds_per_step']:7.2f}   ({r['device']})")
-        off, on = res[False], res[True]
-        print(f"{size:6} on/off ratio: peak {on['peak_mb'] / off['peak_mb']:.3f}, step memory "
-              f"{on['step_mb'] / max(off['step_mb'], 1e-9):.3f}, "
-              f"time {on['seconds_per_step'] / off['seconds_per_step']:.2f}")
+                   "--device", args.device, "--precision", args.precision]
+            cmd += ["--gradient_checkpointing"] if gc else []
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:  # one layout failing (say, stereo training not there yet) keeps the others
+                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                print(f"{name:12} {'on' if gc else 'off':13} failed: {last}")
+                continue
+            res[gc] = r = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"{name:12} {'on' if gc else 'off':13} {r['peak_mb']:9.1f} {r['plan_mb']:9.1f} "
+                  f"{_error(r['plan_mb'], r['peak_mb'])} {r['step_mb']:9.1f} {r['plan_step_mb']:9.1f} "
+                  f"{_error(r['plan_step_mb'], max(r['step_mb'], 1e-9))} {r['seconds_per_step']:7.2f}   "
+                  f"({r['device']}, {r['precision']})")
+        if len(res) == 2:
+            off, on = res[False], res[True]
+            print(f"{name:12} on/off ratio: peak {on['peak_mb'] / off['peak_mb']:.3f}, step memory "
+                  f"{on['step_mb'] / max(off['step_mb'], 1e-9):.3f}, "
+                  f"time {on['seconds_per_step'] / off['seconds_per_step']:.2f}")
 
 
 if __name__ == "__main__":

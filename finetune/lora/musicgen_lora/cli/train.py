@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--gradient_checkpointing", action="store_true",
                    help="Recompute decoder activations in the backward pass: less memory, slower steps "
                         "(see finetune/scripts/benchmark_memory.py).")
+    r.add_argument("--ignore_memory_plan", action="store_true",
+                   help="Start even when the memory plan printed at the start says the run will not fit the GPU "
+                        "(the plan is an estimate; see musicgen_lora/training/memory.py).")
 
     s = p.add_argument_group("logging and saving")
     s.add_argument("--logging_steps", type=positive_int, default=D.logging_steps,

@@ -49,6 +49,7 @@ class TrainConfig:
     fp16: bool = False
     bf16: bool = False
     gradient_checkpointing: bool = False
+    ignore_memory_plan: bool = False
     # logging and saving
     logging_steps: int = 10
     eval_steps: int | None = None

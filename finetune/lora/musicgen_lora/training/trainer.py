@@ -51,6 +51,7 @@ from musicgen_lora.runs.review import log_review  # the review gate: a plain-wor
 from musicgen_lora.runs.table import absolute_paths
 from musicgen_lora.training.config import TrainConfig
 from musicgen_lora.training.guards import EarlyStopping, NonFiniteGuard
+from musicgen_lora.training.memory import MemoryPlan, check_plan, longest_text_tokens, plan_memory
 from musicgen_lora.training.metrics_log import FILE as METRICS_FILE
 from musicgen_lora.training.metrics_log import MetricsLog, cut_back
 from musicgen_lora.training.runtime import (
@@ -91,6 +92,7 @@ class Run:
     resume_from: Path | None
     sample_prompts: list
     metrics: MetricsLog | None  # the main process writes the files; None elsewhere
+    memory_plan: MemoryPlan | None = None  # training/memory.py: the estimate logged at the start
 
     @property
     def main(self) -> bool:
@@ -174,6 +176,7 @@ def setup(cfg: TrainConfig, accelerator) -> Run:
     if not accelerator.is_main_process:  # one copy of every message, from the process that writes the files
         log.setLevel(logging.ERROR)
     model, processor, info = load_model(cfg, splits)
+    memory_plan = check_memory(cfg, accelerator, model, processor, splits)  # before any clip is encoded
     if resume_from:  # before any clip is encoded: another base model or batch layout is one line
         ckpt.check_resume_compatible(resume_from, ckpt.read_trainer_state(resume_from),
                                      resume_critical(cfg, accelerator, model))
@@ -185,7 +188,7 @@ def setup(cfg: TrainConfig, accelerator) -> Run:
     total_steps, steps_per_epoch, warmup, scheduler = make_schedule(cfg, train_loader, optimizer)
     run = Run(cfg, accelerator, output_dir, model, processor, info, params, optimizer, scheduler, train_set,
               valid_set, train_loader, valid_loader, data_rng, total_steps, steps_per_epoch, warmup, "", resume_from,
-              sample_prompts, None)
+              sample_prompts, None, memory_plan)
     open_run_dir(run)
     return run
 
@@ -214,6 +217,21 @@ def load_model(cfg: TrainConfig, splits: dict):
     log.info(f"LoRA r={cfg.lora_rank} alpha={cfg.lora_alpha} on {','.join(cfg.targets)}: "
              f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
     return model, processor, info
+
+
+def check_memory(cfg: TrainConfig, accelerator, model, processor, splits: dict) -> MemoryPlan:
+    """Log the memory plan (training/memory.py) for this device; on a GPU it cannot fit, stop with the
+    flags that would fit (unless --ignore_memory_plan)."""
+    ran = accelerator.mixed_precision if accelerator.mixed_precision in ("fp16", "bf16") else "fp32"
+    texts = [c.description for c in splits["train"] + splits["valid"]]
+    plan = plan_memory(model, precision=ran, batch_size=cfg.batch_size, window_seconds=cfg.window_seconds,
+                       gradient_checkpointing=cfg.gradient_checkpointing, lora_rank=cfg.lora_rank,
+                       targets=cfg.targets, cached=not cfg.no_cache, lora_dropout=cfg.lora_dropout,
+                       text_tokens=longest_text_tokens(processor.tokenizer, texts),
+                       device=accelerator.device, gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    log.info(plan.describe())
+    check_plan(plan, ignore=cfg.ignore_memory_plan)
+    return plan
 
 
 def make_loaders(cfg: TrainConfig, accelerator, model, processor, info: dict, splits: dict):
@@ -324,7 +342,8 @@ def run_config(run: Run) -> dict:
                   valid_clips=len(run.valid_set),
                   global_batch_size=cfg.batch_size * cfg.gradient_accumulation_steps * acc.num_processes,
                   resumed_from=str(Path(run.resume_from).absolute()) if run.resume_from else None,
-                  uniform_loss=run.uniform, **{f"model_{k}": v for k, v in run.info.items()})
+                  uniform_loss=run.uniform, **{f"model_{k}": v for k, v in run.info.items()},
+                  memory_plan_gib=round(run.memory_plan.total / 2**30, 2) if run.memory_plan else None)
     return config
 
 
@@ -521,7 +540,8 @@ def save_adapter(run: Run, path: Path, valid_loss: float, state: TrainState):
 
 def save_checkpoint(run: Run, state: TrainState):
     """checkpoints/checkpoint-N: the adapter, optimizer, schedule and the whole TrainState (every process)."""
-    shared = {**state.state_dict(), "total_steps": run.total_steps, "run": resume_critical(run.cfg, run.accelerator, run.model),
+    shared = {**state.state_dict(), "total_steps": run.total_steps,
+              "run": resume_critical(run.cfg, run.accelerator, run.model),
               "run_id": run.run_id, "metrics_offset": run.metrics.offset() if run.metrics else None}
     ckpt.save_checkpoint(run.output_dir / ckpt.CHECKPOINTS / f"checkpoint-{state.step}", run.accelerator, run.model,
                          run.optimizer, run.scheduler, shared, state.rank_state_dict(),

@@ -1,0 +1,165 @@
+"""The memory plan (musicgen_lora/training/memory.py): it grows and shrinks the way the step's memory
+does, says in one line what fits when a GPU is too small, and train_lora.py prints it before the
+first clip is encoded. Big architectures are planned from configs on the meta device (no memory)."""
+import functools
+import json
+import shlex
+import types
+
+import pytest
+
+from conftest import assert_one_line_error, run_script
+
+GIB = 2**30
+RTX_24GB = int(23.99 * GIB)  # what torch reports for a 24 GB card
+
+
+@functools.cache
+def shape(size: str, stereo: bool = False):
+    from musicgen_lora.testing.tiny_model import build_config
+    from musicgen_lora.training.memory import model_shape
+
+    return model_shape(build_config(size, text_vocab=32128, stereo=stereo))
+
+
+def plan(size="small", stereo=False, **settings):
+    from musicgen_lora.training.memory import plan_memory
+
+    settings = {"device": "cuda:0", "capacity": RTX_24GB, **settings}
+    return plan_memory(shape(size, stereo), **settings)
+
+
+def test_plan_grows_with_batch_and_window():
+    base = plan(batch_size=2, window_seconds=10)
+    bigger_batch, longer = plan(batch_size=4, window_seconds=10), plan(batch_size=2, window_seconds=20)
+    for p in (bigger_batch, longer):
+        assert p.activations > 1.9 * base.activations and p.logits > 1.9 * base.logits and p.total > base.total
+        assert (p.weights, p.lora, p.overhead) == (base.weights, base.lora, base.overhead)  # per-step terms only
+    assert plan(window_seconds=10).total < plan(window_seconds=30).total
+
+
+def test_checkpointing_keeps_only_layer_inputs():
+    off, on = plan(gradient_checkpointing=False), plan(gradient_checkpointing=True)
+    assert on.activations < off.activations / 5 and on.total < off.total
+    assert on.logits == off.logits and on.weights == off.weights  # the loss is outside the checkpointed layers
+    half_off, half_on = plan(precision="fp16"), plan(precision="fp16", gradient_checkpointing=True)
+    assert half_off.activations < off.activations  # 2-byte activations under autocast
+    assert half_on.weight_copies < half_off.weight_copies / 10  # one layer's fp16 weight copies, not all
+    assert off.weight_copies == 0  # fp32 keeps the weights themselves
+
+
+def test_stereo_has_larger_logits_same_sequence():
+    from musicgen_lora.training.memory import sequence_length
+
+    mono, stereo = plan(stereo=False), plan(stereo=True)
+    assert sequence_length(shape("small"), 15) == sequence_length(shape("small", True), 15) == 15 * 50 + 3
+    assert stereo.logits == 2 * mono.logits  # 8 LM heads, 8 x S x V logits
+    assert stereo.activations == mono.activations  # summed codebook embeddings: same decoder work
+
+
+def test_uncached_codes_count_the_codec_but_not_on_top_of_the_step():
+    cached, uncached = plan(window_seconds=5), plan(window_seconds=5, cached=False)
+    assert cached.codec == 0 < uncached.codec
+    assert uncached.total == cached.total - cached.step + max(cached.step, uncached.codec)
+    assert "EnCodec encode" in uncached.describe() and "EnCodec" not in cached.describe()
+
+
+def test_lora_count_and_weights_match_the_loaded_model(tiny_model_dir):
+    from musicgen_lora.modeling import apply_lora, count_parameters, load_model_and_processor
+    from musicgen_lora.training.config import DEFAULT_TARGETS
+    from musicgen_lora.training.memory import model_shape
+
+    model, _ = load_model_and_processor(str(tiny_model_dir))
+    weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    for targets in (DEFAULT_TARGETS, ("q_proj", "fc2")):
+        lora_model = apply_lora(model, 4, 8, 0.0, targets)
+        s = model_shape(lora_model)
+        assert s.lora_parameters(4, targets) == count_parameters(lora_model)[0]
+        assert s.weight_bytes == weight_bytes
+        model = lora_model.unload()
+
+
+def test_large_fp32_does_not_fit_24gb_and_the_suggested_flags_do():
+    from musicgen_lora.cli.train import build_parser, config_from
+    from musicgen_lora.common import UserError
+    from musicgen_lora.training.memory import check_plan
+
+    asked = plan("large", precision="fp32", batch_size=2, window_seconds=15, gradient_accumulation_steps=4)
+    assert not asked.fits and asked.total > 24 * GIB
+    with pytest.raises(UserError) as e:
+        check_plan(asked, half="bf16")
+    message = str(e.value)
+    assert "\n" not in message and "--ignore_memory_plan" in message and "these settings fit: --" in message
+    # The flags, as a user would paste them after the run's own, re-planned: they fit.
+    flags = message.split("these settings fit: ")[1].split(" (about")[0]
+    cfg = config_from(build_parser().parse_args(["--batch_size", "2", "--gradient_accumulation_steps", "4",
+                                                 *shlex.split(flags)]))
+    ran = cfg.requested_precision
+    fixed = asked.replan(precision=ran, batch_size=cfg.batch_size, window_seconds=cfg.window_seconds,
+                         gradient_checkpointing=cfg.gradient_checkpointing)
+    assert fixed.fits and fixed.total <= asked.usable
+    assert cfg.batch_size * cfg.gradient_accumulation_steps == 8  # the global batch is kept
+
+
+@pytest.mark.parametrize("settings,needles", [
+    (dict(size="large", precision="fp32", batch_size=4, window_seconds=30), ["--gradient_checkpointing"]),
+    (dict(size="medium", precision="fp16", batch_size=32, window_seconds=30, gradient_checkpointing=True,
+          gradient_accumulation_steps=1), ["--batch_size", "--gradient_accumulation_steps"]),
+])
+def test_every_suggestion_fits_when_replanned(settings, needles):
+    from musicgen_lora.training.memory import flags_for, suggest
+
+    asked = plan(**settings)
+    assert not asked.fits
+    fix, fits = suggest(asked, "bf16")
+    assert fits and fix.fits
+    flags = flags_for(fix, asked)
+    assert all(n in flags for n in needles), flags
+    assert fix.settings.batch_size * fix.settings.gradient_accumulation_steps == \
+        asked.settings.batch_size * asked.settings.gradient_accumulation_steps
+
+
+def test_nothing_fits_says_so_in_one_line(capsys):
+    from musicgen_lora.cli.runner import cli
+    from musicgen_lora.training.memory import check_plan
+
+    tiny_gpu = plan("large", capacity=8 * GIB)  # the weights alone are 12.8 GiB
+
+    @cli
+    def main(argv=None):
+        check_plan(tiny_gpu, half="fp16")
+
+    rc = main([])
+    proc = types.SimpleNamespace(returncode=rc, stderr=capsys.readouterr().err)
+    assert_one_line_error(proc, "memory plan", "nothing fits", "--target_duration", "smaller model",
+                          "--ignore_memory_plan", "8.0 GiB")
+
+
+def test_ignore_memory_plan_and_cpu_plans_warn_instead(caplog):
+    from musicgen_lora.training.memory import check_plan
+
+    with caplog.at_level("WARNING", logger="musicgen_lora"):
+        check_plan(plan("large", capacity=8 * GIB), ignore=True, half="bf16")  # no exception
+        check_plan(plan("large", device="cpu", capacity=8 * GIB))  # a CPU never stops
+    assert "starting anyway (--ignore_memory_plan" in caplog.text and "RAM" in caplog.text
+
+
+def test_describe_is_one_line_with_every_part():
+    line = plan(precision="fp16", batch_size=2, window_seconds=15).describe()
+    assert line.startswith("memory plan (cuda:0, fp16, batch 2 x 15 s, checkpointing off): weights ")
+    for part in ("LoRA/optimizer", "activations", "fp16 weight copies", "logits", "overhead", "of 24.0 GiB"):
+        assert part in line
+    assert "\n" not in line
+
+
+def test_train_prints_the_plan_and_records_it(tiny_model_dir, example_data_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = run_script("train_lora.py", "--model_path", tiny_model_dir, "--data_dir", example_data_dir,
+                      "--output_dir", out, "--max_steps", 1, "--batch_size", 2, "--gradient_accumulation_steps", 1,
+                      "--target_duration", 4, "--no_progress", "--gradient_checkpointing")
+    log = proc.stdout + proc.stderr
+    lines = [line for line in log.splitlines() if line.startswith("memory plan (")]
+    assert len(lines) == 1 and "(cpu, fp32, batch 2 x 4 s, checkpointing on)" in lines[0], log[-2000:]
+    assert log.index("memory plan (") < log.index("code cache")  # planned before any clip is encoded
+    config = json.loads((out / "run_config.json").read_text())
+    assert 0 < config["memory_plan_gib"] < 2 and config["ignore_memory_plan"] is False
