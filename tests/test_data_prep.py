@@ -73,7 +73,8 @@ def test_mixed_folder_gives_expected_segments_split_and_report(collection, tmp_p
     for e in entries:
         by_source.setdefault(e["source"], []).append(e)
         info = sf.info(str(out / e["audio"]))
-        assert info.samplerate == SR_OUT and info.channels == 1
+        # stereo sources stay stereo (a stereo checkpoint trains on both channels; a mono one mixes them)
+        assert info.samplerate == SR_OUT and info.channels == (2 if e["source"] == "a/stereo44k.wav" else 1)
         assert abs(info.duration - e["duration"]) < 1e-3
         assert e["audio"].startswith(("train/", "valid/"))
     # 20 s -> one 15 s segment (5 s tail < 0.8 x 15 dropped); 13 s and ~12.5 s -> one shorter segment each;
@@ -84,6 +85,8 @@ def test_mixed_folder_gives_expected_segments_split_and_report(collection, tmp_p
     assert 12.4 < by_source["song.mp3"][0]["duration"] < 12.7  # mp3 encoder delay may add a few ms
     assert sorted(e["start"] for e in by_source["long/long_track.wav"]) == [0.0, 30.0]
     assert report["segments"] == {"written": 5, "dropped_near_silent": 2, "dropped_short_tail": 3}
+    assert report["channels"] == {"mono": 3, "stereo": 1}
+    assert "(from 1 stereo source, kept stereo)" in proc.stderr + proc.stdout
 
     # Descriptions: sidecar first, then the JSONL; the file with neither is left out and reported.
     assert by_source["a/stereo44k.wav"][0]["description"] == "warm lo-fi chords"

@@ -163,3 +163,17 @@ def test_train_prints_the_plan_and_records_it(tiny_model_dir, example_data_dir, 
     assert log.index("memory plan (") < log.index("code cache")  # planned before any clip is encoded
     config = json.loads((out / "run_config.json").read_text())
     assert 0 < config["memory_plan_gib"] < 2 and config["ignore_memory_plan"] is False
+
+
+def test_memory_plan_tool_lists_what_fits_a_24gb_card(tiny_model_dir):
+    """finetune/scripts/memory_plan.py: every released text-to-music layout, without loading weights;
+    large fits a 24 GiB card only with checkpointing, and the suggestion says so."""
+    out = run_script("memory_plan.py", "--gpu_gib", 24, "--precision", "bf16").stdout
+    rows = {tuple(line.split()[:2]): line for line in out.splitlines() if line.startswith("musicgen-")}
+    assert len(rows) == 12
+    assert " yes " in rows[("musicgen-small", "off")] and " yes " in rows[("musicgen-stereo-large", "on")]
+    assert " no " in rows[("musicgen-large", "off")] and "--gradient_checkpointing" in rows[("musicgen-large", "off")]
+    local = run_script("memory_plan.py", "--model_path", tiny_model_dir).stdout
+    assert "tiny-musicgen" in local and "as asked" in local
+    proc = run_script("memory_plan.py", "--model_path", tiny_model_dir / "nowhere", check=False)
+    assert_one_line_error(proc, "--model_path")

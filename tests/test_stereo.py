@@ -158,3 +158,15 @@ def test_layout_mismatches_are_one_line(stereo_run, trained_run, tiny_model_dir,
                       "--resume_from_checkpoint", "latest", "--no_progress", check=False)
     assert_one_line_error(proc, "trained on a stereo", "--model_path")
     assert "code cache" not in proc.stderr
+
+
+def test_a_checkpoint_whose_decoder_and_codec_disagree_is_one_line(tiny_stereo_model_dir, tmp_path):
+    """A stereo decoder config (8 codebooks) left at audio_channels 1: labels would be built for 4."""
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_stereo_model_dir, broken)
+    cfg = json.loads((broken / "config.json").read_text())
+    cfg["decoder"]["audio_channels"] = 1
+    (broken / "config.json").write_text(json.dumps(cfg))
+    proc = run_script("inference_lora.py", "--base_model_path", broken, "--prompts", "x", "--output_dir",
+                      tmp_path / "g", "--duration", 1, check=False)
+    assert_one_line_error(proc, "8 codebooks", "4 per channel x 1 channel")

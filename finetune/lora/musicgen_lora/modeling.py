@@ -32,8 +32,20 @@ def load_model_and_processor(model_path: str, device: str = "cpu", dtype=None, f
                         f"(offline machines need a local folder)") from None
     except (ValueError, KeyError) as e:
         raise UserError(f"{model_path}: not a MusicGen checkpoint ({e})") from None
+    check_codebooks(model, model_path)
     model.to(device)
     return model, processor
+
+
+def check_codebooks(model, model_path):
+    """The decoder's codebooks must be the codec's times the audio channels (4 mono, 8 stereo): any
+    other checkpoint would build labels of one layout and die in the forward with a shape error."""
+    dec, codec = model.decoder.config, model.config.audio_encoder
+    channels = int(getattr(dec, "audio_channels", 1) or 1)
+    if codec.num_quantizers * channels != dec.num_codebooks:
+        raise UserError(f"{model_path}: inconsistent MusicGen checkpoint: the decoder predicts {dec.num_codebooks} "
+                        f"codebooks but its EnCodec gives {codec.num_quantizers} per channel x {channels} channel(s); "
+                        f"fix decoder.num_codebooks / audio_channels in config.json or use another checkpoint")
 
 
 def unwrap_base(model):
