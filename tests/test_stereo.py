@@ -170,3 +170,11 @@ def test_a_checkpoint_whose_decoder_and_codec_disagree_is_one_line(tiny_stereo_m
     proc = run_script("inference_lora.py", "--base_model_path", broken, "--prompts", "x", "--output_dir",
                       tmp_path / "g", "--duration", 1, check=False)
     assert_one_line_error(proc, "8 codebooks", "4 per channel x 1 channel")
+
+
+def test_test_model_proves_the_layout_of_the_checkpoint_at_hand(tiny_stereo_model_dir, stereo_data):
+    """test_model.py checks labels against the user's own checkpoint's generation (mono or stereo)."""
+    proc = run_script("test_model.py", "--model_path", tiny_stereo_model_dir, "--data_dir", stereo_data)
+    out = proc.stdout + proc.stderr
+    assert "2 audio channel(s)" in out
+    assert "labels line up with generate(): 100.0% of positions" in out and "model OK" in out

@@ -196,6 +196,33 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
 
 
 # --------------------------------------------------------------------------------------------
+# The label layout against generate()
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def label_agreement(model, processor, prompts: Sequence[str], frames: int = 30,
+                    audio_channels: int | None = None) -> float:
+    """Share of label positions where the teacher-forced logits' argmax is the token greedy
+    generation chose: generate_audio (guidance off) -> its codes -> codes.build_delay_pattern_labels
+    (with `audio_channels`, the model's by default; another value builds a wrong layout, the
+    control) -> one forward. 1.0 means training labels line up with how the model is sampled."""
+    from musicgen_lora.codes import build_delay_pattern_labels
+    from musicgen_lora.modeling import forward_logits
+
+    info = model_info(model)
+    channels = info["audio_channels"] if audio_channels is None else audio_channels
+    _, codes = generate_audio(model, processor, list(prompts), frames / info["frame_rate"], greedy=True,
+                              guidance_scale=1.0, progress=False, return_codes=True)
+    labels = build_delay_pattern_labels(torch.stack(codes), audio_channels=channels)
+    device = next(unwrap_base(model).parameters()).device
+    inputs = {k: v.to(device) for k, v in tokenize_text(processor.tokenizer, list(prompts)).items()}
+    logits = forward_logits(model, inputs, labels.to(device))
+    b, s, k = labels.shape
+    pred = logits.reshape(b, k, s, -1).argmax(-1).permute(0, 2, 1).cpu()
+    valid = labels != -100
+    return float((pred[valid] == labels[valid]).float().mean())
+
+
+# --------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16"):

@@ -3,8 +3,12 @@
 
     python test_model.py --model_path /path/to/musicgen-small --data_dir ../data [--adapter ../output/best_model]
 
-Loads the model, runs one forward with delay-pattern labels, and prints the validation loss beside
-ln(vocab): a pretrained MusicGen on in-style music sits well below it.
+Loads the model, checks that the toolkit's training labels line up with how the model generates
+(greedy generation of 30 frames, then one teacher-forced forward on labels built from those codes:
+the argmax must be the generated token at 100% of positions, for a mono or a stereo checkpoint alike;
+a wrong layout is printed beside it as a control), runs one forward with delay-pattern labels on
+your clips, and prints the validation loss beside ln(vocab): a pretrained MusicGen on in-style music
+sits well below it.
 """
 import math
 import sys
@@ -31,6 +35,7 @@ def main(argv=None):
     from musicgen_lora.common import resolve_device
     from musicgen_lora.data.dataset import Collator, MusicDataset
     from musicgen_lora.data.metadata import read_metadata, report_long_descriptions, validation_clips
+    from musicgen_lora.generation import label_agreement
     from musicgen_lora.modeling import (
         count_parameters,
         evaluate_loss,
@@ -46,7 +51,16 @@ def main(argv=None):
     info = model_info(model)
     _, total = count_parameters(model)
     log.info(f"model loads: {total / 1e6:.1f} M parameters, {info['num_codebooks']} codebooks x "
-             f"{info['vocab_size']} codes, {info['sample_rate']} Hz, {info['frame_rate']:g} frames/s")
+             f"{info['vocab_size']} codes, {info['audio_channels']} audio channel(s), {info['sample_rate']} Hz, "
+             f"{info['frame_rate']:g} frames/s")
+    prompts = ["lo-fi hip hop beat with mellow piano", "energetic techno with a driving kick"]
+    right = label_agreement(model, processor, prompts)
+    wrong = label_agreement(model, processor, prompts, audio_channels=1 if info["audio_channels"] > 1 else
+                            info["num_codebooks"])  # stereo with mono delays; mono with no delay
+    log.info(f"labels line up with generate(): {100 * right:.1f}% of positions (a wrong layout: {100 * wrong:.1f}%)")
+    if right < 1.0:
+        raise UserError(f"{args.model_path}: training labels match this model's own generation at only "
+                        f"{100 * right:.1f}% of positions; this checkpoint's code layout is not one the toolkit knows")
     splits = read_metadata(args.data_dir, args.metadata_file)
     clips = validation_clips(splits)
     if args.max_clips:
