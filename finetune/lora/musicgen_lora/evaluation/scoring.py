@@ -12,9 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-from musicgen_lora.audio import MUSICGEN_SAMPLE_RATE, load_audio, resample
+from musicgen_lora.audio import MUSICGEN_SAMPLE_RATE, load_audio
 from musicgen_lora.common import UserError, log
 from musicgen_lora.evaluation.flags import count_words, model_flag_counts
 from musicgen_lora.evaluation.metrics import THRESHOLDS, score_clip, to_mid
@@ -104,17 +103,10 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
 
 
 def read_clip(path: Path, sample_rate: int) -> np.ndarray:
-    """A file at sample_rate as score_clip takes it: (samples, channels) when soundfile reads two or
-    more channels, else (samples,) from audio.load_audio (mono files, formats only librosa decodes,
-    and every unreadable, empty or non-finite file, with load_audio's one-line error)."""
-    try:
-        with open(path, "rb") as fh:
-            wav, sr = sf.read(fh, dtype="float32", always_2d=True)
-    except Exception:
-        wav, sr = None, None
-    if wav is None or wav.shape[1] < 2 or wav.shape[0] == 0 or not np.all(np.isfinite(wav)):
-        return load_audio(path, sample_rate)
-    return np.ascontiguousarray(resample(wav.T, sr, sample_rate).T, dtype=np.float32)
+    """A file at sample_rate as score_clip takes it: (samples,) mono, (samples, channels) otherwise
+    (audio.load_audio keeps the file's channels; an unreadable file is its one-line error)."""
+    wav = load_audio(path, sample_rate, channels=None)  # (channels, samples)
+    return wav[0] if wav.shape[0] == 1 else np.ascontiguousarray(wav.T)
 
 
 def score_folder(input_dir: Path, out: Path, sample_rate: int = MUSICGEN_SAMPLE_RATE) -> dict:
