@@ -107,15 +107,6 @@ def load_audio(path, sample_rate: int, channels: int | None = 1) -> np.ndarray:
     return out[0] if channels == 1 else out
 
 
-def file_channels(path) -> int | None:
-    """Channels from the header when soundfile reads it; None if unknown."""
-    try:
-        with open(path, "rb") as fh:
-            return sf.info(fh).channels
-    except Exception:
-        return None
-
-
 def audio_duration(path) -> float | None:
     """Duration in seconds from the header when cheap; None if unknown."""
     try:
