@@ -242,9 +242,8 @@ def split_pieces(wav: torch.Tensor, piece: int) -> list[torch.Tensor]:
 
 def codes_for_batch(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes (B, K, T), valid frames (B,)) of a batch: from the cache when it carries `codes`, else by
-    encoding the audio (B, C, samples)
-    encoding the pieces under each row's window and cropping the window the dataset picked
-    (dataset.crop_codes)."""
+    encoding the pieces under each row's window of `audio` (B, C, samples) and cropping the window the
+    dataset picked (dataset.crop_codes)."""
     if "codes" in batch:
         return batch["codes"], batch["num_frames"]
     hop = model_info(model)["hop_length"]
