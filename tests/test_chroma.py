@@ -51,3 +51,36 @@ def test_chroma_follows_the_notes():
     classes = chroma_features(wav, SR)[0].argmax(-1).numpy()
     assert set(classes[2:-2].tolist()) <= {0, 4, 7}
     assert {0, 4, 7} <= set(classes.tolist())
+
+
+@pytest.mark.parametrize("stereo", [False, True], ids=["melody", "stereo-melody"])
+def test_offline_melody_checkpoint_takes_our_chroma(stereo, tmp_path):
+    """make_tiny_model.py --melody: a MusicGen-Melody checkpoint that loads through from_pretrained as
+    a real one does (its processor needs torchaudio: only the tokenizer loads here), and whose prefix
+    takes chroma_features' output -- two melodies give two different generations."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, MusicgenMelodyForConditionalGeneration
+
+    from conftest import run_script
+
+    out = tmp_path / "melody"
+    run_script("make_tiny_model.py", "--output_dir", out, "--melody", *(["--stereo"] if stereo else []))
+    assert AutoConfig.from_pretrained(out).model_type == "musicgen_melody"
+    model = MusicgenMelodyForConditionalGeneration.from_pretrained(out).eval()
+    assert model.decoder.config.num_codebooks == (8 if stereo else 4)
+    tokens = AutoTokenizer.from_pretrained(out)(["lo-fi beat"], return_tensors="pt")
+    k = model.decoder.config.num_codebooks
+    first_step = []
+    for notes in ([0, 4, 7] * 4, [1, 6, 10] * 4):
+        chroma = chroma_features(melody(notes), SR)
+        with torch.no_grad():
+            gen = model.generate(**tokens, input_features=chroma, do_sample=False, guidance_scale=1,
+                                 max_new_tokens=2, output_scores=True, return_dict_in_generate=True)
+            forward = model(**tokens, input_features=chroma,
+                            decoder_input_ids=torch.full((k, 1), model.config.decoder_start_token_id)).logits[:, -1]
+        assert torch.allclose(gen.scores[0], forward, atol=1e-5)  # generate() conditions on this melody
+        first_step.append(forward)
+    # ... and the melody changes what it predicts (transformers issue 45647: melody generate ignoring
+    # input_features). Compared on scores: a random tiny model's argmax barely depends on its prefix
+    # (measured: two melodies, or two texts, give the same greedy codes; the scores differ by ~0.4%).
+    assert not torch.allclose(first_step[0], first_step[1], atol=1e-4)
