@@ -11,10 +11,47 @@ from musicgen_lora.codes import build_delay_pattern_labels, crop_codes, interlea
 from musicgen_lora.common import UserError, read_json
 from musicgen_lora.training.config import DEFAULT_TARGETS
 
+# model_type in config.json -> the transformers class that loads it (one path for every script).
+MODEL_CLASSES = {"musicgen": "MusicgenForConditionalGeneration",
+                 "musicgen_melody": "MusicgenMelodyForConditionalGeneration"}
+
+
+class TokenizerOnly:
+    """What the toolkit uses of a processor when the checkpoint's own cannot load: MusicGen-Melody's
+    needs torchaudio (not installable beside the pinned torch); its chroma comes from chroma.py."""
+
+    def __init__(self, tokenizer, source):
+        self.tokenizer, self.source = tokenizer, Path(source)
+
+    def save_pretrained(self, folder):
+        import shutil
+
+        self.tokenizer.save_pretrained(folder)
+        if (self.source / "preprocessor_config.json").is_file():
+            shutil.copy(self.source / "preprocessor_config.json", Path(folder) / "preprocessor_config.json")
+
+
+def model_type_of(model_path: str, flag: str = "--model_path") -> str:
+    from transformers import AutoConfig
+
+    try:
+        model_type = AutoConfig.from_pretrained(model_path).model_type
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{model_path}: cannot load MusicGen ({first}); check {flag} "
+                        f"(offline machines need a local folder)") from None
+    except (ValueError, KeyError) as e:
+        raise UserError(f"{model_path}: not a MusicGen checkpoint ({e})") from None
+    if model_type not in MODEL_CLASSES:
+        raise UserError(f"{model_path}: a {model_type!r} checkpoint, not MusicGen; pass {flag} a MusicGen or "
+                        f"MusicGen-Melody folder")
+    return model_type
+
 
 def load_model_and_processor(model_path: str, device: str = "cpu", dtype=None, flag: str = "--model_path"):
-    """from_pretrained for a local folder or a hub id; a bad path is one clear line."""
-    from transformers import AutoProcessor, MusicgenForConditionalGeneration
+    """from_pretrained for a local folder or a hub id, text-only MusicGen or MusicGen-Melody (by the
+    config's model_type); a bad path is one clear line."""
+    import transformers
 
     p = Path(model_path)
     looks_local = p.is_absolute() or model_path.startswith((".", "~")) or p.exists() or model_path.count("/") != 1
@@ -23,9 +60,13 @@ def load_model_and_processor(model_path: str, device: str = "cpu", dtype=None, f
                         f"(config.json + weights) or a hub id like facebook/musicgen-small")
     if p.is_dir() and not (p / "config.json").is_file():
         raise UserError(f"{model_path}: no config.json here; point {flag} at the MusicGen folder itself")
+    model_class = getattr(transformers, MODEL_CLASSES[model_type_of(model_path, flag)])
     try:
-        model = MusicgenForConditionalGeneration.from_pretrained(model_path, dtype=dtype)
-        processor = AutoProcessor.from_pretrained(model_path)
+        model = model_class.from_pretrained(model_path, dtype=dtype)
+        try:
+            processor = transformers.AutoProcessor.from_pretrained(model_path)
+        except ImportError:  # MusicgenMelodyProcessor without torchaudio
+            processor = TokenizerOnly(transformers.AutoTokenizer.from_pretrained(model_path), model_path)
     except OSError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{model_path}: cannot load MusicGen ({first}); check {flag} "
@@ -35,6 +76,11 @@ def load_model_and_processor(model_path: str, device: str = "cpu", dtype=None, f
     check_codebooks(model, model_path)
     model.to(device)
     return model, processor
+
+
+def is_melody(model) -> bool:
+    """A MusicGen-Melody model (chroma + text prefix, no cross-attention)."""
+    return unwrap_base(model).config.model_type == "musicgen_melody"
 
 
 def check_codebooks(model, model_path):
