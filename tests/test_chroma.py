@@ -84,3 +84,25 @@ def test_offline_melody_checkpoint_takes_our_chroma(stereo, tmp_path):
     # input_features). Compared on scores: a random tiny model's argmax barely depends on its prefix
     # (measured: two melodies, or two texts, give the same greedy codes; the scores differ by ~0.4%).
     assert not torch.allclose(first_step[0], first_step[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("stereo", [False, True], ids=["melody", "stereo-melody"])
+def test_teacher_forcing_matches_generation_with_a_melody(stereo, tmp_path):
+    """The one label function on a decoder-only model with a [chroma, text] prefix: with a melody for
+    one prompt and the null melody for the other, labels from greedy generation are reproduced at
+    100% of audio positions (the prefix positions are sliced off); a wrong layout is not."""
+    from musicgen_lora.generation import label_agreement
+    from musicgen_lora.modeling import load_model_and_processor, model_info
+
+    from conftest import run_script
+
+    out = tmp_path / "melody"
+    run_script("make_tiny_model.py", "--output_dir", out, "--melody", *(["--stereo"] if stereo else []))
+    model, processor = load_model_and_processor(str(out))
+    model.eval()
+    info = model_info(model)
+    prompts = ["lo-fi hip hop beat", "dark trap beat with 808"]
+    chroma = [chroma_features(melody([0, 4, 7] * 4), SR)[0], None]
+    assert label_agreement(model, processor, prompts, chroma=chroma) == 1.0
+    wrong = 1 if info["audio_channels"] > 1 else info["num_codebooks"]  # stereo with mono delays; mono undelayed
+    assert label_agreement(model, processor, prompts, audio_channels=wrong, chroma=chroma) < 0.9

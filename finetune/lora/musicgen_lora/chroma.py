@@ -59,3 +59,19 @@ def chroma_features(wav, sample_rate: int, n_fft: int = N_FFT, hop_length: int =
     if not one_hot:
         return norm
     return torch.zeros_like(norm).scatter_(-1, norm.argmax(-1, keepdim=True), 1.0)
+
+
+def null_chroma(length: int, num_chroma: int = NUM_CHROMA) -> torch.Tensor:
+    """The "no melody" condition MusicGen-Melody uses (forward without input_features, and generate()'s
+    classifier-free-guidance pair): one-hot at bin 0 in every frame."""
+    out = torch.zeros(length, num_chroma)
+    out[:, 0] = 1.0
+    return out
+
+
+def fit_chroma(chroma: torch.Tensor, length: int) -> torch.Tensor:
+    """(frames, 12) -> (length, 12) exactly as the model treats its input (repeated until at least
+    `length`, then cut), so chromas of different clips batch together with no change to any row."""
+    if chroma.shape[0] < length:
+        chroma = chroma.repeat(-(-length // chroma.shape[0]), 1)
+    return chroma[:length]

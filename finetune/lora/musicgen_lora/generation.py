@@ -120,6 +120,16 @@ def generation_config_for(base, settings: SamplingSettings, duration: float):
     return cfg
 
 
+def melody_batch(base, chromas) -> torch.Tensor:
+    """(B, chroma_length, 12): each prompt's chroma, or the null one, fitted to the model's length."""
+    from musicgen_lora.chroma import fit_chroma, null_chroma
+
+    length = base.config.chroma_length
+    rows = [fit_chroma(torch.as_tensor(c, dtype=torch.float32), length) if c is not None else null_chroma(length)
+            for c in chromas]
+    return torch.stack(rows)
+
+
 @contextlib.contextmanager
 def _capture_codes(base):
     """Record the codes generate() hands to EnCodec's decoder ((B, K_c, frames) per call: one call
@@ -142,14 +152,16 @@ def _capture_codes(base):
 def generate_audio(model, processor, prompts: Sequence[str], duration: float, *, guidance_scale: float = 3.0,
                    temperature: float = 1.0, top_k: int = 250, top_p: float = 0.0, greedy: bool = False,
                    seed: int | Sequence[int] = 0, batch_size: int = 8, progress: bool = True,
-                   desc: str = "generating", return_codes: bool = False):
+                   desc: str = "generating", return_codes: bool = False, chroma: Sequence | None = None):
     """Generate `duration` seconds of audio for each prompt; returns float32 arrays, (samples,) mono
     or (samples, channels) stereo (and, with return_codes, the (K, frames) EnCodec codes each clip
     was decoded from, stereo rows interleaved [L0, R0, L1, ...] as the decoder predicts them).
 
     seed: one int for every prompt, or one seed per prompt. Works on a plain MusicGen model or a
     PeftModel (the active adapter applies; inside `disable_adapter()` the base model does).
-    Descriptions are cut to dataset.MAX_TEXT_TOKENS tokens, as in training.
+    Descriptions are cut to dataset.MAX_TEXT_TOKENS tokens, as in training. chroma (MusicGen-Melody
+    only): one (frames, 12) melody chroma (chroma.chroma_features) or None per prompt; None, or no
+    list, is the null melody the model uses without one.
     """
     settings = SamplingSettings(guidance_scale, temperature, top_k, top_p, greedy)
     settings.validate()
@@ -175,6 +187,8 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
         for start in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
             texts = prompts[start:start + batch_size]
             inputs = tokenize_text(processor.tokenizer, texts).to(device)
+            if chroma is not None:
+                inputs["input_features"] = melody_batch(base, chroma[start:start + batch_size]).to(device)
             from transformers import LogitsProcessorList
 
             procs = LogitsProcessorList()
@@ -200,7 +214,7 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def label_agreement(model, processor, prompts: Sequence[str], frames: int = 30,
-                    audio_channels: int | None = None) -> float:
+                    audio_channels: int | None = None, chroma: Sequence | None = None) -> float:
     """Share of label positions where the teacher-forced logits' argmax is the token greedy
     generation chose: generate_audio (guidance off) -> its codes -> codes.build_delay_pattern_labels
     (with `audio_channels`, the model's by default; another value builds a wrong layout, the
@@ -211,10 +225,12 @@ def label_agreement(model, processor, prompts: Sequence[str], frames: int = 30,
     info = model_info(model)
     channels = info["audio_channels"] if audio_channels is None else audio_channels
     _, codes = generate_audio(model, processor, list(prompts), frames / info["frame_rate"], greedy=True,
-                              guidance_scale=1.0, progress=False, return_codes=True)
+                              guidance_scale=1.0, progress=False, return_codes=True, chroma=chroma)
     labels = build_delay_pattern_labels(torch.stack(codes), audio_channels=channels)
     device = next(unwrap_base(model).parameters()).device
     inputs = {k: v.to(device) for k, v in tokenize_text(processor.tokenizer, list(prompts)).items()}
+    if chroma is not None:
+        inputs["input_features"] = melody_batch(unwrap_base(model), chroma).to(device)
     logits = forward_logits(model, inputs, labels.to(device))
     b, s, k = labels.shape
     pred = logits.reshape(b, k, s, -1).argmax(-1).permute(0, 2, 1).cpu()

@@ -348,9 +348,13 @@ def forward_logits(model, batch, labels, text_dropout: float = 0.0, generator=No
         attention_mask = attention_mask * (~drop).to(device, attention_mask.dtype)[:, None]
     decoder_input_ids = shift_tokens_right(labels, info["pad_token_id"], info["decoder_start_token_id"])
     b, k, s = decoder_input_ids.shape
+    extra = {}
+    if is_melody(model) and batch.get("input_features") is not None:  # (B, frames, 12) chroma; none: the null one
+        extra["input_features"] = batch["input_features"].to(device)
     out = model(input_ids=batch["input_ids"].to(device), attention_mask=attention_mask,
-                decoder_input_ids=decoder_input_ids.reshape(b * k, s))
-    return out.logits
+                decoder_input_ids=decoder_input_ids.reshape(b * k, s), **extra)
+    # MusicGen-Melody's logits cover its [chroma, text] prefix too: the audio positions are the last s.
+    return out.logits[:, -s:]
 
 
 def batch_loss(model, batch, text_dropout: float = 0.0, generator=None, labels=None):
