@@ -106,3 +106,17 @@ def test_teacher_forcing_matches_generation_with_a_melody(stereo, tmp_path):
     assert label_agreement(model, processor, prompts, chroma=chroma) == 1.0
     wrong = 1 if info["audio_channels"] > 1 else info["num_codebooks"]  # stereo with mono delays; mono undelayed
     assert label_agreement(model, processor, prompts, audio_channels=wrong, chroma=chroma) < 0.9
+
+
+def test_chroma_cosine_ranks_itself_transposed_and_noise():
+    """audiocraft's chroma_cosinesim on constructed signals: a melody against itself (1.0), against a
+    copy a tritone away, and against noise."""
+    from musicgen_lora.chroma import chroma_cosine
+
+    tune = melody([0, 4, 7, 11, 2, 5, 9] * 3)
+    same = chroma_cosine(tune, tune, SR)
+    louder_stereo = chroma_cosine(np.stack([0.5 * tune, 0.5 * tune], axis=1), tune, SR)
+    transposed = chroma_cosine(melody([6, 10, 1, 5, 8, 11, 3] * 3), tune, SR)
+    noise = chroma_cosine(np.random.default_rng(1).standard_normal(len(tune)).astype(np.float32), tune, SR)
+    assert same == pytest.approx(1.0, abs=1e-6) and louder_stereo == pytest.approx(1.0, abs=1e-6)
+    assert transposed < 0.5 and noise < 0.8 and transposed < same and noise < same, (transposed, noise)

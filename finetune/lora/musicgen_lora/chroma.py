@@ -75,3 +75,17 @@ def fit_chroma(chroma: torch.Tensor, length: int) -> torch.Tensor:
     if chroma.shape[0] < length:
         chroma = chroma.repeat(-(-length // chroma.shape[0]), 1)
     return chroma[:length]
+
+
+def chroma_cosine(generated, reference, sample_rate: int, eps: float = 1e-8) -> float:
+    """Mean per-frame cosine similarity of two clips' (max-normalised) chromagrams, over the frames
+    both cover -- audiocraft's chroma_cosinesim. Clips: (samples,) or (samples, channels) (mixed to
+    mid). 1.0: the same pitch classes frame by frame."""
+    def mono(x):
+        x = np.asarray(x, dtype=np.float32)
+        return x.mean(axis=1) if x.ndim == 2 else x
+
+    a = chroma_features(mono(generated), sample_rate, one_hot=False)[0]
+    b = chroma_features(mono(reference), sample_rate, one_hot=False)[0]
+    t = min(a.shape[0], b.shape[0])
+    return float(torch.nn.functional.cosine_similarity(a[:t], b[:t], dim=-1, eps=eps).mean())
