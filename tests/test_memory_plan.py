@@ -177,3 +177,12 @@ def test_memory_plan_tool_lists_what_fits_a_24gb_card(tiny_model_dir):
     assert "tiny-musicgen" in local and "as asked" in local
     proc = run_script("memory_plan.py", "--model_path", tiny_model_dir / "nowhere", check=False)
     assert_one_line_error(proc, "--model_path")
+
+
+def test_memory_plan_tool_refuses_a_config_that_is_not_musicgen(tmp_path):
+    """MusicgenConfig.from_pretrained fills any config.json with MusicGen defaults: another model's
+    folder must be one line, not a plan for a model that does not exist."""
+    (tmp_path / "config.json").write_text('{"model_type": "bert", "hidden_size": 8}')
+    proc = run_script("memory_plan.py", "--model_path", tmp_path, check=False)
+    assert_one_line_error(proc, "'bert' config", "--model_path")
+    assert "memory plan for" not in proc.stdout

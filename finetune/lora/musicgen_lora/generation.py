@@ -23,10 +23,10 @@ import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
-from musicgen_lora.codes import codebook_delays, interleave_channels
+from musicgen_lora.codes import build_delay_pattern_labels, codebook_delays, interleave_channels
 from musicgen_lora.common import UserError, log
 from musicgen_lora.data.metadata import tokenize_text
-from musicgen_lora.modeling import model_info, unwrap_base
+from musicgen_lora.modeling import forward_logits, model_info, unwrap_base
 from musicgen_lora.outputs import atomic_file, atomic_write_json
 from musicgen_lora.prompts import Job
 from musicgen_lora.sampling import SamplingSettings
@@ -219,9 +219,6 @@ def label_agreement(model, processor, prompts: Sequence[str], frames: int = 30,
     generation chose: generate_audio (guidance off) -> its codes -> codes.build_delay_pattern_labels
     (with `audio_channels`, the model's by default; another value builds a wrong layout, the
     control) -> one forward. 1.0 means training labels line up with how the model is sampled."""
-    from musicgen_lora.codes import build_delay_pattern_labels
-    from musicgen_lora.modeling import forward_logits
-
     info = model_info(model)
     channels = info["audio_channels"] if audio_channels is None else audio_channels
     _, codes = generate_audio(model, processor, list(prompts), frames / info["frame_rate"], greedy=True,

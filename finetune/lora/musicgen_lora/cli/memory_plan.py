@@ -38,10 +38,15 @@ def configs(model_path):
 
         from transformers import MusicgenConfig
 
-        from musicgen_lora.common import UserError
+        from musicgen_lora.common import UserError, read_json
 
         if not (Path(model_path) / "config.json").is_file():
             raise UserError(f"{model_path}: no config.json here; pass --model_path a local MusicGen folder")
+        config = read_json(Path(model_path) / "config.json", "model config")
+        model_type = config.get("model_type") if isinstance(config, dict) else None
+        if model_type != "musicgen":  # from_pretrained would fill any other config with MusicGen defaults
+            raise UserError(f"{model_path}: a {model_type!r} config, not a text-to-music MusicGen one; pass "
+                            f"--model_path a MusicGen folder (or leave it out for the released sizes)")
         try:
             return [(Path(model_path).name, MusicgenConfig.from_pretrained(model_path))]
         except (OSError, ValueError, KeyError) as e:
@@ -58,10 +63,11 @@ def main(argv=None):
     from musicgen_lora.training.memory import GIB, flags_for, gib, model_shape, plan_memory, suggest
 
     half = args.precision if args.precision != "fp32" else "bf16"
+    models = configs(args.model_path)  # a bad --model_path stops before anything is printed
     print(f"memory plan for a {args.gpu_gib:g} GiB GPU, {args.precision}, batch {args.batch_size} x "
           f"{args.target_duration:g} s (accumulation {args.gradient_accumulation_steps}), LoRA rank {args.lora_rank}")
     print(f"{'model':<24} {'checkpointing':<14} {'plan GiB':>9}  fits  settings that fit")
-    for name, config in configs(args.model_path):
+    for name, config in models:
         shape = model_shape(config)
         for checkpointing in (False, True):
             plan = plan_memory(shape, precision=args.precision, batch_size=args.batch_size,
