@@ -2,6 +2,7 @@
 transformers' MusicgenMelodyFeatureExtractor documents. That extractor needs torchaudio, which cannot
 be installed beside the pinned torch here, so the reference is librosa's STFT and chroma filters."""
 import librosa
+import torch
 import numpy as np
 import pytest
 
@@ -120,3 +121,28 @@ def test_chroma_cosine_ranks_itself_transposed_and_noise():
     noise = chroma_cosine(np.random.default_rng(1).standard_normal(len(tune)).astype(np.float32), tune, SR)
     assert same == pytest.approx(1.0, abs=1e-6) and louder_stereo == pytest.approx(1.0, abs=1e-6)
     assert transposed < 0.5 and noise < 0.8 and transposed < same and noise < same, (transposed, noise)
+
+
+@pytest.mark.parametrize("seconds", [0.2, 3.0, 9.5])
+def test_a_window_chroma_is_the_whole_clip_chroma_cropped(seconds, tmp_path):
+    """chroma_frames computes a window's frames from the samples they cover (reflect padding at the
+    clip's ends, zero padding to n_fft for short clips) and gets exactly the whole clip's frames, read
+    piece by piece from a file at another rate: the cached (whole clip, cropped) and uncached (window
+    only) training paths cannot disagree."""
+    import soundfile as sf
+
+    from musicgen_lora.audio import load_audio
+    from musicgen_lora.chroma import file_chroma, window_frames
+
+    wav = melody([0, 4, 7, 11, 2, 5, 9, 1, 6, 10] * 2, seconds_per_note=0.5, sr=44100)[: int(seconds * 44100)]
+    path = tmp_path / "tune.wav"
+    sf.write(path, np.stack([wav, 0.5 * wav], axis=1), 44100)
+    whole = chroma_features(load_audio(path, SR), SR, one_hot=False)[0]
+    piece = 2 * SR  # pieces shorter than the windows: frames straddle piece boundaries
+    from_file = file_chroma(path, SR, piece)
+    assert from_file.shape == whole.shape and (from_file.argmax(-1) == whole.argmax(-1)).all()
+    for start in [0, 640, 640 * 7, 640 * 130, int(seconds * SR) - 640 * 3]:
+        first, count = window_frames(max(start, 0), 2 * SR)
+        window = file_chroma(path, SR, piece, first, count)
+        assert torch.equal(window, from_file[first:first + count]), start
+        assert count == 1 + 2 * SR // HOP_LENGTH  # what the extractor gives a 2 s melody

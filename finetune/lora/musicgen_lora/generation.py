@@ -15,6 +15,7 @@ import contextlib
 import copy
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 from musicgen_lora.codes import build_delay_pattern_labels, codebook_delays, interleave_channels
 from musicgen_lora.common import UserError, log
 from musicgen_lora.data.metadata import tokenize_text
-from musicgen_lora.modeling import forward_logits, model_info, unwrap_base
+from musicgen_lora.modeling import forward_logits, is_melody, model_info, unwrap_base
 from musicgen_lora.outputs import atomic_file, atomic_write_json
 from musicgen_lora.prompts import Job
 from musicgen_lora.sampling import SamplingSettings
@@ -165,6 +166,10 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
     """
     settings = SamplingSettings(guidance_scale, temperature, top_k, top_p, greedy)
     settings.validate()
+    if chroma is not None and not is_melody(model):
+        if any(c is not None for c in chroma):  # text-only MusicGen has no input for it: never drop it silently
+            raise UserError("a melody needs a MusicGen-Melody model; this one is text-only MusicGen")
+        chroma = None
     if batch_size < 1:
         raise UserError("--batch_size must be at least 1")
     prompts = list(prompts)
@@ -251,13 +256,41 @@ def write_clip(path: Path, audio: np.ndarray, sample_rate: int, sidecar: dict, s
     atomic_write_json(Path(path).with_suffix(".json"), sidecar)
 
 
+def read_melodies(jobs: list[Job], sample_rate: int) -> dict[str, np.ndarray]:
+    """Each distinct melody file of the jobs, read once: (samples,) float32, the file's mono mix at
+    the model's rate (MusicGen-Melody's feature extractor averages stereo too). A missing or corrupt
+    file is audio.load_audio's one line."""
+    from musicgen_lora.audio import load_audio
+
+    with warnings.catch_warnings():  # librosa's fallback decoders warn before a corrupt file's error line
+        warnings.simplefilter("ignore")
+        return {path: load_audio(path, sample_rate, channels=1, fix="pass another melody file")
+                for path in dict.fromkeys(j.prompt.melody for j in jobs if j.prompt.melody)}
+
+
+def job_chroma(jobs: list[Job], melodies: dict[str, np.ndarray], sample_rate: int) -> list | None:
+    """generate_audio's `chroma` for the jobs: each melody's (frames, 12) chroma (computed once per
+    file), None -- the null melody -- for a job without one; None for jobs that have no melody at all."""
+    from musicgen_lora.chroma import chroma_features
+
+    if not any(j.prompt.melody for j in jobs):
+        return None
+    chromas = {path: chroma_features(wav, sample_rate)[0] for path, wav in melodies.items()}
+    return [chromas[j.prompt.melody] if j.prompt.melody else None for j in jobs]
+
+
 def generate_jobs(model, processor, jobs: list[Job], duration: float, settings: SamplingSettings,
-                  batch_size: int, progress: bool = True, desc: str = "generating"):
-    """generate_audio over jobs; returns (audio list, wall seconds per clip)."""
+                  batch_size: int, progress: bool = True, desc: str = "generating", chroma: list | None = None):
+    """generate_audio over jobs; returns (audio list, wall seconds per clip). chroma: job_chroma's
+    list, when the caller already has it (evaluate.py: one read for every model); without it, the
+    jobs' melody files are read here."""
+    if chroma is None and any(j.prompt.melody for j in jobs):
+        sr = model_info(model)["sample_rate"]
+        chroma = job_chroma(jobs, read_melodies(jobs, sr), sr)
     t0 = time.time()
     audio = generate_audio(model, processor, [j.prompt.text for j in jobs], duration,
                            seed=[j.seed for j in jobs], batch_size=batch_size, progress=progress, desc=desc,
-                           **settings.to_dict())
+                           chroma=chroma, **settings.to_dict())
     per_clip = (time.time() - t0) / max(1, len(jobs))
     return audio, per_clip
 

@@ -117,6 +117,8 @@ def model_info(model) -> dict:
         "pad_token_id": base.decoder.config.pad_token_id,
         # make_tiny_model.py marks its random-weight checkpoints; their loss sits at ln(vocab) by design.
         "random_weights": bool(getattr(base.config, "random_weights_test_model", False)),
+        # MusicGen-Melody: the chroma frames its prefix holds (235, ~30 s); None for text-only MusicGen.
+        "chroma_length": int(base.config.chroma_length) if is_melody(base) else None,
         "decoder_start_token_id": base.config.decoder.decoder_start_token_id
         if getattr(base.config.decoder, "decoder_start_token_id", None) is not None
         else base.generation_config.decoder_start_token_id,
@@ -128,12 +130,15 @@ def model_layout(model) -> dict:
     the code layout (codebooks, channels, vocabulary) and the decoder's shape (its size)."""
     base = unwrap_base(model)
     dec = base.decoder.config
-    return {"num_codebooks": dec.num_codebooks, "audio_channels": model_info(base)["audio_channels"],
+    return {"model_type": base.config.model_type, "num_codebooks": dec.num_codebooks,
+            "audio_channels": model_info(base)["audio_channels"],
             "vocab_size": dec.vocab_size, "hidden_size": dec.hidden_size, "num_hidden_layers": dec.num_hidden_layers}
 
 
 def describe_layout(layout: dict) -> str:
     channels = {1: "mono", 2: "stereo"}.get(layout.get("audio_channels", 1), f"{layout['audio_channels']}-channel")
+    if layout.get("model_type") == "musicgen_melody":
+        channels = f"melody ({channels})"
     return (f"{channels}, {layout['num_codebooks']} codebooks, decoder {layout['hidden_size']} wide x "
             f"{layout['num_hidden_layers']} layers")
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 import musicgen_lora.training.checkpointing as ckpt
 from musicgen_lora.common import UserError, log, seed_everything, uniform_loss
-from musicgen_lora.data.code_cache import default_cache_dir, open_training_cache
+from musicgen_lora.data.code_cache import default_cache_dir, open_chroma_cache, open_training_cache
 from musicgen_lora.data.dataset import Collator, MusicDataset, batch_size_of, padding_report
 from musicgen_lora.data.metadata import read_metadata, report_long_descriptions, validation_clips
 from musicgen_lora.generation import generate_audio, write_clip
@@ -209,6 +209,11 @@ def load_data(cfg: TrainConfig):
 def load_model(cfg: TrainConfig, splits: dict):
     model, processor = load_model_and_processor(cfg.model_path, device="cpu")
     info = model_info(model)
+    model_type = model.config.model_type
+    for flag in cfg.resolve_conditioning(model_type):
+        log.warning(f"warning: {flag} applies to MusicGen-Melody checkpoints; {cfg.model_path} is text-only: ignored")
+    log.info(f"conditioning dropout: text {cfg.text_dropout}, words {cfg.word_dropout}"
+             + (f", melody {cfg.chroma_dropout}" if cfg.chroma_dropout is not None else ""))
     report_long_descriptions(processor.tokenizer, splits["train"] + splits["valid"])
     model = apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.targets)
     if cfg.gradient_checkpointing:
@@ -245,16 +250,21 @@ def make_loaders(cfg: TrainConfig, accelerator, model, processor, info: dict, sp
     if not splits["valid"]:
         log.warning("warning: metadata has no valid split; validating on a slice of the training clips")
     cache_dir = None if cfg.no_cache else Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.data_dir)
+    melody = info["chroma_length"] is not None
+    splits_used = {"train": splits["train"], "valid": valid_clips}
     with accelerator.main_process_first():
-        code_files = open_training_cache(model, sr, {"train": splits["train"], "valid": valid_clips}, cache_dir,
-                                         device=accelerator.device, progress=not cfg.no_progress)
-    layout = {"hop_length": hop, "audio_channels": info["audio_channels"]}
+        code_files = open_training_cache(model, sr, splits_used, cache_dir, device=accelerator.device,
+                                         progress=not cfg.no_progress)
+        chroma_files = open_chroma_cache(cache_dir, info, splits_used, progress=not cfg.no_progress) if melody \
+            else {"train": None, "valid": None}
+    layout = {"hop_length": hop, "audio_channels": info["audio_channels"], "chroma": melody}
     train_set = MusicDataset(splits["train"], sr, window, train=True, seed=cfg.seed, code_files=code_files["train"],
-                             word_dropout=cfg.word_dropout, **layout)
+                             word_dropout=cfg.word_dropout, chroma_files=chroma_files["train"],
+                             chroma_dropout=cfg.chroma_dropout or 0.0, **layout)
     valid_set = MusicDataset(valid_clips, sr, window, train=False, seed=cfg.seed, code_files=code_files["valid"],
-                             **layout)
+                             chroma_files=chroma_files["valid"], **layout)
     log_padding(splits["train"], window, len(train_set), len(valid_set))
-    collate = Collator(processor, int(round(window * sr)), hop)
+    collate = Collator(processor, int(round(window * sr)), hop, chroma_length=info["chroma_length"])
     # Each epoch's shuffle is drawn from data_rng; accelerate shards the batches over processes.
     data_rng = torch.Generator().manual_seed(cfg.seed)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True,
@@ -561,7 +571,8 @@ def finish(run: Run, state: TrainState) -> dict:
                "best_step": state.best["step"], "final_valid_loss": state.last_eval["loss"], "steps": state.step,
                "epochs": state.epoch, "wall_seconds": state.elapsed, "uniform_loss": run.uniform,
                "stopped_reason": state.stop_reason or "completed", "nonfinite_steps_skipped": state.guard.total,
-               "resumed_from": str(run.resume_from) if run.resume_from else None}
+               "resumed_from": str(run.resume_from) if run.resume_from else None,
+               "melody_check": melody_check(run) if state.stop_reason != "non-finite" else None}
     if run.main:
         atomic_write_json(run.output_dir / "logs" / "summary.json", summary)
         run.metrics.close()
@@ -572,6 +583,35 @@ def finish(run: Run, state: TrainState) -> dict:
     if run.main:
         report_end(run, state, summary)
     return summary
+
+
+def melody_check(run: Run) -> dict | None:
+    """MusicGen-Melody: the held-out loss of the trained adapter and of the base model with each
+    clip's own melody, with none (the null chroma) and with its melody a tritone away (same rhythm,
+    wrong notes). An adapter that learned to follow the melody gains more from the true one than
+    the base model does; one that learned to ignore it has own ~ tritone ~ none."""
+    if run.info["chroma_length"] is None:
+        return None
+    model = run.accelerator.unwrap_model(run.model)
+    out = {}
+    try:
+        for who, ctx in (("adapter", contextlib.nullcontext), ("base", model.disable_adapter)):
+            with ctx():
+                out[who] = {}
+                for mode in MusicDataset.MELODY_MODES:
+                    run.valid_set.melody = mode
+                    out[who][mode] = evaluate_loss(run.model, run.valid_loader, run.accelerator.autocast,
+                                                   progress=False, reduce=sum_across_ranks(run.accelerator))["loss"]
+    finally:
+        run.valid_set.melody = "own"
+    a, b = out["adapter"], out["base"]
+    out["melody_gain"] = {"adapter": a["tritone"] - a["own"], "base": b["tritone"] - b["own"]}
+    log.info(f"melody check (held-out loss): own melody {a['own']:.4f}, none {a['none']:.4f}, a tritone away "
+             f"{a['tritone']:.4f}; base model {b['own']:.4f} / {b['none']:.4f} / {b['tritone']:.4f}")
+    if out["melody_gain"]["adapter"] <= 0:
+        log.warning("warning: the adapter's held-out loss is no lower with the true melody than with a wrong one: it "
+                    "does not follow the melody (more steps, a lower --chroma_dropout, or check condition_audio)")
+    return out
 
 
 def diverged_message(run: Run, state: TrainState) -> str:
