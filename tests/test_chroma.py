@@ -2,9 +2,9 @@
 transformers' MusicgenMelodyFeatureExtractor documents. That extractor needs torchaudio, which cannot
 be installed beside the pinned torch here, so the reference is librosa's STFT and chroma filters."""
 import librosa
-import torch
 import numpy as np
 import pytest
+import torch
 
 from musicgen_lora.chroma import HOP_LENGTH, N_FFT, chroma_features
 

@@ -36,7 +36,7 @@ def melody_data(tmp_path_factory):
     for i in range(6):
         sf.write(out / f"clip_{i}.wav", tune(rng.integers(0, 12, 10), seed=i), SR)
         entries.append({"audio": f"clip_{i}.wav", "description": "a synth tune"})
-    sf.write(out / "stem.wav", tune([0, 4, 7, 0, 4, 7, 0, 4, 7, 0], sr=44100, seed=9), 44100)  # another rate, on purpose
+    sf.write(out / "stem.wav", tune([0, 4, 7, 0, 4, 7, 0, 4, 7, 0], sr=44100, seed=9), 44100)  # another rate
     entries[5]["condition_audio"] = "stem.wav"
     (out / "metadata.json").write_text(json.dumps({"train": entries[:4] + entries[5:], "valid": entries[4:5]}))
     return out

@@ -67,7 +67,7 @@ def main(argv=None):
         prompts = [words[i % len(words)] + f" {i}" for i in range(args.num_prompts)]
         # Warm-up: first calls pay for allocator and kernel set-up.
         generate_audio(model, processor, prompts[:2], min(duration, 1.0), batch_size=2, progress=False,
-                       chroma=chroma and chroma[:2])
+                       chroma=chroma[:2] if chroma else None)
 
         def timed(batch_size):
             best = float("inf")

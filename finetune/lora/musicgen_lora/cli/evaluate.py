@@ -173,8 +173,8 @@ def evaluate(args, out: Path):
         validation_loader,
     )
     from musicgen_lora.evaluation.scoring import score_folder
-    from musicgen_lora.generation import check_duration, resolve_dtype
-    from musicgen_lora.modeling import is_melody, load_model_and_processor
+    from musicgen_lora.generation import check_duration, read_melodies, resolve_dtype
+    from musicgen_lora.modeling import is_melody, load_model_and_processor, model_info
 
     check_output_dir(out, args.overwrite)
     if args.score_only:
@@ -209,8 +209,9 @@ def evaluate(args, out: Path):
     check_duration(model, args.duration)
     check_melody_model(prompts, is_melody(model), args.base_model_path, "--base_model_path", args.melody,
                        args.test_prompts_file)
-    if melodies := describe_melodies(prompts, is_melody(model)):
-        log.info(melodies)
+    melodies = read_melodies(jobs, model_info(model)["sample_rate"])  # a bad file fails before any work
+    if line := describe_melodies(prompts, is_melody(model)):
+        log.info(line)
     report_long_descriptions(processor.tokenizer, [(f"prompt {p.id}", p.text) for p in prompts])
     bank = ModelBank(model, specs)
     if data_dir:
@@ -229,7 +230,8 @@ def evaluate(args, out: Path):
     summary = compare_models(bank, processor, specs, jobs, out, duration=args.duration, settings=settings,
                              batch_size=args.batch_size, wav_subtype=args.wav_subtype,
                              progress=not args.no_progress, base_model_path=args.base_model_path,
-                             model_numbers=numbers, notes=notes, reference=reference, clap=clap)
+                             model_numbers=numbers, notes=notes, reference=reference, clap=clap,
+                             melodies=melodies)
     log.info(f"wrote {len(jobs) * len(specs)} clips, comparison_results.jsonl, summary.json and "
              f"{out / 'report.html'}")
     print_verdicts(summary)

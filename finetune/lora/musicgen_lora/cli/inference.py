@@ -11,7 +11,7 @@ and a JSON sidecar of the same name holding the prompt, model, adapter, seed, me
 generation setting, so any clip can be regenerated exactly. Without --lora_model_path the base model
 generates.
 
-    python inference_lora.py --base_model_path facebook/musicgen-melody --melody tune.wav \
+    python inference_lora.py --base_model_path facebook/musicgen-melody --melody tune.wav \\
         --prompts "lo-fi hip hop, mellow rhodes" --output_dir ../output/generated_melody
 
 MusicGen-Melody checkpoints follow the chroma (pitch classes over time) of a melody: --melody for
@@ -140,8 +140,8 @@ def run(args):
                        args.prompts_file)
     info = model_info(model)
     chroma = job_chroma(jobs, read_melodies(jobs, info["sample_rate"]), info["sample_rate"])
-    if melodies := describe_melodies(prompts, is_melody(model)):
-        log.info(melodies)
+    if line := describe_melodies(prompts, is_melody(model)):
+        log.info(line)
     report_long_descriptions(processor.tokenizer, [(f"prompt {p.id}", p.text) for p in prompts])
     who = f"{args.base_model_path} + {args.lora_model_path}" if args.lora_model_path else args.base_model_path
     log.info(f"generating {len(jobs)} clip(s) with {who}: "

@@ -9,6 +9,7 @@ from musicgen_lora import chroma as chroma_lib
 from musicgen_lora.audio import AudioPieces, audio_duration
 from musicgen_lora.audio import piece_samples as default_piece_samples
 from musicgen_lora.codes import choose_frame_offset, crop_codes, num_frames_for_samples, valid_frames_for_samples
+from musicgen_lora.common import log
 from musicgen_lora.data.code_cache import load_chroma, load_codes
 from musicgen_lora.data.metadata import Clip, drop_words, tokenize_text
 
@@ -33,10 +34,11 @@ class MusicDataset(torch.utils.data.Dataset):
     window's samples, which chroma.chroma_frames makes the same frames. With chroma_dropout (train
     only, audiocraft's 0.5 for melody) it is None: the null chroma, what generate() uses without a
     melody. `melody` swaps the condition for diagnostics: "own" (the clip's), "none" (null chroma),
-    "tritone" (the clip's moved by 6 semitones: the same rhythm, the wrong notes).
+    "other" (a wrong melody: the next clip's, same window; a set of one clip gets its own moved by a
+    tritone -- the same rhythm, the wrong notes).
     """
 
-    MELODY_MODES = ("own", "none", "tritone")
+    MELODY_MODES = ("own", "none", "other")
 
     def __init__(self, clips: list[Clip], sample_rate: int, target_duration: float, train: bool, seed: int = 0, *,
                  hop_length: int, code_files: list[str] | None = None, piece_samples: int | None = None,
@@ -105,13 +107,14 @@ class MusicDataset(torch.utils.data.Dataset):
         the null chroma."""
         if self.melody == "none":
             return None
+        source = (idx + 1) % len(self.clips) if self.melody == "other" else idx
         first, count = chroma_lib.window_frames(frame_offset * self.hop_length, self.num_samples)
         if self.chroma_files is not None:
-            frames = load_chroma(self.chroma_files[idx])[first:first + count]
+            frames = load_chroma(self.chroma_files[source])[first:first + count]
         else:
-            frames = chroma_lib.file_chroma(self.clips[idx].melody_path, self.sample_rate, self.piece_samples,
+            frames = chroma_lib.file_chroma(self.clips[source].melody_path, self.sample_rate, self.piece_samples,
                                             first, count)
-        if self.melody == "tritone":
+        if self.melody == "other" and source == idx:
             frames = frames.roll(6, dims=-1)
         return frames if len(frames) else None  # a condition file shorter than this window's start
 
@@ -176,3 +179,24 @@ def padding_report(clips: list[Clip], target_duration: float, hop_seconds: float
     frac = 1.0 - real / (target_duration * len(known))
     short = sum(1 for d in known if d < target_duration - hop_seconds)
     return {"clips": len(clips), "known": len(known), "padded_fraction": frac, "shorter_than_target": short}
+
+
+def check_condition_audio(clips: list[Clip], melody: bool, tolerance: float = 1.0) -> int:
+    """Warn about `condition_audio` a run will not use (a text-only model) or whose length differs
+    from its clip's (header durations; windows take the same seconds of both files, so a shorter
+    stem leaves late windows with less melody, or none). Returns how many clips name one."""
+    named = [c for c in clips if c.condition_path is not None]
+    if named and not melody:
+        log.warning(f"warning: {len(named)} clip(s) name condition_audio (e.g. {named[0].where}), which only "
+                    f"MusicGen-Melody checkpoints use; this model is text-only: ignored")
+        return len(named)
+    off = []
+    for clip in named:
+        a, b = audio_duration(clip.audio_path), audio_duration(clip.condition_path)
+        if a is not None and b is not None and abs(a - b) > tolerance:
+            off.append(f"{clip.where} ({clip.condition_path.name} {b:.1f} s vs {clip.audio_path.name} {a:.1f} s)")
+    if off:
+        log.warning(f"warning: {len(off)} condition_audio file(s) differ in length from their clip by over "
+                    f"{tolerance:g} s, e.g. {off[0]}: windows take the same seconds of both, so they may hear the "
+                    f"wrong part of the melody; trim them to match")
+    return len(named)

@@ -187,17 +187,19 @@ def check_output_dir(out: Path, overwrite: bool):
 def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: list[Job], out: Path, *,
                    duration: float, settings: SamplingSettings, batch_size: int, wav_subtype: str = "PCM_16",
                    progress: bool = True, base_model_path: str = "", model_numbers: dict | None = None,
-                   notes: list[str] | None = None, reference=None, clap=None) -> dict:
+                   notes: list[str] | None = None, reference=None, clap=None, melodies: dict | None = None) -> dict:
     """Generate every job with every model into `out` (written atomically), score every clip, and
     return summary.json.
 
     Every model gets the same jobs with the same seeds in the same batches -- and the same melody,
     for jobs that have one -- so clips differ only by the weights. model_numbers: per-model extras
     (held-out loss) to put in the summary; reference: EnCodec frames of validation clips for the
-    style distance; clap: a ClapScorer or None.
+    style distance; clap: a ClapScorer or None; melodies: the jobs' read_melodies, when the caller
+    read them already (evaluate.py does, before the held-out loss: a bad file fails first).
     """
     sr = model_info(bank.model)["sample_rate"]
-    melodies = read_melodies(jobs, sr)  # read once, before anything is generated
+    if melodies is None:
+        melodies = read_melodies(jobs, sr)  # read once for every model, before anything is generated
     chroma = job_chroma(jobs, melodies, sr)
     many = any(j.sample > 0 for j in jobs)
     rows, audio_by_row = [], []

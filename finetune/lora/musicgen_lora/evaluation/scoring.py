@@ -45,8 +45,6 @@ def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict,
     audio: one array per row, (samples,) or (samples, channels), or None for an unreadable file.
     melodies: {row["melody"]: (samples,) reference melody at sr}: rows with one get its chroma_cosine
     (and adapters the ignores_melody flag against the base model)."""
-    from musicgen_lora.chroma import chroma_cosine
-
     curves: dict[tuple, dict[str, list[float]]] = {}
     for row, wav in zip(rows, audio):
         if wav is None:
@@ -54,6 +52,8 @@ def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict,
         scored = score_clip(wav, sr)
         row["metrics"], row["flags"] = scored["metrics"], scored["flags"]
         if row.get("melody") in (melodies or {}):
+            from musicgen_lora.chroma import chroma_cosine  # torch: only when there is a melody to compare with
+
             row["metrics"]["chroma_cosine"] = chroma_cosine(wav, melodies[row["melody"]], sr)
         row["channels"] = scored["metrics"]["channels"]
         row["loudness_trajectory"] = scored["loudness_trajectory"]

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 import musicgen_lora.training.checkpointing as ckpt
 from musicgen_lora.common import UserError, log, seed_everything, uniform_loss
 from musicgen_lora.data.code_cache import default_cache_dir, open_chroma_cache, open_training_cache
-from musicgen_lora.data.dataset import Collator, MusicDataset, batch_size_of, padding_report
+from musicgen_lora.data.dataset import Collator, MusicDataset, batch_size_of, check_condition_audio, padding_report
 from musicgen_lora.data.metadata import read_metadata, report_long_descriptions, validation_clips
 from musicgen_lora.generation import generate_audio, write_clip
 from musicgen_lora.modeling import (
@@ -251,6 +251,7 @@ def make_loaders(cfg: TrainConfig, accelerator, model, processor, info: dict, sp
         log.warning("warning: metadata has no valid split; validating on a slice of the training clips")
     cache_dir = None if cfg.no_cache else Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.data_dir)
     melody = info["chroma_length"] is not None
+    check_condition_audio(splits["train"] + splits["valid"], melody)
     splits_used = {"train": splits["train"], "valid": valid_clips}
     with accelerator.main_process_first():
         code_files = open_training_cache(model, sr, splits_used, cache_dir, device=accelerator.device,
@@ -587,9 +588,9 @@ def finish(run: Run, state: TrainState) -> dict:
 
 def melody_check(run: Run) -> dict | None:
     """MusicGen-Melody: the held-out loss of the trained adapter and of the base model with each
-    clip's own melody, with none (the null chroma) and with its melody a tritone away (same rhythm,
-    wrong notes). An adapter that learned to follow the melody gains more from the true one than
-    the base model does; one that learned to ignore it has own ~ tritone ~ none."""
+    clip's own melody, with none (the null chroma) and with a wrong one (another clip's; dataset.py's
+    "other"). An adapter that learned to follow the melody does better with its own than with a
+    wrong one, by more than the base model; one that learned to ignore it has own ~ other ~ none."""
     if run.info["chroma_length"] is None:
         return None
     model = run.accelerator.unwrap_model(run.model)
@@ -605,12 +606,13 @@ def melody_check(run: Run) -> dict | None:
     finally:
         run.valid_set.melody = "own"
     a, b = out["adapter"], out["base"]
-    out["melody_gain"] = {"adapter": a["tritone"] - a["own"], "base": b["tritone"] - b["own"]}
-    log.info(f"melody check (held-out loss): own melody {a['own']:.4f}, none {a['none']:.4f}, a tritone away "
-             f"{a['tritone']:.4f}; base model {b['own']:.4f} / {b['none']:.4f} / {b['tritone']:.4f}")
+    out["melody_gain"] = {"adapter": a["other"] - a["own"], "base": b["other"] - b["own"]}
+    log.info(f"melody check (held-out loss): own melody {a['own']:.4f}, a wrong one {a['other']:.4f}, none "
+             f"{a['none']:.4f}; base model {b['own']:.4f} / {b['other']:.4f} / {b['none']:.4f}")
     if out["melody_gain"]["adapter"] <= 0:
-        log.warning("warning: the adapter's held-out loss is no lower with the true melody than with a wrong one: it "
-                    "does not follow the melody (more steps, a lower --chroma_dropout, or check condition_audio)")
+        log.warning("warning: the adapter's held-out loss is no lower with each clip's own melody than with a wrong "
+                    "one: it does not follow the melody (train longer, lower --chroma_dropout, or check "
+                    "condition_audio)")
     return out
 
 
