@@ -23,7 +23,8 @@ MusicGen-Melody's 235-frame chroma + text prefix, trained here on the null melod
 --duration seconds, as train_lora.py --no_cache does), with the batch's real text length: on a CPU its
 total (the framework allowance included) against the peak RSS, on a GPU its total less the
 allowance (the CUDA context is outside torch's allocator) against max_memory_allocated; "plan step"
-(activations + weight copies + logits, or EnCodec's encode when larger) against the measured step.
+(activations + weight copies + the larger of logits and one layer's backward, or EnCodec's encode when
+larger) against the measured step.
 ratio = plan / measured, error = (plan - measured) / measured.
 """
 import argparse

@@ -122,13 +122,11 @@ def generation_config_for(base, settings: SamplingSettings, duration: float):
 
 
 def melody_batch(base, chromas) -> torch.Tensor:
-    """(B, chroma_length, 12): each prompt's chroma, or the null one, fitted to the model's length."""
-    from musicgen_lora.chroma import fit_chroma, null_chroma
+    """(B, chroma_length, 12): each prompt's chroma, or the null one, fitted to the model's length --
+    the same batching as training's (chroma.chroma_batch)."""
+    from musicgen_lora.chroma import chroma_batch
 
-    length = base.config.chroma_length
-    rows = [fit_chroma(torch.as_tensor(c, dtype=torch.float32), length) if c is not None else null_chroma(length)
-            for c in chromas]
-    return torch.stack(rows)
+    return chroma_batch(chromas, base.config.chroma_length)
 
 
 @contextlib.contextmanager

@@ -312,6 +312,12 @@ def pretokenize(model_path: str, data_dir, metadata_file="metadata.json", cache_
     clips = splits["train"] + splits["valid"]
     model, _ = load_model_and_processor(model_path, device=resolve_device(device))
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(data_dir)
-    cache = CodeCache(cache_dir, model, model_info(model)["sample_rate"])
+    info = model_info(model)
+    cache = CodeCache(cache_dir, model, info["sample_rate"])
     cache.fill(clips, desc="pretokenizing", progress=progress)
-    return {**cache.last_fill, "cache_dir": str(cache_dir)}
+    out = {**cache.last_fill, "cache_dir": str(cache_dir)}
+    if info["chroma_length"] is not None:  # MusicGen-Melody: each clip's melody chroma too
+        chroma = ChromaCache(cache_dir, info["sample_rate"], info["hop_length"], cache.hashes)
+        chroma.fill([c.melody_path for c in clips], progress=progress)
+        out["chroma"] = chroma.last_fill
+    return out

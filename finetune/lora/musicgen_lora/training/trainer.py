@@ -21,6 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 import musicgen_lora.training.checkpointing as ckpt
+from musicgen_lora.audio import piece_samples
+from musicgen_lora.chroma import file_chroma, num_chroma_frames
 from musicgen_lora.common import UserError, log, seed_everything, uniform_loss
 from musicgen_lora.data.code_cache import default_cache_dir, open_chroma_cache, open_training_cache
 from musicgen_lora.data.dataset import Collator, MusicDataset, batch_size_of, check_condition_audio, padding_report
@@ -46,7 +48,7 @@ from musicgen_lora.outputs import (
     write_manifest,
 )
 from musicgen_lora.plotting import write_training_curves
-from musicgen_lora.prompts import load_prompts
+from musicgen_lora.prompts import Prompt, check_melody_model, load_prompts
 from musicgen_lora.runs.review import log_review  # the review gate: a plain-words reading of the logs
 from musicgen_lora.runs.table import absolute_paths
 from musicgen_lora.training.config import TrainConfig
@@ -175,7 +177,7 @@ def setup(cfg: TrainConfig, accelerator) -> Run:
     splits, sample_prompts = load_data(cfg)
     if not accelerator.is_main_process:  # one copy of every message, from the process that writes the files
         log.setLevel(logging.ERROR)
-    model, processor, info = load_model(cfg, splits)
+    model, processor, info = load_model(cfg, splits, sample_prompts)
     memory_plan = check_memory(cfg, accelerator, model, processor, splits)  # before any clip is encoded
     if resume_from:  # before any clip is encoded: another base model or batch layout is one line
         ckpt.check_resume_compatible(resume_from, ckpt.read_trainer_state(resume_from),
@@ -200,18 +202,22 @@ def load_data(cfg: TrainConfig):
     if not splits["train"]:
         raise UserError(f"{cfg.data_dir}/{cfg.metadata_file}: no training clips listed")
     prompts = []
-    if cfg.sample_every:
-        prompts = ([p.text for p in load_prompts(cfg.sample_prompts)] if cfg.sample_prompts
-                   else [c.description for c in validation_clips(splits)[:3]])
+    if cfg.sample_every:  # a melody model also follows each validation clip's melody (or the prompts file's)
+        prompts = (load_prompts(cfg.sample_prompts) if cfg.sample_prompts
+                   else [Prompt(f"valid_{i}", c.description, melody=str(c.melody_path))
+                         for i, c in enumerate(validation_clips(splits)[:3])])
     return splits, prompts
 
 
-def load_model(cfg: TrainConfig, splits: dict):
+def load_model(cfg: TrainConfig, splits: dict, sample_prompts: list):
     model, processor = load_model_and_processor(cfg.model_path, device="cpu")
     info = model_info(model)
     model_type = model.config.model_type
     for flag in cfg.resolve_conditioning(model_type):
         log.warning(f"warning: {flag} applies to MusicGen-Melody checkpoints; {cfg.model_path} is text-only: ignored")
+    if cfg.sample_prompts:
+        check_melody_model(sample_prompts, model_type == "musicgen_melody", cfg.model_path,
+                           "--model_path", prompts_file=cfg.sample_prompts)
     log.info(f"conditioning dropout: text {cfg.text_dropout}, words {cfg.word_dropout}"
              + (f", melody {cfg.chroma_dropout}" if cfg.chroma_dropout is not None else ""))
     report_long_descriptions(processor.tokenizer, splits["train"] + splits["valid"])
@@ -529,12 +535,18 @@ def validate(run: Run, state: TrainState):
 def write_samples(run: Run, state: TrainState):
     """Listen to progress: the same prompts and seeds at every sampling point (main process only)."""
     cfg, folder = run.cfg, run.output_dir / "samples" / f"step-{state.step}"
-    audio = generate_audio(run.accelerator.unwrap_model(run.model), run.processor, run.sample_prompts,
-                           cfg.sample_duration, seed=cfg.seed, batch_size=len(run.sample_prompts), progress=False)
-    for i, (text, clip) in enumerate(zip(run.sample_prompts, audio)):
-        write_clip(folder / f"{i:02d}.wav", clip, run.info["sample_rate"],
-                   {"prompt": text, "step": state.step, "seed": cfg.seed, "duration": cfg.sample_duration,
-                    "run_id": run.run_id})
+    sr, prompts = run.info["sample_rate"], run.sample_prompts
+    melody = run.info["chroma_length"] is not None
+    # The melody's first sample_duration seconds, as a training window's chroma is taken.
+    chroma = [file_chroma(p.melody, sr, piece_samples(sr, run.info["hop_length"]), 0,
+                          num_chroma_frames(int(cfg.sample_duration * sr))) if p.melody else None
+              for p in prompts] if melody else None
+    audio = generate_audio(run.accelerator.unwrap_model(run.model), run.processor, [p.text for p in prompts],
+                           cfg.sample_duration, seed=cfg.seed, batch_size=len(prompts), progress=False, chroma=chroma)
+    for i, (prompt, clip) in enumerate(zip(prompts, audio)):
+        write_clip(folder / f"{i:02d}.wav", clip, sr,
+                   {"prompt": prompt.text, "step": state.step, "seed": cfg.seed, "duration": cfg.sample_duration,
+                    "run_id": run.run_id, **({"melody": prompt.melody} if melody and prompt.melody else {})})
     log.info(f"step {state.step}: {len(audio)} samples -> {folder}")
 
 
