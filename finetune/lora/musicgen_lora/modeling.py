@@ -1,4 +1,5 @@
 """Model plumbing: load MusicGen, attach/load LoRA, encode audio to codes, teacher-forced loss."""
+import contextlib
 import math
 import os
 import types
@@ -31,17 +32,24 @@ class TokenizerOnly:
             shutil.copy(self.source / "preprocessor_config.json", Path(folder) / "preprocessor_config.json")
 
 
-def model_type_of(model_path: str, flag: str = "--model_path") -> str:
-    from transformers import AutoConfig
-
+@contextlib.contextmanager
+def _loading(model_path: str, flag: str):
+    """What from_pretrained raises for a path that is not a loadable MusicGen, as one line."""
     try:
-        model_type = AutoConfig.from_pretrained(model_path).model_type
+        yield
     except OSError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{model_path}: cannot load MusicGen ({first}); check {flag} "
                         f"(offline machines need a local folder)") from None
     except (ValueError, KeyError) as e:
         raise UserError(f"{model_path}: not a MusicGen checkpoint ({e})") from None
+
+
+def model_type_of(model_path: str, flag: str = "--model_path") -> str:
+    from transformers import AutoConfig
+
+    with _loading(model_path, flag):
+        model_type = AutoConfig.from_pretrained(model_path).model_type
     if model_type not in MODEL_CLASSES:
         raise UserError(f"{model_path}: a {model_type!r} checkpoint, not MusicGen; pass {flag} a MusicGen or "
                         f"MusicGen-Melody folder")
@@ -61,18 +69,12 @@ def load_model_and_processor(model_path: str, device: str = "cpu", dtype=None, f
     if p.is_dir() and not (p / "config.json").is_file():
         raise UserError(f"{model_path}: no config.json here; point {flag} at the MusicGen folder itself")
     model_class = getattr(transformers, MODEL_CLASSES[model_type_of(model_path, flag)])
-    try:
+    with _loading(model_path, flag):
         model = model_class.from_pretrained(model_path, dtype=dtype)
         try:
             processor = transformers.AutoProcessor.from_pretrained(model_path)
         except ImportError:  # MusicgenMelodyProcessor without torchaudio
             processor = TokenizerOnly(transformers.AutoTokenizer.from_pretrained(model_path), model_path)
-    except OSError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{model_path}: cannot load MusicGen ({first}); check {flag} "
-                        f"(offline machines need a local folder)") from None
-    except (ValueError, KeyError) as e:
-        raise UserError(f"{model_path}: not a MusicGen checkpoint ({e})") from None
     check_codebooks(model, model_path)
     model.to(device)
     return model, processor
