@@ -34,12 +34,6 @@ concatenates them before the first layer):
     * the dropout masks after self-attention, cross-attention and the FFN (config.dropout).
   Without gradient checkpointing all L layers are kept; with it, only each layer's input (L x 4h,
   non-reentrant checkpointing keeps the arguments). Both add the final LayerNorm's input.
-- layer backward: one layer's backward working set (2aF + 16h: the F-wide gradients and a few fp32
-  gradients of the residual stream), with checkpointing plus the layer's activations recomputed for
-  it. The layers' backward starts after the loss's and the LM heads' are done and the logits freed,
-  so the step counts the larger of this and the logits, not both (measured on a CPU: the sum
-  overstated melody steps by 5-7% without checkpointing and 28-53% with it; the larger, within 0.5%
-  and 3-6% low).
 - half-precision weight copies (--fp16/--bf16 only): autocast casts each frozen fp32 weight per
   call and does not cache it (it caches only leaves that require grad), and the linear's backward
   keeps that copy: 2 bytes per decoder linear and LM head weight, for every layer without
@@ -52,6 +46,12 @@ concatenates them before the first layer):
   stack, 2a x (P+S), and the slice's backward, which writes the audio positions' gradient into a
   zero gradient of all P+S positions, 12S + aP. Per B x K x V: max(12S + aP, 2a(P+S)), 12S when
   P = 0 (measured on a CPU with the heads alone: exactly max(12S + 4P, 8(P+S)) at P = 0-800).
+- layer backward: one layer's backward working set (2aF + 16h: the F-wide gradients and a few fp32
+  gradients of the residual stream), with checkpointing plus the layer's activations recomputed for
+  it. The layers' backward starts after the loss's and the LM heads' are done and the logits freed,
+  so the step counts the larger of this and the logits, not both (on a CPU, musicgen-small's melody
+  layout at 2 s with checkpointing: the sum overstated the measured step by 28%, the larger is 3.4%
+  over).
 - EnCodec encode (--no_cache only): each clip is encoded at every step, one ~30 s piece at a time,
   under no_grad, before the forward: about 5 full-rate tensors of num_filters x samples in fp32
   (block input, ELU output, its padded copy, the branch and the residual sum; measured 4.6 on a
@@ -67,11 +67,12 @@ training description (cut to 512 T5 tokens), TEXT_TOKENS when not known; the tex
 melody's chroma and text projections) runs without a graph (frozen, no input needs a gradient), so
 it keeps nothing. Layer 0 is counted like the others (it keeps slightly less: its input
 needs no gradient). Nothing here is fitted to measurements: finetune/scripts/benchmark_memory.py
-prints the plan next to measured peaks and the error of the estimate. On a CPU (fp32, batch 2,
-musicgen-small's architecture at 2 and 4 s, mono and stereo) the totals came out 4-6% high, the
-step without checkpointing within 2% of the measured one, with checkpointing 5-18% low (a fixed
-10-20 MB per step that no term counts). The half-precision terms (weight copies, 2-byte
-activations, 1-byte masks) follow the same derivation but were not measured on a GPU yet.
+prints the plan next to measured peaks and the error of the estimate. On a CPU (fp32, batch 2 x 2 s,
+musicgen-small's architecture, text-only and melody, mono and stereo) the totals came out 3.5-6.6%
+high, the step without checkpointing within 2% of the measured one (melody: 0.3%), with
+checkpointing 6-18% low for text-only (a fixed 10-20 MB per step that no term counts) and 3.4% high
+for melody. The half-precision terms (weight copies, 2-byte activations, 1-byte masks) follow the
+same derivation but were not measured on a GPU yet.
 
 A CUDA device stops the run (UserError) when the plan exceeds its memory less a margin for the
 caching allocator's fragmentation; a CPU run only prints the plan (and a warning past the RAM).
