@@ -79,16 +79,25 @@ def test_word_dropout_in_the_dataset_is_seeded_and_training_only(example_data_di
     assert 0.5 < words / total < 0.85
 
 
-def test_defaults_follow_audiocraft_and_are_recorded(tmp_path, tiny_model_dir, example_data_dir):
-    assert (TrainConfig().text_dropout, TrainConfig().word_dropout) == (0.3, 0.3)
+def test_defaults_follow_audiocraft_and_are_recorded(tmp_path, tiny_model_dir, tiny_melody_model_dir,
+                                                     example_data_dir):
+    """audiocraft's settings by kind of model: text2music 0.3 / 0.3; chroma2music 0.2 / 0.2 and the
+    melody 0.5. What ran is in run_config.json; a melody flag on a text-only model is a warning."""
+    cfg = TrainConfig()
+    assert cfg.resolve_conditioning("musicgen") == [] and (cfg.text_dropout, cfg.word_dropout) == (0.3, 0.3)
     help_text = run_script("train_lora.py", "--help").stdout
-    assert "--word_dropout" in help_text
-    run = tmp_path / "run"
-    run_script("train_lora.py", "--model_path", tiny_model_dir, "--data_dir", example_data_dir, "--output_dir", run,
-               "--max_steps", 1, "--batch_size", 2, "--gradient_accumulation_steps", 1, "--target_duration", 2,
-               "--save_steps", 0, "--no_progress")
-    cfg = json.loads((run / "run_config.json").read_text())
-    assert cfg["text_dropout"] == 0.3 and cfg["word_dropout"] == 0.3
+    assert "--word_dropout" in help_text and "--chroma_dropout" in help_text
+    common = ("--data_dir", example_data_dir, "--max_steps", 1, "--batch_size", 2, "--gradient_accumulation_steps", 1,
+              "--target_duration", 2, "--save_steps", 0, "--no_progress")
+    proc = run_script("train_lora.py", "--model_path", tiny_model_dir, "--output_dir", tmp_path / "text", *common,
+                      "--chroma_dropout", 0.4)
+    assert "--chroma_dropout applies to MusicGen-Melody checkpoints" in proc.stderr
+    cfg = json.loads((tmp_path / "text" / "run_config.json").read_text())
+    assert (cfg["text_dropout"], cfg["word_dropout"], cfg["chroma_dropout"]) == (0.3, 0.3, None)
+    run_script("train_lora.py", "--model_path", tiny_melody_model_dir, "--output_dir", tmp_path / "melody", *common,
+               "--word_dropout", 0.1)
+    cfg = json.loads((tmp_path / "melody" / "run_config.json").read_text())
+    assert (cfg["text_dropout"], cfg["word_dropout"], cfg["chroma_dropout"]) == (0.2, 0.1, 0.5)
 
 
 @pytest.mark.parametrize("value", ["1.5", "-0.1", "nan"])

@@ -1,6 +1,7 @@
 """The memory plan (musicgen_lora/training/memory.py): it grows and shrinks the way the step's memory
 does, says in one line what fits when a GPU is too small, and train_lora.py prints it before the
 first clip is encoded. Big architectures are planned from configs on the meta device (no memory)."""
+import dataclasses
 import functools
 import json
 import shlex
@@ -12,21 +13,43 @@ from conftest import assert_one_line_error, run_script
 
 GIB = 2**30
 RTX_24GB = int(23.99 * GIB)  # what torch reports for a 24 GB card
+# A (stereo) MusicGen-Melody layout whose step dwarfs the ~10 MB per step no term counts (the tiny model's
+# whole step is about that): small's 2048-code vocabulary over a narrow 4-layer decoder, so both the
+# logits (prefix included) and the activations weigh, and it builds and steps on a CPU in seconds.
+PROBE = {"decoder": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, ffn_dim=1024, vocab_size=2048),
+         "text": dict(d_model=32, num_layers=2, num_heads=2, d_ff=64, d_kv=16),
+         "codec": dict(hidden_size=16, num_filters=4, codebook_size=2048, codebook_dim=16, target_bandwidths=[2.2],
+                       num_lstm_layers=1),
+         "text_vocab": None, "max_positions": 1024}
+
+
+@pytest.fixture(scope="module")
+def probe_melody_dir(tmp_path_factory):
+    from musicgen_lora.testing import tiny_model
+
+    out = tmp_path_factory.mktemp("models") / "probe-stereo-melody"
+    tiny_model.SIZES["probe"] = PROBE
+    try:
+        tiny_model.build(str(out), "probe", stereo=True, melody=True)
+    finally:
+        del tiny_model.SIZES["probe"]
+    return out
 
 
 @functools.cache
-def shape(size: str, stereo: bool = False):
-    from musicgen_lora.testing.tiny_model import build_config
+def shape(size: str, stereo: bool = False, melody: bool = False):
+    from musicgen_lora.testing.tiny_model import build_config, melody_config
     from musicgen_lora.training.memory import model_shape
 
-    return model_shape(build_config(size, text_vocab=32128, stereo=stereo))
+    config = build_config(size, text_vocab=32128, stereo=stereo)
+    return model_shape(melody_config(config) if melody else config)
 
 
-def plan(size="small", stereo=False, **settings):
+def plan(size="small", stereo=False, melody=False, **settings):
     from musicgen_lora.training.memory import plan_memory
 
     settings = {"device": "cuda:0", "capacity": RTX_24GB, **settings}
-    return plan_memory(shape(size, stereo), **settings)
+    return plan_memory(shape(size, stereo, melody), **settings)
 
 
 def test_plan_grows_with_batch_and_window():
@@ -55,6 +78,78 @@ def test_stereo_has_larger_logits_same_sequence():
     assert sequence_length(shape("small"), 15) == sequence_length(shape("small", True), 15) == 15 * 50 + 3
     assert stereo.logits == 2 * mono.logits  # 8 LM heads, 8 x S x V logits
     assert stereo.activations == mono.activations  # summed codebook embeddings: same decoder work
+
+
+def test_melody_decoder_runs_over_its_prefix_without_cross_attention():
+    """MusicGen-Melody (musicgen-melody is medium's decoder without cross-attention): every layer sees
+    P = 235 chroma frames + T text tokens before the S audio positions, so its activations are those
+    of P + S positions, and a longer description costs it decoder positions (not cross-attention k/v)."""
+    from musicgen_lora.training.config import DEFAULT_TARGETS
+    from musicgen_lora.training.memory import prefix_length, sequence_length
+
+    text, melody = shape("medium"), shape("medium", melody=True)
+    assert melody.melody and melody.chroma_length == 235 and not text.melody
+    assert prefix_length(melody, 20) == 255 and prefix_length(text, 20) == 0
+    assert sequence_length(melody, 15) == sequence_length(text, 15) == 753
+    h, f = melody.hidden, melody.ffn
+    assert melody.linear_weights_per_layer == 4 * h * h + 2 * h * f < text.linear_weights_per_layer
+    assert melody.lora_parameters(12, DEFAULT_TARGETS) < text.lora_parameters(12, DEFAULT_TARGETS)
+    assert melody.frozen_parameters < text.frozen_parameters  # no cross-attention weights
+    # fp32 SDPA: every activation term is per decoder position, so activations scale as P + S exactly.
+    short, wordy = (plan("medium", melody=True, precision="fp32", text_tokens=t) for t in (10, 110))
+    assert short.activations * (235 + 110 + 753) == wordy.activations * (235 + 10 + 753)
+
+
+def test_melody_logits_cover_the_prefix():
+    """The LM heads run over the [chroma, text] prefix too: logits count its positions (forward: the
+    heads' outputs and their stack over P + S; backward: the prefix's zero gradient beside the audio
+    positions' 12 bytes), so at a short window melody's logits are several times text-only's."""
+    from musicgen_lora.training.memory import prefix_length, sequence_length
+
+    for window in (1, 15):
+        text, melody = plan(window_seconds=window, precision="fp32"), plan(melody=True, window_seconds=window,
+                                                                           precision="fp32")
+        s, p, unit = sequence_length(shape("small"), window), prefix_length(shape("small", melody=True), 64), 8 * 2048
+        assert text.logits == unit * 12 * s
+        assert melody.logits == unit * max(12 * s + 4 * p, 8 * (p + s)) > text.logits
+    assert plan(melody=True, window_seconds=1).logits > 3 * plan(window_seconds=1).logits
+    assert plan(stereo=True, melody=True).logits == 2 * plan(melody=True).logits  # 8 LM heads
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["checkpointing off", "checkpointing on"])
+def test_melody_plan_matches_a_measured_step(probe_melody_dir, checkpointing):
+    """benchmark_memory.py's worker (real LoRA steps, peak RSS with freed tensors leaving it) on a
+    stereo MusicGen-Melody checkpoint at 1 s, where the 235-frame prefix is most of the sequence: the
+    plan's step and total are within 15% / 10% of the measured ones. A plan by the text-only
+    derivation (cross-attention, no prefix), or one whose logits forgot the prefix positions, is far
+    low; one that added the layers' backward on top of the logits is far high with checkpointing."""
+    from musicgen_lora.training.memory import LOGITS_BYTES, plan_memory, sequence_length
+
+    proc = run_script("benchmark_memory.py", "--_worker", "--model_path", probe_melody_dir, "--duration", 1,
+                      "--batch_size", 2, "--steps", 1, "--device", "cpu",
+                      *(["--gradient_checkpointing"] if checkpointing else []),
+                      env={"MALLOC_MMAP_THRESHOLD_": str(2**17)})
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    step, mib = r["step_mb"] * 2**20, 2**20
+    assert 0.85 < r["plan_step_mb"] / r["step_mb"] < 1.15 and 0.9 < r["plan_mb"] / r["peak_mb"] < 1.1, r
+    melody = shape_of(probe_melody_dir)
+    asked = dict(precision="fp32", batch_size=2, window_seconds=1, lora_rank=12, lora_dropout=0.05, cached=False,
+                 codec_seconds=1, text_tokens=r["text_tokens"], device="cpu", gradient_checkpointing=checkpointing)
+    plan = plan_memory(melody, **asked)
+    assert plan.step / mib == pytest.approx(r["plan_step_mb"])  # the worker planned these settings
+    text_only = plan_memory(dataclasses.replace(melody, chroma_length=0), **asked).step
+    audio_logits = LOGITS_BYTES * 2 * melody.codebooks * sequence_length(melody, 1) * melody.vocab
+    assert text_only < 0.6 * step and dataclasses.replace(plan, logits=audio_logits).step < 0.8 * step, (r, plan)
+    if checkpointing:
+        assert plan.step + min(plan.logits, plan.layer_backward) > 1.15 * step
+
+
+def shape_of(model_dir):
+    from transformers import AutoConfig
+
+    from musicgen_lora.training.memory import model_shape
+
+    return model_shape(AutoConfig.from_pretrained(model_dir))
 
 
 def test_uncached_codes_count_the_codec_but_not_on_top_of_the_step():
@@ -170,13 +265,26 @@ def test_memory_plan_tool_lists_what_fits_a_24gb_card(tiny_model_dir):
     large fits a 24 GiB card only with checkpointing, and the suggestion says so."""
     out = run_script("memory_plan.py", "--gpu_gib", 24, "--precision", "bf16").stdout
     rows = {tuple(line.split()[:2]): line for line in out.splitlines() if line.startswith("musicgen-")}
-    assert len(rows) == 12
+    assert len(rows) == 20  # 6 text-to-music layouts and the 4 released melody ones, checkpointing off and on
     assert " yes " in rows[("musicgen-small", "off")] and " yes " in rows[("musicgen-stereo-large", "on")]
     assert " no " in rows[("musicgen-large", "off")] and "--gradient_checkpointing" in rows[("musicgen-large", "off")]
+    assert " yes " in rows[("musicgen-melody", "off")] and " yes " in rows[("musicgen-stereo-melody-large", "on")]
+    assert "--gradient_checkpointing" in rows[("musicgen-melody-large", "off")]
     local = run_script("memory_plan.py", "--model_path", tiny_model_dir).stdout
     assert "tiny-musicgen" in local and "as asked" in local
     proc = run_script("memory_plan.py", "--model_path", tiny_model_dir / "nowhere", check=False)
     assert_one_line_error(proc, "--model_path")
+
+
+def test_memory_plan_tool_reads_a_melody_checkpoint(probe_melody_dir):
+    """--model_path a MusicGen-Melody folder: planned as melody (its prefix, no cross-attention)."""
+    from musicgen_lora.training.memory import gib, plan_memory
+
+    out = run_script("memory_plan.py", "--model_path", probe_melody_dir, "--target_duration", 10).stdout
+    row = next(line for line in out.splitlines() if line.startswith("probe-stereo-melody ") and " off " in line)
+    expected = plan_memory(shape_of(probe_melody_dir), precision="bf16", window_seconds=10, device="cuda",
+                           capacity=24 * GIB).total
+    assert f" {gib(expected)} " in row and "as asked" in row, out
 
 
 def test_memory_plan_tool_refuses_a_config_that_is_not_musicgen(tmp_path):

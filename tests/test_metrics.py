@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 
 import musicgen_lora.evaluation.metrics as am
-from musicgen_lora.evaluation.flags import FLAG_NAMES, STEREO_FLAG_NAMES
+from musicgen_lora.evaluation.flags import FLAG_NAMES, MELODY_FLAG_NAMES, STEREO_FLAG_NAMES
 from musicgen_lora.evaluation.style_distance import frechet_distance
 from musicgen_lora.testing.signals import (
     chord_with_beat,
@@ -74,6 +74,8 @@ def test_clipping():
 # --- stereo: the mid signal, the stereo measures and their two flags -----------------------------------
 
 MONO_FLAGS = {"fades_out", "noisy", "silent", "clipping"}
+# A stereo clip carries every flag but the melody ones (only adapter clips generated with a melody do).
+STEREO_CLIP_FLAGS = set(FLAG_NAMES) - set(MELODY_FLAG_NAMES)
 # Every constructed clip and the flags it raises, exactly: each stereo flag on its own signal only,
 # never on a mono clip (whose flags have no stereo keys at all).
 CASES = {
@@ -102,7 +104,7 @@ def test_each_flag_fires_exactly_on_its_signal(scored_cases, case):
     raised = {f for f, on in r["flags"].items() if on}
     assert raised == CASES[case][1], (case, r["metrics"])
     stereo = r["metrics"]["channels"] == 2
-    assert set(r["flags"]) == (set(FLAG_NAMES) if stereo else MONO_FLAGS)
+    assert set(r["flags"]) == (STEREO_CLIP_FLAGS if stereo else MONO_FLAGS)
     assert (r["metrics"]["lr_correlation"] is None) == (not stereo)
 
 
@@ -312,7 +314,7 @@ def test_score_only_stereo_wavs(tmp_path):
         assert r["channels"] == r["metrics"]["channels"] == (2 if stereo else 1), name
         assert (r["metrics"]["lr_correlation"] is None) == (not stereo), name
         assert (r["metrics"]["side_mid_db"] is None) == (not stereo), name
-        assert set(r["flags"]) == (set(FLAG_NAMES) if stereo else set(mono_clean)), name
+        assert set(r["flags"]) == (STEREO_CLIP_FLAGS if stereo else set(mono_clean)), name
     html = (out / "report.html").read_text()
     assert "mono, 1 channel, 32 kHz; stereo, 2 channels, 32 kHz" in html
     assert "stereo (2 ch) &middot; L/R corr 0.6" in html and "mean L/R corr" in html
@@ -341,10 +343,10 @@ def test_evaluate_a_stereo_model_scores_two_channels(tiny_stereo_model_dir, tmp_
     assert len(rows) == 2
     for r in rows:
         assert sf.info(str(out / r["wav"])).channels == 2
-        assert r["channels"] == r["metrics"]["channels"] == 2 and set(r["flags"]) == set(FLAG_NAMES)
+        assert r["channels"] == r["metrics"]["channels"] == 2 and set(r["flags"]) == STEREO_CLIP_FLAGS
         assert isinstance(r["metrics"]["lr_correlation"], float) and isinstance(r["metrics"]["side_mid_db"], float)
     base = json.loads((out / "summary.json").read_text())["models"]["base_model"]
-    assert base["channels"] == 2 and set(base["flag_counts"]) == set(FLAG_NAMES)
+    assert base["channels"] == 2 and set(base["flag_counts"]) == STEREO_CLIP_FLAGS
     assert isinstance(base["lr_correlation"], float)
     assert 'id="format">stereo, 2 channels, 32 kHz<' in (out / "report.html").read_text()
 

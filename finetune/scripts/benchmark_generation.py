@@ -3,11 +3,15 @@
 
     python finetune/scripts/benchmark_generation.py                    # tiny offline model (seconds)
     python finetune/scripts/benchmark_generation.py --size small       # musicgen-small architecture
+    python finetune/scripts/benchmark_generation.py --melody           # a MusicGen-Melody one, with a melody
     python finetune/scripts/benchmark_generation.py --model_path /path/to/musicgen-small --device cuda
 
 Prints the wall time of each way, the ratio, and the real-time factor (seconds of compute per
-second of audio). Builds the random-weight model offline when no --model_path is given. On a GPU,
-also add --duration 15 to measure the user's setting (batch 1 vs 8 at 15 s).
+second of audio). Builds the random-weight model offline when no --model_path is given (--melody: a
+MusicGen-Melody one). A MusicGen-Melody model generates with a melody: every prompt conditioned on
+the chroma of a synthetic note sequence (its decoder's prefix is 235 chroma frames with or without
+one, so the null melody costs the same). On a GPU, also add --duration 15 to measure the user's
+setting (batch 1 vs 8 at 15 s).
 """
 import argparse
 import sys
@@ -23,6 +27,8 @@ def main(argv=None):
     p.add_argument("--size", choices=["tiny", "small"], default="tiny",
                    help="Random-weight model built offline when --model_path is not given.")
     p.add_argument("--model_path", default=None, help="An existing MusicGen folder instead of a built one.")
+    p.add_argument("--melody", action="store_true",
+                   help="Build a MusicGen-Melody model (make_tiny_model.py --melody) when --model_path is not given.")
     p.add_argument("--duration", type=float, default=None,
                    help="Seconds per clip (default: 5 for tiny, 2 for small on CPU, 15 on GPU).")
     p.add_argument("--num_prompts", type=int, default=8, help="Prompts per measurement.")
@@ -35,7 +41,7 @@ def main(argv=None):
 
     from musicgen_lora.common import resolve_device, setup_logging
     from musicgen_lora.generation import generate_audio
-    from musicgen_lora.modeling import load_model_and_processor
+    from musicgen_lora.modeling import is_melody, load_model_and_processor, model_info
 
     setup_logging()
     if args.threads:
@@ -46,14 +52,22 @@ def main(argv=None):
         if path is None:
             from musicgen_lora.testing.tiny_model import build
 
-            path = str(build(Path(tmp) / f"{args.size}-musicgen", args.size, seed=0))
+            path = str(build(Path(tmp) / f"{args.size}-musicgen", args.size, seed=0, melody=args.melody))
         model, processor = load_model_and_processor(path, device=device)
+        chroma = None
+        if is_melody(model):  # one tune for every prompt: the melody-conditioned path users run
+            from musicgen_lora.chroma import chroma_features
+            from musicgen_lora.testing.signals import note_sequence
+
+            sr = model_info(model)["sample_rate"]
+            chroma = [chroma_features(note_sequence(sr=sr), sr)[0]] * args.num_prompts
         duration = args.duration or (15.0 if device.startswith("cuda") else (5.0 if args.size == "tiny" else 2.0))
         words = ["trap 808 beat", "lofi piano", "boom bap drums", "uk drill", "jazzy hip hop", "g-funk synth",
                  "memphis phonk", "melodic trap guitar"]
         prompts = [words[i % len(words)] + f" {i}" for i in range(args.num_prompts)]
         # Warm-up: first calls pay for allocator and kernel set-up.
-        generate_audio(model, processor, prompts[:2], min(duration, 1.0), batch_size=2, progress=False)
+        generate_audio(model, processor, prompts[:2], min(duration, 1.0), batch_size=2, progress=False,
+                       chroma=chroma[:2] if chroma else None)
 
         def timed(batch_size):
             best = float("inf")
@@ -61,7 +75,8 @@ def main(argv=None):
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                generate_audio(model, processor, prompts, duration, seed=0, batch_size=batch_size, progress=False)
+                generate_audio(model, processor, prompts, duration, seed=0, batch_size=batch_size, progress=False,
+                               chroma=chroma)
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
                 best = min(best, time.perf_counter() - t0)
@@ -70,9 +85,9 @@ def main(argv=None):
         sequential = timed(1)
         batched = timed(args.num_prompts)
     audio_s = args.num_prompts * duration
-    label = args.model_path or f"{args.size} (random weights)"
+    label = args.model_path or f"{args.size}{' melody' if args.melody else ''} (random weights)"
     print(f"model {label}, device {device}, threads {torch.get_num_threads()}, {args.num_prompts} prompts x "
-          f"{duration:g} s, guidance 3")
+          f"{duration:g} s, guidance 3{', with a melody' if chroma else ''}")
     print(f"one at a time (batch 1): {sequential:8.2f} s   real-time factor {sequential / audio_s:.3f}")
     print(f"batched (batch {args.num_prompts}):       {batched:8.2f} s   real-time factor {batched / audio_s:.3f}")
     print(f"batched / sequential wall time: {batched / sequential:.3f}  ({sequential / batched:.2f}x faster batched)")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Peak memory of the scripts on hostile input vs normal input, measured in one run.
 
-    .venv/bin/python finetune/scripts/benchmark_limits.py [--cap_gb 8] [--long_minutes 60]
+    .venv/bin/python finetune/scripts/benchmark_limits.py [--cap_gb 8] [--long_minutes 60] [--melody]
 
 Each case runs the real command line in a child process under an address-space cap (so a
 regression ends in an allocation error instead of taking the machine down) and reports the
@@ -12,7 +12,8 @@ child's peak RSS (wait4's ru_maxrss):
   - prepare_data.py --input_zip: a normal zip vs a 2 MB zip holding 2 GiB of zeros.
 
 A case that hits the cap prints "> CAP"; the bad/normal ratio is the figure to watch (1.0x means
-the bad input costs nothing extra).
+the bad input costs nothing extra). --melody trains a MusicGen-Melody checkpoint instead, whose
+training also reads each window's melody chroma from the clip.
 """
 import argparse
 import json
@@ -85,14 +86,16 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cap_gb", type=float, default=8.0, help="Address-space cap per child, GiB (default: 8).")
     p.add_argument("--long_minutes", type=float, default=60.0, help="Length of the long clip (default: 60).")
+    p.add_argument("--melody", action="store_true",
+                   help="Train a tiny MusicGen-Melody checkpoint (make_tiny_model.py --melody), not a text-only one.")
     p.add_argument("--work_dir", default=None, help="Scratch folder (default: a temp dir).")
     args = p.parse_args()
     cap = int(args.cap_gb * 2**30)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-limits-"))
-    model = work / "tiny-musicgen"
+    model = work / ("tiny-musicgen-melody" if args.melody else "tiny-musicgen")
     if not (model / "config.json").is_file():
-        subprocess.run([sys.executable, str(SCRIPTS / "make_tiny_model.py"), "--output_dir", str(model)], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, str(SCRIPTS / "make_tiny_model.py"), "--output_dir", str(model)]
+                       + (["--melody"] if args.melody else []), check=True, stdout=subprocess.DEVNULL)
 
     normal = make_data(work / "normal", 15, "lo-fi hip hop beat, mellow rhodes chords")
     long = make_data(work / "long", args.long_minutes * 60, "lo-fi hip hop beat, mellow rhodes chords")

@@ -8,6 +8,7 @@ encode, teacher-forced forward, backward, AdamW step) -- the trainer's own funct
 
     python finetune/scripts/benchmark_memory.py --sizes tiny small --duration 2
     python finetune/scripts/benchmark_memory.py --sizes tiny small --duration 2 --stereo   # + stereo layouts
+    python finetune/scripts/benchmark_memory.py --sizes tiny small --duration 2 --melody   # + MusicGen-Melody
 
 Peak memory is CUDA max_memory_allocated on a GPU and peak RSS (VmHWM, reset after loading) on a
 CPU, where the workers run with MALLOC_MMAP_THRESHOLD_=128 KiB so that a freed tensor leaves the RSS
@@ -15,13 +16,15 @@ as it leaves max_memory_allocated (glibc's default raises that threshold as bloc
 keeps them resident: --glibc_heap measures that way). "step" is the peak above what the process
 held before the measured steps (mostly activations); the ratio compares checkpointing on / off.
 Models are random-weight MusicGens built offline by make_tiny_model.py (--size small has
-musicgen-small's real architecture).
+musicgen-small's real architecture; with --melody, its decoder without cross-attention behind
+MusicGen-Melody's 235-frame chroma + text prefix, trained here on the null melody, which is as long).
 
 "plan" is the memory plan for the same model and settings (uncached: the step encodes its clips of
 --duration seconds, as train_lora.py --no_cache does), with the batch's real text length: on a CPU its
 total (the framework allowance included) against the peak RSS, on a GPU its total less the
 allowance (the CUDA context is outside torch's allocator) against max_memory_allocated; "plan step"
-(activations + weight copies + logits, or EnCodec's encode when larger) against the measured step.
+(activations + weight copies + the larger of logits and one layer's backward, or EnCodec's encode when
+larger) against the measured step.
 ratio = plan / measured, error = (plan - measured) / measured.
 """
 import argparse
@@ -111,6 +114,7 @@ def worker(args):
     print(json.dumps({"peak_mb": peak / 2**20, "step_mb": (peak - before) / 2**20, "held_mb": before / 2**20,
                       "seconds_per_step": (time.perf_counter() - t) / args.steps, "device": device,
                       "precision": precision, "plan_mb": plan_peak / 2**20, "plan_step_mb": plan.step / 2**20,
+                      "text_tokens": int(batch["input_ids"].shape[1]),
                       "plan": plan.describe()}))
 
 
@@ -130,6 +134,9 @@ def main():
                    help="Mixed precision of the step (autocast, as train_lora.py --fp16/--bf16; a GPU only).")
     p.add_argument("--stereo", action="store_true",
                    help="Also measure each size's stereo layout (8 codebooks; make_tiny_model.py --stereo).")
+    p.add_argument("--melody", action="store_true",
+                   help="Also measure each size's MusicGen-Melody layout (make_tiny_model.py --melody; with --stereo, "
+                        "stereo-melody too).")
     p.add_argument("--glibc_heap", action="store_true",
                    help="On a CPU, measure with glibc's default heap, which keeps freed blocks resident (the RSS "
                         "peak then overstates the live tensors; by 1.8x for small's step).")
@@ -147,14 +154,17 @@ def main():
         env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
     print(f"batch {args.batch_size} x {args.duration:g} s, {args.steps} measured steps, LoRA r=12 on the decoder, "
           f"{args.precision}")
-    print(f"{'model':12} {'checkpointing':13} {'peak MB':>9} {'plan MB':>9} {'ratio':>6} {'error':>7} "
+    print(f"{'model':19} {'checkpointing':13} {'peak MB':>9} {'plan MB':>9} {'ratio':>6} {'error':>7} "
           f"{'step MB':>9} {'plan step':>9} {'ratio':>6} {'error':>7} {'s/step':>7}")
-    for size, layout in [(s, lay) for s in args.sizes for lay in (["mono", "stereo"] if args.stereo else ["mono"])]:
+    layouts = ["mono"] + (["stereo"] if args.stereo else [])
+    layouts += [f"{lay}-melody".replace("mono-", "") for lay in layouts] if args.melody else []
+    for size, layout in [(s, lay) for s in args.sizes for lay in layouts]:
         name = f"{size} {layout}"
-        model = work / f"musicgen-{size}" if layout == "mono" else work / f"musicgen-{size}-stereo"
+        model = work / f"musicgen-{size}" if layout == "mono" else work / f"musicgen-{size}-{layout}"
         if not (model / "config.json").is_file():
             subprocess.run([sys.executable, str(HERE / "make_tiny_model.py"), "--output_dir", str(model),
-                            "--size", size] + (["--stereo"] if layout == "stereo" else []),
+                            "--size", size] + (["--stereo"] if "stereo" in layout else [])
+                           + (["--melody"] if "melody" in layout else []),
                            check=True, env=env, capture_output=True)
         res = {}
         for gc in (False, True):
@@ -165,16 +175,16 @@ def main():
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if proc.returncode != 0:  # one layout failing (say, stereo training not there yet) keeps the others
                 last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                print(f"{name:12} {'on' if gc else 'off':13} failed: {last}")
+                print(f"{name:19} {'on' if gc else 'off':13} failed: {last}")
                 continue
             res[gc] = r = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"{name:12} {'on' if gc else 'off':13} {r['peak_mb']:9.1f} {r['plan_mb']:9.1f} "
+            print(f"{name:19} {'on' if gc else 'off':13} {r['peak_mb']:9.1f} {r['plan_mb']:9.1f} "
                   f"{_error(r['plan_mb'], r['peak_mb'])} {r['step_mb']:9.1f} {r['plan_step_mb']:9.1f} "
                   f"{_error(r['plan_step_mb'], max(r['step_mb'], 1e-9))} {r['seconds_per_step']:7.2f}   "
                   f"({r['device']}, {r['precision']})")
         if len(res) == 2:
             off, on = res[False], res[True]
-            print(f"{name:12} on/off ratio: peak {on['peak_mb'] / off['peak_mb']:.3f}, step memory "
+            print(f"{name:19} on/off ratio: peak {on['peak_mb'] / off['peak_mb']:.3f}, step memory "
                   f"{on['step_mb'] / max(off['step_mb'], 1e-9):.3f}, "
                   f"time {on['seconds_per_step'] / off['seconds_per_step']:.2f}")
 

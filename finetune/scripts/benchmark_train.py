@@ -5,6 +5,7 @@ memo -- all measured in one run, printed with ratios.
 
     python finetune/scripts/benchmark_train.py                 # tiny model only (~1 min on 2 cores)
     python finetune/scripts/benchmark_train.py --size small    # + musicgen-small architecture at 15 s
+    python finetune/scripts/benchmark_train.py --melody        # the same on MusicGen-Melody checkpoints
 
 Models are built offline with make_tiny_model.py (random weights: speed and memory are those of the
 real architecture, losses are not meaningful). Training steps are real LoRA steps (forward, backward,
@@ -38,11 +39,11 @@ import torch  # noqa: E402
 SR = 32000
 
 
-def build_model(size: str, work: Path) -> Path:
-    out = work / f"{size}-musicgen"
+def build_model(size: str, work: Path, melody: bool = False) -> Path:
+    out = work / f"{size}-musicgen{'-melody' if melody else ''}"
     if not (out / "config.json").is_file():
-        subprocess.run([sys.executable, str(HERE / "make_tiny_model.py"), "--output_dir", str(out), "--size", size],
-                       check=True, capture_output=True)
+        subprocess.run([sys.executable, str(HERE / "make_tiny_model.py"), "--output_dir", str(out), "--size", size]
+                       + (["--melody"] if melody else []), check=True, capture_output=True)
     return out
 
 
@@ -121,7 +122,7 @@ def bench_model(size, work, args, device):
     steps = args.steps or (2 if size == "small" else 4)
     batch = args.batch_size or (1 if size == "small" else 2)
     t0 = time.time()
-    model_dir = build_model(size, work)
+    model_dir = build_model(size, work, args.melody)
     data = work / f"data-{size}"
     n_clips = batch * (steps + 1)
     if not (data / "metadata.json").is_file():
@@ -275,6 +276,8 @@ def main(argv=None):
     p.add_argument("--rss_clips", type=int, default=10000, help="Size of the large set for the peak-RSS check.")
     p.add_argument("--lookup_clips", type=int, default=200,
                    help="Clips (of --duration) for the cache-key lookup timing, hashing vs memo.")
+    p.add_argument("--melody", action="store_true",
+                   help="Build MusicGen-Melody checkpoints (make_tiny_model.py --melody) instead of text-only ones.")
     p.add_argument("--work_dir", default=None, help="Keep models/data/caches here (default: a temp dir).")
     p.add_argument("--_rss_child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -293,8 +296,8 @@ def main(argv=None):
           + ("" if device.type == "cuda" else "; no GPU visible: peak GPU memory at batch 1/2/4 skipped"), flush=True)
     sizes = ["tiny"] + (["small"] if args.size == "small" else [])
     results = [bench_model(s, work, args, device) for s in sizes]
-    rss = bench_rss(work, build_model("tiny", work), (100, args.rss_clips))
-    lookup = bench_lookup(work, build_model("tiny", work), args.lookup_clips, args.duration)
+    rss = bench_rss(work, build_model("tiny", work, args.melody), (100, args.rss_clips))
+    lookup = bench_lookup(work, build_model("tiny", work, args.melody), args.lookup_clips, args.duration)
 
     print("\ntraining throughput (LoRA steps incl. data loading; random weights)")
     print(f"{'model':6} {'batch':>5} {'mode':9} {'samples/s':>10} {'tokens/s':>10} {'s/step':>8}")

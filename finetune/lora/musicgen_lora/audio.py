@@ -45,14 +45,19 @@ def piece_samples(sample_rate: int, hop_length: int) -> int:
     return hop_length * max(1, round(PIECE_SECONDS * sample_rate / hop_length))
 
 
-def _decode_error(path, e) -> UserError:
+# What an unreadable file's error line tells the user to do (a training clip's; load_audio's `fix`
+# says another, e.g. for a melody file).
+DATA_FIX = "remove it from the metadata"
+
+
+def _decode_error(path, e, fix: str = DATA_FIX) -> UserError:
     why = f"{type(e).__name__}: {e}" if str(e).strip() else f"{type(e).__name__}: no decoder reads it"
-    return UserError(f"{path}: cannot decode audio ({why}); re-export it as WAV/FLAC or remove it from the metadata")
+    return UserError(f"{path}: cannot decode audio ({why}); re-export it as WAV/FLAC or {fix}")
 
 
-def _check(path, wav: np.ndarray) -> np.ndarray:
+def _check(path, wav: np.ndarray, fix: str = DATA_FIX) -> np.ndarray:
     if wav.size == 0:
-        raise UserError(f"{path}: audio file is empty; remove it from the metadata")
+        raise UserError(f"{path}: audio file is empty; {fix}")
     if not np.all(np.isfinite(wav)):
         raise UserError(f"{path}: audio holds NaN/inf samples; re-export it")
     return wav
@@ -75,7 +80,7 @@ def to_channels(wav: np.ndarray, channels: int) -> np.ndarray:
     return mono if channels == 1 else np.repeat(mono, channels, axis=0)
 
 
-def _decode_whole(path: Path) -> tuple[np.ndarray, int]:
+def _decode_whole(path: Path, fix: str = DATA_FIX) -> tuple[np.ndarray, int]:
     """((C, n) float32, rate) of a whole file: soundfile, else librosa (slower; some mp3/m4a)."""
     try:
         try:
@@ -92,15 +97,16 @@ def _decode_whole(path: Path) -> tuple[np.ndarray, int]:
     except UserError:
         raise
     except Exception as e:
-        raise _decode_error(path, e) from None
+        raise _decode_error(path, e, fix) from None
 
 
-def load_audio(path, sample_rate: int, channels: int | None = 1) -> np.ndarray:
+def load_audio(path, sample_rate: int, channels: int | None = 1, fix: str = DATA_FIX) -> np.ndarray:
     """Decode a whole file at sample_rate (for clips, not hours): (n,) mono float32 with channels=1,
-    (channels, n) with 2 (to_channels), (C_source, n) as the file has them with None."""
+    (channels, n) with 2 (to_channels), (C_source, n) as the file has them with None. fix: what an
+    unreadable file's one-line error suggests."""
     path = Path(path)
-    wav, sr = _decode_whole(path)
-    _check(path, wav)
+    wav, sr = _decode_whole(path, fix)
+    _check(path, wav, fix)
     if channels is not None:
         wav = to_channels(wav, channels)
     out = np.ascontiguousarray(resample(wav, sr, sample_rate), dtype=np.float32)
@@ -170,6 +176,16 @@ class AudioPieces:
         n = self.length(j)
         out = out[:, :n] if out.shape[-1] >= n else np.pad(out, ((0, 0), (0, n - out.shape[-1])))  # resampler: +-1
         return np.ascontiguousarray(out, dtype=np.float32)
+
+    def read_range(self, start: int, stop: int) -> np.ndarray:
+        """Samples [start, stop) at sample_rate, (channels, n), from the pieces that hold them (each
+        decoded and resampled exactly as read(j) does, so every caller sees the same samples)."""
+        start, stop = max(0, int(start)), min(self.num_samples, int(stop))
+        if stop <= start:
+            return np.zeros((self.channels, 0), dtype=np.float32)
+        first, last = start // self.piece, (stop - 1) // self.piece
+        wav = np.concatenate([self.read(j) for j in range(first, last + 1)], axis=-1)
+        return wav[:, start - first * self.piece:stop - first * self.piece]
 
     def pieces_for_frames(self, first_frame: int, num_frames: int, hop_length: int) -> range:
         """The pieces that hold code frames [first_frame, first_frame + num_frames)."""

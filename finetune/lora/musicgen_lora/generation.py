@@ -15,6 +15,7 @@ import contextlib
 import copy
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 from musicgen_lora.codes import build_delay_pattern_labels, codebook_delays, interleave_channels
 from musicgen_lora.common import UserError, log
 from musicgen_lora.data.metadata import tokenize_text
-from musicgen_lora.modeling import forward_logits, model_info, unwrap_base
+from musicgen_lora.modeling import forward_logits, is_melody, model_info, unwrap_base
 from musicgen_lora.outputs import atomic_file, atomic_write_json
 from musicgen_lora.prompts import Job
 from musicgen_lora.sampling import SamplingSettings
@@ -120,6 +121,14 @@ def generation_config_for(base, settings: SamplingSettings, duration: float):
     return cfg
 
 
+def melody_batch(base, chromas) -> torch.Tensor:
+    """(B, chroma_length, 12): each prompt's chroma, or the null one, fitted to the model's length --
+    the same batching as training's (chroma.chroma_batch)."""
+    from musicgen_lora.chroma import chroma_batch
+
+    return chroma_batch(chromas, base.config.chroma_length)
+
+
 @contextlib.contextmanager
 def _capture_codes(base):
     """Record the codes generate() hands to EnCodec's decoder ((B, K_c, frames) per call: one call
@@ -142,17 +151,23 @@ def _capture_codes(base):
 def generate_audio(model, processor, prompts: Sequence[str], duration: float, *, guidance_scale: float = 3.0,
                    temperature: float = 1.0, top_k: int = 250, top_p: float = 0.0, greedy: bool = False,
                    seed: int | Sequence[int] = 0, batch_size: int = 8, progress: bool = True,
-                   desc: str = "generating", return_codes: bool = False):
+                   desc: str = "generating", return_codes: bool = False, chroma: Sequence | None = None):
     """Generate `duration` seconds of audio for each prompt; returns float32 arrays, (samples,) mono
     or (samples, channels) stereo (and, with return_codes, the (K, frames) EnCodec codes each clip
     was decoded from, stereo rows interleaved [L0, R0, L1, ...] as the decoder predicts them).
 
     seed: one int for every prompt, or one seed per prompt. Works on a plain MusicGen model or a
     PeftModel (the active adapter applies; inside `disable_adapter()` the base model does).
-    Descriptions are cut to dataset.MAX_TEXT_TOKENS tokens, as in training.
+    Descriptions are cut to dataset.MAX_TEXT_TOKENS tokens, as in training. chroma (MusicGen-Melody
+    only): one (frames, 12) melody chroma (chroma.chroma_features) or None per prompt; None, or no
+    list, is the null melody the model uses without one.
     """
     settings = SamplingSettings(guidance_scale, temperature, top_k, top_p, greedy)
     settings.validate()
+    if chroma is not None and not is_melody(model):
+        if any(c is not None for c in chroma):  # text-only MusicGen has no input for it: never drop it silently
+            raise UserError("a melody needs a MusicGen-Melody model; this one is text-only MusicGen")
+        chroma = None
     if batch_size < 1:
         raise UserError("--batch_size must be at least 1")
     prompts = list(prompts)
@@ -175,6 +190,8 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
         for start in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
             texts = prompts[start:start + batch_size]
             inputs = tokenize_text(processor.tokenizer, texts).to(device)
+            if chroma is not None:
+                inputs["input_features"] = melody_batch(base, chroma[start:start + batch_size]).to(device)
             from transformers import LogitsProcessorList
 
             procs = LogitsProcessorList()
@@ -200,7 +217,7 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def label_agreement(model, processor, prompts: Sequence[str], frames: int = 30,
-                    audio_channels: int | None = None) -> float:
+                    audio_channels: int | None = None, chroma: Sequence | None = None) -> float:
     """Share of label positions where the teacher-forced logits' argmax is the token greedy
     generation chose: generate_audio (guidance off) -> its codes -> codes.build_delay_pattern_labels
     (with `audio_channels`, the model's by default; another value builds a wrong layout, the
@@ -208,10 +225,12 @@ def label_agreement(model, processor, prompts: Sequence[str], frames: int = 30,
     info = model_info(model)
     channels = info["audio_channels"] if audio_channels is None else audio_channels
     _, codes = generate_audio(model, processor, list(prompts), frames / info["frame_rate"], greedy=True,
-                              guidance_scale=1.0, progress=False, return_codes=True)
+                              guidance_scale=1.0, progress=False, return_codes=True, chroma=chroma)
     labels = build_delay_pattern_labels(torch.stack(codes), audio_channels=channels)
     device = next(unwrap_base(model).parameters()).device
     inputs = {k: v.to(device) for k, v in tokenize_text(processor.tokenizer, list(prompts)).items()}
+    if chroma is not None:
+        inputs["input_features"] = melody_batch(unwrap_base(model), chroma).to(device)
     logits = forward_logits(model, inputs, labels.to(device))
     b, s, k = labels.shape
     pred = logits.reshape(b, k, s, -1).argmax(-1).permute(0, 2, 1).cpu()
@@ -235,13 +254,41 @@ def write_clip(path: Path, audio: np.ndarray, sample_rate: int, sidecar: dict, s
     atomic_write_json(Path(path).with_suffix(".json"), sidecar)
 
 
+def read_melodies(jobs: list[Job], sample_rate: int) -> dict[str, np.ndarray]:
+    """Each distinct melody file of the jobs, read once: (samples,) float32, the file's mono mix at
+    the model's rate (MusicGen-Melody's feature extractor averages stereo too). A missing or corrupt
+    file is audio.load_audio's one line."""
+    from musicgen_lora.audio import load_audio
+
+    with warnings.catch_warnings():  # librosa's fallback decoders warn before a corrupt file's error line
+        warnings.simplefilter("ignore")
+        return {path: load_audio(path, sample_rate, channels=1, fix="pass another melody file")
+                for path in dict.fromkeys(j.prompt.melody for j in jobs if j.prompt.melody)}
+
+
+def job_chroma(jobs: list[Job], melodies: dict[str, np.ndarray], sample_rate: int) -> list | None:
+    """generate_audio's `chroma` for the jobs: each melody's (frames, 12) chroma (computed once per
+    file), None -- the null melody -- for a job without one; None for jobs that have no melody at all."""
+    from musicgen_lora.chroma import chroma_features
+
+    if not any(j.prompt.melody for j in jobs):
+        return None
+    chromas = {path: chroma_features(wav, sample_rate)[0] for path, wav in melodies.items()}
+    return [chromas[j.prompt.melody] if j.prompt.melody else None for j in jobs]
+
+
 def generate_jobs(model, processor, jobs: list[Job], duration: float, settings: SamplingSettings,
-                  batch_size: int, progress: bool = True, desc: str = "generating"):
-    """generate_audio over jobs; returns (audio list, wall seconds per clip)."""
+                  batch_size: int, progress: bool = True, desc: str = "generating", chroma: list | None = None):
+    """generate_audio over jobs; returns (audio list, wall seconds per clip). chroma: job_chroma's
+    list, when the caller already has it (evaluate.py: one read for every model); without it, the
+    jobs' melody files are read here."""
+    if chroma is None and any(j.prompt.melody for j in jobs):
+        sr = model_info(model)["sample_rate"]
+        chroma = job_chroma(jobs, read_melodies(jobs, sr), sr)
     t0 = time.time()
     audio = generate_audio(model, processor, [j.prompt.text for j in jobs], duration,
                            seed=[j.seed for j in jobs], batch_size=batch_size, progress=progress, desc=desc,
-                           **settings.to_dict())
+                           chroma=chroma, **settings.to_dict())
     per_clip = (time.time() - t0) / max(1, len(jobs))
     return audio, per_clip
 

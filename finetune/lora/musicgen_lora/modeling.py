@@ -1,4 +1,5 @@
 """Model plumbing: load MusicGen, attach/load LoRA, encode audio to codes, teacher-forced loss."""
+import contextlib
 import math
 import os
 import types
@@ -11,10 +12,54 @@ from musicgen_lora.codes import build_delay_pattern_labels, crop_codes, interlea
 from musicgen_lora.common import UserError, read_json
 from musicgen_lora.training.config import DEFAULT_TARGETS
 
+# model_type in config.json -> the transformers class that loads it (one path for every script).
+MODEL_CLASSES = {"musicgen": "MusicgenForConditionalGeneration",
+                 "musicgen_melody": "MusicgenMelodyForConditionalGeneration"}
+
+
+class TokenizerOnly:
+    """What the toolkit uses of a processor when the checkpoint's own cannot load: MusicGen-Melody's
+    needs torchaudio (not installable beside the pinned torch); its chroma comes from chroma.py."""
+
+    def __init__(self, tokenizer, source):
+        self.tokenizer, self.source = tokenizer, Path(source)
+
+    def save_pretrained(self, folder):
+        import shutil
+
+        self.tokenizer.save_pretrained(folder)
+        if (self.source / "preprocessor_config.json").is_file():
+            shutil.copy(self.source / "preprocessor_config.json", Path(folder) / "preprocessor_config.json")
+
+
+@contextlib.contextmanager
+def _loading(model_path: str, flag: str):
+    """What from_pretrained raises for a path that is not a loadable MusicGen, as one line."""
+    try:
+        yield
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{model_path}: cannot load MusicGen ({first}); check {flag} "
+                        f"(offline machines need a local folder)") from None
+    except (ValueError, KeyError) as e:
+        raise UserError(f"{model_path}: not a MusicGen checkpoint ({e})") from None
+
+
+def model_type_of(model_path: str, flag: str = "--model_path") -> str:
+    from transformers import AutoConfig
+
+    with _loading(model_path, flag):
+        model_type = AutoConfig.from_pretrained(model_path).model_type
+    if model_type not in MODEL_CLASSES:
+        raise UserError(f"{model_path}: a {model_type!r} checkpoint, not MusicGen; pass {flag} a MusicGen or "
+                        f"MusicGen-Melody folder")
+    return model_type
+
 
 def load_model_and_processor(model_path: str, device: str = "cpu", dtype=None, flag: str = "--model_path"):
-    """from_pretrained for a local folder or a hub id; a bad path is one clear line."""
-    from transformers import AutoProcessor, MusicgenForConditionalGeneration
+    """from_pretrained for a local folder or a hub id, text-only MusicGen or MusicGen-Melody (by the
+    config's model_type); a bad path is one clear line."""
+    import transformers
 
     p = Path(model_path)
     looks_local = p.is_absolute() or model_path.startswith((".", "~")) or p.exists() or model_path.count("/") != 1
@@ -23,18 +68,21 @@ def load_model_and_processor(model_path: str, device: str = "cpu", dtype=None, f
                         f"(config.json + weights) or a hub id like facebook/musicgen-small")
     if p.is_dir() and not (p / "config.json").is_file():
         raise UserError(f"{model_path}: no config.json here; point {flag} at the MusicGen folder itself")
-    try:
-        model = MusicgenForConditionalGeneration.from_pretrained(model_path, dtype=dtype)
-        processor = AutoProcessor.from_pretrained(model_path)
-    except OSError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{model_path}: cannot load MusicGen ({first}); check {flag} "
-                        f"(offline machines need a local folder)") from None
-    except (ValueError, KeyError) as e:
-        raise UserError(f"{model_path}: not a MusicGen checkpoint ({e})") from None
+    model_class = getattr(transformers, MODEL_CLASSES[model_type_of(model_path, flag)])
+    with _loading(model_path, flag):
+        model = model_class.from_pretrained(model_path, dtype=dtype)
+        try:
+            processor = transformers.AutoProcessor.from_pretrained(model_path)
+        except ImportError:  # MusicgenMelodyProcessor without torchaudio
+            processor = TokenizerOnly(transformers.AutoTokenizer.from_pretrained(model_path), model_path)
     check_codebooks(model, model_path)
     model.to(device)
     return model, processor
+
+
+def is_melody(model) -> bool:
+    """A MusicGen-Melody model (chroma + text prefix, no cross-attention)."""
+    return unwrap_base(model).config.model_type == "musicgen_melody"
 
 
 def check_codebooks(model, model_path):
@@ -71,6 +119,8 @@ def model_info(model) -> dict:
         "pad_token_id": base.decoder.config.pad_token_id,
         # make_tiny_model.py marks its random-weight checkpoints; their loss sits at ln(vocab) by design.
         "random_weights": bool(getattr(base.config, "random_weights_test_model", False)),
+        # MusicGen-Melody: the chroma frames its prefix holds (235, ~30 s); None for text-only MusicGen.
+        "chroma_length": int(base.config.chroma_length) if is_melody(base) else None,
         "decoder_start_token_id": base.config.decoder.decoder_start_token_id
         if getattr(base.config.decoder, "decoder_start_token_id", None) is not None
         else base.generation_config.decoder_start_token_id,
@@ -82,12 +132,15 @@ def model_layout(model) -> dict:
     the code layout (codebooks, channels, vocabulary) and the decoder's shape (its size)."""
     base = unwrap_base(model)
     dec = base.decoder.config
-    return {"num_codebooks": dec.num_codebooks, "audio_channels": model_info(base)["audio_channels"],
+    return {"model_type": base.config.model_type, "num_codebooks": dec.num_codebooks,
+            "audio_channels": model_info(base)["audio_channels"],
             "vocab_size": dec.vocab_size, "hidden_size": dec.hidden_size, "num_hidden_layers": dec.num_hidden_layers}
 
 
 def describe_layout(layout: dict) -> str:
     channels = {1: "mono", 2: "stereo"}.get(layout.get("audio_channels", 1), f"{layout['audio_channels']}-channel")
+    if layout.get("model_type") == "musicgen_melody":
+        channels = f"melody ({channels})"
     return (f"{channels}, {layout['num_codebooks']} codebooks, decoder {layout['hidden_size']} wide x "
             f"{layout['num_hidden_layers']} layers")
 
@@ -302,9 +355,13 @@ def forward_logits(model, batch, labels, text_dropout: float = 0.0, generator=No
         attention_mask = attention_mask * (~drop).to(device, attention_mask.dtype)[:, None]
     decoder_input_ids = shift_tokens_right(labels, info["pad_token_id"], info["decoder_start_token_id"])
     b, k, s = decoder_input_ids.shape
+    extra = {}
+    if is_melody(model) and batch.get("input_features") is not None:  # (B, frames, 12) chroma; none: the null one
+        extra["input_features"] = batch["input_features"].to(device)
     out = model(input_ids=batch["input_ids"].to(device), attention_mask=attention_mask,
-                decoder_input_ids=decoder_input_ids.reshape(b * k, s))
-    return out.logits
+                decoder_input_ids=decoder_input_ids.reshape(b * k, s), **extra)
+    # MusicGen-Melody's logits cover its [chroma, text] prefix too: the audio positions are the last s.
+    return out.logits[:, -s:]
 
 
 def batch_loss(model, batch, text_dropout: float = 0.0, generator=None, labels=None):

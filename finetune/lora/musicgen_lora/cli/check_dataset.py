@@ -37,15 +37,16 @@ def main(argv=None):
         num_frames_for_samples,
         valid_frames_for_samples,
     )
-    from musicgen_lora.data.dataset import MusicDataset
+    from musicgen_lora.data.dataset import MusicDataset, check_condition_audio
     from musicgen_lora.data.metadata import read_metadata
 
-    sr, hop, k, channels = MUSICGEN_SAMPLE_RATE, MUSICGEN_HOP_LENGTH, MUSICGEN_CODEBOOKS, 1
+    sr, hop, k, channels, melody = MUSICGEN_SAMPLE_RATE, MUSICGEN_HOP_LENGTH, MUSICGEN_CODEBOOKS, 1, None
     if args.model_path:
         from musicgen_lora.modeling import load_model_and_processor, model_info
 
         info = model_info(load_model_and_processor(args.model_path)[0])
         sr, hop, k, channels = info["sample_rate"], info["hop_length"], info["num_codebooks"], info["audio_channels"]
+        melody = info["chroma_length"] is not None
     splits = read_metadata(args.data_dir, args.metadata_file)
     n_target = int(round(args.target_duration * sr))
     frames = num_frames_for_samples(n_target, hop)
@@ -53,7 +54,9 @@ def main(argv=None):
         if not clips:
             log.info(f"{name}: no clips")
             continue
-        ds = MusicDataset(clips, sr, args.target_duration, train=False, hop_length=hop, audio_channels=channels)
+        ds = MusicDataset(clips, sr, args.target_duration, train=False, hop_length=hop, audio_channels=channels,
+                          chroma=bool(melody))
+        conditioned = check_condition_audio(clips, melody=melody is not False)
         durations, valid_tokens, total_tokens, long = [], 0, 0, []
         for i in range(len(ds)):
             item = ds[i]
@@ -68,6 +71,9 @@ def main(argv=None):
         log.info(f"{name}: {len(ds)} clips load; used length {d.min():.1f}-{d.max():.1f} s (mean {d.mean():.1f}); "
                  f"{int((d < args.target_duration - hop / sr).sum())} shorter than {args.target_duration:g} s; "
                  f"{100 * (1 - valid_tokens / total_tokens):.1f}% of label tokens masked as padding")
+        if melody:
+            log.info(f"{name}: melody chroma of every window computed ({conditioned} clip(s) conditioned on "
+                     f"condition_audio, the rest on themselves)")
         if long:
             seconds, path = max(long)
             log.warning(f"warning: {name}: {len(long)} clip(s) are over {LONG_CLIP_WINDOWS}x the "

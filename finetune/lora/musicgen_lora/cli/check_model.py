@@ -8,7 +8,8 @@ Loads the model, checks that the toolkit's training labels line up with how the 
 the argmax must be the generated token at 100% of positions, for a mono or a stereo checkpoint alike;
 a wrong layout is printed beside it as a control), runs one forward with delay-pattern labels on
 your clips, and prints the validation loss beside ln(vocab): a pretrained MusicGen on in-style music
-sits well below it.
+sits well below it. A MusicGen-Melody checkpoint (melody / stereo-melody) is checked with a melody:
+one prompt conditioned on the chroma of a synthetic note sequence, the other on the null melody.
 """
 import math
 import sys
@@ -16,6 +17,26 @@ import sys
 from musicgen_lora.cli.args import Parser, nonneg_int, positive_float, positive_int
 from musicgen_lora.cli.runner import cli
 from musicgen_lora.common import UserError, log, uniform_loss
+
+# The melody check's tune: an arpeggio (semitones above C) of 0.5 s notes, ~4 chroma frames each.
+MELODY_NOTES = (0, 4, 7, 11, 2, 5, 9, 12)
+
+
+def model_type(melody: bool, audio_channels: int) -> str:
+    """mono, stereo, melody or stereo-melody: which released layout (musicgen-small, -stereo-small,
+    -melody, -stereo-melody) the checkpoint has."""
+    channels = {1: "mono", 2: "stereo"}.get(audio_channels, f"{audio_channels}-channel")
+    if not melody:
+        return channels
+    return "melody" if channels == "mono" else f"{channels}-melody"
+
+
+def melody_chroma(sample_rate: int):
+    """(frames, 12) chroma of a synthetic tone sequence (MELODY_NOTES) at the model's rate."""
+    from musicgen_lora.chroma import chroma_features
+    from musicgen_lora.testing.signals import note_sequence
+
+    return chroma_features(note_sequence(MELODY_NOTES, sr=sample_rate), sample_rate)[0]
 
 
 @cli
@@ -39,6 +60,7 @@ def main(argv=None):
     from musicgen_lora.modeling import (
         count_parameters,
         evaluate_loss,
+        is_melody,
         load_adapter,
         load_model_and_processor,
         model_info,
@@ -49,15 +71,20 @@ def main(argv=None):
     if args.adapter:
         model = load_adapter(model, args.adapter)
     info = model_info(model)
+    melody = is_melody(model)
     _, total = count_parameters(model)
-    log.info(f"model loads: {total / 1e6:.1f} M parameters, {info['num_codebooks']} codebooks x "
-             f"{info['vocab_size']} codes, {info['audio_channels']} audio channel(s), {info['sample_rate']} Hz, "
-             f"{info['frame_rate']:g} frames/s")
+    log.info(f"model loads: model type {model_type(melody, info['audio_channels'])}, {total / 1e6:.1f} M parameters, "
+             f"{info['num_codebooks']} codebooks x {info['vocab_size']} codes, {info['audio_channels']} audio "
+             f"channel(s), {info['sample_rate']} Hz, {info['frame_rate']:g} frames/s")
     prompts = ["lo-fi hip hop beat with mellow piano", "energetic techno with a driving kick"]
-    right = label_agreement(model, processor, prompts)
+    # Melody: the first prompt with a tune, the second with the null melody (both conditions training sees).
+    chroma = [melody_chroma(info["sample_rate"]), None] if melody else None
+    right = label_agreement(model, processor, prompts, chroma=chroma)
     wrong = label_agreement(model, processor, prompts, audio_channels=1 if info["audio_channels"] > 1 else
-                            info["num_codebooks"])  # stereo with mono delays; mono with no delay
-    log.info(f"labels line up with generate(): {100 * right:.1f}% of positions (a wrong layout: {100 * wrong:.1f}%)")
+                            info["num_codebooks"], chroma=chroma)  # stereo with mono delays; mono with no delay
+    with_melody = " with a melody" if melody else ""
+    log.info(f"labels line up with generate(){with_melody}: {100 * right:.1f}% of positions (a wrong layout: "
+             f"{100 * wrong:.1f}%)")
     if right < 1.0:
         raise UserError(f"{args.model_path}: training labels match this model's own generation at only "
                         f"{100 * right:.1f}% of positions; this checkpoint's code layout is not one the toolkit knows")

@@ -12,10 +12,13 @@
 --adapter N=P    add any adapter (repeatable), e.g. --adapter r16=../output_r16/best_model
 
 The base model is loaded once and adapters are swapped on it; every model gets each prompt with the
-same seed, so differences come from the weights. Every clip is scored (loudness trajectory and
+same seed (and, on a MusicGen-Melody checkpoint, the same melody: --melody FILE, or "melody" per
+prompt in the prompts file), so differences come from the weights. Every clip is scored (loudness trajectory and
 fades_out, silence, spectral flatness and noisy, clipping); with --data_dir each model also gets its
 held-out token loss and a style distance (FAD on EnCodec embeddings) to the validation clips.
-evaluate.py ends with one verdict line per model.
+Clips generated with a melody also get their chroma cosine to it, and an adapter's clip that follows
+the melody clearly less than the base model's is flagged ignores_melody. evaluate.py ends with one
+verdict line per model.
 
     python evaluate.py --score_only --input_dir OLD_EVALUATION --output_dir OLD_EVALUATION_scored
 
@@ -39,7 +42,7 @@ from musicgen_lora.cli.runner import cli
 from musicgen_lora.common import UserError, log, resolve_device
 from musicgen_lora.data.metadata import report_long_descriptions
 from musicgen_lora.outputs import output_lock
-from musicgen_lora.prompts import load_prompts, plan_jobs
+from musicgen_lora.prompts import check_melody_model, describe_melodies, load_prompts, plan_jobs
 from musicgen_lora.runs.table import recorded_path
 
 TOOL = "evaluate.py"
@@ -62,9 +65,12 @@ def build_parser():
 
     q = p.add_argument_group("prompts and output")
     q.add_argument("--test_prompts_file", default=None,
-                   help="JSON list of prompts (strings or {\"prompt\", \"id\", \"seed\"} objects), e.g. "
-                        "../data/eval/evaluation_prompts_8.json.")
+                   help="JSON list of prompts (strings or {\"prompt\", \"id\", \"seed\", \"melody\"} objects; a "
+                        "melody path is relative to the file's folder), e.g. ../data/eval/evaluation_prompts_8.json.")
     q.add_argument("--test_prompts", nargs="+", default=None, help="Prompts given on the command line.")
+    q.add_argument("--melody", default=None,
+                   help="Audio file whose melody (chroma) conditions every prompt that has none of its own, for "
+                        "every model; MusicGen-Melody checkpoints only.")
     q.add_argument("--num_samples_per_prompt", type=positive_int, default=1,
                    help="Clips per prompt and model (seed, seed+1, ...).")
     q.add_argument("--output_dir", default="../output/evaluation", help="Folder for clips, results and report.")
@@ -140,6 +146,9 @@ def check_args(args):
         raise UserError("--score_only needs --input_dir (the folder of clips to score)")
     if args.input_dir and not args.score_only:
         raise UserError("--input_dir is read by --score_only; pass both (or neither)")
+    if args.score_only and args.melody:
+        raise UserError("--melody conditions generation, and --score_only generates nothing (it reads each clip's "
+                        "melody from its sidecar); drop --melody")
     check_runtime_flags(args)
 
 
@@ -164,8 +173,8 @@ def evaluate(args, out: Path):
         validation_loader,
     )
     from musicgen_lora.evaluation.scoring import score_folder
-    from musicgen_lora.generation import check_duration, resolve_dtype
-    from musicgen_lora.modeling import load_model_and_processor
+    from musicgen_lora.generation import check_duration, read_melodies, resolve_dtype
+    from musicgen_lora.modeling import is_melody, load_model_and_processor, model_info
 
     check_output_dir(out, args.overwrite)
     if args.score_only:
@@ -178,7 +187,7 @@ def evaluate(args, out: Path):
 
     specs = resolve_models(args.lora_model_path, args.best_model_path, args.final_model_path, args.adapter,
                            compare=args.compare, compare_multi=args.compare_multi)
-    prompts = load_prompts(args.test_prompts_file, args.test_prompts)
+    prompts = load_prompts(args.test_prompts_file, args.test_prompts, args.melody)
     settings = sampling_settings(args)
     jobs = plan_jobs(prompts, args.num_samples_per_prompt, args.seed)
     notes, numbers, reference = [], {}, None
@@ -198,6 +207,11 @@ def evaluate(args, out: Path):
     model, processor = load_model_and_processor(args.base_model_path, device=device, dtype=dtype,
                                                 flag="--base_model_path")
     check_duration(model, args.duration)
+    check_melody_model(prompts, is_melody(model), args.base_model_path, "--base_model_path", args.melody,
+                       args.test_prompts_file)
+    melodies = read_melodies(jobs, model_info(model)["sample_rate"])  # a bad file fails before any work
+    if line := describe_melodies(prompts, is_melody(model)):
+        log.info(line)
     report_long_descriptions(processor.tokenizer, [(f"prompt {p.id}", p.text) for p in prompts])
     bank = ModelBank(model, specs)
     if data_dir:
@@ -216,7 +230,8 @@ def evaluate(args, out: Path):
     summary = compare_models(bank, processor, specs, jobs, out, duration=args.duration, settings=settings,
                              batch_size=args.batch_size, wav_subtype=args.wav_subtype,
                              progress=not args.no_progress, base_model_path=args.base_model_path,
-                             model_numbers=numbers, notes=notes, reference=reference, clap=clap)
+                             model_numbers=numbers, notes=notes, reference=reference, clap=clap,
+                             melodies=melodies)
     log.info(f"wrote {len(jobs) * len(specs)} clips, comparison_results.jsonl, summary.json and "
              f"{out / 'report.html'}")
     print_verdicts(summary)

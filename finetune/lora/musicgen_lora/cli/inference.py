@@ -7,8 +7,16 @@
         --output_dir ../output_epoch1/generated --duration 15
 
 Writes OUTPUT_DIR/NN_prompt-slug.wav (32 kHz, mono or stereo as the model, 16-bit PCM by default)
-and a JSON sidecar of the same name holding the prompt, model, adapter, seed and every generation
-setting, so any clip can be regenerated exactly. Without --lora_model_path the base model generates.
+and a JSON sidecar of the same name holding the prompt, model, adapter, seed, melody and every
+generation setting, so any clip can be regenerated exactly. Without --lora_model_path the base model
+generates.
+
+    python inference_lora.py --base_model_path facebook/musicgen-melody --melody tune.wav \\
+        --prompts "lo-fi hip hop, mellow rhodes" --output_dir ../output/generated_melody
+
+MusicGen-Melody checkpoints follow the chroma (pitch classes over time) of a melody: --melody for
+every prompt, or "melody": "file" per prompt in --prompts_file; prompts without one get the null
+melody, as generate() does without a melody.
 
     python inference_lora.py --base_model_path BASE --lora_model_path ADAPTER --merge --output_dir MERGED
 
@@ -34,7 +42,14 @@ from musicgen_lora.outputs import (
     read_manifest,
     write_manifest,
 )
-from musicgen_lora.prompts import clip_filename, describe_settings, load_prompts, plan_jobs
+from musicgen_lora.prompts import (
+    check_melody_model,
+    clip_filename,
+    describe_melodies,
+    describe_settings,
+    load_prompts,
+    plan_jobs,
+)
 
 
 def build_parser():
@@ -46,8 +61,11 @@ def build_parser():
                         "Omit to generate with the base model.")
     p.add_argument("--prompts", nargs="+", default=None, help="One or more text prompts.")
     p.add_argument("--prompts_file", default=None,
-                   help="JSON list of prompts (strings or {\"prompt\", \"id\", \"seed\"} objects) or a .txt file, "
-                        "one prompt per line.")
+                   help="JSON list of prompts (strings or {\"prompt\", \"id\", \"seed\", \"melody\"} objects; a "
+                        "melody path is relative to the file's folder) or a .txt file, one prompt per line.")
+    p.add_argument("--melody", default=None,
+                   help="Audio file whose melody (chroma) conditions every prompt that has none of its own; "
+                        "MusicGen-Melody checkpoints only.")
     p.add_argument("--num_samples", type=positive_int, default=1, help="Clips per prompt (different seeds).")
     p.add_argument("--output_dir", default="../output/generated", help="Folder for WAVs and sidecars "
                                                                           "(or the merged model with --merge).")
@@ -76,8 +94,9 @@ def merge(args, model, processor):
 def check_args(args):
     if args.merge and not args.lora_model_path:
         raise UserError("--merge needs --lora_model_path (the adapter to merge into the base model)")
-    if args.merge and (args.prompts or args.prompts_file):
-        raise UserError("--merge writes a model and generates nothing; drop --prompts/--prompts_file (or --merge)")
+    if args.merge and (args.prompts or args.prompts_file or args.melody):
+        raise UserError("--merge writes a model and generates nothing; drop --prompts/--prompts_file/--melody "
+                        "(or --merge)")
     check_runtime_flags(args)
 
 
@@ -92,14 +111,14 @@ def main(argv=None):
 
 def run(args):
     from musicgen_lora.evaluation.compare import adapter_run_id
-    from musicgen_lora.generation import generate_jobs, resolve_dtype, write_clip
-    from musicgen_lora.modeling import check_adapter_dir, load_adapter, load_model_and_processor, model_info
+    from musicgen_lora.generation import generate_jobs, job_chroma, read_melodies, resolve_dtype, write_clip
+    from musicgen_lora.modeling import check_adapter_dir, is_melody, load_adapter, load_model_and_processor, model_info
 
     out = Path(args.output_dir)
     if args.merge:
         check_own_folder(out, MERGE_TOOL, overwrite=args.overwrite, flag="--output_dir")
     else:
-        prompts = load_prompts(args.prompts_file, args.prompts)
+        prompts = load_prompts(args.prompts_file, args.prompts, args.melody)
         settings = sampling_settings(args)
         jobs = plan_jobs(prompts, args.num_samples, args.seed)
         names = [clip_filename(j.prompt, j.sample if args.num_samples > 1 else None) for j in jobs]
@@ -117,14 +136,19 @@ def run(args):
     if args.merge:
         return merge(args, model, processor)
 
+    check_melody_model(prompts, is_melody(model), args.base_model_path, "--base_model_path", args.melody,
+                       args.prompts_file)
     info = model_info(model)
+    chroma = job_chroma(jobs, read_melodies(jobs, info["sample_rate"]), info["sample_rate"])
+    if line := describe_melodies(prompts, is_melody(model)):
+        log.info(line)
     report_long_descriptions(processor.tokenizer, [(f"prompt {p.id}", p.text) for p in prompts])
     who = f"{args.base_model_path} + {args.lora_model_path}" if args.lora_model_path else args.base_model_path
     log.info(f"generating {len(jobs)} clip(s) with {who}: "
              f"{describe_settings(settings, args.duration, args.batch_size)}")
     t0 = time.time()
     audio, per_clip = generate_jobs(model, processor, jobs, args.duration, settings, args.batch_size,
-                                    progress=not args.no_progress)
+                                    progress=not args.no_progress, chroma=chroma)
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     run_id = adapter_run_id(Path(args.lora_model_path)) if args.lora_model_path else None
     # Claim the names first: a kill mid-way leaves every written clip recorded as ours.
@@ -133,7 +157,8 @@ def run(args):
         sidecar = {"prompt": job.prompt.text, "prompt_id": job.prompt.id, "sample": job.sample, "seed": job.seed,
                    "base_model": args.base_model_path,
                    "adapter": str(Path(args.lora_model_path).resolve()) if args.lora_model_path else None,
-                   "run_id": run_id, "duration": args.duration, "sample_rate": info["sample_rate"],
+                   "run_id": run_id, "melody": job.prompt.melody, "duration": args.duration,
+                   "sample_rate": info["sample_rate"],
                    "num_samples": len(wav), **settings.to_dict(), "batch_size": args.batch_size, "device": device,
                    "dtype": str(dtype or "float32").replace("torch.", ""), "wav_subtype": args.wav_subtype,
                    "wall_seconds": per_clip, "created": stamp}

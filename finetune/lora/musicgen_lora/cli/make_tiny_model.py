@@ -23,18 +23,22 @@ def main(argv=None):
                    help="tiny: seconds to build and train on CPU; small/medium/large: those architectures.")
     p.add_argument("--stereo", action="store_true",
                    help="The musicgen-stereo layout: 2 channels x 4 codebooks = 8, interleaved [L0, R0, L1, R1, ...].")
+    p.add_argument("--melody", action="store_true",
+                   help="A MusicGen-Melody checkpoint (chroma + text prefix, no cross-attention); with --stereo, "
+                        "the stereo-melody layout.")
     p.add_argument("--seed", type=int, default=0, help="Seed for the random weights (same seed, same checkpoint).")
     p.add_argument("--overwrite", action="store_true",
                    help="Replace a model this script wrote earlier in --output_dir (anything else is never replaced).")
     args = p.parse_args(argv)
     from musicgen_lora.testing.tiny_model import build
 
-    out = build(args.output_dir, args.size, args.seed, args.overwrite, stereo=args.stereo)
-    from transformers import MusicgenForConditionalGeneration
+    out = build(args.output_dir, args.size, args.seed, args.overwrite, stereo=args.stereo, melody=args.melody)
+    from transformers import MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
 
-    model = MusicgenForConditionalGeneration.from_pretrained(out)
+    model = (MusicgenMelodyForConditionalGeneration if args.melody else MusicgenForConditionalGeneration) \
+        .from_pretrained(out)
     n_dec = sum(p.numel() for p in model.decoder.parameters())
-    channels = "stereo" if model.decoder.config.audio_channels == 2 else "mono"
+    channels = ("stereo" if model.decoder.config.audio_channels == 2 else "mono") + (" melody" if args.melody else "")
     print(f"wrote {args.size} {channels} MusicGen checkpoint to {out} (decoder {n_dec / 1e6:.1f} M parameters, "
           f"{model.decoder.config.num_codebooks} codebooks x {model.decoder.config.vocab_size} codes)")
 

@@ -1,14 +1,17 @@
 """Which MusicGen fits your GPU, and with which settings: the memory plan train_lora.py prints at
-its start (musicgen_lora/training/memory.py), for any size, mono or stereo, without loading weights.
+its start (musicgen_lora/training/memory.py), for any size, mono or stereo, text-only or melody, without
+loading weights.
 
     python finetune/scripts/memory_plan.py --gpu_gib 24 --precision bf16
     python finetune/scripts/memory_plan.py --model_path /path/to/musicgen-stereo-large --gpu_gib 24
 
 One row per model and gradient-checkpointing setting: the plan's total, whether it fits the GPU
 (less a 5% margin for the allocator), and the train_lora.py flags that fit when it does not. The
-architectures are those of facebook/musicgen-{small,medium,large} and their stereo versions, built
-on the meta device (nothing is allocated or downloaded); --model_path reads a checkpoint's
-config.json instead. An estimate: benchmark_memory.py measures it against real peaks.
+architectures are those of facebook/musicgen-{small,medium,large}, their stereo versions and
+facebook/musicgen-{,stereo-}melody{,-large} (MusicGen-Melody: medium's and large's decoders without
+cross-attention, over a 235-frame chroma + text prefix), built on the meta device (nothing is
+allocated or downloaded); --model_path reads a checkpoint's config.json instead (MusicGen or
+MusicGen-Melody). An estimate: benchmark_memory.py measures it against real peaks.
 """
 import sys
 
@@ -31,12 +34,19 @@ def build_parser():
     return p
 
 
+# model_type in config.json -> the transformers config class that reads it
+CONFIG_CLASSES = {"musicgen": "MusicgenConfig", "musicgen_melody": "MusicgenMelodyConfig"}
+# The released MusicGen-Melody checkpoints: (name, the text-only size whose decoder they have, stereo)
+MELODY_LAYOUTS = [("musicgen-melody", "medium", False), ("musicgen-melody-large", "large", False),
+                  ("musicgen-stereo-melody", "medium", True), ("musicgen-stereo-melody-large", "large", True)]
+
+
 def configs(model_path):
-    """(name, MusicgenConfig) pairs: the checkpoint's, or the six released text-to-music layouts."""
+    """(name, config) pairs: the checkpoint's, or the ten released layouts (six text-to-music, four melody)."""
     if model_path:
         from pathlib import Path
 
-        from transformers import MusicgenConfig
+        import transformers
 
         from musicgen_lora.common import UserError, read_json
 
@@ -44,17 +54,20 @@ def configs(model_path):
             raise UserError(f"{model_path}: no config.json here; pass --model_path a local MusicGen folder")
         config = read_json(Path(model_path) / "config.json", "model config")
         model_type = config.get("model_type") if isinstance(config, dict) else None
-        if model_type != "musicgen":  # from_pretrained would fill any other config with MusicGen defaults
-            raise UserError(f"{model_path}: a {model_type!r} config, not a text-to-music MusicGen one; pass "
+        if model_type not in CONFIG_CLASSES:  # from_pretrained would fill any other config with MusicGen defaults
+            raise UserError(f"{model_path}: a {model_type!r} config, not a MusicGen or MusicGen-Melody one; pass "
                             f"--model_path a MusicGen folder (or leave it out for the released sizes)")
+        config_class = getattr(transformers, CONFIG_CLASSES[model_type])
         try:
-            return [(Path(model_path).name, MusicgenConfig.from_pretrained(model_path))]
+            return [(Path(model_path).name, config_class.from_pretrained(model_path))]
         except (OSError, ValueError, KeyError) as e:
             raise UserError(f"{model_path}: not a MusicGen config ({e})") from None
-    from musicgen_lora.testing.tiny_model import build_config
+    from musicgen_lora.testing.tiny_model import build_config, melody_config
 
-    return [(f"musicgen-{'stereo-' if stereo else ''}{size}", build_config(size, 32128, stereo=stereo))
+    text = [(f"musicgen-{'stereo-' if stereo else ''}{size}", build_config(size, 32128, stereo=stereo))
             for size in ("small", "medium", "large") for stereo in (False, True)]
+    return text + [(name, melody_config(build_config(size, 32128, stereo=stereo)))
+                   for name, size, stereo in MELODY_LAYOUTS]
 
 
 @cli
@@ -66,7 +79,7 @@ def main(argv=None):
     models = configs(args.model_path)  # a bad --model_path stops before anything is printed
     print(f"memory plan for a {args.gpu_gib:g} GiB GPU, {args.precision}, batch {args.batch_size} x "
           f"{args.target_duration:g} s (accumulation {args.gradient_accumulation_steps}), LoRA rank {args.lora_rank}")
-    print(f"{'model':<24} {'checkpointing':<14} {'plan GiB':>9}  fits  settings that fit")
+    print(f"{'model':<29} {'checkpointing':<14} {'plan GiB':>9}  fits  settings that fit")
     for name, config in models:
         shape = model_shape(config)
         for checkpointing in (False, True):
@@ -79,7 +92,7 @@ def main(argv=None):
             else:
                 fix, fits = suggest(plan, half)
                 advice = f"{flags_for(fix, plan)} ({gib(fix.total)} GiB)" if fits else "none: a bigger GPU"
-            print(f"{name:<24} {'on' if checkpointing else 'off':<14} {gib(plan.total):>9}  "
+            print(f"{name:<29} {'on' if checkpointing else 'off':<14} {gib(plan.total):>9}  "
                   f"{'yes' if plan.fits else 'no ':<4}  {advice}")
 
 

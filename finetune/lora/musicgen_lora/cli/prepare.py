@@ -124,6 +124,10 @@ def pretokenize(args):
                  progress=not args.no_progress)
     log.info(f"code cache {stats['cache_dir']}: {stats['files']} clips, {stats['encoded']} encoded, "
              f"{stats['cached']} already cached, {stats['seconds']:.1f} s ({stats['files_per_s']:.2f} files/s)")
+    if "chroma" in stats:  # MusicGen-Melody
+        c = stats["chroma"]
+        log.info(f"chroma cache {stats['cache_dir']}/chroma: {c['files']} clips, {c['computed']} computed, "
+                 f"{c['cached']} already cached")
 
 
 def check_args(args):

@@ -18,6 +18,13 @@ mono entry is never served to a stereo model or the reverse.
 Layout: CACHE_DIR/<key[:2]>/<key>.safetensors with tensor "codes" (K, T) int32 and metadata
 num_samples, sample_rate, source; CACHE_DIR/file_hashes.json memoises each audio file's sha256
 against its stat (see FileHashMemo), so a run over 100k cached clips reads no audio at all.
+
+MusicGen-Melody runs also cache the chroma of each clip's conditioning audio (the clip itself, or its
+metadata `condition_audio`) beside the codes, by the same rules (ChromaCache): the key is the audio
+file's sha256 + the chroma's settings (chroma.py's parameters, sample rate, mono mix, resampler,
+pieces); no codec is involved. CACHE_DIR/chroma/<key[:2]>/<key>.safetensors holds the WHOLE clip's
+chroma as "classes" (frames,) uint8 -- one pitch class per frame, what a one-hot chroma is -- and a
+training window crops its frames (chroma.window_frames), as the uncached path computes them.
 """
 import hashlib
 import json
@@ -28,6 +35,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from musicgen_lora import chroma
 from musicgen_lora.audio import RESAMPLER, AudioPieces, piece_samples
 from musicgen_lora.common import UserError, log, resolve_device
 from musicgen_lora.data.metadata import read_metadata
@@ -199,6 +207,64 @@ class CodeCache:
         return paths
 
 
+class ChromaCache:
+    """Whole-clip chroma of conditioning audio for MusicGen-Melody (see module doc), sharing the code
+    cache's folder and file-hash memo."""
+
+    def __init__(self, cache_dir, sample_rate: int, hop_length: int, hashes: FileHashMemo | None = None):
+        self.dir = Path(cache_dir) / "chroma"
+        self.settings = {"format": CACHE_FORMAT, "kind": "chroma", "sample_rate": int(sample_rate),
+                         "mix": "mono-mean", "resampler": RESAMPLER,
+                         "piece_samples": piece_samples(sample_rate, hop_length), **chroma.SETTINGS}
+        self.hashes = hashes or FileHashMemo(Path(cache_dir) / HASH_MEMO_NAME)
+        self.stats = {"hits": 0, "misses": 0}
+        for folder in [self.dir, *(p for p in (self.dir.iterdir() if self.dir.is_dir() else ()) if p.is_dir())]:
+            clean_stale(folder)
+
+    def entry_path(self, audio_path) -> Path:
+        payload = {"audio": self.hashes.sha256(audio_path), "settings": self.settings}
+        key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return self.dir / key[:2] / f"{key}.safetensors"
+
+    def get_or_compute(self, audio_path) -> Path:
+        from safetensors.torch import save_file
+
+        path = self.entry_path(audio_path)
+        if path.is_file():
+            self.stats["hits"] += 1
+            return path
+        sr = self.settings["sample_rate"]
+        classes = chroma.to_classes(chroma.file_chroma(audio_path, sr, self.settings["piece_samples"]))
+        with atomic_file(path) as tmp:
+            save_file({"classes": classes.contiguous()}, str(tmp), metadata={"sample_rate": str(sr),
+                                "source": os.fsencode(str(audio_path)).decode("utf-8", "backslashreplace")})
+        self.stats["misses"] += 1
+        return path
+
+    def fill(self, audio_paths, desc="chroma", progress=True) -> list[str]:
+        start, misses0 = time.time(), self.stats["misses"]
+        try:
+            paths = [str(self.get_or_compute(p)) for p in tqdm(audio_paths, desc=desc, unit="file",
+                                                                disable=not progress, leave=False)]
+        finally:
+            self.hashes.save()
+        self.last_fill = {"files": len(paths), "computed": self.stats["misses"] - misses0,
+                          "cached": len(paths) - (self.stats["misses"] - misses0), "seconds": time.time() - start}
+        return paths
+
+
+def load_chroma(path) -> torch.Tensor:
+    """One chroma entry -> (frames, 12) one-hot float32 of the whole clip."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return chroma.from_classes(f.get_tensor("classes"))
+    except Exception as e:
+        raise UserError(f"{path}: unreadable chroma cache entry ({type(e).__name__}: {e}); delete it (it is "
+                        f"recomputed on the next run) or train with --no_cache") from None
+
+
 def default_cache_dir(data_dir) -> Path:
     return Path(data_dir) / DEFAULT_CACHE_NAME
 
@@ -225,6 +291,20 @@ def open_training_cache(model, sample_rate: int, splits: dict, cache_dir: Path |
     return out
 
 
+def open_chroma_cache(cache_dir: Path | None, info: dict, splits: dict, progress=True) -> dict:
+    """For the trainer on MusicGen-Melody: chroma entry paths per split, of each clip's conditioning
+    audio (Clip.melody_path), or {split: None} without a cache (the dataset computes each window's)."""
+    if cache_dir is None:
+        return {name: None for name in splits}
+    cache = ChromaCache(cache_dir, info["sample_rate"], info["hop_length"])
+    out = {}
+    for name, clips in splits.items():
+        out[name] = cache.fill([c.melody_path for c in clips], desc=f"chroma ({name})", progress=progress)
+        f = cache.last_fill
+        log.info(f"chroma cache {cache.dir}: {name} {f['files']} clips, {f['cached']} cached, {f['computed']} computed")
+    return out
+
+
 def pretokenize(model_path: str, data_dir, metadata_file="metadata.json", cache_dir=None, device="auto",
                 progress=True) -> dict:
     """Fill the cache for every clip in metadata.json ahead of training; returns fill statistics."""
@@ -232,6 +312,12 @@ def pretokenize(model_path: str, data_dir, metadata_file="metadata.json", cache_
     clips = splits["train"] + splits["valid"]
     model, _ = load_model_and_processor(model_path, device=resolve_device(device))
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(data_dir)
-    cache = CodeCache(cache_dir, model, model_info(model)["sample_rate"])
+    info = model_info(model)
+    cache = CodeCache(cache_dir, model, info["sample_rate"])
     cache.fill(clips, desc="pretokenizing", progress=progress)
-    return {**cache.last_fill, "cache_dir": str(cache_dir)}
+    out = {**cache.last_fill, "cache_dir": str(cache_dir)}
+    if info["chroma_length"] is not None:  # MusicGen-Melody: each clip's melody chroma too
+        chroma = ChromaCache(cache_dir, info["sample_rate"], info["hop_length"], cache.hashes)
+        chroma.fill([c.melody_path for c in clips], progress=progress)
+        out["chroma"] = chroma.last_fill
+    return out

@@ -5,10 +5,12 @@ their padding masked. Labels follow codes.build_delay_pattern_labels.
 import numpy as np
 import torch
 
+from musicgen_lora import chroma as chroma_lib
 from musicgen_lora.audio import AudioPieces, audio_duration
 from musicgen_lora.audio import piece_samples as default_piece_samples
 from musicgen_lora.codes import choose_frame_offset, crop_codes, num_frames_for_samples, valid_frames_for_samples
-from musicgen_lora.data.code_cache import load_codes
+from musicgen_lora.common import log
+from musicgen_lora.data.code_cache import load_chroma, load_codes
 from musicgen_lora.data.metadata import Clip, drop_words, tokenize_text
 
 
@@ -25,13 +27,27 @@ class MusicDataset(torch.utils.data.Dataset):
     (metadata.drop_words, as audiocraft's T5 conditioner does) -- are drawn from a generator seeded by
     (seed, epoch, index): the same run gives the same crops and texts, and a resumed run gets the ones
     the uninterrupted run would have. Validation (train=False) keeps every word and the start.
+
+    MusicGen-Melody (chroma=True): an item also carries `chroma`, the (frames, 12) chroma of the same
+    window of the clip's conditioning audio (Clip.melody_path; chroma.window_frames) -- cropped from
+    the cached whole-clip chroma (`chroma_files`, code_cache.ChromaCache) or computed from the
+    window's samples, which chroma.chroma_frames makes the same frames. With chroma_dropout (train
+    only, audiocraft's 0.5 for melody) it is None: the null chroma, what generate() uses without a
+    melody. `melody` swaps the condition for diagnostics: "own" (the clip's), "none" (null chroma),
+    "other" (a wrong melody: the next clip's, same window; a set of one clip gets its own moved by a
+    tritone -- the same rhythm, the wrong notes).
     """
+
+    MELODY_MODES = ("own", "none", "other")
 
     def __init__(self, clips: list[Clip], sample_rate: int, target_duration: float, train: bool, seed: int = 0, *,
                  hop_length: int, code_files: list[str] | None = None, piece_samples: int | None = None,
-                 audio_channels: int, word_dropout: float = 0.0):
+                 audio_channels: int, word_dropout: float = 0.0, chroma: bool = False,
+                 chroma_files: list[str] | None = None, chroma_dropout: float = 0.0):
         if code_files is not None and len(code_files) != len(clips):
             raise ValueError("one code file per clip expected")
+        if chroma_files is not None and len(chroma_files) != len(clips):
+            raise ValueError("one chroma file per clip expected")
         self.clips = clips
         self.sample_rate = sample_rate
         self.num_samples = int(round(target_duration * sample_rate))
@@ -41,6 +57,10 @@ class MusicDataset(torch.utils.data.Dataset):
         self.window_frames = num_frames_for_samples(self.num_samples, hop_length)
         self.code_files = code_files
         self.word_dropout = word_dropout if train else 0.0
+        self.chroma = chroma or chroma_files is not None
+        self.chroma_files = chroma_files
+        self.chroma_dropout = chroma_dropout if train else 0.0
+        self.melody = "own"
         self.train = train
         self.seed = seed
         self.epoch = 0
@@ -76,7 +96,27 @@ class MusicDataset(torch.utils.data.Dataset):
             item["audio"] = np.concatenate([audio.read(j) for j in pieces], axis=-1)  # (channels, samples)
             item["audio_start_frame"] = pieces[0] * (self.piece_samples // self.hop_length)
             item["piece_samples"] = self.piece_samples
+        if self.chroma:
+            drop = rng is not None and self.chroma_dropout > 0 and rng.random() < self.chroma_dropout
+            item["chroma"] = None if drop else self.window_chroma(idx, offset)
         return item
+
+    def window_chroma(self, idx: int, frame_offset: int):
+        """(frames, 12) chroma of the window at frame_offset, from the clip's conditioning audio (the
+        cached whole-clip chroma cropped, or the window's own samples: the same frames); None for
+        the null chroma."""
+        if self.melody == "none":
+            return None
+        source = (idx + 1) % len(self.clips) if self.melody == "other" else idx
+        first, count = chroma_lib.window_frames(frame_offset * self.hop_length, self.num_samples)
+        if self.chroma_files is not None:
+            frames = load_chroma(self.chroma_files[source])[first:first + count]
+        else:
+            frames = chroma_lib.file_chroma(self.clips[source].melody_path, self.sample_rate, self.piece_samples,
+                                            first, count)
+        if self.melody == "other" and source == idx:
+            frames = frames.roll(6, dims=-1)
+        return frames if len(frames) else None  # a condition file shorter than this window's start
 
 
 class Collator:
@@ -87,18 +127,22 @@ class Collator:
     `audio_start_frame`, `piece_samples`, `num_samples` (the whole clip's), `frame_offset`,
     `window_frames`; modeling.codes_for_batch encodes each row's pieces alone and crops the window.
     Either way build_delay_pattern_labels masks every frame past the valid ones, so padding is never
-    a target.
+    a target. MusicGen-Melody (chroma_length, the model's): `input_features` (B, chroma_length, 12),
+    each item's chroma fitted as the model would (chroma.chroma_batch; the null chroma for None).
     """
 
-    def __init__(self, processor, num_samples: int, hop_length: int):
+    def __init__(self, processor, num_samples: int, hop_length: int, chroma_length: int | None = None):
         self.tokenizer = processor.tokenizer
         self.window_frames = num_frames_for_samples(num_samples, hop_length)
+        self.chroma_length = chroma_length
 
     def __call__(self, items):
         b = len(items)
         text = tokenize_text(self.tokenizer, [it["description"] for it in items])
         batch = {"input_ids": text["input_ids"], "attention_mask": text["attention_mask"],
                  "index": torch.tensor([it["index"] for it in items])}
+        if self.chroma_length:
+            batch["input_features"] = chroma_lib.chroma_batch([it.get("chroma") for it in items], self.chroma_length)
         if all("codes" in it for it in items):
             k = items[0]["codes"].shape[0]
             codes = torch.zeros(b, k, self.window_frames, dtype=torch.long)
@@ -135,3 +179,24 @@ def padding_report(clips: list[Clip], target_duration: float, hop_seconds: float
     frac = 1.0 - real / (target_duration * len(known))
     short = sum(1 for d in known if d < target_duration - hop_seconds)
     return {"clips": len(clips), "known": len(known), "padded_fraction": frac, "shorter_than_target": short}
+
+
+def check_condition_audio(clips: list[Clip], melody: bool, tolerance: float = 1.0) -> int:
+    """Warn about `condition_audio` a run will not use (a text-only model) or whose length differs
+    from its clip's (header durations; windows take the same seconds of both files, so a shorter
+    stem leaves late windows with less melody, or none). Returns how many clips name one."""
+    named = [c for c in clips if c.condition_path is not None]
+    if named and not melody:
+        log.warning(f"warning: {len(named)} clip(s) name condition_audio (e.g. {named[0].where}), which only "
+                    f"MusicGen-Melody checkpoints use; this model is text-only: ignored")
+        return len(named)
+    off = []
+    for clip in named:
+        a, b = audio_duration(clip.audio_path), audio_duration(clip.condition_path)
+        if a is not None and b is not None and abs(a - b) > tolerance:
+            off.append(f"{clip.where} ({clip.condition_path.name} {b:.1f} s vs {clip.audio_path.name} {a:.1f} s)")
+    if off:
+        log.warning(f"warning: {len(off)} condition_audio file(s) differ in length from their clip by over "
+                    f"{tolerance:g} s, e.g. {off[0]}: windows take the same seconds of both, so they may hear the "
+                    f"wrong part of the melody; trim them to match")
+    return len(named)

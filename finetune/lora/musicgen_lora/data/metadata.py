@@ -5,7 +5,9 @@ number of tokens everywhere. See DATA_PREPARATION.md for the format:
     {"train": [{"audio": "train/clip_000.wav", "description": "lo-fi hip hop beat, vinyl crackle", ...}],
      "valid": [{"audio": "valid/clip_080.wav", "description": "..."}]}
 
-A flat list of entries with a "split" field ("train"/"valid") is accepted too.
+A flat list of entries with a "split" field ("train"/"valid") is accepted too. For MusicGen-Melody,
+an entry may name `condition_audio`: the file whose chroma conditions the clip (e.g. a vocal stem
+for an accompaniment), instead of the clip itself.
 """
 import math
 import os
@@ -30,6 +32,11 @@ class Clip:
     split: str
     duration: float | None = None  # seconds, when known
     where: str = ""  # "metadata.json: entry 3", for messages about this clip
+    condition_path: Path | None = None  # MusicGen-Melody: the audio whose chroma conditions it (None: the clip)
+
+    @property
+    def melody_path(self) -> Path:
+        return self.condition_path or self.audio_path
 
 
 def _first(entry: dict, keys):
@@ -97,7 +104,17 @@ def read_metadata(data_dir, metadata_file="metadata.json", check_files=True) -> 
                                      or not math.isfinite(duration) or duration < 0):
             raise UserError(f"{where} ({rel}): 'duration' must be seconds as a number (e.g. 15.0), got "
                             f"{duration!r}; fix it or remove the key")
-        splits[split].append(Clip(path, text.strip(), split, float(duration) if duration else None, where))
+        condition = entry.get("condition_audio")
+        if condition is not None:
+            if not isinstance(condition, str) or not condition:
+                raise UserError(f"{where} ({rel}): 'condition_audio' must be a path string like "
+                                f"\"stems/vocals_000.wav\", got {condition!r}")
+            condition = Path(condition) if Path(condition).is_absolute() else data_dir / condition
+            if check_files and not condition.is_file():
+                raise UserError(f"{condition}: condition audio not found (listed in {meta_path}, {label}); "
+                                f"fix the path or remove 'condition_audio'")
+        splits[split].append(Clip(path, text.strip(), split, float(duration) if duration else None, where,
+                                  condition))
     if not splits["train"] and not splits["valid"]:
         raise UserError(f"{meta_path}: no clips listed")
     warn_duplicates(splits, meta_path)

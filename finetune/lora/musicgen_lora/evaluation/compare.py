@@ -17,16 +17,14 @@ import numpy as np
 from musicgen_lora.common import UserError, log, uniform_loss
 from musicgen_lora.data.dataset import Collator, MusicDataset
 from musicgen_lora.data.metadata import read_metadata, report_long_descriptions, validation_clips
-from musicgen_lora.evaluation.scoring import TOOL, score_rows, write_results
+from musicgen_lora.evaluation.scoring import BASE, TOOL, score_rows, write_results
 from musicgen_lora.evaluation.style_distance import encodec_embeddings, frechet_distance
-from musicgen_lora.generation import generate_jobs, write_clip
+from musicgen_lora.generation import generate_jobs, job_chroma, read_melodies, write_clip, write_wav
 from musicgen_lora.modeling import check_adapter_dir, evaluate_loss, load_adapter, model_info
 from musicgen_lora.outputs import atomic_dir, check_own_folder, write_manifest
 from musicgen_lora.plotting import spectrogram_png
 from musicgen_lora.prompts import Job, clip_filename, describe_settings, slugify
 from musicgen_lora.sampling import SamplingSettings
-
-BASE = "base_model"
 
 
 @dataclass
@@ -164,6 +162,23 @@ def training_runs(specs: list[ModelSpec], folder: Path) -> list[dict]:
     return runs
 
 
+def reference_melodies(melodies: dict[str, np.ndarray], folder: Path, sr: int, wav_subtype: str) -> dict[str, str]:
+    """Write each reference melody as the model heard it (its mono mix at the model's rate) into
+    `folder`/melodies/, so the report plays it beside the clips and still works when moved or zipped;
+    {source path: path relative to `folder`}."""
+    names, out = set(), {}
+    for source, wav in melodies.items():
+        stem = name = slugify(Path(source).stem, 40)
+        n = 1
+        while name in names:  # two files of one name from different folders
+            n += 1
+            name = f"{stem}-{n}"
+        names.add(name)
+        out[source] = f"melodies/{name}.wav"
+        write_wav(folder / out[source], wav, sr, wav_subtype)
+    return out
+
+
 def check_output_dir(out: Path, overwrite: bool):
     """An evaluation folder is evaluate.py's whole: refuse anything it did not write (outputs.check_own_folder)."""
     check_own_folder(out, TOOL, overwrite=overwrite, flag="--output_dir", what="an earlier evaluation")
@@ -172,42 +187,52 @@ def check_output_dir(out: Path, overwrite: bool):
 def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: list[Job], out: Path, *,
                    duration: float, settings: SamplingSettings, batch_size: int, wav_subtype: str = "PCM_16",
                    progress: bool = True, base_model_path: str = "", model_numbers: dict | None = None,
-                   notes: list[str] | None = None, reference=None, clap=None) -> dict:
+                   notes: list[str] | None = None, reference=None, clap=None, melodies: dict | None = None) -> dict:
     """Generate every job with every model into `out` (written atomically), score every clip, and
     return summary.json.
 
-    Every model gets the same jobs with the same seeds in the same batches, so clips differ only by
-    the weights. model_numbers: per-model extras (held-out loss) to put in the summary; reference:
-    EnCodec frames of validation clips for the style distance; clap: a ClapScorer or None.
+    Every model gets the same jobs with the same seeds in the same batches -- and the same melody,
+    for jobs that have one -- so clips differ only by the weights. model_numbers: per-model extras
+    (held-out loss) to put in the summary; reference: EnCodec frames of validation clips for the
+    style distance; clap: a ClapScorer or None; melodies: the jobs' read_melodies, when the caller
+    read them already (evaluate.py does, before the held-out loss: a bad file fails first).
     """
     sr = model_info(bank.model)["sample_rate"]
+    if melodies is None:
+        melodies = read_melodies(jobs, sr)  # read once for every model, before anything is generated
+    chroma = job_chroma(jobs, melodies, sr)
     many = any(j.sample > 0 for j in jobs)
     rows, audio_by_row = [], []
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     setting_dict = {"duration": duration, **settings.to_dict(), "batch_size": batch_size}
     fad = {}
     with atomic_dir(out, owner=TOOL) as tmp:
+        melody_rel = reference_melodies(melodies, tmp, sr, wav_subtype)
         for spec in specs:
             log.info(f"{spec.name}: {len(jobs)} clip(s), {describe_settings(settings, duration, batch_size)}")
             with bank.use(spec) as m:
                 audio, per_clip = generate_jobs(m, processor, jobs, duration, settings, batch_size, progress,
-                                                desc=spec.name)
+                                                desc=spec.name, chroma=chroma)
                 if reference is not None:
                     fad[spec.name] = frechet_distance(encodec_embeddings(m, audio), reference)
             for job, wav in zip(jobs, audio):
                 name = clip_filename(job.prompt, job.sample if many else None)
                 rel = f"{spec.name}/{name}.wav"
                 adapter = str(spec.adapter_path) if spec.adapter_path else None
+                melody = melody_rel.get(job.prompt.melody)  # the copy in this folder, or None
                 sidecar = {"prompt": job.prompt.text, "prompt_id": job.prompt.id, "model": spec.name,
                            "base_model": base_model_path, "adapter": adapter, "run_id": spec.run_id,
-                           "sample": job.sample, "seed": job.seed, **setting_dict, "sample_rate": sr,
+                           "sample": job.sample, "seed": job.seed, "melody": job.prompt.melody,
+                           "melody_copy": f"../{melody}" if melody else None,  # relative to the sidecar
+                           **setting_dict, "sample_rate": sr,
                            "wav_subtype": wav_subtype, "wall_seconds": per_clip, "created": created}
                 write_clip(tmp / rel, wav, sr, sidecar, wav_subtype)
                 spectrogram_png(wav, sr, tmp / spec.name / f"{name}.png")
                 rows.append({"prompt_id": job.prompt.id, "prompt": job.prompt.text, "model": spec.name,
                              "adapter_path": str(spec.adapter_path) if spec.adapter_path else None,
                              "wav": rel, "spectrogram": f"{spec.name}/{name}.png", "seed": job.seed,
-                             "sample": job.sample, "settings": setting_dict, "sample_rate": sr,
+                             "sample": job.sample, "melody": melody, "melody_source": job.prompt.melody,
+                             "settings": setting_dict, "sample_rate": sr,
                              "duration_s": len(wav) / sr, "wall_seconds": per_clip})
                 audio_by_row.append(wav)
         run_ids = sorted({s.run_id for s in specs if s.run_id})
@@ -216,14 +241,16 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
                    "training_runs": training_runs(specs, tmp)}
         extras = {s.name: {"adapter_path": str(s.adapter_path) if s.adapter_path else None, "run_id": s.run_id,
                            **(model_numbers or {}).get(s.name, {}), "fad": fad.get(s.name)} for s in specs}
-        score_rows(tmp, rows, audio_by_row, sr, summary, extras, notes or [], clap)
+        score_rows(tmp, rows, audio_by_row, sr, summary, extras, notes or [], clap,
+                   melodies={rel: melodies[source] for source, rel in melody_rel.items()})
         write_results(tmp, rows, summary)
         write_manifest(tmp, TOOL, os.listdir(tmp), run_ids=run_ids)
     return summary
 
 
 def validation_loader(processor, model, data_dir, metadata_file, window: float, batch_size: int):
-    """The trainer's validation set and collation (same clips, crops and labels as step 0)."""
+    """The trainer's validation set and collation (same clips, crops and labels as step 0; on a
+    MusicGen-Melody model, each window's own chroma as the trainer's validation uses it)."""
     import torch
 
 
@@ -232,9 +259,11 @@ def validation_loader(processor, model, data_dir, metadata_file, window: float, 
     report_long_descriptions(processor.tokenizer, clips)
     info = model_info(model)
     sr, hop = info["sample_rate"], info["hop_length"]
-    ds = MusicDataset(clips, sr, window, train=False, hop_length=hop, audio_channels=info["audio_channels"])
+    ds = MusicDataset(clips, sr, window, train=False, hop_length=hop, audio_channels=info["audio_channels"],
+                      chroma=info["chroma_length"] is not None)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False,
-                                         collate_fn=Collator(processor, int(round(window * sr)), hop))
+                                         collate_fn=Collator(processor, int(round(window * sr)), hop,
+                                                             chroma_length=info["chroma_length"]))
     return loader, ds
 
 

@@ -73,6 +73,20 @@ COLLAPSED_CORRELATION = 0.999
 PHASE_INVERTED_CORRELATION = -0.5
 SIDE_MID_LIMIT_DB = 100.0
 
+# Melody (clips generated with a reference melody, MusicGen-Melody): chroma_cosine is audiocraft's
+# chroma_cosinesim (chroma.chroma_cosine): the mean per-frame cosine of the clip's and the melody's
+# max-normalised chromagrams over the frames both cover. 1.0: the same pitch classes frame by frame;
+# the melody a tritone away ~0; noise ~0.4 (a flat chroma against a peaked one); clips that follow
+# a melody sit above unrelated music. The flag compares with the base model's clip of the same
+# prompt and seed, not with an absolute line: how closely a checkpoint follows a melody depends on
+# the melody, the prompt and the checkpoint (and a random test model follows none), and the base
+# model is what the adapter should keep.
+# ignores_melody: an adapter's clip scores more than MELODY_DROP below the base model's -- a fifth of
+# the whole scale (1.0 the melody itself, ~0 the melody a tritone away), half of the distance from
+# noise (~0.4) to zero; smaller drops are left to the per-model mean, since one clip's score also
+# moves with its sampled notes.
+MELODY_DROP = 0.2
+
 
 
 def _finite_lufs(value: float) -> float:
@@ -255,4 +269,12 @@ THRESHOLDS = {
                          f"channels; side/mid below about -33 dB)",
     "phase_inverted": f"stereo clips: L/R correlation < {PHASE_INVERTED_CORRELATION:g} (one channel's polarity "
                       f"flipped; side above mid by about 5 dB or more)",
+    "ignores_melody": f"clips with a reference melody: an adapter's chroma cosine to the melody more than "
+                      f"{MELODY_DROP:g} below the base model's clip of the same prompt and seed",
 }
+
+
+def ignores_melody(cosine: float, base_cosine: float) -> bool:
+    """An adapter's clip follows the reference melody clearly less than the base model's clip of the
+    same prompt and seed (MELODY_DROP)."""
+    return bool(cosine < base_cosine - MELODY_DROP)

@@ -1,7 +1,9 @@
 """report.html: a self-contained listening page (no network, works from file://).
 
 Grouped by prompt, one row per model: audio player, spectrogram, settings and the clip's metrics
-with its flags highlighted (stereo clips also their L/R correlation and side/mid energy). Above, the
+with its flags highlighted (stereo clips also their L/R correlation and side/mid energy). A prompt
+generated with a melody starts with a row playing that reference melody (the copy in melodies/),
+and its clips show their chroma cosine to it. Above, the
 clips' format ("stereo, 2 channels, 32 kHz") and a per-model table of the summary numbers. Every link is relative
 to the report, so the output folder can be moved or zipped whole.
 """
@@ -28,6 +30,7 @@ td.model{font-weight:600;white-space:nowrap} td.verdict{min-width:16em}
 audio{width:260px} img.spec{height:110px;display:block} img.loud{max-width:100%;height:180px}
 .flag{display:inline-block;background:#d93025;color:#fff;border-radius:3px;padding:0 .4em;margin:.1em;font-size:.8em}
 .flag.note{background:#b06000}
+tr.melody td{background:#f4f8ff}
 .ok{color:#188038} td.bad{background:#fde7e6;color:#a50e0e;font-weight:600}
 td.warn{background:#fef7e0;color:#b06000;font-weight:600}
 .small{font-size:.8em;color:#555} code{font-size:.9em}
@@ -72,7 +75,7 @@ def _flags_html(flags: dict | None) -> str:
 CLIP_METRICS = (("integrated_lufs", "LUFS", 1), ("loudness_drop_db", "drop dB", 1),
                 ("loudness_slope_db_per_s", "slope dB/s", 2), ("silence_ratio", "silence", 2),
                 ("spectral_flatness", "flatness", 3), ("clipping_ratio", "clipping", 4),
-                ("clap_similarity", "CLAP", 3))
+                ("clap_similarity", "CLAP", 3), ("chroma_cosine", "chroma cos", 3))
 # ... and of a stereo clip, after the words "stereo (2 ch)".
 STEREO_METRICS = (("lr_correlation", "L/R corr", 3), ("side_mid_db", "side/mid dB", 1))
 
@@ -88,6 +91,7 @@ MODEL_COLUMNS = (
     ("spectral_flatness", "mean flatness", 3, None),
     ("clipping_ratio", "mean clipping", 4, None),
     ("clap_similarity", "CLAP", 3, None),
+    ("chroma_cosine", "chroma cosine", 3, None),  # clips with a reference melody only
     ("lr_correlation", "mean L/R corr", 3, None),  # stereo models only
     ("side_mid_db", "mean side/mid dB", 1, None),
 )
@@ -127,7 +131,8 @@ def _model_table(summary: dict) -> str:
         for f in flag_cols:
             n = (m.get("flag_counts") or {}).get(f, 0)
             cls = (' class="warn"' if f in NOTE_FLAG_NAMES else ' class="bad"') if n else ""
-            cells.append(f"<td{cls}>{n}/{m.get('num_clips', '?')}</td>")
+            of = (m.get("flag_clips") or {}).get(f, m.get("num_clips", "?"))  # a melody flag: of the clips with one
+            cells.append(f"<td{cls}>{n}/{of}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     notes = "".join(f'<p class="small">{html.escape(n)}</p>' for n in summary.get("notes", []))
     return (f'<h2>Models</h2><table id="models"><tr><th>model</th>{head}</tr>{"".join(body)}</table>{notes}')
@@ -166,6 +171,19 @@ def _clip_cell(row: dict) -> str:
     return "<br>".join(line for line in lines if line)
 
 
+def _melody_rows(group: list[dict]) -> list[str]:
+    """The reference melody row(s) of a prompt group: what its clips were asked to follow, played beside them."""
+    out = []
+    for rel in dict.fromkeys(r["melody"] for r in group if r.get("melody")):
+        source = next((r.get("melody_source") for r in group if r.get("melody") == rel and r.get("melody_source")),
+                      None)
+        where = f"from <code>{html.escape(str(source))}</code>" if source else ""
+        out.append(f'<tr class="melody"><td class="model">reference melody</td><td><audio controls preload="metadata" '
+                   f'src="{_url(rel)}"></audio><div class="small">{html.escape(rel)}</div></td><td></td>'
+                   f'<td class="small">the melody the clips below were generated with {where}</td></tr>')
+    return out
+
+
 def render(rows: list[dict], summary: dict) -> str:
     title = summary.get("title", "MusicGen evaluation")
     groups: OrderedDict[tuple, list[dict]] = OrderedDict()
@@ -193,6 +211,7 @@ def render(rows: list[dict], summary: dict) -> str:
         if plot:
             parts.append(f'<img class="loud" src="{_url(plot)}" alt="loudness over time for {html.escape(pid)}">')
         parts.append("<table><tr><th>model</th><th>listen</th><th>spectrogram</th><th>numbers</th></tr>")
+        parts += _melody_rows(group)
         for r in group:
             audio = (f'<audio controls preload="metadata" src="{_url(r["wav"])}"></audio>' if r.get("wav") and
                      not r.get("error") else "")

@@ -15,26 +15,46 @@ import numpy as np
 
 from musicgen_lora.audio import MUSICGEN_SAMPLE_RATE, load_audio
 from musicgen_lora.common import UserError, log
-from musicgen_lora.evaluation.flags import count_words, model_flag_counts
-from musicgen_lora.evaluation.metrics import THRESHOLDS, score_clip, to_mid
+from musicgen_lora.evaluation.flags import count_words, model_flag_clips, model_flag_counts
+from musicgen_lora.evaluation.metrics import MELODY_DROP, THRESHOLDS, ignores_melody, score_clip, to_mid
 from musicgen_lora.evaluation.report import write_report
 from musicgen_lora.outputs import atomic_dir, atomic_write_json, atomic_write_text, write_manifest
 from musicgen_lora.plotting import loudness_plot_png, spectrogram_png
 from musicgen_lora.prompts import slugify
 
 TOOL = "evaluate.py"
+BASE = "base_model"  # the model folder adapters are measured against (ignores_melody)
+
+
+def flag_melody(rows: list[dict], base: str = BASE):
+    """ignores_melody on each adapter clip with a chroma_cosine whose base-model twin (same prompt,
+    sample and seed) has one too; the flag is absent elsewhere (flags.py: melody flags)."""
+    def key(r):
+        return clip_key(r) + (r.get("seed"),)
+
+    base_cos = {key(r): r["metrics"]["chroma_cosine"] for r in rows
+                if r["model"] == base and "chroma_cosine" in r.get("metrics", {})}
+    for r in rows:
+        if r["model"] != base and "chroma_cosine" in r.get("metrics", {}) and key(r) in base_cos:
+            r["flags"]["ignores_melody"] = ignores_melody(r["metrics"]["chroma_cosine"], base_cos[key(r)])
 
 
 def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict, extras: dict[str, dict],
-               notes: list[str], clap=None):
+               notes: list[str], clap=None, melodies: dict | None = None):
     """Per-clip metrics into rows, per-model aggregates and verdicts into summary, loudness plots.
-    audio: one array per row, (samples,) or (samples, channels), or None for an unreadable file."""
+    audio: one array per row, (samples,) or (samples, channels), or None for an unreadable file.
+    melodies: {row["melody"]: (samples,) reference melody at sr}: rows with one get its chroma_cosine
+    (and adapters the ignores_melody flag against the base model)."""
     curves: dict[tuple, dict[str, list[float]]] = {}
     for row, wav in zip(rows, audio):
         if wav is None:
             continue
         scored = score_clip(wav, sr)
         row["metrics"], row["flags"] = scored["metrics"], scored["flags"]
+        if row.get("melody") in (melodies or {}):
+            from musicgen_lora.chroma import chroma_cosine  # torch: only when there is a melody to compare with
+
+            row["metrics"]["chroma_cosine"] = chroma_cosine(wav, melodies[row["melody"]], sr)
         row["channels"] = scored["metrics"]["channels"]
         row["loudness_trajectory"] = scored["loudness_trajectory"]
         curves.setdefault(clip_key(row), {})[row["model"]] = scored["loudness_trajectory"]
@@ -49,12 +69,15 @@ def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict,
         loudness_plot_png(per_model, out / rel, title=f"{pid}: short-term loudness")
         plots[f"{pid}#{sample}"] = rel
     summary["loudness_plots"] = plots
+    flag_melody(rows)
     models = {}
     for name in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == name and "metrics" in r]
         n = len(mine)
         counts = model_flag_counts([r["flags"] for r in mine])
         entry = {"num_clips": n, "flag_counts": counts}
+        if model_flag_clips([r["flags"] for r in mine]):
+            entry["flag_clips"] = model_flag_clips([r["flags"] for r in mine])
         channels = sorted({r["channels"] for r in mine})
         if channels:  # 1 mono, 2 stereo; [1, 2] for a folder of both
             entry["channels"] = channels[0] if len(channels) == 1 else channels
@@ -62,6 +85,7 @@ def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict,
         entry.update(extras.get(name, {}))
         for key in ("integrated_lufs", "loudness_slope_db_per_s", "loudness_drop_db", "silence_ratio",
                     "longest_silence_s", "spectral_flatness", "clipping_ratio", "clap_similarity",
+                    "chroma_cosine",  # over the clips with a reference melody only
                     "lr_correlation", "side_mid_db"):  # the stereo two: over the stereo clips only
             vals = [r["metrics"][key] for r in mine if r["metrics"].get(key) is not None]
             if vals:
@@ -78,6 +102,11 @@ def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict,
             "Stereo clips: loudness, fade, silence and flatness are measured on the mid signal (L + R) / 2, "
             "peaks and clipping on every channel; L/R correlation and side/mid energy show the stereo image "
             "(collapsed_to_mono: the same signal in both channels; phase_inverted: one channel's polarity flipped).")
+    if any("chroma_cosine" in (r.get("metrics") or {}) for r in rows):
+        summary["notes"].append(
+            "Melody: chroma_cosine is each clip's chroma cosine similarity to its reference melody over the frames "
+            "both cover (1.0 the same pitch classes, ~0 a tritone away, ~0.4 noise); ignores_melody: an adapter's clip "
+            f"scores more than {MELODY_DROP:g} below the base model's clip of the same prompt and seed.")
     unreadable = [r for r in rows if r.get("error")]
     if unreadable:
         summary["unreadable"] = [{"wav": r["wav"], "error": r["error"]} for r in unreadable]
@@ -85,7 +114,7 @@ def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict,
 
 def verdict(name: str, m: dict) -> str:
     """One line a person can act on, e.g. 'final_model: 6/8 fade out, 0/8 noisy; held-out loss 3.91'."""
-    line = f"{name}: " + ", ".join(count_words(m["flag_counts"], m["num_clips"]))
+    line = f"{name}: " + ", ".join(count_words(m["flag_counts"], m["num_clips"], totals=m.get("flag_clips")))
     tail = []
     if m.get("held_out_loss") is not None:
         ref = f" (uniform {m['uniform_loss']:.2f})" if m.get("uniform_loss") is not None else ""
@@ -94,6 +123,8 @@ def verdict(name: str, m: dict) -> str:
         tail.append(f"FAD {m['fad']:.4g}")  # scale depends on the codec
     if m.get("clap_similarity") is not None:
         tail.append(f"CLAP {m['clap_similarity']:.3f}")
+    if m.get("chroma_cosine") is not None:
+        tail.append(f"chroma cosine {m['chroma_cosine']:.3f}")
     if m.get("integrated_lufs") is not None:
         tail.append(f"{m['integrated_lufs']:.1f} LUFS")
     return line + ("; " + ", ".join(tail) if tail else "")
@@ -109,10 +140,42 @@ def read_clip(path: Path, sample_rate: int) -> np.ndarray:
     return wav[0] if wav.shape[0] == 1 else np.ascontiguousarray(wav.T)
 
 
+def read_sidecar(path: Path) -> dict:
+    """A clip's .json sidecar ({} when absent or unreadable)."""
+    try:
+        side = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return side if isinstance(side, dict) else {}
+
+
+def sidecar_melody(path: Path, side: dict) -> Path | None:
+    """The reference melody a clip's sidecar names: evaluate.py's copy (melody_copy, relative to the
+    sidecar: found even when the folder moved), else the source file; None if neither is there."""
+    for value, folder in ((side.get("melody_copy"), path.parent), (side.get("melody"), None)):
+        if isinstance(value, str) and value:
+            candidate = folder / value if folder is not None else Path(value)
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def read_melody(path: Path, sample_rate: int) -> np.ndarray | None:
+    """A reference melody as generation read it (mono mix at the rate); None, with a warning, if unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return load_audio(path, sample_rate, channels=1, fix="chroma_cosine is skipped for its clips")
+    except UserError as e:
+        log.warning(f"warning: reference melody unreadable: {e}")
+        return None
+
+
 def score_folder(input_dir: Path, out: Path, sample_rate: int = MUSICGEN_SAMPLE_RATE) -> dict:
     """--score_only: score every audio file under input_dir (recursively) into out. The first folder
     level names the model (base_model/, best_model/, ...); a sidecar .json supplies prompt and seed.
-    Unreadable files are reported and skipped."""
+    Unreadable files are reported and skipped. A clip whose sidecar names a melody that is there gets
+    its chroma_cosine; the melody files themselves (evaluate.py's melodies/) are references, not clips."""
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise UserError(f"{input_dir}: folder not found; pass --input_dir a folder of WAVs (e.g. an old evaluation)")
@@ -126,26 +189,30 @@ def score_folder(input_dir: Path, out: Path, sample_rate: int = MUSICGEN_SAMPLE_
     if outside:
         log.warning(f"warning: skipping {len(outside)} link(s) that point outside {input_dir} (e.g. {outside[0]})")
         files = [p for p in files if p not in outside]
+    sidecars = {p: read_sidecar(p) for p in files}
+    references = {m.resolve() for m in (sidecar_melody(p, side) for p, side in sidecars.items()) if m is not None}
+    files = [p for p in files if p.resolve() not in references]
     if not files:
         raise UserError(f"{input_dir}: no audio files (.wav/.flac/.mp3/.ogg) found")
-    rows, audio = [], []
+    rows, audio, melodies = [], [], {}
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     with atomic_dir(out, owner=TOOL) as tmp:
         for path in files:
             rel_in = path.relative_to(input_dir)
             model = rel_in.parts[0] if len(rel_in.parts) > 1 else "clips"
-            side = {}
-            if path.with_suffix(".json").is_file():
-                try:
-                    side = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    side = {}
+            side = sidecars[path]
             row = {"prompt_id": side.get("prompt_id") or path.stem, "prompt": side.get("prompt"), "model": model,
                    "adapter_path": side.get("adapter"), "run_id": side.get("run_id"),
                    "wav": os.path.relpath(path.resolve(), out.resolve()),
                    "seed": side.get("seed"), "sample": side.get("sample", 0) or 0,
                    "settings": {k: side[k] for k in ("duration", "guidance_scale", "temperature", "top_k", "top_p",
                                                       "greedy", "batch_size") if k in side}}
+            melody = sidecar_melody(path, side)
+            if melody is not None:
+                row["melody"] = os.path.relpath(melody.resolve(), out.resolve())
+                row["melody_source"] = side.get("melody")
+                if row["melody"] not in melodies:
+                    melodies[row["melody"]] = read_melody(melody, sample_rate)
             try:
                 with warnings.catch_warnings():  # librosa's fallback decoders warn before failing
                     warnings.simplefilter("ignore")
@@ -169,7 +236,8 @@ def score_folder(input_dir: Path, out: Path, sample_rate: int = MUSICGEN_SAMPLE_
         for row in rows:
             extras.setdefault(row["model"], {"adapter_path": row.get("adapter_path"), "run_id": row.get("run_id")})
         score_rows(tmp, rows, audio, sample_rate, summary, extras, ["--score_only: no models loaded, so no "
-                                                                    "held-out loss or FAD."])
+                                                                    "held-out loss or FAD."],
+                   melodies={k: v for k, v in melodies.items() if v is not None})
         write_results(tmp, rows, summary)
         write_manifest(tmp, TOOL, os.listdir(tmp))
     return summary

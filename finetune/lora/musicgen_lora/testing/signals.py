@@ -65,6 +65,16 @@ def stereo_chord(seconds=15.0, sr=SR, root=220.0, spread=0.6):
     return np.stack([left, right], axis=1).astype(np.float32)
 
 
+def note_sequence(notes=(0, 4, 7, 11, 2, 5, 9), seconds_per_note=0.5, sr=SR, seed=0):
+    """A melody: sine notes (semitones above middle C, one per `seconds_per_note`, Hann-shaped) with
+    a little noise. Its chroma (chroma.chroma_features) follows the notes' pitch classes: a melody
+    condition for MusicGen-Melody checkpoints."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds_per_note * sr)) / sr
+    parts = [np.sin(2 * np.pi * 440 * 2 ** ((n - 9) / 12) * t) * np.hanning(len(t)) for n in notes]
+    return (0.5 * np.concatenate(parts) + 0.01 * rng.standard_normal(len(t) * len(notes))).astype(np.float32)
+
+
 def to_stereo(x):
     """A mono clip in both channels, (samples, 2) with L = R: stereo collapsed to mono."""
     return np.stack([x, x], axis=1).astype(np.float32)

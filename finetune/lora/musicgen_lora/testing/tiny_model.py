@@ -171,12 +171,49 @@ def init_codebooks(model, seed: int):
             residual = residual - layer.decode(layer.encode(residual))
 
 
-def build(output_dir: str, size: str = "tiny", seed: int = 0, overwrite: bool = False, stereo: bool = False) -> Path:
-    """Write the checkpoint to output_dir (built beside it and renamed: a kill never leaves half a
-    model). An existing folder is replaced only with `overwrite` and only when this script wrote it."""
-    import torch
-    from transformers import EncodecFeatureExtractor, MusicgenForConditionalGeneration, MusicgenProcessor
+def melody_config(config):
+    """The MusicGen-Melody layout of a text-only config: a decoder-only LM (no cross-attention) whose
+    prefix is [chroma (chroma_length frames of 12 bins, projected), text states] (transformers'
+    MusicgenMelodyConfig; facebook/musicgen-melody's values: 12 bins, 235 frames ~ 30 s)."""
+    from transformers import MusicgenMelodyConfig, MusicgenMelodyDecoderConfig
 
+    dec = {k: v for k, v in config.decoder.to_dict().items()
+           if k not in ("model_type", "architectures", "transformers_version")}
+    melody = MusicgenMelodyConfig(text_encoder=config.text_encoder.to_dict(),
+                                  audio_encoder=config.audio_encoder.to_dict(),
+                                  decoder=MusicgenMelodyDecoderConfig(**dec).to_dict(), num_chroma=12,
+                                  chroma_length=235)
+    melody.decoder_start_token_id = config.decoder_start_token_id
+    melody.pad_token_id = config.pad_token_id
+    melody.random_weights_test_model = True
+    return melody
+
+
+# What facebook/musicgen-melody's preprocessor_config.json holds. Its MusicgenMelodyProcessor (and
+# feature extractor) need torchaudio, which cannot be installed here: the file is written as the hub
+# has it so that loading meets what a real melody checkpoint gives (musicgen_lora/chroma.py computes
+# the same features without torchaudio).
+MELODY_PREPROCESSOR = {"feature_extractor_type": "MusicgenMelodyFeatureExtractor", "feature_size": 12,
+                       "sampling_rate": SAMPLE_RATE, "hop_length": 4096, "n_fft": 16384, "num_chroma": 12,
+                       "chunk_length": 30, "padding_side": "left", "padding_value": 0.0,
+                       "processor_class": "MusicgenMelodyProcessor", "return_attention_mask": True,
+                       "stem_indices": [3, 2]}
+
+
+def build(output_dir: str, size: str = "tiny", seed: int = 0, overwrite: bool = False, stereo: bool = False,
+          melody: bool = False) -> Path:
+    """Write the checkpoint to output_dir (built beside it and renamed: a kill never leaves half a
+    model). An existing folder is replaced only with `overwrite` and only when this script wrote it.
+    melody: a MusicGen-Melody checkpoint (musicgen-melody / -stereo-melody with `stereo`)."""
+    import json
+
+    import torch
+    from transformers import (
+        EncodecFeatureExtractor,
+        MusicgenForConditionalGeneration,
+        MusicgenMelodyForConditionalGeneration,
+        MusicgenProcessor,
+    )
 
     out = Path(output_dir)
     with output_lock(out, TOOL):
@@ -185,7 +222,10 @@ def build(output_dir: str, size: str = "tiny", seed: int = 0, overwrite: bool = 
             torch.manual_seed(seed)
             tokenizer = train_tokenizer()
             config = build_config(size, text_vocab=len(tokenizer), stereo=stereo)
-            model = MusicgenForConditionalGeneration(config).eval()
+            if melody:
+                config = melody_config(config)
+            model = (MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration)(config)
+            model.eval()
             init_codebooks(model, seed)
             with torch.no_grad():
                 for head in model.decoder.lm_heads:
@@ -200,10 +240,14 @@ def build(output_dir: str, size: str = "tiny", seed: int = 0, overwrite: bool = 
             gen.top_k = 250
             gen.max_length = 1500
             model.save_pretrained(tmp)
-            processor = MusicgenProcessor(
-                feature_extractor=EncodecFeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE),
-                tokenizer=tokenizer,
-            )
-            processor.save_pretrained(tmp)
-            write_manifest(tmp, TOOL, os.listdir(tmp), size=size, seed=seed, stereo=stereo)
+            if melody:
+                tokenizer.save_pretrained(tmp)
+                (Path(tmp) / "preprocessor_config.json").write_text(json.dumps(MELODY_PREPROCESSOR, indent=2))
+            else:
+                processor = MusicgenProcessor(
+                    feature_extractor=EncodecFeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE),
+                    tokenizer=tokenizer,
+                )
+                processor.save_pretrained(tmp)
+            write_manifest(tmp, TOOL, os.listdir(tmp), size=size, seed=seed, stereo=stereo, melody=melody)
     return out

@@ -13,6 +13,13 @@ from musicgen_lora.common import UserError
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
 
+# audiocraft's conditioner configs: text2music.yaml drops the whole description with 0.3 (classifier-free
+# guidance's null condition) and each word of the rest with 0.3; chroma2music.yaml (MusicGen-Melody)
+# uses 0.2 and 0.2, and drops the melody (to the null chroma) with 0.5.
+CONDITIONING_DROPOUT = {"musicgen": {"text_dropout": 0.3, "word_dropout": 0.3},
+                        "musicgen_melody": {"text_dropout": 0.2, "word_dropout": 0.2, "chroma_dropout": 0.5}}
+
+
 @dataclass
 class TrainConfig:
     # data and model
@@ -39,10 +46,11 @@ class TrainConfig:
     max_steps: int | None = None
     warmup_steps: int | None = None
     max_grad_norm: float = 1.0
-    # audiocraft's text-to-music defaults (conditioner/text2music.yaml): the whole description dropped
-    # with 0.3 (classifier-free guidance's null condition), and each word of the rest with 0.3.
-    text_dropout: float = 0.3
-    word_dropout: float = 0.3
+    # Conditioning dropout; None: audiocraft's setting for the model's kind (CONDITIONING_DROPOUT),
+    # filled in by resolve_conditioning once the model is loaded.
+    text_dropout: float | None = None
+    word_dropout: float | None = None
+    chroma_dropout: float | None = None
     seed: int = 42
     # runtime
     device: str = "auto"
@@ -85,6 +93,16 @@ class TrainConfig:
         if self.report_to not in ("none", "tensorboard", "wandb"):
             raise UserError(f"--report_to {self.report_to}: choose one of none, tensorboard, wandb")
         return self
+
+    def resolve_conditioning(self, model_type: str) -> list[str]:
+        """Fill the dropouts left at None with audiocraft's setting for this kind of model; returns
+        the flags given that this kind has no use for (--chroma_dropout on a text-only model)."""
+        defaults = CONDITIONING_DROPOUT[model_type]
+        unused = [f"--{k}" for k in ("chroma_dropout",) if k not in defaults and getattr(self, k) is not None]
+        for key in ("text_dropout", "word_dropout", "chroma_dropout"):
+            if getattr(self, key) is None or key not in defaults:
+                setattr(self, key, defaults.get(key))
+        return unused
 
     @property
     def targets(self) -> list[str]:

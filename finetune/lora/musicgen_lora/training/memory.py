@@ -5,9 +5,13 @@ the settings that would fit when it does not.
     log.info(plan.describe())   # memory plan (cuda:0, fp16, batch 2 x 15 s, checkpointing off): ...
     check_plan(plan)            # UserError naming flags that fit, when it cannot fit the GPU
 
-What the plan counts, in bytes (B clips, S decoder positions, T text tokens, n = B*S, L layers of
-width h, FFN width F, K codebooks of V codes, LoRA rank r; `a` the width of an activation: 2 under
---fp16/--bf16 autocast, else 4):
+What the plan counts, in bytes (B clips, S audio positions, P prefix positions, T text tokens,
+n = B*(P+S), L layers of width h, FFN width F, K codebooks of V codes, LoRA rank r; `a` the width of an
+activation: 2 under --fp16/--bf16 autocast, else 4). Text-only MusicGen has no prefix (P = 0): its
+decoder reads the text through cross-attention. MusicGen-Melody has no cross-attention: its decoder
+runs over [projected chroma (config.chroma_length frames, 235), text states, audio], so P = 235 + T
+and every layer's self-attention and FFN see all P+S positions (transformers' MusicgenMelodyDecoder
+concatenates them before the first layer):
 
 - weights: every parameter and buffer as loaded (fp32: accelerate's mixed precision keeps the
   weights fp32 and casts per op), the T5 text encoder and EnCodec included.
@@ -24,20 +28,30 @@ width h, FFN width F, K codebooks of V codes, LoRA rank r; `a` the width of an a
       reading one tensor (q, k, v) share one copy;
     * SDPA attention (flash / memory-efficient kernels, no S x S weights) keeps q, k, v, its
       output and a log-sum-exp per head: self-attention 4ah, cross-attention 2ah per decoder
-      token plus 2ah per text token for k and v (eager attention adds the S x S softmax);
+      token plus 2ah per text token for k and v (eager attention adds the S x S softmax); melody
+      layers have no cross-attention (its LayerNorm, LoRA inputs and dropout mask go with it);
     * the FFN keeps GELU's input (aF) and fc2's LoRA input (aF + mask) in the F-wide space;
     * the dropout masks after self-attention, cross-attention and the FFN (config.dropout).
   Without gradient checkpointing all L layers are kept; with it, only each layer's input (L x 4h,
-  non-reentrant checkpointing keeps the arguments) plus one layer's worth during its recompute.
-  Both add the final LayerNorm's input and one layer's backward working set (2aF + 16h: the
-  F-wide gradients and a few fp32 gradients of the residual stream).
+  non-reentrant checkpointing keeps the arguments). Both add the final LayerNorm's input.
 - half-precision weight copies (--fp16/--bf16 only): autocast casts each frozen fp32 weight per
   call and does not cache it (it caches only leaves that require grad), and the linear's backward
   keeps that copy: 2 bytes per decoder linear and LM head weight, for every layer without
   checkpointing, one layer with it.
 - logits/loss: masked_token_nll takes the logits to fp32 and cross_entropy keeps the fp32
   log-softmax; at the start of the backward that output, its gradient and the logits' gradient are
-  live at once: 12 bytes x B x K x S x V (stereo: K = 8, twice mono's).
+  live at once: 12 bytes x B x K x S x V (stereo: K = 8, twice mono's). The LM heads run over the
+  prefix too (MusicGen-Melody's logits cover all P+S positions; modeling.forward_logits slices the
+  audio ones off), so with a prefix two more moments count: the forward's K head outputs and their
+  stack, 2a x (P+S), and the slice's backward, which writes the audio positions' gradient into a
+  zero gradient of all P+S positions, 12S + aP. Per B x K x V: max(12S + aP, 2a(P+S)), 12S when
+  P = 0 (measured on a CPU with the heads alone: exactly max(12S + 4P, 8(P+S)) at P = 0-800).
+- layer backward: one layer's backward working set (2aF + 16h: the F-wide gradients and a few fp32
+  gradients of the residual stream), with checkpointing plus the layer's activations recomputed for
+  it. The layers' backward starts after the loss's and the LM heads' are done and the logits freed,
+  so the step counts the larger of this and the logits, not both (on a CPU, musicgen-small's melody
+  layout at 2 s with checkpointing: the sum overstated the measured step by 28%, the larger is 3.4%
+  over).
 - EnCodec encode (--no_cache only): each clip is encoded at every step, one ~30 s piece at a time,
   under no_grad, before the forward: about 5 full-rate tensors of num_filters x samples in fp32
   (block input, ELU output, its padded copy, the branch and the residual sum; measured 4.6 on a
@@ -47,15 +61,18 @@ width h, FFN width F, K codebooks of V codes, LoRA rank r; `a` the width of an a
   library workspaces on a GPU; the Python, torch and transformers libraries on a CPU).
 
 Assumptions: the sequence is S = frames + K/C - 1 (the delay pattern; C audio channels), frames =
-ceil(window x sample rate / hop); the text is the longest training description (cut to 512 T5
-tokens), TEXT_TOKENS when not known; the text encoder runs without a graph (frozen, integer
-inputs), so it keeps nothing. Layer 0 is counted like the others (it keeps slightly less: its input
+ceil(window x sample rate / hop), after MusicGen-Melody's P = chroma_length + T (its chroma is
+always repeated or cut to chroma_length frames, the null melody included); the text is the longest
+training description (cut to 512 T5 tokens), TEXT_TOKENS when not known; the text encoder (and
+melody's chroma and text projections) runs without a graph (frozen, no input needs a gradient), so
+it keeps nothing. Layer 0 is counted like the others (it keeps slightly less: its input
 needs no gradient). Nothing here is fitted to measurements: finetune/scripts/benchmark_memory.py
-prints the plan next to measured peaks and the error of the estimate. On a CPU (fp32, batch 2,
-musicgen-small's architecture at 2 and 4 s, mono and stereo) the totals came out 4-6% high, the
-step without checkpointing within 2% of the measured one, with checkpointing 5-18% low (a fixed
-10-20 MB per step that no term counts). The half-precision terms (weight copies, 2-byte
-activations, 1-byte masks) follow the same derivation but were not measured on a GPU yet.
+prints the plan next to measured peaks and the error of the estimate. On a CPU (fp32, batch 2 x 2 s,
+musicgen-small's architecture, text-only and melody, mono and stereo) the totals came out 3.5-6.6%
+high, the step without checkpointing within 2% of the measured one (melody: 0.3%), with
+checkpointing 6-18% low for text-only (a fixed 10-20 MB per step that no term counts) and 3.4% high
+for melody. The half-precision terms (weight copies, 2-byte activations, 1-byte masks) follow the
+same derivation but were not measured on a GPU yet.
 
 A CUDA device stops the run (UserError) when the plan exceeds its memory less a margin for the
 caching allocator's fragmentation; a CPU run only prints the plan (and a warning past the RAM).
@@ -100,19 +117,30 @@ class ModelShape:
     attn_implementation: str
     frozen_parameters: int  # every parameter but LoRA's
     weight_bytes: int  # frozen parameters and buffers, as loaded
+    chroma_length: int = 0  # MusicGen-Melody: chroma frames heading the decoder's sequence; 0: text-only MusicGen
+
+    @property
+    def melody(self) -> bool:
+        """MusicGen-Melody: a [chroma, text] prefix in the decoder's sequence, no cross-attention."""
+        return self.chroma_length > 0
 
     @property
     def linear_weights_per_layer(self) -> int:
         """Weights of one decoder layer's linears: self-attention 4h^2, cross-attention 2h^2 + 2h x
-        cross_hidden, FFN 2hF."""
+        cross_hidden (none in melody), FFN 2hF."""
         h = self.hidden
-        return 6 * h * h + 2 * h * self.cross_hidden + 2 * h * self.ffn
+        cross = 0 if self.melody else 2 * h * h + 2 * h * self.cross_hidden
+        return 4 * h * h + cross + 2 * h * self.ffn
 
     def lora_parameters(self, rank: int, targets) -> int:
-        """Trainable LoRA parameters: r x (in + out) per adapted linear, self- and cross-attention + FFN."""
+        """Trainable LoRA parameters: r x (in + out) per adapted linear, self- and cross-attention (self
+        only in melody) + FFN."""
         h, f, c = self.hidden, self.ffn, self.cross_hidden
-        widths = {"q_proj": [(h, h), (h, h)], "k_proj": [(h, h), (c, h)], "v_proj": [(h, h), (c, h)],
-                  "out_proj": [(h, h), (h, h)], "fc1": [(h, f)], "fc2": [(f, h)]}
+        cross = {} if self.melody else {"q_proj": [(h, h)], "k_proj": [(c, h)], "v_proj": [(c, h)],
+                                        "out_proj": [(h, h)]}
+        widths = {"q_proj": [(h, h)], "k_proj": [(h, h)], "v_proj": [(h, h)], "out_proj": [(h, h)],
+                  "fc1": [(h, f)], "fc2": [(f, h)]}
+        widths = {t: w + cross.get(t, []) for t, w in widths.items()}
         per_layer = sum(rank * (i + o) for t in set(targets) for i, o in widths.get(t, []))
         return self.layers * per_layer
 
@@ -155,6 +183,7 @@ class MemoryPlan:
     activations: int
     weight_copies: int  # half-precision copies of frozen weights autograd keeps (--fp16/--bf16)
     logits: int
+    layer_backward: int  # one layer's backward (+ its recompute with checkpointing); after the logits are freed
     codec: int  # EnCodec encode working set (--no_cache); before the forward, not with the activations
     overhead: int
     capacity: int | None = None  # the device's memory (bytes), when known
@@ -163,7 +192,7 @@ class MemoryPlan:
     @property
     def step(self) -> int:
         """What one training step adds above the weights and optimizer state."""
-        return max(self.activations + self.weight_copies + self.logits, self.codec)
+        return max(self.activations + self.weight_copies + max(self.logits, self.layer_backward), self.codec)
 
     @property
     def total(self) -> int:
@@ -190,7 +219,7 @@ class MemoryPlan:
         step = [f"activations {gib(self.activations)} GiB"]
         if self.weight_copies:
             step.append(f"{st.precision} weight copies {gib(self.weight_copies)} GiB")
-        step.append(f"logits {gib(self.logits)} GiB")
+        step.append(f"max(logits {gib(self.logits)} GiB, layer backward {gib(self.layer_backward)} GiB)")
         step = " + ".join(step)
         if self.codec:
             step = f"max({step}, EnCodec encode {gib(self.codec)} GiB)"
@@ -212,20 +241,20 @@ def gib(n: int | float) -> str:
 # The model's numbers
 # --------------------------------------------------------------------------------------------
 def model_shape(model_or_config) -> ModelShape:
-    """ModelShape of a loaded MusicGen (LoRA or not, any wrapper) or of a MusicgenConfig (instantiated
-    on the meta device: no memory, nothing read)."""
+    """ModelShape of a loaded MusicGen or MusicGen-Melody (LoRA or not, any wrapper) or of its config
+    (MusicgenConfig / MusicgenMelodyConfig, instantiated on the meta device: no memory, nothing read)."""
     import torch
+    import transformers
 
-    from musicgen_lora.modeling import unwrap_base
+    from musicgen_lora.modeling import MODEL_CLASSES, unwrap_base
 
     if hasattr(model_or_config, "parameters"):
         model = unwrap_base(model_or_config)
     else:
-        from transformers import MusicgenForConditionalGeneration
-
         with torch.device("meta"):
-            model = MusicgenForConditionalGeneration(model_or_config)
+            model = getattr(transformers, MODEL_CLASSES[model_or_config.model_type])(model_or_config)
     config, dec = model.config, model.config.decoder
+    melody = config.model_type == "musicgen_melody"
     frozen = [p for name, p in model.named_parameters() if "lora_" not in name]
     codec = config.audio_encoder
     return ModelShape(
@@ -237,6 +266,7 @@ def model_shape(model_or_config) -> ModelShape:
         attn_implementation=getattr(dec, "_attn_implementation", None) or "sdpa",
         frozen_parameters=sum(p.numel() for p in frozen),
         weight_bytes=sum(t.numel() * t.element_size() for t in (*frozen, *model.buffers())),
+        chroma_length=int(config.chroma_length) if melody else 0,
     )
 
 
@@ -252,9 +282,15 @@ def longest_text_tokens(tokenizer, texts) -> int:
 
 
 def sequence_length(shape: ModelShape, window_seconds: float) -> int:
-    """Decoder positions of one window: its frames plus the delay pattern's K/C - 1."""
+    """Audio positions of one window: its frames plus the delay pattern's K/C - 1."""
     frames = math.ceil(int(round(window_seconds * shape.sample_rate)) / shape.hop_length)
     return frames + shape.codebooks // shape.audio_channels - 1
+
+
+def prefix_length(shape: ModelShape, text_tokens: int) -> int:
+    """Decoder positions before the audio: MusicGen-Melody's chroma frames and text tokens; none in
+    text-only MusicGen, whose decoder reads the text through cross-attention."""
+    return shape.chroma_length + text_tokens if shape.melody else 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,7 +301,7 @@ def plan_memory(model, *, precision: str = "fp32", batch_size: int = 2, window_s
                 cached: bool = True, codec_seconds: float | None = None, lora_dropout: float = 0.05,
                 text_tokens: int = TEXT_TOKENS, device="cuda", gradient_accumulation_steps: int = 1,
                 capacity: int | None = None) -> MemoryPlan:
-    """The plan for a model (loaded, a MusicgenConfig, or a ModelShape) on `device` ("cuda", "cuda:1",
+    """The plan for a model (loaded, its config, or a ModelShape) on `device` ("cuda", "cuda:1",
     "cpu" or a torch.device). `capacity` (bytes) defaults to the device's own: a CUDA device's memory,
     enforced by check_plan; a CPU's RAM, only reported."""
     shape = model if isinstance(model, ModelShape) else model_shape(model)
@@ -281,16 +317,20 @@ def plan_memory(model, *, precision: str = "fp32", batch_size: int = 2, window_s
 
 
 def _plan(shape: ModelShape, st: PlanSettings, capacity: int | None, enforced: bool) -> MemoryPlan:
-    b, s, t = st.batch_size, sequence_length(shape, st.window_seconds), st.text_tokens
+    b, audio, t = st.batch_size, sequence_length(shape, st.window_seconds), st.text_tokens
+    prefix = prefix_length(shape, t)
+    s = prefix + audio  # every decoder position: the layers run over the prefix too
     n, h, f, a = b * s, shape.hidden, shape.ffn, st.act_bytes
     layer = _layer_bytes(shape, st, b, s, t)
+    backward = n * (2 * a * f + 16 * h)  # one layer's backward working set
     if st.gradient_checkpointing:
-        kept = shape.layers * n * 4 * h + layer  # each layer's fp32 input + one layer during its recompute
+        kept = shape.layers * n * 4 * h  # each layer's fp32 input
+        backward += layer  # the layer recomputed for its backward
         copied_layers = 1
     else:
         kept = shape.layers * layer
         copied_layers = shape.layers
-    final_norm, backward = n * (4 * h + 8), n * (2 * a * f + 16 * h)
+    final_norm = n * (4 * h + 8)
     lora_params = shape.lora_parameters(st.lora_rank, st.targets)
     copies = 0
     if a == 2:
@@ -305,14 +345,22 @@ def _plan(shape: ModelShape, st: PlanSettings, capacity: int | None, enforced: b
             piece = min(piece, int(round(st.codec_seconds * shape.sample_rate)))
         codec = CODEC_FULL_RATE_TENSORS * 4 * shape.codec_filters * piece * shape.audio_channels
     return MemoryPlan(shape=shape, settings=st, weights=shape.weight_bytes, lora=16 * lora_params,
-                      activations=kept + final_norm + backward, weight_copies=copies,
-                      logits=LOGITS_BYTES * b * shape.codebooks * s * shape.vocab, codec=codec,
+                      activations=kept + final_norm, weight_copies=copies,
+                      logits=_logits_bytes(shape, a, b, audio, prefix), layer_backward=backward, codec=codec,
                       overhead=OVERHEAD["cuda" if st.device.startswith("cuda") else "cpu"], capacity=capacity,
                       enforced=enforced)
 
 
+def _logits_bytes(shape: ModelShape, a: int, b: int, audio: int, prefix: int) -> int:
+    """Logits and loss at their peak (module doc): the backward's start over the audio positions plus
+    the prefix's zero gradient, or the forward's head outputs and their stack over every position."""
+    per_position = max(LOGITS_BYTES * audio + a * prefix, 2 * a * (prefix + audio))
+    return b * shape.codebooks * shape.vocab * per_position
+
+
 def _layer_bytes(shape: ModelShape, st: PlanSettings, b: int, s: int, t: int) -> int:
-    """Bytes autograd keeps for one decoder layer (module doc): b clips, s decoder positions, t text tokens."""
+    """Bytes autograd keeps for one decoder layer (module doc): b clips, s decoder positions (the
+    prefix included), t text tokens."""
     h, f, r, a, mask = shape.hidden, shape.ffn, st.lora_rank, st.act_bytes, st.mask_bytes
     n, m = b * s, b * t
     drop = mask if shape.dropout > 0 else 0
@@ -325,11 +373,12 @@ def _layer_bytes(shape: ModelShape, st: PlanSettings, b: int, s: int, t: int) ->
 
     norm, lse = n * (4 * h + 8), n * 4 * shape.heads
     self_attn = norm + lora(SELF_ATTN, n, h) + 4 * a * n * h + lse + lora(("out_proj",), n, h) + drop * n * h
-    cross = (norm + lora(("q_proj",), n, h) + lora(CROSS_KV, m, shape.cross_hidden) + 2 * a * (n + m) * h + lse
-             + lora(("out_proj",), n, h) + drop * n * h)
+    cross = 0 if shape.melody else (norm + lora(("q_proj",), n, h) + lora(CROSS_KV, m, shape.cross_hidden)
+                                     + 2 * a * (n + m) * h + lse + lora(("out_proj",), n, h) + drop * n * h)
     ffn = (norm + lora(("fc1",), n, h) + a * n * f + (mask if shape.activation_dropout > 0 else 0) * n * f
            + lora(("fc2",), n, f) + drop * n * h)
-    eager = a * b * shape.heads * (s * s + s * t) if shape.attn_implementation == "eager" else 0
+    cross_scores = 0 if shape.melody else s * t
+    eager = a * b * shape.heads * (s * s + cross_scores) if shape.attn_implementation == "eager" else 0
     return self_attn + cross + ffn + eager
 
 
@@ -416,7 +465,8 @@ def check_plan(plan: MemoryPlan, ignore: bool = False, half: str | None = None):
     else:
         advice = (f"nothing fits, not even {flags_for(fix, plan)} (about {gib(fix.total)} GiB; the weights alone "
                   f"take {gib(plan.weights)} GiB): use a smaller model or a GPU with more memory")
-    message = (f"memory plan: the {plan.shape.frozen_parameters / 1e9:.2f} B-parameter MusicGen at {plan.asked()} "
+    kind = "MusicGen-Melody" if plan.shape.melody else "MusicGen"
+    message = (f"memory plan: the {plan.shape.frozen_parameters / 1e9:.2f} B-parameter {kind} at {plan.asked()} "
                f"needs about {gib(plan.total)} GiB, but {plan.settings.device} has {gib(plan.capacity)} GiB "
                f"({gib(plan.usable)} GiB usable); {advice}")
     if ignore:

@@ -21,9 +21,11 @@ import torch
 from tqdm.auto import tqdm
 
 import musicgen_lora.training.checkpointing as ckpt
+from musicgen_lora.audio import piece_samples
+from musicgen_lora.chroma import file_chroma, num_chroma_frames
 from musicgen_lora.common import UserError, log, seed_everything, uniform_loss
-from musicgen_lora.data.code_cache import default_cache_dir, open_training_cache
-from musicgen_lora.data.dataset import Collator, MusicDataset, batch_size_of, padding_report
+from musicgen_lora.data.code_cache import default_cache_dir, open_chroma_cache, open_training_cache
+from musicgen_lora.data.dataset import Collator, MusicDataset, batch_size_of, check_condition_audio, padding_report
 from musicgen_lora.data.metadata import read_metadata, report_long_descriptions, validation_clips
 from musicgen_lora.generation import generate_audio, write_clip
 from musicgen_lora.modeling import (
@@ -46,7 +48,7 @@ from musicgen_lora.outputs import (
     write_manifest,
 )
 from musicgen_lora.plotting import write_training_curves
-from musicgen_lora.prompts import load_prompts
+from musicgen_lora.prompts import Prompt, check_melody_model, load_prompts
 from musicgen_lora.runs.review import log_review  # the review gate: a plain-words reading of the logs
 from musicgen_lora.runs.table import absolute_paths
 from musicgen_lora.training.config import TrainConfig
@@ -175,7 +177,7 @@ def setup(cfg: TrainConfig, accelerator) -> Run:
     splits, sample_prompts = load_data(cfg)
     if not accelerator.is_main_process:  # one copy of every message, from the process that writes the files
         log.setLevel(logging.ERROR)
-    model, processor, info = load_model(cfg, splits)
+    model, processor, info = load_model(cfg, splits, sample_prompts)
     memory_plan = check_memory(cfg, accelerator, model, processor, splits)  # before any clip is encoded
     if resume_from:  # before any clip is encoded: another base model or batch layout is one line
         ckpt.check_resume_compatible(resume_from, ckpt.read_trainer_state(resume_from),
@@ -200,15 +202,24 @@ def load_data(cfg: TrainConfig):
     if not splits["train"]:
         raise UserError(f"{cfg.data_dir}/{cfg.metadata_file}: no training clips listed")
     prompts = []
-    if cfg.sample_every:
-        prompts = ([p.text for p in load_prompts(cfg.sample_prompts)] if cfg.sample_prompts
-                   else [c.description for c in validation_clips(splits)[:3]])
+    if cfg.sample_every:  # a melody model also follows each validation clip's melody (or the prompts file's)
+        prompts = (load_prompts(cfg.sample_prompts) if cfg.sample_prompts
+                   else [Prompt(f"valid_{i}", c.description, melody=str(c.melody_path))
+                         for i, c in enumerate(validation_clips(splits)[:3])])
     return splits, prompts
 
 
-def load_model(cfg: TrainConfig, splits: dict):
+def load_model(cfg: TrainConfig, splits: dict, sample_prompts: list):
     model, processor = load_model_and_processor(cfg.model_path, device="cpu")
     info = model_info(model)
+    model_type = model.config.model_type
+    for flag in cfg.resolve_conditioning(model_type):
+        log.warning(f"warning: {flag} applies to MusicGen-Melody checkpoints; {cfg.model_path} is text-only: ignored")
+    if cfg.sample_prompts:
+        check_melody_model(sample_prompts, model_type == "musicgen_melody", cfg.model_path,
+                           "--model_path", prompts_file=cfg.sample_prompts)
+    log.info(f"conditioning dropout: text {cfg.text_dropout}, words {cfg.word_dropout}"
+             + (f", melody {cfg.chroma_dropout}" if cfg.chroma_dropout is not None else ""))
     report_long_descriptions(processor.tokenizer, splits["train"] + splits["valid"])
     model = apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.targets)
     if cfg.gradient_checkpointing:
@@ -245,16 +256,22 @@ def make_loaders(cfg: TrainConfig, accelerator, model, processor, info: dict, sp
     if not splits["valid"]:
         log.warning("warning: metadata has no valid split; validating on a slice of the training clips")
     cache_dir = None if cfg.no_cache else Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.data_dir)
+    melody = info["chroma_length"] is not None
+    check_condition_audio(splits["train"] + splits["valid"], melody)
+    splits_used = {"train": splits["train"], "valid": valid_clips}
     with accelerator.main_process_first():
-        code_files = open_training_cache(model, sr, {"train": splits["train"], "valid": valid_clips}, cache_dir,
-                                         device=accelerator.device, progress=not cfg.no_progress)
-    layout = {"hop_length": hop, "audio_channels": info["audio_channels"]}
+        code_files = open_training_cache(model, sr, splits_used, cache_dir, device=accelerator.device,
+                                         progress=not cfg.no_progress)
+        chroma_files = open_chroma_cache(cache_dir, info, splits_used, progress=not cfg.no_progress) if melody \
+            else {"train": None, "valid": None}
+    layout = {"hop_length": hop, "audio_channels": info["audio_channels"], "chroma": melody}
     train_set = MusicDataset(splits["train"], sr, window, train=True, seed=cfg.seed, code_files=code_files["train"],
-                             word_dropout=cfg.word_dropout, **layout)
+                             word_dropout=cfg.word_dropout, chroma_files=chroma_files["train"],
+                             chroma_dropout=cfg.chroma_dropout or 0.0, **layout)
     valid_set = MusicDataset(valid_clips, sr, window, train=False, seed=cfg.seed, code_files=code_files["valid"],
-                             **layout)
+                             chroma_files=chroma_files["valid"], **layout)
     log_padding(splits["train"], window, len(train_set), len(valid_set))
-    collate = Collator(processor, int(round(window * sr)), hop)
+    collate = Collator(processor, int(round(window * sr)), hop, chroma_length=info["chroma_length"])
     # Each epoch's shuffle is drawn from data_rng; accelerate shards the batches over processes.
     data_rng = torch.Generator().manual_seed(cfg.seed)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True,
@@ -518,12 +535,18 @@ def validate(run: Run, state: TrainState):
 def write_samples(run: Run, state: TrainState):
     """Listen to progress: the same prompts and seeds at every sampling point (main process only)."""
     cfg, folder = run.cfg, run.output_dir / "samples" / f"step-{state.step}"
-    audio = generate_audio(run.accelerator.unwrap_model(run.model), run.processor, run.sample_prompts,
-                           cfg.sample_duration, seed=cfg.seed, batch_size=len(run.sample_prompts), progress=False)
-    for i, (text, clip) in enumerate(zip(run.sample_prompts, audio)):
-        write_clip(folder / f"{i:02d}.wav", clip, run.info["sample_rate"],
-                   {"prompt": text, "step": state.step, "seed": cfg.seed, "duration": cfg.sample_duration,
-                    "run_id": run.run_id})
+    sr, prompts = run.info["sample_rate"], run.sample_prompts
+    melody = run.info["chroma_length"] is not None
+    # The melody's first sample_duration seconds, as a training window's chroma is taken.
+    chroma = [file_chroma(p.melody, sr, piece_samples(sr, run.info["hop_length"]), 0,
+                          num_chroma_frames(int(cfg.sample_duration * sr))) if p.melody else None
+              for p in prompts] if melody else None
+    audio = generate_audio(run.accelerator.unwrap_model(run.model), run.processor, [p.text for p in prompts],
+                           cfg.sample_duration, seed=cfg.seed, batch_size=len(prompts), progress=False, chroma=chroma)
+    for i, (prompt, clip) in enumerate(zip(prompts, audio)):
+        write_clip(folder / f"{i:02d}.wav", clip, sr,
+                   {"prompt": prompt.text, "step": state.step, "seed": cfg.seed, "duration": cfg.sample_duration,
+                    "run_id": run.run_id, **({"melody": prompt.melody} if melody and prompt.melody else {})})
     log.info(f"step {state.step}: {len(audio)} samples -> {folder}")
 
 
@@ -561,7 +584,8 @@ def finish(run: Run, state: TrainState) -> dict:
                "best_step": state.best["step"], "final_valid_loss": state.last_eval["loss"], "steps": state.step,
                "epochs": state.epoch, "wall_seconds": state.elapsed, "uniform_loss": run.uniform,
                "stopped_reason": state.stop_reason or "completed", "nonfinite_steps_skipped": state.guard.total,
-               "resumed_from": str(run.resume_from) if run.resume_from else None}
+               "resumed_from": str(run.resume_from) if run.resume_from else None,
+               "melody_check": melody_check(run) if state.stop_reason != "non-finite" else None}
     if run.main:
         atomic_write_json(run.output_dir / "logs" / "summary.json", summary)
         run.metrics.close()
@@ -572,6 +596,36 @@ def finish(run: Run, state: TrainState) -> dict:
     if run.main:
         report_end(run, state, summary)
     return summary
+
+
+def melody_check(run: Run) -> dict | None:
+    """MusicGen-Melody: the held-out loss of the trained adapter and of the base model with each
+    clip's own melody, with none (the null chroma) and with a wrong one (another clip's; dataset.py's
+    "other"). An adapter that learned to follow the melody does better with its own than with a
+    wrong one, by more than the base model; one that learned to ignore it has own ~ other ~ none."""
+    if run.info["chroma_length"] is None:
+        return None
+    model = run.accelerator.unwrap_model(run.model)
+    out = {}
+    try:
+        for who, ctx in (("adapter", contextlib.nullcontext), ("base", model.disable_adapter)):
+            with ctx():
+                out[who] = {}
+                for mode in MusicDataset.MELODY_MODES:
+                    run.valid_set.melody = mode
+                    out[who][mode] = evaluate_loss(run.model, run.valid_loader, run.accelerator.autocast,
+                                                   progress=False, reduce=sum_across_ranks(run.accelerator))["loss"]
+    finally:
+        run.valid_set.melody = "own"
+    a, b = out["adapter"], out["base"]
+    out["melody_gain"] = {"adapter": a["other"] - a["own"], "base": b["other"] - b["own"]}
+    log.info(f"melody check (held-out loss): own melody {a['own']:.4f}, a wrong one {a['other']:.4f}, none "
+             f"{a['none']:.4f}; base model {b['own']:.4f} / {b['other']:.4f} / {b['none']:.4f}")
+    if out["melody_gain"]["adapter"] <= 0:
+        log.warning("warning: the adapter's held-out loss is no lower with each clip's own melody than with a wrong "
+                    "one: it does not follow the melody (train longer, lower --chroma_dropout, or check "
+                    "condition_audio)")
+    return out
 
 
 def diverged_message(run: Run, state: TrainState) -> str:
