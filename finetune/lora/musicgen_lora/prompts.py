@@ -19,6 +19,7 @@ class Prompt:
     text: str
     seed: int | None = None  # None: the run's --seed
     melody: str | None = None  # audio file whose chroma conditions a MusicGen-Melody model; None: no melody
+    audio_prompt: str | None = None  # audio file whose first seconds the clip continues; None: text only
 
 
 def slugify(text: str, max_len: int = 40) -> str:
