@@ -166,6 +166,13 @@ def describe_settings(settings: SamplingSettings, duration: float, batch_size: i
     return f"{duration:g} s, guidance {s.guidance_scale:g}, {mode}, batch {batch_size}"
 
 
+def describe_windows(windows: list[list[float]]) -> str:
+    """'60 s in 3 windows (0-30, 30-48, 48-60 s), each continuing the end of the one before'."""
+    spans = ", ".join(f"{a:g}-{b:g}" for a, b in windows)
+    return (f"{windows[-1][1]:g} s in {len(windows)} windows ({spans} s), each continuing the end of the one "
+            f"before (--window_seconds, --window_overlap)")
+
+
 def describe_melodies(prompts: list[Prompt], melody_model: bool) -> str | None:
     """Which prompts a MusicGen-Melody model hears with a melody (the others get the null one); None
     for a text-only model."""

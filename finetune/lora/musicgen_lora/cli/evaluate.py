@@ -37,12 +37,13 @@ from musicgen_lora.cli.args import (
     positive_float,
     positive_int,
     sampling_settings,
+    window_plan,
 )
 from musicgen_lora.cli.runner import cli
 from musicgen_lora.common import UserError, log, resolve_device
-from musicgen_lora.data.metadata import report_long_descriptions
+from musicgen_lora.data.metadata import read_metadata, report_long_descriptions, validation_clips
 from musicgen_lora.outputs import output_lock
-from musicgen_lora.prompts import check_melody_model, describe_melodies, load_prompts, plan_jobs
+from musicgen_lora.prompts import check_melody_model, describe_melodies, describe_windows, load_prompts, plan_jobs
 from musicgen_lora.runs.table import recorded_path
 
 TOOL = "evaluate.py"
@@ -71,6 +72,12 @@ def build_parser():
     q.add_argument("--melody", default=None,
                    help="Audio file whose melody (chroma) conditions every prompt that has none of its own, for "
                         "every model; MusicGen-Melody checkpoints only.")
+    q.add_argument("--continuation_prompts", type=positive_int, default=None, metavar="N",
+                   help="Also let every model continue the opening --prompt_seconds of N held-out clips (the "
+                        "validation clips of --data_dir, or of the evaluated run), under each clip's own "
+                        "description and the same seed; the report plays the real continuation beside them.")
+    q.add_argument("--prompt_seconds", type=positive_float, default=5.0,
+                   help="Seconds of each held-out clip that prompt its continuation (--continuation_prompts).")
     q.add_argument("--num_samples_per_prompt", type=positive_int, default=1,
                    help="Clips per prompt and model (seed, seed+1, ...).")
     q.add_argument("--output_dir", default="../output/evaluation", help="Folder for clips, results and report.")
@@ -146,6 +153,9 @@ def check_args(args):
         raise UserError("--score_only needs --input_dir (the folder of clips to score)")
     if args.input_dir and not args.score_only:
         raise UserError("--input_dir is read by --score_only; pass both (or neither)")
+    if args.score_only and args.continuation_prompts:
+        raise UserError("--continuation_prompts generates continuations, and --score_only generates nothing; drop "
+                        "--continuation_prompts")
     if args.score_only and args.melody:
         raise UserError("--melody conditions generation, and --score_only generates nothing (it reads each clip's "
                         "melody from its sidecar); drop --melody")
@@ -167,13 +177,14 @@ def evaluate(args, out: Path):
         ModelBank,
         check_output_dir,
         compare_models,
+        continuation_prompts,
         held_out_losses,
         reference_embeddings,
         resolve_models,
         validation_loader,
     )
     from musicgen_lora.evaluation.scoring import score_folder
-    from musicgen_lora.generation import check_duration, read_melodies, resolve_dtype
+    from musicgen_lora.generation import check_duration, clip_windows, read_melodies, resolve_dtype
     from musicgen_lora.modeling import is_melody, load_model_and_processor, model_info
 
     check_output_dir(out, args.overwrite)
@@ -187,15 +198,22 @@ def evaluate(args, out: Path):
 
     specs = resolve_models(args.lora_model_path, args.best_model_path, args.final_model_path, args.adapter,
                            compare=args.compare, compare_multi=args.compare_multi)
-    prompts = load_prompts(args.test_prompts_file, args.test_prompts, args.melody)
+    text_given = args.test_prompts_file or args.test_prompts or not args.continuation_prompts
+    prompts = load_prompts(args.test_prompts_file, args.test_prompts, args.melody) if text_given else []
     settings = sampling_settings(args)
-    jobs = plan_jobs(prompts, args.num_samples_per_prompt, args.seed)
     notes, numbers, reference = [], {}, None
     data_dir, metadata_file = args.data_dir, args.metadata_file
     if not data_dir:
         data_dir, metadata_file, note = default_data(args)
         if note:
             notes.append(note)
+    if args.continuation_prompts:
+        if not data_dir:
+            raise UserError("--continuation_prompts continues held-out clips: pass --data_dir (the folder holding "
+                            "metadata.json), or evaluate a run whose run_config.json names its data")
+        prompts += continuation_prompts(validation_clips(read_metadata(data_dir, metadata_file)),
+                                        args.continuation_prompts, {p.id for p in prompts})
+    jobs = plan_jobs(prompts, args.num_samples_per_prompt, args.seed)
     clap = None
     if args.clap_model_path:
         from musicgen_lora.evaluation.clap import ClapScorer
@@ -206,7 +224,10 @@ def evaluate(args, out: Path):
     dtype = resolve_dtype(args.fp16, args.bf16, device)
     model, processor = load_model_and_processor(args.base_model_path, device=device, dtype=dtype,
                                                 flag="--base_model_path")
-    check_duration(model, args.duration)
+    plan = window_plan(args)
+    check_duration(model, args.duration, plan, args.prompt_seconds if args.continuation_prompts else 0.0)
+    if len(windows := clip_windows(model, args.duration, plan)) > 1:
+        log.info(describe_windows(windows))
     check_melody_model(prompts, is_melody(model), args.base_model_path, "--base_model_path", args.melody,
                        args.test_prompts_file)
     melodies = read_melodies(jobs, model_info(model)["sample_rate"])  # a bad file fails before any work
@@ -231,7 +252,7 @@ def evaluate(args, out: Path):
                              batch_size=args.batch_size, wav_subtype=args.wav_subtype,
                              progress=not args.no_progress, base_model_path=args.base_model_path,
                              model_numbers=numbers, notes=notes, reference=reference, clap=clap,
-                             melodies=melodies)
+                             melodies=melodies, plan=plan, prompt_seconds=args.prompt_seconds)
     log.info(f"wrote {len(jobs) * len(specs)} clips, comparison_results.jsonl, summary.json and "
              f"{out / 'report.html'}")
     print_verdicts(summary)

@@ -29,7 +29,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from musicgen_lora.cli.args import Parser, add_sampling_args, check_runtime_flags, positive_int, sampling_settings
+from musicgen_lora.cli.args import (
+    Parser,
+    add_sampling_args,
+    check_runtime_flags,
+    positive_int,
+    sampling_settings,
+    window_plan,
+)
 from musicgen_lora.cli.runner import cli
 from musicgen_lora.common import UserError, log, resolve_device
 from musicgen_lora.data.metadata import report_long_descriptions
@@ -47,6 +54,7 @@ from musicgen_lora.prompts import (
     clip_filename,
     describe_melodies,
     describe_settings,
+    describe_windows,
     load_prompts,
     plan_jobs,
 )
@@ -111,7 +119,15 @@ def main(argv=None):
 
 def run(args):
     from musicgen_lora.evaluation.compare import adapter_run_id
-    from musicgen_lora.generation import generate_jobs, job_chroma, read_melodies, resolve_dtype, write_clip
+    from musicgen_lora.generation import (
+        check_duration,
+        clip_windows,
+        generate_jobs,
+        job_chroma,
+        read_melodies,
+        resolve_dtype,
+        write_clip,
+    )
     from musicgen_lora.modeling import check_adapter_dir, is_melody, load_adapter, load_model_and_processor, model_info
 
     out = Path(args.output_dir)
@@ -138,6 +154,9 @@ def run(args):
 
     check_melody_model(prompts, is_melody(model), args.base_model_path, "--base_model_path", args.melody,
                        args.prompts_file)
+    plan = window_plan(args)
+    check_duration(model, args.duration, plan)
+    windows = clip_windows(model, args.duration, plan)
     info = model_info(model)
     chroma = job_chroma(jobs, read_melodies(jobs, info["sample_rate"]), info["sample_rate"])
     if line := describe_melodies(prompts, is_melody(model)):
@@ -146,9 +165,11 @@ def run(args):
     who = f"{args.base_model_path} + {args.lora_model_path}" if args.lora_model_path else args.base_model_path
     log.info(f"generating {len(jobs)} clip(s) with {who}: "
              f"{describe_settings(settings, args.duration, args.batch_size)}")
+    if len(windows) > 1:
+        log.info(describe_windows(windows))
     t0 = time.time()
     audio, per_clip = generate_jobs(model, processor, jobs, args.duration, settings, args.batch_size,
-                                    progress=not args.no_progress, chroma=chroma)
+                                    progress=not args.no_progress, chroma=chroma, plan=plan)
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     run_id = adapter_run_id(Path(args.lora_model_path)) if args.lora_model_path else None
     # Claim the names first: a kill mid-way leaves every written clip recorded as ours.
@@ -159,7 +180,8 @@ def run(args):
                    "adapter": str(Path(args.lora_model_path).resolve()) if args.lora_model_path else None,
                    "run_id": run_id, "melody": job.prompt.melody, "duration": args.duration,
                    "sample_rate": info["sample_rate"],
-                   "num_samples": len(wav), **settings.to_dict(), "batch_size": args.batch_size, "device": device,
+                   "num_samples": len(wav), **settings.to_dict(), **plan.to_dict(), "windows": windows,
+                   "batch_size": args.batch_size, "device": device,
                    "dtype": str(dtype or "float32").replace("torch.", ""), "wav_subtype": args.wav_subtype,
                    "wall_seconds": per_clip, "created": stamp}
         write_clip(out / f"{name}.wav", wav, info["sample_rate"], sidecar, args.wav_subtype)
