@@ -200,3 +200,20 @@ def test_a_late_collapse_is_flagged_in_its_window():
     assert row["flags"]["silent"] and row["flag_windows"]["silent"] == [1]
     assert not row["window_scores"][0]["flags"].get("silent")
     assert scored_spans([[0, 2]]) == [] and scored_spans([[0, 30], [30, 48], [48, 50]]) == [[0, 30], [30, 50]]
+
+
+def test_inference_continues_an_audio_prompt(tiny_model_dir, tmp_path):
+    sf.write(tmp_path / "start.wav", chord_with_beat(3.0), 32000)
+    run_script("inference_lora.py", "--base_model_path", tiny_model_dir, "--prompts", "lofi beat", "--duration", 4,
+               "--audio_prompt", tmp_path / "start.wav", "--prompt_seconds", 1, "--no_progress",
+               "--output_dir", tmp_path / "o")
+    side = json.loads((tmp_path / "o" / "00_lofi-beat.json").read_text())
+    assert side["audio_prompt"] == str((tmp_path / "start.wav").resolve()) and side["prompt_seconds"] == 1.0
+    assert sf.info(tmp_path / "o" / "00_lofi-beat.wav").frames == 4 * 32000
+    proc = run_script("inference_lora.py", "--base_model_path", tiny_model_dir, "--prompts", "x", "--audio_prompt",
+                      tmp_path / "missing.wav", "--output_dir", tmp_path / "p", check=False)
+    assert_one_line_error(proc, "--audio_prompt", "missing.wav", "not found")
+    proc = run_script("inference_lora.py", "--base_model_path", tiny_model_dir, "--prompts", "x", "--duration", 4,
+                      "--audio_prompt", tmp_path / "start.wav", "--prompt_seconds", 3.5, "--output_dir",
+                      tmp_path / "q", check=False)
+    assert_one_line_error(proc, "--prompt_seconds 3.5", "start.wav", "shorter than")

@@ -450,8 +450,8 @@ def audio_prompt_codes(model, path, seconds: float) -> torch.Tensor:
                          info["audio_channels"])
     wav = pieces.read_range(0, frames * info["hop_length"])
     if wav.shape[-1] < frames * info["hop_length"]:
-        raise UserError(f"{path}: {wav.shape[-1] / info['sample_rate']:.1f} s long, shorter than the "
-                        f"{seconds:g} s audio prompt; lower --prompt_seconds")
+        raise UserError(f"{path}: {wav.shape[-1] / info['sample_rate']:.1f} s long, shorter than --prompt_seconds "
+                        f"{seconds:g}; lower --prompt_seconds, or continue a longer file")
     return encode_channels(model, torch.from_numpy(wav))[:, :frames]
 
 
