@@ -325,7 +325,7 @@ def _date(iso) -> str:
         return str(iso) if iso else "date unknown"
     if d.tzinfo is not None:
         d = d.astimezone(timezone.utc)
-    return d.strftime("%Y-%m-%d %H:%M") + (" UTC" if d.tzinfo is not None else "")
+    return d.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if d.tzinfo is not None else "")
 
 
 def _shell(x) -> str:
@@ -452,7 +452,7 @@ def _settings(d: dict) -> list[str]:
     rows = [("LoRA", f"rank {_val(c.get('lora_rank'))}, alpha {_val(c.get('lora_alpha'))}, dropout "
                      f"{_val(c.get('lora_dropout'))}, on the decoder's {_code(targets) if targets else 'unknown'}"),
             ("optimizer", f"AdamW, learning rate {_val(c.get('learning_rate'))}, weight decay "
-                          f"{_val(c.get('weight_decay'))}, gradient clipping {_val(c.get('max_grad_norm'))}"),
+                          f"{_val(c.get('weight_decay'))}, gradient norm clipped at {_val(c.get('max_grad_norm'))}"),
             ("schedule", f"cosine with {_val(c.get('warmup_steps_effective'))} warm-up steps"),
             ("length", steps),
             ("batch", f"{_val(c.get('batch_size'))} x {_val(c.get('gradient_accumulation_steps'))} accumulation x "
@@ -492,8 +492,13 @@ def _losses(d: dict) -> list[str]:
     if not finished:
         lines += [f"The run was at step {_val(o.get('steps'))} of {_val(o.get('total_steps'))} when this card was "
                   f"written: its end is unknown here until the run finishes and the adapter is evaluated.", ""]
-    elif o.get("stopped_reason") not in (None, "completed"):
-        lines += [f"The run stopped early: {str(o['stopped_reason']).replace('_', ' ')}.", ""]
+    else:
+        how = "stopped early: validation stopped improving (`--early_stopping_patience`)" \
+            if o.get("stopped_reason") == "early_stopping" else "completed"
+        secs = o.get("wall_seconds")
+        took = "" if not _num(secs) else f" in {secs:.1f} s" if secs < 120 else f" in {secs / 60:.1f} min"
+        lines += [f"The run {how}: {_val(o.get('steps'))} optimizer steps, {_val(o.get('epochs'))} epoch(s){took}.",
+                  ""]
     return lines
 
 

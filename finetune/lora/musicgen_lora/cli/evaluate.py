@@ -25,13 +25,18 @@ verdict line per model.
 scores existing audio (any folder, recursively) without loading a model. Writes
 OUTPUT_DIR/<model>/NN_prompt.wav (+ .json sidecar, .png spectrogram), comparison_results.jsonl
 (one row per prompt x model x sample),
-summary.json and report.html (open it in a browser to listen).
+summary.json and report.html (open it in a browser to listen), and listen.html: the blind listening
+test (each prompt's clips under letters A, B, C in a random order, rated 1-5, names revealed at the end).
+
+    python evaluate.py --listen OUTPUT_DIR [--port 8000]   # serve listen.html; Save writes ratings/
+    python evaluate.py --tally OUTPUT_DIR                   # mean rating per model, 95% intervals
 """
 import sys
 from pathlib import Path
 
 from musicgen_lora.cli.args import (
     Parser,
+    _number,
     add_sampling_args,
     check_runtime_flags,
     positive_float,
@@ -42,11 +47,15 @@ from musicgen_lora.cli.args import (
 from musicgen_lora.cli.runner import cli
 from musicgen_lora.common import UserError, log, resolve_device
 from musicgen_lora.data.metadata import read_metadata, report_long_descriptions, validation_clips
+from musicgen_lora.evaluation.listen_server import DEFAULT_PORT, serve
+from musicgen_lora.evaluation.listening import tally_folder, tally_lines
 from musicgen_lora.outputs import output_lock
 from musicgen_lora.prompts import check_melody_model, describe_melodies, describe_windows, load_prompts, plan_jobs
 from musicgen_lora.runs.table import recorded_path
 
 TOOL = "evaluate.py"
+# --port: 0 asks the system for any free port.
+PORT = _number(int, 0, 65535, words="a port number from 0 (any free port) to 65535")
 
 
 def build_parser():
@@ -98,7 +107,37 @@ def build_parser():
                    help="Score existing audio under --input_dir (recursively) instead of generating.")
     d.add_argument("--input_dir", default=None, help="Folder of clips to score with --score_only.")
     add_sampling_args(p)
+
+    s = p.add_argument_group("listening")  # read an evaluation; no model is loaded
+    s.add_argument("--listen", default=None, metavar="DIR",
+                   help="Serve DIR/listen.html (an evaluation's blind listening test) on http://127.0.0.1 until "
+                        "Ctrl-C; its Save button writes DIR/ratings/<listener>-<time>.json.")
+    s.add_argument("--port", type=PORT, default=None,
+                   help=f"Port for --listen (default: {DEFAULT_PORT}; 0: any free port).")
+    s.add_argument("--tally", default=None, metavar="DIR",
+                   help="Tally DIR/ratings/*.json: each model's mean rating with a 95%% interval, and which models "
+                        "the ratings cannot separate; recorded in DIR/summary.json (\"listening\").")
     return p
+
+
+def listening(args):
+    """--listen / --tally: the blind listening test of an evaluation that already exists."""
+    if args.listen and args.tally:
+        raise UserError("--listen and --tally are two steps: serve the page with --listen, then count the saved "
+                        "ratings with --tally")
+    if args.tally:
+        if args.port is not None:
+            raise UserError("--port is read by --listen; drop it from --tally")
+        folder = Path(args.tally)
+        if not folder.is_dir():  # before the lock, which would create a lock file beside a typo
+            raise UserError(f"{folder}: no such folder; pass --tally an evaluation folder (evaluate.py --output_dir)")
+        with output_lock(folder, TOOL):  # summary.json is rewritten: not while an evaluation writes there
+            result = tally_folder(folder)
+        print("\n".join(tally_lines(result)))
+        if result.get("summary_written"):
+            log.info(f"recorded in {result['summary_written']} (\"listening\")")
+        return
+    serve(Path(args.listen), DEFAULT_PORT if args.port is None else args.port)
 
 
 def run_config_of(args):
@@ -165,6 +204,10 @@ def check_args(args):
 @cli
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.listen or args.tally:
+        return listening(args)
+    if args.port is not None:
+        raise UserError("--port is read by --listen (serving an evaluation's blind page); pass --listen DIR too")
     check_args(args)
 
     out = Path(args.output_dir)

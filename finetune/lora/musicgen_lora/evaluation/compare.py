@@ -251,8 +251,9 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     plan = plan or WindowPlan()
     setting_dict = {"duration": duration, **settings.to_dict(), **plan.to_dict(), "batch_size": batch_size}
-    windows = {False: clip_windows(bank.model, duration, plan), True: clip_windows(bank.model, duration, plan,
-                                                                                     prompt_seconds)}
+    windows = {False: clip_windows(bank.model, duration, plan)}
+    if any(j.prompt.audio_prompt for j in jobs):  # continuations: their first window starts from the prompt
+        windows[True] = clip_windows(bank.model, duration, plan, prompt_seconds)
     fad = {}
     with atomic_dir(out, owner=TOOL) as tmp:
         melody_rel = reference_melodies(melodies, tmp, sr, wav_subtype)

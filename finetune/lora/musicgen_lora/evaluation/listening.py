@@ -105,11 +105,14 @@ def evaluation_id(created, seed: int, clips) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def group_rows(rows: list[dict]) -> OrderedDict:
-    """{(prompt_id, sample): [rows]} in the evaluation's order; unreadable clips left out."""
+def group_rows(out: Path, rows: list[dict]) -> OrderedDict:
+    """{(prompt_id, sample): [rows]} in the evaluation's order; unreadable or missing clips left out."""
     groups: OrderedDict[tuple, list[dict]] = OrderedDict()
     for r in rows:
         if r.get("error") or not r.get("wav"):
+            continue
+        if not (out / r["wav"]).is_file():  # scored, then moved or deleted: the test goes on without it
+            log.warning(f"warning: {r['wav']}: not found; left out of the blind listening test")
             continue
         groups.setdefault((r["prompt_id"], r.get("sample", 0) or 0), []).append(r)
     return groups
@@ -137,13 +140,14 @@ def write_listening(out: Path, rows: list[dict], summary: dict, seed: int | None
     """listen/, listening_key.json and listen.html in `out` (the folder being written; a row's wav,
     melody and reference_audio are relative to it). Returns the page, or None without clips."""
     out = Path(out)
-    groups = group_rows(rows)
+    groups = group_rows(out, rows)
     if not groups:
         return None
     seed = secrets.randbits(63) if seed is None else seed  # stored in the key: the order can be re-drawn
     clips = [(r["prompt_id"], r.get("sample", 0) or 0, r["model"], r["wav"]) for g in groups.values() for r in g]
     eid = evaluation_id(summary.get("created"), seed, clips)
     width = max(2, len(str(len(groups))))
+    shutil.rmtree(out / CLIPS_DIR, ignore_errors=True)  # built whole each time: no clip of another draw stays
     placed: dict[Path, Path] = {}
     key_groups = []
     for index, ((prompt_id, sample), group) in enumerate(groups.items(), start=1):
@@ -325,7 +329,9 @@ JS = r"""
     const groups = {};
     for (const g of DATA.groups) {
       const r = state.ratings[g.id] || {}, note = (state.notes[g.id] || "").trim();
-      if (Object.keys(r).length || note) groups[g.id] = {prompt_id: g.prompt_id, sample: g.sample, ratings: r, note: note};
+      if (Object.keys(r).length || note) {
+        groups[g.id] = {prompt_id: g.prompt_id, sample: g.sample, ratings: r, note: note};
+      }
     }
     const out = {format: DATA.format, kind: DATA.kind, evaluation_id: DATA.evaluation_id,
                  listener: state.listener.trim(), session: state.session, time: new Date().toISOString(),
@@ -437,7 +443,7 @@ def render_page(key: dict) -> str:
             parts.append(f'<p class="prompt">&ldquo;{html.escape(g["prompt"])}&rdquo;</p>')
         parts.append("<table>")
         for ref in g.get("references", []):
-            what = labels.get(ref["kind"].rstrip("0123456789"), "")
+            what = labels.get(ref["kind"], "")
             parts.append(f'<tr class="ref"><td class="letter">{html.escape(ref["kind"])}</td><td><audio controls '
                          f'preload="metadata" src="{_url(ref["file"])}"></audio></td><td class="small">not rated: '
                          f'{html.escape(what)}</td></tr>')
@@ -445,9 +451,10 @@ def render_page(key: dict) -> str:
             radios = "".join(
                 f'<label><input type="radio" name="{gid}-{letter}" value="{v}" data-group="{gid}" '
                 f'data-letter="{letter}"> {v} <span>{word}</span></label>' for v, word in SCALE.items())
-            parts.append(f'<tr class="clip" data-letter="{letter}"><td class="letter">{letter}<span class="model-name" '
-                         f'data-group="{gid}" data-letter="{letter}"></span></td><td><audio controls preload="metadata" '
-                         f'src="{_url(clip["file"])}"></audio></td><td class="rating">{radios}</td></tr>')
+            parts.append(f'<tr class="clip" data-letter="{letter}"><td class="letter">{letter}<span '
+                         f'class="model-name" data-group="{gid}" data-letter="{letter}"></span></td><td><audio '
+                         f'controls preload="metadata" src="{_url(clip["file"])}"></audio></td>'
+                         f'<td class="rating">{radios}</td></tr>')
         parts.append(f'</table><textarea class="note" data-group="{gid}" placeholder="Note (optional): what you '
                      f'heard, what made the difference"></textarea></section>')
     mapping = {g["id"]: {letter: c["model"] for letter, c in g["clips"].items()} for g in groups}
@@ -585,8 +592,7 @@ def read_ratings(folder: Path, key: dict) -> tuple[list[dict], list[str]]:
     latest: dict[str, dict] = {}
     for r in found:
         who = r["session"] or r["file"]  # a file without a session is its own listener
-        stamp = (r["saved_at"] or r["time"] or "", r["file"])
-        if who not in latest or stamp > (latest[who]["saved_at"] or latest[who]["time"] or "", latest[who]["file"]):
+        if who not in latest or _when(r) > _when(latest[who]):
             latest[who] = r
     for r in found:
         who = r["session"] or r["file"]
@@ -594,6 +600,17 @@ def read_ratings(folder: Path, key: dict) -> tuple[list[dict], list[str]]:
             log.info(f"note: {r['file']}: an earlier save of {latest[who]['file']} (same listener and browser), "
                      f"not counted twice")
     return [r for r in found if latest[r["session"] or r["file"]] is r], warnings
+
+
+def _when(r: dict) -> tuple:
+    """When a ratings file was saved (the server's clock, else the page's), for 'the latest save'."""
+    for stamp in (r.get("saved_at"), r.get("time")):
+        try:
+            when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))  # the page writes ...Z
+        except (AttributeError, ValueError):
+            continue
+        return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp(), r["file"]
+    return float("-inf"), r["file"]
 
 
 def observations(ratings: list[dict], key: dict) -> list[tuple[str, str, str, int]]:

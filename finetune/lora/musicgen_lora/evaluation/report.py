@@ -138,6 +138,15 @@ def _model_table(summary: dict) -> str:
     return (f'<h2>Models</h2><table id="models"><tr><th>model</th>{head}</tr>{"".join(body)}</table>{notes}')
 
 
+def _listen_link(summary: dict) -> str:
+    """The blind listening test (listen.html, evaluation/listening.py): best heard before this page names the models."""
+    page = summary.get("listen_page")
+    if not page:
+        return ""
+    return (f'<p class="meta" id="listen-link"><a href="{_url(page)}">Blind listening test</a>: the same clips under '
+            f'letters, names hidden until the end; open it before reading on, this page names the models.</p>')
+
+
 def _run_links(summary: dict) -> str:
     """Links to each evaluated training run's curves and review (paths relative to the report)."""
     items = []
@@ -226,7 +235,8 @@ def render(rows: list[dict], summary: dict) -> str:
         meta.append(html.escape(", ".join(f"{k} {v}" for k, v in settings.items())))
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-             f'<p class="meta">{" &middot; ".join(meta)}</p>', _run_links(summary), _model_table(summary)]
+             f'<p class="meta">{" &middot; ".join(meta)}</p>', _listen_link(summary), _run_links(summary),
+             _model_table(summary)]
     plots = summary.get("loudness_plots") or {}
     for (pid, sample), group in groups.items():
         head = html.escape(pid) + (f" &middot; sample {sample}" if any(g.get("sample") for g in group) else "")

@@ -16,6 +16,7 @@ import numpy as np
 from musicgen_lora.audio import MUSICGEN_SAMPLE_RATE, load_audio
 from musicgen_lora.common import UserError, log
 from musicgen_lora.evaluation.flags import count_words, model_flag_clips, model_flag_counts
+from musicgen_lora.evaluation.listening import PAGE, is_blind_copy, write_listening
 from musicgen_lora.evaluation.metrics import MELODY_DROP, THRESHOLDS, ignores_melody, score_clip, to_mid
 from musicgen_lora.evaluation.report import write_report
 from musicgen_lora.outputs import atomic_dir, atomic_write_json, atomic_write_text, write_manifest
@@ -238,7 +239,8 @@ def score_folder(input_dir: Path, out: Path, sample_rate: int = MUSICGEN_SAMPLE_
                         f"--output_dir {input_dir.name}_scored")
     root = input_dir.resolve()
     files = sorted(p for p in input_dir.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
-                   and not p.name.startswith(".") and out.resolve() not in p.resolve().parents)
+                   and not p.name.startswith(".") and out.resolve() not in p.resolve().parents
+                   and not is_blind_copy(p))  # an old evaluation's listen/ holds its clips a second time
     outside = [p for p in files if root not in p.resolve().parents]  # symlinks out of the tree: not followed
     if outside:
         log.warning(f"warning: skipping {len(outside)} link(s) that point outside {input_dir} (e.g. {outside[0]})")
@@ -306,7 +308,10 @@ def score_folder(input_dir: Path, out: Path, sample_rate: int = MUSICGEN_SAMPLE_
 
 
 def write_results(out: Path, rows: list[dict], summary: dict):
-    """comparison_results.jsonl, summary.json and report.html (used by compare and --score_only)."""
+    """comparison_results.jsonl, summary.json, report.html and the blind listening test (listen.html,
+    listen/, listening_key.json; evaluation/listening.py) (used by compare and --score_only)."""
+    if write_listening(out, rows, summary) is not None:
+        summary["listen_page"] = PAGE  # report.html links it
     atomic_write_text(out / "comparison_results.jsonl",
                       "".join(json.dumps(r, ensure_ascii=False, default=to_jsonable) + "\n" for r in rows))
     atomic_write_json(out / "summary.json", summary)
