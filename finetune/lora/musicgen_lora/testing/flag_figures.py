@@ -35,6 +35,8 @@ from musicgen_lora.testing.signals import (
     with_clicks,
 )
 
+CODEC_FRAME_S = 0.02  # EnCodec 32 kHz: 50 frames per second
+
 # The flags these figures judge, with the metric each is a threshold on and that threshold.
 JUDGED = {"repetitive": ("repetition", metrics.REPETITIVE_SHARE),
           "crackle": ("clicks_per_s", metrics.CRACKLE_CLICKS_PER_S)}
@@ -72,7 +74,12 @@ def _loop(source, start, near=False):
     bit-exact)."""
     def make(rng, seconds):
         x, words, _ = source(rng, seconds)
-        t0, period = float(start(rng, seconds)), float(rng.uniform(*metrics.LOOP_LAGS_S))
+        t0 = float(start(rng, seconds))
+        # At most to 70% of the clip before the first repeat: the loop then fills more than half of
+        # the second half, which is what the flag asks (a loop first heard again in the last quarter
+        # is judged in the next window of a longer clip, not in this one).
+        period = float(rng.uniform(metrics.LOOP_LAGS_S[0], min(metrics.LOOP_LAGS_S[1], 0.7 * seconds - t0)))
+        period = round(period / CODEC_FRAME_S) * CODEC_FRAME_S  # a loop of codes repeats whole codec frames
         y = looped(x, t0, period, SR)
         if near:
             a, p = int(t0 * SR), int(period * SR)
