@@ -159,7 +159,8 @@ LOOP_MIN_CLIP_S = 4.0
 # alike (finetune/scripts/flag_figures.py finds 20-40% of random clicks on a busy beat), so the limit
 # sits low: 0.2/s, 3 clicks in 15 s, where clean material with strong beats measured at most 0.07/s
 # (one event in 15 s: a hard cut to silence, or a hat whose first sample stands out).
-CLICK_HIGHPASS_HZ = 5000.0  # above the fundamentals and the strong harmonics of notes; 70% of a click's energy at 32 kHz
+# Above the fundamentals and the strong harmonics of notes; 70% of a click's energy at 32 kHz.
+CLICK_HIGHPASS_HZ = 5000.0
 CLICK_PEAK_RATIO = 8.0
 CLICK_CONTEXT_S = 0.003
 CLICK_WIDTH_S = 0.0005      # a few-sample spike through the filter rings for ~0.3 ms

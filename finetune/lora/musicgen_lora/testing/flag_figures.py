@@ -11,8 +11,8 @@ README's "Objective numbers" come from finetune/scripts/flag_figures.py, which c
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 

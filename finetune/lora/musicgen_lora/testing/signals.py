@@ -273,7 +273,8 @@ def signals(seconds=15.0, sr=SR, stereo: bool = False) -> dict[str, np.ndarray]:
     plain = chord_with_beat(seconds, sr)
     out["crackle/01_chord_60_clicks"] = with_clicks(plain, random_times(int(4 * seconds), seconds, seed=1), 0.2, sr)
     kicks = np.arange(0, seconds, 0.5)  # chord_with_beat's kicks
-    out["crackle/02_clicks_after_every_kick"] = with_clicks(plain, after_attacks(kicks, seconds, seed=2), 0.2, sr, seed=2)
+    out["crackle/02_clicks_after_every_kick"] = with_clicks(plain, after_attacks(kicks, seconds, seed=2), 0.2, sr,
+                                                            seed=2)
     return out
 
 
