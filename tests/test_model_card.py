@@ -161,6 +161,24 @@ def test_evaluations_add_their_verdicts_newest_first(run, tiny_model_dir, tmp_pa
     assert kept["evaluations"][0]["verdict"] == _json(run / "evaluation" / "summary.json")["models"]["final_model"][
         "verdict"]
 
+    # A tallied blind test of that evaluation goes into each rated adapter's card, and only there.
+    key = _json(run / "evaluation" / "listening_key.json")
+    taste = {"best_model": 5, "final_model": 4, "base_model": 1}
+    for who in ("ana", "ben"):
+        groups = {g["id"]: {"ratings": {letter: taste[c["model"]] for letter, c in g["clips"].items()}, "note": ""}
+                  for g in key["groups"]}
+        (run / "evaluation" / "ratings").mkdir(exist_ok=True)
+        (run / "evaluation" / "ratings" / f"{who}.json").write_text(json.dumps(
+            {"evaluation_id": key["evaluation_id"], "listener": who, "session": who, "groups": groups}))
+    tally = run_script("evaluate.py", "--tally", run / "evaluation")
+    assert "best_model: listening result added to the model card" in tally.stderr
+    _, kept = model_card.read_card(run / "best_model")
+    assert [t["source"] for t in kept["listening"]] == [str(run / "evaluation")]
+    text = card(run / "best_model")
+    assert "## Listening tests" in text and "- mean rating 5.00" in text
+    # One prompt x two listeners: two paired units, too few to call even a 4-point gap.
+    assert "- best_model and base_model: cannot separate (too few paired units): difference +4.00" in text
+
 
 # --------------------------------------------------------------------------------------------
 # Never a failure, never half a file, never someone else's file
