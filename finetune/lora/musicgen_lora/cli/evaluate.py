@@ -254,8 +254,12 @@ def evaluate(args, out: Path):
         if not data_dir:
             raise UserError("--continuation_prompts continues held-out clips: pass --data_dir (the folder holding "
                             "metadata.json), or evaluate a run whose run_config.json names its data")
-        prompts += continuation_prompts(validation_clips(read_metadata(data_dir, metadata_file)),
-                                        args.continuation_prompts, {p.id for p in prompts})
+        continued = continuation_prompts(validation_clips(read_metadata(data_dir, metadata_file)),
+                                         args.continuation_prompts, {p.id for p in prompts})
+        log.info(f"continuations: every model continues the first {args.prompt_seconds:g} s of "
+                 f"{', '.join(Path(p.audio_prompt).name for p in continued)} (held out) to {args.duration:g} s; the "
+                 f"real continuation plays beside them (references/)")
+        prompts += continued
     jobs = plan_jobs(prompts, args.num_samples_per_prompt, args.seed)
     clap = None
     if args.clap_model_path:
