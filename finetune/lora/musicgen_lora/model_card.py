@@ -549,3 +549,31 @@ def _provenance(d: dict) -> list[str]:
             f"- adapter: {_code(d['path'])} (step {_val(a.get('step'))}, epoch {_val(a.get('epoch'))}; "
             "training_info.json beside this file)",
             f"- card written {_date(d.get('written'))}, last updated {_date(d.get('updated'))}", ""]
+
+
+def update_listened_cards(folder: Path, result: dict):
+    """evaluate.py --tally: each rated adapter of the evaluation in `folder` that train_lora.py wrote
+    gets the tally `result` in its model card (a new tally of the same evaluation replaces the old
+    one there). Never raises: the card is a courtesy."""
+    from musicgen_lora.evaluation.listening import model_lines  # loaded only to tally
+
+    folder = Path(folder)
+    summary = _read_json(folder / "summary.json")
+
+    for name, entry in (summary.get("models") or {}).items():
+        adapter = entry.get("adapter_path") if isinstance(entry, dict) else None
+        if not adapter or name not in result["models"]:
+            continue
+        # Recorded as typed: relative to where evaluate.py ran, which may not be here; then the usual
+        # layout, RUN/evaluation beside RUN/best_model.
+        found = [p for p in (Path(adapter), folder.resolve().parent / Path(adapter).name)
+                 if (p / "training_info.json").is_file()]  # without it, not train_lora.py's: no card there
+        if not found:
+            continue
+        adapter = found[0]
+        run_id = _read_json(adapter / "training_info.json").get("run_id")
+        if entry.get("run_id") and run_id and entry["run_id"] != run_id:  # the same path, another run's adapter
+            continue
+        if update_card(adapter, listening={"source": os.path.abspath(folder), "lines": model_lines(result, name),
+                                           "evaluation_id": result.get("evaluation_id")}):
+            log.info(f"{name}: listening result added to the model card {adapter / 'README.md'}")

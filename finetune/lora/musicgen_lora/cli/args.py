@@ -209,7 +209,7 @@ def add_sampling_args(p: argparse.ArgumentParser):
                         f"prompted with the end of the previous one (audiocraft's extend_stride).")
     g.add_argument("--window_overlap", type=positive_float, default=None,
                    help=f"Seconds of the previous window that prompt the next one (default "
-                        f"{DEFAULT_OVERLAP_SHARE:.0%} of the window: 12 s of 30, as audiocraft).")
+                        f"{DEFAULT_OVERLAP_SHARE * 100:.0f}%% of the window: 12 s of 30, as audiocraft).")
     g.add_argument("--guidance_scale", type=nonneg_float, default=d.guidance_scale,
                    help="Classifier-free guidance scale (1 or less turns guidance off).")
     g.add_argument("--temperature", type=positive_float, default=d.temperature, help="Sampling temperature.")

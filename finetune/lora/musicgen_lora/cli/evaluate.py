@@ -49,6 +49,7 @@ from musicgen_lora.common import UserError, log, resolve_device
 from musicgen_lora.data.metadata import read_metadata, report_long_descriptions, validation_clips
 from musicgen_lora.evaluation.listen_server import DEFAULT_PORT, serve
 from musicgen_lora.evaluation.listening import tally_folder, tally_lines
+from musicgen_lora.model_card import update_listened_cards
 from musicgen_lora.outputs import output_lock
 from musicgen_lora.prompts import check_melody_model, describe_melodies, describe_windows, load_prompts, plan_jobs
 from musicgen_lora.runs.table import recorded_path
@@ -133,6 +134,8 @@ def listening(args):
             raise UserError(f"{folder}: no such folder; pass --tally an evaluation folder (evaluate.py --output_dir)")
         with output_lock(folder, TOOL):  # summary.json is rewritten: not while an evaluation writes there
             result = tally_folder(folder)
+            if result.get("summary_written"):  # the rated adapters' model cards get the tally too
+                update_listened_cards(folder, result)
         print("\n".join(tally_lines(result)))
         if result.get("summary_written"):
             log.info(f"recorded in {result['summary_written']} (\"listening\")")

@@ -778,32 +778,4 @@ def tally_folder(folder: Path) -> dict:
     summary["listening"] = result
     atomic_write_json(summary_path, summary)
     result["summary_written"] = str(summary_path)
-    update_listened_cards(folder, summary, result)
     return result
-
-
-def update_listened_cards(folder: Path, summary: dict, result: dict):
-    """Each rated adapter that train_lora.py wrote gets this tally in its model card (a new tally of
-    the same evaluation replaces the old one there). Never raises: the card is a courtesy."""
-    from musicgen_lora.model_card import update_card
-
-    for name, entry in (summary.get("models") or {}).items():
-        adapter = entry.get("adapter_path") if isinstance(entry, dict) else None
-        if not adapter or name not in result["models"]:
-            continue
-        # Recorded as typed: relative to where evaluate.py ran, which may not be here; then the usual
-        # layout, RUN/evaluation beside RUN/best_model.
-        found = [p for p in (Path(adapter), folder.resolve().parent / Path(adapter).name)
-                 if (p / "training_info.json").is_file()]  # without it, not train_lora.py's: no card there
-        if not found:
-            continue
-        adapter = found[0]
-        try:
-            run_id = json.loads((adapter / "training_info.json").read_text(encoding="utf-8")).get("run_id")
-        except (OSError, ValueError, AttributeError):
-            run_id = None
-        if entry.get("run_id") and run_id and entry["run_id"] != run_id:  # the same path, another run's adapter
-            continue
-        if update_card(adapter, listening={"source": os.path.abspath(folder), "lines": model_lines(result, name),
-                                           "evaluation_id": result.get("evaluation_id")}):
-            log.info(f"{name}: listening result added to the model card {adapter / 'README.md'}")
