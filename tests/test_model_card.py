@@ -306,7 +306,8 @@ def test_listening_tests_are_kept_one_per_source(adapter):
     assert "## Listening tests" in text and "14/20" not in text
     assert text.index("15/20") < text.index("- a single line")  # newest first
     _, kept = model_card.read_card(adapter)
-    assert [t["source"] for t in kept["listening"]] == ["/listen/a", "/listen/b"]
+    # (the run's own blind test, tallied by an earlier test of this module, stays beside them)
+    assert [t["source"] for t in kept["listening"] if t["source"].startswith("/listen/")] == ["/listen/a", "/listen/b"]
 
 
 def test_melody_stereo_hub_checkpoint_card():
