@@ -55,6 +55,6 @@ if [ "${SKIP_EVAL:-0}" != 1 ]; then
   "$PY" finetune/lora/evaluate.py --base_model_path "$MODEL_PATH" --lora_model_path "$OUTPUT_DIR" --compare_multi \
     --test_prompts_file finetune/data/eval/evaluation_prompts_8.json --data_dir "$DATA_DIR" \
     --output_dir "$OUTPUT_DIR/evaluation" --duration "$EVAL_DURATION" --overwrite --no_progress
-  echo "quick_start.sh: listen in $OUTPUT_DIR/evaluation/report.html"
+  echo "quick_start.sh: listen blind in $OUTPUT_DIR/evaluation/listen.html (model names hidden until you reveal), then read $OUTPUT_DIR/evaluation/report.html"
 fi
 echo "quick_start.sh: finished in $(( $(date +%s) - start )) s; adapters in $OUTPUT_DIR/{best_model,final_model}"

@@ -140,10 +140,12 @@ def test_prompt_files(tmp_path):
         load_prompts(tmp_path / "missing.json")
 
 
-def test_too_long_duration_is_refused(tiny_model_dir, tmp_path):
+def test_a_window_longer_than_the_model_holds_is_refused(tiny_model_dir, tmp_path):
+    """A long --duration is generated in windows (tests/test_long_generation.py); one window is what
+    the model's positions hold (1024 on the tiny model: 20.4 s)."""
     proc = run_script("inference_lora.py", "--base_model_path", tiny_model_dir, "--prompts", "x", "--duration", 60,
-                      "--output_dir", tmp_path / "o", check=False)
-    assert_one_line_error(proc, "--duration 60", "at most")
+                      "--window_seconds", 25, "--output_dir", tmp_path / "o", check=False)
+    assert_one_line_error(proc, "--window_seconds 25", "at most 20.4 s")
 
 
 def test_guidance_at_or_below_one_is_really_off(tiny, tiny_model_dir, tmp_path):

@@ -12,6 +12,13 @@ MusicGen-Melody one). A MusicGen-Melody model generates with a melody: every pro
 the chroma of a synthetic note sequence (its decoder's prefix is 235 chroma frames with or without
 one, so the null melody costs the same). On a GPU, also add --duration 15 to measure the user's
 setting (batch 1 vs 8 at 15 s).
+
+    python finetune/scripts/benchmark_generation.py --long 3 --window_seconds 4
+
+instead times music longer than one window: one window's clip against a clip of about 3 windows'
+length (windowed continuation, 40% overlap unless --window_overlap), batched, and prints the
+real-time factor of each and their ratio (every window after the first re-reads its overlap, in one
+parallel prefill pass).
 """
 import argparse
 import sys
@@ -35,6 +42,11 @@ def main(argv=None):
     p.add_argument("--device", default="auto", help="auto, cpu or cuda.")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default).")
     p.add_argument("--repeats", type=int, default=1, help="Repeat each measurement and keep the fastest.")
+    p.add_argument("--long", type=float, default=None, metavar="N",
+                   help="Time a clip of N windows' length against one window (see above).")
+    p.add_argument("--window_seconds", type=float, default=None, help="Window for --long (default: the model's).")
+    p.add_argument("--window_overlap", type=float, default=None,
+                   help="Overlap for --long (default 40%% of the window).")
     args = p.parse_args(argv)
 
     import torch
@@ -69,18 +81,21 @@ def main(argv=None):
         generate_audio(model, processor, prompts[:2], min(duration, 1.0), batch_size=2, progress=False,
                        chroma=chroma[:2] if chroma else None)
 
-        def timed(batch_size):
+        def timed(batch_size, seconds=None, plan=None):
             best = float("inf")
             for _ in range(args.repeats):
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                generate_audio(model, processor, prompts, duration, seed=0, batch_size=batch_size, progress=False,
-                               chroma=chroma)
+                generate_audio(model, processor, prompts, seconds or duration, seed=0, batch_size=batch_size,
+                               progress=False, chroma=chroma, plan=plan)
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
                 best = min(best, time.perf_counter() - t0)
             return best
+
+        if args.long:
+            return long_clip(args, model, prompts, timed, device)
 
         sequential = timed(1)
         batched = timed(args.num_prompts)
@@ -91,6 +106,30 @@ def main(argv=None):
     print(f"one at a time (batch 1): {sequential:8.2f} s   real-time factor {sequential / audio_s:.3f}")
     print(f"batched (batch {args.num_prompts}):       {batched:8.2f} s   real-time factor {batched / audio_s:.3f}")
     print(f"batched / sequential wall time: {batched / sequential:.3f}  ({sequential / batched:.2f}x faster batched)")
+
+
+def long_clip(args, model, prompts, timed, device):
+    """--long: one window's clip vs a clip N windows long, both batched, real-time factors and ratio."""
+    import torch
+
+    from musicgen_lora.generation import clip_windows, window_frames
+    from musicgen_lora.modeling import model_info
+    from musicgen_lora.sampling import WindowPlan
+
+    fr = model_info(model)["frame_rate"]
+    plan = WindowPlan(args.window_seconds, args.window_overlap)
+    window, overlap = (x / fr for x in window_frames(model, 1.0, plan))
+    long_s = round(args.long * window, 2)
+    one, many = timed(len(prompts), window, plan), timed(len(prompts), long_s, plan)
+    spans = clip_windows(model, long_s, plan)
+    rtf_one, rtf_many = one / (len(prompts) * window), many / (len(prompts) * long_s)
+    print(f"model {args.model_path or args.size}, device {device}, threads {torch.get_num_threads()}, "
+          f"{len(prompts)} prompts batched, window {window:g} s, overlap {overlap:g} s")
+    print(f"one window ({window:g} s):            {one:8.2f} s   real-time factor {rtf_one:.3f}")
+    print(f"{len(spans)} windows ({long_s:g} s):          {many:8.2f} s   real-time factor {rtf_many:.3f}")
+    # The overlap is not generated again: each later window reads it in one parallel prefill pass.
+    print(f"windowed / one-window real-time factor: {rtf_many / rtf_one:.3f} ({len(spans) - 1} later windows each "
+          f"re-read {overlap:g} s of context)")
 
 
 if __name__ == "__main__":

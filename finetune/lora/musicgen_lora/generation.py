@@ -17,20 +17,22 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
-from musicgen_lora.codes import build_delay_pattern_labels, codebook_delays, interleave_channels
+from musicgen_lora.codes import build_delay_pattern_labels, codebook_delays, interleave_channels, split_channels
 from musicgen_lora.common import UserError, log
 from musicgen_lora.data.metadata import tokenize_text
 from musicgen_lora.modeling import forward_logits, is_melody, model_info, unwrap_base
 from musicgen_lora.outputs import atomic_file, atomic_write_json
 from musicgen_lora.prompts import Job
-from musicgen_lora.sampling import SamplingSettings
+from musicgen_lora.sampling import DEFAULT_OVERLAP_SHARE, DEFAULT_WINDOW_S, SamplingSettings, WindowPlan
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,35 +90,110 @@ def frames_for_duration(duration: float, frame_rate: float) -> int:
 def max_new_tokens_for(duration: float, info: dict) -> int:
     """The delay pattern costs its largest delay in extra steps (K - 1 mono, K/2 - 1 stereo:
     codes.codebook_delays): N new tokens give N - delay frames."""
-    return frames_for_duration(duration, info["frame_rate"]) + codebook_delays(info["num_codebooks"],
-                                                                               info["audio_channels"])[-1]
+    return _steps_for_frames(frames_for_duration(duration, info["frame_rate"]), info)
 
 
-def check_duration(model, duration: float):
+def _steps_for_frames(frames: int, info: dict) -> int:
+    return frames + codebook_delays(info["num_codebooks"], info["audio_channels"])[-1]
+
+
+def longest_window(model) -> float:
+    """Seconds one generate() call can hold: the decoder's positions less the start token and the
+    delay pattern's extra steps."""
     info = model_info(model)
-    base = unwrap_base(model)
-    limit = base.decoder.config.max_position_embeddings
+    limit = unwrap_base(model).decoder.config.max_position_embeddings
+    return (limit - 1 - codebook_delays(info["num_codebooks"], info["audio_channels"])[-1]) / info["frame_rate"]
+
+
+# --------------------------------------------------------------------------------------------
+# Longer than one window: windowed continuation
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Window:
+    """One generate() call, in frames of the whole clip: the codes [context, start) prompt it (an
+    audio prompt's or the previous windows' codes), and it adds [start, stop)."""
+    context: int
+    start: int
+    stop: int
+
+
+def plan_windows(total: int, window: int, overlap: int, prompt: int = 0) -> list[Window]:
+    """The generate() calls that make `total` frames with at most `window` frames each (prompt
+    included): the first is prompted by the first `prompt` frames (an audio prompt; 0: text only),
+    every later one by the last `overlap` frames before it. One window when it all fits."""
+    if not 0 <= prompt < total:
+        raise ValueError(f"an audio prompt of {prompt} frames leaves nothing to generate in {total}")
+    if prompt >= window or (total > window and not 0 < overlap < window):
+        raise ValueError(f"window {window} frames must exceed the prompt ({prompt}) and the overlap ({overlap})")
+    out = [Window(0, prompt, min(total, window))]
+    while out[-1].stop < total:
+        start = out[-1].stop
+        out.append(Window(start - overlap, start, min(total, start - overlap + window)))
+    return out
+
+
+def window_frames(model, duration: float, plan: WindowPlan | None) -> tuple[int, int]:
+    """(window, overlap) in frames for `plan` on this model; a window longer than the model holds is
+    one line naming the flag."""
+    plan = plan or WindowPlan()
+    info = model_info(model)
+    longest = longest_window(model)
+    if plan.window is not None and plan.window > longest + 1e-9:
+        raise UserError(f"--window_seconds {plan.window:g}: this model generates at most {longest:.1f} s per "
+                        f"window ({unwrap_base(model).decoder.config.max_position_embeddings} positions); ask for less")
+    seconds = plan.window if plan.window is not None else min(DEFAULT_WINDOW_S, longest)
+    window = min(int(seconds * info["frame_rate"] + 1e-6), int(longest * info["frame_rate"] + 1e-6))
+    if window < 2:
+        raise UserError(f"--window_seconds {seconds:g}: shorter than two frames ({2 / info['frame_rate']:g} s); "
+                        f"use at least a few seconds, e.g. --window_seconds {DEFAULT_WINDOW_S:g}")
+    overlap = (int(round(plan.overlap * info["frame_rate"])) if plan.overlap is not None
+               else int(round(DEFAULT_OVERLAP_SHARE * window)))
+    if frames_for_duration(duration, info["frame_rate"]) > window and not 0 < overlap < window:
+        raise UserError(f"--window_overlap {overlap / info['frame_rate']:g}: must be above 0 and below the window "
+                        f"({window / info['frame_rate']:g} s) for a {duration:g} s clip; e.g. "
+                        f"--window_overlap {window / info['frame_rate'] * 0.4:.3g}")
+    return window, overlap
+
+
+def clip_windows(model, duration: float, plan: WindowPlan | None = None,
+                 prompt_seconds: float = 0.0) -> list[list[float]]:
+    """The new audio of each window, [[start_s, end_s], ...] over the clip (the last ends at
+    `duration`): what sidecars record and the report marks. One entry when the clip is one window."""
+    info = model_info(model)
+    total = frames_for_duration(duration, info["frame_rate"])
+    window, overlap = window_frames(model, duration, plan)
+    prompt = int(round(prompt_seconds * info["frame_rate"]))
+    spans = plan_windows(total, window, overlap, prompt)
+    return [[0.0 if i == 0 else w.start / info["frame_rate"], min(duration, w.stop / info["frame_rate"])]
+            for i, w in enumerate(spans)]
+
+
+def check_duration(model, duration: float, plan: WindowPlan | None = None, prompt_seconds: float = 0.0):
+    """The flags' one-line errors before any work: a positive duration, a window the model holds, an
+    overlap inside it, and an audio prompt shorter than both the window and the clip."""
     if duration <= 0:
         raise UserError("--duration must be positive (seconds)")
-    need = max_new_tokens_for(duration, info) + 1
-    if need > limit:
-        longest = (limit - 1 - codebook_delays(info["num_codebooks"], info["audio_channels"])[-1]) / info["frame_rate"]
-        raise UserError(f"--duration {duration:g}: this model generates at most {longest:.1f} s "
-                        f"({limit} positions); ask for less")
+    window, _ = window_frames(model, duration, plan)
+    fr = model_info(model)["frame_rate"]
+    if prompt_seconds and (prompt_seconds >= duration or prompt_seconds * fr >= window):
+        raise UserError(f"--prompt_seconds {prompt_seconds:g}: the audio prompt must be shorter than --duration "
+                        f"({duration:g} s) and than one window ({window / fr:g} s)")
 
 
-def generation_config_for(base, settings: SamplingSettings, duration: float):
-    """Exactly what generate() is told. Every sampling value is set, never left None: generate()
-    refills a None from the checkpoint's generation_config (guidance 3.0, top_k 250 for MusicGen),
-    so None would silently mean "the checkpoint's value", not "off"."""
+def generation_config_for(base, settings: SamplingSettings, duration: float | None = None, frames: int | None = None):
+    """Exactly what generate() is told, for `duration` seconds (or `frames` new frames). Every sampling
+    value is set, never left None: generate() refills a None from the checkpoint's generation_config
+    (guidance 3.0, top_k 250 for MusicGen), so None would silently mean "the checkpoint's value", not "off"."""
     info = model_info(base)
     cfg = copy.deepcopy(base.generation_config)
     cfg.do_sample = False  # SeededSampler does the sampling; generate only takes its argmax
     # transformers runs classifier-free guidance only above 1 (2*B*K decoder rows); 1.0 means off.
     cfg.guidance_scale = float(settings.guidance_scale) if settings.guidance_scale > 1 else 1.0
     cfg.temperature, cfg.top_k, cfg.top_p = 1.0, 50, 1.0  # transformers' neutral values; unused without do_sample
-    cfg.max_new_tokens = max_new_tokens_for(duration, info)
-    cfg.max_length = 1 + cfg.max_new_tokens
+    if frames is None:
+        frames = frames_for_duration(duration, info["frame_rate"])
+    cfg.max_new_tokens = _steps_for_frames(frames, info)
+    cfg.max_length = 1 + cfg.max_new_tokens  # generate() adds a prompt's length to max_new_tokens itself
     cfg.min_new_tokens, cfg.min_length = 0, 0
     return cfg
 
@@ -129,29 +206,55 @@ def melody_batch(base, chromas) -> torch.Tensor:
     return chroma_batch(chromas, base.config.chroma_length)
 
 
+def melody_from(chroma, seconds: float, sample_rate: int):
+    """A melody's chroma as a window starting `seconds` into the clip hears it: from the frame at that
+    time, wrapping round to the melody's start when it is shorter (audiocraft's extension does the
+    same with the melody's samples). None (no melody) stays None."""
+    from musicgen_lora.chroma import window_frames
+
+    if chroma is None or not len(chroma) or seconds <= 0:
+        return chroma
+    first = window_frames(int(round(seconds * sample_rate)), 0)[0] % len(chroma)  # the frame nearest that time
+    return torch.cat([torch.as_tensor(chroma)[first:], torch.as_tensor(chroma)[:first]])
+
+
 @contextlib.contextmanager
-def _capture_codes(base):
+def _capture_codes(base, decode: bool = True):
     """Record the codes generate() hands to EnCodec's decoder ((B, K_c, frames) per call: one call
-    per batch from a mono model, left then right from a stereo one)."""
+    per batch from a mono model, left then right from a stereo one). decode=False skips the decoding
+    (a window's audio is decoded once, with the whole clip's codes)."""
     codec, calls = base.audio_encoder, []
     real = codec.decode
 
-    def decode(audio_codes, *args, **kwargs):
+    def capture(audio_codes, *args, **kwargs):
         calls.append(audio_codes[0].detach().cpu())
-        return real(audio_codes, *args, **kwargs)
+        if decode:
+            return real(audio_codes, *args, **kwargs)
+        return SimpleNamespace(audio_values=torch.zeros(audio_codes.shape[1], 1, 1))
 
-    codec.decode = decode
+    codec.decode = capture
     try:
         yield calls
     finally:
         del codec.decode  # back to the class's method
 
 
+def decode_codes(base, codes: torch.Tensor) -> torch.Tensor:
+    """(B, K, T) codes, stereo rows interleaved -> (B, channels, samples) audio, each channel through
+    the codec as generate() decodes it."""
+    codec = base.audio_encoder
+    device = next(codec.parameters()).device
+    per_channel = split_channels(codes, model_info(base)["audio_channels"])
+    return torch.cat([codec.decode(c[None].to(device), audio_scales=[None] * c.shape[0]).audio_values
+                      for c in per_channel], dim=1)
+
+
 @torch.no_grad()
 def generate_audio(model, processor, prompts: Sequence[str], duration: float, *, guidance_scale: float = 3.0,
                    temperature: float = 1.0, top_k: int = 250, top_p: float = 0.0, greedy: bool = False,
                    seed: int | Sequence[int] = 0, batch_size: int = 8, progress: bool = True,
-                   desc: str = "generating", return_codes: bool = False, chroma: Sequence | None = None):
+                   desc: str = "generating", return_codes: bool = False, chroma: Sequence | None = None,
+                   plan: WindowPlan | None = None, audio_prompts: Sequence | None = None):
     """Generate `duration` seconds of audio for each prompt; returns float32 arrays, (samples,) mono
     or (samples, channels) stereo (and, with return_codes, the (K, frames) EnCodec codes each clip
     was decoded from, stereo rows interleaved [L0, R0, L1, ...] as the decoder predicts them).
@@ -161,6 +264,13 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
     Descriptions are cut to dataset.MAX_TEXT_TOKENS tokens, as in training. chroma (MusicGen-Melody
     only): one (frames, 12) melody chroma (chroma.chroma_features) or None per prompt; None, or no
     list, is the null melody the model uses without one.
+
+    Longer than one window (plan, WindowPlan: 30 s by default), the clip is continued window by
+    window, each prompted with the previous codes' last `overlap` seconds (plan_windows), and decoded
+    once at the end. audio_prompts: (K, frames) codes per prompt (modeling.encode_channels of the
+    audio that starts the clip; all of one length), which the model continues; the clip starts with
+    them. Each prompt's generator runs on across windows, so a seed gives one clip whatever the plan
+    is asked in pieces.
     """
     settings = SamplingSettings(guidance_scale, temperature, top_k, top_p, greedy)
     settings.validate()
@@ -174,12 +284,15 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
     seeds = [int(seed)] * len(prompts) if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
     if len(seeds) != len(prompts):
         raise ValueError("one seed per prompt")
-    check_duration(model, duration)
-    base = unwrap_base(model)
     info = model_info(model)
+    prompt_frames = _prompt_frames(audio_prompts, len(prompts))
+    check_duration(model, duration, plan, prompt_frames / info["frame_rate"])
+    base = unwrap_base(model)
     device = next(base.parameters()).device
     num_samples = int(round(duration * info["sample_rate"]))
-    gen_config = generation_config_for(base, settings, duration)
+    total = frames_for_duration(duration, info["frame_rate"])
+    window, overlap = window_frames(model, duration, plan)
+    windows = plan_windows(total, window, overlap, prompt_frames)
 
     was_training = base.training
     base.eval()
@@ -188,18 +301,23 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
     batches = range(0, len(prompts), batch_size)
     try:
         for start in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-            texts = prompts[start:start + batch_size]
-            inputs = tokenize_text(processor.tokenizer, texts).to(device)
-            if chroma is not None:
-                inputs["input_features"] = melody_batch(base, chroma[start:start + batch_size]).to(device)
-            from transformers import LogitsProcessorList
-
-            procs = LogitsProcessorList()
-            if not greedy:
-                procs.append(SeededSampler(seeds[start:start + batch_size], info["num_codebooks"], settings, device))
-            with _capture_codes(base) as decoded:
-                audio = base.generate(**inputs, generation_config=gen_config, logits_processor=procs)
-            codes += list(interleave_channels(decoded))
+            rows = slice(start, start + batch_size)
+            inputs = tokenize_text(processor.tokenizer, prompts[rows]).to(device)
+            # One sampler per batch: each prompt's generator runs on across its windows.
+            samplers = [] if greedy else [SeededSampler(seeds[rows], info["num_codebooks"], settings, device)]
+            melodies = chroma[rows] if chroma is not None else None
+            if len(windows) == 1 and not prompt_frames:  # one generate() call decodes its own audio
+                if melodies is not None:
+                    inputs["input_features"] = melody_batch(base, melodies).to(device)
+                with _capture_codes(base) as decoded:
+                    audio = base.generate(**inputs, generation_config=generation_config_for(base, settings, duration),
+                                          logits_processor=_processors(samplers))
+                codes += list(interleave_channels(decoded))
+            else:
+                first = torch.stack([torch.as_tensor(c) for c in audio_prompts[rows]]) if prompt_frames else None
+                clip_codes = _generate_windows(base, inputs, windows, settings, samplers, melodies, first, info)
+                codes += list(clip_codes)
+                audio = decode_codes(base, clip_codes)
             audio = audio.float().cpu().numpy()  # (B, channels, samples)
             for row in audio:
                 row = row[:, :num_samples]
@@ -210,6 +328,49 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
         if was_training:
             base.train()
     return (outputs, codes) if return_codes else outputs
+
+
+def _prompt_frames(audio_prompts, n: int) -> int:
+    """Frames of the audio prompts (0 without); they must cover every prompt and be of one length."""
+    if audio_prompts is None:
+        return 0
+    if len(audio_prompts) != n or any(c is None for c in audio_prompts):
+        raise ValueError("one audio prompt per text prompt (run prompts without one in their own call)")
+    lengths = {int(torch.as_tensor(c).shape[-1]) for c in audio_prompts}
+    if len(lengths) != 1:
+        raise ValueError(f"audio prompts of different lengths {sorted(lengths)} cannot share a call")
+    return lengths.pop()
+
+
+def _processors(samplers):
+    """A fresh LogitsProcessorList per generate() call: generate() appends its guidance processor to
+    the list it is given, so a reused list would apply guidance twice in the next window."""
+    from transformers import LogitsProcessorList
+
+    return LogitsProcessorList(samplers)
+
+
+def _generate_windows(base, inputs, windows: list[Window], settings: SamplingSettings, samplers, melodies,
+                      prompt_codes, info) -> torch.Tensor:
+    """(B, K, frames) codes of a batch made window by window (plan_windows): each generate() call is
+    given its context codes as decoder_input_ids -- transformers lays them into the delay pattern
+    and samples only what follows -- and the melody from the window's start time."""
+    device = inputs["input_ids"].device
+    clip = prompt_codes  # (B, K, frames so far), or None before the first window of a text-only clip
+    for w in windows:
+        kwargs = dict(inputs)
+        if w.start > w.context:  # rows item-major, (B * K, frames), as generate() lays out decoder_input_ids
+            context = clip[:, :, w.context:w.start]
+            kwargs["decoder_input_ids"] = context.reshape(-1, context.shape[-1]).to(device)
+        if melodies is not None:
+            shifted = [melody_from(m, w.context / info["frame_rate"], info["sample_rate"]) for m in melodies]
+            kwargs["input_features"] = melody_batch(base, shifted).to(device)
+        cfg = generation_config_for(base, settings, frames=w.stop - w.start)
+        with _capture_codes(base, decode=False) as decoded:
+            base.generate(**kwargs, generation_config=cfg, logits_processor=_processors(samplers))
+        new = interleave_channels(decoded)[:, :, w.start - w.context:]  # generate() returns the context too
+        clip = new if clip is None else torch.cat([clip, new], dim=-1)
+    return clip
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,18 +438,50 @@ def job_chroma(jobs: list[Job], melodies: dict[str, np.ndarray], sample_rate: in
     return [chromas[j.prompt.melody] if j.prompt.melody else None for j in jobs]
 
 
+def audio_prompt_codes(model, path, seconds: float) -> torch.Tensor:
+    """(K, frames) codes of the first `seconds` of an audio file -- at the model's rate and channels,
+    through its own codec -- that a continuation starts from. Only those seconds are read."""
+    from musicgen_lora.audio import AudioPieces, piece_samples
+    from musicgen_lora.modeling import encode_channels
+
+    info = model_info(model)
+    frames = int(round(seconds * info["frame_rate"]))
+    pieces = AudioPieces(path, info["sample_rate"], piece_samples(info["sample_rate"], info["hop_length"]),
+                         info["audio_channels"])
+    wav = pieces.read_range(0, frames * info["hop_length"])
+    if wav.shape[-1] < frames * info["hop_length"]:
+        raise UserError(f"{path}: {wav.shape[-1] / info['sample_rate']:.1f} s long, shorter than --prompt_seconds "
+                        f"{seconds:g}; lower --prompt_seconds, or continue a longer file")
+    return encode_channels(model, torch.from_numpy(wav))[:, :frames]
+
+
 def generate_jobs(model, processor, jobs: list[Job], duration: float, settings: SamplingSettings,
-                  batch_size: int, progress: bool = True, desc: str = "generating", chroma: list | None = None):
+                  batch_size: int, progress: bool = True, desc: str = "generating", chroma: list | None = None,
+                  plan: WindowPlan | None = None, prompt_seconds: float = 0.0):
     """generate_audio over jobs; returns (audio list, wall seconds per clip). chroma: job_chroma's
     list, when the caller already has it (evaluate.py: one read for every model); without it, the
-    jobs' melody files are read here."""
+    jobs' melody files are read here. Jobs whose prompt has an `audio_prompt` continue the first
+    `prompt_seconds` of that file; they run in calls of their own (a call's prompts share one length)."""
     if chroma is None and any(j.prompt.melody for j in jobs):
         sr = model_info(model)["sample_rate"]
         chroma = job_chroma(jobs, read_melodies(jobs, sr), sr)
     t0 = time.time()
-    audio = generate_audio(model, processor, [j.prompt.text for j in jobs], duration,
-                           seed=[j.seed for j in jobs], batch_size=batch_size, progress=progress, desc=desc,
-                           chroma=chroma, **settings.to_dict())
+    audio: list = [None] * len(jobs)
+    for continued in (False, True):
+        idx = [i for i, j in enumerate(jobs) if bool(j.prompt.audio_prompt) == continued]
+        if not idx:
+            continue
+        prompts = None
+        if continued:
+            codes = {path: audio_prompt_codes(model, path, prompt_seconds)
+                     for path in dict.fromkeys(jobs[i].prompt.audio_prompt for i in idx)}
+            prompts = [codes[jobs[i].prompt.audio_prompt] for i in idx]
+        out = generate_audio(model, processor, [jobs[i].prompt.text for i in idx], duration,
+                             seed=[jobs[i].seed for i in idx], batch_size=batch_size, progress=progress, desc=desc,
+                             chroma=[chroma[i] for i in idx] if chroma is not None else None, plan=plan,
+                             audio_prompts=prompts, **settings.to_dict())
+        for i, wav in zip(idx, out):
+            audio[i] = wav
     per_clip = (time.time() - t0) / max(1, len(jobs))
     return audio, per_clip
 

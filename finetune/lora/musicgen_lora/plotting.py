@@ -27,9 +27,19 @@ def _save(fig, path: Path, dpi: int = 80):
         plt.close(fig)
 
 
-def spectrogram_png(audio: np.ndarray, sample_rate: int, path: Path, title: str | None = None):
+def _mark_times(ax, boundaries=(), prompt_end=None):
+    """Dashed lines where a long clip's windows start (generation.clip_windows), a dotted one where an
+    audio prompt ends and the model's continuation begins."""
+    for t in boundaries:
+        ax.axvline(t, color="#1a73e8", linestyle="--", linewidth=0.9)
+    if prompt_end:
+        ax.axvline(prompt_end, color="#188038", linestyle=":", linewidth=1.2)
+
+
+def spectrogram_png(audio: np.ndarray, sample_rate: int, path: Path, title: str | None = None,
+                    boundaries=(), prompt_end: float | None = None):
     """Log-mel spectrogram (dB, 80 dB range) with a time axis in seconds; a (samples, channels) clip
-    is drawn from its mid signal (the mean of the channels)."""
+    is drawn from its mid signal (the mean of the channels). boundaries/prompt_end: _mark_times."""
     import librosa
 
     audio = np.asarray(audio)
@@ -50,14 +60,17 @@ def spectrogram_png(audio: np.ndarray, sample_rate: int, path: Path, title: str 
     ax.set_ylabel("Hz", fontsize=7, labelpad=1)
     ax.set_xlabel("s", fontsize=7, labelpad=1)
     ax.tick_params(labelsize=7)
+    _mark_times(ax, boundaries, prompt_end)
     if title:
         ax.set_title(title, fontsize=8)
     fig.tight_layout(pad=0.3)
     _save(fig, path)
 
 
-def loudness_plot_png(curves: dict[str, list[float]], path: Path, title: str | None = None, hop_seconds: float = 1.0):
-    """Short-term loudness over time, one line per model (LUFS; silence plotted at the floor)."""
+def loudness_plot_png(curves: dict[str, list[float]], path: Path, title: str | None = None, hop_seconds: float = 1.0,
+                      boundaries=(), prompt_end: float | None = None):
+    """Short-term loudness over time, one line per model (LUFS; silence plotted at the floor);
+    boundaries/prompt_end: _mark_times."""
     fig, ax = plt.subplots(figsize=(6.4, 2.0))
     for name, values in curves.items():
         v = np.asarray(values, dtype=float)
@@ -74,6 +87,7 @@ def loudness_plot_png(curves: dict[str, list[float]], path: Path, title: str | N
     ax.set_xlabel("s", fontsize=7, labelpad=1)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
+    _mark_times(ax, boundaries, prompt_end)
     ax.legend(fontsize=7, loc="best")
     if title:
         ax.set_title(title, fontsize=8)

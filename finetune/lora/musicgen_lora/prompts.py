@@ -19,6 +19,7 @@ class Prompt:
     text: str
     seed: int | None = None  # None: the run's --seed
     melody: str | None = None  # audio file whose chroma conditions a MusicGen-Melody model; None: no melody
+    audio_prompt: str | None = None  # audio file whose first seconds the clip continues; None: text only
 
 
 def slugify(text: str, max_len: int = 40) -> str:
@@ -163,6 +164,13 @@ def describe_settings(settings: SamplingSettings, duration: float, batch_size: i
     s = settings
     mode = "greedy" if s.greedy else f"temperature {s.temperature:g}, top_k {s.top_k}, top_p {s.top_p:g}"
     return f"{duration:g} s, guidance {s.guidance_scale:g}, {mode}, batch {batch_size}"
+
+
+def describe_windows(windows: list[list[float]]) -> str:
+    """'60 s in 3 windows (0-30, 30-48, 48-60 s), each continuing the end of the one before'."""
+    spans = ", ".join(f"{a:g}-{b:g}" for a, b in windows)
+    return (f"{windows[-1][1]:g} s in {len(windows)} windows ({spans} s), each continuing the end of the one "
+            f"before (--window_seconds, --window_overlap)")
 
 
 def describe_melodies(prompts: list[Prompt], melody_model: bool) -> str | None:

@@ -1,4 +1,4 @@
-"""SamplingSettings: every knob that changes a generated clip, with its default -- the one place the
+"""SamplingSettings and WindowPlan: every knob that changes a generated clip, with its default -- the one place the
 sampling flags of inference_lora.py and evaluate.py take their defaults from, and what each clip's
 sidecar records. No torch here: the parsers import it for `--help`.
 """
@@ -30,3 +30,26 @@ class SamplingSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# MusicGen was trained on 30 s excerpts (audiocraft's max_duration); transformers' position table
+# allows ~41 s on the hub checkpoints, but what lies past 30 s is outside anything the model has seen
+# ("anything past 30 s degrades"). So a clip is generated in windows of at most 30 s.
+DEFAULT_WINDOW_S = 30.0
+# Each window after the first is prompted with the last 40% of a window of the codes so far (12 s of
+# 30) and adds the rest (18 s): audiocraft's extend_stride of 18 s over its 30 s window. A longer
+# overlap keeps more context (smoother joins, slower: every window re-reads it); a shorter one adds
+# more per window.
+DEFAULT_OVERLAP_SHARE = 0.4
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """How generate_audio cuts a clip longer than one window. window: seconds per generate() call
+    (None: DEFAULT_WINDOW_S, or less when the model's positions hold less); overlap: seconds of the
+    previous codes that prompt each following window (None: DEFAULT_OVERLAP_SHARE of the window)."""
+    window: float | None = None
+    overlap: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"window_seconds": self.window, "window_overlap": self.overlap}

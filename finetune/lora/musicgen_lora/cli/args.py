@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from musicgen_lora.common import UserError
-from musicgen_lora.sampling import WAV_SUBTYPES, SamplingSettings
+from musicgen_lora.sampling import DEFAULT_OVERLAP_SHARE, DEFAULT_WINDOW_S, WAV_SUBTYPES, SamplingSettings, WindowPlan
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -201,7 +201,15 @@ def add_sampling_args(p: argparse.ArgumentParser):
     """The sampling and runtime flags inference_lora.py and evaluate.py share (same names and defaults)."""
     d = SamplingSettings()
     g = p.add_argument_group("sampling")
-    g.add_argument("--duration", type=positive_float, default=15.0, help="Seconds of audio per clip.")
+    g.add_argument("--duration", type=positive_float, default=15.0,
+                   help="Seconds of audio per clip; longer than --window_seconds is generated window by window.")
+    g.add_argument("--window_seconds", type=positive_float, default=None,
+                   help=f"Seconds per generate() call (default {DEFAULT_WINDOW_S:g}, what MusicGen was trained on, or "
+                        f"less when the model holds less). A longer --duration is continued window by window, each "
+                        f"prompted with the end of the previous one (audiocraft's extend_stride).")
+    g.add_argument("--window_overlap", type=positive_float, default=None,
+                   help=f"Seconds of the previous window that prompt the next one (default "
+                        f"{DEFAULT_OVERLAP_SHARE * 100:.0f}%% of the window: 12 s of 30, as audiocraft).")
     g.add_argument("--guidance_scale", type=nonneg_float, default=d.guidance_scale,
                    help="Classifier-free guidance scale (1 or less turns guidance off).")
     g.add_argument("--temperature", type=positive_float, default=d.temperature, help="Sampling temperature.")
@@ -229,6 +237,11 @@ def check_runtime_flags(args):
     """The runtime group's own rule (add_sampling_args); train_lora.py's is TrainConfig.check."""
     if args.fp16 and args.bf16:
         raise UserError("--fp16 and --bf16 exclude each other; pick one")
+
+
+def window_plan(args) -> WindowPlan:
+    """The parsed --window_seconds/--window_overlap (checked against the model by generation.check_duration)."""
+    return WindowPlan(args.window_seconds, args.window_overlap)
 
 
 def sampling_settings(args) -> SamplingSettings:

@@ -6,7 +6,8 @@
 
 The table has one row per run: status, the hyper-parameters that differ between the runs (all of
 them with --all), train and validation loss per epoch, best epoch and loss, steps/s and the verdicts
-of evaluate.py (RUN/evaluation*/summary.json). runs_curves.png (validation loss against step, one
+of evaluate.py (RUN/evaluation*/summary.json), and a listening column once `evaluate.py --tally` has
+counted an evaluation's blind ratings. runs_curves.png (validation loss against step, one
 line per run, ln(vocab) dashed) is written beside --output, or in the current directory. Crashed,
 running or half-written runs appear with what is known. Definitions and review thresholds: USAGE.md.
 """

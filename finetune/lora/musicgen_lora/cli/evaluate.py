@@ -25,27 +25,38 @@ verdict line per model.
 scores existing audio (any folder, recursively) without loading a model. Writes
 OUTPUT_DIR/<model>/NN_prompt.wav (+ .json sidecar, .png spectrogram), comparison_results.jsonl
 (one row per prompt x model x sample),
-summary.json and report.html (open it in a browser to listen).
+summary.json and report.html (open it in a browser to listen), and listen.html: the blind listening
+test (each prompt's clips under letters A, B, C in a random order, rated 1-5, names revealed at the end).
+
+    python evaluate.py --listen OUTPUT_DIR [--port 8000]   # serve listen.html; Save writes ratings/
+    python evaluate.py --tally OUTPUT_DIR                   # mean rating per model, 95% intervals
 """
 import sys
 from pathlib import Path
 
 from musicgen_lora.cli.args import (
     Parser,
+    _number,
     add_sampling_args,
     check_runtime_flags,
     positive_float,
     positive_int,
     sampling_settings,
+    window_plan,
 )
 from musicgen_lora.cli.runner import cli
 from musicgen_lora.common import UserError, log, resolve_device
-from musicgen_lora.data.metadata import report_long_descriptions
+from musicgen_lora.data.metadata import read_metadata, report_long_descriptions, validation_clips
+from musicgen_lora.evaluation.listen_server import DEFAULT_PORT, serve
+from musicgen_lora.evaluation.listening import tally_folder, tally_lines
+from musicgen_lora.model_card import update_listened_cards
 from musicgen_lora.outputs import output_lock
-from musicgen_lora.prompts import check_melody_model, describe_melodies, load_prompts, plan_jobs
+from musicgen_lora.prompts import check_melody_model, describe_melodies, describe_windows, load_prompts, plan_jobs
 from musicgen_lora.runs.table import recorded_path
 
 TOOL = "evaluate.py"
+# --port: 0 asks the system for any free port.
+PORT = _number(int, 0, 65535, words="a port number from 0 (any free port) to 65535")
 
 
 def build_parser():
@@ -71,6 +82,12 @@ def build_parser():
     q.add_argument("--melody", default=None,
                    help="Audio file whose melody (chroma) conditions every prompt that has none of its own, for "
                         "every model; MusicGen-Melody checkpoints only.")
+    q.add_argument("--continuation_prompts", type=positive_int, default=None, metavar="N",
+                   help="Also let every model continue the opening --prompt_seconds of N held-out clips (the "
+                        "validation clips of --data_dir, or of the evaluated run), under each clip's own "
+                        "description and the same seed; the report plays the real continuation beside them.")
+    q.add_argument("--prompt_seconds", type=positive_float, default=5.0,
+                   help="Seconds of each held-out clip that prompt its continuation (--continuation_prompts).")
     q.add_argument("--num_samples_per_prompt", type=positive_int, default=1,
                    help="Clips per prompt and model (seed, seed+1, ...).")
     q.add_argument("--output_dir", default="../output/evaluation", help="Folder for clips, results and report.")
@@ -91,7 +108,39 @@ def build_parser():
                    help="Score existing audio under --input_dir (recursively) instead of generating.")
     d.add_argument("--input_dir", default=None, help="Folder of clips to score with --score_only.")
     add_sampling_args(p)
+
+    s = p.add_argument_group("listening")  # read an evaluation; no model is loaded
+    s.add_argument("--listen", default=None, metavar="DIR",
+                   help="Serve DIR/listen.html (an evaluation's blind listening test) on http://127.0.0.1 until "
+                        "Ctrl-C; its Save button writes DIR/ratings/<listener>-<time>.json.")
+    s.add_argument("--port", type=PORT, default=None,
+                   help=f"Port for --listen (default: {DEFAULT_PORT}; 0: any free port).")
+    s.add_argument("--tally", default=None, metavar="DIR",
+                   help="Tally DIR/ratings/*.json: each model's mean rating with a 95%% interval, and which models "
+                        "the ratings cannot separate; recorded in DIR/summary.json (\"listening\").")
     return p
+
+
+def listening(args):
+    """--listen / --tally: the blind listening test of an evaluation that already exists."""
+    if args.listen and args.tally:
+        raise UserError("--listen and --tally are two steps: serve the page with --listen, then count the saved "
+                        "ratings with --tally")
+    if args.tally:
+        if args.port is not None:
+            raise UserError("--port is read by --listen; drop it from --tally")
+        folder = Path(args.tally)
+        if not folder.is_dir():  # before the lock, which would create a lock file beside a typo
+            raise UserError(f"{folder}: no such folder; pass --tally an evaluation folder (evaluate.py --output_dir)")
+        with output_lock(folder, TOOL):  # summary.json is rewritten: not while an evaluation writes there
+            result = tally_folder(folder)
+            if result.get("summary_written"):  # the rated adapters' model cards get the tally too
+                update_listened_cards(folder, result)
+        print("\n".join(tally_lines(result)))
+        if result.get("summary_written"):
+            log.info(f"recorded in {result['summary_written']} (\"listening\")")
+        return
+    serve(Path(args.listen), DEFAULT_PORT if args.port is None else args.port)
 
 
 def run_config_of(args):
@@ -146,6 +195,9 @@ def check_args(args):
         raise UserError("--score_only needs --input_dir (the folder of clips to score)")
     if args.input_dir and not args.score_only:
         raise UserError("--input_dir is read by --score_only; pass both (or neither)")
+    if args.score_only and args.continuation_prompts:
+        raise UserError("--continuation_prompts generates continuations, and --score_only generates nothing; drop "
+                        "--continuation_prompts")
     if args.score_only and args.melody:
         raise UserError("--melody conditions generation, and --score_only generates nothing (it reads each clip's "
                         "melody from its sidecar); drop --melody")
@@ -155,6 +207,10 @@ def check_args(args):
 @cli
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.listen or args.tally:
+        return listening(args)
+    if args.port is not None:
+        raise UserError("--port is read by --listen (serving an evaluation's blind page); pass --listen DIR too")
     check_args(args)
 
     out = Path(args.output_dir)
@@ -167,13 +223,14 @@ def evaluate(args, out: Path):
         ModelBank,
         check_output_dir,
         compare_models,
+        continuation_prompts,
         held_out_losses,
         reference_embeddings,
         resolve_models,
         validation_loader,
     )
     from musicgen_lora.evaluation.scoring import score_folder
-    from musicgen_lora.generation import check_duration, read_melodies, resolve_dtype
+    from musicgen_lora.generation import check_duration, clip_windows, read_melodies, resolve_dtype
     from musicgen_lora.modeling import is_melody, load_model_and_processor, model_info
 
     check_output_dir(out, args.overwrite)
@@ -187,15 +244,26 @@ def evaluate(args, out: Path):
 
     specs = resolve_models(args.lora_model_path, args.best_model_path, args.final_model_path, args.adapter,
                            compare=args.compare, compare_multi=args.compare_multi)
-    prompts = load_prompts(args.test_prompts_file, args.test_prompts, args.melody)
+    text_given = args.test_prompts_file or args.test_prompts or not args.continuation_prompts
+    prompts = load_prompts(args.test_prompts_file, args.test_prompts, args.melody) if text_given else []
     settings = sampling_settings(args)
-    jobs = plan_jobs(prompts, args.num_samples_per_prompt, args.seed)
     notes, numbers, reference = [], {}, None
     data_dir, metadata_file = args.data_dir, args.metadata_file
     if not data_dir:
         data_dir, metadata_file, note = default_data(args)
         if note:
             notes.append(note)
+    if args.continuation_prompts:
+        if not data_dir:
+            raise UserError("--continuation_prompts continues held-out clips: pass --data_dir (the folder holding "
+                            "metadata.json), or evaluate a run whose run_config.json names its data")
+        continued = continuation_prompts(validation_clips(read_metadata(data_dir, metadata_file)),
+                                         args.continuation_prompts, {p.id for p in prompts})
+        log.info(f"continuations: every model continues the first {args.prompt_seconds:g} s of "
+                 f"{', '.join(Path(p.audio_prompt).name for p in continued)} (held out) to {args.duration:g} s; the "
+                 f"real continuation plays beside them (references/)")
+        prompts += continued
+    jobs = plan_jobs(prompts, args.num_samples_per_prompt, args.seed)
     clap = None
     if args.clap_model_path:
         from musicgen_lora.evaluation.clap import ClapScorer
@@ -206,7 +274,10 @@ def evaluate(args, out: Path):
     dtype = resolve_dtype(args.fp16, args.bf16, device)
     model, processor = load_model_and_processor(args.base_model_path, device=device, dtype=dtype,
                                                 flag="--base_model_path")
-    check_duration(model, args.duration)
+    plan = window_plan(args)
+    check_duration(model, args.duration, plan, args.prompt_seconds if args.continuation_prompts else 0.0)
+    if len(windows := clip_windows(model, args.duration, plan)) > 1:
+        log.info(describe_windows(windows))
     check_melody_model(prompts, is_melody(model), args.base_model_path, "--base_model_path", args.melody,
                        args.test_prompts_file)
     melodies = read_melodies(jobs, model_info(model)["sample_rate"])  # a bad file fails before any work
@@ -231,7 +302,7 @@ def evaluate(args, out: Path):
                              batch_size=args.batch_size, wav_subtype=args.wav_subtype,
                              progress=not args.no_progress, base_model_path=args.base_model_path,
                              model_numbers=numbers, notes=notes, reference=reference, clap=clap,
-                             melodies=melodies)
+                             melodies=melodies, plan=plan, prompt_seconds=args.prompt_seconds)
     log.info(f"wrote {len(jobs) * len(specs)} clips, comparison_results.jsonl, summary.json and "
              f"{out / 'report.html'}")
     print_verdicts(summary)

@@ -14,6 +14,10 @@ generates.
     python inference_lora.py --base_model_path facebook/musicgen-melody --melody tune.wav \\
         --prompts "lo-fi hip hop, mellow rhodes" --output_dir ../output/generated_melody
 
+--duration past one window (--window_seconds, 30 s by default) is generated window by window, each
+prompted with the end of the one before (--window_overlap); --audio_prompt FILE makes every clip
+continue the first --prompt_seconds of FILE.
+
 MusicGen-Melody checkpoints follow the chroma (pitch classes over time) of a melody: --melody for
 every prompt, or "melody": "file" per prompt in --prompts_file; prompts without one get the null
 melody, as generate() does without a melody.
@@ -29,7 +33,15 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from musicgen_lora.cli.args import Parser, add_sampling_args, check_runtime_flags, positive_int, sampling_settings
+from musicgen_lora.cli.args import (
+    Parser,
+    add_sampling_args,
+    check_runtime_flags,
+    positive_float,
+    positive_int,
+    sampling_settings,
+    window_plan,
+)
 from musicgen_lora.cli.runner import cli
 from musicgen_lora.common import UserError, log, resolve_device
 from musicgen_lora.data.metadata import report_long_descriptions
@@ -47,6 +59,7 @@ from musicgen_lora.prompts import (
     clip_filename,
     describe_melodies,
     describe_settings,
+    describe_windows,
     load_prompts,
     plan_jobs,
 )
@@ -66,6 +79,10 @@ def build_parser():
     p.add_argument("--melody", default=None,
                    help="Audio file whose melody (chroma) conditions every prompt that has none of its own; "
                         "MusicGen-Melody checkpoints only.")
+    p.add_argument("--audio_prompt", default=None,
+                   help="Audio file whose first --prompt_seconds every clip continues (the clip starts with them).")
+    p.add_argument("--prompt_seconds", type=positive_float, default=5.0,
+                   help="Seconds of --audio_prompt to continue.")
     p.add_argument("--num_samples", type=positive_int, default=1, help="Clips per prompt (different seeds).")
     p.add_argument("--output_dir", default="../output/generated", help="Folder for WAVs and sidecars "
                                                                           "(or the merged model with --merge).")
@@ -94,9 +111,12 @@ def merge(args, model, processor):
 def check_args(args):
     if args.merge and not args.lora_model_path:
         raise UserError("--merge needs --lora_model_path (the adapter to merge into the base model)")
-    if args.merge and (args.prompts or args.prompts_file or args.melody):
-        raise UserError("--merge writes a model and generates nothing; drop --prompts/--prompts_file/--melody "
-                        "(or --merge)")
+    if args.merge and (args.prompts or args.prompts_file or args.melody or args.audio_prompt):
+        raise UserError("--merge writes a model and generates nothing; drop --prompts/--prompts_file/--melody/"
+                        "--audio_prompt (or --merge)")
+    if args.audio_prompt and not Path(args.audio_prompt).is_file():
+        raise UserError(f"--audio_prompt {args.audio_prompt}: file not found; pass an audio file whose start the "
+                        f"clips continue")
     check_runtime_flags(args)
 
 
@@ -111,7 +131,15 @@ def main(argv=None):
 
 def run(args):
     from musicgen_lora.evaluation.compare import adapter_run_id
-    from musicgen_lora.generation import generate_jobs, job_chroma, read_melodies, resolve_dtype, write_clip
+    from musicgen_lora.generation import (
+        check_duration,
+        clip_windows,
+        generate_jobs,
+        job_chroma,
+        read_melodies,
+        resolve_dtype,
+        write_clip,
+    )
     from musicgen_lora.modeling import check_adapter_dir, is_melody, load_adapter, load_model_and_processor, model_info
 
     out = Path(args.output_dir)
@@ -119,6 +147,8 @@ def run(args):
         check_own_folder(out, MERGE_TOOL, overwrite=args.overwrite, flag="--output_dir")
     else:
         prompts = load_prompts(args.prompts_file, args.prompts, args.melody)
+        for prompt in prompts if args.audio_prompt else []:
+            prompt.audio_prompt = str(Path(args.audio_prompt).resolve())
         settings = sampling_settings(args)
         jobs = plan_jobs(prompts, args.num_samples, args.seed)
         names = [clip_filename(j.prompt, j.sample if args.num_samples > 1 else None) for j in jobs]
@@ -138,6 +168,10 @@ def run(args):
 
     check_melody_model(prompts, is_melody(model), args.base_model_path, "--base_model_path", args.melody,
                        args.prompts_file)
+    plan = window_plan(args)
+    prompt_seconds = args.prompt_seconds if args.audio_prompt else 0.0
+    check_duration(model, args.duration, plan, prompt_seconds)
+    windows = clip_windows(model, args.duration, plan, prompt_seconds)
     info = model_info(model)
     chroma = job_chroma(jobs, read_melodies(jobs, info["sample_rate"]), info["sample_rate"])
     if line := describe_melodies(prompts, is_melody(model)):
@@ -146,9 +180,12 @@ def run(args):
     who = f"{args.base_model_path} + {args.lora_model_path}" if args.lora_model_path else args.base_model_path
     log.info(f"generating {len(jobs)} clip(s) with {who}: "
              f"{describe_settings(settings, args.duration, args.batch_size)}")
+    if len(windows) > 1:
+        log.info(describe_windows(windows))
     t0 = time.time()
     audio, per_clip = generate_jobs(model, processor, jobs, args.duration, settings, args.batch_size,
-                                    progress=not args.no_progress, chroma=chroma)
+                                    progress=not args.no_progress, chroma=chroma, plan=plan,
+                                    prompt_seconds=prompt_seconds)
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     run_id = adapter_run_id(Path(args.lora_model_path)) if args.lora_model_path else None
     # Claim the names first: a kill mid-way leaves every written clip recorded as ours.
@@ -158,8 +195,10 @@ def run(args):
                    "base_model": args.base_model_path,
                    "adapter": str(Path(args.lora_model_path).resolve()) if args.lora_model_path else None,
                    "run_id": run_id, "melody": job.prompt.melody, "duration": args.duration,
+                   "audio_prompt": job.prompt.audio_prompt, "prompt_seconds": prompt_seconds or None,
                    "sample_rate": info["sample_rate"],
-                   "num_samples": len(wav), **settings.to_dict(), "batch_size": args.batch_size, "device": device,
+                   "num_samples": len(wav), **settings.to_dict(), **plan.to_dict(), "windows": windows,
+                   "batch_size": args.batch_size, "device": device,
                    "dtype": str(dtype or "float32").replace("torch.", ""), "wav_subtype": args.wav_subtype,
                    "wall_seconds": per_clip, "created": stamp}
         write_clip(out / f"{name}.wav", wav, info["sample_rate"], sidecar, args.wav_subtype)

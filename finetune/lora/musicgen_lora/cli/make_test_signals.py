@@ -3,8 +3,11 @@
     python finetune/scripts/make_test_signals.py --output_dir /tmp/signals
     python finetune/lora/evaluate.py --score_only --input_dir /tmp/signals --output_dir /tmp/signals_scored
 
-One folder per case (steady, fading, noise, silent_tail, clipped), each tripping exactly its own flag;
-`--stereo` adds 2-channel cases (stereo, collapsed, phase_inverted); `--corrupt` an unreadable file.
+One folder per case (steady, fading, noise, silent_tail, clipped, repetitive, crackle), each tripping
+exactly its own flag, and two that must trip none (varied_beat: chords and a melody over a steady
+beat; drum_loop: played drums alone); `--stereo` adds 2-channel cases (stereo, collapsed,
+phase_inverted); `--corrupt` an unreadable file. The detection and false-positive figures over many
+randomized clips: finetune/scripts/flag_figures.py.
 The cases and their expected flags: musicgen_lora/testing/signals.py.
 """
 import sys

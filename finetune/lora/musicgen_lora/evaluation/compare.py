@@ -17,14 +17,15 @@ import numpy as np
 from musicgen_lora.common import UserError, log, uniform_loss
 from musicgen_lora.data.dataset import Collator, MusicDataset
 from musicgen_lora.data.metadata import read_metadata, report_long_descriptions, validation_clips
-from musicgen_lora.evaluation.scoring import BASE, TOOL, score_rows, write_results
+from musicgen_lora.evaluation.scoring import BASE, TOOL, score_rows, time_marks, write_results
 from musicgen_lora.evaluation.style_distance import encodec_embeddings, frechet_distance
-from musicgen_lora.generation import generate_jobs, job_chroma, read_melodies, write_clip, write_wav
+from musicgen_lora.generation import clip_windows, generate_jobs, job_chroma, read_melodies, write_clip, write_wav
+from musicgen_lora.model_card import update_evaluated_cards
 from musicgen_lora.modeling import check_adapter_dir, evaluate_loss, load_adapter, model_info
 from musicgen_lora.outputs import atomic_dir, check_own_folder, write_manifest
 from musicgen_lora.plotting import spectrogram_png
-from musicgen_lora.prompts import Job, clip_filename, describe_settings, slugify
-from musicgen_lora.sampling import SamplingSettings
+from musicgen_lora.prompts import Job, Prompt, clip_filename, describe_settings, slugify
+from musicgen_lora.sampling import SamplingSettings, WindowPlan
 
 
 @dataclass
@@ -179,6 +180,47 @@ def reference_melodies(melodies: dict[str, np.ndarray], folder: Path, sr: int, w
     return out
 
 
+def reference_continuations(jobs: list[Job], folder: Path, info: dict, duration: float,
+                            wav_subtype: str) -> dict[str, str]:
+    """The real music each audio-prompted job's models continue: the first `duration` seconds of its
+    file (or all of it, when shorter) at the model's rate and channels, written to `folder`/references/
+    for the report and the blind page; {source path: path relative to `folder`}."""
+    from musicgen_lora.audio import AudioPieces, piece_samples
+
+    out, names = {}, set()
+    for source in dict.fromkeys(j.prompt.audio_prompt for j in jobs if j.prompt.audio_prompt):
+        pieces = AudioPieces(source, info["sample_rate"], piece_samples(info["sample_rate"], info["hop_length"]),
+                             info["audio_channels"])
+        wav = pieces.read_range(0, int(round(duration * info["sample_rate"])))  # (channels, n)
+        stem = name = slugify(Path(source).stem, 40)
+        n = 1
+        while name in names:
+            n += 1
+            name = f"{stem}-{n}"
+        names.add(name)
+        out[source] = f"references/{name}.wav"
+        write_wav(folder / out[source], wav[0] if wav.shape[0] == 1 else wav.T, info["sample_rate"], wav_subtype)
+    return out
+
+
+def continuation_prompts(clips, count: int, taken: set[str] = frozenset()) -> list[Prompt]:
+    """--continuation_prompts: the first `count` held-out clips as prompts whose models continue the
+    clip's opening seconds under its own description (Prompt.audio_prompt); ids continue_NN_<file>."""
+    if not clips:
+        raise UserError("--continuation_prompts: the data has no validation clips to continue; add some (a "
+                        "\"valid\" split in metadata.json) or drop the flag")
+    if len(clips) < count:
+        log.warning(f"warning: --continuation_prompts {count}: only {len(clips)} validation clip(s); continuing "
+                    f"all of them")
+    out = []
+    for i, clip in enumerate(clips[:count]):
+        pid = f"continue_{i:02d}_{slugify(clip.audio_path.stem, 30)}"
+        while pid in taken:
+            pid += "_c"
+        out.append(Prompt(pid, clip.description, audio_prompt=str(clip.audio_path)))
+    return out
+
+
 def check_output_dir(out: Path, overwrite: bool):
     """An evaluation folder is evaluate.py's whole: refuse anything it did not write (outputs.check_own_folder)."""
     check_own_folder(out, TOOL, overwrite=overwrite, flag="--output_dir", what="an earlier evaluation")
@@ -187,7 +229,8 @@ def check_output_dir(out: Path, overwrite: bool):
 def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: list[Job], out: Path, *,
                    duration: float, settings: SamplingSettings, batch_size: int, wav_subtype: str = "PCM_16",
                    progress: bool = True, base_model_path: str = "", model_numbers: dict | None = None,
-                   notes: list[str] | None = None, reference=None, clap=None, melodies: dict | None = None) -> dict:
+                   notes: list[str] | None = None, reference=None, clap=None, melodies: dict | None = None,
+                   plan: WindowPlan | None = None, prompt_seconds: float = 0.0) -> dict:
     """Generate every job with every model into `out` (written atomically), score every clip, and
     return summary.json.
 
@@ -195,7 +238,9 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
     for jobs that have one -- so clips differ only by the weights. model_numbers: per-model extras
     (held-out loss) to put in the summary; reference: EnCodec frames of validation clips for the
     style distance; clap: a ClapScorer or None; melodies: the jobs' read_melodies, when the caller
-    read them already (evaluate.py does, before the held-out loss: a bad file fails first).
+    read them already (evaluate.py does, before the held-out loss: a bad file fails first). plan:
+    the windows of a clip longer than one (generation.WindowPlan); jobs with an audio_prompt continue
+    its first prompt_seconds, and the real continuation is written beside them (references/).
     """
     sr = model_info(bank.model)["sample_rate"]
     if melodies is None:
@@ -204,15 +249,20 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
     many = any(j.sample > 0 for j in jobs)
     rows, audio_by_row = [], []
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    setting_dict = {"duration": duration, **settings.to_dict(), "batch_size": batch_size}
+    plan = plan or WindowPlan()
+    setting_dict = {"duration": duration, **settings.to_dict(), **plan.to_dict(), "batch_size": batch_size}
+    windows = {False: clip_windows(bank.model, duration, plan)}
+    if any(j.prompt.audio_prompt for j in jobs):  # continuations: their first window starts from the prompt
+        windows[True] = clip_windows(bank.model, duration, plan, prompt_seconds)
     fad = {}
     with atomic_dir(out, owner=TOOL) as tmp:
         melody_rel = reference_melodies(melodies, tmp, sr, wav_subtype)
+        real_rel = reference_continuations(jobs, tmp, model_info(bank.model), duration, wav_subtype)
         for spec in specs:
             log.info(f"{spec.name}: {len(jobs)} clip(s), {describe_settings(settings, duration, batch_size)}")
             with bank.use(spec) as m:
                 audio, per_clip = generate_jobs(m, processor, jobs, duration, settings, batch_size, progress,
-                                                desc=spec.name, chroma=chroma)
+                                                desc=spec.name, chroma=chroma, plan=plan, prompt_seconds=prompt_seconds)
                 if reference is not None:
                     fad[spec.name] = frechet_distance(encodec_embeddings(m, audio), reference)
             for job, wav in zip(jobs, audio):
@@ -220,19 +270,27 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
                 rel = f"{spec.name}/{name}.wav"
                 adapter = str(spec.adapter_path) if spec.adapter_path else None
                 melody = melody_rel.get(job.prompt.melody)  # the copy in this folder, or None
+                # Where each window's new audio starts (the report marks them, scoring flags each), and
+                # for a continuation, the file it continues and the real music that follows.
+                continued = {"windows": windows[bool(job.prompt.audio_prompt)]}
+                if job.prompt.audio_prompt:
+                    continued.update({"audio_prompt": job.prompt.audio_prompt, "prompt_seconds": prompt_seconds,
+                                      "reference_audio": real_rel[job.prompt.audio_prompt]})
                 sidecar = {"prompt": job.prompt.text, "prompt_id": job.prompt.id, "model": spec.name,
                            "base_model": base_model_path, "adapter": adapter, "run_id": spec.run_id,
                            "sample": job.sample, "seed": job.seed, "melody": job.prompt.melody,
                            "melody_copy": f"../{melody}" if melody else None,  # relative to the sidecar
-                           **setting_dict, "sample_rate": sr,
+                           **setting_dict, **{k: v for k, v in continued.items() if k != "reference_audio"},
+                           "reference_copy": f"../{continued['reference_audio']}" if job.prompt.audio_prompt else None,
+                           "sample_rate": sr,
                            "wav_subtype": wav_subtype, "wall_seconds": per_clip, "created": created}
                 write_clip(tmp / rel, wav, sr, sidecar, wav_subtype)
-                spectrogram_png(wav, sr, tmp / spec.name / f"{name}.png")
+                spectrogram_png(wav, sr, tmp / spec.name / f"{name}.png", **time_marks({**continued, **sidecar}))
                 rows.append({"prompt_id": job.prompt.id, "prompt": job.prompt.text, "model": spec.name,
                              "adapter_path": str(spec.adapter_path) if spec.adapter_path else None,
                              "wav": rel, "spectrogram": f"{spec.name}/{name}.png", "seed": job.seed,
                              "sample": job.sample, "melody": melody, "melody_source": job.prompt.melody,
-                             "settings": setting_dict, "sample_rate": sr,
+                             **continued, "settings": setting_dict, "sample_rate": sr,
                              "duration_s": len(wav) / sr, "wall_seconds": per_clip})
                 audio_by_row.append(wav)
         run_ids = sorted({s.run_id for s in specs if s.run_id})
@@ -245,6 +303,7 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
                    melodies={rel: melodies[source] for source, rel in melody_rel.items()})
         write_results(tmp, rows, summary)
         write_manifest(tmp, TOOL, os.listdir(tmp), run_ids=run_ids)
+    update_evaluated_cards(specs, summary, out)  # each train_lora.py adapter's README.md gets its verdict
     return summary
 
 

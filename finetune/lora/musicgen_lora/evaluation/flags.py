@@ -25,7 +25,7 @@ class ClipFlag:
 
 
 FLAGS = (ClipFlag("fades_out", "fade out"), ClipFlag("noisy", "noisy"), ClipFlag("silent", "silent"),
-         ClipFlag("clipping", "clipping"),
+         ClipFlag("clipping", "clipping"), ClipFlag("repetitive", "repetitive"), ClipFlag("crackle", "crackle"),
          ClipFlag("collapsed_to_mono", "collapsed to mono", stereo=True, fault=False),
          ClipFlag("phase_inverted", "phase inverted", stereo=True),
          ClipFlag("ignores_melody", "ignore the melody", melody=True))

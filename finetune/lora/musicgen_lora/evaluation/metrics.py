@@ -87,6 +87,90 @@ SIDE_MID_LIMIT_DB = 100.0
 # moves with its sampled notes.
 MELODY_DROP = 0.2
 
+# repetitive: the clip falls into a short loop -- the complaint "good for 8-10 s, then it repeats the
+# same bar over and over". What a listener calls stuck is a near-verbatim repeat of the whole texture
+# (notes, chords, timbre and rhythm together) at a short lag, lasting; what they call a groove is a
+# steady beat whose bars repeat in the drums while the harmony or melody moves, or whose hits differ
+# from one to the next as played drums (or a drum machine's noise-based hats) do. So the measure asks,
+# frame by frame, whether the fine spectrum equals the one a fixed lag earlier, and counts only frames
+# where the music around them is not static:
+#   1. Frames every LOOP_HOP_S, each a LOOP_WINDOW_S window: the spectrum in dB, floored LOOP_FLOOR_DB
+#      below the frame's loudest bin, its mean level removed (a loop that gets quieter is still a loop).
+#   2. The lag: for every lag in LOOP_LAGS_S (one frame apart), the distance (mean |dB difference|,
+#      averaged over LOOP_SMOOTH_S) between each second-half frame and the frame one lag earlier, on a
+#      coarse copy of the frames (LOOP_MEL_BANDS mel bands: cheap enough for every lag); the lag with
+#      the smallest mean distance is the candidate loop length.
+#   3. A frame repeats when its fine-spectrum distance at that lag is below LOOP_MATCH_DB (verbatim
+#      within what a decoder's noise changes) and the music around it moves: its median coarse distance
+#      over all the lags is above LOOP_MOVING_DB. Frames below SILENCE_DBFS never repeat.
+#   4. `repetition` = the share of the clip's second half that repeats; flagged above REPETITIVE_SHARE.
+# Only the second half is judged: a model that falls into a loop stays in it (the loop fills its own
+# context), so a collapse at 7-10 s and a clip that loops from its first second both fill it, while a
+# riff played twice early on and then left is music. Lags reach back from the second half only, so a
+# loop that starts at 7 s is flagged on its own, whatever the first half held.
+# Frames every 20 ms: MusicGen's codec frame (50 per second), so a loop of whole codec frames lines
+# up with them exactly; 128 ms windows (bins 7.8 Hz apart at 32 kHz, a semitone above ~130 Hz): a
+# changed note or a fresh noise burst shows in its own bins, and a loop whose period falls between two
+# frames (up to 10 ms off) still lines up to 8% of the window. An exact repeat measures ~0.2-0.6 dB, the
+# same with noise 30 dB under the music ~1.0 dB; played-like drums (fresh noise, timing and velocity
+# jitter per hit) 2.3-5 dB, any changed note or chord more.
+LOOP_HOP_S = 0.02
+LOOP_WINDOW_S = 0.128
+LOOP_FLOOR_DB = 40.0    # 40 dB under the loudest part: masked, and where a decoder's noise floor sits
+LOOP_MEL_BANDS = 64
+# 0.5 s (a beat at 120 bpm) to 4 s (two bars at 120 bpm): the "short loop" of the complaint; a longer
+# repeat is a phrase (verse, chorus), which music repeats on purpose.
+LOOP_LAGS_S = (0.5, 4.0)
+LOOP_CANDIDATES = 4     # lags tested on the fine spectra (step 2 keeps the best few, see repetition())
+LOOP_SMOOTH_S = 0.5     # a beat at 120 bpm: one matching frame is not a repeat, half a second is
+LOOP_MATCH_DB = 1.5
+# A held chord with a kick every half second (make_test_signals' steady/) repeats exactly every beat
+# but is static, not stuck: its frames differ from those 0.5-4 s away by ~1-3 dB; music that moves
+# (changing notes or chords, a drum pattern) by 7-15 dB.
+LOOP_MOVING_DB = 2.0
+REPETITIVE_SHARE = 0.5  # more than half of the second half: the listener has heard the loop many times
+# Lags reach min(4 s, half the clip), so every second-half frame has its partner in the clip; below
+# 4 s (lags up to 2 s) there is too little to tell a loop from a groove: repetition None, no flag.
+LOOP_MIN_CLIP_S = 4.0
+
+# crackle: clicks not explained by musical onsets -- "crackling after every attack". A click is a
+# spike a few samples wide, so its energy is spread over all frequencies; music's is not above a few
+# kHz except in onsets (a stick, a pick, a consonant), which last milliseconds and ring on. So, on the
+# signal high-passed at CLICK_HIGHPASS_HZ (4th-order Butterworth), a sample is part of a click when:
+#   - it exceeds CLICK_PEAK_RATIO x the high band's RMS over the CLICK_CONTEXT_S before it and over the
+#     CLICK_CONTEXT_S after it (the louder of the two), leaving out CLICK_WIDTH_S on either side: a
+#     burst longer than that (any drum hit: a beater, a snare, a hat; a hat's onset also has its own
+#     noise right after it) carries its energy into the context, a spike does not. Gaussian noise
+#     passes 8x its RMS with p ~1e-15 per sample, so hiss is never crackle;
+#   - it is within CLICK_LEVEL_DB of the full-band RMS over CLICK_MASK_S around it: quieter
+#     discontinuities (a synthesized note cut off at 1% of its level: make_test_signals' kicks, 31 dB
+#     down) are masked by the music around them;
+#   - it is above SILENCE_DBFS (the filter's own numerical ringing in digital silence is not a click);
+#   - it is not a musical onset's own attack: the band below CLICK_HIGHPASS_HZ does not rise by
+#     CLICK_ONSET_DB from the CLICK_ONSET_S before it (less CLICK_WIDTH_S) to the CLICK_ONSET_S from
+#     CLICK_WIDTH_S before it on. A kick's beater or a stick's tip is a burst of a few ms, as sharp as
+#     a click, that starts with the drum's body; a click 5-40 ms after the attack ("crackling after
+#     every attack") sits in the body's decay, where the low band falls.
+# Samples of one click (closer than CLICK_WIDTH_S) count once; the first and last CLICK_EDGE_S of the
+# clip are skipped (the filter's start). `clicks_per_s` is the count over the clip's length on the
+# channel with the most; crackle above CRACKLE_CLICKS_PER_S. A click or two in a clip (an edit, a hard
+# cut to silence) is not crackle; a patter of them is: 20 clicks in 15 s is 1.3/s, one after every
+# kick at 120 bpm 2/s. Clicks that land in a drum's noise are masked for the ear and for this measure
+# alike (finetune/scripts/flag_figures.py finds 20-40% of random clicks on a busy beat), so the limit
+# sits low: 0.2/s, 3 clicks in 15 s, where clean material with strong beats measured at most 0.07/s
+# (one event in 15 s: a hard cut to silence, or a hat whose first sample stands out).
+# Above the fundamentals and the strong harmonics of notes; 70% of a click's energy at 32 kHz.
+CLICK_HIGHPASS_HZ = 5000.0
+CLICK_PEAK_RATIO = 8.0
+CLICK_CONTEXT_S = 0.003
+CLICK_WIDTH_S = 0.0005      # a few-sample spike through the filter rings for ~0.3 ms
+CLICK_LEVEL_DB = -25.0
+CLICK_MASK_S = 0.025        # forward/backward masking spans tens of ms
+CLICK_EDGE_S = 0.01
+CLICK_ONSET_S = 0.003
+CLICK_ONSET_DB = 6.0
+CRACKLE_CLICKS_PER_S = 0.2
+
 
 
 def _finite_lufs(value: float) -> float:
@@ -223,6 +307,131 @@ def stereo_stats(audio: np.ndarray, sample_rate: int) -> tuple[float | None, flo
     return corr, side_mid
 
 
+def _mel_bank(sample_rate: int, n_fft: int, bands: int) -> np.ndarray:
+    """(bands, n_fft // 2 + 1) triangular mel filters from 30 Hz to min(16 kHz, Nyquist)."""
+    def mel(f):
+        return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
+
+    edges = 700.0 * (10 ** (np.linspace(mel(30.0), mel(min(16000.0, sample_rate / 2)), bands + 2) / 2595.0) - 1)
+    freqs = np.fft.rfftfreq(n_fft, 1 / sample_rate)
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    return np.clip(np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)), 0, None).astype(np.float32)
+
+
+def _shape_db(power: np.ndarray) -> np.ndarray:
+    """Rows of power in dB relative to each row's loudest value, floored at -LOOP_FLOOR_DB, float32."""
+    db = 10 * np.log10(power + 1e-20)
+    return np.maximum(db - db.max(axis=1, keepdims=True), -LOOP_FLOOR_DB).astype(np.float32)
+
+
+def _distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Mean |dB difference| of rows of a and b over the bins either one has above the floor: a few
+    partials that change count fully, however many bins lie silent under the floor."""
+    active = np.count_nonzero((a > -LOOP_FLOOR_DB) | (b > -LOOP_FLOOR_DB), axis=1)
+    return np.sum(np.abs(a - b), axis=1) / np.maximum(active, 1)
+
+
+def loop_frames(audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The frames the loop measure compares, one every LOOP_HOP_S (LOOP_WINDOW_S Hann windows):
+    (fine (frames, n_fft // 2 + 1) and coarse (frames, LOOP_MEL_BANDS) spectra in dB, floored and
+    level-free (_shape_db), float32; each frame's RMS in dBFS). Computed a block of frames at a time,
+    so a long clip never holds all its windows at once."""
+    from scipy.fft import rfft  # scipy: loaded when a clip is scored; its float32 FFT is 4x numpy's here
+
+    hop = max(1, int(round(LOOP_HOP_S * sample_rate)))
+    n_fft = 1 << int(round(math.log2(LOOP_WINDOW_S * sample_rate)))
+    x = np.asarray(audio, dtype=np.float32)
+    if len(x) < n_fft:
+        x = np.pad(x, (0, n_fft - len(x)))
+    frames = 1 + (len(x) - n_fft) // hop
+    windows = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop]  # a view: (frames, n_fft)
+    cum = np.concatenate(([0.0], np.cumsum(np.square(x, dtype=np.float64))))
+    starts = hop * np.arange(frames)
+    level = 10 * np.log10((cum[starts + n_fft] - cum[starts]) / n_fft + 1e-20)
+    taper, bank = np.hanning(n_fft).astype(np.float32), _mel_bank(sample_rate, n_fft, LOOP_MEL_BANDS)
+    fine = np.empty((frames, n_fft // 2 + 1), dtype=np.float32)
+    coarse = np.empty((frames, LOOP_MEL_BANDS), dtype=np.float32)
+    for a in range(0, frames, 256):
+        spectrum = rfft(windows[a:a + 256] * taper, axis=1)
+        power = spectrum.real ** 2 + spectrum.imag ** 2
+        fine[a:a + len(power)] = _shape_db(power)
+        coarse[a:a + len(power)] = _shape_db(power @ bank.T)
+    return fine, coarse, level
+
+
+def repetition(audio: np.ndarray, sample_rate: int) -> tuple[float | None, float | None]:
+    """(share of the clip's second half that repeats, near-verbatim, the material one lag earlier; that
+    lag in seconds), the `repetitive` measure (see LOOP_* above); (None, None) under LOOP_MIN_CLIP_S."""
+    from scipy.ndimage import uniform_filter1d  # scipy: loaded when a clip is scored, not when this module is
+
+    if len(audio) < LOOP_MIN_CLIP_S * sample_rate:
+        return None, None
+    fine, coarse, level = loop_frames(audio, sample_rate)
+    frames, hop_s = len(fine), max(1, int(round(LOOP_HOP_S * sample_rate))) / sample_rate
+    half = frames // 2
+    lags = np.arange(int(round(LOOP_LAGS_S[0] / hop_s)), min(int(round(LOOP_LAGS_S[1] / hop_s)), half) + 1)
+    smooth = max(1, int(round(LOOP_SMOOTH_S / hop_s)))
+    # Coarse distance of every second-half frame to the frame one lag earlier, for every lag: (lags, frames).
+    late = coarse[half:]
+    dist = np.stack([np.mean(np.abs(late - coarse[half - lag:frames - lag]), axis=1) for lag in lags])
+    dist = uniform_filter1d(dist, smooth, axis=1, mode="nearest")
+    sounding = level[half:] >= SILENCE_DBFS
+    moving = np.median(dist, axis=0) > LOOP_MOVING_DB
+    # The candidate lags: the LOOP_CANDIDATES whose coarse copies match (within LOOP_MATCH_DB) on the
+    # most sounding frames, the closest on average first among equals. A loop that fills only part of
+    # the half matches there exactly, while a drum groove's bar is closer on average over all of it;
+    # the fine test then picks among them.
+    if sounding.any():
+        near = dist[:, sounding]
+        order = np.lexsort((near.mean(axis=1), -(near < LOOP_MATCH_DB).mean(axis=1)))
+    else:
+        order = np.arange(len(lags))
+    best = (-1.0, -int(lags[0]))
+    for lag in lags[order[:LOOP_CANDIDATES]]:
+        same = _distance(fine[half:], fine[half - lag:frames - lag])
+        same = uniform_filter1d(same, smooth, mode="nearest")
+        share = float(((same < LOOP_MATCH_DB) & moving & sounding).mean())
+        best = max(best, (share, -int(lag)))  # equal shares: the shorter lag (a loop also repeats at 2x its period)
+    return best[0], -best[1] * hop_s
+
+
+def clicks_per_second(audio: np.ndarray, sample_rate: int) -> float | None:
+    """Clicks per second in one channel, (samples,): the `crackle` measure (see CLICK_* above); None
+    when the rate leaves no room above CLICK_HIGHPASS_HZ."""
+    from scipy.signal import butter, sosfilt  # scipy: loaded when a clip is scored, not when this module is
+
+    if sample_rate / 2 <= CLICK_HIGHPASS_HZ * 1.2:
+        return None
+    x = np.asarray(audio, dtype=np.float64)
+    n = len(x)
+    high = sosfilt(butter(4, CLICK_HIGHPASS_HZ, btype="highpass", fs=sample_rate, output="sos"), x)
+    low = sosfilt(butter(4, CLICK_HIGHPASS_HZ, btype="lowpass", fs=sample_rate, output="sos"), x)
+    mag = np.abs(high)
+    width, context, mask, onset = (max(1, int(round(s * sample_rate)))
+                                   for s in (CLICK_WIDTH_S, CLICK_CONTEXT_S, CLICK_MASK_S, CLICK_ONSET_S))
+    edge = max(int(round(CLICK_EDGE_S * sample_rate)), width + max(context, onset))
+    # Only samples above the silence level can be clicks: their contexts are all that is measured.
+    at = np.flatnonzero(mag[edge:n - edge] > 10 ** (SILENCE_DBFS / 20)) + edge
+    cum_high = np.concatenate(([0.0], np.cumsum(high * high)))
+    cum_full = np.concatenate(([0.0], np.cumsum(x * x)))
+    cum_low = np.concatenate(([0.0], np.cumsum(low * low)))
+
+    def mean_square(cum, lo, hi):
+        lo, hi = np.clip(lo, 0, n), np.clip(hi, 0, n)
+        return (cum[hi] - cum[lo]) / np.maximum(hi - lo, 1)
+
+    before = mean_square(cum_high, at - width - context, at - width)
+    after = mean_square(cum_high, at + width + 1, at + width + 1 + context)
+    around = mean_square(cum_full, at - mask, at + mask + 1)
+    peak = mag[at] ** 2
+    rise = mean_square(cum_low, at - width, at - width + onset) / \
+        np.maximum(mean_square(cum_low, at - width - onset, at - width), 1e-20)
+    hits = at[(peak > CLICK_PEAK_RATIO ** 2 * np.maximum(before, after)) & (peak > around * 10 ** (CLICK_LEVEL_DB / 10))
+              & (rise < 10 ** (CLICK_ONSET_DB / 10))]
+    clicks = 0 if hits.size == 0 else 1 + int(np.count_nonzero(np.diff(hits) > width))
+    return clicks / (n / sample_rate) if n else 0.0
+
+
 def score_clip(audio: np.ndarray, sample_rate: int) -> dict:
     """All per-clip numbers and flags for one clip, (samples,) mono or (samples, channels)."""
     channels = as_channels(audio)
@@ -234,6 +443,11 @@ def score_clip(audio: np.ndarray, sample_rate: int) -> dict:
     clip = clipping_ratio(channels)
     drop = third_drop(times, traj, duration)
     corr, side_mid = stereo_stats(channels, sample_rate) if channels.shape[1] == 2 else (None, None)
+    repeat, repeat_lag = repetition(audio, sample_rate)
+    # A click in one channel is heard on headphones: every channel is searched, the one with most counts.
+    rates = [r for r in (clicks_per_second(channels[:, c], sample_rate) for c in range(channels.shape[1]))
+             if r is not None]
+    clicks = max(rates) if rates else None
     metrics = {
         "duration_s": duration,
         "channels": int(channels.shape[1]),
@@ -247,12 +461,17 @@ def score_clip(audio: np.ndarray, sample_rate: int) -> dict:
         "peak_dbfs": float(20 * np.log10(np.max(np.abs(channels)) + 1e-12)) if len(audio) else None,
         "lr_correlation": corr,
         "side_mid_db": side_mid,
+        "repetition": repeat,
+        "repetition_lag_s": repeat_lag,
+        "clicks_per_s": clicks,
     }
     flags = {
         "fades_out": bool(drop > FADE_DROP_DB),
         "noisy": bool(flat is not None and flat > NOISY_FLATNESS),
         "silent": bool(silence > SILENT_RATIO_FLAG),
         "clipping": bool(clip > CLIPPING_RATIO_FLAG),
+        "repetitive": bool(repeat is not None and repeat > REPETITIVE_SHARE),
+        "crackle": bool(clicks is not None and clicks > CRACKLE_CLICKS_PER_S),
     }
     if channels.shape[1] == 2:  # the stereo flags exist only on stereo clips (flags.FLAGS: stereo=True)
         flags["collapsed_to_mono"] = bool(corr is not None and corr > COLLAPSED_CORRELATION)
@@ -265,6 +484,12 @@ THRESHOLDS = {
     "noisy": f"mean spectral flatness > {NOISY_FLATNESS:g} (white noise ~0.95, music < 0.3)",
     "silent": f"> {SILENT_RATIO_FLAG:.0%} of 50 ms frames below {SILENCE_DBFS:g} dBFS",
     "clipping": f"> {CLIPPING_RATIO_FLAG:.1%} of samples at full scale",
+    "repetitive": f"> {REPETITIVE_SHARE:.0%} of the clip's second half repeats the material one lag of "
+                  f"{LOOP_LAGS_S[0]:g}-{LOOP_LAGS_S[1]:g} s earlier near-verbatim (fine spectra within "
+                  f"{LOOP_MATCH_DB:g} dB) where the music moves; clips under {LOOP_MIN_CLIP_S:g} s are not judged",
+    "crackle": f"> {CRACKLE_CLICKS_PER_S:g} clicks/s: spikes above {CLICK_HIGHPASS_HZ / 1000:g} kHz over "
+               f"{CLICK_PEAK_RATIO:g}x the high band's RMS in the {CLICK_CONTEXT_S * 1000:g} ms on either side "
+               f"and within {-CLICK_LEVEL_DB:g} dB of the music around them",
     "collapsed_to_mono": f"stereo clips: L/R correlation > {COLLAPSED_CORRELATION:g} (the same signal in both "
                          f"channels; side/mid below about -33 dB)",
     "phase_inverted": f"stereo clips: L/R correlation < {PHASE_INVERTED_CORRELATION:g} (one channel's polarity "

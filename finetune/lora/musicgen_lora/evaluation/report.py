@@ -29,7 +29,7 @@ th{background:#f4f4f6}
 td.model{font-weight:600;white-space:nowrap} td.verdict{min-width:16em}
 audio{width:260px} img.spec{height:110px;display:block} img.loud{max-width:100%;height:180px}
 .flag{display:inline-block;background:#d93025;color:#fff;border-radius:3px;padding:0 .4em;margin:.1em;font-size:.8em}
-.flag.note{background:#b06000}
+.flag.note{background:#b06000} .windows{font-size:.85em}
 tr.melody td{background:#f4f8ff}
 .ok{color:#188038} td.bad{background:#fde7e6;color:#a50e0e;font-weight:600}
 td.warn{background:#fef7e0;color:#b06000;font-weight:600}
@@ -138,6 +138,15 @@ def _model_table(summary: dict) -> str:
     return (f'<h2>Models</h2><table id="models"><tr><th>model</th>{head}</tr>{"".join(body)}</table>{notes}')
 
 
+def _listen_link(summary: dict) -> str:
+    """The blind listening test (listen.html, evaluation/listening.py): best heard before this page names the models."""
+    page = summary.get("listen_page")
+    if not page:
+        return ""
+    return (f'<p class="meta" id="listen-link"><a href="{_url(page)}">Blind listening test</a>: the same clips under '
+            f'letters, names hidden until the end; open it before reading on, this page names the models.</p>')
+
+
 def _run_links(summary: dict) -> str:
     """Links to each evaluated training run's curves and review (paths relative to the report)."""
     items = []
@@ -167,8 +176,21 @@ def _clip_cell(row: dict) -> str:
         lines.append(" &middot; ".join([f"{'stereo' if channels == 2 else 'multichannel'} ({channels} ch)"] +
                                        [f"{label} {_fmt(metrics.get(key), digits)}"
                                         for key, label, digits in STEREO_METRICS if key in metrics]))
+    if row.get("window_scores"):
+        lines.append(_windows_html(row))
     lines.append(f'<span class="small">{html.escape(", ".join(x for x in (seed, setting) if x))}</span>')
     return "<br>".join(line for line in lines if line)
+
+
+def _windows_html(row: dict) -> str:
+    """A long clip's windows, each with the flags its own audio raised: 'windows: 0-30 s ok · 30-48 s
+    repetitive · 48-60 s ok' (the plots mark the same times with dashed lines)."""
+    parts = []
+    for w in row["window_scores"]:
+        flags = "".join(f'<span class="flag{" note" if n in NOTE_FLAG_NAMES else ""}">{html.escape(n)}</span>'
+                        for n in FLAG_NAMES if (w.get("flags") or {}).get(n))
+        parts.append(f'{w["start_s"]:g}-{w["end_s"]:g} s ' + (flags or '<span class="ok">ok</span>'))
+    return '<span class="windows">windows: ' + " &middot; ".join(parts) + "</span>"
 
 
 def _melody_rows(group: list[dict]) -> list[str]:
@@ -181,6 +203,19 @@ def _melody_rows(group: list[dict]) -> list[str]:
         out.append(f'<tr class="melody"><td class="model">reference melody</td><td><audio controls preload="metadata" '
                    f'src="{_url(rel)}"></audio><div class="small">{html.escape(rel)}</div></td><td></td>'
                    f'<td class="small">the melody the clips below were generated with {where}</td></tr>')
+    return out
+
+
+def _reference_rows(group: list[dict]) -> list[str]:
+    """An audio-prompted group's real continuation: the held-out clip the models were given the start of."""
+    out = []
+    for rel in dict.fromkeys(r["reference_audio"] for r in group if r.get("reference_audio")):
+        r = next(r for r in group if r.get("reference_audio") == rel)
+        source = html.escape(Path(str(r.get("audio_prompt", ""))).name)
+        out.append(f'<tr class="melody reference"><td class="model">real continuation</td><td><audio controls '
+                   f'preload="metadata" src="{_url(rel)}"></audio><div class="small">{html.escape(rel)}</div></td>'
+                   f'<td></td><td class="small">the held-out clip <code>{source}</code>: every model below was given '
+                   f'its first {_fmt(r.get("prompt_seconds"), 1)} s (dotted line) and continued it</td></tr>')
     return out
 
 
@@ -200,7 +235,8 @@ def render(rows: list[dict], summary: dict) -> str:
         meta.append(html.escape(", ".join(f"{k} {v}" for k, v in settings.items())))
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-             f'<p class="meta">{" &middot; ".join(meta)}</p>', _run_links(summary), _model_table(summary)]
+             f'<p class="meta">{" &middot; ".join(meta)}</p>', _listen_link(summary), _run_links(summary),
+             _model_table(summary)]
     plots = summary.get("loudness_plots") or {}
     for (pid, sample), group in groups.items():
         head = html.escape(pid) + (f" &middot; sample {sample}" if any(g.get("sample") for g in group) else "")
@@ -211,7 +247,7 @@ def render(rows: list[dict], summary: dict) -> str:
         if plot:
             parts.append(f'<img class="loud" src="{_url(plot)}" alt="loudness over time for {html.escape(pid)}">')
         parts.append("<table><tr><th>model</th><th>listen</th><th>spectrogram</th><th>numbers</th></tr>")
-        parts += _melody_rows(group)
+        parts += _melody_rows(group) + _reference_rows(group)
         for r in group:
             audio = (f'<audio controls preload="metadata" src="{_url(r["wav"])}"></audio>' if r.get("wav") and
                      not r.get("error") else "")

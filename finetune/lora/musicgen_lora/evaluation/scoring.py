@@ -16,6 +16,7 @@ import numpy as np
 from musicgen_lora.audio import MUSICGEN_SAMPLE_RATE, load_audio
 from musicgen_lora.common import UserError, log
 from musicgen_lora.evaluation.flags import count_words, model_flag_clips, model_flag_counts
+from musicgen_lora.evaluation.listening import PAGE, is_blind_copy, write_listening
 from musicgen_lora.evaluation.metrics import MELODY_DROP, THRESHOLDS, ignores_melody, score_clip, to_mid
 from musicgen_lora.evaluation.report import write_report
 from musicgen_lora.outputs import atomic_dir, atomic_write_json, atomic_write_text, write_manifest
@@ -39,6 +40,44 @@ def flag_melody(rows: list[dict], base: str = BASE):
             r["flags"]["ignores_melody"] = ignores_melody(r["metrics"]["chroma_cosine"], base_cos[key(r)])
 
 
+# A window's audio is scored on its own only when it is long enough for the measures (3 s: the
+# short-term loudness window); a shorter last window is scored together with the one before it.
+MIN_SCORED_WINDOW_S = 3.0
+
+
+def scored_spans(windows) -> list[list[float]]:
+    """The [start_s, end_s] spans a long clip is scored in: its windows' new audio, a short one merged
+    into the span before it. [] for a clip of one window (the whole-clip score says it all)."""
+    spans: list[list[float]] = []
+    for a, b in windows or []:
+        if spans and b - a < MIN_SCORED_WINDOW_S:
+            spans[-1][1] = b
+        else:
+            spans.append([float(a), float(b)])
+    return spans if len(spans) > 1 else []
+
+
+def score_windows(row: dict, wav, sr: int):
+    """A clip generated in windows (row["windows"]) gets each span scored on its own (row["window_scores"]),
+    and a fault flag raised in any span is raised for the clip, with the spans that raised it in
+    row["flag_windows"]: a loop or a fade that starts in the third window of a 60 s clip is diluted in
+    the whole-clip numbers, but plain in its window's."""
+    spans = scored_spans(row.get("windows"))
+    if not spans:
+        return
+    row["window_scores"], raised = [], {}
+    for i, (a, b) in enumerate(spans):
+        scored = score_clip(wav[int(round(a * sr)):int(round(b * sr))], sr)
+        flags = {k: v for k, v in scored["flags"].items() if v}
+        row["window_scores"].append({"start_s": a, "end_s": b, "flags": flags,
+                                     "integrated_lufs": scored["metrics"]["integrated_lufs"]})
+        for name in flags:
+            raised.setdefault(name, []).append(i)
+    for name in raised:
+        row["flags"][name] = True
+    row["flag_windows"] = raised
+
+
 def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict, extras: dict[str, dict],
                notes: list[str], clap=None, melodies: dict | None = None):
     """Per-clip metrics into rows, per-model aggregates and verdicts into summary, loudness plots.
@@ -51,6 +90,7 @@ def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict,
             continue
         scored = score_clip(wav, sr)
         row["metrics"], row["flags"] = scored["metrics"], scored["flags"]
+        score_windows(row, wav, sr)
         if row.get("melody") in (melodies or {}):
             from musicgen_lora.chroma import chroma_cosine  # torch: only when there is a melody to compare with
 
@@ -66,7 +106,8 @@ def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict,
     plots = {}
     for (pid, sample), per_model in curves.items():
         rel = f"plots/{slugify(pid, 60)}{f'_s{sample}' if sample else ''}_loudness.png"
-        loudness_plot_png(per_model, out / rel, title=f"{pid}: short-term loudness")
+        first = next(r for r in rows if clip_key(r) == (pid, sample))
+        loudness_plot_png(per_model, out / rel, title=f"{pid}: short-term loudness", **time_marks(first))
         plots[f"{pid}#{sample}"] = rel
     summary["loudness_plots"] = plots
     flag_melody(rows)
@@ -110,6 +151,12 @@ def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict,
     unreadable = [r for r in rows if r.get("error")]
     if unreadable:
         summary["unreadable"] = [{"wav": r["wav"], "error": r["error"]} for r in unreadable]
+
+
+def time_marks(row: dict) -> dict:
+    """The plots' marks for a row: where its windows start, and where an audio prompt ends."""
+    return {"boundaries": [a for a, _ in (row.get("windows") or [])[1:]],
+            "prompt_end": row.get("prompt_seconds") if row.get("audio_prompt") else None}
 
 
 def verdict(name: str, m: dict) -> str:
@@ -160,6 +207,13 @@ def sidecar_melody(path: Path, side: dict) -> Path | None:
     return None
 
 
+def sidecar_file(path: Path, value) -> Path | None:
+    """A file a sidecar names relative to itself (evaluate.py's copies), if it is there."""
+    if isinstance(value, str) and value and (path.parent / value).is_file():
+        return path.parent / value
+    return None
+
+
 def read_melody(path: Path, sample_rate: int) -> np.ndarray | None:
     """A reference melody as generation read it (mono mix at the rate); None, with a warning, if unreadable."""
     try:
@@ -175,7 +229,8 @@ def score_folder(input_dir: Path, out: Path, sample_rate: int = MUSICGEN_SAMPLE_
     """--score_only: score every audio file under input_dir (recursively) into out. The first folder
     level names the model (base_model/, best_model/, ...); a sidecar .json supplies prompt and seed.
     Unreadable files are reported and skipped. A clip whose sidecar names a melody that is there gets
-    its chroma_cosine; the melody files themselves (evaluate.py's melodies/) are references, not clips."""
+    its chroma_cosine; the melody files themselves (evaluate.py's melodies/) are references, not clips,
+    as are the real continuations (references/). A sidecar's windows are scored one by one."""
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise UserError(f"{input_dir}: folder not found; pass --input_dir a folder of WAVs (e.g. an old evaluation)")
@@ -184,13 +239,15 @@ def score_folder(input_dir: Path, out: Path, sample_rate: int = MUSICGEN_SAMPLE_
                         f"--output_dir {input_dir.name}_scored")
     root = input_dir.resolve()
     files = sorted(p for p in input_dir.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
-                   and not p.name.startswith(".") and out.resolve() not in p.resolve().parents)
+                   and not p.name.startswith(".") and out.resolve() not in p.resolve().parents
+                   and not is_blind_copy(p))  # an old evaluation's listen/ holds its clips a second time
     outside = [p for p in files if root not in p.resolve().parents]  # symlinks out of the tree: not followed
     if outside:
         log.warning(f"warning: skipping {len(outside)} link(s) that point outside {input_dir} (e.g. {outside[0]})")
         files = [p for p in files if p not in outside]
     sidecars = {p: read_sidecar(p) for p in files}
-    references = {m.resolve() for m in (sidecar_melody(p, side) for p, side in sidecars.items()) if m is not None}
+    references = {m.resolve() for p, side in sidecars.items()  # melodies and real continuations are not clips
+                  for m in (sidecar_melody(p, side), sidecar_file(p, side.get("reference_copy"))) if m is not None}
     files = [p for p in files if p.resolve() not in references]
     if not files:
         raise UserError(f"{input_dir}: no audio files (.wav/.flac/.mp3/.ogg) found")
@@ -207,6 +264,13 @@ def score_folder(input_dir: Path, out: Path, sample_rate: int = MUSICGEN_SAMPLE_
                    "seed": side.get("seed"), "sample": side.get("sample", 0) or 0,
                    "settings": {k: side[k] for k in ("duration", "guidance_scale", "temperature", "top_k", "top_p",
                                                       "greedy", "batch_size") if k in side}}
+            if isinstance(side.get("windows"), list) and side["windows"]:  # a long clip: scored per window too
+                row["windows"] = side["windows"]
+            if side.get("audio_prompt"):  # a continuation: what it continued, and the real music after it
+                row.update({"audio_prompt": side["audio_prompt"], "prompt_seconds": side.get("prompt_seconds")})
+                real = sidecar_file(path, side.get("reference_copy"))
+                if real is not None:
+                    row["reference_audio"] = os.path.relpath(real.resolve(), out.resolve())
             melody = sidecar_melody(path, side)
             if melody is not None:
                 row["melody"] = os.path.relpath(melody.resolve(), out.resolve())
@@ -224,7 +288,7 @@ def score_folder(input_dir: Path, out: Path, sample_rate: int = MUSICGEN_SAMPLE_
                 audio.append(None)
                 continue
             spec_rel = Path(model) / (str(rel_in.with_suffix("")).replace(os.sep, "__") + ".png")
-            spectrogram_png(to_mid(wav), sample_rate, tmp / spec_rel)
+            spectrogram_png(to_mid(wav), sample_rate, tmp / spec_rel, **time_marks(row))
             row.update({"spectrogram": spec_rel.as_posix(), "sample_rate": sample_rate,
                         "duration_s": len(wav) / sample_rate})
             rows.append(row)
@@ -244,7 +308,10 @@ def score_folder(input_dir: Path, out: Path, sample_rate: int = MUSICGEN_SAMPLE_
 
 
 def write_results(out: Path, rows: list[dict], summary: dict):
-    """comparison_results.jsonl, summary.json and report.html (used by compare and --score_only)."""
+    """comparison_results.jsonl, summary.json, report.html and the blind listening test (listen.html,
+    listen/, listening_key.json; evaluation/listening.py) (used by compare and --score_only)."""
+    if write_listening(out, rows, summary) is not None:
+        summary["listen_page"] = PAGE  # report.html links it
     atomic_write_text(out / "comparison_results.jsonl",
                       "".join(json.dumps(r, ensure_ascii=False, default=to_jsonable) + "\n" for r in rows))
     atomic_write_json(out / "summary.json", summary)

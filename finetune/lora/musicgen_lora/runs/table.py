@@ -14,6 +14,8 @@ Definitions used in the table (also in USAGE.md):
   runs recorded before it was kept trained mono models, so 1;
 - steps/s: optimizer steps per second while training -- steps over seconds between consecutive train
   records of the same epoch (validation pauses left out), else samples/s / effective batch;
+- listening (shown once an evaluation has one): evaluate.py --tally's mean blind rating (1-5) per model
+  with its 95% interval and number of prompt x listener units, and the pairs it cannot separate;
 - status: finished (logs/summary.json or final_model/ exists), running (no summary, and metrics.jsonl
   or run_config.json written in the last RUNNING_MINUTES minutes), crashed (logs but no summary),
   incomplete (no logs or no run_config.json), missing (no such directory).
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from musicgen_lora.evaluation.flags import count_words
+from musicgen_lora.evaluation.listening import short_tally
 from musicgen_lora.outputs import atomic_file
 from musicgen_lora.training.metrics_log import read_metrics
 
@@ -111,6 +114,7 @@ class Run:
     records: list = field(default_factory=list)
     summary: dict = field(default_factory=dict)          # logs/summary.json (training)
     evaluations: dict = field(default_factory=dict)      # model name -> evaluation entry
+    listening: str = ""                                  # blind listening tally, in words (read_listening)
     notes: list = field(default_factory=list)
 
     @property
@@ -174,17 +178,44 @@ def read_evaluations(run_dir: Path, notes: list, run_id: str | None = None) -> d
                 notes.append(f"{path.parent.name}/summary.json has no 'models' table, ignored")
             continue
         entries = {name: e for name, e in entries.items() if isinstance(e, dict)}
-        if run_id is not None:  # keep the base model and this run's adapters; others belong to their runs
+        credited = credited_models(entries, run_id)
+        if credited is None:
             adapters = [e for e in entries.values() if e.get("adapter_path")]
-            entries = {n: e for n, e in entries.items() if not e.get("adapter_path") or e.get("run_id") == run_id}
-            if not any(e.get("adapter_path") for e in entries.values()):
-                other = ", ".join(sorted({str(e.get("run_id")) for e in adapters})) or "none recorded"
-                notes.append(f"{path.parent.name}/ holds no results of this run's adapters (theirs: run id {other}), "
-                             f"ignored")
-                continue
-        for name, entry in entries.items():
+            other = ", ".join(sorted({str(e.get("run_id")) for e in adapters})) or "none recorded"
+            notes.append(f"{path.parent.name}/ holds no results of this run's adapters (theirs: run id {other}), "
+                         f"ignored")
+            continue
+        for name, entry in credited.items():
             models.setdefault(name, entry)  # the first folder wins for a model named twice
     return models
+
+
+def credited_models(entries: dict, run_id: str | None) -> dict | None:
+    """The models of one evaluation that belong in this run's row: the base model and this run's
+    adapters; None when it holds none of this run's adapters (it belongs to another run)."""
+    if run_id is None:
+        return entries
+    entries = {n: e for n, e in entries.items() if not e.get("adapter_path") or e.get("run_id") == run_id}
+    return entries if any(e.get("adapter_path") for e in entries.values()) else None
+
+
+def read_listening(run_dir: Path, run_id: str | None = None) -> str:
+    """The blind listening tallies (evaluate.py --tally: summary.json "listening") of the run's
+    evaluations, the models credited to this run only; each evaluation's on its own, never pooled
+    (their clips differ). Unreadable summaries are read_evaluations' notes, not repeated here."""
+    cells = []
+    for path in find_evaluation_summaries(run_dir):
+        obj = _read_json_quiet(path, [], "")
+        listening, entries = (obj or {}).get("listening"), (obj or {}).get("models")
+        if not isinstance(listening, dict) or not isinstance(entries, dict):
+            continue
+        credited = credited_models({n: e for n, e in entries.items() if isinstance(e, dict)}, run_id)
+        cell = short_tally(listening, set(credited)) if credited is not None else ""
+        if cell:
+            cells.append((path.parent.name, cell))
+    if len(cells) == 1:
+        return cells[0][1]
+    return " | ".join(f"{folder}/: {cell}" for folder, cell in cells)
 
 
 def run_status(run_dir: Path, has_config: bool, has_metrics: bool, running_minutes: float = RUNNING_MINUTES):
@@ -217,6 +248,7 @@ def load_run(run_dir, running_minutes: float = RUNNING_MINUTES) -> Run:
     run.notes += notes
     run.summary = _read_json_quiet(run_dir / "logs" / "summary.json", run.notes, "logs/summary.json") or {}
     run.evaluations = read_evaluations(run_dir, run.notes, run.config.get("run_id"))
+    run.listening = read_listening(run_dir, run.config.get("run_id"))
     run.status = run_status(run_dir, bool(run.config), metrics_path.is_file(), running_minutes)
     if not run.config:
         run.notes.append("no run_config.json")
@@ -416,7 +448,10 @@ def build_table(runs, show_all: bool = False, wide: bool = False):
         header += [f"train e{e}" for e in range(1, max_epoch + 1)] + [f"valid e{e}" for e in range(1, max_epoch + 1)]
     else:
         header += ["train loss / epoch", "valid loss / epoch"]
-    header += ["best epoch", "best valid", "steps/s", "evaluation", "notes"]
+    header += ["best epoch", "best valid", "steps/s", "evaluation"]
+    listened = any(r.listening for r in runs)  # the column only once someone has tallied a blind test
+    header += ["listening"] if listened else []
+    header += ["notes"]
     rows = []
     for run, (train, valid) in zip(runs, per_epoch):
         row = [run.name, run.status, precision_of(run), channels_of(run)] + [_fmt(_param_value(run, k)) for k in params]
@@ -433,6 +468,8 @@ def build_table(runs, show_all: bool = False, wide: bool = False):
         sps = throughput(run)["steps_per_s"]
         row.append(f"{sps:.3g}" if sps else "")
         row.append("; ".join(verdict_text(n, e) for n, e in run.evaluations.items()))
+        if listened:
+            row.append(run.listening)
         row.append("; ".join(run.notes))
         rows.append(row)
     return header, rows

@@ -28,6 +28,7 @@ from musicgen_lora.data.code_cache import default_cache_dir, open_chroma_cache, 
 from musicgen_lora.data.dataset import Collator, MusicDataset, batch_size_of, check_condition_audio, padding_report
 from musicgen_lora.data.metadata import read_metadata, report_long_descriptions, validation_clips
 from musicgen_lora.generation import generate_audio, write_clip
+from musicgen_lora.model_card import write_training_card
 from musicgen_lora.modeling import (
     apply_lora,
     batch_loss,
@@ -559,6 +560,9 @@ def save_adapter(run: Run, path: Path, valid_loss: float, state: TrainState):
         atomic_write_json(tmp / "training_info.json", {"step": state.step, "epoch": state.epoch,
                                                        "valid_loss": valid_loss, "run_id": run.run_id,
                                                        "model": run.layout})
+        write_training_card(path, run, state, folder=tmp)  # README.md, replacing peft's template
+    if path.name == "final_model" and (run.output_dir / "best_model").is_dir():
+        write_training_card(run.output_dir / "best_model", run, state)  # the run's end, now known
 
 
 def save_checkpoint(run: Run, state: TrainState):
