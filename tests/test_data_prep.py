@@ -93,7 +93,8 @@ def test_mixed_folder_gives_expected_segments_split_and_report(collection, tmp_p
     assert by_source["long/long_track.wav"][0]["description"] == "slow ambient pad"
     assert by_source["b/deep/track.flac"][0]["description"] == "bright techno loop"
     assert report["no_description"] == ["nodesc.ogg"]
-    assert report["descriptions"] == {"sidecar": 2, "descriptions_file": 5, "metadata_jsonl": 0, "default": 0, "missing": 1}
+    assert report["descriptions"] == {"sidecar": 2, "descriptions_file": 5, "metadata_jsonl": 0, "default": 0,
+                                      "missing": 1}
 
     # No leakage: every source lies on one side only; valid holds about 30% of segments.
     train_src = {e["source"] for e in meta["train"]}

@@ -118,6 +118,30 @@ def codec_identity(model) -> str:
     return h.hexdigest()
 
 
+def codec_settings(model, sample_rate: int) -> dict:
+    """Besides the codec's weights (codec_identity), what decides the codes a clip gets: the samples
+    the codec sees (rate, channel layout, resampler, piece-wise encoding) and the dtype it runs in.
+    The code cache keys on these (with its CACHE_FORMAT) and the code store (code_store.StoreKey)
+    on the same values, so the rules live here once."""
+    param = next(unwrap_base(model).audio_encoder.parameters())
+    info = model_info(model)
+    hop, channels = info["hop_length"], info["audio_channels"]
+    # "mono-mean" keeps mono entries written before stereo support valid.
+    layout = "mono-mean" if channels == 1 else f"{channels}ch-interleaved"
+    return {"sample_rate": int(sample_rate), "channels": layout, "resampler": RESAMPLER, "encode": "pieces",
+            "piece_samples": piece_samples(sample_rate, hop), "dtype": str(param.dtype), "hop_length": hop}
+
+
+def save_codes(path, codes: torch.Tensor, num_samples: int, sample_rate: int, source):
+    """Write one entry (the format load_codes reads), atomically."""
+    from safetensors.torch import save_file
+
+    with atomic_file(Path(path)) as tmp:
+        save_file({"codes": codes.to(torch.int32).contiguous()}, str(tmp),
+                  metadata={"num_samples": str(num_samples), "sample_rate": str(sample_rate),
+                            "source": os.fsencode(str(source)).decode("utf-8", "backslashreplace")})
+
+
 def load_codes(path) -> tuple[torch.Tensor, int]:
     """Read one entry: (codes (K, T) long, num_samples of the clip it encodes)."""
     from safetensors import safe_open
@@ -138,15 +162,8 @@ class CodeCache:
     def __init__(self, cache_dir, model, sample_rate: int):
         self.dir = Path(cache_dir)
         self.model = model
-        param = next(unwrap_base(model).audio_encoder.parameters())
-        info = model_info(model)
-        hop = info["hop_length"]
-        self.channels = info["audio_channels"]
-        # "mono-mean" keeps mono entries written before stereo support valid.
-        layout = "mono-mean" if self.channels == 1 else f"{self.channels}ch-interleaved"
-        self.settings = {"format": CACHE_FORMAT, "sample_rate": int(sample_rate), "channels": layout,
-                         "resampler": RESAMPLER, "encode": "pieces", "piece_samples": piece_samples(sample_rate, hop),
-                         "dtype": str(param.dtype), "hop_length": hop}
+        self.channels = model_info(model)["audio_channels"]
+        self.settings = {"format": CACHE_FORMAT, **codec_settings(model, sample_rate)}
         self.codec_id = codec_identity(model)
         self.stats = {"hits": 0, "misses": 0}
         self.hashes = FileHashMemo(self.dir / HASH_MEMO_NAME)
@@ -180,12 +197,7 @@ class CodeCache:
         return path
 
     def _write(self, path: Path, codes: torch.Tensor, num_samples: int, source):
-        from safetensors.torch import save_file
-
-        with atomic_file(path) as tmp:
-            save_file({"codes": codes.to(torch.int32).contiguous()}, str(tmp),
-                      metadata={"num_samples": str(num_samples), "sample_rate": str(self.settings["sample_rate"]),
-                                "source": os.fsencode(str(source)).decode("utf-8", "backslashreplace")})
+        save_codes(path, codes, num_samples, self.settings["sample_rate"], source)
 
     def fill(self, clips, desc="encoding", progress=True) -> list[str]:
         """Entry paths for these clips (in order), encoding the missing ones with a files/s bar."""

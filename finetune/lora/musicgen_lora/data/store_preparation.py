@@ -124,8 +124,10 @@ def prepare_unit(unit: Unit, s: PrepareSettings, model, key, store_dir: Path, zi
             if bar is not None:
                 bar.update(1)
         flush()
-    return {"unit": unit.id, "files": unit.num_files, "segments": counts, "skipped": skipped,
-            "no_description": missing, "dropped": dropped}
+        report = {"unit": unit.id, "files": unit.num_files, "segments": counts, "skipped": skipped,
+                  "no_description": missing, "dropped": dropped}
+        writer.notes["report"] = report  # kept in unit.json: what this unit left out, and why
+    return report
 
 
 def write_valid_audio(writer, seg: Segment) -> str:
