@@ -14,9 +14,10 @@ changed is redone: its old unit (codes of the old content, no longer true) is re
 """
 from __future__ import annotations
 
+import io
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,9 @@ from tqdm.auto import tqdm
 from musicgen_lora.audio import to_channels
 from musicgen_lora.common import UserError, log
 from musicgen_lora.data import code_store
+from musicgen_lora.data.code_cache import file_sha256
 from musicgen_lora.data.preparation import (
+    COLLECTION_INDEX,
     SAMPLE_RATE,
     DescriptionIndex,
     FoundIndexes,
@@ -79,12 +82,22 @@ def source_segments(src, s: PrepareSettings, text: str, zips: ZipReader, channel
         if rms_dbfs(piece) < s.silence_threshold_db:
             dropped["near_silent"] += 1
             continue
-        audio = to_channels(piece.reshape(len(piece), -1).T.astype(np.float32), channels)
+        audio = to_channels(as_pcm16(piece).reshape(len(piece), -1).T, channels)
         out.append(Segment(f"{stem}_{i:03d}", audio, text, split, src.name, round(a / SAMPLE_RATE, 3)))
     if not out:
         skipped.append({"source": src.name, "kind": "near-silent",
                         "reason": f"near-silent: every segment's RMS is below {s.silence_threshold_db:g} dBFS"})
     return out
+
+
+def as_pcm16(wav: np.ndarray) -> np.ndarray:
+    """The segment as the WAV route's 16-bit file reads back (soundfile both ways, in memory): the
+    codes of either route are then the same, and the kept validation audio is exactly what was
+    encoded."""
+    buf = io.BytesIO()
+    sf.write(buf, wav, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    buf.seek(0)
+    return sf.read(buf, dtype="float32")[0]
 
 
 def encode_segments(model, segments: list[Segment]) -> list[torch.Tensor]:
@@ -139,6 +152,23 @@ def write_valid_audio(writer, seg: Segment) -> str:
     return rel
 
 
+def _file_digest(path) -> str | None:
+    return file_sha256(path) if path is not None and Path(path).is_file() else None
+
+
+def preparation_rules(s: PrepareSettings) -> dict:
+    """Everything besides the audio that decides a unit's contents: cutting, silence, split, loudness
+    and where descriptions come from. Part of each unit's identity, so a re-run with other rules
+    (or an edited descriptions file) redoes the units instead of keeping ones made another way."""
+    beside = sorted({str(Path(z).parent / COLLECTION_INDEX) for z in s.input_zips} |
+                    {str(Path(d) / COLLECTION_INDEX) for d in s.input_dirs})
+    return {"segment_duration": s.segment_duration, "min_segment_ratio": s.min_segment_ratio,
+            "silence_threshold_db": s.silence_threshold_db, "normalize_loudness": s.normalize_loudness,
+            "valid_ratio": s.valid_ratio, "seed": s.seed, "default_description": s.default_description,
+            "descriptions_file": _file_digest(s.descriptions_file),
+            "metadata_jsonl": {p: _file_digest(p) for p in beside if Path(p).is_file()}}
+
+
 def prepare_codes(s: PrepareSettings, model, key, shard_size: int, batch_size: int = 8) -> dict:
     """Plan the units, skip the committed ones, encode this process's share; returns a summary."""
     out = Path(s.output_dir)
@@ -147,6 +177,8 @@ def prepare_codes(s: PrepareSettings, model, key, shard_size: int, batch_size: i
                                limits=ZipLimits(s.max_member_mb, s.max_compression_ratio))
     if not units and not broken:
         raise UserError(f"{', '.join(map(str, [*s.input_dirs, *s.input_zips]))}: no audio files found")
+    rules = preparation_rules(s)
+    units = [replace(u, identity={**u.identity, "rules": rules}) for u in units]
     rank, world = process_rank()
     mine = assigned(units, rank, world)
     todo = [u for u in mine if not code_store.is_committed(store_dir, u.id, u.identity)]
