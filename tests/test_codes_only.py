@@ -161,3 +161,53 @@ def test_codes_only_flag_mistakes_are_one_line(tiny_model_dir, batches, tmp_path
     proc = run_script("prepare_data.py", *args, check=False)
     assert proc.returncode != 0 and needle in proc.stderr and "Traceback" not in proc.stderr
     assert not os.path.exists(tmp_path / "d" / "code_store")
+
+
+def test_training_windows_from_the_store_equal_the_cache_route_and_train_lora_runs_on_it(tiny_model_dir, batches,
+                                                                                          tmp_path):
+    """MusicDataset over the store gives the same window codes as over the per-clip cache of the WAV
+    route; train_lora.py --data_dir on a --codes_only folder trains, validating on --max_valid_clips."""
+    from musicgen_lora.data.code_cache import open_training_cache
+    from musicgen_lora.data.dataset import MusicDataset
+    from musicgen_lora.data.metadata import read_metadata
+
+    codes_out, wav_out = tmp_path / "codes", tmp_path / "wavs"
+    prepare(tiny_model_dir, batches, codes_out, (1, 2), "--valid_ratio", 0)
+    run_script("prepare_data.py", "--input_zip", batches / "archive_batch_0001.zip", batches / "archive_batch_0002.zip",
+               "--output_dir", wav_out, "--valid_ratio", 0, "--no_progress")
+    model = load_model_and_processor(str(tiny_model_dir), device="cpu")[0]
+    store, store_clips = code_store.store_splits(codes_out)
+    wav_clips = read_metadata(wav_out)["train"]
+    files = open_training_cache(model, SR, {"train": wav_clips}, tmp_path / "cache", progress=False)["train"]
+    layout = {"hop_length": 640, "audio_channels": 1}
+    from_store = MusicDataset(store_clips["train"], SR, 10.0, train=True, seed=5, store=store, **layout)
+    from_cache = MusicDataset(wav_clips, SR, 10.0, train=True, seed=5, code_files=files, **layout)
+    infos = [store.clip_info(c.store_index) for c in store_clips["train"]]
+    match = {(i["source"], i["start"]): n for n, i in enumerate(infos)}
+    meta = json.loads((wav_out / "metadata.json").read_text())["train"]
+    assert len(meta) == len(from_store) == 12
+    for k, entry in enumerate(meta):
+        n = match[(entry["source"], entry["start"])]
+        for offset in (0, 137, 300):  # 15 s clips, 10 s windows: the last offset reaches the end
+            a, b = from_store.item(n, frame_offset=offset), from_cache.item(k, frame_offset=offset)
+            assert torch.equal(a["codes"], b["codes"]) and a["num_frames"] == b["num_frames"]
+            assert a["description"] == b["description"]
+
+    run = tmp_path / "run"
+    proc = run_script("train_lora.py", "--model_path", tiny_model_dir, "--data_dir", codes_out, "--output_dir", run,
+                      "--num_epochs", 1, "--batch_size", 4, "--gradient_accumulation_steps", 1, "--max_valid_clips", 2,
+                      "--target_duration", 5, "--no_progress")
+    assert "code store" in proc.stderr and "12 train + 0 valid clips" in proc.stderr
+    config = json.loads((run / "run_config.json").read_text())
+    # No valid split: the first tenth of the training clips (1 of 12), under --max_valid_clips 2.
+    assert config["train_clips"] == 12 and config["valid_clips"] == 1 and config["max_valid_clips"] == 2
+    assert (run / "final_model" / "adapter_model.safetensors").is_file()
+
+
+def test_max_valid_clips_takes_evenly_spaced_clips_the_same_every_time():
+    from musicgen_lora.data.metadata import validation_clips
+
+    splits = {"train": list(range(100)), "valid": list(range(1000, 1050))}
+    assert validation_clips(splits, 5) == [1000, 1010, 1020, 1030, 1040]
+    assert validation_clips(splits, 500) == splits["valid"] and validation_clips(splits) == splits["valid"]
+    assert validation_clips({"train": list(range(100)), "valid": []}, 3) == [0, 3, 6]  # of the first tenth

@@ -514,3 +514,52 @@ class CodeStore:
             for pos in group.tolist():
                 out[pos] = rows[int(indices[pos]) - first]["description"]
         return out
+
+
+# --------------------------------------------------------------------------------------------
+# Training from a store (train_lora.py --data_dir D, where D holds code_store/ and no metadata.json)
+# --------------------------------------------------------------------------------------------
+def has_store(data_dir) -> bool:
+    return any(p.is_dir() for p in _unit_dirs(default_store_dir(data_dir)))
+
+
+def _unit_dirs(store_dir):
+    root = units_dir(store_dir)
+    return [p for p in root.iterdir() if not p.name.startswith(".")] if root.is_dir() else []
+
+
+def recorded_key(store_dir) -> StoreKey:
+    """The key most of the store's units were written with (the model is not loaded yet when the
+    data is read; make_loaders then checks it against the model's: StoreKey.for_model)."""
+    keys = {}
+    for info in committed_units(store_dir).values():
+        k = json.dumps(info.get("key"), sort_keys=True)
+        keys[k] = keys.get(k, 0) + 1
+    if not keys:
+        raise UserError(f"{store_dir}: no committed units; run prepare_data.py --codes_only into "
+                        f"{Path(store_dir).parent} first")
+    return StoreKey(**json.loads(max(keys, key=keys.get)))
+
+
+def store_splits(data_dir) -> tuple["CodeStore", dict]:
+    """(the store, {"train": [Clip], "valid": [Clip]}) of a --codes_only data folder. Train clips carry
+    their store index and description only (no audio exists); validation clips also their kept audio
+    (FAD and the listening test read it)."""
+    from musicgen_lora.data.metadata import Clip
+
+    store_dir = default_store_dir(data_dir)
+    store = CodeStore(store_dir, recorded_key(store_dir))
+    sr = store.key.sample_rate
+    splits = {}
+    for split in SPLITS:
+        rows = store.split_indices(split)
+        texts = store.descriptions(rows)
+        clips = []
+        for i, text in zip(rows.tolist(), texts):
+            audio = store_dir
+            if split == "valid":
+                info = store.clip_info(i)
+                audio = units_dir(store_dir) / info["unit"] / info["audio"] if info.get("audio") else store_dir
+            clips.append(Clip(audio, text, split, store.num_samples(i) / sr, f"code store clip {i}", store_index=i))
+        splits[split] = clips
+    return store, splits
