@@ -211,3 +211,20 @@ def test_max_valid_clips_takes_evenly_spaced_clips_the_same_every_time():
     assert validation_clips(splits, 5) == [1000, 1010, 1020, 1030, 1040]
     assert validation_clips(splits, 500) == splits["valid"] and validation_clips(splits) == splits["valid"]
     assert validation_clips({"train": list(range(100)), "valid": []}, 3) == [0, 3, 6]  # of the first tenth
+
+
+def test_evaluate_a_run_trained_from_the_store_on_its_kept_validation_audio(tiny_model_dir, batches, tmp_path):
+    """evaluate.py finds the run's --codes_only data and its kept validation audio: the base model's
+    held-out loss equals the trainer's step-0 loss on the same (--max_valid_clips) clips."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    prepare(tiny_model_dir, batches, data, (1, 2, 3))  # seed 3: two validation tracks, four segments
+    run_script("train_lora.py", "--model_path", tiny_model_dir, "--data_dir", data, "--output_dir", run,
+               "--num_epochs", 1, "--batch_size", 4, "--gradient_accumulation_steps", 1, "--max_valid_clips", 3,
+               "--target_duration", 5, "--no_progress")
+    step0 = json.loads((run / "logs" / "summary.json").read_text())["base_valid_loss"]
+    proc = run_script("evaluate.py", "--base_model_path", tiny_model_dir, "--lora_model_path", run / "best_model",
+                      "--compare", "--test_prompts", "a tone", "--duration", 1, "--output_dir", run / "evaluation",
+                      "--no_progress")
+    assert "held-out loss and FAD on the run's validation set" in proc.stderr
+    summary = json.loads((run / "evaluation" / "summary.json").read_text())
+    assert summary["models"]["base_model"]["held_out_loss"] == pytest.approx(step0, abs=1e-4)

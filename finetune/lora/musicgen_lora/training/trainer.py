@@ -27,7 +27,8 @@ from musicgen_lora.common import UserError, log, seed_everything, uniform_loss
 from musicgen_lora.data import code_store
 from musicgen_lora.data.code_cache import default_cache_dir, open_chroma_cache, open_training_cache
 from musicgen_lora.data.dataset import Collator, MusicDataset, batch_size_of, check_condition_audio, padding_report
-from musicgen_lora.data.metadata import read_metadata, report_long_descriptions, validation_clips
+from musicgen_lora.data.metadata import report_long_descriptions, validation_clips
+from musicgen_lora.data.splits import load_splits
 from musicgen_lora.generation import generate_audio, write_clip
 from musicgen_lora.model_card import write_training_card
 from musicgen_lora.modeling import (
@@ -200,12 +201,9 @@ def setup(cfg: TrainConfig, accelerator) -> Run:
 def load_data(cfg: TrainConfig):
     """The metadata's splits, and the prompts --sample_every will use (read now: a bad prompts file
     is one line before the model loads)."""
-    if code_store.has_store(cfg.data_dir) and not (Path(cfg.data_dir) / cfg.metadata_file).exists():
-        store, splits = code_store.store_splits(cfg.data_dir)  # prepare_data.py --codes_only's data
-        splits["store"] = store
-        log.info(code_store.format_summary(store.dir, code_store.store_summary(store.dir)))
-    else:
-        splits = read_metadata(cfg.data_dir, cfg.metadata_file)
+    splits = load_splits(cfg.data_dir, cfg.metadata_file)
+    if "store" in splits:  # prepare_data.py --codes_only's data
+        log.info(code_store.format_summary(splits["store"].dir, code_store.store_summary(splits["store"].dir)))
     if not splits["train"]:
         raise UserError(f"{cfg.data_dir}/{cfg.metadata_file}: no training clips listed")
     prompts = []
