@@ -228,3 +228,26 @@ def test_evaluate_a_run_trained_from_the_store_on_its_kept_validation_audio(tiny
     assert "held-out loss and FAD on the run's validation set" in proc.stderr
     summary = json.loads((run / "evaluation" / "summary.json").read_text())
     assert summary["models"]["base_model"]["held_out_loss"] == pytest.approx(step0, abs=1e-4)
+
+
+def store_contents(out):
+    """{unit: (clips.jsonl text, codes.bin bytes, index.npy bytes)}: what a store holds, not when."""
+    units = code_store.units_dir(code_store.default_store_dir(out))
+    return {u.name: tuple((u / f).read_bytes() for f in ("clips.jsonl", "codes.bin", "index.npy"))
+            for u in sorted(units.iterdir()) if not u.name.startswith(".")}
+
+
+def test_two_processes_on_disjoint_units_build_the_store_one_process_builds(tiny_model_dir, batches, tmp_path):
+    """RANK/WORLD_SIZE (what accelerate launch and torchrun set): each process takes every second
+    unit and writes only its own; together they write exactly what one process writes."""
+    zips = [str(batches / f"archive_batch_{n:04d}.zip") for n in (1, 2, 3)]
+    args = ["--input_zip", *zips, "--model_path", str(tiny_model_dir), "--codes_only", "--no_progress"]
+    procs = [subprocess.Popen([sys.executable, str(LORA / "prepare_data.py"), *args, "--output_dir",
+                               str(tmp_path / "two")], env={**os.environ, "RANK": str(r), "WORLD_SIZE": "2"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    logs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    assert "process 0 of 2 has 2" in logs[0][1] and "process 1 of 2 has 1" in logs[1][1]
+    run_script("prepare_data.py", *args, "--output_dir", tmp_path / "one")
+    two, one = store_contents(tmp_path / "two"), store_contents(tmp_path / "one")
+    assert list(two) == ["archive_batch_0001", "archive_batch_0002", "archive_batch_0003"] and two == one
