@@ -18,6 +18,7 @@
 
 See DATA_PREPARATION.md for the rules (segments, silence, descriptions, split) and the cache.
 """
+import os
 import sys
 from pathlib import Path
 
@@ -200,12 +201,19 @@ def prepare(args):
 
 def prepare_codes(args):
     """--codes_only: this process's units of the collection into the code store (store_preparation.py)."""
+    import torch
+
     from musicgen_lora.common import resolve_device  # torch: after parsing only
     from musicgen_lora.data.code_store import StoreKey, format_summary, store_summary
     from musicgen_lora.data.store_preparation import prepare_codes as encode_units
+    from musicgen_lora.data.units import process_rank
     from musicgen_lora.modeling import load_model_and_processor
 
-    model, _ = load_model_and_processor(args.model_path, device=resolve_device(args.device))
+    device = resolve_device(args.device)
+    world = process_rank()[1]
+    if world > 1 and str(device) == "cpu":  # processes sharing one machine's cores: split them, not oversubscribe
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    model, _ = load_model_and_processor(args.model_path, device=device)
     result = encode_units(settings_of(args), model, StoreKey.for_model(model), args.shard_size,
                           args.encode_batch_size)
     segments = sum(sum(r["segments"].values()) for r in result["reports"])
