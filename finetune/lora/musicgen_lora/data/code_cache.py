@@ -39,6 +39,7 @@ from musicgen_lora import chroma
 from musicgen_lora.audio import RESAMPLER, AudioPieces, piece_samples
 from musicgen_lora.common import UserError, log, resolve_device
 from musicgen_lora.data.metadata import read_metadata
+from musicgen_lora.encoding import DEFAULT_BATCH_SIZE, encode_batched
 from musicgen_lora.modeling import encode_pieces, load_model_and_processor, model_info, unwrap_base
 from musicgen_lora.outputs import atomic_file, atomic_write_text, clean_stale
 
@@ -178,12 +179,15 @@ class CodeCache:
     def entry_path(self, key: str) -> Path:
         return self.dir / key[:2] / f"{key}.safetensors"
 
+    def pieces(self, audio_path) -> AudioPieces:
+        """The clip as the codec reads it: pieces at the cache's rate, piece length and channels."""
+        return AudioPieces(audio_path, self.settings["sample_rate"], self.settings["piece_samples"], self.channels)
+
     def encode(self, audio_path) -> tuple[torch.Tensor, int]:
         """Encode a whole clip piece by piece, exactly as the uncached training path does (one
         piece in memory at a time, however long the clip)."""
-        audio = AudioPieces(audio_path, self.settings["sample_rate"], self.settings["piece_samples"], self.channels)
-        codes = encode_pieces(self.model, (audio.read(j) for j in range(audio.num_pieces)))
-        return codes.cpu(), audio.num_samples
+        audio = self.pieces(audio_path)
+        return encode_pieces(self.model, _read_pieces(audio)).cpu(), audio.num_samples
 
     def get_or_encode(self, audio_path) -> Path:
         """Path of the clip's entry, encoding and storing it first on a miss."""
@@ -199,16 +203,38 @@ class CodeCache:
     def _write(self, path: Path, codes: torch.Tensor, num_samples: int, source):
         save_codes(path, codes, num_samples, self.settings["sample_rate"], source)
 
-    def fill(self, clips, desc="encoding", progress=True) -> list[str]:
-        """Entry paths for these clips (in order), encoding the missing ones with a files/s bar."""
-        paths = []
+    def fill(self, clips, desc="encoding", progress=True, batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
+        """Entry paths for these clips (in order), encoding the missing ones with a files/s bar,
+        `batch_size` pieces per codec call (encoding.encode_batched: the codes `encode` gives, so
+        the entries are the same whether a cache is filled batched or one clip at a time)."""
+        sources = [getattr(clip, "audio_path", clip) for clip in clips]
+        paths = [None] * len(sources)
         start = time.time()
         hits0, misses0, hashed0 = self.stats["hits"], self.stats["misses"], self.hashes.hashed
-        bar = tqdm(clips, desc=desc, unit="file", disable=not progress, leave=False)
+        bar = tqdm(total=len(sources), desc=desc, unit="file", disable=not progress, leave=False)
+
+        def misses():
+            """Hits are recorded as they are met; each missing entry goes to the encoder once (a
+            second copy of the same audio is a hit, as when it was met after the first was written)."""
+            queued = set()
+            for i, source in enumerate(sources):
+                path = self.entry_path(self.key(source))
+                paths[i] = str(path)
+                if path.is_file() or path in queued:
+                    self.stats["hits"] += 1
+                    bar.update()
+                    continue
+                queued.add(path)
+                audio = self.pieces(source)
+                yield (path, source, audio.num_samples), _read_pieces(audio)
+
         try:
-            for clip in bar:
-                paths.append(str(self.get_or_encode(getattr(clip, "audio_path", clip))))
+            for (path, source, num_samples), codes in encode_batched(self.model, misses(), batch_size):
+                self._write(path, codes, num_samples, source)
+                self.stats["misses"] += 1
+                bar.update()
         finally:  # keep the hashes done so far, even when a clip fails to decode
+            bar.close()
             self.hashes.save()
         elapsed = time.time() - start
         misses = self.stats["misses"] - misses0
@@ -217,6 +243,11 @@ class CodeCache:
                           "hashed": self.hashes.hashed - hashed0, "seconds": elapsed,
                           "files_per_s": len(paths) / elapsed if elapsed > 0 else float("inf")}
         return paths
+
+
+def _read_pieces(audio: AudioPieces):
+    """A clip's pieces in order, read one at a time as the encoder asks for them."""
+    return (audio.read(j) for j in range(audio.num_pieces))
 
 
 class ChromaCache:

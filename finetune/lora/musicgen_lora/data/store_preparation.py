@@ -100,11 +100,13 @@ def as_pcm16(wav: np.ndarray) -> np.ndarray:
     return sf.read(buf, dtype="float32")[0]
 
 
-def encode_segments(model, segments: list[Segment]) -> list[torch.Tensor]:
-    """Codes (K, T) of each segment (a segment is shorter than one encoding piece)."""
-    from musicgen_lora.modeling import encode_pieces
+def encode_segments(model, segments: list[Segment], batch_size: int) -> list[torch.Tensor]:
+    """Codes (K, T) of each segment, several per codec call (encoding.encode_batched: equal to one at a
+    time; a segment is shorter than one encoding piece, and the 15 s segments share one length)."""
+    from musicgen_lora.encoding import encode_batched
 
-    return [encode_pieces(model, [torch.from_numpy(seg.audio)]) for seg in segments]
+    items = ((i, [torch.from_numpy(seg.audio)]) for i, seg in enumerate(segments))
+    return [codes for _, codes in encode_batched(model, items, batch_size=batch_size)]
 
 
 def prepare_unit(unit: Unit, s: PrepareSettings, model, key, store_dir: Path, zips: ZipReader,
@@ -117,7 +119,7 @@ def prepare_unit(unit: Unit, s: PrepareSettings, model, key, store_dir: Path, zi
         pending: list[Segment] = []
 
         def flush():
-            for seg, codes in zip(pending, encode_segments(model, pending)):
+            for seg, codes in zip(pending, encode_segments(model, pending, batch_size)):
                 extra = {"start": seg.start}
                 if seg.split == "valid":  # kept as audio: FAD and the listening test need it
                     extra["audio"] = write_valid_audio(writer, seg)
