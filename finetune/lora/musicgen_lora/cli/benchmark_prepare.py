@@ -25,11 +25,11 @@ import time
 import zipfile
 from pathlib import Path
 
+from musicgen_lora.audio import MUSICGEN_SAMPLE_RATE as SR
 from musicgen_lora.cli.args import Parser, positive_float, positive_int
 from musicgen_lora.cli.runner import cli
 
 LORA = Path(__file__).resolve().parents[2]  # finetune/lora: prepare_data.py and the package
-SR = 32000
 
 
 def make_zips(folder: Path, zips: int, per_zip: int, seconds: float) -> list[Path]:

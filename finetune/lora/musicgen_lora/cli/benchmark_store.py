@@ -25,14 +25,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from musicgen_lora.audio import MUSICGEN_HOP_LENGTH, MUSICGEN_SAMPLE_RATE
 from musicgen_lora.cli.args import Parser, nonneg_int, positive_float, positive_int
 from musicgen_lora.cli.runner import cli
 from musicgen_lora.common import UserError
 
 LORA = Path(__file__).resolve().parents[2]  # the folder holding the musicgen_lora package
 K = 4            # musicgen-small's codebooks (mono)
-HOP = 640        # musicgen-small's codec: 32 kHz / 640 = 50 frames per second
-WAV_BYTES_PER_S = 32000 * 2  # 32 kHz 16-bit mono
+HOP = MUSICGEN_HOP_LENGTH  # musicgen-small's codec: 50 frames per second
+SR = MUSICGEN_SAMPLE_RATE
+WAV_BYTES_PER_S = SR * 2  # 32 kHz 16-bit mono
 
 
 def synthetic_key():
@@ -63,7 +65,7 @@ def write_store(store_dir: Path, clips: int, unit_clips: int, frames: int, seed:
             for j in range(count):
                 name = f"clip_{first + j:06d}"
                 w.add(name, torch.from_numpy(codes[j]), frames * HOP, f"{name}: lo-fi hip hop beat, mellow rhodes "
-                      f"chords, vinyl crackle", "valid" if (first + j) % 10 == 9 else "train", frames * HOP / 32000,
+                      f"chords, vinyl crackle", "valid" if (first + j) % 10 == 9 else "train", frames * HOP / SR,
                       f"batch_{u:04d}.zip:{name}.wav")
         written += count
     return time.perf_counter() - start, written
@@ -83,7 +85,7 @@ def write_cache(cache_dir: Path, clips: int, frames: int, seed: int) -> list[str
         key = hashlib.sha256(f"clip_{j:06d}".encode()).hexdigest()
         path = cache_dir / key[:2] / f"{key}.safetensors"
         if not path.is_file():
-            save_codes(path, torch.from_numpy(rng.integers(0, 2048, (K, frames))), frames * HOP, 32000, f"{j}.wav")
+            save_codes(path, torch.from_numpy(rng.integers(0, 2048, (K, frames))), frames * HOP, SR, f"{j}.wav")
         paths.append(str(path))
     return paths
 
@@ -175,7 +177,7 @@ def check_space(work: Path, clips: int, frames: int):
 def disk_per_hour(store_dir: Path, clip_seconds: float) -> str:
     from musicgen_lora.data.code_store import INDEX_DTYPE, store_summary
 
-    frame_rate = 32000 / HOP
+    frame_rate = SR / HOP
     computed = frame_rate * K * 2 * 3600 + INDEX_DTYPE.itemsize * 3600 / clip_seconds
     s = store_summary(store_dir)
     measured = s["bytes"] / s["hours"]
@@ -234,8 +236,8 @@ def main(argv=None):
 def run(args, work: Path):
     from musicgen_lora.codes import num_frames_for_samples
 
-    frames = num_frames_for_samples(round(args.clip_seconds * 32000), HOP)
-    window = num_frames_for_samples(round(args.window_seconds * 32000), HOP)
+    frames = num_frames_for_samples(round(args.clip_seconds * SR), HOP)
+    window = num_frames_for_samples(round(args.window_seconds * SR), HOP)
     work.mkdir(parents=True, exist_ok=True)
     check_space(work, args.clips + args.small_clips + args.cache_clips, frames)
     print(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}; writing in {work}", flush=True)
