@@ -266,14 +266,15 @@ def _forward_on_two_rows(lstm: torch.nn.LSTM, x: torch.Tensor, hx=None):
 def _lstms_on_two_rows(codec):
     """While encoding, every LSTM of the codec runs on at least two rows.
 
-    Why: on this project's CPUs (oneDNN), an LSTM call over ONE row takes another kernel path than a
-    call over two or more, and rounds differently: about 2 codes in 100,000 flip at near-ties between
-    codebook entries. Over two or more rows, each row comes out bit-identical whatever the rows beside
+    Why: on a CPU (oneDNN, torch 2.13), an LSTM call over ONE row takes another kernel path than a
+    call over two or more and rounds differently: about 2 codes in 100,000 flipped (near-ties between
+    codebook entries). Over two or more rows, each row comes out bit-identical whatever the rows beside
     it and however many there are (measured on musicgen-small's codec and the tiny one, 1 and 2
     threads); the convolutions and the quantizer are row-independent at any count. So a clip's codes
-    are the same alone, beside its other channel or in a batch of other clips, and batched encoding
-    (encoding.encode_batched) gives exactly encode_pieces' codes. The extra row costs little: the
-    one-row LSTM is memory-bound on its weights.
+    are the same alone, beside its other channel or in a batch of other clips: batched encoding
+    (encoding.encode_batched) gives exactly encode_pieces' codes. The price, for a mono piece encoded
+    alone: musicgen-small's LSTM took 2.3 s instead of 0.8 s per 15 s on one CPU thread (eight rows:
+    3.2 s); stereo pieces already run two rows. Not measured on a GPU.
     """
     lstms = [m for m in codec.modules() if isinstance(m, torch.nn.LSTM) and "forward" not in vars(m)]
     for lstm in lstms:  # an instance attribute: only this codec, only inside this block
