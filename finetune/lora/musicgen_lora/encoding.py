@@ -15,10 +15,13 @@ musicgen-small's codec a 30 s piece costs about 1 GiB while it is encoded (batch
 resident on a CPU; 15 s pieces half that). Codes come back in input order; the codes of clips that
 finish early wait, small, for the clips before them.
 
-Speed: batching pays where one call over many rows costs little more than over one (a GPU, not
-measured here). On a 2-core CPU, musicgen-small's codec encoded 8 x 15 s 1.6x faster in batches of 8
-than one at a time on one thread, but timings under load varied from 0.7x to 1.6x; the tiny test
-codec, whose work is all memory traffic, is slower batched (finetune/scripts/benchmark_encoding.py).
+Speed: on a GPU a call over many rows should cost little more than over one (the LSTM steps through
+a piece one frame at a time, a few small kernels per frame), so it encodes 8 pieces per call by
+default; not measured, no GPU was lent to this work. On a CPU batching gains little or loses: on 2
+cores, musicgen-small's codec encoded 8 x 15 s clips 1.3-1.6x faster in batches of 2-8 on one
+thread, but with torch's two threads batches of 8 ran at 0.55-0.7x the speed of one at a time and
+batches of 2-4 at 1.07x (finetune/scripts/benchmark_encoding.py; the tiny test codec is always slower
+batched). So a CPU encodes 2 pieces per call by default: its LSTMs run two rows anyway.
 """
 from __future__ import annotations
 
@@ -29,7 +32,13 @@ import torch
 
 from musicgen_lora.modeling import encode_same_length, unwrap_base
 
-DEFAULT_BATCH_SIZE = 8  # pieces per codec call; a stereo piece is two rows
+# Pieces per codec call by default (a stereo piece is two rows); why these: module doc.
+GPU_BATCH_SIZE, CPU_BATCH_SIZE = 8, 2
+
+
+def default_batch_size(model) -> int:
+    codec_device = next(unwrap_base(model).audio_encoder.parameters()).device
+    return GPU_BATCH_SIZE if codec_device.type == "cuda" else CPU_BATCH_SIZE
 
 
 class _Clip:
@@ -81,20 +90,21 @@ def _finished(pending: collections.deque) -> Iterator[tuple[Hashable, torch.Tens
         yield clip.key, torch.cat(clip.codes, dim=-1)
 
 
-def encode_batched(model, clips: Iterable[tuple[Hashable, Iterable]], batch_size: int = DEFAULT_BATCH_SIZE,
+def encode_batched(model, clips: Iterable[tuple[Hashable, Iterable]], batch_size: int | None = None,
                    device=None) -> Iterator[tuple[Hashable, torch.Tensor]]:
     """(key, codes) for each (key, pieces) of `clips`, in input order: codes (K, T) long on the CPU,
     equal to encode_pieces(model, pieces). `pieces` are one clip's pieces in order, (C, n) or (n,)
     float at the model's rate and channels (AudioPieces.read(j)), pulled one at a time.
 
-    batch_size: pieces per codec call at most, and pieces held at once (see module doc). device: move
-    the model's codec there first (CUDA: pieces go there, codes come back); None: where it is. The
-    codec runs in its own dtype, autocast off (modeling.encode_audio).
+    batch_size: pieces per codec call at most, and pieces held at once (see module doc); None: 8 on a
+    GPU, 2 on a CPU. device: move the model's codec there first (CUDA: pieces go there, codes come
+    back); None: where it is. The codec runs in its own dtype, autocast off (modeling.encode_audio).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if device is not None:
         unwrap_base(model).audio_encoder.to(device)
+    batch_size = default_batch_size(model) if batch_size is None else batch_size
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     buckets, pending = _Buckets(model, batch_size), collections.deque()
     for key, pieces in clips:
         clip = _Clip(key)

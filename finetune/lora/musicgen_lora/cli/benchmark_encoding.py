@@ -7,10 +7,10 @@ Builds random-weight checkpoints offline (make_tiny_model.py's build) in a temp 
 --num_clips synthetic clips of --duration seconds (grooves at different tempi and keys,
 musicgen_lora/testing/signals.py), reads them through audio.AudioPieces and encodes them one at a
 time (modeling.encode_pieces per clip) and batched (encoding.encode_batched, --batch_size pieces per
-codec call, what the code cache does). Prints files/s and
-hours of audio per hour of each, their ratio, and whether the batched codes equal the one-at-a-time
-codes (they must: exit 1 if not). `small` has musicgen-small's EnCodec (57.6 M parameters), far slower
-than tiny's: on a CPU it encodes --num_clips_small clips.
+codec call, what the code cache does), in turn --repeats times, keeping each way's fastest. Prints
+files/s and hours of audio per hour of each, their ratio, and whether the batched codes equal the
+one-at-a-time codes (they must: exit 1 if not). `small` has musicgen-small's EnCodec (57.6 M
+parameters), far slower than tiny's: on a CPU it encodes --num_clips_small clips.
 """
 import os
 import resource
@@ -36,6 +36,8 @@ def main(argv=None):
     p.add_argument("--duration", type=positive_float, default=15.0,
                    help="Seconds per clip (15: the segments prepare_data.py writes).")
     p.add_argument("--batch_size", type=positive_int, default=8, help="Pieces per codec call, batched.")
+    p.add_argument("--repeats", type=positive_int, default=2,
+                   help="Measure each way this many times, in turn, and keep the fastest (a busy machine varies).")
     p.add_argument("--stereo", action="store_true", help="Stereo checkpoints and clips (each channel a row).")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda.")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 keeps torch's own choice.")
@@ -101,22 +103,31 @@ def compare(model, size: str, clips: list[Path], args) -> bool:
         audio = clip_pieces(model, path)
         return (audio.read(j) for j in range(audio.num_pieces))
 
+    def one_at_a_time():
+        return [encode_pieces(model, read(path)).cpu() for path in clips]
+
+    def batched():
+        return [codes for _, codes in encode_batched(model, ((path, read(path)) for path in clips),
+                                                     batch_size=args.batch_size)]
+
     encode_pieces(model, read(clips[0]))  # warm-up: the first call pays for allocation and kernel choice
-    single, single_s = timed(model, lambda: [encode_pieces(model, read(path)).cpu() for path in clips])
-    single_mem = peak_memory(model)
-    batched, batched_s = timed(model, lambda: [codes for _, codes in encode_batched(
-        model, ((path, read(path)) for path in clips), batch_size=args.batch_size)])
-    equal = sum(torch.equal(a, b) for a, b in zip(single, batched))
+    names = ("one at a time", f"batched ({args.batch_size})")
+    codes, best, memory = {}, dict.fromkeys(names, float("inf")), {}
+    for _ in range(args.repeats):
+        for name, work in zip(names, (one_at_a_time, batched)):
+            codes[name], seconds, peak = timed(model, work)
+            best[name] = min(best[name], seconds)
+            memory.setdefault(name, peak)  # the first round's: a CPU's peak so far includes the rounds before
+    equal = sum(torch.equal(a, b) for a, b in zip(*codes.values()))
     audio_s = sum(clip_pieces(model, path).num_samples for path in clips) / model_info(model)["sample_rate"]
     fewer = " (fewer on a CPU: its codec is musicgen-small's; --num_clips_small)" \
         if size == "small" and len(clips) < args.num_clips else ""
-    print(f"{size} (random weights): {len(clips)} clips{fewer}, {audio_s:g} s of audio")
-    for name, seconds, memory in (("one at a time", single_s, single_mem),
-                                  (f"batched ({args.batch_size})", batched_s, peak_memory(model))):
-        print(f"  {name:<14} {seconds:8.2f} s  {len(clips) / seconds:7.2f} files/s  "
-              f"{audio_s / seconds:8.1f} h of audio per hour  {memory}")
-    print(f"  batched / one at a time: {single_s / batched_s:.2f}x the throughput; batched codes equal the "
-          f"one-at-a-time codes for {equal}/{len(clips)} clips" + ("" if equal == len(clips) else "  MISMATCH"))
+    print(f"{size} (random weights): {len(clips)} clips{fewer}, {audio_s:g} s of audio, fastest of {args.repeats}")
+    for name in names:
+        print(f"  {name:<14} {best[name]:8.2f} s  {len(clips) / best[name]:7.2f} files/s  "
+              f"{audio_s / best[name]:8.1f} h of audio per hour  {memory[name]}")
+    print(f"  batched / one at a time: {best[names[0]] / best[names[1]]:.2f}x the throughput; batched codes equal "
+          f"the one-at-a-time codes for {equal}/{len(clips)} clips" + ("" if equal == len(clips) else "  MISMATCH"))
     return equal == len(clips)
 
 
@@ -129,7 +140,8 @@ def clip_pieces(model, path):
                        info["audio_channels"])
 
 
-def timed(model, work):
+def timed(model, work) -> tuple:
+    """(what work() returns, its wall seconds, the peak memory it left)."""
     import torch
 
     cuda = next(model.parameters()).device.type == "cuda"
@@ -140,7 +152,7 @@ def timed(model, work):
     out = work()
     if cuda:
         torch.cuda.synchronize()
-    return out, time.perf_counter() - start
+    return out, time.perf_counter() - start, peak_memory(model)
 
 
 def peak_memory(model) -> str:

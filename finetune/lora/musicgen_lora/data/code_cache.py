@@ -39,7 +39,7 @@ from musicgen_lora import chroma
 from musicgen_lora.audio import RESAMPLER, AudioPieces, piece_samples
 from musicgen_lora.common import UserError, log, resolve_device
 from musicgen_lora.data.metadata import read_metadata
-from musicgen_lora.encoding import DEFAULT_BATCH_SIZE, encode_batched
+from musicgen_lora.encoding import encode_batched
 from musicgen_lora.modeling import encode_pieces, load_model_and_processor, model_info, unwrap_base
 from musicgen_lora.outputs import atomic_file, atomic_write_text, clean_stale
 
@@ -203,10 +203,11 @@ class CodeCache:
     def _write(self, path: Path, codes: torch.Tensor, num_samples: int, source):
         save_codes(path, codes, num_samples, self.settings["sample_rate"], source)
 
-    def fill(self, clips, desc="encoding", progress=True, batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
+    def fill(self, clips, desc="encoding", progress=True, batch_size: int | None = None) -> list[str]:
         """Entry paths for these clips (in order), encoding the missing ones with a files/s bar,
         `batch_size` pieces per codec call (encoding.encode_batched: the codes `encode` gives, so
-        the entries are the same whether a cache is filled batched or one clip at a time)."""
+        the entries are the same whether a cache is filled batched or one clip at a time; None: 8 on
+        a GPU, 2 on a CPU)."""
         sources = [getattr(clip, "audio_path", clip) for clip in clips]
         paths = [None] * len(sources)
         start = time.time()
