@@ -21,7 +21,10 @@ default; not measured, no GPU was lent to this work. On a CPU batching gains lit
 cores, musicgen-small's codec encoded 8 x 15 s clips 1.3-1.6x faster in batches of 2-8 on one
 thread, but with torch's two threads batches of 8 ran at 0.55-0.7x the speed of one at a time and
 batches of 2-4 at 1.07x (finetune/scripts/benchmark_encoding.py; the tiny test codec is always slower
-batched). So a CPU encodes 2 pieces per call by default: its LSTMs run two rows anyway.
+batched). So a CPU encodes 1 piece per call by default: 2 per call gained ~1.07x and doubled the
+codec's peak memory (tests/test_limits.py: a 20-minute clip's cache fill went from +90 MB to +235 MB on
+the tiny codec). With one thread per process (several processes on one machine), --encode_batch_size
+2-4 is the faster choice.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import torch
 from musicgen_lora.modeling import encode_same_length, unwrap_base
 
 # Pieces per codec call by default (a stereo piece is two rows); why these: module doc.
-GPU_BATCH_SIZE, CPU_BATCH_SIZE = 8, 2
+GPU_BATCH_SIZE, CPU_BATCH_SIZE = 8, 1
 
 
 def default_batch_size(model) -> int:
@@ -97,7 +100,7 @@ def encode_batched(model, clips: Iterable[tuple[Hashable, Iterable]], batch_size
     float at the model's rate and channels (AudioPieces.read(j)), pulled one at a time.
 
     batch_size: pieces per codec call at most, and pieces held at once (see module doc); None: 8 on a
-    GPU, 2 on a CPU. device: move the model's codec there first (CUDA: pieces go there, codes come
+    GPU, 1 on a CPU. device: move the model's codec there first (CUDA: pieces go there, codes come
     back); None: where it is. The codec runs in its own dtype, autocast off (modeling.encode_audio).
     """
     if device is not None:

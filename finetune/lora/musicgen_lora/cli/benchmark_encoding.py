@@ -13,7 +13,6 @@ one-at-a-time codes (they must: exit 1 if not). `small` has musicgen-small's EnC
 parameters), far slower than tiny's: on a CPU it encodes --num_clips_small clips.
 """
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from musicgen_lora.cli.args import Parser, positive_float, positive_int
 from musicgen_lora.cli.runner import cli
+from musicgen_lora.common import peak_rss_mb
 
 SMALL_CLIPS_ON_CPU = 8
 
@@ -161,7 +161,7 @@ def peak_memory(model) -> str:
 
     if next(model.parameters()).device.type == "cuda":
         return f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
-    return f"peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+    return f"peak RSS so far {peak_rss_mb() / 1024:.2f} GiB"
 
 
 if __name__ == "__main__":

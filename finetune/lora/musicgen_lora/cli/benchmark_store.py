@@ -28,7 +28,7 @@ from pathlib import Path
 from musicgen_lora.audio import MUSICGEN_HOP_LENGTH, MUSICGEN_SAMPLE_RATE
 from musicgen_lora.cli.args import Parser, nonneg_int, positive_float, positive_int
 from musicgen_lora.cli.runner import cli
-from musicgen_lora.common import UserError
+from musicgen_lora.common import UserError, peak_rss_mb
 
 LORA = Path(__file__).resolve().parents[2]  # the folder holding the musicgen_lora package
 K = 4            # musicgen-small's codebooks (mono)
@@ -39,12 +39,13 @@ WAV_BYTES_PER_S = SR * 2  # 32 kHz 16-bit mono
 
 def synthetic_key():
     from musicgen_lora.audio import MUSICGEN_SAMPLE_RATE, RESAMPLER, piece_samples
+    from musicgen_lora.data.code_cache import ENCODE_RULE
     from musicgen_lora.data.code_store import StoreKey
 
     sr = MUSICGEN_SAMPLE_RATE
     return StoreKey(codec="synthetic-benchmark-codes", sample_rate=sr, channels="mono-mean", hop_length=HOP,
                     num_codebooks=K, dtype="torch.float32", piece_samples=piece_samples(sr, HOP),
-                    resampler=RESAMPLER, encode="pieces")
+                    resampler=RESAMPLER, encode=ENCODE_RULE)
 
 
 def write_store(store_dir: Path, clips: int, unit_clips: int, frames: int, seed: int) -> tuple[float, int]:
@@ -93,12 +94,6 @@ def write_cache(cache_dir: Path, clips: int, frames: int, seed: int) -> list[str
 # --------------------------------------------------------------------------------------------
 # The child: one fresh process per measurement, so peak RSS is that reader's alone
 # --------------------------------------------------------------------------------------------
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
-
-
 def _batches(n_clips, lengths, batches: int, batch_size: int, window: int, seed: int, read):
     """Seconds for `batches` batches of `batch_size` random windows, zero-padded into (B, K, window)
     as dataset.Collator does; read(i, frame_offset) -> the window's codes."""
@@ -127,18 +122,18 @@ def child(argv: list[str]):
     from musicgen_lora.data.code_cache import load_codes
     from musicgen_lora.data.code_store import CodeStore
 
-    out = {"baseline_mb": _peak_rss_mb()}
+    out = {"baseline_mb": peak_rss_mb()}
     args = (spec["batches"], spec["batch_size"], spec["window"], spec["seed"])
     if spec["kind"] == "store":
         t0 = time.perf_counter()
         store = CodeStore(spec["path"], synthetic_key())
-        out.update(open_s=time.perf_counter() - t0, clips=len(store), open_mb=_peak_rss_mb())
+        out.update(open_s=time.perf_counter() - t0, clips=len(store), open_mb=peak_rss_mb())
         out["batches_s"] = _batches(len(store), store.num_samples, *args,
                                     read=lambda i, o: store.window(i, o, spec["window"]))
-        out["read_mb"] = _peak_rss_mb()
+        out["read_mb"] = peak_rss_mb()
         t0, train = time.perf_counter(), store.split_indices("train")
         out.update(descriptions=len(store.descriptions(train)), descriptions_s=time.perf_counter() - t0,
-                   descriptions_mb=_peak_rss_mb())
+                   descriptions_mb=peak_rss_mb())
     else:
         paths = json.loads(Path(spec["path"]).read_text())
 
@@ -147,7 +142,7 @@ def child(argv: list[str]):
             return crop_codes(codes, num_samples, offset, spec["window"], HOP)[0]
 
         out["batches_s"] = _batches(len(paths), lambda i: spec["num_samples"], *args, read=read)
-        out["read_mb"] = _peak_rss_mb()
+        out["read_mb"] = peak_rss_mb()
     print(json.dumps(out))
 
 

@@ -44,6 +44,11 @@ from musicgen_lora.modeling import encode_pieces, load_model_and_processor, mode
 from musicgen_lora.outputs import atomic_file, atomic_write_text, clean_stale
 
 CACHE_FORMAT = 1
+# How a clip's codes are computed, beyond the samples: piece by piece (audio.piece_samples), every
+# codec LSTM over at least two rows (modeling._lstms_on_two_rows). The "-2row" marks the change that
+# made batched codes equal single ones: a mono clip encoded alone before it could differ in ~2 codes
+# per 100,000, so entries written before are re-encoded rather than mixed with new ones.
+ENCODE_RULE = "pieces-2row"
 DEFAULT_CACHE_NAME = ".codes_cache"
 HASH_MEMO_NAME = "file_hashes.json"
 # git's "racy clean" rule: a file written within this long before it was hashed could be written
@@ -129,7 +134,7 @@ def codec_settings(model, sample_rate: int) -> dict:
     hop, channels = info["hop_length"], info["audio_channels"]
     # "mono-mean" keeps mono entries written before stereo support valid.
     layout = "mono-mean" if channels == 1 else f"{channels}ch-interleaved"
-    return {"sample_rate": int(sample_rate), "channels": layout, "resampler": RESAMPLER, "encode": "pieces",
+    return {"sample_rate": int(sample_rate), "channels": layout, "resampler": RESAMPLER, "encode": ENCODE_RULE,
             "piece_samples": piece_samples(sample_rate, hop), "dtype": str(param.dtype), "hop_length": hop}
 
 
@@ -207,7 +212,7 @@ class CodeCache:
         """Entry paths for these clips (in order), encoding the missing ones with a files/s bar,
         `batch_size` pieces per codec call (encoding.encode_batched: the codes `encode` gives, so
         the entries are the same whether a cache is filled batched or one clip at a time; None: 8 on
-        a GPU, 2 on a CPU)."""
+        a GPU, 1 on a CPU)."""
         sources = [getattr(clip, "audio_path", clip) for clip in clips]
         paths = [None] * len(sources)
         start = time.time()

@@ -95,7 +95,7 @@ class StoreKey:
     dtype: str          # the codec's dtype while encoding
     piece_samples: int  # clips are encoded in pieces of this many samples (audio.piece_samples)
     resampler: str      # audio.RESAMPLER: another resampler gives other samples, so other codes
-    encode: str         # "pieces" (codes of a long clip depend on how it was cut)
+    encode: str         # code_cache.ENCODE_RULE (codes depend on how a clip is cut and run)
     format: int = STORE_FORMAT
 
     @classmethod

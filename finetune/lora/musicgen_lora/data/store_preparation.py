@@ -111,8 +111,8 @@ def encode_segments(model, segments: list[Segment], batch_size: int) -> list[tor
 
 def prepare_unit(unit: Unit, s: PrepareSettings, model, key, store_dir: Path, zips: ZipReader,
                  index: DescriptionIndex, found: FoundIndexes, batch_size: int = 8, bar=None) -> dict:
-    channels = model_info(model)["audio_channels"]
     """Encode one unit into the store and commit it; returns its report (also kept in unit.json)."""
+    channels = model_info(model)["audio_channels"]
     skipped, dropped, missing = list(unit.refused), {"near_silent": 0, "short_tail": 0}, []
     counts = {"train": 0, "valid": 0}
     with code_store.UnitWriter(store_dir, unit.id, key, unit.identity) as writer:

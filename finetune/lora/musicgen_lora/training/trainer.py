@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import resource
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from tqdm.auto import tqdm
 import musicgen_lora.training.checkpointing as ckpt
 from musicgen_lora.audio import piece_samples
 from musicgen_lora.chroma import file_chroma, num_chroma_frames
-from musicgen_lora.common import UserError, log, seed_everything, uniform_loss
+from musicgen_lora.common import UserError, log, peak_rss_mb, seed_everything, uniform_loss
 from musicgen_lora.data import code_store
 from musicgen_lora.data.code_cache import default_cache_dir, open_chroma_cache, open_training_cache
 from musicgen_lora.data.dataset import Collator, MusicDataset, batch_size_of, check_condition_audio, padding_report
@@ -508,7 +507,7 @@ def report_skipped(run: Run, state: TrainState, loss_finite: bool):
 def peak_memory_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return peak_rss_mb()  # this process's own peak, not a launcher's (common.rss_mb)
 
 
 def log_window(run: Run, state: TrainState):
