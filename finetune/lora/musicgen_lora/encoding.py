@@ -17,14 +17,12 @@ finish early wait, small, for the clips before them.
 
 Speed: on a GPU a call over many rows should cost little more than over one (the LSTM steps through
 a piece one frame at a time, a few small kernels per frame), so it encodes 8 pieces per call by
-default; not measured, no GPU was lent to this work. On a CPU batching gains little or loses: on 2
-cores, musicgen-small's codec encoded 8 x 15 s clips 1.3-1.6x faster in batches of 2-8 on one
-thread, but with torch's two threads batches of 8 ran at 0.55-0.7x the speed of one at a time and
-batches of 2-4 at 1.07x (finetune/scripts/benchmark_encoding.py; the tiny test codec is always slower
-batched). So a CPU encodes 1 piece per call by default: 2 per call gained ~1.07x and doubled the
-codec's peak memory (tests/test_limits.py: a 20-minute clip's cache fill went from +90 MB to +235 MB on
-the tiny codec). With one thread per process (several processes on one machine), --encode_batch_size
-2-4 is the faster choice.
+default; not measured, no GPU was lent to this work. On a CPU batching lost every time it was
+measured (2 cores, finetune/scripts/benchmark_encoding.py, 15 s clips, throughput batched / one at a
+time): musicgen-small's codec 0.62x at batch 8 and 0.94x at batch 2 with 2 threads, 0.86x at batch 8
+with 1 thread; the tiny codec 0.38-0.68x. And 2 pieces per call doubled the codec's share of peak
+memory (tests/test_limits.py: a 20-minute clip's cache fill took +235 MB instead of +90 MB on the
+tiny codec). So a CPU encodes 1 piece per call by default.
 """
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ the zips, as the seed collection ships). Then:
   2. --codes_only killed (SIGKILL) once its first unit is committed, then run again: the units the
      second run skipped, those it encoded, and whether any committed unit changed (it must not);
   3. two processes (RANK 0 and 1 of WORLD_SIZE 2, as accelerate launch sets them) into one store vs one
-     process: wall time each and whether the stores are byte-identical.
+     process: wall time each; the store must be byte-identical to one process's at the same CPU thread
+     count (exit 1 if not), and how many codes differ from one process at its own thread count.
 Every child runs this checkout's prepare_data.py; its stderr lines are what the counts are read from.
 """
 import json
@@ -28,6 +29,7 @@ from pathlib import Path
 from musicgen_lora.audio import MUSICGEN_SAMPLE_RATE as SR
 from musicgen_lora.cli.args import Parser, positive_float, positive_int
 from musicgen_lora.cli.runner import cli
+from musicgen_lora.common import UserError
 
 LORA = Path(__file__).resolve().parents[2]  # finetune/lora: prepare_data.py and the package
 
@@ -90,6 +92,28 @@ def store_bytes(out: Path) -> dict:
             for u in sorted(root.iterdir()) if not u.name.startswith(".")}
 
 
+def encoded_threads(out: Path) -> int | None:
+    """The CPU threads the units were encoded with (unit.json notes; store_preparation.encoded_on)."""
+    from musicgen_lora.data.code_store import default_store_dir, units_dir
+
+    seen = {json.loads((u / "unit.json").read_text())["notes"]["encoded_on"]["threads"]
+            for u in units_dir(default_store_dir(out)).iterdir() if not u.name.startswith(".")}
+    return seen.pop() if len(seen) == 1 else None
+
+
+def codes_differing(a: Path, b: Path) -> tuple[int, int]:
+    """(codes that differ, codes in all) between two stores of the same units."""
+    import numpy as np
+
+    ours, theirs = store_bytes(a), store_bytes(b)
+    flips = total = 0
+    for unit, files in ours.items():
+        x, y = (np.frombuffer(f[1], dtype=np.int16) for f in (files, theirs[unit]))  # codes.bin
+        total += x.size
+        flips += int((x != y).sum()) if x.size == y.size else x.size
+    return flips, total
+
+
 def skipped_line(stderr: str) -> str:
     return next((line for line in stderr.splitlines() if "already committed" in line and "to encode" in line), "?")
 
@@ -103,9 +127,17 @@ def main(argv=None):
     p.add_argument("--model_path", default=None, help="MusicGen whose codec encodes (default: the offline tiny one).")
     p.add_argument("--work_dir", default=None, help="Folder for the zips and outputs (default: a temp folder).")
     args = p.parse_args(argv)
-
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-prepare-"))
+    if args.work_dir is None:
+        with tempfile.TemporaryDirectory(prefix="bench-prepare-") as tmp:
+            return measure(args, Path(tmp))
+    work = Path(args.work_dir)
+    if work.exists() and any(work.iterdir()):
+        raise UserError(f"--work_dir {work}: not empty (its units would count as committed); give a new folder")
     work.mkdir(parents=True, exist_ok=True)
+    return measure(args, work)
+
+
+def measure(args, work: Path):
     model = args.model_path
     if model is None:
         from musicgen_lora.testing.tiny_model import build
@@ -148,12 +180,23 @@ def main(argv=None):
     print(f"kill-and-resume: killed with {len(before)} of {len(zips)} unit(s) committed; the resumed run: "
           f"{skipped_line(again.stderr).split(': ', 1)[-1]}; committed units re-encoded: {len(changed)}")
 
-    # 3. two processes on disjoint units vs one
+    # 3. two processes on disjoint units vs one. On a CPU each of the two gets half the cores
+    # (prepare.py), and codes depend a little on the thread count, so the store they write is compared
+    # with one process at THEIR thread count (the distribution must change nothing) and, as a figure,
+    # with the one-process store of section 1.
     start = time.perf_counter()
-    procs = [prepare(zips, work / "two", model, env={"RANK": str(r), "WORLD_SIZE": "2"}, popen=True) for r in (0, 1)]
+    procs = [prepare(zips, work / "two", model, "--valid_ratio", 0.1, env={"RANK": str(r), "WORLD_SIZE": "2"},
+                     popen=True) for r in (0, 1)]
     for proc in procs:
         proc.communicate()
     two_s = time.perf_counter() - start
-    same = store_bytes(work / "two") == store_bytes(work / "codes")
-    print(f"two processes (RANK 0, 1 of 2): {two_s:.1f} s vs one process {codes_s:.1f} s ({codes_s / two_s:.2f}x); "
-          f"stores byte-identical: {same}")
+    threads = encoded_threads(work / "two")
+    prepare(zips, work / "one-same-threads", model, "--valid_ratio", 0.1, env={"OMP_NUM_THREADS": str(threads)})
+    same = store_bytes(work / "two") == store_bytes(work / "one-same-threads")
+    flipped, total = codes_differing(work / "two", work / "codes")
+    print(f"two processes (RANK 0, 1 of 2, {threads} thread(s) each): {two_s:.1f} s vs one process "
+          f"{codes_s:.1f} s at {encoded_threads(work / 'codes')} thread(s) ({codes_s / two_s:.2f}x); "
+          f"store byte-identical to one process at {threads} thread(s): {same}; against the one-process store "
+          f"at its own threads {flipped} of {total} codes differ (CPU rounding depends on the thread count)")
+    if not same:
+        raise SystemExit("error: two processes wrote another store than one process at the same thread count")

@@ -103,7 +103,7 @@ def build_parser():
                    help="Files per unit of an --input_dir with --codes_only (a zip is always one unit).")
     s.add_argument("--encode_batch_size", type=positive_int, default=None,
                    help="Segments per EnCodec call with --codes_only (default: 8 on a GPU, 1 on a CPU, where "
-                        "batching saved little and multiplied the memory). A 15 s segment of musicgen-small's "
+                        "batching was slower and took more memory). A 15 s segment of musicgen-small's "
                         "codec costs ~0.5 GiB while it is encoded.")
 
     e = p.add_argument_group("example data")
@@ -215,7 +215,7 @@ def prepare_codes(args):
     device = resolve_device(args.device)
     world = process_rank()[1]
     if world > 1 and str(device) == "cpu":  # processes sharing one machine's cores: split them, not oversubscribe
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // world)))
     model, _ = load_model_and_processor(args.model_path, device=device)
     batch_size = args.encode_batch_size or default_batch_size(model)
     result = encode_units(settings_of(args), model, StoreKey.for_model(model), args.shard_size, batch_size)

@@ -45,7 +45,7 @@ from musicgen_lora.data.preparation import (
     segment_bounds,
 )
 from musicgen_lora.data.units import Unit, assigned, in_valid, plan_units, process_rank
-from musicgen_lora.modeling import model_info
+from musicgen_lora.modeling import model_info, unwrap_base
 
 
 @dataclass
@@ -142,7 +142,17 @@ def prepare_unit(unit: Unit, s: PrepareSettings, model, key, store_dir: Path, zi
         report = {"unit": unit.id, "files": unit.num_files, "segments": counts, "skipped": skipped,
                   "no_description": missing, "dropped": dropped}
         writer.notes["report"] = report  # kept in unit.json: what this unit left out, and why
+        writer.notes["encoded_on"] = encoded_on(model)
     return report
+
+
+def encoded_on(model) -> dict:
+    """Where the codes were computed. On a CPU the thread count changes a few codes (near-ties between
+    codebook entries round the other way: ~1 in 10,000 between 1 and 2 threads, benchmark_prepare.py),
+    so a unit says how it was made; the store key leaves it out, since either encoding is a right one."""
+    device = next(unwrap_base(model).audio_encoder.parameters()).device
+    return {"device": str(device), "threads": torch.get_num_threads() if device.type == "cpu" else None,
+            "torch": torch.__version__}
 
 
 def write_valid_audio(writer, seg: Segment) -> str:
