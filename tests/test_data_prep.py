@@ -93,7 +93,8 @@ def test_mixed_folder_gives_expected_segments_split_and_report(collection, tmp_p
     assert by_source["long/long_track.wav"][0]["description"] == "slow ambient pad"
     assert by_source["b/deep/track.flac"][0]["description"] == "bright techno loop"
     assert report["no_description"] == ["nodesc.ogg"]
-    assert report["descriptions"] == {"sidecar": 2, "descriptions_file": 5, "default": 0, "missing": 1}
+    assert report["descriptions"] == {"sidecar": 2, "descriptions_file": 5, "metadata_jsonl": 0, "default": 0,
+                                      "missing": 1}
 
     # No leakage: every source lies on one side only; valid holds about 30% of segments.
     train_src = {e["source"] for e in meta["train"]}
@@ -183,6 +184,35 @@ def test_zip_batches_and_csv_descriptions(collection, tmp_path):
     assert report["segments"]["written"] == 4 and meta["valid"] == []
     assert {e["description"] for e in meta["train"]} == {"warm lo-fi chords", "slow ambient pad", "piano, sparse"}
     assert [r["source"] for r in report["skipped"]] == ["archive_batch_002.zip:audio/corrupt.wav"]
+
+
+def test_metadata_jsonl_inside_or_beside_the_zips_needs_no_flag(collection, tmp_path):
+    """The seed layout: archive_batch_*.zip with metadata.jsonl beside them ({"path": "audio/x.wav", ...});
+    one zip carries its own (in a nested folder, paths relative to it), which wins for its members."""
+    root, _ = collection
+    batches = tmp_path / "batches"
+    batches.mkdir()
+    with zipfile.ZipFile(batches / "archive_batch_0001.zip", "w") as zf:
+        zf.write(root / "song.mp3", "audio/song.mp3")
+        zf.write(root / "nodesc.ogg", "audio/nodesc.ogg")
+    with zipfile.ZipFile(batches / "archive_batch_0002.zip", "w") as zf:
+        zf.write(root / "b" / "deep" / "track.flac", "batch_0002/audio/deep/track.flac")
+        zf.writestr("batch_0002/metadata.jsonl", json.dumps(
+            {"path": "audio/deep/track.flac", "duration": 13.0, "sample_rate": 48000, "description": "inside wins"}))
+    (batches / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"path": "audio/song.mp3", "duration": 12.5, "sample_rate": 32000, "description": "beside: piano"},
+        {"path": "audio/deep/track.flac", "duration": 13.0, "sample_rate": 48000, "description": "beside loses"}]))
+    out = tmp_path / "data"
+    proc = run_script("prepare_data.py", "--input_zip", batches / "archive_batch_0001.zip",
+                      batches / "archive_batch_0002.zip", "--output_dir", out, "--valid_ratio", 0, "--no_progress")
+    meta = json.loads((out / "metadata.json").read_text())
+    got = {e["source"]: e["description"] for e in meta["train"]}
+    assert got == {"archive_batch_0001.zip:audio/song.mp3": "beside: piano",
+                   "archive_batch_0002.zip:batch_0002/audio/deep/track.flac": "inside wins"}
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert report["descriptions"]["metadata_jsonl"] == 2
+    assert report["no_description"] == ["archive_batch_0001.zip:audio/nodesc.ogg"]
+    assert "2 metadata.jsonl" in proc.stderr
 
 
 def test_normalize_loudness_hits_target(tmp_path):

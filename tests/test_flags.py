@@ -11,7 +11,8 @@ from conftest import LORA, SCRIPTS, assert_one_line_error, run_script
 SCRIPTS_WITH_HELP = [LORA / n for n in ("train_lora.py", "evaluate.py", "inference_lora.py", "prepare_data.py",
                                         "test_dataset.py", "test_model.py")] + \
                     [SCRIPTS / n for n in ("compare_runs.py", "make_tiny_model.py", "make_test_signals.py",
-                                           "convert_adapter.py", "flag_figures.py")]
+                                           "convert_adapter.py", "flag_figures.py", "benchmark_store.py",
+                                           "benchmark_prepare.py", "benchmark_encoding.py")]
 
 
 @pytest.mark.parametrize("script", SCRIPTS_WITH_HELP, ids=lambda p: p.name)

@@ -5,8 +5,6 @@ child's peak RSS, measured in the same test. finetune/scripts/benchmark_limits.p
 figures at full size (a one-hour clip, 2 GiB of zeros)."""
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -15,6 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from musicgen_lora.testing.peak_memory import run_with_peak
+
 from conftest import LORA, run_script
 
 CAP = 6 * 2**30  # far above a tiny-model run (~1 GB), far below what the old code took for these inputs
@@ -22,18 +22,13 @@ SR = 32000
 
 
 def peak_of(script, *args):
-    """(exit code, stderr, peak RSS in MB) of a script run as a child under the address-space cap
-    (wait4 gives that child's own peak, not the largest of all children so far)."""
-    def limit():
-        resource.setrlimit(resource.RLIMIT_AS, (CAP, CAP))
-
+    """(exit code, stderr, peak RSS in MB) of a script run as a child under the address-space cap; the
+    peak is the script's own, not pytest's (testing/peak_memory.py says why that needs a launcher)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    with open(os.devnull, "w") as null, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, str(LORA / script), *map(str, args)], stdout=null, stderr=err,
-                                text=True, env=env, preexec_fn=limit)
-        _, status, usage = os.wait4(proc.pid, 0)
+    with tempfile.TemporaryFile("w+") as err:
+        code, peak = run_with_peak([sys.executable, LORA / script, *args], CAP, env=env, stderr=err)
         err.seek(0)
-        return os.waitstatus_to_exitcode(status), err.read(), usage.ru_maxrss / 1024
+        return code, err.read(), peak
 
 
 def _music(seconds, seed=0):

@@ -5,7 +5,7 @@
 
 Each case runs the real command line in a child process under an address-space cap (so a
 regression ends in an allocation error instead of taking the machine down) and reports the
-child's peak RSS (wait4's ru_maxrss):
+child's own peak RSS (testing/peak_memory.py):
 
   - train_lora.py, one step, uncached and cached: a 15 s clip vs a --long_minutes clip;
   - train_lora.py, one step: a normal description vs a 100 KB one;
@@ -18,7 +18,6 @@ training also reads each window's melody chroma from the clip.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,9 @@ ROOT = Path(__file__).resolve().parents[2]
 LORA = ROOT / "finetune" / "lora"
 SCRIPTS = ROOT / "finetune" / "scripts"
 SR = 32000
+sys.path.insert(0, str(LORA))  # where the musicgen_lora package lives
+
+from musicgen_lora.testing.peak_memory import run_with_peak  # noqa: E402
 
 
 def write_music(path: Path, seconds: float, seed: int = 0):
@@ -62,18 +64,13 @@ def make_data(root: Path, train_seconds: float, description: str) -> Path:
 
 def run_capped(cmd, cap_bytes: int, timeout: float = 1800):
     """(exit code, peak RSS in MB, seconds, last stderr line) of a child under RLIMIT_AS."""
-    def limit():
-        resource.setrlimit(resource.RLIMIT_AS, (cap_bytes, cap_bytes))
-
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     t0 = time.time()
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=limit, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        code, peak = run_with_peak(cmd, cap_bytes, env=env, stderr=err, timeout=timeout)
         err.seek(0)
         lines = [line for line in err.read().decode(errors="replace").splitlines() if line.strip()]
-    return proc.returncode, usage.ru_maxrss / 1024, time.time() - t0, (lines[-1] if lines else "")
+    return code, peak, time.time() - t0, (lines[-1] if lines else "")
 
 
 def train_cmd(model, data, out, *extra):

@@ -30,7 +30,6 @@ ratio = plan / measured, error = (plan - measured) / measured.
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -42,15 +41,12 @@ HERE = Path(__file__).resolve().parent
 LORA = HERE.parent / "lora"
 
 
-def _status_kib(field: str) -> int:
-    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
-
-
 def worker(args):
     """One configuration; prints one JSON line."""
     import numpy as np
     import torch
 
+    from musicgen_lora.common import peak_rss_mb, rss_mb
     from musicgen_lora.data.dataset import Collator
     from musicgen_lora.modeling import apply_lora, batch_loss, load_model_and_processor, model_info
     from musicgen_lora.training.memory import plan_memory
@@ -101,7 +97,7 @@ def worker(args):
 
         ctypes.CDLL("libc.so.6").malloc_trim(0)
         Path("/proc/self/clear_refs").write_text("5")
-        before = _status_kib("VmRSS") * 1024
+        before = rss_mb() * 2**20
     t = time.perf_counter()
     for _ in range(args.steps):
         step()
@@ -109,7 +105,7 @@ def worker(args):
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
     else:
-        peak = _status_kib("VmHWM") * 1024
+        peak = peak_rss_mb() * 2**20
     plan_peak = plan.total - (plan.overhead if device == "cuda" else 0)  # the CUDA context is not in the allocator
     print(json.dumps({"peak_mb": peak / 2**20, "step_mb": (peak - before) / 2**20, "held_mb": before / 2**20,
                       "seconds_per_step": (time.perf_counter() - t) / args.steps, "device": device,

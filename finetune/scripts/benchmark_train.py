@@ -167,6 +167,7 @@ def bench_model(size, work, args, device):
 # --------------------------------------------------------------------------------------------
 def rss_child(data: Path, metadata_file: str, model_dir: Path, cache_dir: Path):
     from musicgen_lora.codes import build_delay_pattern_labels
+    from musicgen_lora.common import peak_rss_mb, rss_mb
     from musicgen_lora.data.code_cache import CodeCache
     from musicgen_lora.data.dataset import Collator, MusicDataset
     from musicgen_lora.data.metadata import read_metadata
@@ -174,7 +175,7 @@ def rss_child(data: Path, metadata_file: str, model_dir: Path, cache_dir: Path):
 
     model, processor = load_model_and_processor(str(model_dir))
     info = model_info(model)
-    base = current_rss_mb()
+    base = rss_mb()
     clips = read_metadata(data, metadata_file)["train"]
     cache = CodeCache(cache_dir, model, info["sample_rate"])
     files = cache.fill(clips, progress=False)
@@ -183,21 +184,14 @@ def rss_child(data: Path, metadata_file: str, model_dir: Path, cache_dir: Path):
     loader = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True,
                                          collate_fn=Collator(processor, int(0.2 * info["sample_rate"]),
                                                              info["hop_length"]))
-    tokens, data_peak = 0, current_rss_mb()
+    tokens, data_peak = 0, rss_mb()
     for batch in loader:
         labels = build_delay_pattern_labels(batch["codes"], batch["num_frames"], info["audio_channels"])
         tokens += int((labels != -100).sum())
-        data_peak = max(data_peak, current_rss_mb())
-    peak = current_rss_mb("VmHWM:")  # not ru_maxrss: Linux carries the parent's over fork+exec
+        data_peak = max(data_peak, rss_mb())
+    peak = peak_rss_mb()
     print(json.dumps({"clips": len(clips), "base_mb": base, "data_peak_mb": data_peak, "peak_mb": peak,
                       "tokens": tokens, "encoded": cache.last_fill["encoded"]}))
-
-
-def current_rss_mb(field="VmRSS:") -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def seed_rss_set(work: Path, model_dir: Path, count: int) -> Path:

@@ -55,6 +55,29 @@ def uniform_loss(vocab_size: int) -> float:
     return math.log(vocab_size)
 
 
+def rss_mb(field: str = "VmRSS") -> float:
+    """This process's memory in MB from /proc/self/status: VmRSS (now) or VmHWM (its peak).
+
+    Why not getrusage's ru_maxrss for the peak: Linux carries the parent's peak into a child over
+    fork+exec, so a script started by a 600 MB process reports >= 600 MB whatever it did itself.
+    VmHWM belongs to the address space exec made. Off Linux: ru_maxrss (the best there is)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
+
+
+def peak_rss_mb() -> float:
+    return rss_mb("VmHWM")
+
+
 def read_json(path: Path, what: str = "file"):
     path = Path(path)
     if not path.is_file():

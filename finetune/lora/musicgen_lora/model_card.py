@@ -253,14 +253,15 @@ def _clip_facts(clips: tuple) -> tuple:
 
 def data_from_config(run_dir: Path, config: dict) -> dict:
     """The run's clips as its run_config.json names them (an update of a card written before)."""
-    from musicgen_lora.data.metadata import read_metadata, validation_clips
+    from musicgen_lora.data.metadata import validation_clips
+    from musicgen_lora.data.splits import load_splits
     from musicgen_lora.runs.table import recorded_path
 
     data_dir = recorded_path(run_dir, config, "data_dir")
     if data_dir is None:
         return {}
     try:
-        splits = read_metadata(data_dir, config.get("metadata_file") or "metadata.json", check_files=False)
+        splits = load_splits(data_dir, config.get("metadata_file") or "metadata.json", check_files=False)
     except Exception:  # gone or changed since: the card says "unknown"
         return {}
     return {"train": clip_facts(splits["train"]), "valid": clip_facts(validation_clips(splits)),

@@ -1,5 +1,6 @@
 """Model plumbing: load MusicGen, attach/load LoRA, encode audio to codes, teacher-forced loss."""
 import contextlib
+import functools
 import math
 import os
 import types
@@ -252,9 +253,43 @@ def load_adapter(base_model, adapter_path, adapter_name: str = "default", is_tra
 # --------------------------------------------------------------------------------------------
 # Codes and loss
 # --------------------------------------------------------------------------------------------
+def _forward_on_two_rows(lstm: torch.nn.LSTM, x: torch.Tensor, hx=None):
+    """nn.LSTM.forward, with a one-row input run beside a row of zeros (see _lstms_on_two_rows)."""
+    dim = 0 if lstm.batch_first else 1
+    if hx is not None or x.dim() != 3 or x.shape[dim] != 1:
+        return torch.nn.LSTM.forward(lstm, x, hx)
+    out, (h, c) = torch.nn.LSTM.forward(lstm, torch.cat([x, torch.zeros_like(x)], dim=dim))
+    return out.narrow(dim, 0, 1), (h[:, :1], c[:, :1])
+
+
+@contextlib.contextmanager
+def _lstms_on_two_rows(codec):
+    """While encoding, every LSTM of the codec runs on at least two rows.
+
+    Why: on a CPU (oneDNN, torch 2.13), an LSTM call over ONE row takes another kernel path than a
+    call over two or more and rounds differently: about 2 codes in 100,000 flipped (near-ties between
+    codebook entries). Over two or more rows, each row comes out bit-identical whatever the rows beside
+    it and however many there are (measured on musicgen-small's codec and the tiny one, 1 and 2
+    threads); the convolutions and the quantizer are row-independent at any count. So a clip's codes
+    are the same alone, beside its other channel or in a batch of other clips: batched encoding
+    (encoding.encode_batched) gives exactly encode_pieces' codes. The price, for a mono piece encoded
+    alone: musicgen-small's LSTM took 2.3 s instead of 0.8 s per 15 s on one CPU thread (eight rows:
+    3.2 s); stereo pieces already run two rows. Not measured on a GPU.
+    """
+    lstms = [m for m in codec.modules() if isinstance(m, torch.nn.LSTM) and "forward" not in vars(m)]
+    for lstm in lstms:  # an instance attribute: only this codec, only inside this block
+        lstm.forward = functools.partial(_forward_on_two_rows, lstm)
+    try:
+        yield
+    finally:
+        for lstm in lstms:
+            del lstm.forward
+
+
 @torch.no_grad()
 def encode_audio(model, audio: torch.Tensor) -> torch.Tensor:
-    """(B, N) float audio -> (B, K, T) EnCodec codes with the model's own codec (frozen).
+    """(B, N) float audio -> (B, K, T) EnCodec codes with the model's own codec (frozen); each row's
+    codes do not depend on the other rows or on B (_lstms_on_two_rows).
 
     Always in the codec's own dtype with autocast off: codes must not depend on --fp16/--bf16, or
     cached and uncached training would see different tokens.
@@ -262,7 +297,7 @@ def encode_audio(model, audio: torch.Tensor) -> torch.Tensor:
     base = unwrap_base(model)
     codec = base.audio_encoder
     param = next(codec.parameters())
-    with torch.autocast(device_type=param.device.type, enabled=False):
+    with torch.autocast(device_type=param.device.type, enabled=False), _lstms_on_two_rows(codec):
         out = codec.encode(audio.unsqueeze(1).to(param.device, param.dtype))
     codes = out.audio_codes  # (chunks=1, B, K, T)
     if codes.shape[0] != 1:
@@ -270,22 +305,40 @@ def encode_audio(model, audio: torch.Tensor) -> torch.Tensor:
     return codes[0]
 
 
-def encode_channels(model, piece) -> torch.Tensor:
-    """One piece, (n,) or (C, n) with C the model's audio channels -> codes (K, T): each channel
-    through the mono codec on its own, rows interleaved [L0, R0, L1, ...] as generate() does."""
+def channel_rows(model, piece) -> torch.Tensor:
+    """One piece, (n,) or (C, n) with C the model's audio channels -> (C, n): the mono clips the codec
+    encodes, one per channel."""
     piece = torch.as_tensor(piece)
     piece = piece.reshape(1, -1) if piece.dim() == 1 else piece
     channels = model_info(model)["audio_channels"]
     if piece.shape[0] != channels:
         raise ValueError(f"audio has {piece.shape[0]} channels, the model {channels} (audio.AudioPieces sets them)")
-    codes = encode_audio(model, piece)  # the channels as a batch of mono clips: (C, K_c, T)
-    return interleave_channels(list(codes))
+    return piece
+
+
+def encode_same_length(model, pieces) -> list[torch.Tensor]:
+    """Pieces of one length ((n,) or (C, n) each) -> their codes (K, T), in ONE codec call: every
+    channel of every piece is a row of the batch, so nothing is padded, and each piece's codes are
+    exactly those it gets alone (encode_audio). Rows are interleaved [L0, R0, L1, ...] per piece, as
+    generate() does."""
+    rows = [channel_rows(model, piece) for piece in pieces]
+    if len({r.shape[-1] for r in rows}) > 1:
+        raise ValueError("pieces of different lengths: padding would change the shorter ones' last frames")
+    codes = encode_audio(model, torch.cat(rows))  # (pieces x C, K_c, T)
+    c = rows[0].shape[0]
+    return [interleave_channels(list(codes[i * c:(i + 1) * c])) for i in range(len(rows))]
+
+
+def encode_channels(model, piece) -> torch.Tensor:
+    """One piece, (n,) or (C, n) with C the model's audio channels -> codes (K, T): each channel
+    through the mono codec, rows interleaved [L0, R0, L1, ...] as generate() does."""
+    return encode_same_length(model, [piece])[0]
 
 
 def encode_pieces(model, pieces) -> torch.Tensor:
-    """A clip's pieces (audio_io.AudioPieces: ~30 s each, in order) -> codes (K, T), each piece
-    encoded on its own. The code cache and the uncached path both encode here, one clip at a time,
-    so zero-padding a batch cannot change a clip's last frames, and memory follows the piece."""
+    """A clip's pieces (audio.AudioPieces: ~30 s each, in order) -> codes (K, T), each piece
+    encoded on its own, so memory follows the piece and zero-padding can never change a clip's last
+    frames. encoding.encode_batched gives the same codes for many clips at once."""
     return torch.cat([encode_channels(model, piece) for piece in pieces], dim=-1)
 
 

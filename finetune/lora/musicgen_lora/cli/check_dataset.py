@@ -37,8 +37,9 @@ def main(argv=None):
         num_frames_for_samples,
         valid_frames_for_samples,
     )
+    from musicgen_lora.data.code_store import format_summary, store_summary
     from musicgen_lora.data.dataset import MusicDataset, check_condition_audio
-    from musicgen_lora.data.metadata import read_metadata
+    from musicgen_lora.data.splits import load_splits
 
     sr, hop, k, channels, melody = MUSICGEN_SAMPLE_RATE, MUSICGEN_HOP_LENGTH, MUSICGEN_CODEBOOKS, 1, None
     if args.model_path:
@@ -47,7 +48,10 @@ def main(argv=None):
         info = model_info(load_model_and_processor(args.model_path)[0])
         sr, hop, k, channels = info["sample_rate"], info["hop_length"], info["num_codebooks"], info["audio_channels"]
         melody = info["chroma_length"] is not None
-    splits = read_metadata(args.data_dir, args.metadata_file)
+    splits = load_splits(args.data_dir, args.metadata_file)
+    store = splits.pop("store", None)  # a --codes_only folder: its codes are read from the store
+    if store is not None:
+        log.info(format_summary(store.dir, store_summary(store.dir)))
     n_target = int(round(args.target_duration * sr))
     frames = num_frames_for_samples(n_target, hop)
     for name, clips in splits.items():
@@ -55,7 +59,7 @@ def main(argv=None):
             log.info(f"{name}: no clips")
             continue
         ds = MusicDataset(clips, sr, args.target_duration, train=False, hop_length=hop, audio_channels=channels,
-                          chroma=bool(melody))
+                          chroma=bool(melody) and store is None, store=store)
         conditioned = check_condition_audio(clips, melody=melody is not False)
         durations, valid_tokens, total_tokens, long = [], 0, 0, []
         for i in range(len(ds)):

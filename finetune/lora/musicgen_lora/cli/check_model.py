@@ -55,7 +55,8 @@ def main(argv=None):
 
     from musicgen_lora.common import resolve_device
     from musicgen_lora.data.dataset import Collator, MusicDataset
-    from musicgen_lora.data.metadata import read_metadata, report_long_descriptions, validation_clips
+    from musicgen_lora.data.metadata import report_long_descriptions, validation_clips
+    from musicgen_lora.data.splits import load_splits
     from musicgen_lora.generation import label_agreement
     from musicgen_lora.modeling import (
         count_parameters,
@@ -88,7 +89,7 @@ def main(argv=None):
     if right < 1.0:
         raise UserError(f"{args.model_path}: training labels match this model's own generation at only "
                         f"{100 * right:.1f}% of positions; this checkpoint's code layout is not one the toolkit knows")
-    splits = read_metadata(args.data_dir, args.metadata_file)
+    splits = load_splits(args.data_dir, args.metadata_file)  # a --codes_only folder: its kept validation audio
     clips = validation_clips(splits)
     if args.max_clips:
         clips = clips[: args.max_clips]

@@ -46,7 +46,8 @@ from musicgen_lora.cli.args import (
 )
 from musicgen_lora.cli.runner import cli
 from musicgen_lora.common import UserError, log, resolve_device
-from musicgen_lora.data.metadata import read_metadata, report_long_descriptions, validation_clips
+from musicgen_lora.data.metadata import report_long_descriptions, validation_clips
+from musicgen_lora.data.splits import is_store_folder, load_splits
 from musicgen_lora.evaluation.listen_server import DEFAULT_PORT, serve
 from musicgen_lora.evaluation.listening import tally_folder, tally_lines
 from musicgen_lora.model_card import update_listened_cards
@@ -176,7 +177,7 @@ def default_data(args) -> tuple[str | None, str, str | None]:
     if not run.get("data_dir"):
         return None, args.metadata_file, None
     data_dir, meta = recorded_path(run_dir, run, "data_dir"), run.get("metadata_file", "metadata.json")
-    if data_dir is not None and (data_dir / meta).is_file():
+    if data_dir is not None and ((data_dir / meta).is_file() or is_store_folder(data_dir, meta)):
         log.info(f"held-out loss and FAD on the run's validation set: {data_dir} (from "
                  f"{run_dir / 'run_config.json'}; --data_dir overrides)")
         return str(data_dir), meta, None
@@ -257,7 +258,7 @@ def evaluate(args, out: Path):
         if not data_dir:
             raise UserError("--continuation_prompts continues held-out clips: pass --data_dir (the folder holding "
                             "metadata.json), or evaluate a run whose run_config.json names its data")
-        continued = continuation_prompts(validation_clips(read_metadata(data_dir, metadata_file)),
+        continued = continuation_prompts(validation_clips(load_splits(data_dir, metadata_file)),
                                          args.continuation_prompts, {p.id for p in prompts})
         log.info(f"continuations: every model continues the first {args.prompt_seconds:g} s of "
                  f"{', '.join(Path(p.audio_prompt).name for p in continued)} (held out) to {args.duration:g} s; the "
@@ -287,7 +288,7 @@ def evaluate(args, out: Path):
     bank = ModelBank(model, specs)
     if data_dir:
         loader, valid = validation_loader(processor, model, data_dir, metadata_file, training_window(args),
-                                          args.batch_size)
+                                          args.batch_size, run_config_of(args)[1].get("max_valid_clips"))
         numbers = held_out_losses(bank, specs, loader, progress=not args.no_progress)
         reference = reference_embeddings(model, valid)
     elif not notes:

@@ -6,6 +6,11 @@
     python prepare_data.py --input_zip /music/archive_batch_*.zip --descriptions_file /music/metadata.jsonl \\
         --output_dir ../data --normalize_loudness -14
 
+    # a large collection straight to codes: no training WAVs, one committed unit per zip, resumable;
+    # several processes/GPUs: accelerate launch prepare_data.py ... (each takes its own units)
+    python prepare_data.py --input_zip /music/archive_batch_*.zip --output_dir ../data_large \
+        --model_path /path/to/musicgen-small --codes_only
+
     # encode every clip with EnCodec once, ahead of training (train_lora.py reads the same cache)
     python prepare_data.py --pretokenize --model_path /path/to/musicgen-small --data_dir ../data
 
@@ -13,6 +18,7 @@
 
 See DATA_PREPARATION.md for the rules (segments, silence, descriptions, split) and the cache.
 """
+import os
 import sys
 from pathlib import Path
 
@@ -88,6 +94,18 @@ def build_parser():
     t.add_argument("--cache_dir", default=None, help="Code cache folder (default: DATA_DIR/.codes_cache).")
     t.add_argument("--device", default="auto", help="auto, cpu or cuda, for --pretokenize.")
 
+    s = p.add_argument_group("straight to codes (large collections)")
+    s.add_argument("--codes_only", action="store_true",
+                   help="Encode the collection's segments with --model_path's EnCodec into OUTPUT_DIR/code_store/ "
+                        "instead of writing training WAVs (validation segments are kept as audio). One unit per zip "
+                        "or --shard_size files of a folder, committed whole: a re-run skips committed units.")
+    s.add_argument("--shard_size", type=positive_int, default=1000,
+                   help="Files per unit of an --input_dir with --codes_only (a zip is always one unit).")
+    s.add_argument("--encode_batch_size", type=positive_int, default=None,
+                   help="Segments per EnCodec call with --codes_only (default: 8 on a GPU, 1 on a CPU, where "
+                        "batching was slower and took more memory). A 15 s segment of musicgen-small's "
+                        "codec costs ~0.5 GiB while it is encoded.")
+
     e = p.add_argument_group("example data")
     e.add_argument("--create_example", action="store_true",
                    help="Write a synthetic text-conditioned example set (5 styles, 8-20 s clips).")
@@ -138,6 +156,13 @@ def check_args(args):
         raise UserError("--create_example and --input_dir/--input_zip exclude each other; run them separately")
     if args.pretokenize and not args.model_path:
         raise UserError("--pretokenize needs --model_path (the MusicGen whose EnCodec you train with)")
+    if args.codes_only:
+        if not collection:
+            raise UserError("--codes_only encodes a collection: pass --input_dir and/or --input_zip")
+        if not args.model_path:
+            raise UserError("--codes_only needs --model_path (the MusicGen whose EnCodec you will train with)")
+        if args.pretokenize:
+            raise UserError("--codes_only already stores the codes; drop --pretokenize")
 
 
 @cli
@@ -146,6 +171,8 @@ def main(argv=None):
     check_args(args)
 
     collection = bool(args.input_dir or args.input_zip)
+    if args.codes_only:  # no folder lock: several processes share the folder, each unit has one writer
+        return prepare_codes(args)
     if args.create_example or collection:
         with output_lock(Path(args.output_dir), TOOL):  # one writer per data folder
             if args.create_example:
@@ -156,8 +183,8 @@ def main(argv=None):
         pretokenize(args)
 
 
-def prepare(args):
-    settings = PrepareSettings(
+def settings_of(args) -> PrepareSettings:
+    return PrepareSettings(
         output_dir=Path(args.output_dir), input_dirs=args.input_dir, input_zips=args.input_zip,
         metadata_file=args.metadata_file, segment_duration=args.segment_duration,
         min_segment_ratio=args.min_segment_ratio, silence_threshold_db=args.silence_threshold_db,
@@ -166,9 +193,39 @@ def prepare(args):
         valid_ratio=0.1 if args.valid_ratio is None else args.valid_ratio,
         normalize_loudness=args.normalize_loudness, overwrite=args.overwrite, progress=not args.no_progress,
         max_member_mb=args.max_member_mb, max_compression_ratio=args.max_compression_ratio)
-    report = prepare_collection(settings)
+
+
+def prepare(args):
+    report = prepare_collection(settings_of(args))
     for line in summary_lines(report, Path(args.output_dir), args.metadata_file):
         log.info(line)
+
+
+def prepare_codes(args):
+    """--codes_only: this process's units of the collection into the code store (store_preparation.py)."""
+    import torch
+
+    from musicgen_lora.common import resolve_device  # torch: after parsing only
+    from musicgen_lora.data.code_store import StoreKey, format_summary, store_summary
+    from musicgen_lora.data.store_preparation import prepare_codes as encode_units
+    from musicgen_lora.data.units import process_rank
+    from musicgen_lora.encoding import default_batch_size
+    from musicgen_lora.modeling import load_model_and_processor
+
+    device = resolve_device(args.device)
+    world = process_rank()[1]
+    if world > 1 and str(device) == "cpu":  # processes sharing one machine's cores: split them, not oversubscribe
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // world)))
+    model, _ = load_model_and_processor(args.model_path, device=device)
+    batch_size = args.encode_batch_size or default_batch_size(model)
+    result = encode_units(settings_of(args), model, StoreKey.for_model(model), args.shard_size, batch_size)
+    segments = sum(sum(r["segments"].values()) for r in result["reports"])
+    files = sum(r["files"] for r in result["reports"])
+    log.info(f"encoded {result['encoded_units']} unit(s), {files} files -> {segments} segments in "
+             f"{result['seconds']:.1f} s; {result['skipped_units']} unit(s) were already committed")
+    for z in result["broken_zips"]:
+        log.warning(f"warning: {z['source']}: {z['reason']}; none of its files were read")
+    log.info(format_summary(result["store_dir"], store_summary(result["store_dir"])))
 
 
 if __name__ == "__main__":

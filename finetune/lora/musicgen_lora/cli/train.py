@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--cache_dir", default=D.cache_dir,
                    help="EnCodec code cache (default: DATA_DIR/.codes_cache); each clip is encoded once and "
                         "re-encoded only when its audio, the codec or the sample rate changes.")
+    a.add_argument("--max_valid_clips", type=positive_int, default=D.max_valid_clips,
+                   help="Validate on at most this many clips, evenly spaced over the validation set, the same ones "
+                        "at every evaluation (default: all; for collections whose validation would take an hour).")
     a.add_argument("--no_cache", action="store_true",
                    help="Encode clips with EnCodec at every step instead of reading cached codes (same tokens, "
                         "slower).")

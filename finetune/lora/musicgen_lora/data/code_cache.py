@@ -39,10 +39,16 @@ from musicgen_lora import chroma
 from musicgen_lora.audio import RESAMPLER, AudioPieces, piece_samples
 from musicgen_lora.common import UserError, log, resolve_device
 from musicgen_lora.data.metadata import read_metadata
+from musicgen_lora.encoding import encode_batched
 from musicgen_lora.modeling import encode_pieces, load_model_and_processor, model_info, unwrap_base
 from musicgen_lora.outputs import atomic_file, atomic_write_text, clean_stale
 
 CACHE_FORMAT = 1
+# How a clip's codes are computed, beyond the samples: piece by piece (audio.piece_samples), every
+# codec LSTM over at least two rows (modeling._lstms_on_two_rows). The "-2row" marks the change that
+# made batched codes equal single ones: a mono clip encoded alone before it could differ in ~2 codes
+# per 100,000, so entries written before are re-encoded rather than mixed with new ones.
+ENCODE_RULE = "pieces-2row"
 DEFAULT_CACHE_NAME = ".codes_cache"
 HASH_MEMO_NAME = "file_hashes.json"
 # git's "racy clean" rule: a file written within this long before it was hashed could be written
@@ -118,6 +124,30 @@ def codec_identity(model) -> str:
     return h.hexdigest()
 
 
+def codec_settings(model, sample_rate: int) -> dict:
+    """Besides the codec's weights (codec_identity), what decides the codes a clip gets: the samples
+    the codec sees (rate, channel layout, resampler, piece-wise encoding) and the dtype it runs in.
+    The code cache keys on these (with its CACHE_FORMAT) and the code store (code_store.StoreKey)
+    on the same values, so the rules live here once."""
+    param = next(unwrap_base(model).audio_encoder.parameters())
+    info = model_info(model)
+    hop, channels = info["hop_length"], info["audio_channels"]
+    # "mono-mean" keeps mono entries written before stereo support valid.
+    layout = "mono-mean" if channels == 1 else f"{channels}ch-interleaved"
+    return {"sample_rate": int(sample_rate), "channels": layout, "resampler": RESAMPLER, "encode": ENCODE_RULE,
+            "piece_samples": piece_samples(sample_rate, hop), "dtype": str(param.dtype), "hop_length": hop}
+
+
+def save_codes(path, codes: torch.Tensor, num_samples: int, sample_rate: int, source):
+    """Write one entry (the format load_codes reads), atomically."""
+    from safetensors.torch import save_file
+
+    with atomic_file(Path(path)) as tmp:
+        save_file({"codes": codes.to(torch.int32).contiguous()}, str(tmp),
+                  metadata={"num_samples": str(num_samples), "sample_rate": str(sample_rate),
+                            "source": os.fsencode(str(source)).decode("utf-8", "backslashreplace")})
+
+
 def load_codes(path) -> tuple[torch.Tensor, int]:
     """Read one entry: (codes (K, T) long, num_samples of the clip it encodes)."""
     from safetensors import safe_open
@@ -138,15 +168,8 @@ class CodeCache:
     def __init__(self, cache_dir, model, sample_rate: int):
         self.dir = Path(cache_dir)
         self.model = model
-        param = next(unwrap_base(model).audio_encoder.parameters())
-        info = model_info(model)
-        hop = info["hop_length"]
-        self.channels = info["audio_channels"]
-        # "mono-mean" keeps mono entries written before stereo support valid.
-        layout = "mono-mean" if self.channels == 1 else f"{self.channels}ch-interleaved"
-        self.settings = {"format": CACHE_FORMAT, "sample_rate": int(sample_rate), "channels": layout,
-                         "resampler": RESAMPLER, "encode": "pieces", "piece_samples": piece_samples(sample_rate, hop),
-                         "dtype": str(param.dtype), "hop_length": hop}
+        self.channels = model_info(model)["audio_channels"]
+        self.settings = {"format": CACHE_FORMAT, **codec_settings(model, sample_rate)}
         self.codec_id = codec_identity(model)
         self.stats = {"hits": 0, "misses": 0}
         self.hashes = FileHashMemo(self.dir / HASH_MEMO_NAME)
@@ -161,12 +184,15 @@ class CodeCache:
     def entry_path(self, key: str) -> Path:
         return self.dir / key[:2] / f"{key}.safetensors"
 
+    def pieces(self, audio_path) -> AudioPieces:
+        """The clip as the codec reads it: pieces at the cache's rate, piece length and channels."""
+        return AudioPieces(audio_path, self.settings["sample_rate"], self.settings["piece_samples"], self.channels)
+
     def encode(self, audio_path) -> tuple[torch.Tensor, int]:
         """Encode a whole clip piece by piece, exactly as the uncached training path does (one
         piece in memory at a time, however long the clip)."""
-        audio = AudioPieces(audio_path, self.settings["sample_rate"], self.settings["piece_samples"], self.channels)
-        codes = encode_pieces(self.model, (audio.read(j) for j in range(audio.num_pieces)))
-        return codes.cpu(), audio.num_samples
+        audio = self.pieces(audio_path)
+        return encode_pieces(self.model, _read_pieces(audio)).cpu(), audio.num_samples
 
     def get_or_encode(self, audio_path) -> Path:
         """Path of the clip's entry, encoding and storing it first on a miss."""
@@ -180,23 +206,41 @@ class CodeCache:
         return path
 
     def _write(self, path: Path, codes: torch.Tensor, num_samples: int, source):
-        from safetensors.torch import save_file
+        save_codes(path, codes, num_samples, self.settings["sample_rate"], source)
 
-        with atomic_file(path) as tmp:
-            save_file({"codes": codes.to(torch.int32).contiguous()}, str(tmp),
-                      metadata={"num_samples": str(num_samples), "sample_rate": str(self.settings["sample_rate"]),
-                                "source": os.fsencode(str(source)).decode("utf-8", "backslashreplace")})
-
-    def fill(self, clips, desc="encoding", progress=True) -> list[str]:
-        """Entry paths for these clips (in order), encoding the missing ones with a files/s bar."""
-        paths = []
+    def fill(self, clips, desc="encoding", progress=True, batch_size: int | None = None) -> list[str]:
+        """Entry paths for these clips (in order), encoding the missing ones with a files/s bar,
+        `batch_size` pieces per codec call (encoding.encode_batched: the codes `encode` gives, so
+        the entries are the same whether a cache is filled batched or one clip at a time; None: 8 on
+        a GPU, 1 on a CPU)."""
+        sources = [getattr(clip, "audio_path", clip) for clip in clips]
+        paths = [None] * len(sources)
         start = time.time()
         hits0, misses0, hashed0 = self.stats["hits"], self.stats["misses"], self.hashes.hashed
-        bar = tqdm(clips, desc=desc, unit="file", disable=not progress, leave=False)
+        bar = tqdm(total=len(sources), desc=desc, unit="file", disable=not progress, leave=False)
+
+        def misses():
+            """Hits are recorded as they are met; each missing entry goes to the encoder once (a
+            second copy of the same audio is a hit, as when it was met after the first was written)."""
+            queued = set()
+            for i, source in enumerate(sources):
+                path = self.entry_path(self.key(source))
+                paths[i] = str(path)
+                if path.is_file() or path in queued:
+                    self.stats["hits"] += 1
+                    bar.update()
+                    continue
+                queued.add(path)
+                audio = self.pieces(source)
+                yield (path, source, audio.num_samples), _read_pieces(audio)
+
         try:
-            for clip in bar:
-                paths.append(str(self.get_or_encode(getattr(clip, "audio_path", clip))))
+            for (path, source, num_samples), codes in encode_batched(self.model, misses(), batch_size):
+                self._write(path, codes, num_samples, source)
+                self.stats["misses"] += 1
+                bar.update()
         finally:  # keep the hashes done so far, even when a clip fails to decode
+            bar.close()
             self.hashes.save()
         elapsed = time.time() - start
         misses = self.stats["misses"] - misses0
@@ -205,6 +249,11 @@ class CodeCache:
                           "hashed": self.hashes.hashed - hashed0, "seconds": elapsed,
                           "files_per_s": len(paths) / elapsed if elapsed > 0 else float("inf")}
         return paths
+
+
+def _read_pieces(audio: AudioPieces):
+    """A clip's pieces in order, read one at a time as the encoder asks for them."""
+    return (audio.read(j) for j in range(audio.num_pieces))
 
 
 class ChromaCache:

@@ -43,7 +43,9 @@ class MusicDataset(torch.utils.data.Dataset):
     def __init__(self, clips: list[Clip], sample_rate: int, target_duration: float, train: bool, seed: int = 0, *,
                  hop_length: int, code_files: list[str] | None = None, piece_samples: int | None = None,
                  audio_channels: int, word_dropout: float = 0.0, chroma: bool = False,
-                 chroma_files: list[str] | None = None, chroma_dropout: float = 0.0):
+                 chroma_files: list[str] | None = None, chroma_dropout: float = 0.0, store=None):
+        if store is not None and (code_files is not None or any(c.store_index is None for c in clips)):
+            raise ValueError("a code store serves clips of the store only, without code files")
         if code_files is not None and len(code_files) != len(clips):
             raise ValueError("one code file per clip expected")
         if chroma_files is not None and len(chroma_files) != len(clips):
@@ -56,6 +58,7 @@ class MusicDataset(torch.utils.data.Dataset):
         self.piece_samples = piece_samples or default_piece_samples(sample_rate, hop_length)
         self.window_frames = num_frames_for_samples(self.num_samples, hop_length)
         self.code_files = code_files
+        self.store = store  # code_store.CodeStore: each item reads only its window's frames
         self.word_dropout = word_dropout if train else 0.0
         self.chroma = chroma or chroma_files is not None
         self.chroma_files = chroma_files
@@ -78,7 +81,9 @@ class MusicDataset(torch.utils.data.Dataset):
         """Clip `idx` with its training window: the one drawn for this epoch (or the start, in
         validation), or the window at `frame_offset` when given."""
         clip = self.clips[idx]
-        if self.code_files is not None:
+        if self.store is not None:
+            num_samples = self.store.num_samples(clip.store_index)
+        elif self.code_files is not None:
             codes, num_samples = load_codes(self.code_files[idx])
         else:
             audio = AudioPieces(clip.audio_path, self.sample_rate, self.piece_samples, self.audio_channels)
@@ -88,7 +93,11 @@ class MusicDataset(torch.utils.data.Dataset):
             valid_frames_for_samples(num_samples, self.hop_length), self.window_frames, rng)
         description = drop_words(clip.description, self.word_dropout, rng) if rng is not None else clip.description
         item = {"description": description, "index": idx, "frame_offset": offset, "num_samples": num_samples}
-        if self.code_files is not None:
+        if self.store is not None:  # the store reads from the offset on: crop as codes starting there
+            window = self.store.window(clip.store_index, offset, self.window_frames)
+            item["codes"], item["num_frames"] = crop_codes(window, num_samples, offset, self.window_frames,
+                                                           self.hop_length, codes_start_frame=offset)
+        elif self.code_files is not None:
             item["codes"], item["num_frames"] = crop_codes(codes, num_samples, offset, self.window_frames,
                                                            self.hop_length)
         else:

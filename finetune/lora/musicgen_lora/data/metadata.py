@@ -33,6 +33,7 @@ class Clip:
     duration: float | None = None  # seconds, when known
     where: str = ""  # "metadata.json: entry 3", for messages about this clip
     condition_path: Path | None = None  # MusicGen-Melody: the audio whose chroma conditions it (None: the clip)
+    store_index: int | None = None  # a clip of the code store (prepare_data.py --codes_only): its codes' index
 
     @property
     def melody_path(self) -> Path:
@@ -144,10 +145,15 @@ def warn_duplicates(splits: dict, meta_path: Path):
                     f"validation loss on them measures memory, not generalisation; remove them from one split")
 
 
-def validation_clips(splits: dict) -> list[Clip]:
+def validation_clips(splits: dict, max_clips: int | None = None) -> list[Clip]:
     """The validation set: the "valid" split, or (when there is none) the first tenth of the training
-    clips -- the one rule the trainer, evaluate.py and test_model.py share."""
-    return splits["valid"] or splits["train"][: max(1, len(splits["train"]) // 10)]
+    clips -- the one rule the trainer, evaluate.py and test_model.py share. With max_clips, that many
+    of them evenly spaced (a large collection's validation set would take an hour per evaluation;
+    spacing keeps every part of the collection in it, and the same clips at every evaluation)."""
+    clips = splits["valid"] or splits["train"][: max(1, len(splits["train"]) // 10)]
+    if max_clips is None or len(clips) <= max_clips:
+        return clips
+    return [clips[i * len(clips) // max_clips] for i in range(max_clips)]
 
 
 # --------------------------------------------------------------------------------------------

@@ -227,7 +227,8 @@ def _decode_source(src: Source, zips: ZipReader, sample_rate: int) -> np.ndarray
 
 
 # --------------------------------------------------------------------------------------------
-# Descriptions: sidecar .txt, then --descriptions_file, then --default_description
+# Descriptions: sidecar .txt, then --descriptions_file, then the collection's metadata.jsonl, then
+# --default_description
 # --------------------------------------------------------------------------------------------
 class DescriptionIndex:
     """Descriptions from a JSONL ({"path", "description", ...} per line) or CSV (path,description) file.
@@ -236,22 +237,21 @@ class DescriptionIndex:
     when exactly one entry has that file name.
     """
 
-    def __init__(self, path=None):
+    def __init__(self, path=None, rows=None):
         self.by_path, self.by_name = {}, {}
-        if path is None:
-            return
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"{path}: --descriptions_file not found")
-        if path.suffix.lower() == ".csv":
-            rows = self._read_csv(path)
-        elif path.suffix.lower() in (".jsonl", ".ndjson"):
-            rows = self._read_jsonl(path)
-        else:
-            raise UserError(f"{path}: --descriptions_file must be .jsonl ({{\"path\", \"description\"}} per line) "
-                            f"or .csv (columns path,description)")
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise UserError(f"{path}: --descriptions_file not found")
+            if path.suffix.lower() == ".csv":
+                rows = self._read_csv(path)
+            elif path.suffix.lower() in (".jsonl", ".ndjson"):
+                rows = self._read_jsonl(path)
+            else:
+                raise UserError(f"{path}: --descriptions_file must be .jsonl ({{\"path\", \"description\"}} per "
+                                f"line) or .csv (columns path,description)")
         ambiguous = set()
-        for _line, p, text in rows:
+        for _line, p, text in rows or ():
             key = self._norm(p)
             self.by_path[key] = text
             name = PurePosixPath(key).name
@@ -268,10 +268,15 @@ class DescriptionIndex:
             p = p[2:]
         return p.lstrip("/")
 
+    def __bool__(self):
+        return bool(self.by_path)
+
     @staticmethod
-    def _read_jsonl(path: Path):
+    def _read_jsonl(path, text: str | None = None):
+        """Rows of a JSONL file (or of its `text`, e.g. a zip member's, with `path` naming it in errors)."""
         rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        text = Path(path).read_text(encoding="utf-8") if text is None else text
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -307,13 +312,69 @@ class DescriptionIndex:
         return self.by_name.get(PurePosixPath(key).name)
 
 
+# The collection's own descriptions, found without a flag: the seed format ships `metadata.jsonl`
+# ({"path": "audio/track1.wav", "duration", "sample_rate", "description"} per line) beside the zip
+# batches, or inside them. Paths are relative to the zip's root (or the input folder's); a file name
+# that is unique in the index matches too (nested folders inside a zip).
+COLLECTION_INDEX = "metadata.jsonl"
+MAX_INDEX_BYTES = 256 * 2**20  # a million lines of descriptions; a larger member is not an index
+
+
+class FoundIndexes:
+    """metadata.jsonl files found beside each --input_zip, inside it (any folder level), and at the
+    top of each --input_dir; read once each, when a source first needs one."""
+
+    def __init__(self, input_dirs=(), input_zips=()):
+        self.roots = [Path(d) for d in input_dirs]
+        self.cache: dict[str, DescriptionIndex] = {}
+
+    def _load(self, key: str, read) -> DescriptionIndex:
+        if key not in self.cache:
+            self.cache[key] = read() or DescriptionIndex()
+        return self.cache[key]
+
+    @staticmethod
+    def _from_file(path: Path):
+        return DescriptionIndex(rows=DescriptionIndex._read_jsonl(path)) if path.is_file() else None
+
+    def _inside(self, zip_path: Path, zips: ZipReader):
+        zf = zips.open(zip_path)
+        members = sorted((i for i in zf.infolist() if PurePosixPath(i.filename).name == COLLECTION_INDEX
+                          and not i.is_dir() and i.file_size <= MAX_INDEX_BYTES), key=lambda i: i.filename.count("/"))
+        if not members:
+            return None
+        member = members[0].filename
+        raw = zips.read(zip_path, member, limit=MAX_INDEX_BYTES)
+        rows = DescriptionIndex._read_jsonl(f"{zip_path}:{member}", raw.decode("utf-8", errors="replace"))
+        # Its paths are relative to its own folder: member "batch/metadata.jsonl" says "audio/a.wav"
+        # for "batch/audio/a.wav"; keyed by the member name, a lookup needs no prefix games.
+        folder = str(PurePosixPath(member).parent)
+        prefix = "" if folder == "." else folder + "/"
+        return DescriptionIndex(rows=[(n, prefix + DescriptionIndex._norm(p), text) for n, p, text in rows])
+
+    def lookup(self, src: Source, zips: ZipReader) -> str | None:
+        if src.zip_path is not None:
+            inside = self._load(f"in:{src.zip_path}", lambda: self._inside(src.zip_path, zips))
+            folder = src.zip_path.parent
+            beside = self._load(f"by:{folder}", lambda: self._from_file(folder / COLLECTION_INDEX))
+            return inside.lookup(src.rel) or beside.lookup(src.rel)
+        for root in self.roots:
+            if _inside(root, src.path):
+                index = self._load(f"top:{root}", lambda r=root: self._from_file(r / COLLECTION_INDEX))
+                return index.lookup(src.rel)
+        return None
+
+
 # A description is a line or a paragraph; reading more than this of a sidecar is never useful (the
 # text is cut to dataset.MAX_TEXT_TOKENS tokens anyway) and a huge file must not fill memory.
 MAX_SIDECAR_BYTES = 64 * 1024
 
 
-def describe(src: Source, index: DescriptionIndex, default: str | None, zips: ZipReader):
-    """(description, where it came from) or (None, None)."""
+def describe(src: Source, index: DescriptionIndex, default: str | None, zips: ZipReader,
+             found: "FoundIndexes | None" = None):
+    """(description, where it came from) or (None, None). Order: the sidecar .txt, --descriptions_file,
+    the collection's own metadata.jsonl (inside the source's zip, else beside the zip or at the input
+    folder's top: FoundIndexes), --default_description."""
     if src.sidecar:
         if src.path is not None:
             with open(src.sidecar, "rb") as f:
@@ -326,6 +387,9 @@ def describe(src: Source, index: DescriptionIndex, default: str | None, zips: Zi
     text = index.lookup(src.rel)
     if text:
         return text, "descriptions_file"
+    text = found.lookup(src, zips) if found is not None else None
+    if text:
+        return text, "metadata_jsonl"
     if default and default.strip():
         return default.strip(), "default"
     return None, None
@@ -488,9 +552,10 @@ def describe_sources(sources: list[Source], s: PrepareSettings, zips: ZipReader)
     """{source name: description} and how many came from where; with --require_description, a
     file without one stops the run before anything is written."""
     index = DescriptionIndex(s.descriptions_file)
-    described, origins, missing = {}, {"sidecar": 0, "descriptions_file": 0, "default": 0}, []
+    found = FoundIndexes(s.input_dirs, s.input_zips)
+    described, origins, missing = {}, {"sidecar": 0, "descriptions_file": 0, "metadata_jsonl": 0, "default": 0}, []
     for src in sources:
-        text, origin = describe(src, index, s.default_description, zips)
+        text, origin = describe(src, index, s.default_description, zips, found)
         if text is None:
             missing.append(src.name)
         else:
@@ -632,7 +697,8 @@ def summary_lines(report: dict, out: Path, metadata_file: str) -> list[str]:
         f"{sp['train']['hours']:.3f} h; valid: {plural(sp['valid']['segments'], 'segment')} from "
         f"{plural(sp['valid']['tracks'], 'track')}, {sp['valid']['hours']:.3f} h",
         f"descriptions: {described}/{found} files ({100 * described / max(found, 1):.0f}%): {d['sidecar']} sidecar "
-        f".txt, {d['descriptions_file']} descriptions file, {d['default']} default",
+        f".txt, {d['descriptions_file']} descriptions file, {d.get('metadata_jsonl', 0)} metadata.jsonl, "
+        f"{d['default']} default",
     ]
     shown = [r for r in report["skipped"] if r["kind"] != "no description"]
     for r in shown[:5]:

@@ -16,7 +16,8 @@ import numpy as np
 
 from musicgen_lora.common import UserError, log, uniform_loss
 from musicgen_lora.data.dataset import Collator, MusicDataset
-from musicgen_lora.data.metadata import read_metadata, report_long_descriptions, validation_clips
+from musicgen_lora.data.metadata import report_long_descriptions, validation_clips
+from musicgen_lora.data.splits import load_splits
 from musicgen_lora.evaluation.scoring import BASE, TOOL, score_rows, time_marks, write_results
 from musicgen_lora.evaluation.style_distance import encodec_embeddings, frechet_distance
 from musicgen_lora.generation import clip_windows, generate_jobs, job_chroma, read_melodies, write_clip, write_wav
@@ -307,14 +308,18 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
     return summary
 
 
-def validation_loader(processor, model, data_dir, metadata_file, window: float, batch_size: int):
+def validation_loader(processor, model, data_dir, metadata_file, window: float, batch_size: int,
+                      max_valid_clips: int | None = None):
     """The trainer's validation set and collation (same clips, crops and labels as step 0; on a
     MusicGen-Melody model, each window's own chroma as the trainer's validation uses it)."""
     import torch
 
 
-    splits = read_metadata(data_dir, metadata_file)
-    clips = validation_clips(splits)
+    splits = load_splits(data_dir, metadata_file)
+    if "store" in splits and not splits["valid"]:
+        raise UserError(f"{data_dir}: its code store keeps no validation audio (prepared with --valid_ratio 0); "
+                        f"held-out loss and FAD need some: prepare with --valid_ratio, or drop --data_dir")
+    clips = validation_clips(splits, max_valid_clips)
     report_long_descriptions(processor.tokenizer, clips)
     info = model_info(model)
     sr, hop = info["sample_rate"], info["hop_length"]

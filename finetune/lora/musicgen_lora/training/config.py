@@ -32,6 +32,7 @@ class TrainConfig:
     num_workers: int = 0
     cache_dir: str | None = None
     no_cache: bool = False
+    max_valid_clips: int | None = None
     # LoRA
     lora_rank: int = 12
     lora_alpha: float = 24

@@ -12,9 +12,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import resource
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -23,10 +22,12 @@ from tqdm.auto import tqdm
 import musicgen_lora.training.checkpointing as ckpt
 from musicgen_lora.audio import piece_samples
 from musicgen_lora.chroma import file_chroma, num_chroma_frames
-from musicgen_lora.common import UserError, log, seed_everything, uniform_loss
+from musicgen_lora.common import UserError, log, peak_rss_mb, seed_everything, uniform_loss
+from musicgen_lora.data import code_store
 from musicgen_lora.data.code_cache import default_cache_dir, open_chroma_cache, open_training_cache
 from musicgen_lora.data.dataset import Collator, MusicDataset, batch_size_of, check_condition_audio, padding_report
-from musicgen_lora.data.metadata import read_metadata, report_long_descriptions, validation_clips
+from musicgen_lora.data.metadata import report_long_descriptions, validation_clips
+from musicgen_lora.data.splits import load_splits
 from musicgen_lora.generation import generate_audio, write_clip
 from musicgen_lora.model_card import write_training_card
 from musicgen_lora.modeling import (
@@ -199,7 +200,9 @@ def setup(cfg: TrainConfig, accelerator) -> Run:
 def load_data(cfg: TrainConfig):
     """The metadata's splits, and the prompts --sample_every will use (read now: a bad prompts file
     is one line before the model loads)."""
-    splits = read_metadata(cfg.data_dir, cfg.metadata_file)
+    splits = load_splits(cfg.data_dir, cfg.metadata_file)
+    if "store" in splits:  # prepare_data.py --codes_only's data
+        log.info(code_store.format_summary(splits["store"].dir, code_store.store_summary(splits["store"].dir)))
     if not splits["train"]:
         raise UserError(f"{cfg.data_dir}/{cfg.metadata_file}: no training clips listed")
     prompts = []
@@ -253,19 +256,25 @@ def make_loaders(cfg: TrainConfig, accelerator, model, processor, info: dict, sp
         log.warning(f"warning: --max_duration {cfg.max_duration} < --target_duration {cfg.target_duration}: "
                     f"training on {window} s windows")
     sr, hop = info["sample_rate"], info["hop_length"]
-    valid_clips = validation_clips(splits)
+    valid_clips = validation_clips(splits, cfg.max_valid_clips)
     if not splits["valid"]:
         log.warning("warning: metadata has no valid split; validating on a slice of the training clips")
     cache_dir = None if cfg.no_cache else Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.data_dir)
     melody = info["chroma_length"] is not None
-    check_condition_audio(splits["train"] + splits["valid"], melody)
-    splits_used = {"train": splits["train"], "valid": valid_clips}
-    with accelerator.main_process_first():
-        code_files = open_training_cache(model, sr, splits_used, cache_dir, device=accelerator.device,
-                                         progress=not cfg.no_progress)
-        chroma_files = open_chroma_cache(cache_dir, info, splits_used, progress=not cfg.no_progress) if melody \
-            else {"train": None, "valid": None}
+    store = splits.get("store")
     layout = {"hop_length": hop, "audio_channels": info["audio_channels"], "chroma": melody}
+    if store is not None:
+        check_store(store, model, melody)
+        code_files, chroma_files = {"train": None, "valid": None}, {"train": None, "valid": None}
+        layout["store"] = store
+    else:
+        check_condition_audio(splits["train"] + splits["valid"], melody)
+        splits_used = {"train": splits["train"], "valid": valid_clips}
+        with accelerator.main_process_first():
+            code_files = open_training_cache(model, sr, splits_used, cache_dir, device=accelerator.device,
+                                             progress=not cfg.no_progress)
+            chroma_files = open_chroma_cache(cache_dir, info, splits_used, progress=not cfg.no_progress) \
+                if melody else {"train": None, "valid": None}
     train_set = MusicDataset(splits["train"], sr, window, train=True, seed=cfg.seed, code_files=code_files["train"],
                              word_dropout=cfg.word_dropout, chroma_files=chroma_files["train"],
                              chroma_dropout=cfg.chroma_dropout or 0.0, **layout)
@@ -281,6 +290,19 @@ def make_loaders(cfg: TrainConfig, accelerator, model, processor, info: dict, sp
     valid_loader = torch.utils.data.DataLoader(shard_for_rank(valid_set, accelerator), batch_size=cfg.batch_size,
                                                shuffle=False, collate_fn=collate, num_workers=cfg.num_workers)
     return train_set, valid_set, train_loader, valid_loader, data_rng
+
+
+def check_store(store, model, melody: bool):
+    """The store's codes must come from this model's codec, settings and layout (code_store.StoreKey)."""
+    want = code_store.StoreKey.for_model(model)
+    differs = want.differences(asdict(store.key))
+    if differs:
+        raise UserError(f"{store.dir}: its codes were made with another codec or settings ({'; '.join(differs)}); "
+                        f"run prepare_data.py --codes_only --model_path with the model you train into a new "
+                        f"--output_dir")
+    if melody:
+        raise UserError(f"{store.dir}: a code store holds no training audio, and MusicGen-Melody trains on each "
+                        f"clip's chroma; prepare the data as WAVs (prepare_data.py without --codes_only)")
 
 
 def log_padding(train_clips, window: float, n_train: int, n_valid: int):
@@ -485,7 +507,7 @@ def report_skipped(run: Run, state: TrainState, loss_finite: bool):
 def peak_memory_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return peak_rss_mb()  # this process's own peak, not a launcher's (common.rss_mb)
 
 
 def log_window(run: Run, state: TrainState):

@@ -1,0 +1,565 @@
+"""The code store: EnCodec codes of a whole collection (100,000s of clips) in a few hundred files, written
+once by the preparation step and read as random windows by training.
+
+The per-clip code cache (code_cache.py) keeps one file per clip, keyed by the audio's bytes: right for a
+folder of a few thousand clips that training encodes as it goes. A collection streamed out of zips has
+no audio files left to hash, and 300,000 small files cost an open per window and a slow listing. So
+codes are grouped in UNITS, one per zip (or per shard of a folder):
+
+    DATA_DIR/code_store/units/<unit_id>/
+        codes.bin    every clip's codes, concatenated along time, frame-major int16 little-endian:
+                     shape (total_frames, K), K = codebooks x channels interleaved [L0, R0, L1, ...]
+                     as the cache does. One window of one clip is one contiguous slice, and int16
+                     holds MusicGen's 2048 codes in half of int32's bytes.
+        index.npy    one row per clip (INDEX_DTYPE): offset and num_frames in frames, num_samples,
+                     split (0 train, 1 valid)
+        clips.jsonl  one JSON object per clip, in index order: name, description, split, duration,
+                     source, plus whatever extra keys the writer passed (e.g. condition_audio)
+        unit.json    format, store key, unit id, the unit's source identity, counts, created time and
+                     a checksum (sha256 of index.npy and clips.jsonl, sizes of all three files)
+
+There is no shared mutable file: listing `units/` is the manifest, so several processes write their
+own units at once with no lock. A unit is written into a temp folder beside it (outputs.temp_path,
+so a dead writer's temp is recognised and swept by clean_stale) and renamed into place in one step:
+a unit either exists complete or not at all. A unit is never edited after that.
+
+Every unit records its StoreKey: the codec's identity and the settings that decide its codes, computed
+by code_cache's own helpers (codec_identity, codec_settings), so the store and the cache agree on
+what makes codes stale. The reader (CodeStore) skips, with one warning line each, a unit written
+under another key or whose files do not match its checksum.
+"""
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from musicgen_lora.codes import num_frames_for_samples
+from musicgen_lora.common import UserError, log
+from musicgen_lora.data.code_cache import codec_identity, codec_settings
+from musicgen_lora.modeling import model_info
+from musicgen_lora.outputs import apply_umask_tree, clean_stale, disk_full_error, remove_path, temp_path
+
+STORE_FORMAT = 1
+STORE_DIR = "code_store"
+UNITS_DIR = "units"
+CODES, INDEX, CLIPS, UNIT = "codes.bin", "index.npy", "clips.jsonl", "unit.json"
+CODE_DTYPE = np.dtype("<i2")
+CODE_MAX = int(np.iinfo(CODE_DTYPE).max)
+INDEX_DTYPE = np.dtype([("offset", "<i8"), ("num_frames", "<i8"), ("num_samples", "<i8"), ("split", "i1")])
+SPLITS = ("train", "valid")  # the split code in index.npy is the position here
+ROW_KEYS = ("name", "description", "split", "duration", "source")
+# A leading letter or digit keeps unit ids apart from temp names (".ID.tmp-PID-...") and dotfiles.
+UNIT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# codes.bin files held open per process (one file descriptor each; the usual soft limit is 1024).
+# A store of 300 units of 1,000 clips never reaches this bound; a bigger one closes the least recent.
+MAX_OPEN_UNITS = 512
+# Parsed clips.jsonl of this many units are kept for clip_info (a unit's rows: ~1,000 dicts).
+ROW_CACHE_UNITS = 4
+
+
+def default_store_dir(data_dir) -> Path:
+    return Path(data_dir) / STORE_DIR
+
+
+def units_dir(store_dir) -> Path:
+    return Path(store_dir) / UNITS_DIR
+
+
+def check_unit_id(unit_id: str) -> str:
+    if not isinstance(unit_id, str) or not UNIT_ID.fullmatch(unit_id):
+        raise UserError(f"{unit_id!r}: not a usable code-store unit id; use 1-128 letters, digits, '.', '_' or '-', "
+                        f"starting with a letter or digit (e.g. archive_batch_0001 or folder-shard-0003)")
+    return unit_id
+
+
+# --------------------------------------------------------------------------------------------
+# The key: which codes a unit holds
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StoreKey:
+    """What the codes in a unit depend on. A reader only reads units whose key equals its own."""
+
+    codec: str          # code_cache.codec_identity: sha256 of the codec's config and weights
+    sample_rate: int    # the rate clips were resampled to before encoding
+    channels: str       # "mono-mean" or "2ch-interleaved" (code_cache.codec_settings)
+    hop_length: int     # samples per code frame
+    num_codebooks: int  # K, the rows of a clip's codes (codebooks x channels)
+    dtype: str          # the codec's dtype while encoding
+    piece_samples: int  # clips are encoded in pieces of this many samples (audio.piece_samples)
+    resampler: str      # audio.RESAMPLER: another resampler gives other samples, so other codes
+    encode: str         # code_cache.ENCODE_RULE (codes depend on how a clip is cut and run)
+    format: int = STORE_FORMAT
+
+    @classmethod
+    def for_model(cls, model, sample_rate: int | None = None) -> "StoreKey":
+        """The key of codes encoded by this model's codec (at the codec's own rate unless given)."""
+        info = model_info(model)
+        settings = codec_settings(model, sample_rate or info["sample_rate"])
+        return cls(codec=codec_identity(model), num_codebooks=int(info["num_codebooks"]), **settings)
+
+    @property
+    def channels_count(self) -> int:
+        """Audio channels the codec was run on: 1 for "mono-mean", N for "Nch-interleaved"."""
+        return 1 if self.channels == "mono-mean" else int(self.channels.split("ch-", 1)[0])
+
+    def differences(self, recorded) -> list[str]:
+        """'field recorded vs ours' for each field a unit's recorded key (a dict) differs in."""
+        recorded = recorded if isinstance(recorded, dict) else {}
+        out = []
+        for f in fields(self):
+            ours, theirs = getattr(self, f.name), recorded.get(f.name, "missing")
+            if theirs != ours:
+                out.append(f"{f.name} {_short(theirs)} vs {_short(ours)}")
+        extra = sorted(set(recorded) - {f.name for f in fields(self)})
+        return out + [f"{name} (unknown here)" for name in extra]
+
+
+def _short(value):
+    """A sha256 cut to 12 hex digits for messages; anything else as it is."""
+    return f"{value[:12]}..." if isinstance(value, str) and len(value) == 64 else value
+
+
+# --------------------------------------------------------------------------------------------
+# Listing units (cheap: unit.json only)
+# --------------------------------------------------------------------------------------------
+def _read_unit_json(unit_dir: Path) -> dict:
+    data = json.loads((unit_dir / UNIT).read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def _unit_ids(store_dir) -> list[str]:
+    """Committed unit folders, sorted: clips are numbered in this order, whoever wrote them when."""
+    try:
+        names = os.listdir(units_dir(store_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(n for n in names if UNIT_ID.fullmatch(n) and (units_dir(store_dir) / n).is_dir())
+
+
+def committed_units(store_dir) -> dict[str, dict]:
+    """{unit_id: its unit.json} of every committed unit (whatever its key). A unit folder whose unit.json
+    is unreadable is left out: it is not usable, and writing that unit again is refused until it is
+    deleted (the writer says so)."""
+    out = {}
+    for unit_id in _unit_ids(store_dir):
+        try:
+            out[unit_id] = _read_unit_json(units_dir(store_dir) / unit_id)
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _as_json(value):
+    """What `value` reads back as from unit.json (tuples become lists, keys strings)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def is_committed(store_dir, unit_id: str, source: dict | None = None) -> bool:
+    """True when the unit is committed -- and, with `source`, was written from that same source
+    (e.g. {"zip": name, "size": bytes, "sha256": ...}): a re-run skips a zip that has not changed and
+    redoes (remove_unit, then write) one that has."""
+    try:
+        data = _read_unit_json(units_dir(store_dir) / check_unit_id(unit_id))
+    except (OSError, ValueError):
+        return False
+    return source is None or data.get("source") == _as_json(source)
+
+
+def remove_unit(store_dir, unit_id: str):
+    """Delete a committed unit (renamed to a temp first: a kill midway leaves a temp that is swept)."""
+    remove_path(units_dir(store_dir) / check_unit_id(unit_id))
+
+
+def store_summary(store_dir) -> dict:
+    """Counts for a log line, from unit.json files and sizes only: units, clips per split, hours of
+    audio, bytes on disk. Every committed unit counts, whatever its key."""
+    units = committed_units(store_dir)
+    clips = dict.fromkeys(SPLITS, 0)
+    seconds, size = 0.0, 0
+    for unit_id, data in units.items():
+        for split in SPLITS:
+            clips[split] += int(data.get("splits", {}).get(split, 0))
+        seconds += data.get("num_samples", 0) / data.get("key", {}).get("sample_rate", 1)
+        folder = units_dir(store_dir) / unit_id  # with whatever a writer kept beside the codes (e.g. audio/)
+        size += sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    return {"units": len(units), "clips": clips, "hours": seconds / 3600, "bytes": size}
+
+
+def format_summary(store_dir, summary: dict) -> str:
+    c = summary["clips"]
+    return (f"code store {store_dir}: {summary['units']} units, {c['train']:,} train + {c['valid']:,} valid clips, "
+            f"{summary['hours']:.1f} h of audio, {summary['bytes'] / 2**20:,.1f} MB")
+
+
+# --------------------------------------------------------------------------------------------
+# Writing one unit
+# --------------------------------------------------------------------------------------------
+class UnitWriter:
+    """Write one unit: codes go to disk as each clip is added (memory stays at one clip's codes, never
+    a unit's); the index and unit.json are written on a clean exit and the folder renamed into place.
+
+        with UnitWriter(store_dir, "archive_batch_0001", key, {"zip": ..., "size": ..., "sha256": ...}) as w:
+            for ...:
+                w.add(name, codes, num_samples, description, "train", duration, source)
+
+    An exception (or Ctrl-C) inside the block removes the temp folder: nothing is committed. A unit
+    that already exists is never replaced (UserError); remove_unit it first to write it again.
+    """
+
+    def __init__(self, store_dir, unit_id: str, key: StoreKey, source: dict):
+        self.store_dir = Path(store_dir)
+        self.unit_id = check_unit_id(unit_id)
+        self.final = units_dir(store_dir) / unit_id
+        self.key = key
+        self.source = _as_json(source)
+        self.notes = {}  # anything the caller wants kept in unit.json (e.g. what it skipped), set before exit
+        self.tmp = None
+
+    def _refuse_existing(self):
+        raise UserError(f"{self.final}: code-store unit already written; it is never replaced (delete that folder "
+                        f"to write it again)")
+
+    def __enter__(self) -> "UnitWriter":
+        if self.final.exists():  # before any encoding work
+            self._refuse_existing()
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(self.final.parent)  # temps of writers that were killed
+        self.tmp = temp_path(self.final)
+        self.tmp.mkdir()
+        self._codes = open(self.tmp / CODES, "wb")
+        self._clips = open(self.tmp / CLIPS, "wb")
+        self._clips_hash = hashlib.sha256()
+        self._rows = {name: [] for name in INDEX_DTYPE.names}
+        self._frames = 0
+        return self
+
+    def add(self, name: str, codes: torch.Tensor, num_samples: int, description: str, split: str, duration: float,
+            source: str, **extra):
+        """Append one clip: codes (K, T) integer, T = the frames EnCodec gives num_samples samples."""
+        self._check_clip(name, codes, num_samples, split, extra)
+        frames = np.ascontiguousarray(codes.detach().cpu().numpy().T, dtype=CODE_DTYPE)  # (T, K), frame-major
+        self._codes.write(frames.data)
+        line = (json.dumps({"name": name, "description": description, "split": split, "duration": duration,
+                            "source": source, **extra}, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        self._clips.write(line)
+        self._clips_hash.update(line)
+        for field_name, value in zip(INDEX_DTYPE.names, (self._frames, frames.shape[0], num_samples,
+                                                          SPLITS.index(split))):
+            self._rows[field_name].append(value)
+        self._frames += frames.shape[0]
+
+    def _check_clip(self, name, codes, num_samples, split, extra):
+        k = self.key.num_codebooks
+        if codes.dim() != 2 or codes.shape[0] != k or codes.dtype.is_floating_point:
+            raise ValueError(f"{name}: codes must be integer (K={k}, T), got {tuple(codes.shape)} {codes.dtype}")
+        expected = num_frames_for_samples(num_samples, self.key.hop_length)
+        if codes.shape[1] != expected or expected == 0:
+            raise ValueError(f"{name}: {codes.shape[1]} frames for {num_samples} samples; EnCodec gives {expected} "
+                             f"(and a clip needs at least one)")
+        low, high = int(codes.min()), int(codes.max())
+        if low < 0 or high > CODE_MAX:  # codebook indices; int16 holds codebooks of up to 32,768 entries
+            raise UserError(f"{self.final}: clip {name} has codes in [{low}, {high}], outside the store's int16 "
+                            f"range [0, {CODE_MAX}]; this codec's codebooks are too large for the code store, use "
+                            f"the per-clip code cache (train_lora.py's default) instead")
+        if split not in SPLITS:
+            raise ValueError(f"{name}: split {split!r} is not one of {SPLITS}")
+        clash = sorted(set(extra) & set(ROW_KEYS))
+        if clash:
+            raise ValueError(f"{name}: extra keys {clash} clash with the clip row's own")
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            try:
+                self._commit()
+                return False
+            except BaseException as e:
+                exc = e
+        self._discard()
+        full = disk_full_error(exc, self.final)  # one line naming the unit, whichever write failed
+        if full is not None:
+            raise full from None
+        if exc_type is None:
+            raise exc
+        return False
+
+    def _discard(self):
+        self._codes.close()
+        self._clips.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _commit(self):
+        self._codes.close()
+        self._clips.close()
+        index = np.empty(len(self._rows["offset"]), dtype=INDEX_DTYPE)
+        for field_name, values in self._rows.items():
+            index[field_name] = values
+        buf = io.BytesIO()
+        np.save(buf, index, allow_pickle=False)
+        (self.tmp / INDEX).write_bytes(buf.getvalue())
+        splits = {s: int((index["split"] == i).sum()) for i, s in enumerate(SPLITS)}
+        unit = {"format": STORE_FORMAT, "key": asdict(self.key), "unit_id": self.unit_id, "source": self.source,
+                "clips": len(index), "splits": splits, "total_frames": self._frames,
+                "num_codebooks": self.key.num_codebooks, "num_samples": int(index["num_samples"].sum()),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "notes": _as_json(self.notes),
+                "checksum": {"index_sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
+                             "clips_sha256": self._clips_hash.hexdigest(),
+                             "codes_bytes": self._frames * self.key.num_codebooks * CODE_DTYPE.itemsize,
+                             "index_bytes": len(buf.getvalue()), "clips_bytes": (self.tmp / CLIPS).stat().st_size}}
+        (self.tmp / UNIT).write_text(json.dumps(unit, indent=2) + "\n", encoding="utf-8")
+        apply_umask_tree(self.tmp)
+        # Not outputs.atomic_dir: that replaces an existing folder. rename(2) onto a non-empty folder
+        # fails, so of two writers of the same unit exactly one commits and the other is refused.
+        try:
+            os.rename(self.tmp, self.final)
+        except OSError:
+            if self.final.exists():
+                self._refuse_existing()
+            raise
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+class BadUnit(Exception):
+    """Why a unit is skipped (the message names the unit folder)."""
+
+
+def _open_unit(unit_dir: Path, key: StoreKey) -> tuple[dict, np.ndarray]:
+    """(unit.json, index) of a unit this key may read, checked against its checksum; else BadUnit."""
+    try:
+        unit = _read_unit_json(unit_dir)
+    except (OSError, ValueError) as e:
+        raise BadUnit(f"{unit_dir}: unreadable {UNIT} ({type(e).__name__}: {e})") from None
+    diffs = key.differences(unit.get("key"))
+    if diffs:
+        raise BadUnit(f"{unit_dir}: written for other codes ({'; '.join(diffs)})")
+    check = unit.get("checksum") or {}
+    try:
+        raw = (unit_dir / INDEX).read_bytes()
+        sizes = {name: (unit_dir / name).stat().st_size for name in (CODES, CLIPS)}
+    except OSError as e:
+        raise BadUnit(f"{unit_dir}: {Path(e.filename or '').name or 'a file'} is missing or unreadable") from None
+    if hashlib.sha256(raw).hexdigest() != check.get("index_sha256"):
+        raise BadUnit(f"{unit_dir}: {INDEX} does not match the checksum in {UNIT}")
+    for name, expected in ((CODES, check.get("codes_bytes")), (CLIPS, check.get("clips_bytes"))):
+        if sizes[name] != expected:
+            raise BadUnit(f"{unit_dir}: {name} is {sizes[name]:,} bytes, {UNIT} says {expected} (truncated?)")
+    index = np.load(io.BytesIO(raw), allow_pickle=False)
+    frames = int(index["num_frames"].sum()) if index.dtype == INDEX_DTYPE else -1
+    if (index.dtype != INDEX_DTYPE or len(index) != unit.get("clips")
+            or frames * key.num_codebooks * CODE_DTYPE.itemsize != sizes[CODES]):
+        raise BadUnit(f"{unit_dir}: {INDEX} does not describe {unit.get('clips')} clips in {CODES}'s "
+                      f"{sizes[CODES]:,} bytes")
+    return unit, index
+
+
+class CodeStore:
+    """Every unit of a store written under `key`, as one sequence of clips (units in id order).
+
+    Opening reads each unit's unit.json and index.npy (25 bytes a clip) into a few store-wide arrays;
+    codes.bin files are opened on first use, per process, and read with one pread per window
+    (_read_frames), so a DataLoader worker opens its own and a pickled store carries only the arrays.
+    Descriptions stay on disk until asked for (clip_info; descriptions reads each unit's clips.jsonl
+    once): parsing 300,000 rows at open would take ten times the open itself (benchmark_store.py:
+    ~1.5 vs 0.14 s) for readers that need none of them, such as a validation pass.
+    """
+
+    def __init__(self, store_dir, key: StoreKey):
+        self.dir, self.key = Path(store_dir), key
+        try:
+            clean_stale(units_dir(store_dir))  # a killed writer's temp (a read-only store keeps them)
+        except OSError:
+            pass
+        self.units, self.skipped, indexes, self.clip_digests = [], {}, [], []
+        for unit_id in _unit_ids(store_dir):
+            try:
+                unit, index = _open_unit(units_dir(store_dir) / unit_id, key)
+            except BadUnit as e:
+                log.warning(f"warning: {e}; skipped (delete the folder and encode its source again)")
+                self.skipped[unit_id] = str(e)
+                continue
+            self.units.append(unit_id)
+            self.clip_digests.append(unit["checksum"]["clips_sha256"])
+            indexes.append(index)
+        index = np.concatenate(indexes) if indexes else np.empty(0, dtype=INDEX_DTYPE)
+        self._first = np.concatenate([[0], np.cumsum([len(i) for i in indexes], dtype=np.int64)])
+        self._offset, self._frames = index["offset"].copy(), index["num_frames"].copy()
+        self._samples, self._split = index["num_samples"].copy(), index["split"].copy()
+        self._fds, self._rows, self._pid = {}, {}, os.getpid()
+
+    def __len__(self) -> int:
+        return len(self._offset)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_fds"], state["_rows"] = {}, {}  # open files and parsed rows are per process
+        return state
+
+    def close(self):
+        """Close the codes.bin files this process opened (reads open them again when needed)."""
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: os may be gone; the process closes them anyway
+            pass
+
+    def _unit_of(self, i: int) -> tuple[int, int]:
+        """(unit position, row within the unit) of clip i."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"clip {i} of a store of {len(self)}")
+        u = int(np.searchsorted(self._first, i, side="right")) - 1
+        return u, i - int(self._first[u])
+
+    def _codes_fd(self, u: int) -> int:
+        """This process's open codes.bin of unit u (opened on first use)."""
+        if self._pid != os.getpid():  # a forked worker: its own files, not the parent's copies
+            self.close()
+            self._rows, self._pid = {}, os.getpid()
+        fd = self._fds.pop(u, None)
+        if fd is None:
+            if len(self._fds) >= MAX_OPEN_UNITS:
+                os.close(self._fds.pop(next(iter(self._fds))))  # the least recently used
+            fd = os.open(units_dir(self.dir) / self.units[u] / CODES, os.O_RDONLY)
+        self._fds[u] = fd  # re-inserted: most recently used last
+        return fd
+
+    def _read_frames(self, u: int, start: int, end: int) -> np.ndarray:
+        """Frames [start, end) of unit u's codes.bin as (n, K) int16: one pread of one contiguous slice.
+
+        Not np.memmap: a mapping's RSS grows by every page of page cache it touches (the kernel maps
+        whole folios around each fault), so a training run's RSS would climb toward the store's size
+        in every DataLoader worker -- measured 32 -> 1,271 MB after 1,600 random 15 s windows of a
+        1.8 GB store -- while pread stays flat and was as fast (14-20 vs 20-34 us per window)."""
+        row = self.key.num_codebooks * CODE_DTYPE.itemsize
+        data = os.pread(self._codes_fd(u), (end - start) * row, start * row)
+        if len(data) != (end - start) * row:
+            raise UserError(f"{units_dir(self.dir) / self.units[u] / CODES}: shorter than when the store was "
+                            f"opened (changed while reading?); delete that unit and encode its source again")
+        return np.frombuffer(data, dtype=CODE_DTYPE).reshape(end - start, self.key.num_codebooks)
+
+    def num_frames(self, i: int) -> int:
+        return int(self._frames[i])
+
+    def num_samples(self, i: int) -> int:
+        return int(self._samples[i])
+
+    def window(self, i: int, frame_offset: int, num_frames: int) -> torch.Tensor:
+        """Codes (K, n) long of clip i from frame_offset: n = num_frames, or fewer at the clip's end
+        (none past it); the caller pads and masks (dataset.Collator, codes.crop_codes)."""
+        if frame_offset < 0 or num_frames < 0:
+            raise ValueError(f"window at {frame_offset} of {num_frames} frames")
+        u, _ = self._unit_of(i)
+        start = int(self._offset[i]) + min(frame_offset, int(self._frames[i]))
+        end = int(self._offset[i]) + min(frame_offset + num_frames, int(self._frames[i]))
+        rows = self._read_frames(u, start, end) if end > start else np.empty((0, self.key.num_codebooks), CODE_DTYPE)
+        return torch.from_numpy(rows.T.astype(np.int64, order="C"))
+
+    def codes(self, i: int) -> torch.Tensor:
+        """The whole clip's codes (K, T) long."""
+        return self.window(i, 0, self.num_frames(i))
+
+    def split_indices(self, split: str) -> np.ndarray:
+        """Store indices of the clips in `split` ("train" or "valid")."""
+        if split not in SPLITS:
+            raise ValueError(f"split {split!r} is not one of {SPLITS}")
+        return np.flatnonzero(self._split == SPLITS.index(split))
+
+    def _unit_rows(self, u: int) -> list[dict]:
+        """A unit's clips.jsonl rows, checked against unit.json's checksum (sizes were checked at open)."""
+        path = units_dir(self.dir) / self.units[u] / CLIPS
+        raw = path.read_bytes()
+        rows = raw.decode("utf-8").splitlines()
+        expected = int(self._first[u + 1] - self._first[u])
+        if hashlib.sha256(raw).hexdigest() != self.clip_digests[u] or len(rows) != expected:
+            raise UserError(f"{path}: does not match the checksum in {UNIT} (edited or damaged); delete "
+                            f"{path.parent} and encode its source again")
+        return [json.loads(r) for r in rows]
+
+    def clip_info(self, i: int) -> dict:
+        """Clip i's clips.jsonl row (name, description, split, duration, source, extras) and its unit."""
+        u, r = self._unit_of(i)
+        rows = self._rows.pop(u, None) or self._unit_rows(u)
+        self._rows[u] = rows
+        while len(self._rows) > ROW_CACHE_UNITS:
+            self._rows.pop(next(iter(self._rows)))
+        return {**rows[r], "unit": self.units[u]}
+
+    def descriptions(self, indices) -> list[str]:
+        """Descriptions of these clips, in order, reading each unit's clips.jsonl once."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"clip indices outside a store of {len(self)}")
+        units = np.searchsorted(self._first, indices, side="right") - 1
+        order = np.argsort(units, kind="stable")  # grouped by unit
+        out = [None] * len(indices)
+        for group in np.split(order, np.flatnonzero(np.diff(units[order])) + 1):
+            if not len(group):
+                continue
+            u = int(units[group[0]])
+            rows, first = self._unit_rows(u), int(self._first[u])
+            for pos in group.tolist():
+                out[pos] = rows[int(indices[pos]) - first]["description"]
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Training from a store (train_lora.py --data_dir D, where D holds code_store/ and no metadata.json)
+# --------------------------------------------------------------------------------------------
+def has_store(data_dir) -> bool:
+    return any(p.is_dir() for p in _unit_dirs(default_store_dir(data_dir)))
+
+
+def _unit_dirs(store_dir):
+    root = units_dir(store_dir)
+    return [p for p in root.iterdir() if not p.name.startswith(".")] if root.is_dir() else []
+
+
+def recorded_key(store_dir) -> StoreKey:
+    """The key most of the store's units were written with (the model is not loaded yet when the
+    data is read; make_loaders then checks it against the model's: StoreKey.for_model)."""
+    keys = {}
+    for info in committed_units(store_dir).values():
+        k = json.dumps(info.get("key"), sort_keys=True)
+        keys[k] = keys.get(k, 0) + 1
+    if not keys:
+        raise UserError(f"{store_dir}: no committed units; run prepare_data.py --codes_only into "
+                        f"{Path(store_dir).parent} first")
+    return StoreKey(**json.loads(max(keys, key=keys.get)))
+
+
+def store_splits(data_dir) -> tuple["CodeStore", dict]:
+    """(the store, {"train": [Clip], "valid": [Clip]}) of a --codes_only data folder. Train clips carry
+    their store index and description only (no audio exists); validation clips also their kept audio
+    (FAD and the listening test read it)."""
+    from musicgen_lora.data.metadata import Clip
+
+    store_dir = default_store_dir(data_dir)
+    store = CodeStore(store_dir, recorded_key(store_dir))
+    sr = store.key.sample_rate
+    splits = {}
+    for split in SPLITS:
+        rows = store.split_indices(split)
+        texts = store.descriptions(rows)
+        clips = []
+        for i, text in zip(rows.tolist(), texts):
+            audio = store_dir
+            if split == "valid":
+                info = store.clip_info(i)
+                audio = units_dir(store_dir) / info["unit"] / info["audio"] if info.get("audio") else store_dir
+            clips.append(Clip(audio, text, split, store.num_samples(i) / sr, f"code store clip {i}", store_index=i))
+        splits[split] = clips
+    return store, splits
