@@ -351,16 +351,18 @@ def test_store_summary_counts_units_clips_hours_and_bytes(tmp_path):
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("model_fixture,layout", [("tiny_model_dir", "mono-mean"),
                                                   ("tiny_stereo_model_dir", "2ch-interleaved")])
-def test_code_cache_keys_are_unchanged_by_the_shared_settings(request, tmp_path, model_fixture, layout):
-    """The settings and key formula as CodeCache wrote them before code_store shared them: existing
-    caches stay valid."""
+def test_code_cache_keys_keep_their_formula_with_the_shared_settings(request, tmp_path, model_fixture, layout):
+    """The settings and key formula as CodeCache wrote them before code_store shared them, with one
+    deliberate change: the encode rule "pieces" became "pieces-2row" when every codec LSTM call got
+    at least two rows (modeling._lstms_on_two_rows; a mono clip's codes could differ in ~2 per
+    100,000), so entries encoded before are encoded again rather than mixed with new ones."""
     model, _ = load_model_and_processor(str(request.getfixturevalue(model_fixture)))
     wav = tmp_path / "a.wav"
     wav.write_bytes(b"RIFF not decoded: keys hash bytes")
     for sr in (32000, 16000):
         cache = CodeCache(tmp_path / "cache", model, sr)
-        old_settings = {"format": 1, "sample_rate": sr, "channels": layout, "resampler": "soxr_hq", "encode": "pieces",
-                        "piece_samples": 30 * sr, "dtype": "torch.float32", "hop_length": 640}
+        old_settings = {"format": 1, "sample_rate": sr, "channels": layout, "resampler": "soxr_hq",
+                        "encode": "pieces-2row", "piece_samples": 30 * sr, "dtype": "torch.float32", "hop_length": 640}
         assert cache.settings == old_settings
         payload = {"audio": file_sha256(wav), "codec": cache.codec_id, "settings": old_settings}
         assert cache.key(wav) == hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
