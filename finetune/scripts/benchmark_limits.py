@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LORA = ROOT / "finetune" / "lora"
 SCRIPTS = ROOT / "finetune" / "scripts"
 SR = 32000
-sys.path.insert(0, str(LORA))  # where the musicgen_lora package lives
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lora"))  # where the musicgen_lora package lives
 
 from musicgen_lora.testing.peak_memory import run_with_peak  # noqa: E402
 
