@@ -300,15 +300,16 @@ def generation_decoder(base, dtype) -> torch.nn.Module | None:
 
 
 @contextlib.contextmanager
-def generation_model(model, precision: str | None = None):
+def generation_model(model, precision: str | None = None, merge: bool = True):
     """The MusicGen model generate() should run: its decoder swapped for generation_decoder's copy
     while inside, and autocast to `precision` (fp16/bf16) so the fp32 text encoder's output meets a
     half-precision decoder (EnCodec's decoding is kept out of it: _capture_codes, decode_codes).
-    precision None: the decoder's own dtype (the adapter is still merged)."""
+    precision None: the decoder's own dtype (the adapter is still merged). merge=False keeps the
+    model as it is (PEFT's wrapper, its dtype; benchmark_generation.py measures the difference)."""
     base = unwrap_base(model)
     own = next(base.decoder.parameters()).dtype
-    dtype = own if precision is None else dtype_of(precision)
-    decoder = generation_decoder(base, dtype)
+    dtype = own if precision is None or not merge else dtype_of(precision)
+    decoder = generation_decoder(base, dtype) if merge else None
     device = next(base.decoder.parameters()).device
     original = base.decoder
     if decoder is not None:
@@ -337,7 +338,7 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
                    seed: int | Sequence[int] = 0, batch_size: int = 8, progress: bool = True,
                    desc: str = "generating", return_codes: bool = False, chroma: Sequence | None = None,
                    plan: WindowPlan | None = None, audio_prompts: Sequence | None = None,
-                   precision: str | None = None):
+                   precision: str | None = None, merge: bool = True):
     """Generate `duration` seconds of audio for each prompt; returns float32 arrays, (samples,) mono
     or (samples, channels) stereo (and, with return_codes, the (K, frames) EnCodec codes each clip
     was decoded from, stereo rows interleaved [L0, R0, L1, ...] as the decoder predicts them).
@@ -357,7 +358,8 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
 
     precision: fp32, fp16 or bf16 for the decoder (precision.resolve's answer; None: the model's own
     dtype). Either way the active adapter is merged into a copy of the decoder for the call
-    (generation_model), so the model passed in is left exactly as it was.
+    (generation_model), so the model passed in is left exactly as it was; merge=False generates with
+    the model as it is, in its own dtype.
     """
     settings = SamplingSettings(guidance_scale, temperature, top_k, top_p, greedy)
     settings.validate()
@@ -387,7 +389,7 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
     codes: list[torch.Tensor] = []
     batches = range(0, len(prompts), batch_size)
     try:
-        with generation_model(model, precision) as base:  # the same object, its decoder swapped while inside
+        with generation_model(model, precision, merge) as base:  # the same object, its decoder swapped inside
             for start in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
                 rows = slice(start, start + batch_size)
                 inputs = tokenize_text(processor.tokenizer, prompts[rows]).to(device)
