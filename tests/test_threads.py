@@ -101,12 +101,25 @@ def test_no_cgroup_files_at_all(tmp_path):
 # --------------------------------------------------------------------------------------------
 # busy_cpus: /proc/loadavg's running count, this process left out
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("text,busy", [("0.52 0.40 0.31 1/210 4242", 0), ("2.00 1.50 1.00 3/210 4242", 2),
-                                       ("0.0 0.0 0.0 0/5 1", 0), ("garbage", 0), ("", 0)])
-def test_busy_cpus_reads_the_running_count(tmp_path, text, busy):
+def _tasks(root, states):
+    """A fake /proc/self/task: one thread per state letter (R running, S sleeping)."""
+    for i, state in enumerate(states):
+        (root / str(100 + i)).mkdir(parents=True)
+        (root / str(100 + i) / "stat").write_text(f"{100 + i} (python3 (x) y) {state} 1 2 3 4")
+    return root
+
+
+@pytest.mark.parametrize("text,own,busy", [
+    ("0.52 0.40 0.31 1/210 4242", "R", 0), ("2.00 1.50 1.00 3/210 4242", "R", 2),
+    # numpy's OpenBLAS threads spin after import: this process's own running threads are not "busy"
+    ("2.00 1.50 1.00 3/210 4242", "RRR", 0), ("2.00 1.50 1.00 3/210 4242", "RRS", 1),
+    ("0.0 0.0 0.0 0/5 1", "R", 0), ("garbage", "R", 0), ("", "R", 0)])
+def test_busy_cpus_reads_the_running_count(tmp_path, text, own, busy):
     loadavg = tmp_path / "loadavg"
     loadavg.write_text(text)
-    assert threads.busy_cpus(samples=2, interval=0, loadavg=loadavg) == busy
+    tasks = _tasks(tmp_path / "task", own)
+    assert threads.own_running_threads(tasks) == max(1, own.count("R"))
+    assert threads.busy_cpus(samples=2, interval=0, loadavg=loadavg, task_dir=tasks) == busy
     assert threads.busy_cpus(loadavg=tmp_path / "missing") == 0
 
 

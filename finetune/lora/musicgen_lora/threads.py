@@ -111,10 +111,26 @@ def running_tasks(loadavg="/proc/loadavg") -> int | None:
         return None
 
 
-def busy_cpus(samples: int = 3, interval: float = 0.01, loadavg="/proc/loadavg") -> int:
-    """Other tasks running right now: /proc/loadavg's running count minus this process (never
-    negative; 0 when unreadable). The least of `samples` readings `interval` s apart, so a task that
-    merely woke up for a moment does not count as busy."""
+def own_running_threads(task_dir="/proc/self/task") -> int:
+    """Threads of THIS process running or runnable right now (at least 1: the caller). numpy's
+    OpenBLAS pool spins for a while after `import numpy`, and those threads are in /proc/loadavg's
+    count too: without taking them out, a quiet machine looked busy to every script."""
+    running = 0
+    try:
+        for task in os.scandir(task_dir):
+            stat = _read(os.path.join(task.path, "stat")) or ""
+            # "pid (comm) S ...": the state follows the last ')' (comm may hold spaces and parens)
+            if stat[stat.rfind(")") + 2:stat.rfind(")") + 3] == "R":
+                running += 1
+    except OSError:
+        pass
+    return max(1, running)
+
+
+def busy_cpus(samples: int = 3, interval: float = 0.01, loadavg="/proc/loadavg", task_dir="/proc/self/task") -> int:
+    """Tasks of OTHER processes running right now: /proc/loadavg's running count minus this process's
+    running threads (never negative; 0 when unreadable). The least of `samples` readings `interval` s
+    apart, so a task that merely woke up for a moment does not count as busy."""
     counts = []
     for i in range(max(1, samples)):
         if i:
@@ -122,8 +138,8 @@ def busy_cpus(samples: int = 3, interval: float = 0.01, loadavg="/proc/loadavg")
         n = running_tasks(loadavg)
         if n is None:
             return 0
-        counts.append(n)
-    return max(0, min(counts) - 1)
+        counts.append(n - own_running_threads(task_dir))
+    return max(0, min(counts))
 
 
 def _user_omp() -> int | None:
