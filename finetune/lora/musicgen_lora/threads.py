@@ -20,6 +20,7 @@ exactly only at the same --threads.
 Standard library only, and torch is never imported here: scripts call this while parsing flags,
 and `--help` stays instant.
 """
+import logging
 import math
 import os
 import sys
@@ -192,9 +193,8 @@ def apply_threads(requested: int | None = None) -> dict:
     if "torch" in sys.modules:
         ensure_torch_threads()
     if source == "default" and n < usable and record != _current:
-        from musicgen_lora.common import log
-
-        log.info(f"threads: {n} ({_why(usable, busy)}; --threads N to choose)")
+        # common.log's logger, by name: common imports this module (resolve_device)
+        logging.getLogger("musicgen_lora").info(f"threads: {n} ({_why(usable, busy)}; --threads N to choose)")
     _current = record
     return record
 
