@@ -99,7 +99,7 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _number(kind, low=None, high=None, low_open=False, high_open=False, words=None):
+def number_type(kind, low=None, high=None, low_open=False, high_open=False, words=None):
     """A flag type: a finite `kind` (int or float) within [low, high] (open ends where asked).
 
     Accepts strings (command line) and numbers (YAML); argparse turns the ArgumentTypeError into
@@ -135,16 +135,16 @@ def _number(kind, low=None, high=None, low_open=False, high_open=False, words=No
     return parse
 
 
-positive_int = _number(int, low=1)
-nonneg_int = _number(int, low=0)
-any_int = _number(int)
-positive_float = _number(float, low=0, low_open=True)
-nonneg_float = _number(float, low=0)
-finite_float = _number(float)
-probability = _number(float, low=0, high=1, words="a probability in [0, 1]")
-dropout = _number(float, low=0, high=1, high_open=True, words="a dropout probability in [0, 1)")
-fraction = _number(float, low=0, high=1, high_open=True, words="a fraction in [0, 1)")
-positive_fraction = _number(float, low=0, low_open=True, high=1, words="a fraction in (0, 1]")
+positive_int = number_type(int, low=1)
+nonneg_int = number_type(int, low=0)
+any_int = number_type(int)
+positive_float = number_type(float, low=0, low_open=True)
+nonneg_float = number_type(float, low=0)
+finite_float = number_type(float)
+probability = number_type(float, low=0, high=1, words="a probability in [0, 1]")
+dropout = number_type(float, low=0, high=1, high_open=True, words="a dropout probability in [0, 1)")
+fraction = number_type(float, low=0, high=1, high_open=True, words="a fraction in [0, 1)")
+positive_fraction = number_type(float, low=0, low_open=True, high=1, words="a fraction in (0, 1]")
 
 
 def _convert(action: argparse.Action, key: str, value, path: Path):

@@ -36,9 +36,9 @@ from pathlib import Path
 
 from musicgen_lora.cli.args import (
     Parser,
-    _number,
     add_sampling_args,
     check_runtime_flags,
+    number_type,
     positive_float,
     positive_int,
     sampling_settings,
@@ -57,7 +57,7 @@ from musicgen_lora.runs.table import recorded_path
 
 TOOL = "evaluate.py"
 # --port: 0 asks the system for any free port.
-PORT = _number(int, 0, 65535, words="a port number from 0 (any free port) to 65535")
+PORT = number_type(int, 0, 65535, words="a port number from 0 (any free port) to 65535")
 
 
 def build_parser():
