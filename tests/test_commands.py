@@ -15,7 +15,7 @@ USER_SCRIPTS = ["train_lora.py", "evaluate.py", "inference_lora.py", "prepare_da
                 "test_model.py"]
 TOOLS = ["compare_runs.py", "make_tiny_model.py", "make_test_signals.py", "convert_adapter.py", "benchmark_train.py",
          "benchmark_generation.py", "benchmark_memory.py", "benchmark_limits.py", "memory_plan.py", "flag_figures.py",
-         "benchmark_store.py", "benchmark_prepare.py", "benchmark_encoding.py"]
+         "benchmark_store.py", "benchmark_prepare.py", "benchmark_encoding.py", "benchmark_threads.py"]
 
 COMMANDS = ([(LORA_DIR, [name]) for name in USER_SCRIPTS] +                          # cd finetune/lora
             [(ROOT, [f"finetune/lora/{name}"]) for name in USER_SCRIPTS] +           # from the repository root

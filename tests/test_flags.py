@@ -12,7 +12,7 @@ SCRIPTS_WITH_HELP = [LORA / n for n in ("train_lora.py", "evaluate.py", "inferen
                                         "test_dataset.py", "test_model.py")] + \
                     [SCRIPTS / n for n in ("compare_runs.py", "make_tiny_model.py", "make_test_signals.py",
                                            "convert_adapter.py", "flag_figures.py", "benchmark_store.py",
-                                           "benchmark_prepare.py", "benchmark_encoding.py")]
+                                           "benchmark_prepare.py", "benchmark_encoding.py", "benchmark_threads.py")]
 
 
 @pytest.mark.parametrize("script", SCRIPTS_WITH_HELP, ids=lambda p: p.name)

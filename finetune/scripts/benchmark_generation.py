@@ -47,6 +47,14 @@ def main(argv=None):
     p.add_argument("--window_seconds", type=float, default=None, help="Window for --long (default: the model's).")
     p.add_argument("--window_overlap", type=float, default=None,
                    help="Overlap for --long (default 40%% of the window).")
+    p.add_argument("--paths", action="store_true",
+                   help="Instead: one prompt (batch 1) through each generation path, with a LoRA adapter (rank 12, "
+                        "B not zero): plain transformers generate() on the PEFT model, the project's path with the "
+                        "adapter unmerged, merged in fp32, merged in bf16, interleaved --repeats times; the "
+                        "ratios, and GB/s of decoder weights read against this machine's measured copy bandwidth.")
+    p.add_argument("--compile", action="store_true",
+                   help="With --paths: also time a static KV cache, and torch.compile of the decoder on it, "
+                        "on the plain path (compiling takes minutes on a CPU).")
     args = p.parse_args(argv)
 
     import torch
@@ -96,6 +104,8 @@ def main(argv=None):
 
         if args.long:
             return long_clip(args, model, prompts, timed, device)
+        if args.paths:
+            return generation_paths(args, model, processor, prompts[0], duration, device)
 
         sequential = timed(1)
         batched = timed(args.num_prompts)
@@ -130,6 +140,95 @@ def long_clip(args, model, prompts, timed, device):
     # The overlap is not generated again: each later window reads it in one parallel prefill pass.
     print(f"windowed / one-window real-time factor: {rtf_many / rtf_one:.3f} ({len(spans) - 1} later windows each "
           f"re-read {overlap:g} s of context)")
+
+
+def copy_bandwidth_gbs(device, mib: int = 512, repeats: int = 5) -> float:
+    """GB/s of a large tensor copy (bytes read + written): this machine's practical memory bandwidth."""
+    import torch
+
+    src = torch.ones(mib * 2**18, device=device)  # float32: mib MiB
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / best / 1e9
+
+
+def generation_paths(args, model, processor, prompt, duration, device):
+    """--paths: the same prompt, seed and settings through each path; fastest of --repeats, interleaved
+    (so load drifts hit every path alike)."""
+    import torch
+
+    from musicgen_lora.data.metadata import tokenize_text
+    from musicgen_lora.generation import generate_audio, generation_config_for, max_new_tokens_for
+    from musicgen_lora.modeling import apply_lora, model_info, unwrap_base
+    from musicgen_lora.precision import cpu_bf16
+    from musicgen_lora.sampling import SamplingSettings
+
+    torch.manual_seed(0)
+    peft = apply_lora(model, 12, 24, 0.0).eval()
+    for name, param in peft.named_parameters():
+        if "lora_B" in name:  # a trained adapter is not zero: merging must really add B @ A
+            torch.nn.init.normal_(param, std=0.01)
+    base, info = unwrap_base(peft), model_info(peft)
+    steps = max_new_tokens_for(duration, info)
+    inputs = tokenize_text(processor.tokenizer, [prompt]).to(device)
+    config = generation_config_for(base, SamplingSettings(), duration)
+
+    def plain(**extra):
+        with torch.no_grad():
+            peft.generate(**inputs, generation_config=config, **extra)
+
+    ways = {"plain transformers generate() on the PEFT model, fp32": plain,
+            "project, adapter unmerged (PEFT wrapper), fp32": lambda: generate_audio(
+                peft, processor, [prompt], duration, seed=0, batch_size=1, progress=False, merge=False),
+            "project, adapter merged, fp32": lambda: generate_audio(
+                peft, processor, [prompt], duration, seed=0, batch_size=1, progress=False, precision="fp32"),
+            "project, adapter merged, bf16": lambda: generate_audio(
+                peft, processor, [prompt], duration, seed=0, batch_size=1, progress=False, precision="bf16")}
+    if args.compile:
+        ways["plain, static KV cache, fp32"] = lambda: plain(cache_implementation="static")
+    for way in ways.values():  # warm-up: kernels, allocator, the merged copy's first build
+        way()
+    best = dict.fromkeys(ways, float("inf"))
+    for _ in range(args.repeats):
+        for name, way in ways.items():
+            if str(device).startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            way()
+            if str(device).startswith("cuda"):
+                torch.cuda.synchronize()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    if args.compile:
+        decoder_forward = base.decoder.forward
+        base.decoder.forward = torch.compile(decoder_forward, dynamic=False)
+        t0 = time.perf_counter()
+        plain(cache_implementation="static")
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        plain(cache_implementation="static")
+        best["plain, static KV cache, torch.compile, fp32"] = time.perf_counter() - t0
+        base.decoder.forward = decoder_forward
+        print(f"torch.compile: first call {first:.1f} s (compiling)")
+    weights = {dtype: sum(p.numel() for n, p in base.decoder.named_parameters() if "lora_" not in n) * size
+               for dtype, size in (("fp32", 4), ("bf16", 2))}
+    peak = copy_bandwidth_gbs(device)
+    print(f"model {args.model_path or args.size} (random weights unless a path), device {device}, threads "
+          f"{torch.get_num_threads()}, CPU bf16 instructions: {cpu_bf16()}; 1 prompt x {duration:g} s = {steps} "
+          f"decoder steps, guidance 3, fastest of {args.repeats}; copy bandwidth {peak:.1f} GB/s")
+    reference = best["plain transformers generate() on the PEFT model, fp32"]
+    for name, seconds in best.items():
+        read = weights["bf16" if "bf16" in name else "fp32"] * steps / seconds / 1e9
+        print(f"  {name:48s} {seconds:7.2f} s  {seconds / steps * 1e3:6.1f} ms/step  real-time factor "
+              f"{seconds / duration:5.2f}  {reference / seconds:4.2f}x the plain path  weights read {read:5.1f} GB/s "
+              f"({read / peak:.0%} of copy bandwidth)")
 
 
 if __name__ == "__main__":

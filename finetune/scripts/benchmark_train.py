@@ -70,7 +70,7 @@ def write_metadata(data: Path, entries: list[dict], name="metadata.json"):
 # --------------------------------------------------------------------------------------------
 # Training throughput
 # --------------------------------------------------------------------------------------------
-def time_training(model, processor, clips, window_s, batch_size, steps, device, code_files=None):
+def time_training(model, processor, clips, window_s, batch_size, steps, device, code_files=None, autocast=None):
     from musicgen_lora.data.dataset import Collator, MusicDataset
     from musicgen_lora.modeling import batch_loss, model_info
 
@@ -93,7 +93,8 @@ def time_training(model, processor, clips, window_s, batch_size, steps, device, 
     for step in range(steps + 1):  # step 0 is a warm-up
         start = time.perf_counter()
         batch = next(it)  # data loading (decode, or read cached codes) is part of the step
-        loss, n_tok = batch_loss(model, batch, 0.1, gen)
+        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            loss, n_tok = batch_loss(model, batch, 0.1, gen)  # as the trainer's accelerator.autocast()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -147,6 +148,12 @@ def bench_model(size, work, args, device):
     # Same data, same seeds, same LoRA weights at step 0: the first losses agree across modes.
     res["first_loss_delta"] = abs(res["cached"]["first_loss"] - res["uncached"]["first_loss"])
     res["ratio"] = res["cached"]["samples_per_s"] / res["uncached"]["samples_per_s"]
+    if bf16_runs(device):  # the precision --bf16 trains in, on the cached path
+        res["cached_bf16"] = time_training(model, processor, clips, args.duration, batch, steps, device,
+                                           code_files=files, autocast=torch.bfloat16)
+        res["bf16_first_loss_delta"] = abs(res["cached_bf16"]["first_loss"] - res["cached"]["first_loss"])
+        res["bf16_ratio"] = res["cached"]["seconds_per_step"] / res["cached_bf16"]["seconds_per_step"]
+    res["step_flop"] = step_flop(model, processor, clips, args.duration, batch, files)
     res.update(size=size, batch=batch, steps=steps, device=str(device))
     if device.type == "cuda":
         res["peak_gpu_mb_by_batch"] = {}
@@ -160,6 +167,49 @@ def bench_model(size, work, args, device):
             res["peak_gpu_mb_by_batch"][b] = r["peak_gpu_mb"]
     del model
     return res
+
+
+def bf16_runs(device) -> bool:
+    """Whether --bf16 really trains in bf16 here (precision.resolve: a GPU with bf16, a CPU with its
+    instructions)."""
+    from musicgen_lora.precision import resolve
+
+    return resolve("bf16", device)[0] == "bf16"
+
+
+def step_flop(model, processor, clips, window_s, batch_size, files) -> float:
+    """Floating-point operations of one training step (forward + backward), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from musicgen_lora.data.dataset import Collator, MusicDataset
+    from musicgen_lora.modeling import batch_loss, model_info
+
+    info = model_info(model)
+    ds = MusicDataset(clips, info["sample_rate"], window_s, train=True, seed=0, hop_length=info["hop_length"],
+                      audio_channels=info["audio_channels"], code_files=files)
+    batch = Collator(processor, int(window_s * info["sample_rate"]), info["hop_length"])(
+        [ds[i] for i in range(batch_size)])
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = batch_loss(model, batch, 0.1, torch.Generator().manual_seed(0))
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def matmul_peak_gflops(device, dtype, n: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of an n x n matmul in `dtype`, fastest of `repeats`: the machine's practical peak."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,6 +352,22 @@ def main(argv=None):
                   f"{m['seconds_per_step']:>8.2f}")
         print(f"{r['size']:6} cached/uncached = {r['ratio']:.2f}x  "
               f"(first-step loss differs by {r['first_loss_delta']:.2e})")
+    peaks = {"fp32": matmul_peak_gflops(device, torch.float32)}
+    if any("cached_bf16" in r for r in results):
+        peaks["bf16"] = matmul_peak_gflops(device, torch.bfloat16)
+    print("\nprecision (cached path; GFLOP/s = torch's count of one step's FLOPs / s per step; peak = a 2048 x 2048 "
+          "matmul here: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()) + ")")
+    for r in results:
+        for mode, prec in (("cached", "fp32"), ("cached_bf16", "bf16")):
+            if mode in r:
+                rate = r["step_flop"] / r[mode]["seconds_per_step"] / 1e9
+                print(f"{r['size']:6} {prec}: {r[mode]['seconds_per_step']:.2f} s/step, {r['step_flop'] / 1e12:.3f} "
+                      f"TFLOP/step, {rate:.0f} GFLOP/s = {rate / peaks[prec]:.0%} of the {prec} matmul peak")
+        if "cached_bf16" in r:
+            print(f"{r['size']:6} bf16 / fp32 = {r['bf16_ratio']:.2f}x faster; first-step loss differs by "
+                  f"{r['bf16_first_loss_delta']:.2e} ({r['bf16_first_loss_delta'] / r['cached']['first_loss']:.2%})")
+        else:
+            print(f"{r['size']:6} bf16 skipped: --bf16 runs fp32 on this {device.type} (no bf16 instructions)")
     print("\npre-tokenisation (CodeCache.fill, one EnCodec call per clip)")
     for r in results:
         print(f"{r['size']:6} {r['pretokenize_files_per_s']:.2f} files/s of {args.duration:g} s "

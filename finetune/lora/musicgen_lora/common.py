@@ -43,6 +43,12 @@ def resolve_device(requested: str | None = None) -> str:
     """'auto' or None picks cuda when available; an unavailable device is a user error."""
     import torch
 
+    from musicgen_lora.threads import ensure_torch_threads
+
+    # Every script resolves its device right after importing torch: the moment to give torch the
+    # decided --threads when OMP_NUM_THREADS could not (torch caps it at the physical cores).
+    ensure_torch_threads()
+
     if requested in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():

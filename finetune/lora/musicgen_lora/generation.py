@@ -31,6 +31,7 @@ from musicgen_lora.common import UserError, log
 from musicgen_lora.data.metadata import tokenize_text
 from musicgen_lora.modeling import forward_logits, is_melody, model_info, unwrap_base
 from musicgen_lora.outputs import atomic_file, atomic_write_json
+from musicgen_lora.precision import dtype_of
 from musicgen_lora.prompts import Job
 from musicgen_lora.sampling import DEFAULT_OVERLAP_SHARE, DEFAULT_WINDOW_S, SamplingSettings, WindowPlan
 
@@ -229,7 +230,8 @@ def _capture_codes(base, decode: bool = True):
     def capture(audio_codes, *args, **kwargs):
         calls.append(audio_codes[0].detach().cpu())
         if decode:
-            return real(audio_codes, *args, **kwargs)
+            with torch.autocast(audio_codes.device.type, enabled=False):  # EnCodec in its own dtype
+                return real(audio_codes, *args, **kwargs)
         return SimpleNamespace(audio_values=torch.zeros(audio_codes.shape[1], 1, 1))
 
     codec.decode = capture
@@ -239,14 +241,95 @@ def _capture_codes(base, decode: bool = True):
         del codec.decode  # back to the class's method
 
 
+# --------------------------------------------------------------------------------------------
+# The decoder generation runs: the adapter merged in, in the generation precision
+# --------------------------------------------------------------------------------------------
+def _lora_layers(module):
+    from peft.tuners.lora import LoraLayer
+
+    return [(parent, name, child) for parent in module.modules()
+            for name, child in parent.named_children() if isinstance(child, LoraLayer)]
+
+
+def _decoder_bytes(decoder, dtype) -> tuple[int, int]:
+    """(bytes of the decoder now, bytes of a plain copy of it in `dtype`)."""
+    params = list(decoder.parameters())
+    size = torch.tensor([], dtype=dtype).element_size()
+    return sum(p.numel() * p.element_size() for p in params), sum(p.numel() * size for p in params)
+
+
+def _free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62  # unknown: assume it fits
+
+
+def generation_decoder(base, dtype) -> torch.nn.Module | None:
+    """A plain copy of base.decoder for generation: each active LoRA adapter merged into its layer's
+    weight (W + BA, computed once instead of two extra matmuls per layer per step; PEFT's wrapper cost
+    1.07-1.26x per step), in `dtype`. None when the decoder is already that (no adapter layers, its own
+    dtype) or a copy does not fit in free memory (the caller then generates with the model as it is).
+
+    The copy is built from the weights as they are (the adapter of this turn, or none inside
+    disable_adapter()), and the model itself is never touched: training, the held-out loss and the
+    next adapter see exactly the weights they saw before."""
+    decoder = base.decoder
+    own_dtype = next(decoder.parameters()).dtype
+    layers = _lora_layers(decoder)
+    if not layers and own_dtype == dtype:
+        return None
+    now, copy_bytes = _decoder_bytes(decoder, dtype)
+    device = next(decoder.parameters()).device
+    need = now + copy_bytes  # the deep copy in the old dtype, then the cast
+    if _free_bytes(device) < need * 1.1:
+        log.info(f"generating with the adapter unmerged: a merged copy of the decoder needs {need / 2**30:.1f} GiB, "
+                 f"more than is free on {device}")
+        return None
+    copy_ = copy.deepcopy(decoder)
+    for parent, name, layer in _lora_layers(copy_):
+        if not layer.disable_adapters and layer.active_adapters:
+            layer.merge(adapter_names=list(layer.active_adapters))
+        setattr(parent, name, layer.get_base_layer())
+    return copy_.to(dtype).eval()
+
+
+@contextlib.contextmanager
+def generation_model(model, precision: str | None = None, merge: bool = True):
+    """The MusicGen model generate() should run: its decoder swapped for generation_decoder's copy
+    while inside, and autocast to `precision` (fp16/bf16) so the fp32 text encoder's output meets a
+    half-precision decoder (EnCodec's decoding is kept out of it: _capture_codes, decode_codes).
+    precision None: the decoder's own dtype (the adapter is still merged). merge=False keeps the
+    model as it is (PEFT's wrapper, its dtype; benchmark_generation.py measures the difference)."""
+    base = unwrap_base(model)
+    own = next(base.decoder.parameters()).dtype
+    dtype = own if precision is None or not merge else dtype_of(precision)
+    decoder = generation_decoder(base, dtype) if merge else None
+    device = next(base.decoder.parameters()).device
+    original = base.decoder
+    if decoder is not None:
+        base._modules["decoder"] = decoder  # not setattr: the PEFT wrapper's hooks stay on `original`
+    try:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            yield base
+    finally:
+        base._modules["decoder"] = original
+
+
 def decode_codes(base, codes: torch.Tensor) -> torch.Tensor:
     """(B, K, T) codes, stereo rows interleaved -> (B, channels, samples) audio, each channel through
     the codec as generate() decodes it."""
     codec = base.audio_encoder
     device = next(codec.parameters()).device
     per_channel = split_channels(codes, model_info(base)["audio_channels"])
-    return torch.cat([codec.decode(c[None].to(device), audio_scales=[None] * c.shape[0]).audio_values
-                      for c in per_channel], dim=1)
+    with torch.autocast(device.type, enabled=False):  # EnCodec in its own dtype, whatever generation ran in
+        return torch.cat([codec.decode(c[None].to(device), audio_scales=[None] * c.shape[0]).audio_values
+                          for c in per_channel], dim=1)
 
 
 @torch.no_grad()
@@ -254,7 +337,8 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
                    temperature: float = 1.0, top_k: int = 250, top_p: float = 0.0, greedy: bool = False,
                    seed: int | Sequence[int] = 0, batch_size: int = 8, progress: bool = True,
                    desc: str = "generating", return_codes: bool = False, chroma: Sequence | None = None,
-                   plan: WindowPlan | None = None, audio_prompts: Sequence | None = None):
+                   plan: WindowPlan | None = None, audio_prompts: Sequence | None = None,
+                   precision: str | None = None, merge: bool = True):
     """Generate `duration` seconds of audio for each prompt; returns float32 arrays, (samples,) mono
     or (samples, channels) stereo (and, with return_codes, the (K, frames) EnCodec codes each clip
     was decoded from, stereo rows interleaved [L0, R0, L1, ...] as the decoder predicts them).
@@ -271,6 +355,11 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
     audio that starts the clip; all of one length), which the model continues; the clip starts with
     them. Each prompt's generator runs on across windows, so a seed gives one clip whatever the plan
     is asked in pieces.
+
+    precision: fp32, fp16 or bf16 for the decoder (precision.resolve's answer; None: the model's own
+    dtype). Either way the active adapter is merged into a copy of the decoder for the call
+    (generation_model), so the model passed in is left exactly as it was; merge=False generates with
+    the model as it is, in its own dtype.
     """
     settings = SamplingSettings(guidance_scale, temperature, top_k, top_p, greedy)
     settings.validate()
@@ -300,30 +389,31 @@ def generate_audio(model, processor, prompts: Sequence[str], duration: float, *,
     codes: list[torch.Tensor] = []
     batches = range(0, len(prompts), batch_size)
     try:
-        for start in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-            rows = slice(start, start + batch_size)
-            inputs = tokenize_text(processor.tokenizer, prompts[rows]).to(device)
-            # One sampler per batch: each prompt's generator runs on across its windows.
-            samplers = [] if greedy else [SeededSampler(seeds[rows], info["num_codebooks"], settings, device)]
-            melodies = chroma[rows] if chroma is not None else None
-            if len(windows) == 1 and not prompt_frames:  # one generate() call decodes its own audio
-                if melodies is not None:
-                    inputs["input_features"] = melody_batch(base, melodies).to(device)
-                with _capture_codes(base) as decoded:
-                    audio = base.generate(**inputs, generation_config=generation_config_for(base, settings, duration),
-                                          logits_processor=_processors(samplers))
-                codes += list(interleave_channels(decoded))
-            else:
-                first = torch.stack([torch.as_tensor(c) for c in audio_prompts[rows]]) if prompt_frames else None
-                clip_codes = _generate_windows(base, inputs, windows, settings, samplers, melodies, first, info)
-                codes += list(clip_codes)
-                audio = decode_codes(base, clip_codes)
-            audio = audio.float().cpu().numpy()  # (B, channels, samples)
-            for row in audio:
-                row = row[:, :num_samples]
-                if row.shape[-1] < num_samples:  # never expected: EnCodec returns frames * hop samples
-                    row = np.pad(row, ((0, 0), (0, num_samples - row.shape[-1])))
-                outputs.append(np.ascontiguousarray(row[0] if row.shape[0] == 1 else row.T, dtype=np.float32))
+        with generation_model(model, precision, merge) as base:  # the same object, its decoder swapped inside
+            for start in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+                rows = slice(start, start + batch_size)
+                inputs = tokenize_text(processor.tokenizer, prompts[rows]).to(device)
+                # One sampler per batch: each prompt's generator runs on across its windows.
+                samplers = [] if greedy else [SeededSampler(seeds[rows], info["num_codebooks"], settings, device)]
+                melodies = chroma[rows] if chroma is not None else None
+                if len(windows) == 1 and not prompt_frames:  # one generate() call decodes its own audio
+                    if melodies is not None:
+                        inputs["input_features"] = melody_batch(base, melodies).to(device)
+                    with _capture_codes(base) as decoded:
+                        config, processors = generation_config_for(base, settings, duration), _processors(samplers)
+                        audio = base.generate(**inputs, generation_config=config, logits_processor=processors)
+                    codes += list(interleave_channels(decoded))
+                else:
+                    first = torch.stack([torch.as_tensor(c) for c in audio_prompts[rows]]) if prompt_frames else None
+                    clip_codes = _generate_windows(base, inputs, windows, settings, samplers, melodies, first, info)
+                    codes += list(clip_codes)
+                    audio = decode_codes(base, clip_codes)
+                audio = audio.float().cpu().numpy()  # (B, channels, samples)
+                for row in audio:
+                    row = row[:, :num_samples]
+                    if row.shape[-1] < num_samples:  # never expected: EnCodec returns frames * hop samples
+                        row = np.pad(row, ((0, 0), (0, num_samples - row.shape[-1])))
+                    outputs.append(np.ascontiguousarray(row[0] if row.shape[0] == 1 else row.T, dtype=np.float32))
     finally:
         if was_training:
             base.train()
@@ -378,23 +468,27 @@ def _generate_windows(base, inputs, windows: list[Window], settings: SamplingSet
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def label_agreement(model, processor, prompts: Sequence[str], frames: int = 30,
-                    audio_channels: int | None = None, chroma: Sequence | None = None) -> float:
+                    audio_channels: int | None = None, chroma: Sequence | None = None,
+                    precision: str | None = None) -> float:
     """Share of label positions where the teacher-forced logits' argmax is the token greedy
     generation chose: generate_audio (guidance off) -> its codes -> codes.build_delay_pattern_labels
     (with `audio_channels`, the model's by default; another value builds a wrong layout, the
-    control) -> one forward. 1.0 means training labels line up with how the model is sampled."""
+    control) -> one forward. 1.0 means training labels line up with how the model is sampled.
+    precision: both passes run in it, through generation's merged decoder copy (generation_model)."""
     info = model_info(model)
     channels = info["audio_channels"] if audio_channels is None else audio_channels
-    _, codes = generate_audio(model, processor, list(prompts), frames / info["frame_rate"], greedy=True,
-                              guidance_scale=1.0, progress=False, return_codes=True, chroma=chroma)
-    labels = build_delay_pattern_labels(torch.stack(codes), audio_channels=channels)
-    device = next(unwrap_base(model).parameters()).device
-    inputs = {k: v.to(device) for k, v in tokenize_text(processor.tokenizer, list(prompts)).items()}
-    if chroma is not None:
-        inputs["input_features"] = melody_batch(unwrap_base(model), chroma).to(device)
-    logits = forward_logits(model, inputs, labels.to(device))
+    with generation_model(model, precision) as base:
+        _, codes = generate_audio(model, processor, list(prompts), frames / info["frame_rate"], greedy=True,
+                                  guidance_scale=1.0, progress=False, return_codes=True, chroma=chroma,
+                                  precision=precision)
+        labels = build_delay_pattern_labels(torch.stack(codes), audio_channels=channels)
+        device = next(base.parameters()).device
+        inputs = {k: v.to(device) for k, v in tokenize_text(processor.tokenizer, list(prompts)).items()}
+        if chroma is not None:
+            inputs["input_features"] = melody_batch(base, chroma).to(device)
+        logits = forward_logits(model, inputs, labels.to(device))
     b, s, k = labels.shape
-    pred = logits.reshape(b, k, s, -1).argmax(-1).permute(0, 2, 1).cpu()
+    pred = logits.float().reshape(b, k, s, -1).argmax(-1).permute(0, 2, 1).cpu()
     valid = labels != -100
     return float((pred[valid] == labels[valid]).float().mean())
 
@@ -457,7 +551,7 @@ def audio_prompt_codes(model, path, seconds: float) -> torch.Tensor:
 
 def generate_jobs(model, processor, jobs: list[Job], duration: float, settings: SamplingSettings,
                   batch_size: int, progress: bool = True, desc: str = "generating", chroma: list | None = None,
-                  plan: WindowPlan | None = None, prompt_seconds: float = 0.0):
+                  plan: WindowPlan | None = None, prompt_seconds: float = 0.0, precision: str | None = None):
     """generate_audio over jobs; returns (audio list, wall seconds per clip). chroma: job_chroma's
     list, when the caller already has it (evaluate.py: one read for every model); without it, the
     jobs' melody files are read here. Jobs whose prompt has an `audio_prompt` continue the first
@@ -479,19 +573,23 @@ def generate_jobs(model, processor, jobs: list[Job], duration: float, settings: 
         out = generate_audio(model, processor, [jobs[i].prompt.text for i in idx], duration,
                              seed=[jobs[i].seed for i in idx], batch_size=batch_size, progress=progress, desc=desc,
                              chroma=[chroma[i] for i in idx] if chroma is not None else None, plan=plan,
-                             audio_prompts=prompts, **settings.to_dict())
+                             audio_prompts=prompts, precision=precision, **settings.to_dict())
         for i, wav in zip(idx, out):
             audio[i] = wav
     per_clip = (time.time() - t0) / max(1, len(jobs))
     return audio, per_clip
 
 
-def resolve_dtype(fp16: bool, bf16: bool, device: str):
-    if fp16 and bf16:
-        raise UserError("--fp16 and --bf16 exclude each other; pick one")
-    if not (fp16 or bf16):
-        return None
-    if device == "cpu":
-        log.warning(f"warning: --{'fp16' if fp16 else 'bf16'} needs a GPU; generating in fp32 on the CPU")
-        return None
-    return torch.float16 if fp16 else torch.bfloat16
+def resolve_generation(asked: str, device) -> tuple[torch.dtype | None, str]:
+    """(dtype to load the model in, precision its decoder generates in) for --precision `asked`
+    (precision.requested). On a GPU a half precision loads the whole model in it (the memory of a
+    medium or large model, as before); on a CPU the model stays fp32 -- the held-out loss and FAD
+    are computed in fp32 -- and only generation's merged decoder copy is bf16 (generation_model)."""
+    from musicgen_lora.precision import resolve
+
+    ran, warning = resolve(asked, device)
+    if warning:
+        log.warning(warning)
+    if torch.device(device).type == "cuda" and ran != "fp32":
+        return dtype_of(ran), ran
+    return None, ran

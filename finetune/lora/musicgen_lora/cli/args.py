@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from musicgen_lora.common import UserError
+from musicgen_lora.precision import PRECISIONS, requested
 from musicgen_lora.sampling import DEFAULT_OVERLAP_SHARE, DEFAULT_WINDOW_S, WAV_SUBTYPES, SamplingSettings, WindowPlan
 
 
@@ -32,19 +33,73 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse with one `error: ...` line for a bad flag (no usage dump) and defaults in --help."""
+THREADS_HELP = ("CPU threads for torch (default: the CPUs this process may use minus those busy right now; "
+                "OMP_NUM_THREADS wins when set). Results can differ slightly between thread counts.")
 
-    def __init__(self, *args, **kwargs):
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one `error: ...` line for a bad flag (no usage dump) and defaults in --help.
+
+    Every script also gets `--threads N` (threads.py): applied right after parsing, before torch is
+    imported. A script that defines its own --threads keeps it (and its meaning): the shared flag
+    steps aside. threads_flag=False (or add_help=False, a parent parser) leaves it out.
+    """
+
+    def __init__(self, *args, threads_flag: bool = True, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
+        self._threads_action = None  # before argparse's own __init__, which adds -h through add_argument
         super().__init__(*args, **kwargs)
+        if threads_flag and self.add_help:
+            self._threads_action = super().add_argument("--threads", type=positive_int, default=None,
+                                                        metavar="N", help=THREADS_HELP)
+
+    def _yield_threads(self, option_strings):
+        """A script's own --threads replaces the shared one (argparse would refuse the duplicate)."""
+        action = self._threads_action
+        if action is None or not set(option_strings) & set(action.option_strings):
+            return
+        self._threads_action = None
+        self._remove_action(action)
+        for option in action.option_strings:
+            self._option_string_actions.pop(option, None)
+        for group in self._action_groups:
+            if action in group._group_actions:
+                group._group_actions.remove(action)
+
+    def add_argument(self, *args, **kwargs):
+        self._yield_threads(args)
+        return super().add_argument(*args, **kwargs)
+
+    def _watched(self, group):
+        add = group.add_argument
+
+        def add_argument(*names, **options):
+            self._yield_threads(names)
+            return add(*names, **options)
+
+        group.add_argument = add_argument
+        return group
+
+    def add_argument_group(self, *args, **kwargs):
+        return self._watched(super().add_argument_group(*args, **kwargs))
+
+    def add_mutually_exclusive_group(self, **kwargs):
+        return self._watched(super().add_mutually_exclusive_group(**kwargs))
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if self._threads_action is not None and hasattr(namespace, self._threads_action.dest):
+            from musicgen_lora.threads import apply_threads
+
+            apply_threads(getattr(namespace, self._threads_action.dest))
+        return namespace, extras
 
     def error(self, message):
         sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
         sys.exit(2)
 
 
-def _number(kind, low=None, high=None, low_open=False, high_open=False, words=None):
+def number_type(kind, low=None, high=None, low_open=False, high_open=False, words=None):
     """A flag type: a finite `kind` (int or float) within [low, high] (open ends where asked).
 
     Accepts strings (command line) and numbers (YAML); argparse turns the ArgumentTypeError into
@@ -80,16 +135,16 @@ def _number(kind, low=None, high=None, low_open=False, high_open=False, words=No
     return parse
 
 
-positive_int = _number(int, low=1)
-nonneg_int = _number(int, low=0)
-any_int = _number(int)
-positive_float = _number(float, low=0, low_open=True)
-nonneg_float = _number(float, low=0)
-finite_float = _number(float)
-probability = _number(float, low=0, high=1, words="a probability in [0, 1]")
-dropout = _number(float, low=0, high=1, high_open=True, words="a dropout probability in [0, 1)")
-fraction = _number(float, low=0, high=1, high_open=True, words="a fraction in [0, 1)")
-positive_fraction = _number(float, low=0, low_open=True, high=1, words="a fraction in (0, 1]")
+positive_int = number_type(int, low=1)
+nonneg_int = number_type(int, low=0)
+any_int = number_type(int)
+positive_float = number_type(float, low=0, low_open=True)
+nonneg_float = number_type(float, low=0)
+finite_float = number_type(float)
+probability = number_type(float, low=0, high=1, words="a probability in [0, 1]")
+dropout = number_type(float, low=0, high=1, high_open=True, words="a dropout probability in [0, 1)")
+fraction = number_type(float, low=0, high=1, high_open=True, words="a fraction in [0, 1)")
+positive_fraction = number_type(float, low=0, low_open=True, high=1, words="a fraction in (0, 1]")
 
 
 def _convert(action: argparse.Action, key: str, value, path: Path):
@@ -225,8 +280,12 @@ def add_sampling_args(p: argparse.ArgumentParser):
                    help="WAV sample format.")
     r = p.add_argument_group("runtime")
     r.add_argument("--device", default="auto", help="auto, cpu or cuda.")
-    r.add_argument("--fp16", action="store_true", help="Load the model in fp16 (GPU only).")
-    r.add_argument("--bf16", action="store_true", help="Load the model in bf16 (GPU only).")
+    r.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="Generation precision. auto (default): bf16 on a GPU that has it (else fp16) and on a CPU "
+                        "with bf16 instructions (avx512_bf16/amx_bf16; ~2x faster), else fp32. On a CPU only the "
+                        "decoder's generation copy is bf16; held-out loss and FAD stay fp32.")
+    r.add_argument("--fp16", action="store_true", help="Short for --precision fp16 (GPU only).")
+    r.add_argument("--bf16", action="store_true", help="Short for --precision bf16.")
     r.add_argument("--overwrite", action="store_true",
                    help="Replace earlier outputs of this script in --output_dir instead of refusing (files it did "
                         "not write are never replaced).")
@@ -235,8 +294,7 @@ def add_sampling_args(p: argparse.ArgumentParser):
 
 def check_runtime_flags(args):
     """The runtime group's own rule (add_sampling_args); train_lora.py's is TrainConfig.check."""
-    if args.fp16 and args.bf16:
-        raise UserError("--fp16 and --bf16 exclude each other; pick one")
+    args.precision = requested(args.precision, args.fp16, args.bf16, default="auto")
 
 
 def window_plan(args) -> WindowPlan:

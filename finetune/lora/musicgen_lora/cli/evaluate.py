@@ -36,9 +36,9 @@ from pathlib import Path
 
 from musicgen_lora.cli.args import (
     Parser,
-    _number,
     add_sampling_args,
     check_runtime_flags,
+    number_type,
     positive_float,
     positive_int,
     sampling_settings,
@@ -57,7 +57,7 @@ from musicgen_lora.runs.table import recorded_path
 
 TOOL = "evaluate.py"
 # --port: 0 asks the system for any free port.
-PORT = _number(int, 0, 65535, words="a port number from 0 (any free port) to 65535")
+PORT = number_type(int, 0, 65535, words="a port number from 0 (any free port) to 65535")
 
 
 def build_parser():
@@ -231,7 +231,7 @@ def evaluate(args, out: Path):
         validation_loader,
     )
     from musicgen_lora.evaluation.scoring import score_folder
-    from musicgen_lora.generation import check_duration, clip_windows, read_melodies, resolve_dtype
+    from musicgen_lora.generation import check_duration, clip_windows, read_melodies, resolve_generation
     from musicgen_lora.modeling import is_melody, load_model_and_processor, model_info
 
     check_output_dir(out, args.overwrite)
@@ -272,7 +272,7 @@ def evaluate(args, out: Path):
         clap = ClapScorer(args.clap_model_path)
 
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.fp16, args.bf16, device)
+    dtype, precision = resolve_generation(args.precision, device)
     model, processor = load_model_and_processor(args.base_model_path, device=device, dtype=dtype,
                                                 flag="--base_model_path")
     plan = window_plan(args)
@@ -303,7 +303,7 @@ def evaluate(args, out: Path):
                              batch_size=args.batch_size, wav_subtype=args.wav_subtype,
                              progress=not args.no_progress, base_model_path=args.base_model_path,
                              model_numbers=numbers, notes=notes, reference=reference, clap=clap,
-                             melodies=melodies, plan=plan, prompt_seconds=args.prompt_seconds)
+                             melodies=melodies, plan=plan, prompt_seconds=args.prompt_seconds, precision=precision)
     log.info(f"wrote {len(jobs) * len(specs)} clips, comparison_results.jsonl, summary.json and "
              f"{out / 'report.html'}")
     print_verdicts(summary)

@@ -11,12 +11,12 @@ negative score, per-family counts, and the time per clip. About 0.15 s per clip 
 """
 import time
 
-from musicgen_lora.cli.args import Parser, _number, positive_int
+from musicgen_lora.cli.args import Parser, number_type, positive_int
 from musicgen_lora.cli.runner import cli
 
 # The loop families start their loop at up to 60% of the clip and need 0.5 s (the shortest loop)
 # before 70% of it: 5 s is the shortest clip they fit in.
-SECONDS = _number(float, low=5, words="a number of seconds >= 5 (the loop families need that much)")
+SECONDS = number_type(float, low=5, words="a number of seconds >= 5 (the loop families need that much)")
 
 
 @cli

@@ -63,6 +63,7 @@ from musicgen_lora.prompts import (
     load_prompts,
     plan_jobs,
 )
+from musicgen_lora.threads import run_threads
 
 
 def build_parser():
@@ -137,7 +138,7 @@ def run(args):
         generate_jobs,
         job_chroma,
         read_melodies,
-        resolve_dtype,
+        resolve_generation,
         write_clip,
     )
     from musicgen_lora.modeling import check_adapter_dir, is_melody, load_adapter, load_model_and_processor, model_info
@@ -158,7 +159,7 @@ def run(args):
         check_adapter_dir(args.lora_model_path)
 
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.fp16, args.bf16, device)
+    dtype, precision = resolve_generation(args.precision, device)
     model, processor = load_model_and_processor(args.base_model_path, device=device, dtype=dtype,
                                                 flag="--base_model_path")
     if args.lora_model_path:
@@ -185,7 +186,7 @@ def run(args):
     t0 = time.time()
     audio, per_clip = generate_jobs(model, processor, jobs, args.duration, settings, args.batch_size,
                                     progress=not args.no_progress, chroma=chroma, plan=plan,
-                                    prompt_seconds=prompt_seconds)
+                                    prompt_seconds=prompt_seconds, precision=precision)
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     run_id = adapter_run_id(Path(args.lora_model_path)) if args.lora_model_path else None
     # Claim the names first: a kill mid-way leaves every written clip recorded as ours.
@@ -196,7 +197,7 @@ def run(args):
                    "adapter": str(Path(args.lora_model_path).resolve()) if args.lora_model_path else None,
                    "run_id": run_id, "melody": job.prompt.melody, "duration": args.duration,
                    "audio_prompt": job.prompt.audio_prompt, "prompt_seconds": prompt_seconds or None,
-                   "sample_rate": info["sample_rate"],
+                   "sample_rate": info["sample_rate"], "precision": precision, **run_threads(),
                    "num_samples": len(wav), **settings.to_dict(), **plan.to_dict(), "windows": windows,
                    "batch_size": args.batch_size, "device": device,
                    "dtype": str(dtype or "float32").replace("torch.", ""), "wav_subtype": args.wav_subtype,

@@ -27,6 +27,7 @@ from musicgen_lora.cli.args import (
     probability,
 )
 from musicgen_lora.cli.runner import cli
+from musicgen_lora.precision import PRECISIONS
 from musicgen_lora.training.config import TrainConfig
 
 D = TrainConfig()  # every flag's default comes from here
@@ -97,9 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = p.add_argument_group("runtime")
     r.add_argument("--device", default=D.device, help="auto, cpu or cuda.")
-    r.add_argument("--fp16", action="store_true", help="fp16 mixed precision (GPU only; ignored with a warning "
+    r.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="Mixed precision: fp32 (default: losses comparable with earlier runs), bf16 (a GPU that has "
+                        "it, or a CPU with avx512_bf16/amx_bf16: ~2x faster there), fp16 (GPU), or auto (the fastest "
+                        "this hardware has: bf16, else fp16 on a GPU, else fp32).")
+    r.add_argument("--fp16", action="store_true", help="Short for --precision fp16 (GPU only; fp32 with a warning "
                                                         "on CPU).")
-    r.add_argument("--bf16", action="store_true", help="bf16 mixed precision (Ampere or newer GPUs).")
+    r.add_argument("--bf16", action="store_true", help="Short for --precision bf16.")
     r.add_argument("--gradient_checkpointing", action="store_true",
                    help="Recompute decoder activations in the backward pass: less memory, slower steps "
                         "(see finetune/scripts/benchmark_memory.py).")

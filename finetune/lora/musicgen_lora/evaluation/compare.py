@@ -27,6 +27,7 @@ from musicgen_lora.outputs import atomic_dir, check_own_folder, write_manifest
 from musicgen_lora.plotting import spectrogram_png
 from musicgen_lora.prompts import Job, Prompt, clip_filename, describe_settings, slugify
 from musicgen_lora.sampling import SamplingSettings, WindowPlan
+from musicgen_lora.threads import run_threads
 
 
 @dataclass
@@ -231,7 +232,7 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
                    duration: float, settings: SamplingSettings, batch_size: int, wav_subtype: str = "PCM_16",
                    progress: bool = True, base_model_path: str = "", model_numbers: dict | None = None,
                    notes: list[str] | None = None, reference=None, clap=None, melodies: dict | None = None,
-                   plan: WindowPlan | None = None, prompt_seconds: float = 0.0) -> dict:
+                   plan: WindowPlan | None = None, prompt_seconds: float = 0.0, precision: str | None = None) -> dict:
     """Generate every job with every model into `out` (written atomically), score every clip, and
     return summary.json.
 
@@ -242,6 +243,8 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
     read them already (evaluate.py does, before the held-out loss: a bad file fails first). plan:
     the windows of a clip longer than one (generation.WindowPlan); jobs with an audio_prompt continue
     its first prompt_seconds, and the real continuation is written beside them (references/).
+    precision: the decoder's generation precision (generation.resolve_generation), recorded with the
+    CPU threads in every sidecar and the summary's settings (a clip is reproducible at both).
     """
     sr = model_info(bank.model)["sample_rate"]
     if melodies is None:
@@ -251,7 +254,8 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
     rows, audio_by_row = [], []
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     plan = plan or WindowPlan()
-    setting_dict = {"duration": duration, **settings.to_dict(), **plan.to_dict(), "batch_size": batch_size}
+    setting_dict = {"duration": duration, **settings.to_dict(), **plan.to_dict(), "batch_size": batch_size,
+                    "precision": precision, **run_threads()}
     windows = {False: clip_windows(bank.model, duration, plan)}
     if any(j.prompt.audio_prompt for j in jobs):  # continuations: their first window starts from the prompt
         windows[True] = clip_windows(bank.model, duration, plan, prompt_seconds)
@@ -263,7 +267,8 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
             log.info(f"{spec.name}: {len(jobs)} clip(s), {describe_settings(settings, duration, batch_size)}")
             with bank.use(spec) as m:
                 audio, per_clip = generate_jobs(m, processor, jobs, duration, settings, batch_size, progress,
-                                                desc=spec.name, chroma=chroma, plan=plan, prompt_seconds=prompt_seconds)
+                                                desc=spec.name, chroma=chroma, plan=plan, prompt_seconds=prompt_seconds,
+                                                precision=precision)
                 if reference is not None:
                     fad[spec.name] = frechet_distance(encodec_embeddings(m, audio), reference)
             for job, wav in zip(jobs, audio):
@@ -313,7 +318,6 @@ def validation_loader(processor, model, data_dir, metadata_file, window: float, 
     """The trainer's validation set and collation (same clips, crops and labels as step 0; on a
     MusicGen-Melody model, each window's own chroma as the trainer's validation uses it)."""
     import torch
-
 
     splits = load_splits(data_dir, metadata_file)
     if "store" in splits and not splits["valid"]:

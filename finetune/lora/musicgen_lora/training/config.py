@@ -57,6 +57,7 @@ class TrainConfig:
     device: str = "auto"
     fp16: bool = False
     bf16: bool = False
+    precision: str | None = None  # auto, fp32, fp16, bf16 (--fp16/--bf16 are its short forms); None: fp32
     gradient_checkpointing: bool = False
     ignore_memory_plan: bool = False
     # logging and saving
@@ -80,8 +81,7 @@ class TrainConfig:
 
     def check(self):
         """Rules across settings (one setting's range is checked by its flag's type in the parser)."""
-        if self.fp16 and self.bf16:
-            raise UserError("--fp16 and --bf16 exclude each other; pick one")
+        self.requested_precision  # noqa: B018 (raises on --fp16 with --bf16, or a --precision that disagrees)
         if self.resume_from_checkpoint and self.overwrite_output_dir:
             raise UserError("--resume_from_checkpoint continues the run in --output_dir and --overwrite_output_dir "
                             "replaces it; pass one of them")
@@ -118,7 +118,10 @@ class TrainConfig:
 
     @property
     def requested_precision(self) -> str:
-        return "fp16" if self.fp16 else "bf16" if self.bf16 else "fp32"
+        """What was asked; fp32 by default (precision.py says why training does not default to auto)."""
+        from musicgen_lora.precision import requested
+
+        return requested(self.precision, self.fp16, self.bf16, default="fp32")
 
     @property
     def resume_critical(self) -> dict:

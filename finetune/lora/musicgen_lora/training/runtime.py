@@ -11,19 +11,18 @@ from musicgen_lora.modeling import unwrap_base
 
 def make_accelerator(device: str, precision: str, gradient_accumulation_steps: int, report_to: str,
                      project_dir: Path):
-    """The accelerate Accelerator for a run. `precision` is what was asked ("fp32", "fp16", "bf16");
-    it falls back to fp32 with a warning where the hardware cannot (a CPU; bf16 on an older GPU)."""
+    """The accelerate Accelerator for a run. `precision` is what was asked (auto, fp32, fp16, bf16);
+    precision.resolve says what runs: bf16 autocast on a CPU with bf16 instructions too, fp32 with a
+    warning where the hardware has no fast path (fp16 on a CPU; bf16 on an older GPU or CPU)."""
     from accelerate import Accelerator
 
+    from musicgen_lora.precision import resolve
+
     device = resolve_device(device)
-    mixed = "no"
-    if precision in ("fp16", "bf16"):
-        if device == "cpu":
-            log.warning(f"warning: --{precision} needs a GPU; training in fp32 on the CPU instead")
-        elif precision == "bf16" and not torch.cuda.is_bf16_supported():
-            log.warning("warning: this GPU has no bf16; training in fp32")
-        else:
-            mixed = precision
+    ran, warning = resolve(precision, device)
+    if warning:
+        log.warning(warning.replace("running in", "training in"))
+    mixed = "no" if ran == "fp32" else ran
     if report_to != "none" and importlib.util.find_spec(report_to) is None:
         raise UserError(f"--report_to {report_to} needs the {report_to} package: pip install {report_to} "
                         f"(or use --report_to none; logs/metrics.jsonl is always written)")

@@ -53,6 +53,7 @@ from musicgen_lora.plotting import write_training_curves
 from musicgen_lora.prompts import Prompt, check_melody_model, load_prompts
 from musicgen_lora.runs.review import log_review  # the review gate: a plain-words reading of the logs
 from musicgen_lora.runs.table import absolute_paths
+from musicgen_lora.threads import run_threads
 from musicgen_lora.training.config import TrainConfig
 from musicgen_lora.training.guards import EarlyStopping, NonFiniteGuard
 from musicgen_lora.training.memory import MemoryPlan, check_plan, longest_text_tokens, plan_memory
@@ -376,7 +377,8 @@ def run_config(run: Run) -> dict:
     config = absolute_paths(cfg.to_dict())
     config.update(run_id=run.run_id, precision=ran, requested_precision=cfg.requested_precision,
                   fp16=ran == "fp16", bf16=ran == "bf16", mixed_precision=acc.mixed_precision, device=str(acc.device),
-                  num_processes=acc.num_processes, window_seconds=cfg.window_seconds, total_steps=run.total_steps,
+                  num_processes=acc.num_processes, **run_threads(), window_seconds=cfg.window_seconds,
+                  total_steps=run.total_steps,
                   steps_per_epoch=run.steps_per_epoch, warmup_steps_effective=run.warmup,
                   trainable_parameters=trainable, total_parameters=total, train_clips=len(run.train_set),
                   valid_clips=len(run.valid_set),
