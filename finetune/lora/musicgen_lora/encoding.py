@@ -11,8 +11,8 @@ channel of every piece is a row, and a row's codes do not depend on its neighbou
 Memory: pieces are pulled lazily from the caller's iterators and at most `batch_size` are held at
 once: when that many are waiting, the bucket holding the oldest piece is encoded (so a piece with no
 partner waits for fewer than `batch_size` such calls, and a long track is never one tensor). On
-musicgen-small's codec a 30 s piece costs about 1 GiB while it is encoded (batch 8: 9.2 GiB peak
-resident on a CPU; 15 s pieces half that). Codes come back in input order; the codes of clips that
+musicgen-small's codec, 8 pieces of 15 s per call peaked at 6.8 GiB resident on a CPU against 4.3 GiB
+one at a time (finetune/scripts/benchmark_encoding.py). Codes come back in input order; the codes of clips that
 finish early wait, small, for the clips before them.
 
 Speed: on a GPU a call over many rows should cost little more than over one (the LSTM steps through

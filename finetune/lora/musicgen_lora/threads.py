@@ -163,14 +163,22 @@ def _why(usable: int, busy: int) -> str:
     return words
 
 
-def default_threads() -> tuple[int, str]:
-    """(threads, why): OMP_NUM_THREADS when set to a positive int, else the usable CPUs minus the
-    busy ones, at least 1."""
-    omp = _user_omp()
-    if omp is not None:
-        return omp, "OMP_NUM_THREADS"
+def _decide(requested: int | None) -> tuple[int, str, int, int]:
+    """(threads, source, usable CPUs, busy CPUs): `requested` wins, then OMP_NUM_THREADS as the user
+    set it, then the usable CPUs minus the busy ones, at least 1."""
     usable, busy = usable_cpus(), busy_cpus()
-    return max(1, usable - busy), _why(usable, busy)
+    if requested:
+        return int(requested), "flag", usable, busy
+    if (omp := _user_omp()) is not None:
+        return omp, "OMP_NUM_THREADS", usable, busy
+    return max(1, usable - busy), "default", usable, busy
+
+
+def default_threads() -> tuple[int, str]:
+    """(threads, why) without --threads: OMP_NUM_THREADS when set to a positive int, else the usable
+    CPUs minus the busy ones, at least 1."""
+    n, source, usable, busy = _decide(None)
+    return n, (_why(usable, busy) if source == "default" else source)
 
 
 def apply_threads(requested: int | None = None) -> dict:
@@ -179,13 +187,7 @@ def apply_threads(requested: int | None = None) -> dict:
     them) and set torch's pool when torch is already imported. Returns (and keeps, see `current`)
     {"threads", "source": "flag" | "OMP_NUM_THREADS" | "default", "usable_cpus", "busy_cpus"}."""
     global _current, _written, _user_value
-    usable, busy = usable_cpus(), busy_cpus()
-    if requested:
-        n, source = int(requested), "flag"
-    elif (omp := _user_omp()) is not None:
-        n, source = omp, "OMP_NUM_THREADS"
-    else:
-        n, source = max(1, usable - busy), "default"
+    n, source, usable, busy = _decide(requested)
     record = {"threads": n, "source": source, "usable_cpus": usable, "busy_cpus": busy}
     if _written is None or os.environ.get("OMP_NUM_THREADS") != _written:  # set since: the user's
         _user_value = os.environ.get("OMP_NUM_THREADS")
