@@ -52,6 +52,14 @@ def tiny_melody_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_stereo_melody_model_dir(tmp_path_factory):
+    """The musicgen-stereo-melody layout: the melody prefix and 8 interleaved codebooks."""
+    out = tmp_path_factory.mktemp("models") / "tiny-stereo-melody"
+    run_script(SCRIPTS / "make_tiny_model.py", "--output_dir", out, "--seed", 0, "--melody", "--stereo")
+    return out
+
+
+@pytest.fixture(scope="session")
 def example_data_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "example"
     run_script("prepare_data.py", "--create_example", "--output_dir", out, "--num_examples", 10)

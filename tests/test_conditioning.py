@@ -48,6 +48,46 @@ def test_null_condition_is_what_generate_pairs_with_each_prompt(tiny_model_dir):
     assert not torch.allclose(kept, reference, atol=1e-3)  # the condition matters, so the test can fail
 
 
+def test_melody_condition_dropout_drops_the_melody_too(tiny_melody_model_dir):
+    """On MusicGen-Melody the null condition generate() pairs with each prompt is null text AND the null
+    chroma (audiocraft's classifier-free-guidance dropout nulls every attribute at once): a dropped
+    row must be exactly that, not null text beside the clip's real melody."""
+    from musicgen_lora.chroma import chroma_batch, null_chroma
+
+    model, processor = load_model_and_processor(str(tiny_melody_model_dir))
+    model.eval()
+    labels = build_delay_pattern_labels(torch.randint(0, 64, (2, 4, 12)))
+    text = dict(tokenize_text(processor.tokenizer, ["lo-fi hip hop beat", "dark trap beat"]))
+    melody = torch.nn.functional.one_hot(torch.arange(30) % 12, 12).float()
+    inputs = {**text, "input_features": chroma_batch([melody, melody.roll(5, -1)], 235)}
+    null = {"input_ids": text["input_ids"], "attention_mask": torch.zeros_like(text["attention_mask"]),
+            "input_features": torch.stack([null_chroma(235)] * 2)}
+    with torch.no_grad():
+        dropped = forward_logits(model, inputs, labels, text_dropout=1.0)
+        reference = forward_logits(model, null, labels)
+        text_only_dropped = forward_logits(model, {**inputs, "attention_mask": null["attention_mask"]}, labels)
+    assert torch.allclose(dropped, reference, atol=1e-5)
+    assert not torch.allclose(dropped, text_only_dropped, atol=1e-4)  # the melody matters, so this can fail
+
+
+def test_training_runs_the_decoder_without_the_hub_configs_dropout(tiny_model_dir):
+    """The checkpoints' decoder config says dropout 0.1 (transformers' default; audiocraft trained with
+    0): loaded for training with decoder_dropout=0 (train_lora.py's default), two forwards in train
+    mode give the same logits; with the checkpoint's own 0.1 they do not."""
+    from musicgen_lora.modeling import apply_lora
+
+    labels = build_delay_pattern_labels(torch.randint(0, 64, (1, 4, 20)))
+    for dropout, same in ((None, False), (0.0, True)):
+        model, processor = load_model_and_processor(str(tiny_model_dir), decoder_dropout=dropout)
+        assert model.config.decoder.dropout == (0.1 if dropout is None else 0.0)
+        model = apply_lora(model, 4, 8, 0.0)
+        model.train()
+        inputs = dict(tokenize_text(processor.tokenizer, ["lo-fi hip hop beat"]))
+        with torch.no_grad():
+            first, second = (forward_logits(model, inputs, labels) for _ in range(2))
+        assert torch.equal(first, second) == same, dropout
+
+
 def test_drop_words_rate_and_null():
     rng = np.random.default_rng(0)
     text = " ".join(f"w{i}" for i in range(1000))
@@ -94,6 +134,7 @@ def test_defaults_follow_audiocraft_and_are_recorded(tmp_path, tiny_model_dir, t
     assert "--chroma_dropout applies to MusicGen-Melody checkpoints" in proc.stderr
     cfg = json.loads((tmp_path / "text" / "run_config.json").read_text())
     assert (cfg["text_dropout"], cfg["word_dropout"], cfg["chroma_dropout"]) == (0.3, 0.3, None)
+    assert cfg["decoder_dropout"] == 0.0 and "; decoder dropout 0" in proc.stderr
     run_script("train_lora.py", "--model_path", tiny_melody_model_dir, "--output_dir", tmp_path / "melody", *common,
                "--word_dropout", 0.1)
     cfg = json.loads((tmp_path / "melody" / "run_config.json").read_text())

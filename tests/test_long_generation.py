@@ -40,7 +40,10 @@ def test_windows_tile_the_clip(total, window, overlap, prompt):
 
 def test_greedy_continuation_of_its_own_start_reproduces_the_clip(tiny):
     """The audio-prompt path lays the prompt codes into the delay pattern exactly as generation left
-    them: greedy decoding prompted with a clip's first second continues into that same clip."""
+    them: greedy decoding prompted with a clip's first second continues into that same clip. (On a
+    random model this would pass with the prompt ignored too -- its greedy continuation does not
+    depend on the context, measured -- so the proof that the prompt is used is in test_training.py:
+    a trained adapter continues each of two clips from its own start.)"""
     model, processor = tiny
     prompts = ["lofi beat with vinyl crackle", "dark trap"]
     for guidance in (1.0, 3.0):
@@ -127,6 +130,12 @@ def test_stereo_windows(tiny_stereo_model_dir):
                                  return_codes=True, audio_prompts=[codes[:, :50]], plan=plan)
     assert codes.shape == (8, 200) and model_info(model)["audio_channels"] == 2
     assert torch.equal(codes[:, :100], again[:, :100])  # greedy: the prompted first window repeats the first
+    # The control: prompted with the left and right channels swapped, the clip starts with the swapped
+    # codes and goes on differently -- a generation ignoring its prompt would repeat `codes`.
+    swapped = codes[:, :50].reshape(4, 2, 50).flip(1).reshape(8, 50)
+    _, (crossed,) = generate_audio(model, processor, ["lofi"], 4.0, greedy=True, guidance_scale=1.0, progress=False,
+                                   return_codes=True, audio_prompts=[swapped], plan=plan)
+    assert torch.equal(crossed[:, :50], swapped) and not torch.equal(crossed[:, 50:100], codes[:, 50:100])
 
 
 def test_inference_sixty_seconds_in_windows(tiny_model_dir, tmp_path):

@@ -97,10 +97,57 @@ def test_a_batch_of_the_other_layout_is_one_line(tiny_stereo_model_dir):
         labels_for_batch(model, batch)
 
 
-def test_stereo_training_learns_and_the_adapter_loads_with_plain_peft(stereo_run, tiny_stereo_model_dir):
+@pytest.mark.slow
+def test_lora_memorises_a_stereo_clip_channel_by_channel(tiny_stereo_model_dir, tmp_path):
+    """The stereo learning proof, with the controls that fail if the layout were ignored: one 2 s clip
+    whose channels differ (the right one plays the tune an octave up), 600 steps through
+    train_lora.py; greedy generation must reproduce the left rows (L0, L1, ...) and the right rows
+    (R0, R1, ...) each at >= 90%, while the base model and the same codes with the channels swapped
+    stay <= 10% (a model trained on a mono mix, or with the channels crossed, gets one of those
+    instead). Measured: 98.8% (left 98.5%, right 99.0%), swapped 2.6%, base 1.6%."""
+    from musicgen_lora.cli.train import main as train
+    from musicgen_lora.generation import generate_audio
+    from musicgen_lora.modeling import encode_channels, load_adapter
+
+    from tunes import tune
+
+    n = 2 * 32000
+    wav = np.stack([tune([0, 4, 7, 11], seed=1)[:n], tune([12, 16, 19, 23], seed=11)[:n]], axis=1)
+    data = tmp_path / "data"
+    data.mkdir()
+    sf.write(data / "clip.wav", wav, 32000)
+    entry = {"audio": "clip.wav", "description": "a synth tune"}
+    (data / "metadata.json").write_text(json.dumps({"train": [entry] * 50, "valid": [entry]}))
+    run = tmp_path / "run"
+    assert train(["--model_path", str(tiny_stereo_model_dir), "--data_dir", str(data), "--output_dir", str(run),
+                  "--target_duration", "2", "--batch_size", "1", "--gradient_accumulation_steps", "1",
+                  "--num_epochs", "12", "--learning_rate", "3e-3", "--lora_rank", "64", "--lora_alpha", "128",
+                  "--lora_dropout", "0", "--text_dropout", "0", "--word_dropout", "0", "--warmup_steps", "0",
+                  "--save_steps", "0", "--logging_steps", "1000", "--no_progress"]) == 0
+
+    model, processor = load_model_and_processor(str(tiny_stereo_model_dir))
+    target = encode_channels(model, torch.from_numpy(wav.T.copy()))  # (8, 100): [L0, R0, L1, R1, ...]
+    swapped = torch.stack(split_channels(target, 2)[::-1], dim=1).reshape(8, -1)  # [R0, L0, R1, L1, ...]
+
+    def greedy(m):
+        _, (codes,) = generate_audio(m, processor, ["a synth tune"], 2.0, greedy=True, guidance_scale=1.0,
+                                     progress=False, return_codes=True, precision="fp32")
+        return codes[:, :target.shape[1]]
+
+    def match(a, b):
+        return float((a == b).float().mean())
+
+    base = greedy(model)
+    learned = greedy(load_adapter(model, run / "final_model"))
+    left, right = (match(a, b) for a, b in zip(split_channels(learned, 2), split_channels(target, 2)))
+    print(f"stereo memorisation: left {left:.3f}, right {right:.3f}; swapped {match(learned, swapped):.3f}, "
+          f"base {match(base, target):.3f}")
+    assert left >= 0.9 and right >= 0.9
+    assert match(learned, swapped) <= 0.1 and match(base, target) <= 0.1
+
+
+def test_stereo_adapter_records_its_layout_and_loads_with_plain_peft(stereo_run, tiny_stereo_model_dir):
     out, log = stereo_run
-    summary = json.loads((out / "logs" / "summary.json").read_text())
-    assert summary["best_valid_loss"] < summary["base_valid_loss"] * 0.95, summary
     cfg = json.loads((out / "run_config.json").read_text())
     assert cfg["model_audio_channels"] == 2 and cfg["model_num_codebooks"] == 8
     info = json.loads((out / "best_model" / "training_info.json").read_text())

@@ -510,6 +510,30 @@ def write_clip(path: Path, audio: np.ndarray, sample_rate: int, sidecar: dict, s
     atomic_write_json(Path(path).with_suffix(".json"), sidecar)
 
 
+CODES_SUFFIX = ".codes.safetensors"
+
+
+def write_codes(path: Path, codes: torch.Tensor, audio_channels: int, frame_rate: float):
+    """A clip's (K, frames) EnCodec codes as safetensors (tensor "codes", int16), written atomically:
+    what the WAV was decoded from, for comparing generations exactly or decoding them again."""
+    from safetensors.torch import save_file
+
+    with atomic_file(path) as tmp:
+        save_file({"codes": codes.detach().to("cpu", torch.int16).contiguous()}, str(tmp),
+                  metadata={"audio_channels": str(audio_channels), "frame_rate": str(frame_rate)})
+
+
+def read_codes(path) -> torch.Tensor:
+    """write_codes' file -> (K, frames) int64 codes; a damaged file is one line naming it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.get_tensor("codes").long()
+    except Exception as e:
+        raise UserError(f"{path}: not a codes file written by --save_codes ({type(e).__name__}: {e})") from None
+
+
 def read_melodies(jobs: list[Job], sample_rate: int) -> dict[str, np.ndarray]:
     """Each distinct melody file of the jobs, read once: (samples,) float32, the file's mono mix at
     the model's rate (MusicGen-Melody's feature extractor averages stereo too). A missing or corrupt
@@ -552,16 +576,19 @@ def audio_prompt_codes(model, path, seconds: float) -> torch.Tensor:
 
 def generate_jobs(model, processor, jobs: list[Job], duration: float, settings: SamplingSettings,
                   batch_size: int, progress: bool = True, desc: str = "generating", chroma: list | None = None,
-                  plan: WindowPlan | None = None, prompt_seconds: float = 0.0, precision: str | None = None):
-    """generate_audio over jobs; returns (audio list, wall seconds per clip). chroma: job_chroma's
-    list, when the caller already has it (evaluate.py: one read for every model); without it, the
-    jobs' melody files are read here. Jobs whose prompt has an `audio_prompt` continue the first
-    `prompt_seconds` of that file; they run in calls of their own (a call's prompts share one length)."""
+                  plan: WindowPlan | None = None, prompt_seconds: float = 0.0, precision: str | None = None,
+                  return_codes: bool = False):
+    """generate_audio over jobs; returns (audio list, wall seconds per clip), and with return_codes
+    the (K, frames) codes of each clip as a third item. chroma: job_chroma's list, when the caller
+    already has it (evaluate.py: one read for every model); without it, the jobs' melody files are
+    read here. Jobs whose prompt has an `audio_prompt` continue the first `prompt_seconds` of that
+    file; they run in calls of their own (a call's prompts share one length)."""
     if chroma is None and any(j.prompt.melody for j in jobs):
         sr = model_info(model)["sample_rate"]
         chroma = job_chroma(jobs, read_melodies(jobs, sr), sr)
     t0 = time.time()
     audio: list = [None] * len(jobs)
+    codes_of: list = [None] * len(jobs)
     for continued in (False, True):
         idx = [i for i, j in enumerate(jobs) if bool(j.prompt.audio_prompt) == continued]
         if not idx:
@@ -571,14 +598,15 @@ def generate_jobs(model, processor, jobs: list[Job], duration: float, settings: 
             codes = {path: audio_prompt_codes(model, path, prompt_seconds)
                      for path in dict.fromkeys(jobs[i].prompt.audio_prompt for i in idx)}
             prompts = [codes[jobs[i].prompt.audio_prompt] for i in idx]
-        out = generate_audio(model, processor, [jobs[i].prompt.text for i in idx], duration,
-                             seed=[jobs[i].seed for i in idx], batch_size=batch_size, progress=progress, desc=desc,
-                             chroma=[chroma[i] for i in idx] if chroma is not None else None, plan=plan,
-                             audio_prompts=prompts, precision=precision, **settings.to_dict())
-        for i, wav in zip(idx, out):
-            audio[i] = wav
+        out, codes = generate_audio(model, processor, [jobs[i].prompt.text for i in idx], duration,
+                                    seed=[jobs[i].seed for i in idx], batch_size=batch_size, progress=progress,
+                                    desc=desc, chroma=[chroma[i] for i in idx] if chroma is not None else None,
+                                    plan=plan, audio_prompts=prompts, precision=precision, return_codes=True,
+                                    **settings.to_dict())
+        for i, wav, c in zip(idx, out, codes):
+            audio[i], codes_of[i] = wav, c
     per_clip = (time.time() - t0) / max(1, len(jobs))
-    return audio, per_clip
+    return (audio, per_clip, codes_of) if return_codes else (audio, per_clip)
 
 
 def resolve_generation(asked: str, device) -> tuple[torch.dtype | None, str]:

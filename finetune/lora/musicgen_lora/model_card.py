@@ -444,6 +444,8 @@ def _settings(d: dict) -> list[str]:
     dropouts = f"text {_val(c.get('text_dropout'))}, words {_val(c.get('word_dropout'))}"
     if c.get("chroma_dropout") is not None:
         dropouts += f", melody {_val(c.get('chroma_dropout'))}"
+    if c.get("decoder_dropout") is not None:  # recorded since the decoder's own dropout became a setting
+        dropouts += f"; decoder {_val(c.get('decoder_dropout'))}"
     steps = f"{_val(c.get('num_epochs'))} epoch(s) of {_val(c.get('steps_per_epoch'))} step(s), " \
             f"{_val(c.get('total_steps'))} optimizer steps in all"
     if c.get("max_steps"):

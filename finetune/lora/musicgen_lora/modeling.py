@@ -57,9 +57,16 @@ def model_type_of(model_path: str, flag: str = "--model_path") -> str:
     return model_type
 
 
-def load_model_and_processor(model_path: str, device: str = "cpu", dtype=None, flag: str = "--model_path"):
+def load_model_and_processor(model_path: str, device: str = "cpu", dtype=None, flag: str = "--model_path",
+                             decoder_dropout: float | None = None):
     """from_pretrained for a local folder or a hub id, text-only MusicGen or MusicGen-Melody (by the
-    config's model_type); a bad path is one clear line."""
+    config's model_type); a bad path is one clear line.
+
+    decoder_dropout: the decoder's own dropout (embeddings and every residual branch) for training;
+    None keeps the checkpoint's. The hub's MusicGen configs say 0.1 (transformers' default, written by
+    the conversion), but audiocraft trained every MusicGen with 0 (config/model/lm/default.yaml,
+    transformer_lm.dropout); at 0.1 the tiny melody model never learned to follow its chroma.
+    """
     import transformers
 
     p = Path(model_path)
@@ -71,7 +78,10 @@ def load_model_and_processor(model_path: str, device: str = "cpu", dtype=None, f
         raise UserError(f"{model_path}: no config.json here; point {flag} at the MusicGen folder itself")
     model_class = getattr(transformers, MODEL_CLASSES[model_type_of(model_path, flag)])
     with _loading(model_path, flag):
-        model = model_class.from_pretrained(model_path, dtype=dtype)
+        config = transformers.AutoConfig.from_pretrained(model_path)
+        if decoder_dropout is not None:  # read by the decoder's modules when they are built
+            config.decoder.dropout = float(decoder_dropout)
+        model = model_class.from_pretrained(model_path, config=config, dtype=dtype)
         try:
             processor = transformers.AutoProcessor.from_pretrained(model_path)
         except ImportError:  # MusicgenMelodyProcessor without torchaudio
@@ -396,13 +406,18 @@ def masked_token_nll(logits: torch.Tensor, labels: torch.Tensor):
 
 
 def forward_logits(model, batch, labels, text_dropout: float = 0.0, generator=None):
-    """Teacher-forced decoder logits. text_dropout blanks whole descriptions (the null condition
-    that classifier-free guidance uses at generation time: zero attention mask -> zero states)."""
+    """Teacher-forced decoder logits. text_dropout drops whole conditions, as audiocraft's
+    classifier-free-guidance dropout does: the description (zero attention mask -> zero states) and,
+    on MusicGen-Melody, the melody too (the null chroma) -- exactly the unconditional half that
+    guidance pairs with each prompt at generation time."""
     from transformers.models.musicgen.modeling_musicgen import shift_tokens_right
+
+    from musicgen_lora.chroma import null_chroma
 
     info = model_info(model)
     device = labels.device
     attention_mask = batch["attention_mask"].to(device)
+    drop = torch.zeros(attention_mask.shape[0], dtype=torch.bool)
     if text_dropout > 0:
         drop = torch.rand(attention_mask.shape[0], generator=generator) < text_dropout
         attention_mask = attention_mask * (~drop).to(device, attention_mask.dtype)[:, None]
@@ -410,7 +425,11 @@ def forward_logits(model, batch, labels, text_dropout: float = 0.0, generator=No
     b, k, s = decoder_input_ids.shape
     extra = {}
     if is_melody(model) and batch.get("input_features") is not None:  # (B, frames, 12) chroma; none: the null one
-        extra["input_features"] = batch["input_features"].to(device)
+        features = batch["input_features"].to(device)
+        if drop.any():
+            features = features.clone()
+            features[drop.to(device)] = null_chroma(features.shape[1], features.shape[2]).to(features)
+        extra["input_features"] = features
     out = model(input_ids=batch["input_ids"].to(device), attention_mask=attention_mask,
                 decoder_input_ids=decoder_input_ids.reshape(b * k, s), **extra)
     # MusicGen-Melody's logits cover its [chroma, text] prefix too: the audio positions are the last s.

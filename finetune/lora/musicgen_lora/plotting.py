@@ -115,6 +115,11 @@ def training_curves_png(metrics_file: Path, out_path: Path) -> Path | None:
     if evals:
         ax_loss.plot([r["step"] for r in evals], [r["valid_loss"] for r in evals], label="validation loss",
                      color="tab:orange", marker="o", markersize=3)
+        wrong = [r for r in evals if r.get("valid_loss_wrong_melody") is not None]
+        if wrong:  # MusicGen-Melody: the gap to this line is what following the melody is worth
+            ax_loss.plot([r["step"] for r in wrong], [r["valid_loss_wrong_melody"] for r in wrong],
+                         label="validation loss, a wrong melody", color="tab:purple", marker="x", markersize=3,
+                         linestyle=":")
     if uniform is not None and math.isfinite(uniform):
         ax_loss.axhline(uniform, color="red", linestyle="--", linewidth=1,
                         label=f"uniform guess ln(vocab) = {uniform:.2f}")

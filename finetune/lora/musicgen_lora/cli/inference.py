@@ -87,6 +87,9 @@ def build_parser():
     p.add_argument("--num_samples", type=positive_int, default=1, help="Clips per prompt (different seeds).")
     p.add_argument("--output_dir", default="../output/generated", help="Folder for WAVs and sidecars "
                                                                           "(or the merged model with --merge).")
+    p.add_argument("--save_codes", action="store_true",
+                   help="Also write each clip's EnCodec codes (K codebooks x frames, what the WAV was decoded "
+                        "from) as NAME.codes.safetensors: compare generations exactly, or decode them again.")
     p.add_argument("--merge", action="store_true",
                    help="Merge the adapter into the base weights and save a full model to --output_dir "
                         "instead of generating.")
@@ -112,9 +115,9 @@ def merge(args, model, processor):
 def check_args(args):
     if args.merge and not args.lora_model_path:
         raise UserError("--merge needs --lora_model_path (the adapter to merge into the base model)")
-    if args.merge and (args.prompts or args.prompts_file or args.melody or args.audio_prompt):
+    if args.merge and (args.prompts or args.prompts_file or args.melody or args.audio_prompt or args.save_codes):
         raise UserError("--merge writes a model and generates nothing; drop --prompts/--prompts_file/--melody/"
-                        "--audio_prompt (or --merge)")
+                        "--audio_prompt/--save_codes (or --merge)")
     if args.audio_prompt and not Path(args.audio_prompt).is_file():
         raise UserError(f"--audio_prompt {args.audio_prompt}: file not found; pass an audio file whose start the "
                         f"clips continue")
@@ -133,6 +136,7 @@ def main(argv=None):
 def run(args):
     from musicgen_lora.evaluation.compare import adapter_run_id
     from musicgen_lora.generation import (
+        CODES_SUFFIX,
         check_duration,
         clip_windows,
         generate_jobs,
@@ -140,6 +144,7 @@ def run(args):
         read_melodies,
         resolve_generation,
         write_clip,
+        write_codes,
     )
     from musicgen_lora.modeling import check_adapter_dir, is_melody, load_adapter, load_model_and_processor, model_info
 
@@ -153,7 +158,8 @@ def run(args):
         settings = sampling_settings(args)
         jobs = plan_jobs(prompts, args.num_samples, args.seed)
         names = [clip_filename(j.prompt, j.sample if args.num_samples > 1 else None) for j in jobs]
-        targets = [f"{n}{ext}" for n in names for ext in (".wav", ".json")]
+        exts = (".wav", ".json") + ((CODES_SUFFIX,) if args.save_codes else ())
+        targets = [f"{n}{ext}" for n in names for ext in exts]
         check_shared_targets(out, TOOL, targets, overwrite=args.overwrite, flag="--output_dir")
     if args.lora_model_path:
         check_adapter_dir(args.lora_model_path)
@@ -184,14 +190,14 @@ def run(args):
     if len(windows) > 1:
         log.info(describe_windows(windows))
     t0 = time.time()
-    audio, per_clip = generate_jobs(model, processor, jobs, args.duration, settings, args.batch_size,
-                                    progress=not args.no_progress, chroma=chroma, plan=plan,
-                                    prompt_seconds=prompt_seconds, precision=precision)
+    audio, per_clip, codes = generate_jobs(model, processor, jobs, args.duration, settings, args.batch_size,
+                                           progress=not args.no_progress, chroma=chroma, plan=plan,
+                                           prompt_seconds=prompt_seconds, precision=precision, return_codes=True)
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     run_id = adapter_run_id(Path(args.lora_model_path)) if args.lora_model_path else None
     # Claim the names first: a kill mid-way leaves every written clip recorded as ours.
     write_manifest(out, TOOL, set((read_manifest(out) or {}).get("paths", [])) | set(targets))
-    for job, name, wav in zip(jobs, names, audio):
+    for job, name, wav, clip_codes in zip(jobs, names, audio, codes):
         sidecar = {"prompt": job.prompt.text, "prompt_id": job.prompt.id, "sample": job.sample, "seed": job.seed,
                    "base_model": args.base_model_path,
                    "adapter": str(Path(args.lora_model_path).resolve()) if args.lora_model_path else None,
@@ -203,6 +209,8 @@ def run(args):
                    "dtype": str(dtype or "float32").replace("torch.", ""), "wav_subtype": args.wav_subtype,
                    "wall_seconds": per_clip, "created": stamp}
         write_clip(out / f"{name}.wav", wav, info["sample_rate"], sidecar, args.wav_subtype)
+        if args.save_codes:
+            write_codes(out / f"{name}{CODES_SUFFIX}", clip_codes, info["audio_channels"], info["frame_rate"])
         log.info(f"  {out / (name + '.wav')}  ({len(wav) / info['sample_rate']:.2f} s, seed {job.seed})")
     wall = time.time() - t0
     rtf = wall / (len(jobs) * args.duration)

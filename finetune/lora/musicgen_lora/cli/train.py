@@ -84,9 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--max_grad_norm", type=nonneg_float, default=D.max_grad_norm,
                    help="Gradient clipping norm (0 disables).")
     o.add_argument("--text_dropout", type=probability, default=D.text_dropout,
-                   help="Probability of training a clip with no description at all (the null condition "
-                        "classifier-free guidance pairs each prompt with). Default: audiocraft's setting, 0.3 "
-                        "(0.2 for MusicGen-Melody).")
+                   help="Probability of training a clip with no condition at all: no description and, on "
+                        "MusicGen-Melody, no melody (the null condition classifier-free guidance pairs each prompt "
+                        "with). Default: audiocraft's setting, 0.3 (0.2 for MusicGen-Melody).")
     o.add_argument("--word_dropout", type=probability, default=D.word_dropout,
                    help="Probability of leaving out each word of a description in training (audiocraft's T5 "
                         "word dropout), so prompts shorter or worded unlike the captions still steer. Default: "
@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--chroma_dropout", type=probability, default=D.chroma_dropout,
                    help="MusicGen-Melody: probability of training a clip with the null melody (what generation "
                         "without --melody uses) instead of its chroma. Default: audiocraft's 0.5.")
+    o.add_argument("--decoder_dropout", type=dropout, default=D.decoder_dropout,
+                   help="Dropout inside MusicGen's decoder while training (embeddings, residual branches). "
+                        "Default 0, as audiocraft trained MusicGen; the hub's configs say 0.1, which kept a "
+                        "melody adapter from learning to follow its chroma.")
     o.add_argument("--seed", type=any_int, default=D.seed, help="Seed for LoRA init, crops, dropout and data order.")
 
     r = p.add_argument_group("runtime")

@@ -21,6 +21,9 @@ also listed in USAGE.md:
   is smaller, so a run that follows the advice gets no warning.
 - throughput: steps/s, samples/s and tokens/s over the logging intervals inside epochs (see
   runs.throughput) and peak memory: always reported, never judged.
+- melody (MusicGen-Melody runs): a warning when a wrong melody costs the adapter less than
+  training.trainer.MELODY_MARGIN (10%) more held-out loss than each clip's own, or less than half
+  of what it costs the base model.
 """
 import statistics
 import time
@@ -280,8 +283,22 @@ def check_evaluations(run: Run):
     return out
 
 
+def check_melody(run: Run):
+    """MusicGen-Melody runs: the trainer's melody check (held-out loss with the clip's own melody vs a
+    wrong one; training/trainer.melody_verdict's rule)."""
+    check = run.summary.get("melody_check")
+    if not isinstance(check, dict) or "follows_melody" not in check:
+        return []
+    a = check["adapter"]
+    text = (f"melody: held-out loss {a['own']:.4f} with each clip's own melody, {a['other']:.4f} with a wrong one "
+            f"({100 * (a['other'] - a['own']) / max(a['own'], 1e-9):+.1f}%)")
+    if check["follows_melody"]:
+        return [Finding("ok", text + ": the adapter follows the melody")]
+    return [Finding("warn", text + ": the adapter does not follow the melody (train longer, lower --chroma_dropout)")]
+
+
 CHECKS = (check_status, check_step0, check_nonfinite, check_spikes, check_fit, check_warmup, check_throughput,
-          check_evaluations)
+          check_melody, check_evaluations)
 
 
 def review(run: Run):

@@ -52,6 +52,9 @@ class TrainConfig:
     text_dropout: float | None = None
     word_dropout: float | None = None
     chroma_dropout: float | None = None
+    # The decoder's own dropout while training: audiocraft's 0, not the 0.1 the hub's configs carry
+    # (modeling.load_model_and_processor says why).
+    decoder_dropout: float = 0.0
     seed: int = 42
     # runtime
     device: str = "auto"
