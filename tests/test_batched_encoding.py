@@ -2,7 +2,7 @@
 (modeling.encode_pieces), for mono and stereo checkpoints, through the code cache too, and holds at
 most batch_size pieces however long a clip is.
 
-Real audio files (musicgen_lora.testing.signals, written with soundfile, one at 44.1 kHz so it is
+Real audio files (musicgen_lora.evaluation.signals, written with soundfile, one at 44.1 kHz so it is
 resampled) read through audio.AudioPieces, on the offline tiny checkpoints loaded with from_pretrained.
 """
 from pathlib import Path
@@ -12,11 +12,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from musicgen_lora.audio import MUSICGEN_HOP_LENGTH, MUSICGEN_SAMPLE_RATE, AudioPieces, piece_samples
+from musicgen_lora.audio.reader import MUSICGEN_HOP_LENGTH, MUSICGEN_SAMPLE_RATE, AudioPieces, piece_samples
 from musicgen_lora.data.code_cache import CodeCache, load_codes
-from musicgen_lora.encoding import encode_batched
-from musicgen_lora.modeling import encode_pieces, load_model_and_processor, model_info
-from musicgen_lora.testing.signals import drum_loop, varied_beat
+from musicgen_lora.evaluation.signals import drum_loop, varied_beat
+from musicgen_lora.model.checkpoint import load_model_and_processor, model_info
+from musicgen_lora.model.codec import encode_pieces
+from musicgen_lora.model.encoding import encode_batched
 
 SR = MUSICGEN_SAMPLE_RATE
 PIECE = piece_samples(SR, MUSICGEN_HOP_LENGTH)  # the tiny models' piece: 30 s at 32 kHz

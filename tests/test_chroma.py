@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from musicgen_lora.chroma import HOP_LENGTH, N_FFT, chroma_features
+from musicgen_lora.audio.chroma import HOP_LENGTH, N_FFT, chroma_features
 
 SR = 32000
 
@@ -92,8 +92,8 @@ def test_teacher_forcing_matches_generation_with_a_melody(stereo, tmp_path):
     """The one label function on a decoder-only model with a [chroma, text] prefix: with a melody for
     one prompt and the null melody for the other, labels from greedy generation are reproduced at
     100% of audio positions (the prefix positions are sliced off); a wrong layout is not."""
-    from musicgen_lora.generation import label_agreement
-    from musicgen_lora.modeling import load_model_and_processor, model_info
+    from musicgen_lora.generation.generate import label_agreement
+    from musicgen_lora.model.checkpoint import load_model_and_processor, model_info
 
     from conftest import run_script
 
@@ -112,7 +112,7 @@ def test_teacher_forcing_matches_generation_with_a_melody(stereo, tmp_path):
 def test_chroma_cosine_ranks_itself_transposed_and_noise():
     """audiocraft's chroma_cosinesim on constructed signals: a melody against itself (1.0), against a
     copy a tritone away, and against noise."""
-    from musicgen_lora.chroma import chroma_cosine
+    from musicgen_lora.audio.chroma import chroma_cosine
 
     tune = melody([0, 4, 7, 11, 2, 5, 9] * 3)
     same = chroma_cosine(tune, tune, SR)
@@ -131,8 +131,8 @@ def test_a_window_chroma_is_the_whole_clip_chroma_cropped(seconds, tmp_path):
     only) training paths cannot disagree."""
     import soundfile as sf
 
-    from musicgen_lora.audio import load_audio
-    from musicgen_lora.chroma import file_chroma, window_frames
+    from musicgen_lora.audio.chroma import file_chroma, window_frames
+    from musicgen_lora.audio.reader import load_audio
 
     wav = melody([0, 4, 7, 11, 2, 5, 9, 1, 6, 10] * 2, seconds_per_note=0.5, sr=44100)[: int(seconds * 44100)]
     path = tmp_path / "tune.wav"

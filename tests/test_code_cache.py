@@ -14,19 +14,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from musicgen_lora.audio import AudioPieces, load_audio, piece_samples
-from musicgen_lora.codes import crop_codes
+from musicgen_lora.audio.codes import crop_codes
+from musicgen_lora.audio.reader import AudioPieces, load_audio, piece_samples
 from musicgen_lora.data.code_cache import CodeCache, load_codes
 from musicgen_lora.data.dataset import Collator, MusicDataset
 from musicgen_lora.data.metadata import Clip, read_metadata
-from musicgen_lora.modeling import (
-    batch_loss,
-    encode_audio,
-    encode_pieces,
-    labels_for_batch,
-    load_model_and_processor,
-    model_info,
-)
+from musicgen_lora.model.checkpoint import load_model_and_processor, model_info
+from musicgen_lora.model.codec import encode_audio, encode_pieces
+from musicgen_lora.model.loss import batch_loss, labels_for_batch
 
 from conftest import run_script
 

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from musicgen_lora.audio import RESAMPLER, piece_samples
-from musicgen_lora.codes import crop_codes
-from musicgen_lora.common import UserError
+from musicgen_lora.audio.codes import crop_codes
+from musicgen_lora.audio.reader import RESAMPLER, piece_samples
+from musicgen_lora.core.common import UserError
+from musicgen_lora.core.outputs import DiskFull
 from musicgen_lora.data import code_store
 from musicgen_lora.data.code_cache import CodeCache, file_sha256, load_codes
 from musicgen_lora.data.code_store import (
@@ -30,8 +31,7 @@ from musicgen_lora.data.code_store import (
     units_dir,
 )
 from musicgen_lora.data.metadata import read_metadata
-from musicgen_lora.modeling import load_model_and_processor
-from musicgen_lora.outputs import DiskFull
+from musicgen_lora.model.checkpoint import load_model_and_processor
 
 HOP = 640
 SOURCE = {"zip": "batch_0001.zip", "size": 123, "sha256": "ab" * 32}

@@ -16,7 +16,7 @@ import torch
 
 from musicgen_lora.data import code_store
 from musicgen_lora.data.code_cache import CodeCache, load_codes
-from musicgen_lora.modeling import load_model_and_processor
+from musicgen_lora.model.checkpoint import load_model_and_processor
 
 from conftest import LORA, run_script
 

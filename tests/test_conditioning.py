@@ -9,10 +9,11 @@ import torch
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.musicgen.modeling_musicgen import shift_tokens_right
 
-from musicgen_lora.codes import build_delay_pattern_labels
+from musicgen_lora.audio.codes import build_delay_pattern_labels
 from musicgen_lora.data.dataset import MusicDataset
 from musicgen_lora.data.metadata import drop_words, read_metadata, tokenize_text
-from musicgen_lora.modeling import forward_logits, load_model_and_processor, model_info
+from musicgen_lora.model.checkpoint import load_model_and_processor, model_info
+from musicgen_lora.model.loss import forward_logits
 from musicgen_lora.training.config import TrainConfig
 
 from conftest import assert_one_line_error, run_script
@@ -52,7 +53,7 @@ def test_melody_condition_dropout_drops_the_melody_too(tiny_melody_model_dir):
     """On MusicGen-Melody the null condition generate() pairs with each prompt is null text AND the null
     chroma (audiocraft's classifier-free-guidance dropout nulls every attribute at once): a dropped
     row must be exactly that, not null text beside the clip's real melody."""
-    from musicgen_lora.chroma import chroma_batch, null_chroma
+    from musicgen_lora.audio.chroma import chroma_batch, null_chroma
 
     model, processor = load_model_and_processor(str(tiny_melody_model_dir))
     model.eval()
@@ -74,7 +75,7 @@ def test_training_runs_the_decoder_without_the_hub_configs_dropout(tiny_model_di
     """The checkpoints' decoder config says dropout 0.1 (transformers' default; audiocraft trained with
     0): loaded for training with decoder_dropout=0 (train_lora.py's default), two forwards in train
     mode give the same logits; with the checkpoint's own 0.1 they do not."""
-    from musicgen_lora.modeling import apply_lora
+    from musicgen_lora.model.lora import apply_lora
 
     labels = build_delay_pattern_labels(torch.randint(0, 64, (1, 4, 20)))
     for dropout, same in ((None, False), (0.0, True)):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from musicgen_lora.core.outputs import MANIFEST
 from musicgen_lora.data.preparation import PrepareSettings, prepare_collection
-from musicgen_lora.outputs import MANIFEST
 
 from conftest import run_script
 

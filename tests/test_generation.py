@@ -7,10 +7,11 @@ import soundfile as sf
 import torch
 from transformers import MusicgenForConditionalGeneration
 
-from musicgen_lora.common import UserError
-from musicgen_lora.generation import generate_audio, max_new_tokens_for
-from musicgen_lora.modeling import apply_lora, load_adapter, load_model_and_processor, model_info
-from musicgen_lora.prompts import load_prompts
+from musicgen_lora.core.common import UserError
+from musicgen_lora.generation.generate import generate_audio, max_new_tokens_for
+from musicgen_lora.generation.prompts import load_prompts
+from musicgen_lora.model.checkpoint import load_model_and_processor, model_info
+from musicgen_lora.model.lora import apply_lora, load_adapter
 
 from conftest import assert_one_line_error, run_script
 
@@ -151,8 +152,8 @@ def test_a_window_longer_than_the_model_holds_is_refused(tiny_model_dir, tmp_pat
 def test_guidance_at_or_below_one_is_really_off(tiny, tiny_model_dir, tmp_path):
     """transformers refills a None guidance_scale from the checkpoint (3.0): 1 must mean off --
     B*K decoder rows, not the 2*B*K of classifier-free guidance -- through the project's function."""
-    from musicgen_lora.generation import generation_config_for
-    from musicgen_lora.sampling import SamplingSettings
+    from musicgen_lora.generation.generate import generation_config_for
+    from musicgen_lora.generation.sampling import SamplingSettings
 
     model, processor = tiny
     rows = []

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import musicgen_lora.modeling as modeling
+import musicgen_lora.model.loss as model_loss
 import musicgen_lora.training.checkpointing as ckpt
-from musicgen_lora.common import UserError
+from musicgen_lora.core.common import UserError
 from musicgen_lora.training.config import TrainConfig
 from musicgen_lora.training.guards import EarlyStopping, NonFiniteGuard
 from musicgen_lora.training.metrics_log import read_metrics
@@ -25,10 +25,10 @@ FAST = ("--batch_size", 4, "--gradient_accumulation_steps", 1, "--target_duratio
 # (one forward per step with accumulation 1): a fault from outside, the real loop reacting to it.
 NAN_AT_STEPS = """
 import sys
-import musicgen_lora.modeling as modeling
+import musicgen_lora.model.loss as model_loss
 from musicgen_lora.cli.train import main
 
-real, bad, calls = modeling.forward_logits, {int(s) for s in sys.argv[1].split(",")}, [0]
+real, bad, calls = model_loss.forward_logits, {int(s) for s in sys.argv[1].split(",")}, [0]
 
 def forward_logits(model, batch, labels, *args, **kwargs):
     logits = real(model, batch, labels, *args, **kwargs)
@@ -38,7 +38,7 @@ def forward_logits(model, batch, labels, *args, **kwargs):
             logits = logits * float("nan")
     return logits
 
-modeling.forward_logits = forward_logits
+model_loss.forward_logits = forward_logits
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -119,17 +119,17 @@ def test_a_step_with_a_nonfinite_loss_changes_nothing_and_is_counted(tiny_run, m
     run, state = tiny_run
     run.model.train()
     batches = (b for _ in range(4) for b in run.train_loader)  # 2 batches an epoch: several passes
-    real = modeling.forward_logits
-    monkeypatch.setattr(modeling, "forward_logits", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = model_loss.forward_logits
+    monkeypatch.setattr(model_loss, "forward_logits", lambda *a, **k: real(*a, **k) * float("nan"))
     before = [p.detach().clone() for p in run.params]
     assert train_step(run, state, next(batches)) is True
     assert state.step == 1 and state.guard.streak == 1 and state.guard.total == 1 and not state.guard.exhausted
     assert all(torch.equal(a, b) for a, b in zip(before, run.params))  # the update was skipped
     assert state.window.micro == 0  # a NaN loss is not averaged into the train record
-    monkeypatch.setattr(modeling, "forward_logits", real)
+    monkeypatch.setattr(model_loss, "forward_logits", real)
     assert train_step(run, state, next(batches)) is True
     assert state.guard.streak == 0 and any(not torch.equal(a, b) for a, b in zip(before, run.params))
-    monkeypatch.setattr(modeling, "forward_logits", lambda *a, **k: real(*a, **k) * float("inf"))
+    monkeypatch.setattr(model_loss, "forward_logits", lambda *a, **k: real(*a, **k) * float("inf"))
     for _ in range(2):
         train_step(run, state, next(batches))
     assert state.guard.exhausted and state.guard.total == 3
@@ -244,7 +244,9 @@ def test_shipped_config_is_valid_and_matches_flag_defaults():
 def test_gradient_checkpointing_recomputes_and_keeps_gradients(tiny_model_dir, example_data_dir):
     from musicgen_lora.data.dataset import Collator, MusicDataset
     from musicgen_lora.data.metadata import read_metadata
-    from musicgen_lora.modeling import apply_lora, batch_loss, load_model_and_processor, model_info
+    from musicgen_lora.model.checkpoint import load_model_and_processor, model_info
+    from musicgen_lora.model.lora import apply_lora
+    from musicgen_lora.model.loss import batch_loss
     from musicgen_lora.training.runtime import enable_gradient_checkpointing
 
     def grads(checkpointing):

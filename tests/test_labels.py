@@ -4,7 +4,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from musicgen_lora.codes import (
+from musicgen_lora.audio.codes import (
     build_delay_pattern_labels,
     codebook_delays,
     interleave_channels,
@@ -13,8 +13,9 @@ from musicgen_lora.codes import (
 )
 from musicgen_lora.data.dataset import Collator, MusicDataset
 from musicgen_lora.data.metadata import read_metadata
-from musicgen_lora.generation import generate_audio, label_agreement
-from musicgen_lora.modeling import labels_for_batch, load_model_and_processor, model_info
+from musicgen_lora.generation.generate import generate_audio, label_agreement
+from musicgen_lora.model.checkpoint import load_model_and_processor, model_info
+from musicgen_lora.model.loss import labels_for_batch
 
 
 def test_delay_layout_small_tensor():

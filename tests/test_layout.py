@@ -1,42 +1,71 @@
-"""The codebase's shape, kept: one package beside thin scripts, no import cycles (counting imports
-inside functions), a training loop of short functions, library code that takes parameters (not an
-argparse Namespace), one home for the numbers that come from the model."""
+"""The codebase's shape, kept: the installed package is the product only (no workshop or test code in
+it, no sys.path edits anywhere), its folders are layers whose imports only point down, no import
+cycles (counting imports inside functions), a training loop of short functions, library code that
+takes parameters (not an argparse Namespace), one home for the numbers that come from the model."""
 import ast
-import importlib.util
 import re
+import subprocess
+
+import pytest
+
+from benchmarks import import_graph
+from musicgen_lora import LAYERS
 
 from conftest import ROOT
 
 PACKAGE = ROOT / "finetune" / "lora" / "musicgen_lora"
-_spec = importlib.util.spec_from_file_location("import_graph", ROOT / "finetune" / "scripts" / "import_graph.py")
-import_graph = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(import_graph)
-
-PATH_CODE = "sys." + "path"  # spelled so that `grep -rn` for it finds only the scripts' bootstrap lines
-BOOTSTRAP = (PATH_CODE + '.insert(0, str(Path(__file__).resolve().parents[1] / "lora"))'
-             "  # where the musicgen_lora package lives")
 
 
 def _python_files(*folders):
     return [p for folder in folders for p in sorted(folder.rglob("*.py")) if "__pycache__" not in p.parts]
 
 
-def test_path_code_only_in_the_scripts_bootstrap_line():
-    """Imports work by the layout alone: one identical bootstrap line per finetune/scripts tool, none elsewhere."""
-    for path in _python_files(ROOT / "finetune", ROOT / "tests"):
-        lines = [line.strip() for line in path.read_text().splitlines()
-                 if PATH_CODE in line and line.strip().startswith(PATH_CODE)]
-        if path.parent == ROOT / "finetune" / "scripts":
-            assert lines in ([], [BOOTSTRAP]), (path, lines)
-        else:
-            assert lines == [], (path, lines)
+def _package_graph():
+    modules = import_graph.read_modules(PACKAGE.parent)
+    return {name: {t for t, _ in import_graph.imports(name, tree, set(modules), path.name == "__init__.py")}
+            for name, (path, tree) in modules.items() if name.startswith("musicgen_lora")}
+
+
+def test_no_code_edits_the_import_path():
+    """Imports work by the install alone (./install.sh installs the package): no script, test or
+    benchmark edits sys.path to find it."""
+    for path in _python_files(ROOT / "finetune", ROOT / "tests", ROOT / "benchmarks"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", None) == "sys":
+                raise AssertionError(f"{path.relative_to(ROOT)}:{node.lineno} touches sys.path")
+
+
+def test_every_package_module_sits_in_a_layer_and_no_import_points_up():
+    graph = _package_graph()
+    unplaced = [m for m in graph if m.count(".") >= 1 and import_graph.layer_of(m, LAYERS) is None]
+    assert unplaced == [], f"modules outside musicgen_lora.LAYERS: {unplaced}"
+    assert import_graph.upward(graph, LAYERS) == []
+
+
+def test_the_layering_check_can_fail():
+    """The same check on a graph with one import pointing up (model -> training) finds it."""
+    graph = {"musicgen_lora.model.loss": {"musicgen_lora.training.config"}, "musicgen_lora.training.config": set()}
+    assert import_graph.upward(graph, LAYERS) == [("musicgen_lora.model.loss", "musicgen_lora.training.config")]
 
 
 def test_no_import_cycles_even_through_function_local_imports():
-    modules = import_graph.read_modules(PACKAGE.parent)
-    graph = {name: {t for t, _ in import_graph.imports(name, tree, set(modules), path.name == "__init__.py")}
-             for name, (path, tree) in modules.items()}
-    assert import_graph.cycles(graph) == []
+    assert import_graph.cycles(_package_graph()) == []
+
+
+def test_the_product_imports_no_workshop_or_test_code():
+    for path in _python_files(PACKAGE):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad = [n for n in names if n.split(".")[0] in ("benchmarks", "tests", "conftest", "tunes", "pytest")]
+            assert not bad, f"{path.relative_to(ROOT)}:{node.lineno} imports {bad}"
+
+
+def test_build_artefacts_are_not_tracked():
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.splitlines()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    assert not [f for f in tracked if ".egg-info" in f or f.startswith(("build/", "dist/"))]
 
 
 def test_training_functions_are_short_and_state_is_not_rebound_from_closures():
@@ -58,9 +87,9 @@ def test_library_code_takes_parameters_not_the_argparse_namespace():
 
 def test_sample_rate_and_hop_length_have_one_home():
     """Values that come from the model: a literal 32000 or 640 only where the MusicGen default is
-    named (audio.py), nowhere as a silent default."""
+    named (audio/reader.py), nowhere as a silent default."""
     for path in _python_files(PACKAGE):
         for n, line in enumerate(path.read_text().splitlines(), 1):
             code = line.split("#")[0]
-            if re.search(r"\b(32000|640)\b", code) and path.name != "audio.py":
+            if re.search(r"\b(32000|640)\b", code) and path.relative_to(PACKAGE).as_posix() != "audio/reader.py":
                 raise AssertionError(f"{path.relative_to(PACKAGE)}:{n}: {line.strip()}")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from musicgen_lora.testing.peak_memory import run_with_peak
+from benchmarks.peak_memory import run_with_peak
 
 from conftest import LORA, run_script
 

@@ -29,7 +29,7 @@ from musicgen_lora.evaluation.listening import (
     tally_ratings,
     write_listening,
 )
-from musicgen_lora.testing.signals import chord_with_beat, note_sequence
+from musicgen_lora.evaluation.signals import chord_with_beat, note_sequence
 
 from browser import chromium_session, find_chromium, media_state
 from conftest import LORA, assert_one_line_error, run_script
@@ -508,7 +508,7 @@ def test_listen_and_tally_mistakes_are_one_clear_line(evaluation, tmp_path):
 # compare_runs
 # --------------------------------------------------------------------------------------------
 def test_compare_runs_shows_a_listening_column_once_tallied(tmp_path):
-    from musicgen_lora.runs.table import build_table, load_runs
+    from musicgen_lora.reporting.table import build_table, load_runs
 
     def run_dir(name, listening=None):
         run = tmp_path / name

@@ -9,10 +9,11 @@ import soundfile as sf
 import torch
 
 from musicgen_lora.evaluation.scoring import score_windows, scored_spans
-from musicgen_lora.generation import Window, generate_audio, melody_from, plan_windows
-from musicgen_lora.modeling import encode_channels, load_model_and_processor, model_info
-from musicgen_lora.sampling import WindowPlan
-from musicgen_lora.testing.signals import chord_with_beat
+from musicgen_lora.evaluation.signals import chord_with_beat
+from musicgen_lora.generation.generate import Window, generate_audio, melody_from, plan_windows
+from musicgen_lora.generation.sampling import WindowPlan
+from musicgen_lora.model.checkpoint import load_model_and_processor, model_info
+from musicgen_lora.model.codec import encode_channels
 
 from conftest import assert_one_line_error, run_script
 

@@ -8,12 +8,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from musicgen_lora.chroma import chroma_features, file_chroma, window_frames
-from musicgen_lora.codes import split_channels
+from musicgen_lora.audio.chroma import chroma_features, file_chroma, window_frames
+from musicgen_lora.audio.codes import split_channels
 from musicgen_lora.data.code_cache import ChromaCache, CodeCache
 from musicgen_lora.data.dataset import Collator, MusicDataset
 from musicgen_lora.data.metadata import read_metadata
-from musicgen_lora.modeling import load_model_and_processor, model_info
+from musicgen_lora.model.checkpoint import load_model_and_processor, model_info
 
 from tunes import SR, tune, two_tunes
 
@@ -65,7 +65,7 @@ def test_cached_and_uncached_windows_get_the_same_chroma(tiny_melody_model_dir, 
 
 
 def test_chroma_dropout_gives_the_null_chroma_reproducibly(tiny_melody_model_dir, melody_data):
-    from musicgen_lora.chroma import null_chroma
+    from musicgen_lora.audio.chroma import null_chroma
 
     model, processor = load_model_and_processor(str(tiny_melody_model_dir))
     info = model_info(model)
@@ -104,8 +104,8 @@ def test_training_follows_the_melody_and_greedy_generation_tells_two_tunes_apart
     that ignored the melody at bbd0796: 1.3%, 0.017 nat)."""
     from musicgen_lora.cli.inference import main as inference
     from musicgen_lora.cli.train import main as train
-    from musicgen_lora.generation import CODES_SUFFIX, read_codes
-    from musicgen_lora.modeling import encode_channels
+    from musicgen_lora.generation.generate import CODES_SUFFIX, read_codes
+    from musicgen_lora.model.codec import encode_channels
 
     stereo = layout == "stereo"
     model_dir = tiny_stereo_melody_model_dir if stereo else tiny_melody_model_dir

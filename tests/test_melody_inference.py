@@ -11,11 +11,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from musicgen_lora.common import UserError
-from musicgen_lora.generation import generate_audio, job_chroma, read_melodies
-from musicgen_lora.modeling import load_model_and_processor
-from musicgen_lora.prompts import Prompt, load_prompts, plan_jobs
-from musicgen_lora.testing.signals import note_sequence
+from musicgen_lora.core.common import UserError
+from musicgen_lora.evaluation.signals import note_sequence
+from musicgen_lora.generation.generate import generate_audio, job_chroma, read_melodies
+from musicgen_lora.generation.prompts import Prompt, load_prompts, plan_jobs
+from musicgen_lora.model.checkpoint import load_model_and_processor
 
 from browser import chromium_session, find_chromium, media_state
 from conftest import assert_one_line_error, run_script

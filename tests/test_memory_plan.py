@@ -25,7 +25,7 @@ PROBE = {"decoder": dict(hidden_size=256, num_hidden_layers=4, num_attention_hea
 
 @pytest.fixture(scope="module")
 def probe_melody_dir(tmp_path_factory):
-    from musicgen_lora.testing import tiny_model
+    from musicgen_lora.model import offline as tiny_model
 
     out = tmp_path_factory.mktemp("models") / "probe-stereo-melody"
     tiny_model.SIZES["probe"] = PROBE
@@ -38,7 +38,7 @@ def probe_melody_dir(tmp_path_factory):
 
 @functools.cache
 def shape(size: str, stereo: bool = False, melody: bool = False):
-    from musicgen_lora.testing.tiny_model import build_config, melody_config
+    from musicgen_lora.model.offline import build_config, melody_config
     from musicgen_lora.training.memory import model_shape
 
     config = build_config(size, text_vocab=32128, stereo=stereo)
@@ -84,7 +84,7 @@ def test_melody_decoder_runs_over_its_prefix_without_cross_attention():
     """MusicGen-Melody (musicgen-melody is medium's decoder without cross-attention): every layer sees
     P = 235 chroma frames + T text tokens before the S audio positions, so its activations are those
     of P + S positions, and a longer description costs it decoder positions (not cross-attention k/v)."""
-    from musicgen_lora.training.config import DEFAULT_TARGETS
+    from musicgen_lora.model.lora import DEFAULT_TARGETS
     from musicgen_lora.training.memory import prefix_length, sequence_length
 
     text, melody = shape("medium"), shape("medium", melody=True)
@@ -160,8 +160,8 @@ def test_uncached_codes_count_the_codec_but_not_on_top_of_the_step():
 
 
 def test_lora_count_and_weights_match_the_loaded_model(tiny_model_dir):
-    from musicgen_lora.modeling import apply_lora, count_parameters, load_model_and_processor
-    from musicgen_lora.training.config import DEFAULT_TARGETS
+    from musicgen_lora.model.checkpoint import load_model_and_processor
+    from musicgen_lora.model.lora import DEFAULT_TARGETS, apply_lora, count_parameters
     from musicgen_lora.training.memory import model_shape
 
     model, _ = load_model_and_processor(str(tiny_model_dir))
@@ -176,7 +176,7 @@ def test_lora_count_and_weights_match_the_loaded_model(tiny_model_dir):
 
 def test_large_fp32_does_not_fit_24gb_and_the_suggested_flags_do():
     from musicgen_lora.cli.train import build_parser, config_from
-    from musicgen_lora.common import UserError
+    from musicgen_lora.core.common import UserError
     from musicgen_lora.training.memory import check_plan
 
     asked = plan("large", precision="fp32", batch_size=2, window_seconds=15, gradient_accumulation_steps=4)

@@ -8,8 +8,7 @@ import soundfile as sf
 
 import musicgen_lora.evaluation.metrics as am
 from musicgen_lora.evaluation.flags import FLAG_NAMES, MELODY_FLAG_NAMES, STEREO_FLAG_NAMES
-from musicgen_lora.evaluation.style_distance import frechet_distance
-from musicgen_lora.testing.signals import (
+from musicgen_lora.evaluation.signals import (
     after_attacks,
     chord_with_beat,
     clipped,
@@ -25,6 +24,7 @@ from musicgen_lora.testing.signals import (
     white_noise,
     with_clicks,
 )
+from musicgen_lora.evaluation.style_distance import frechet_distance
 
 from browser import chromium_session, find_chromium
 from conftest import run_script
@@ -145,7 +145,7 @@ def test_repetition_and_clicks_measure_what_they_say(scored_cases):
 def test_every_flag_family_of_the_figures_raises_exactly_its_flags():
     """One clip of every family of finetune/scripts/flag_figures.py (the README's detection and
     false-positive figures): clean material with strong beats raises nothing, each failure its own flag."""
-    from musicgen_lora.testing.flag_figures import measure
+    from benchmarks.flag_figures import measure
 
     rows = list(measure(1, 15.0, seed=0))
     false = [(r.family, r.words, sorted(r.raised)) for r in rows if r.raised - r.expect]
@@ -224,7 +224,7 @@ def test_stereo_thresholds_on_the_side_mid_scale(db, flag):
 
 def test_fad_is_zero_on_itself_and_grows_with_noise(tiny_model_dir):
     from musicgen_lora.evaluation.style_distance import encodec_embeddings
-    from musicgen_lora.modeling import load_model_and_processor
+    from musicgen_lora.model.checkpoint import load_model_and_processor
 
     model, _ = load_model_and_processor(str(tiny_model_dir))
     clips = [chord_with_beat(3.0) * g for g in (0.5, 0.8, 1.0, 1.2)]
@@ -242,7 +242,7 @@ def test_base_held_out_loss_equals_the_trainers_step_0(tiny_model_dir, trained_r
     """Same label function, same validation clips and window: evaluate.py reproduces train_lora.py."""
     run, output = trained_run
     from musicgen_lora.evaluation.compare import ModelBank, ModelSpec, held_out_losses, validation_loader
-    from musicgen_lora.modeling import load_model_and_processor
+    from musicgen_lora.model.checkpoint import load_model_and_processor
 
     summary = json.loads((run / "logs" / "summary.json").read_text())
     model, processor = load_model_and_processor(str(tiny_model_dir))
@@ -424,7 +424,7 @@ def test_training_curves_png(trained_run):
     run, _ = trained_run
     png = run / "logs" / "training_curves.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    from musicgen_lora.plotting import training_curves_png
+    from musicgen_lora.reporting.curves import training_curves_png
 
     # Redrawn from metrics.jsonl alone (a run's log is enough to plot it again).
     again = training_curves_png(run / "logs" / "metrics.jsonl", run / "logs" / "again.png")

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard
 
-import musicgen_lora.model_card as model_card
-import musicgen_lora.outputs as outputs
+import musicgen_lora.core.outputs as outputs
+import musicgen_lora.reporting.model_card as model_card
 
 from conftest import run_script
 
@@ -98,7 +98,7 @@ def test_adapter_with_card_still_loads_with_peft(run, tiny_model_dir):
     from peft import PeftModel
     from safetensors.torch import load_file
 
-    from musicgen_lora.modeling import load_model_and_processor
+    from musicgen_lora.model.checkpoint import load_model_and_processor
 
     model, _ = load_model_and_processor(str(tiny_model_dir))
     peft_model = PeftModel.from_pretrained(model, str(run / "best_model"))
@@ -239,7 +239,7 @@ def test_a_read_only_adapter_folder_is_a_warning(adapter, caplog):
 # train_lora.py's own main() with every card write refused: the run still succeeds, with a warning.
 NO_CARDS = """
 import errno, sys
-import musicgen_lora.model_card as model_card
+import musicgen_lora.reporting.model_card as model_card
 from musicgen_lora.cli.train import main
 
 def refuse(path, text):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from musicgen_lora.outputs import MANIFEST, lock_path
+from musicgen_lora.core.outputs import MANIFEST, lock_path
 
 from conftest import LORA, ROOT, assert_one_line_error, run_script
 
@@ -204,7 +204,7 @@ def test_second_trainer_into_the_same_run_dir_is_refused_and_a_dead_ones_lock_is
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from musicgen_lora.outputs import output_lock
+from musicgen_lora.core.outputs import output_lock
 with output_lock(Path(sys.argv[2]), "evaluate.py"):
     print("held", flush=True)
     time.sleep(120)

@@ -8,10 +8,12 @@ import json
 import pytest
 import torch
 
-from musicgen_lora import precision as P
+from musicgen_lora.core import precision as P
 from musicgen_lora.evaluation.compare import validation_loader
-from musicgen_lora.generation import generate_audio, generation_model, label_agreement
-from musicgen_lora.modeling import apply_lora, evaluate_loss, forward_logits, load_model_and_processor, unwrap_base
+from musicgen_lora.generation.generate import generate_audio, generation_model, label_agreement
+from musicgen_lora.model.checkpoint import load_model_and_processor, unwrap_base
+from musicgen_lora.model.lora import apply_lora
+from musicgen_lora.model.loss import evaluate_loss, forward_logits
 
 from conftest import assert_one_line_error, run_script
 
@@ -57,7 +59,7 @@ def _batch(processor, model, texts, frames=40):
     info = unwrap_base(model).config.decoder
     torch.manual_seed(1)
     codes = torch.randint(0, info.vocab_size, (len(texts), info.num_codebooks, frames))
-    from musicgen_lora.codes import build_delay_pattern_labels
+    from musicgen_lora.audio.codes import build_delay_pattern_labels
     from musicgen_lora.data.metadata import tokenize_text
 
     return dict(tokenize_text(processor.tokenizer, texts)), build_delay_pattern_labels(codes)

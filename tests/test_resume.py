@@ -111,7 +111,8 @@ KILL_DURING_SAVE = r"""
 import os, signal, sys, torch
 from accelerate import Accelerator
 import musicgen_lora.training.checkpointing as ckpt
-from musicgen_lora.modeling import apply_lora, load_model_and_processor
+from musicgen_lora.model.checkpoint import load_model_and_processor
+from musicgen_lora.model.lora import apply_lora
 from pathlib import Path
 
 out = Path(sys.argv[3])
@@ -154,7 +155,8 @@ def test_kill_during_save_leaves_previous_checkpoint_loadable(tiny_model_dir, tm
     assert path.name == "checkpoint-1" and not any(p.name.startswith(".") for p in folder.iterdir())
     from accelerate import Accelerator
 
-    from musicgen_lora.modeling import apply_lora, load_model_and_processor
+    from musicgen_lora.model.checkpoint import load_model_and_processor
+    from musicgen_lora.model.lora import apply_lora
 
     model, _ = load_model_and_processor(str(tiny_model_dir))
     model = apply_lora(model, 4, 8, 0.0)

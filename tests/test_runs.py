@@ -12,8 +12,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from musicgen_lora.runs.review import OVERFIT_RISE, SPIKE_FACTOR, find_spikes, review, review_lines
-from musicgen_lora.runs.table import epoch_losses, load_run, read_metrics
+from musicgen_lora.reporting.review import OVERFIT_RISE, SPIKE_FACTOR, find_spikes, review, review_lines
+from musicgen_lora.reporting.table import epoch_losses, load_run, read_metrics
 
 from conftest import SCRIPTS, run_script
 
@@ -389,7 +389,7 @@ def test_base_at_uniform_is_a_note_only_for_random_weight_test_models(tmp_path):
 ])
 def test_warmup_advice_is_reachable(tmp_path, total, warmup, warned, suggested):
     """A run that follows the review's warm-up advice gets no warm-up warning."""
-    from musicgen_lora.runs.review import check_warmup
+    from musicgen_lora.reporting.review import check_warmup
 
     cfg = _config(total_steps=total, steps_per_epoch=total, num_epochs=1, warmup_steps=warmup,
                   warmup_steps_effective=warmup)

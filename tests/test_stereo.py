@@ -10,11 +10,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from musicgen_lora.audio import AudioPieces, piece_samples
-from musicgen_lora.codes import split_channels
-from musicgen_lora.common import UserError
+from musicgen_lora.audio.codes import split_channels
+from musicgen_lora.audio.reader import AudioPieces, piece_samples
+from musicgen_lora.core.common import UserError
 from musicgen_lora.data.code_cache import CodeCache
-from musicgen_lora.modeling import encode_audio, encode_pieces, labels_for_batch, load_model_and_processor
+from musicgen_lora.model.checkpoint import load_model_and_processor
+from musicgen_lora.model.codec import encode_audio, encode_pieces
+from musicgen_lora.model.loss import labels_for_batch
 
 from conftest import assert_one_line_error, run_script
 
@@ -106,8 +108,9 @@ def test_lora_memorises_a_stereo_clip_channel_by_channel(tiny_stereo_model_dir, 
     stay <= 10% (a model trained on a mono mix, or with the channels crossed, gets one of those
     instead). Measured: 98.8% (left 98.5%, right 99.0%), swapped 2.6%, base 1.6%."""
     from musicgen_lora.cli.train import main as train
-    from musicgen_lora.generation import generate_audio
-    from musicgen_lora.modeling import encode_channels, load_adapter
+    from musicgen_lora.generation.generate import generate_audio
+    from musicgen_lora.model.codec import encode_channels
+    from musicgen_lora.model.lora import load_adapter
 
     from tunes import tune
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from musicgen_lora import threads
+from musicgen_lora.core import threads as threads
 
 from conftest import LORA, SCRIPTS, assert_one_line_error, run_script
 
@@ -48,7 +48,7 @@ def test_usable_cpus_follows_the_affinity(count):
     out, _ = run_python(f"""
         import json, os
         os.sched_setaffinity(0, {CPUS[:count]!r})
-        from musicgen_lora.threads import usable_cpus
+        from musicgen_lora.core.threads import usable_cpus
         print(json.dumps(usable_cpus()))
     """)
     assert out == count
@@ -57,7 +57,7 @@ def test_usable_cpus_follows_the_affinity(count):
 @pytest.mark.skipif(not os.path.exists("/usr/bin/taskset"), reason="no taskset")
 def test_usable_cpus_under_taskset():
     proc = subprocess.run(["/usr/bin/taskset", "-c", str(CPUS[0]), sys.executable, "-c",
-                           "from musicgen_lora.threads import usable_cpus; print(usable_cpus())"],
+                           "from musicgen_lora.core.threads import usable_cpus; print(usable_cpus())"],
                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(LORA)), timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "1", proc.stderr
 
@@ -144,7 +144,7 @@ def test_default_drops_to_one_thread_beside_a_busy_process(competitor):
         import json, logging, os, time
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         os.sched_setaffinity(0, {CPUS[:2]!r})
-        from musicgen_lora.threads import apply_threads, default_threads
+        from musicgen_lora.core.threads import apply_threads, default_threads
         deadline = time.monotonic() + 20
         while default_threads()[0] != 1 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -163,7 +163,7 @@ def test_default_drops_to_one_thread_beside_a_busy_process(competitor):
 def test_omp_num_threads_wins_when_set_to_a_positive_number(omp, expected):
     out, err = run_python("""
         import json
-        from musicgen_lora.threads import apply_threads, current, default_threads
+        from musicgen_lora.core.threads import apply_threads, current, default_threads
         before = current()
         print(json.dumps({"before": before, "default": default_threads(), "applied": apply_threads(None),
                           "again": apply_threads(None), "current": current()}))
@@ -189,7 +189,7 @@ def test_torch_takes_the_applied_count(n, when):
     first, second = ("apply", "import") if when.startswith("before") else ("import", "apply")
     out, _ = run_python(f"""
         import json, os, sys
-        from musicgen_lora.threads import apply_threads, current
+        from musicgen_lora.core.threads import apply_threads, current
         steps = {{"apply": lambda: apply_threads({n}), "import": lambda: __import__("torch")}}
         steps["{first}"](); steps["{second}"]()
         import torch
@@ -206,7 +206,7 @@ def test_omp_num_threads_alone_sets_torch_up_to_the_cores():
     more = len(CPUS) + 1
     out, _ = run_python(f"""
         import json, os
-        from musicgen_lora.threads import apply_threads, ensure_torch_threads
+        from musicgen_lora.core.threads import apply_threads, ensure_torch_threads
         apply_threads({more})
         import torch
         at_import = torch.get_num_threads()
@@ -242,7 +242,7 @@ def test_threads_from_a_config_file_and_the_command_line(tmp_path):
         import json, os
         from musicgen_lora.cli.args import parse_args_with_config
         from musicgen_lora.cli.train import build_parser
-        from musicgen_lora.threads import current
+        from musicgen_lora.core.threads import current
         cfg = {str(tmp_path / "c.yaml")!r}
         open(cfg, "w").write("threads: 1\\nbatch_size: 3\\n")
         a = parse_args_with_config(build_parser(), ["--config", cfg])

@@ -10,7 +10,9 @@ from transformers import MusicgenForConditionalGeneration
 
 from musicgen_lora.data.dataset import Collator, MusicDataset
 from musicgen_lora.data.metadata import read_metadata
-from musicgen_lora.modeling import apply_lora, evaluate_loss, load_model_and_processor, model_info
+from musicgen_lora.model.checkpoint import load_model_and_processor, model_info
+from musicgen_lora.model.lora import apply_lora
+from musicgen_lora.model.loss import evaluate_loss
 
 
 def _records(run):
@@ -127,8 +129,9 @@ def test_lora_memorises_two_clips_and_continues_each_from_its_own_start(tiny_mod
     the other; at 1,000 steps the adapter still continued B's start into A (73%)."""
     from musicgen_lora.cli.inference import main as inference
     from musicgen_lora.cli.train import main as train
-    from musicgen_lora.generation import CODES_SUFFIX, generate_audio, read_codes
-    from musicgen_lora.modeling import encode_channels, load_adapter
+    from musicgen_lora.generation.generate import CODES_SUFFIX, generate_audio, read_codes
+    from musicgen_lora.model.codec import encode_channels
+    from musicgen_lora.model.lora import load_adapter
 
     from tunes import two_tunes
 

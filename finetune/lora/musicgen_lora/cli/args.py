@@ -14,9 +14,15 @@ import math
 import sys
 from pathlib import Path
 
-from musicgen_lora.common import UserError
-from musicgen_lora.precision import PRECISIONS, requested
-from musicgen_lora.sampling import DEFAULT_OVERLAP_SHARE, DEFAULT_WINDOW_S, WAV_SUBTYPES, SamplingSettings, WindowPlan
+from musicgen_lora.core.common import UserError
+from musicgen_lora.core.precision import PRECISIONS, requested
+from musicgen_lora.generation.sampling import (
+    DEFAULT_OVERLAP_SHARE,
+    DEFAULT_WINDOW_S,
+    WAV_SUBTYPES,
+    SamplingSettings,
+    WindowPlan,
+)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -89,7 +95,7 @@ class Parser(argparse.ArgumentParser):
     def parse_known_args(self, args=None, namespace=None):
         namespace, extras = super().parse_known_args(args, namespace)
         if self._threads_action is not None and hasattr(namespace, self._threads_action.dest):
-            from musicgen_lora.threads import apply_threads
+            from musicgen_lora.core.threads import apply_threads
 
             apply_threads(getattr(namespace, self._threads_action.dest))
         return namespace, extras

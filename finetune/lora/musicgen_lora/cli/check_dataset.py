@@ -10,7 +10,7 @@ import sys
 
 from musicgen_lora.cli.args import Parser, positive_float
 from musicgen_lora.cli.runner import cli
-from musicgen_lora.common import log
+from musicgen_lora.core.common import log
 
 # A clip longer than this many training windows is flagged: training reads one random window of it
 # per epoch, so most of it is never heard.
@@ -30,20 +30,20 @@ def main(argv=None):
     import numpy as np
     import torch
 
-    from musicgen_lora.audio import MUSICGEN_HOP_LENGTH, MUSICGEN_SAMPLE_RATE
-    from musicgen_lora.codes import (
+    from musicgen_lora.audio.codes import (
         MUSICGEN_CODEBOOKS,
         build_delay_pattern_labels,
         num_frames_for_samples,
         valid_frames_for_samples,
     )
+    from musicgen_lora.audio.reader import MUSICGEN_HOP_LENGTH, MUSICGEN_SAMPLE_RATE
     from musicgen_lora.data.code_store import format_summary, store_summary
     from musicgen_lora.data.dataset import MusicDataset, check_condition_audio
     from musicgen_lora.data.splits import load_splits
 
     sr, hop, k, channels, melody = MUSICGEN_SAMPLE_RATE, MUSICGEN_HOP_LENGTH, MUSICGEN_CODEBOOKS, 1, None
     if args.model_path:
-        from musicgen_lora.modeling import load_model_and_processor, model_info
+        from musicgen_lora.model.checkpoint import load_model_and_processor, model_info
 
         info = model_info(load_model_and_processor(args.model_path)[0])
         sr, hop, k, channels = info["sample_rate"], info["hop_length"], info["num_codebooks"], info["audio_channels"]

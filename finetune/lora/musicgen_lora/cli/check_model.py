@@ -16,7 +16,7 @@ import sys
 
 from musicgen_lora.cli.args import Parser, nonneg_int, positive_float, positive_int
 from musicgen_lora.cli.runner import cli
-from musicgen_lora.common import UserError, log, uniform_loss
+from musicgen_lora.core.common import UserError, log, uniform_loss
 
 # The melody check's tune: an arpeggio (semitones above C) of 0.5 s notes, ~4 chroma frames each.
 MELODY_NOTES = (0, 4, 7, 11, 2, 5, 9, 12)
@@ -33,8 +33,8 @@ def model_type(melody: bool, audio_channels: int) -> str:
 
 def melody_chroma(sample_rate: int):
     """(frames, 12) chroma of a synthetic tone sequence (MELODY_NOTES) at the model's rate."""
-    from musicgen_lora.chroma import chroma_features
-    from musicgen_lora.testing.signals import note_sequence
+    from musicgen_lora.audio.chroma import chroma_features
+    from musicgen_lora.evaluation.signals import note_sequence
 
     return chroma_features(note_sequence(MELODY_NOTES, sr=sample_rate), sample_rate)[0]
 
@@ -53,19 +53,14 @@ def main(argv=None):
     args = p.parse_args(argv)
     import torch
 
-    from musicgen_lora.common import resolve_device
+    from musicgen_lora.core.common import resolve_device
     from musicgen_lora.data.dataset import Collator, MusicDataset
     from musicgen_lora.data.metadata import report_long_descriptions, validation_clips
     from musicgen_lora.data.splits import load_splits
-    from musicgen_lora.generation import label_agreement
-    from musicgen_lora.modeling import (
-        count_parameters,
-        evaluate_loss,
-        is_melody,
-        load_adapter,
-        load_model_and_processor,
-        model_info,
-    )
+    from musicgen_lora.generation.generate import label_agreement
+    from musicgen_lora.model.checkpoint import is_melody, load_model_and_processor, model_info
+    from musicgen_lora.model.lora import count_parameters, load_adapter
+    from musicgen_lora.model.loss import evaluate_loss
 
     device = resolve_device(args.device)
     model, processor = load_model_and_processor(args.model_path, device=device)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from musicgen_lora.cli.args import Parser, positive_float
 from musicgen_lora.cli.runner import cli
-from musicgen_lora.common import UserError, log
-from musicgen_lora.outputs import atomic_write_text
-from musicgen_lora.runs.review import review_lines
-from musicgen_lora.runs.table import RUNNING_MINUTES, expand_run_paths, load_run, load_runs, plot_curves, render
+from musicgen_lora.core.common import UserError, log
+from musicgen_lora.core.outputs import atomic_write_text
+from musicgen_lora.reporting.review import review_lines
+from musicgen_lora.reporting.table import RUNNING_MINUTES, expand_run_paths, load_run, load_runs, plot_curves, render
 
 FORMATS = {".md": "md", ".markdown": "md", ".csv": "csv", ".html": "html", ".htm": "html"}
 

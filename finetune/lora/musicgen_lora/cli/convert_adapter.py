@@ -13,8 +13,8 @@ from pathlib import Path
 
 from musicgen_lora.cli.args import Parser
 from musicgen_lora.cli.runner import cli
-from musicgen_lora.common import UserError, log
-from musicgen_lora.outputs import atomic_file
+from musicgen_lora.core.common import UserError, log
+from musicgen_lora.core.outputs import atomic_file
 
 
 @cli

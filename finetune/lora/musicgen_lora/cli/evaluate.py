@@ -45,15 +45,21 @@ from musicgen_lora.cli.args import (
     window_plan,
 )
 from musicgen_lora.cli.runner import cli
-from musicgen_lora.common import UserError, log, resolve_device
+from musicgen_lora.core.common import UserError, log, resolve_device
+from musicgen_lora.core.outputs import output_lock
+from musicgen_lora.core.paths import recorded_path
 from musicgen_lora.data.metadata import report_long_descriptions, validation_clips
 from musicgen_lora.data.splits import is_store_folder, load_splits
 from musicgen_lora.evaluation.listen_server import DEFAULT_PORT, serve
 from musicgen_lora.evaluation.listening import tally_folder, tally_lines
-from musicgen_lora.model_card import update_listened_cards
-from musicgen_lora.outputs import output_lock
-from musicgen_lora.prompts import check_melody_model, describe_melodies, describe_windows, load_prompts, plan_jobs
-from musicgen_lora.runs.table import recorded_path
+from musicgen_lora.generation.prompts import (
+    check_melody_model,
+    describe_melodies,
+    describe_windows,
+    load_prompts,
+    plan_jobs,
+)
+from musicgen_lora.reporting.model_card import update_evaluated_cards, update_listened_cards
 
 TOOL = "evaluate.py"
 # --port: 0 asks the system for any free port.
@@ -231,8 +237,8 @@ def evaluate(args, out: Path):
         validation_loader,
     )
     from musicgen_lora.evaluation.scoring import score_folder
-    from musicgen_lora.generation import check_duration, clip_windows, read_melodies, resolve_generation
-    from musicgen_lora.modeling import is_melody, load_model_and_processor, model_info
+    from musicgen_lora.generation.generate import check_duration, clip_windows, read_melodies, resolve_generation
+    from musicgen_lora.model.checkpoint import is_melody, load_model_and_processor, model_info
 
     check_output_dir(out, args.overwrite)
     if args.score_only:
@@ -304,6 +310,7 @@ def evaluate(args, out: Path):
                              progress=not args.no_progress, base_model_path=args.base_model_path,
                              model_numbers=numbers, notes=notes, reference=reference, clap=clap,
                              melodies=melodies, plan=plan, prompt_seconds=args.prompt_seconds, precision=precision)
+    update_evaluated_cards(specs, summary, out)  # each train_lora.py adapter's README.md gets its verdict
     log.info(f"wrote {len(jobs) * len(specs)} clips, comparison_results.jsonl, summary.json and "
              f"{out / 'report.html'}")
     print_verdicts(summary)

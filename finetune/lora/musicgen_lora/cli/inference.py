@@ -43,9 +43,8 @@ from musicgen_lora.cli.args import (
     window_plan,
 )
 from musicgen_lora.cli.runner import cli
-from musicgen_lora.common import UserError, log, resolve_device
-from musicgen_lora.data.metadata import report_long_descriptions
-from musicgen_lora.outputs import (
+from musicgen_lora.core.common import UserError, log, resolve_device
+from musicgen_lora.core.outputs import (
     atomic_dir,
     atomic_write_json,
     check_own_folder,
@@ -54,7 +53,9 @@ from musicgen_lora.outputs import (
     read_manifest,
     write_manifest,
 )
-from musicgen_lora.prompts import (
+from musicgen_lora.core.threads import run_threads
+from musicgen_lora.data.metadata import report_long_descriptions
+from musicgen_lora.generation.prompts import (
     check_melody_model,
     clip_filename,
     describe_melodies,
@@ -63,7 +64,6 @@ from musicgen_lora.prompts import (
     load_prompts,
     plan_jobs,
 )
-from musicgen_lora.threads import run_threads
 
 
 def build_parser():
@@ -134,8 +134,7 @@ def main(argv=None):
 
 
 def run(args):
-    from musicgen_lora.evaluation.compare import adapter_run_id
-    from musicgen_lora.generation import (
+    from musicgen_lora.generation.generate import (
         CODES_SUFFIX,
         check_duration,
         clip_windows,
@@ -146,7 +145,8 @@ def run(args):
         write_clip,
         write_codes,
     )
-    from musicgen_lora.modeling import check_adapter_dir, is_melody, load_adapter, load_model_and_processor, model_info
+    from musicgen_lora.model.checkpoint import is_melody, load_model_and_processor, model_info
+    from musicgen_lora.model.lora import adapter_run_id, check_adapter_dir, load_adapter
 
     out = Path(args.output_dir)
     if args.merge:

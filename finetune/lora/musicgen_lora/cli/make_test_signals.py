@@ -7,7 +7,7 @@ One folder per case (steady, fading, noise, silent_tail, clipped, repetitive, cr
 exactly its own flag, and two that must trip none (varied_beat: chords and a melody over a steady
 beat; drum_loop: played drums alone); `--stereo` adds 2-channel cases (stereo, collapsed,
 phase_inverted); `--corrupt` an unreadable file. The detection and false-positive figures over many
-randomized clips: finetune/scripts/flag_figures.py.
+randomized clips: benchmarks/flag_figures.py.
 The cases and their expected flags: musicgen_lora/testing/signals.py.
 """
 import sys
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from musicgen_lora.cli.args import Parser, positive_float
 from musicgen_lora.cli.runner import cli
-from musicgen_lora.testing.signals import write_signals
+from musicgen_lora.evaluation.signals import write_signals
 
 
 @cli

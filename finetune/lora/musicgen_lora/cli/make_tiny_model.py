@@ -30,7 +30,7 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true",
                    help="Replace a model this script wrote earlier in --output_dir (anything else is never replaced).")
     args = p.parse_args(argv)
-    from musicgen_lora.testing.tiny_model import build
+    from musicgen_lora.model.offline import build
 
     out = build(args.output_dir, args.size, args.seed, args.overwrite, stereo=args.stereo, melody=args.melody)
     from transformers import MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration

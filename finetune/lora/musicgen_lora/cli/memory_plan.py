@@ -11,7 +11,7 @@ architectures are those of facebook/musicgen-{small,medium,large}, their stereo 
 facebook/musicgen-{,stereo-}melody{,-large} (MusicGen-Melody: medium's and large's decoders without
 cross-attention, over a 235-frame chroma + text prefix), built on the meta device (nothing is
 allocated or downloaded); --model_path reads a checkpoint's config.json instead (MusicGen or
-MusicGen-Melody). An estimate: benchmark_memory.py measures it against real peaks.
+MusicGen-Melody). An estimate: benchmarks/memory.py measures it against real peaks.
 """
 import sys
 
@@ -48,7 +48,7 @@ def configs(model_path):
 
         import transformers
 
-        from musicgen_lora.common import UserError, read_json
+        from musicgen_lora.core.common import UserError, read_json
 
         if not (Path(model_path) / "config.json").is_file():
             raise UserError(f"{model_path}: no config.json here; pass --model_path a local MusicGen folder")
@@ -62,7 +62,7 @@ def configs(model_path):
             return [(Path(model_path).name, config_class.from_pretrained(model_path))]
         except (OSError, ValueError, KeyError) as e:
             raise UserError(f"{model_path}: not a MusicGen config ({e})") from None
-    from musicgen_lora.testing.tiny_model import build_config, melody_config
+    from musicgen_lora.model.offline import build_config, melody_config
 
     text = [(f"musicgen-{'stereo-' if stereo else ''}{size}", build_config(size, 32128, stereo=stereo))
             for size in ("small", "medium", "large") for stereo in (False, True)]

@@ -32,7 +32,8 @@ from musicgen_lora.cli.args import (
     positive_int,
 )
 from musicgen_lora.cli.runner import cli
-from musicgen_lora.common import UserError, log
+from musicgen_lora.core.common import UserError, log
+from musicgen_lora.core.outputs import output_lock, read_manifest, remove_path, write_manifest
 from musicgen_lora.data.example import create_example_dataset
 from musicgen_lora.data.preparation import (
     DEFAULT_SILENCE_DB,
@@ -42,7 +43,6 @@ from musicgen_lora.data.preparation import (
     prepare_collection,
     summary_lines,
 )
-from musicgen_lora.outputs import output_lock, read_manifest, remove_path, write_manifest
 
 
 def build_parser():
@@ -104,7 +104,7 @@ def build_parser():
     s.add_argument("--encode_batch_size", type=positive_int, default=None,
                    help="Segments per EnCodec call with --codes_only (default: 8 on a GPU, 1 on a CPU, where "
                         "batching was slower and took more memory: 8 x 15 s segments of musicgen-small's codec "
-                        "peaked at 6.8 GiB vs 4.3 GiB one at a time, finetune/scripts/benchmark_encoding.py).")
+                        "peaked at 6.8 GiB vs 4.3 GiB one at a time, benchmarks/encoding.py).")
 
     e = p.add_argument_group("example data")
     e.add_argument("--create_example", action="store_true",
@@ -205,12 +205,12 @@ def prepare_codes(args):
     """--codes_only: this process's units of the collection into the code store (store_preparation.py)."""
     import torch
 
-    from musicgen_lora.common import resolve_device  # torch: after parsing only
+    from musicgen_lora.core.common import resolve_device  # torch: after parsing only
     from musicgen_lora.data.code_store import StoreKey, format_summary, store_summary
     from musicgen_lora.data.store_preparation import prepare_codes as encode_units
     from musicgen_lora.data.units import process_rank
-    from musicgen_lora.encoding import default_batch_size
-    from musicgen_lora.modeling import load_model_and_processor
+    from musicgen_lora.model.checkpoint import load_model_and_processor
+    from musicgen_lora.model.encoding import default_batch_size
 
     device = resolve_device(args.device)
     world = process_rank()[1]

@@ -5,8 +5,8 @@ import signal
 import sys
 import threading
 
-from musicgen_lora.common import UserError, setup_logging
-from musicgen_lora.outputs import disk_full_reason
+from musicgen_lora.core.common import UserError, setup_logging
+from musicgen_lora.core.outputs import disk_full_reason
 
 
 class Interrupted(KeyboardInterrupt):

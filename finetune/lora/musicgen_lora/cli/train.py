@@ -27,7 +27,7 @@ from musicgen_lora.cli.args import (
     probability,
 )
 from musicgen_lora.cli.runner import cli
-from musicgen_lora.precision import PRECISIONS
+from musicgen_lora.core.precision import PRECISIONS
 from musicgen_lora.training.config import TrainConfig
 
 D = TrainConfig()  # every flag's default comes from here
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--bf16", action="store_true", help="Short for --precision bf16.")
     r.add_argument("--gradient_checkpointing", action="store_true",
                    help="Recompute decoder activations in the backward pass: less memory, slower steps "
-                        "(see finetune/scripts/benchmark_memory.py).")
+                        "(see benchmarks/memory.py).")
     r.add_argument("--ignore_memory_plan", action="store_true",
                    help="Start even when the memory plan printed at the start says the run will not fit the GPU "
                         "(the plan is an estimate; see musicgen_lora/training/memory.py).")
@@ -160,12 +160,28 @@ def config_from(args) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in names}).check()
 
 
+def reporting_hooks():
+    """The model card in every adapter, the training curves at every validation, the review at the
+    end: what train_lora.py adds to the training loop (training never imports reporting)."""
+    from musicgen_lora.reporting.curves import write_training_curves
+    from musicgen_lora.reporting.model_card import write_training_card
+    from musicgen_lora.reporting.review import log_review
+    from musicgen_lora.training.trainer import TrainHooks
+
+    def finished(run_dir, _summary):
+        write_training_curves(run_dir)
+        log_review(run_dir)  # the review gate: a plain-words reading of the logs
+
+    return TrainHooks(adapter_saved=lambda path, folder, facts: write_training_card(path, facts, folder=folder),
+                      validated=write_training_curves, finished=finished)
+
+
 @cli
 def main(argv=None):
     cfg = config_from(parse_args_with_config(build_parser(), argv))
     from musicgen_lora.training.trainer import train
 
-    train(cfg)
+    train(cfg, reporting_hooks())
 
 
 if __name__ == "__main__":

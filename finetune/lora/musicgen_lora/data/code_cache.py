@@ -35,13 +35,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from musicgen_lora import chroma
-from musicgen_lora.audio import RESAMPLER, AudioPieces, piece_samples
-from musicgen_lora.common import UserError, log, resolve_device
+from musicgen_lora.audio import chroma as chroma
+from musicgen_lora.audio.reader import RESAMPLER, AudioPieces, piece_samples
+from musicgen_lora.core.common import UserError, log, resolve_device
+from musicgen_lora.core.outputs import atomic_file, atomic_write_text, clean_stale
 from musicgen_lora.data.metadata import read_metadata
-from musicgen_lora.encoding import encode_batched
-from musicgen_lora.modeling import encode_pieces, load_model_and_processor, model_info, unwrap_base
-from musicgen_lora.outputs import atomic_file, atomic_write_text, clean_stale
+from musicgen_lora.model.checkpoint import load_model_and_processor, model_info, unwrap_base
+from musicgen_lora.model.codec import encode_pieces
+from musicgen_lora.model.encoding import encode_batched
 
 CACHE_FORMAT = 1
 # How a clip's codes are computed, beyond the samples: piece by piece (audio.piece_samples), every

@@ -41,11 +41,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musicgen_lora.codes import num_frames_for_samples
-from musicgen_lora.common import UserError, log
+from musicgen_lora.audio.codes import num_frames_for_samples
+from musicgen_lora.core.common import UserError, log
+from musicgen_lora.core.outputs import apply_umask_tree, clean_stale, disk_full_error, remove_path, temp_path
 from musicgen_lora.data.code_cache import codec_identity, codec_settings
-from musicgen_lora.modeling import model_info
-from musicgen_lora.outputs import apply_umask_tree, clean_stale, disk_full_error, remove_path, temp_path
+from musicgen_lora.model.checkpoint import model_info
 
 STORE_FORMAT = 1
 STORE_DIR = "code_store"
@@ -370,7 +370,7 @@ class CodeStore:
     codes.bin files are opened on first use, per process, and read with one pread per window
     (_read_frames), so a DataLoader worker opens its own and a pickled store carries only the arrays.
     Descriptions stay on disk until asked for (clip_info; descriptions reads each unit's clips.jsonl
-    once): parsing 300,000 rows at open would take ten times the open itself (benchmark_store.py:
+    once): parsing 300,000 rows at open would take ten times the open itself (benchmarks/store.py:
     ~1.5 vs 0.14 s) for readers that need none of them, such as a validation pass.
     """
 

@@ -5,11 +5,11 @@ their padding masked. Labels follow codes.build_delay_pattern_labels.
 import numpy as np
 import torch
 
-from musicgen_lora import chroma as chroma_lib
-from musicgen_lora.audio import AudioPieces, audio_duration
-from musicgen_lora.audio import piece_samples as default_piece_samples
-from musicgen_lora.codes import choose_frame_offset, crop_codes, num_frames_for_samples, valid_frames_for_samples
-from musicgen_lora.common import log
+from musicgen_lora.audio import chroma as chroma_lib
+from musicgen_lora.audio.codes import choose_frame_offset, crop_codes, num_frames_for_samples, valid_frames_for_samples
+from musicgen_lora.audio.reader import AudioPieces, audio_duration
+from musicgen_lora.audio.reader import piece_samples as default_piece_samples
+from musicgen_lora.core.common import log
 from musicgen_lora.data.code_cache import load_chroma, load_codes
 from musicgen_lora.data.metadata import Clip, drop_words, tokenize_text
 

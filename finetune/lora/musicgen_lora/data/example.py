@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from musicgen_lora.audio import MUSICGEN_SAMPLE_RATE
-from musicgen_lora.outputs import atomic_write_json
+from musicgen_lora.audio.reader import MUSICGEN_SAMPLE_RATE
+from musicgen_lora.core.outputs import atomic_write_json
 
 SR = MUSICGEN_SAMPLE_RATE
 

@@ -9,12 +9,13 @@ A flat list of entries with a "split" field ("train"/"valid") is accepted too. F
 an entry may name `condition_audio`: the file whose chroma conditions the clip (e.g. a vocal stem
 for an accompaniment), instead of the clip itself.
 """
+import functools
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from musicgen_lora.common import UserError, log, read_json
+from musicgen_lora.core.common import UserError, log, read_json
 
 AUDIO_KEYS = ("audio", "audio_path", "path", "file", "file_name")
 TEXT_KEYS = ("description", "text", "caption", "prompt")
@@ -201,3 +202,18 @@ def report_long_descriptions(tokenizer, items) -> int:
             cut += 1
             log.warning(f"warning: {where}: the text is {n} tokens long; only its first {limit} are used")
     return cut
+
+
+def clip_facts(clips) -> dict:
+    """How many clips and how many minutes of audio (lengths from metadata or file headers)."""
+    return dict(_clip_facts(tuple((str(c.audio_path), c.duration) for c in clips)))
+
+
+@functools.lru_cache(maxsize=8)
+def _clip_facts(clips: tuple) -> tuple:
+    from musicgen_lora.audio.reader import audio_duration  # soundfile: only when asked
+
+    lengths = [d if d else audio_duration(p) for p, d in clips]
+    known = [x for x in lengths if x is not None]
+    return (("clips", len(clips)), ("minutes", sum(known) / 60 if known else None),
+            ("unknown_length", len(lengths) - len(known)))

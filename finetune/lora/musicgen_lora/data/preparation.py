@@ -36,9 +36,9 @@ import numpy as np
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from musicgen_lora.audio import MUSICGEN_SAMPLE_RATE, load_audio
-from musicgen_lora.common import UserError
-from musicgen_lora.outputs import (
+from musicgen_lora.audio.reader import MUSICGEN_SAMPLE_RATE, load_audio
+from musicgen_lora.core.common import UserError
+from musicgen_lora.core.outputs import (
     atomic_write_json,
     check_shared_targets,
     clean_stale,

@@ -25,8 +25,8 @@ import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
-from musicgen_lora.audio import to_channels
-from musicgen_lora.common import UserError, log
+from musicgen_lora.audio.reader import to_channels
+from musicgen_lora.core.common import UserError, log
 from musicgen_lora.data import code_store
 from musicgen_lora.data.code_cache import file_sha256
 from musicgen_lora.data.preparation import (
@@ -45,7 +45,7 @@ from musicgen_lora.data.preparation import (
     segment_bounds,
 )
 from musicgen_lora.data.units import Unit, assigned, in_valid, plan_units, process_rank
-from musicgen_lora.modeling import model_info, unwrap_base
+from musicgen_lora.model.checkpoint import model_info, unwrap_base
 
 
 @dataclass
@@ -103,7 +103,7 @@ def as_pcm16(wav: np.ndarray) -> np.ndarray:
 def encode_segments(model, segments: list[Segment], batch_size: int) -> list[torch.Tensor]:
     """Codes (K, T) of each segment, several per codec call (encoding.encode_batched: equal to one at a
     time; a segment is shorter than one encoding piece, and the 15 s segments share one length)."""
-    from musicgen_lora.encoding import encode_batched
+    from musicgen_lora.model.encoding import encode_batched
 
     items = ((i, [torch.from_numpy(seg.audio)]) for i, seg in enumerate(segments))
     return [codes for _, codes in encode_batched(model, items, batch_size=batch_size)]
@@ -148,7 +148,7 @@ def prepare_unit(unit: Unit, s: PrepareSettings, model, key, store_dir: Path, zi
 
 def encoded_on(model) -> dict:
     """Where the codes were computed. On a CPU the thread count changes a few codes (near-ties between
-    codebook entries round the other way: ~1 in 10,000 between 1 and 2 threads, benchmark_prepare.py),
+    codebook entries round the other way: ~1 in 10,000 between 1 and 2 threads, benchmarks/prepare.py),
     so a unit says how it was made; the store key leaves it out, since either encoding is a right one."""
     device = next(unwrap_base(model).audio_encoder.parameters()).device
     return {"device": str(device), "threads": torch.get_num_threads() if device.type == "cpu" else None,

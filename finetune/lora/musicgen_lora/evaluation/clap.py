@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musicgen_lora.common import UserError
+from musicgen_lora.core.common import UserError
 
 
 class ClapScorer:

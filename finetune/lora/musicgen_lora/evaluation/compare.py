@@ -14,20 +14,28 @@ from pathlib import Path
 
 import numpy as np
 
-from musicgen_lora.common import UserError, log, uniform_loss
+from musicgen_lora.core.common import UserError, log, uniform_loss
+from musicgen_lora.core.outputs import atomic_dir, check_own_folder, write_manifest
+from musicgen_lora.core.threads import run_threads
 from musicgen_lora.data.dataset import Collator, MusicDataset
 from musicgen_lora.data.metadata import report_long_descriptions, validation_clips
 from musicgen_lora.data.splits import load_splits
+from musicgen_lora.evaluation.figures import spectrogram_png
 from musicgen_lora.evaluation.scoring import BASE, TOOL, score_rows, time_marks, write_results
 from musicgen_lora.evaluation.style_distance import encodec_embeddings, frechet_distance
-from musicgen_lora.generation import clip_windows, generate_jobs, job_chroma, read_melodies, write_clip, write_wav
-from musicgen_lora.model_card import update_evaluated_cards
-from musicgen_lora.modeling import check_adapter_dir, evaluate_loss, load_adapter, model_info
-from musicgen_lora.outputs import atomic_dir, check_own_folder, write_manifest
-from musicgen_lora.plotting import spectrogram_png
-from musicgen_lora.prompts import Job, Prompt, clip_filename, describe_settings, slugify
-from musicgen_lora.sampling import SamplingSettings, WindowPlan
-from musicgen_lora.threads import run_threads
+from musicgen_lora.generation.generate import (
+    clip_windows,
+    generate_jobs,
+    job_chroma,
+    read_melodies,
+    write_clip,
+    write_wav,
+)
+from musicgen_lora.generation.prompts import Job, Prompt, clip_filename, describe_settings, slugify
+from musicgen_lora.generation.sampling import SamplingSettings, WindowPlan
+from musicgen_lora.model.checkpoint import model_info
+from musicgen_lora.model.lora import check_adapter_dir, load_adapter
+from musicgen_lora.model.loss import evaluate_loss
 
 
 @dataclass
@@ -187,7 +195,7 @@ def reference_continuations(jobs: list[Job], folder: Path, info: dict, duration:
     """The real music each audio-prompted job's models continue: the first `duration` seconds of its
     file (or all of it, when shorter) at the model's rate and channels, written to `folder`/references/
     for the report and the blind page; {source path: path relative to `folder`}."""
-    from musicgen_lora.audio import AudioPieces, piece_samples
+    from musicgen_lora.audio.reader import AudioPieces, piece_samples
 
     out, names = {}, set()
     for source in dict.fromkeys(j.prompt.audio_prompt for j in jobs if j.prompt.audio_prompt):
@@ -309,7 +317,6 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
                    melodies={rel: melodies[source] for source, rel in melody_rel.items()})
         write_results(tmp, rows, summary)
         write_manifest(tmp, TOOL, os.listdir(tmp), run_ids=run_ids)
-    update_evaluated_cards(specs, summary, out)  # each train_lora.py adapter's README.md gets its verdict
     return summary
 
 

@@ -23,7 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from musicgen_lora.common import UserError, log
+from musicgen_lora.core.common import UserError, log
+from musicgen_lora.core.outputs import atomic_write_json
 from musicgen_lora.evaluation.listening import (
     CLIPS_DIR,
     MAX_RATINGS_BYTES,
@@ -34,7 +35,6 @@ from musicgen_lora.evaluation.listening import (
     ratings_filename,
     read_key,
 )
-from musicgen_lora.outputs import atomic_write_json
 
 HOST = "127.0.0.1"  # this machine only: the page and the ratings are nobody else's business
 DEFAULT_PORT = 8000

@@ -49,8 +49,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
-from musicgen_lora.common import UserError, log
-from musicgen_lora.outputs import atomic_write_json, atomic_write_text
+from musicgen_lora.core.common import UserError, log
+from musicgen_lora.core.outputs import atomic_write_json, atomic_write_text
 
 PAGE = "listen.html"
 KEY_FILE = "listening_key.json"

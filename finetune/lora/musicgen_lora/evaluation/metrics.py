@@ -156,7 +156,7 @@ LOOP_MIN_CLIP_S = 4.0
 # channel with the most; crackle above CRACKLE_CLICKS_PER_S. A click or two in a clip (an edit, a hard
 # cut to silence) is not crackle; a patter of them is: 20 clicks in 15 s is 1.3/s, one after every
 # kick at 120 bpm 2/s. Clicks that land in a drum's noise are masked for the ear and for this measure
-# alike (finetune/scripts/flag_figures.py finds 20-40% of random clicks on a busy beat), so the limit
+# alike (benchmarks/flag_figures.py finds 20-40% of random clicks on a busy beat), so the limit
 # sits low: 0.2/s, 3 clicks in 15 s, where clean material with strong beats measured at most 0.07/s
 # (one event in 15 s: a hard cut to silence, or a hat whose first sample stands out).
 # Above the fundamentals and the strong harmonics of notes; 70% of a click's energy at 32 kHz.

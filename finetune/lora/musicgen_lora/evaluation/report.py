@@ -15,8 +15,8 @@ from collections import OrderedDict
 from pathlib import Path
 from urllib.parse import quote
 
+from musicgen_lora.core.outputs import atomic_write_text
 from musicgen_lora.evaluation.flags import FLAG_NAMES, NOTE_FLAG_NAMES
-from musicgen_lora.outputs import atomic_write_text
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em auto;max-width:1200px;

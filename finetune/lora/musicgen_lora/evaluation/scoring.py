@@ -13,15 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from musicgen_lora.audio import MUSICGEN_SAMPLE_RATE, load_audio
-from musicgen_lora.common import UserError, log
+from musicgen_lora.audio.reader import MUSICGEN_SAMPLE_RATE, load_audio
+from musicgen_lora.core.common import UserError, log
+from musicgen_lora.core.outputs import atomic_dir, atomic_write_json, atomic_write_text, write_manifest
+from musicgen_lora.evaluation.figures import loudness_plot_png, spectrogram_png
 from musicgen_lora.evaluation.flags import count_words, model_flag_clips, model_flag_counts
 from musicgen_lora.evaluation.listening import PAGE, is_blind_copy, write_listening
 from musicgen_lora.evaluation.metrics import MELODY_DROP, THRESHOLDS, ignores_melody, score_clip, to_mid
 from musicgen_lora.evaluation.report import write_report
-from musicgen_lora.outputs import atomic_dir, atomic_write_json, atomic_write_text, write_manifest
-from musicgen_lora.plotting import loudness_plot_png, spectrogram_png
-from musicgen_lora.prompts import slugify
+from musicgen_lora.generation.prompts import slugify
 
 TOOL = "evaluate.py"
 BASE = "base_model"  # the model folder adapters are measured against (ignores_melody)
@@ -92,7 +92,7 @@ def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict,
         row["metrics"], row["flags"] = scored["metrics"], scored["flags"]
         score_windows(row, wav, sr)
         if row.get("melody") in (melodies or {}):
-            from musicgen_lora.chroma import chroma_cosine  # torch: only when there is a melody to compare with
+            from musicgen_lora.audio.chroma import chroma_cosine  # torch: only when there is a melody to compare with
 
             row["metrics"]["chroma_cosine"] = chroma_cosine(wav, melodies[row["melody"]], sr)
         row["channels"] = scored["metrics"]["channels"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from musicgen_lora.modeling import unwrap_base
+from musicgen_lora.model.checkpoint import unwrap_base
 
 
 @torch.no_grad()

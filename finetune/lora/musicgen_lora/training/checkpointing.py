@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musicgen_lora.common import UserError, read_json
-from musicgen_lora.modeling import check_layout
-from musicgen_lora.outputs import (
+from musicgen_lora.core.common import UserError, read_json
+from musicgen_lora.core.outputs import (
     Survey,
     atomic_dir,
     atomic_write_json,
@@ -31,6 +30,7 @@ from musicgen_lora.outputs import (
     remove_path,
     survey,
 )
+from musicgen_lora.model.checkpoint import check_layout
 
 TOOL = "train_lora.py"
 CHECKPOINTS = "checkpoints"

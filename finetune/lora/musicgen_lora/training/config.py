@@ -6,12 +6,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from musicgen_lora.common import UserError
-
-# Decoder attention (self and cross) and FFN, as in the seeds' adapters. LoRA is kept off the T5 text
-# encoder and EnCodec whatever names they use (modeling.lora_target_regex).
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
-
+from musicgen_lora.core.common import UserError
+from musicgen_lora.model.targets import DEFAULT_TARGETS
 
 # audiocraft's conditioner configs: text2music.yaml drops the whole description with 0.3 (classifier-free
 # guidance's null condition) and each word of the rest with 0.3; chroma2music.yaml (MusicGen-Melody)
@@ -122,7 +118,7 @@ class TrainConfig:
     @property
     def requested_precision(self) -> str:
         """What was asked; fp32 by default (precision.py says why training does not default to auto)."""
-        from musicgen_lora.precision import requested
+        from musicgen_lora.core.precision import requested
 
         return requested(self.precision, self.fp16, self.bf16, default="fp32")
 

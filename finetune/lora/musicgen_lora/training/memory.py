@@ -66,7 +66,7 @@ always repeated or cut to chroma_length frames, the null melody included); the t
 training description (cut to 512 T5 tokens), TEXT_TOKENS when not known; the text encoder (and
 melody's chroma and text projections) runs without a graph (frozen, no input needs a gradient), so
 it keeps nothing. Layer 0 is counted like the others (it keeps slightly less: its input
-needs no gradient). Nothing here is fitted to measurements: finetune/scripts/benchmark_memory.py
+needs no gradient). Nothing here is fitted to measurements: benchmarks/memory.py
 prints the plan next to measured peaks and the error of the estimate. On a CPU (fp32, batch 2 x 2 s,
 musicgen-small's architecture, text-only and melody, mono and stereo) the totals came out 3.5-6.6%
 high, the step without checkpointing within 2% of the measured one (melody: 0.3%), with
@@ -85,8 +85,8 @@ import math
 import os
 from dataclasses import dataclass
 
-from musicgen_lora.common import UserError, log
-from musicgen_lora.training.config import DEFAULT_TARGETS
+from musicgen_lora.core.common import UserError, log
+from musicgen_lora.model.lora import DEFAULT_TARGETS
 
 GIB = 2**30
 TEXT_TOKENS = 64  # text length assumed when the descriptions are not at hand
@@ -246,7 +246,7 @@ def model_shape(model_or_config) -> ModelShape:
     import torch
     import transformers
 
-    from musicgen_lora.modeling import MODEL_CLASSES, unwrap_base
+    from musicgen_lora.model.checkpoint import MODEL_CLASSES, unwrap_base
 
     if hasattr(model_or_config, "parameters"):
         model = unwrap_base(model_or_config)
@@ -338,7 +338,7 @@ def _plan(shape: ModelShape, st: PlanSettings, capacity: int | None, enforced: b
         copies = 2 * (copied_layers * shape.linear_weights_per_layer + heads + lora_params)
     codec = 0
     if not st.cached:
-        from musicgen_lora.audio import piece_samples
+        from musicgen_lora.audio.reader import piece_samples
 
         piece = piece_samples(shape.sample_rate, shape.hop_length)
         if st.codec_seconds is not None:

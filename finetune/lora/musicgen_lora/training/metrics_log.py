@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from musicgen_lora.common import log
+from musicgen_lora.core.common import log
 
 FILE = Path("logs") / "metrics.jsonl"
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import torch
 
-from musicgen_lora.common import UserError, log, resolve_device
-from musicgen_lora.modeling import unwrap_base
+from musicgen_lora.core.common import UserError, log, resolve_device
+from musicgen_lora.model.checkpoint import unwrap_base
 
 
 def make_accelerator(device: str, precision: str, gradient_accumulation_steps: int, report_to: str,
@@ -16,7 +16,7 @@ def make_accelerator(device: str, precision: str, gradient_accumulation_steps: i
     warning where the hardware has no fast path (fp16 on a CPU; bf16 on an older GPU or CPU)."""
     from accelerate import Accelerator
 
-    from musicgen_lora.precision import resolve
+    from musicgen_lora.core.precision import resolve
 
     device = resolve_device(device)
     ran, warning = resolve(precision, device)

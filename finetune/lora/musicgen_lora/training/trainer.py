@@ -13,33 +13,18 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 import musicgen_lora.training.checkpointing as ckpt
-from musicgen_lora.audio import piece_samples
-from musicgen_lora.chroma import file_chroma, num_chroma_frames
-from musicgen_lora.common import UserError, log, peak_rss_mb, seed_everything, uniform_loss
-from musicgen_lora.data import code_store
-from musicgen_lora.data.code_cache import default_cache_dir, open_chroma_cache, open_training_cache
-from musicgen_lora.data.dataset import Collator, MusicDataset, batch_size_of, check_condition_audio, padding_report
-from musicgen_lora.data.metadata import report_long_descriptions, validation_clips
-from musicgen_lora.data.splits import load_splits
-from musicgen_lora.generation import generate_audio, write_clip
-from musicgen_lora.model_card import write_training_card
-from musicgen_lora.modeling import (
-    apply_lora,
-    batch_loss,
-    count_parameters,
-    evaluate_loss,
-    load_model_and_processor,
-    model_info,
-    model_layout,
-)
-from musicgen_lora.outputs import (
+from musicgen_lora.audio.chroma import file_chroma, num_chroma_frames
+from musicgen_lora.audio.reader import piece_samples
+from musicgen_lora.core.common import UserError, log, peak_rss_mb, seed_everything, uniform_loss
+from musicgen_lora.core.outputs import (
     DiskFull,
     atomic_dir,
     atomic_write_json,
@@ -49,11 +34,18 @@ from musicgen_lora.outputs import (
     read_manifest,
     write_manifest,
 )
-from musicgen_lora.plotting import write_training_curves
-from musicgen_lora.prompts import Prompt, check_melody_model, load_prompts
-from musicgen_lora.runs.review import log_review  # the review gate: a plain-words reading of the logs
-from musicgen_lora.runs.table import absolute_paths
-from musicgen_lora.threads import run_threads
+from musicgen_lora.core.paths import absolute_paths
+from musicgen_lora.core.threads import run_threads
+from musicgen_lora.data import code_store
+from musicgen_lora.data.code_cache import default_cache_dir, open_chroma_cache, open_training_cache
+from musicgen_lora.data.dataset import Collator, MusicDataset, batch_size_of, check_condition_audio, padding_report
+from musicgen_lora.data.metadata import clip_facts, report_long_descriptions, validation_clips
+from musicgen_lora.data.splits import load_splits
+from musicgen_lora.generation.generate import generate_audio, write_clip
+from musicgen_lora.generation.prompts import Prompt, check_melody_model, load_prompts
+from musicgen_lora.model.checkpoint import load_model_and_processor, model_info, model_layout
+from musicgen_lora.model.lora import apply_lora, count_parameters
+from musicgen_lora.model.loss import batch_loss, evaluate_loss
 from musicgen_lora.training.config import TrainConfig
 from musicgen_lora.training.guards import EarlyStopping, NonFiniteGuard
 from musicgen_lora.training.memory import MemoryPlan, check_plan, longest_text_tokens, plan_memory
@@ -69,6 +61,25 @@ from musicgen_lora.training.runtime import (
     sum_across_ranks,
 )
 from musicgen_lora.training.state import TrainState, Window
+
+
+def _nothing(*_args):
+    return None
+
+
+@dataclass
+class TrainHooks:
+    """What the command layer adds at a run's moments -- training never imports reporting. The
+    main process calls them; cli/train.py passes the model card, the curves and the review.
+
+    adapter_saved(path, folder, facts): an adapter is being written to `folder` (the temp folder
+    renamed to `path` afterwards; None when the adapter at `path` is brought up to date in place);
+    facts: card_facts. validated(run_dir): a validation record was written. finished(run_dir,
+    summary): logs/summary.json is written and the run has ended."""
+
+    adapter_saved: Callable[[Path, Path | None, dict], object] = _nothing
+    validated: Callable[[Path], object] = _nothing
+    finished: Callable[[Path, dict], object] = _nothing
 
 
 @dataclass
@@ -98,6 +109,7 @@ class Run:
     sample_prompts: list
     metrics: MetricsLog | None  # the main process writes the files; None elsewhere
     memory_plan: MemoryPlan | None = None  # training/memory.py: the estimate logged at the start
+    hooks: TrainHooks = field(default_factory=TrainHooks)
 
     @property
     def main(self) -> bool:
@@ -120,8 +132,9 @@ class Run:
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
-def train(cfg: TrainConfig) -> dict:
-    """Train, holding the run dir's lock for the whole run (main process); returns logs/summary.json."""
+def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict:
+    """Train, holding the run dir's lock for the whole run (main process); returns logs/summary.json.
+    hooks: what to add at the run's moments (cli/train.py: model cards, curves, the review)."""
     output_dir = Path(cfg.output_dir)
     accelerator = make_accelerator(cfg.device, cfg.requested_precision, cfg.gradient_accumulation_steps,
                                    cfg.report_to, output_dir / "logs")
@@ -129,7 +142,7 @@ def train(cfg: TrainConfig) -> dict:
         if accelerator.is_main_process:  # one writer per run dir: a second train_lora.py stops here
             stack.enter_context(output_lock(output_dir, ckpt.TOOL))
         try:
-            return run_training(cfg, accelerator)
+            return run_training(cfg, accelerator, hooks or TrainHooks())
         except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: say how to go on
             e.hint = ckpt.resume_hint(output_dir)
             raise
@@ -140,8 +153,8 @@ def train(cfg: TrainConfig) -> dict:
             raise DiskFull(full.base, f"free some space, then {ckpt.resume_hint(output_dir)}") from None
 
 
-def run_training(cfg: TrainConfig, accelerator) -> dict:
-    run = setup(cfg, accelerator)
+def run_training(cfg: TrainConfig, accelerator, hooks: TrainHooks) -> dict:
+    run = setup(cfg, accelerator, hooks)
     state = resume(run) if run.resume_from else start(run)
     run.model.train()
     for epoch in range(state.epoch, cfg.num_epochs + 1):
@@ -169,7 +182,7 @@ def run_training(cfg: TrainConfig, accelerator) -> dict:
 # --------------------------------------------------------------------------------------------
 # Setting up
 # --------------------------------------------------------------------------------------------
-def setup(cfg: TrainConfig, accelerator) -> Run:
+def setup(cfg: TrainConfig, accelerator, hooks: TrainHooks) -> Run:
     """Check the run dir, load data and model, build loaders, optimizer and schedule, open the run dir."""
     output_dir = Path(cfg.output_dir)
     # Before anything is loaded or written: the checkpoint to resume and what the run dir holds.
@@ -193,7 +206,7 @@ def setup(cfg: TrainConfig, accelerator) -> Run:
     total_steps, steps_per_epoch, warmup, scheduler = make_schedule(cfg, train_loader, optimizer)
     run = Run(cfg, accelerator, output_dir, model, processor, info, params, optimizer, scheduler, train_set,
               valid_set, train_loader, valid_loader, data_rng, total_steps, steps_per_epoch, warmup, "", resume_from,
-              sample_prompts, None, memory_plan)
+              sample_prompts, None, memory_plan, hooks)
     open_run_dir(run)
     return run
 
@@ -573,7 +586,7 @@ def validate(run: Run, state: TrainState):
                            "valid_loss_per_codebook": res["per_codebook"], "best_valid_loss": state.best["loss"],
                            **({"valid_loss_wrong_melody": wrong} if wrong is not None else {}),
                            "time": state.elapsed})
-        write_training_curves(run.output_dir)
+        run.hooks.validated(run.output_dir)
     state.evals_done += 1
     if run.main and run.cfg.sample_every and state.evals_done % run.cfg.sample_every == 0:
         write_samples(run, state)
@@ -606,9 +619,25 @@ def save_adapter(run: Run, path: Path, valid_loss: float, state: TrainState):
         atomic_write_json(tmp / "training_info.json", {"step": state.step, "epoch": state.epoch,
                                                        "valid_loss": valid_loss, "run_id": run.run_id,
                                                        "model": run.layout})
-        write_training_card(path, run, state, folder=tmp)  # README.md, replacing peft's template
+        run.hooks.adapter_saved(path, tmp, card_facts(run, state))  # the model card, inside the same rename
     if path.name == "final_model" and (run.output_dir / "best_model").is_dir():
-        write_training_card(run.output_dir / "best_model", run, state)  # the run's end, now known
+        best = run.output_dir / "best_model"
+        run.hooks.adapter_saved(best, None, card_facts(run, state))  # the run's end, now known
+
+
+def card_facts(run: Run, state: TrainState) -> dict:
+    """What an adapter's model card takes from the running trainer: the losses so far (summary.json
+    is not written yet) and the clips of each split."""
+    outcome = {"base_valid_loss": state.base_loss, "best_step": state.best["step"], "uniform_loss": run.uniform,
+               "steps": state.step, "epochs": state.epoch, "total_steps": run.total_steps,
+               "best_valid_loss": state.best["loss"] if state.best.get("saved") else None}
+    if state.finished(run.total_steps):  # final_model (or the last validation): the run's end is known
+        outcome.update(final_valid_loss=state.last_eval["loss"], stopped_reason=state.stop_reason or "completed",
+                       finished=True)
+    data = {"train": clip_facts(run.train_set.clips), "valid": clip_facts(run.valid_set.clips),
+            # validation_clips() slices the training list when there is no valid split: the same objects
+            "valid_from_train": {id(c) for c in run.valid_set.clips} <= {id(c) for c in run.train_set.clips}}
+    return {"outcome": outcome, "data": data}
 
 
 def save_checkpoint(run: Run, state: TrainState):
@@ -699,11 +728,10 @@ def diverged_message(run: Run, state: TrainState) -> str:
 
 
 def report_end(run: Run, state: TrainState, summary: dict):
-    write_training_curves(run.output_dir)
     log.info(f"done in {summary['wall_seconds']:.1f} s, {state.step} optimizer steps"
              + (" (stopped early: no validation improvement)" if state.stop_reason == "early_stopping" else ""))
     log.info(f"validation loss: base {state.base_loss:.4f} -> best {state.best['loss']:.4f} (step "
              f"{state.best['step']}) -> final {state.last_eval['loss']:.4f}; uniform guess {run.uniform:.4f}")
     log.info(f"best adapter:  {run.output_dir / 'best_model'}")
     log.info(f"final adapter: {run.output_dir / 'final_model'}")
-    log_review(run.output_dir)
+    run.hooks.finished(run.output_dir, summary)

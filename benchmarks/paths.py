@@ -1,0 +1,7 @@
+"""Where things are in the checkout, for the workshop's scripts (they run from the repository root as
+`python -m benchmarks.NAME`, and the musicgen_lora package comes from the install)."""
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LORA = ROOT / "finetune" / "lora"        # the user's scripts: train_lora.py, prepare_data.py, ...
+SCRIPTS = ROOT / "finetune" / "scripts"  # the product's tools: make_tiny_model.py, memory_plan.py, ...

@@ -1,0 +1,195 @@
+"""Reading audio: any format to float32 at the model's rate and channel count, whole or in pieces.
+
+Channels follow the model (`to_channels`, the one rule): a mono model gets the mean of the source's
+channels; a stereo model gets a stereo source as it is and a mono one up-mixed L = R, as
+transformers does (a source of more than two channels is mixed down to mono first, then up-mixed:
+its speaker layout is unknown).
+
+Training reads a clip in pieces (`AudioPieces`): piece j holds the source samples of
+[j * P, (j + 1) * P) seconds of output (P = the codec's piece length, about 30 s), decoded,
+set to the model's channels and resampled on its own. EnCodec encodes each piece on its own too
+(modeling.encode_pieces), so the codes of frame t depend only on the piece holding it. That gives:
+  - memory that follows the piece, not the file: a one-hour clip costs what a 30 s one does;
+  - random access: a training window reads only the one or two pieces under it;
+  - one definition of a clip's codes, whichever path computes them (the code cache encodes every
+    piece of the clip once; uncached training encodes the pieces under its window): same tokens.
+A clip no longer than one piece is exactly the whole-file decode + resample + encode.
+
+Formats soundfile cannot seek in (some m4a/mp3 through librosa's fallback decoders) are decoded
+whole once; only those cost memory in proportion to their length.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from musicgen_lora.core.common import UserError
+
+# Every released MusicGen codec (musicgen-small ... -large, stereo, melody) runs at 32 kHz. The one
+# home of that number: data preparation writes at this rate, and tools without a model at hand
+# (test_dataset.py without --model_path, --score_only) assume it; with a model, its codec's rate wins.
+MUSICGEN_SAMPLE_RATE = 32000
+MUSICGEN_HOP_LENGTH = 640  # 32 kHz / 50 frames per second
+
+# About this many seconds of audio per piece: longer than any training window people use (15-30 s),
+# short enough that decoding + resampling + encoding one costs a few hundred MB at most.
+PIECE_SECONDS = 30.0
+RESAMPLER = "soxr_hq"
+
+
+def piece_samples(sample_rate: int, hop_length: int) -> int:
+    """Output samples per piece: a whole number of codec frames (so pieces never split a frame)."""
+    return hop_length * max(1, round(PIECE_SECONDS * sample_rate / hop_length))
+
+
+# What an unreadable file's error line tells the user to do (a training clip's; load_audio's `fix`
+# says another, e.g. for a melody file).
+DATA_FIX = "remove it from the metadata"
+
+
+def _decode_error(path, e, fix: str = DATA_FIX) -> UserError:
+    why = f"{type(e).__name__}: {e}" if str(e).strip() else f"{type(e).__name__}: no decoder reads it"
+    return UserError(f"{path}: cannot decode audio ({why}); re-export it as WAV/FLAC or {fix}")
+
+
+def _check(path, wav: np.ndarray, fix: str = DATA_FIX) -> np.ndarray:
+    if wav.size == 0:
+        raise UserError(f"{path}: audio file is empty; {fix}")
+    if not np.all(np.isfinite(wav)):
+        raise UserError(f"{path}: audio holds NaN/inf samples; re-export it")
+    return wav
+
+
+def resample(wav: np.ndarray, source_rate: int, sample_rate: int) -> np.ndarray:
+    """Resample along the last axis ((n,) or (C, n))."""
+    if source_rate == sample_rate:
+        return wav
+    import librosa
+
+    return librosa.resample(wav, orig_sr=source_rate, target_sr=sample_rate, res_type=RESAMPLER, axis=-1)
+
+
+def to_channels(wav: np.ndarray, channels: int) -> np.ndarray:
+    """(C_source, n) -> (channels, n) by the module's rule: mono = mean; stereo = as is, or L = R."""
+    if wav.shape[0] == channels:
+        return wav
+    mono = wav.mean(axis=0, keepdims=True)
+    return mono if channels == 1 else np.repeat(mono, channels, axis=0)
+
+
+def _decode_whole(path: Path, fix: str = DATA_FIX) -> tuple[np.ndarray, int]:
+    """((C, n) float32, rate) of a whole file: soundfile, else librosa (slower; some mp3/m4a)."""
+    try:
+        try:
+            with open(path, "rb") as fh:  # a file object: names that are not valid UTF-8 open too
+                wav, sr = sf.read(fh, dtype="float32", always_2d=True)
+            return wav.T, sr
+        except (sf.LibsndfileError, RuntimeError, TypeError):
+            import librosa
+
+            wav, sr = librosa.load(str(path), sr=None, mono=False)
+            return np.atleast_2d(wav), sr
+    except FileNotFoundError:
+        raise UserError(f"{path}: audio file not found") from None
+    except UserError:
+        raise
+    except Exception as e:
+        raise _decode_error(path, e, fix) from None
+
+
+def load_audio(path, sample_rate: int, channels: int | None = 1, fix: str = DATA_FIX) -> np.ndarray:
+    """Decode a whole file at sample_rate (for clips, not hours): (n,) mono float32 with channels=1,
+    (channels, n) with 2 (to_channels), (C_source, n) as the file has them with None. fix: what an
+    unreadable file's one-line error suggests."""
+    path = Path(path)
+    wav, sr = _decode_whole(path, fix)
+    _check(path, wav, fix)
+    if channels is not None:
+        wav = to_channels(wav, channels)
+    out = np.ascontiguousarray(resample(wav, sr, sample_rate), dtype=np.float32)
+    return out[0] if channels == 1 else out
+
+
+def audio_duration(path) -> float | None:
+    """Duration in seconds from the header when cheap; None if unknown."""
+    try:
+        with open(path, "rb") as fh:
+            return sf.info(fh).duration
+    except Exception:
+        return None
+
+
+class AudioPieces:
+    """A clip as fixed pieces of `piece` output samples, read one at a time (see module doc), each
+    (channels, n): the model's channel count (1 mono, 2 stereo), whatever the file holds.
+
+    num_samples: the clip's length at `sample_rate`, known from the header without decoding.
+    """
+
+    def __init__(self, path, sample_rate: int, piece: int, channels: int = 1):
+        self.path, self.sample_rate, self.piece = Path(path), int(sample_rate), int(piece)
+        self.channels = int(channels)
+        self._whole = None
+        try:
+            with open(self.path, "rb") as fh, sf.SoundFile(fh) as f:
+                self.source_rate, self.source_frames = int(f.samplerate), int(f.frames)
+            seekable = self.source_frames > 0
+        except FileNotFoundError:
+            raise UserError(f"{self.path}: audio file not found") from None
+        except Exception:
+            seekable = False
+        if not seekable:  # not seekable by soundfile: decode once, whole
+            wav, sr = _decode_whole(self.path)
+            self._whole = _check(self.path, wav)
+            self.source_rate, self.source_frames = int(sr), wav.shape[-1]
+        if self.source_frames == 0:
+            raise UserError(f"{self.path}: audio file is empty; remove it from the metadata")
+        # Source samples per piece: the same span of time as `piece` output samples.
+        self.source_piece = max(1, round(self.piece * self.source_rate / self.sample_rate))
+        self.num_pieces = math.ceil(self.source_frames / self.source_piece)
+        last_source = self.source_frames - (self.num_pieces - 1) * self.source_piece
+        self.last_length = max(1, math.ceil(last_source * self.sample_rate / self.source_rate))
+        self.num_samples = (self.num_pieces - 1) * self.piece + self.last_length
+
+    def length(self, j: int) -> int:
+        return self.piece if j < self.num_pieces - 1 else self.last_length
+
+    def read(self, j: int) -> np.ndarray:
+        """Piece j: (channels, length(j)) float32 at sample_rate."""
+        start, count = j * self.source_piece, self.source_piece
+        if self._whole is not None:
+            wav = self._whole[:, start:start + count]
+        else:
+            try:
+                with open(self.path, "rb") as fh, sf.SoundFile(fh) as f:
+                    f.seek(start)
+                    wav = f.read(count, dtype="float32", always_2d=True).T
+            except FileNotFoundError:
+                raise UserError(f"{self.path}: audio file not found") from None
+            except Exception as e:
+                raise _decode_error(self.path, e) from None
+        _check(self.path, wav)
+        out = resample(to_channels(wav, self.channels), self.source_rate, self.sample_rate)
+        n = self.length(j)
+        out = out[:, :n] if out.shape[-1] >= n else np.pad(out, ((0, 0), (0, n - out.shape[-1])))  # resampler: +-1
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def read_range(self, start: int, stop: int) -> np.ndarray:
+        """Samples [start, stop) at sample_rate, (channels, n), from the pieces that hold them (each
+        decoded and resampled exactly as read(j) does, so every caller sees the same samples)."""
+        start, stop = max(0, int(start)), min(self.num_samples, int(stop))
+        if stop <= start:
+            return np.zeros((self.channels, 0), dtype=np.float32)
+        first, last = start // self.piece, (stop - 1) // self.piece
+        wav = np.concatenate([self.read(j) for j in range(first, last + 1)], axis=-1)
+        return wav[:, start - first * self.piece:stop - first * self.piece]
+
+    def pieces_for_frames(self, first_frame: int, num_frames: int, hop_length: int) -> range:
+        """The pieces that hold code frames [first_frame, first_frame + num_frames)."""
+        frames_per_piece = self.piece // hop_length
+        first = min(first_frame // frames_per_piece, self.num_pieces - 1)
+        last = min((first_frame + max(num_frames, 1) - 1) // frames_per_piece, self.num_pieces - 1)
+        return range(first, last + 1)

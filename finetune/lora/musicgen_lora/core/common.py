@@ -1,0 +1,94 @@
+"""Small pieces every module shares: the user-error type, logging, seeding, devices, JSON reading.
+
+Writing files (atomic writes, ownership, locks, full disks) lives in outputs.py; the wrapper that
+turns a UserError into one `error:` line lives in cli/runner.py."""
+import json
+import logging
+import math
+import os
+import random
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("musicgen_lora")
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad path, corrupt file, bad flag). Printed as one line, exit 2."""
+
+
+def setup_logging():
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # transformers/peft chatter ("pad_token_id must be within the vocabulary" for every MusicGen,
+    # real ones too) and weight-loading bars hide what matters; keep their warnings and errors only.
+    # Set through the environment, read when transformers is imported: --help never imports it.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", message=".*weight_norm.*deprecated.*")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated.*")
+
+
+def seed_everything(seed: int):
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def resolve_device(requested: str | None = None) -> str:
+    """'auto' or None picks cuda when available; an unavailable device is a user error."""
+    import torch
+
+    from musicgen_lora.core.threads import ensure_torch_threads
+
+    # Every script resolves its device right after importing torch: the moment to give torch the
+    # decided --threads when OMP_NUM_THREADS could not (torch caps it at the physical cores).
+    ensure_torch_threads()
+
+    if requested in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {requested}: no CUDA device is visible; use --device cpu or auto")
+    return requested
+
+
+def uniform_loss(vocab_size: int) -> float:
+    """Cross-entropy of a uniform guess over the codebook: the ceiling any sane model sits under."""
+    return math.log(vocab_size)
+
+
+def rss_mb(field: str = "VmRSS") -> float:
+    """This process's memory in MB from /proc/self/status: VmRSS (now) or VmHWM (its peak).
+
+    Why not getrusage's ru_maxrss for the peak: Linux carries the parent's peak into a child over
+    fork+exec, so a script started by a 600 MB process reports >= 600 MB whatever it did itself.
+    VmHWM belongs to the address space exec made. Off Linux: ru_maxrss (the best there is)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
+
+
+def peak_rss_mb() -> float:
+    return rss_mb("VmHWM")
+
+
+def read_json(path: Path, what: str = "file"):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e}); fix the file") from None

@@ -1,0 +1,1 @@
+"""Generating music: prompts and their clips, sampling settings, generation window by window."""

@@ -1,0 +1,118 @@
+"""LoRA on MusicGen's decoder: which layers, attaching it for training, loading a saved adapter (a plain
+PEFT folder) onto a base model, and what an adapter folder records of the run it came from."""
+import json
+import os
+import types
+from pathlib import Path
+
+import torch
+
+from musicgen_lora.core.common import UserError, read_json
+from musicgen_lora.model.checkpoint import (
+    check_layout,
+    model_layout,
+)
+from musicgen_lora.model.targets import DEFAULT_TARGETS, lora_target_regex
+
+
+def _stay_in_eval_mode(self, mode=True):
+    return torch.nn.Module.train(self, False)
+
+
+def apply_lora(model, rank: int, alpha: float, dropout: float, target_modules=DEFAULT_TARGETS):
+    """Freeze everything, add LoRA to the decoder's linear layers only.
+
+    The frozen T5 text encoder stays in eval mode: in train mode its dropout would feed the decoder
+    a randomly perturbed description every step (audiocraft keeps its T5 in eval mode too).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    for param in model.parameters():
+        param.requires_grad_(False)
+    # Pinned to eval mode (T5 also applies functional dropout inside attention, so zeroing Dropout
+    # modules is not enough); model.train() reaches children through this per-instance override.
+    model.text_encoder.eval()
+    model.text_encoder.train = types.MethodType(_stay_in_eval_mode, model.text_encoder)
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                        target_modules=lora_target_regex(target_modules), bias="none")
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as e:
+        raise UserError(f"--lora_target_modules {','.join(target_modules)}: {e}") from None
+    return peft_model
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def check_adapter_dir(path) -> Path:
+    """A PEFT adapter folder this toolkit loads, or one clear line saying what the folder is instead."""
+    path = Path(path)
+    if not path.is_dir():
+        what = "is a file, not an adapter folder" if path.exists() else "adapter folder not found"
+        raise UserError(f"{path}: {what}; pass a best_model/, final_model/ or checkpoints/checkpoint-N/ folder "
+                        f"written by train_lora.py")
+    if not (path / "adapter_config.json").is_file():
+        inside = [path / name for name in ("best_model", "final_model")
+                  if (path / name / "adapter_config.json").is_file()]
+        if inside:
+            raise UserError(f"{path}: this is a training run directory, not an adapter; pass {inside[0]} (or use "
+                            f"evaluate.py --compare_multi --lora_model_path {path})")
+        raise UserError(f"{path}: no adapter_config.json here, so it is not a PEFT adapter; pass a best_model/, "
+                        f"final_model/ or checkpoints/checkpoint-N/ folder written by train_lora.py")
+    read_json(path / "adapter_config.json", "adapter config")
+    if not (path / ADAPTER_WEIGHTS).is_file():
+        if (path / "adapter_model.bin").is_file():
+            # finetune/scripts/convert_adapter.py, as a path that works from where the user is
+            script = os.path.relpath(Path(__file__).resolve().parents[2] / "scripts" / "convert_adapter.py")
+            raise UserError(f"{path}: holds adapter_model.bin, a pickle, which this toolkit never loads (unpickling "
+                            f"can run code); convert an adapter you trust with: python {script} {path}")
+        raise UserError(f"{path}: adapter_config.json but no {ADAPTER_WEIGHTS}; the adapter was not saved "
+                        f"completely: pass another adapter folder")
+    return path
+
+
+def load_adapter(base_model, adapter_path, adapter_name: str = "default", is_trainable=False, into=None):
+    """PeftModel.from_pretrained (or, with `into`, one more adapter on that PeftModel), with one clear
+    line for a folder that is not a safetensors adapter of this base model."""
+    from peft import PeftModel
+
+    path = check_adapter_dir(adapter_path)
+    info = read_json(path / "training_info.json", "training info") if (path / "training_info.json").is_file() else {}
+    trained_on = read_json(path / "adapter_config.json").get("base_model_name_or_path")
+    check_layout(info.get("model"), model_layout(base_model), str(path),
+                 f"pass the base model it was trained on ({trained_on}) or an adapter trained on this one")
+    try:
+        if into is not None:
+            into.load_adapter(str(path), adapter_name=adapter_name, is_trainable=is_trainable)
+            return into
+        return PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name, is_trainable=is_trainable)
+    except Exception as e:  # a user's file: shape mismatch, wrong targets, corrupt weights
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if any(w in str(e) for w in ("size mismatch", "shape", "Target modules", "not found in the base model")):
+            raise UserError(f"{path}: adapter does not fit this base model (trained on {trained_on!r}): "
+                            f"{first}") from None
+        raise UserError(f"{path}: cannot load this adapter ({type(e).__name__}: {first}); pass another adapter "
+                        f"folder") from None
+
+
+
+def adapter_run_id(adapter: Path) -> str | None:
+    """The run id train_lora.py recorded beside an adapter (training_info.json, else the run's
+    run_config.json), so results made from it are credited to that run and no other."""
+    for path in (Path(adapter) / "training_info.json", Path(adapter).parent / "run_config.json",
+                 Path(adapter).parent.parent / "run_config.json"):
+        try:
+            run_id = json.loads(path.read_text(encoding="utf-8")).get("run_id")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if run_id:
+            return str(run_id)
+    return None
+

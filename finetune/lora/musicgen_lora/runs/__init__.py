@@ -1,1 +1,0 @@
-"""Run directories: reading them, the comparison table and plot, the review gate."""

@@ -1,1 +1,0 @@
-"""Offline test material: MusicGen checkpoints with random weights, clips with known answers."""
