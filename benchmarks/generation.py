@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from musicgen_lora.generation.sampling import GenerationSettings, SamplingSettings
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,8 +86,8 @@ def main(argv=None):
                  "memphis phonk", "melodic trap guitar"]
         prompts = [words[i % len(words)] + f" {i}" for i in range(args.num_prompts)]
         # Warm-up: first calls pay for allocator and kernel set-up.
-        generate_audio(model, processor, prompts[:2], min(duration, 1.0), batch_size=2, progress=False,
-                       chroma=chroma[:2] if chroma else None)
+        generate_audio(model, processor, prompts[:2], GenerationSettings(min(duration, 1.0), batch_size=2),
+                       progress=False, chroma=chroma[:2] if chroma else None)
 
         def timed(batch_size, seconds=None, plan=None):
             best = float("inf")
@@ -93,8 +95,8 @@ def main(argv=None):
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                generate_audio(model, processor, prompts, seconds or duration, seed=0, batch_size=batch_size,
-                               progress=False, chroma=chroma, plan=plan)
+                how = GenerationSettings(seconds or duration, plan=plan, batch_size=batch_size)
+                generate_audio(model, processor, prompts, how, seed=0, progress=False, chroma=chroma)
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
                 best = min(best, time.perf_counter() - t0)
@@ -166,7 +168,6 @@ def generation_paths(args, model, processor, prompt, duration, device):
     from musicgen_lora.core.precision import cpu_bf16
     from musicgen_lora.data.metadata import tokenize_text
     from musicgen_lora.generation.generate import generate_audio, generation_config_for, max_new_tokens_for
-    from musicgen_lora.generation.sampling import SamplingSettings
     from musicgen_lora.model.checkpoint import model_info, unwrap_base
     from musicgen_lora.model.lora import apply_lora
 
@@ -184,13 +185,14 @@ def generation_paths(args, model, processor, prompt, duration, device):
         with torch.no_grad():
             peft.generate(**inputs, generation_config=config, **extra)
 
+    def project(**how):
+        settings = GenerationSettings(duration, batch_size=1, **how)
+        return lambda: generate_audio(peft, processor, [prompt], settings, seed=0, progress=False)
+
     ways = {"plain transformers generate() on the PEFT model, fp32": plain,
-            "project, adapter unmerged (PEFT wrapper), fp32": lambda: generate_audio(
-                peft, processor, [prompt], duration, seed=0, batch_size=1, progress=False, merge=False),
-            "project, adapter merged, fp32": lambda: generate_audio(
-                peft, processor, [prompt], duration, seed=0, batch_size=1, progress=False, precision="fp32"),
-            "project, adapter merged, bf16": lambda: generate_audio(
-                peft, processor, [prompt], duration, seed=0, batch_size=1, progress=False, precision="bf16")}
+            "project, adapter unmerged (PEFT wrapper), fp32": project(merge=False),
+            "project, adapter merged, fp32": project(precision="fp32"),
+            "project, adapter merged, bf16": project(precision="bf16")}
     if args.compile:
         ways["plain, static KV cache, fp32"] = lambda: plain(cache_implementation="static")
     for way in ways.values():  # warm-up: kernels, allocator, the merged copy's first build

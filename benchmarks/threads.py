@@ -39,6 +39,7 @@ from benchmarks.paths import SCRIPTS
 from musicgen_lora.cli.args import Parser, positive_float, positive_int
 from musicgen_lora.cli.runner import cli
 from musicgen_lora.core.common import UserError
+from musicgen_lora.generation.sampling import GenerationSettings
 
 SIZES = ("tiny", "small")
 PROMPT = "lofi hip hop beat with mellow rhodes chords"
@@ -87,12 +88,13 @@ def _train_step(model, processor, spec: dict) -> dict:
 def _generate(model, processor, spec: dict) -> dict:
     from musicgen_lora.generation.generate import generate_audio
 
-    generate_audio(model, processor, [PROMPT], min(0.1, spec["gen_seconds"]), seed=0, batch_size=1,
+    generate_audio(model, processor, [PROMPT], GenerationSettings(min(0.1, spec["gen_seconds"]), batch_size=1), seed=0,
                    progress=False)  # warm-up: allocator and kernel set-up
     best = float("inf")
     for _ in range(spec["repeats"]):
         start = time.perf_counter()
-        generate_audio(model, processor, [PROMPT], spec["gen_seconds"], seed=0, batch_size=1, progress=False)
+        generate_audio(model, processor, [PROMPT], GenerationSettings(spec["gen_seconds"], batch_size=1), seed=0,
+                       progress=False)
         best = min(best, time.perf_counter() - start)
     return {"seconds": best}
 

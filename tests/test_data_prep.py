@@ -7,7 +7,8 @@ import pytest
 import soundfile as sf
 
 from musicgen_lora.core.outputs import MANIFEST
-from musicgen_lora.data.preparation import PrepareSettings, prepare_collection
+from musicgen_lora.data.config import PrepareConfig
+from musicgen_lora.data.preparation import prepare_collection
 
 from conftest import run_script
 
@@ -175,8 +176,8 @@ def test_zip_batches_and_csv_descriptions(collection, tmp_path):
     csv_path = tmp_path / "desc.csv"
     csv_path.write_text('path,description\naudio/song.mp3,"piano, sparse"\naudio/corrupt.wav,broken\n')
     out = tmp_path / "data"
-    report = prepare_collection(PrepareSettings(output_dir=out, input_zips=zips, descriptions_file=str(csv_path),
-                                                valid_ratio=0.0, progress=False))
+    report = prepare_collection(PrepareConfig(output_dir=out, input_zip=zips, descriptions_file=str(csv_path),
+                                                valid_ratio=0.0, no_progress=True))
     meta = json.loads((out / "metadata.json").read_text())
     sources = sorted({e["source"] for e in meta["train"]})
     assert sources == ["archive_batch_000.zip:audio/stereo44k.wav", "archive_batch_001.zip:audio/long_track.wav",
@@ -223,8 +224,8 @@ def test_normalize_loudness_hits_target(tmp_path):
     sf.write(root / "quiet.wav", _music(15, 32000, seed=7) * 0.05, 32000)
     (root / "quiet.txt").write_text("quiet chords")
     out = tmp_path / "data"
-    report = prepare_collection(PrepareSettings(output_dir=out, input_dirs=[root], valid_ratio=0.0,
-                                                normalize_loudness=-20.0, progress=False))
+    report = prepare_collection(PrepareConfig(output_dir=out, input_dir=[root], valid_ratio=0.0,
+                                                normalize_loudness=-20.0, no_progress=True))
     assert report["loudness"] == {"normalized": 1}
     wav, sr = sf.read(out / json.loads((out / "metadata.json").read_text())["train"][0]["audio"])
     assert abs(pyloudnorm.Meter(sr).integrated_loudness(wav) + 20.0) < 0.3

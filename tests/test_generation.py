@@ -10,6 +10,7 @@ from transformers import MusicgenForConditionalGeneration
 from musicgen_lora.core.common import UserError
 from musicgen_lora.generation.generate import generate_audio, max_new_tokens_for
 from musicgen_lora.generation.prompts import load_prompts
+from musicgen_lora.generation.sampling import GenerationSettings, SamplingSettings
 from musicgen_lora.model.checkpoint import load_model_and_processor, model_info
 from musicgen_lora.model.lora import apply_lora, load_adapter
 
@@ -32,10 +33,11 @@ def test_tokens_for_duration(tiny):
 def test_seeded_per_prompt_independent_of_batching(tiny):
     model, processor = tiny
     prompts = ["trap beat with 808", "lofi piano chill", "jazz trumpet", "techno kick"]
-    batched = generate_audio(model, processor, prompts, 0.6, seed=5, batch_size=4, progress=False)
-    single = generate_audio(model, processor, prompts, 0.6, seed=5, batch_size=1, progress=False)
-    alone = generate_audio(model, processor, prompts[2:3], 0.6, seed=5, batch_size=1, progress=False)
-    other = generate_audio(model, processor, prompts, 0.6, seed=6, batch_size=4, progress=False)
+    batched = generate_audio(model, processor, prompts, GenerationSettings(0.6, batch_size=4), seed=5, progress=False)
+    single = generate_audio(model, processor, prompts, GenerationSettings(0.6, batch_size=1), seed=5, progress=False)
+    alone = generate_audio(model, processor, prompts[2:3], GenerationSettings(0.6, batch_size=1), seed=5,
+                           progress=False)
+    other = generate_audio(model, processor, prompts, GenerationSettings(0.6, batch_size=4), seed=6, progress=False)
     assert all(a.dtype == np.float32 and a.shape == (int(0.6 * 32000),) for a in batched)
     # A clip depends on its prompt and seed, not on its batch (only float rounding differs).
     for a, b in zip(batched, single):
@@ -44,8 +46,10 @@ def test_seeded_per_prompt_independent_of_batching(tiny):
     # ...and the seed matters, so the checks above can fail.
     assert all(np.abs(a - b).max() > 1e-5 for a, b in zip(batched, other))
     # Sampling with top_k=1 is argmax decoding: the guided mix matches transformers' own CFG path.
-    greedy = generate_audio(model, processor, prompts[:2], 0.4, greedy=True, progress=False)
-    top1 = generate_audio(model, processor, prompts[:2], 0.4, top_k=1, seed=9, progress=False)
+    greedy = generate_audio(model, processor, prompts[:2], GenerationSettings(0.4, SamplingSettings(greedy=True)),
+                            progress=False)
+    top1 = generate_audio(model, processor, prompts[:2], GenerationSettings(0.4, SamplingSettings(top_k=1)), seed=9,
+                          progress=False)
     for a, b in zip(greedy, top1):
         np.testing.assert_array_equal(a, b)
 
@@ -85,7 +89,7 @@ def test_fresh_adapter_gives_base_audio_and_trained_one_differs(tiny_model_dir, 
     def gen(adapter):
         base, proc = load_model_and_processor(str(tiny_model_dir))
         m = load_adapter(base, str(adapter)) if adapter else base
-        return generate_audio(m, proc, prompts, 1.0, seed=3, batch_size=2, progress=False)
+        return generate_audio(m, proc, prompts, GenerationSettings(1.0, batch_size=2), seed=3, progress=False)
 
     base, fresh, final = gen(None), gen(tmp_path / "fresh"), gen(run / "final_model")
     for b, f, t in zip(base, fresh, final):
@@ -162,7 +166,8 @@ def test_guidance_at_or_below_one_is_really_off(tiny, tiny_model_dir, tmp_path):
     try:
         for scale, want in ((0.0, 2 * 4), (0.5, 2 * 4), (1.0, 2 * 4), (3.0, 2 * 2 * 4)):
             rows.clear()
-            generate_audio(model, processor, ["trap beat", "lofi"], 0.2, guidance_scale=scale, greedy=True,
+            generate_audio(model, processor, ["trap beat", "lofi"],
+                           GenerationSettings(0.2, SamplingSettings(guidance_scale=scale, greedy=True)),
                            progress=False)
             assert set(rows) == {want}, (scale, rows)
     finally:

@@ -14,6 +14,7 @@ from musicgen_lora.audio.codes import (
 from musicgen_lora.data.dataset import Collator, MusicDataset
 from musicgen_lora.data.metadata import read_metadata
 from musicgen_lora.generation.generate import generate_audio, label_agreement
+from musicgen_lora.generation.sampling import GREEDY, GenerationSettings
 from musicgen_lora.model.checkpoint import load_model_and_processor, model_info
 from musicgen_lora.model.loss import labels_for_batch
 
@@ -93,8 +94,8 @@ def test_teacher_forcing_matches_greedy_generation(stereo, tiny_model_dir, tiny_
     channels = model_info(model)["audio_channels"]
     assert channels == (2 if stereo else 1)
     prompts = ["lo-fi hip hop beat", "dark trap beat with 808"]
-    _, codes = generate_audio(model, processor, prompts, 30 / model_info(model)["frame_rate"], greedy=True,
-                              guidance_scale=1.0, progress=False, return_codes=True)
+    how = GenerationSettings(30 / model_info(model)["frame_rate"], GREEDY)
+    _, codes = generate_audio(model, processor, prompts, how, progress=False, return_codes=True)
     codes = torch.stack(codes)
     assert codes.shape[1:] == (4 * channels, 30)
     labels = build_delay_pattern_labels(codes, audio_channels=channels)

@@ -11,7 +11,7 @@ import torch
 from musicgen_lora.evaluation.scoring import score_windows, scored_spans
 from musicgen_lora.evaluation.signals import chord_with_beat
 from musicgen_lora.generation.generate import Window, generate_audio, melody_from, plan_windows
-from musicgen_lora.generation.sampling import WindowPlan
+from musicgen_lora.generation.sampling import GREEDY, GenerationSettings, SamplingSettings, WindowPlan
 from musicgen_lora.model.checkpoint import load_model_and_processor, model_info
 from musicgen_lora.model.codec import encode_channels
 
@@ -48,9 +48,11 @@ def test_greedy_continuation_of_its_own_start_reproduces_the_clip(tiny):
     model, processor = tiny
     prompts = ["lofi beat with vinyl crackle", "dark trap"]
     for guidance in (1.0, 3.0):
-        _, whole = generate_audio(model, processor, prompts, 3.0, greedy=True, guidance_scale=guidance,
+        _, whole = generate_audio(model, processor, prompts,
+                                  GenerationSettings(3.0, SamplingSettings(guidance_scale=guidance, greedy=True)),
                                   progress=False, return_codes=True)
-        _, again = generate_audio(model, processor, prompts, 3.0, greedy=True, guidance_scale=guidance,
+        _, again = generate_audio(model, processor, prompts,
+                                  GenerationSettings(3.0, SamplingSettings(guidance_scale=guidance, greedy=True)),
                                   progress=False, return_codes=True, audio_prompts=[c[:, :50] for c in whole])
         for a, b in zip(whole, again):
             assert a.shape == b.shape == (4, 150)
@@ -63,13 +65,16 @@ def test_each_window_continues_the_tail_of_the_one_before(tiny):
     context is really passed, and only that much of it)."""
     model, processor = tiny
     plan = WindowPlan(2.0, 0.5)
-    _, (codes,) = generate_audio(model, processor, ["lofi beat"], 6.0, greedy=True, guidance_scale=1.0,
-                                 progress=False, return_codes=True, plan=plan)
-    _, (first,) = generate_audio(model, processor, ["lofi beat"], 2.0, greedy=True, guidance_scale=1.0,
+    _, (codes,) = generate_audio(model, processor, ["lofi beat"],
+                                 GenerationSettings(6.0, GREEDY, plan=plan),
+                                 progress=False, return_codes=True)
+    _, (first,) = generate_audio(model, processor, ["lofi beat"],
+                                 GenerationSettings(2.0, GREEDY),
                                  progress=False, return_codes=True)
     assert codes.shape == (4, 300)
     assert torch.equal(codes[:, :100], first)
-    _, (second,) = generate_audio(model, processor, ["lofi beat"], 2.0, greedy=True, guidance_scale=1.0,
+    _, (second,) = generate_audio(model, processor, ["lofi beat"],
+                                  GenerationSettings(2.0, GREEDY),
                                   progress=False, return_codes=True, audio_prompts=[codes[:, 75:100]])
     assert torch.equal(second[:, :25], codes[:, 75:100])
     assert torch.equal(second[:, 25:], codes[:, 100:175])
@@ -81,12 +86,11 @@ def test_long_generation_is_reproducible_by_seed(tiny):
     model, processor = tiny
     plan = WindowPlan(2.0, 0.5)
     prompts = ["lofi beat", "dark trap"]
-    a, a_codes = generate_audio(model, processor, prompts, 6.0, seed=[1, 2], progress=False, plan=plan,
-                                return_codes=True)
-    b, b_codes = generate_audio(model, processor, prompts, 6.0, seed=[1, 2], progress=False, plan=plan, batch_size=1,
-                                return_codes=True)
-    _, c_codes = generate_audio(model, processor, prompts, 6.0, seed=[3, 2], progress=False, plan=plan,
-                                return_codes=True)
+    how = GenerationSettings(6.0, plan=plan)
+    a, a_codes = generate_audio(model, processor, prompts, how, seed=[1, 2], progress=False, return_codes=True)
+    b, b_codes = generate_audio(model, processor, prompts, GenerationSettings(6.0, plan=plan, batch_size=1),
+                                seed=[1, 2], progress=False, return_codes=True)
+    _, c_codes = generate_audio(model, processor, prompts, how, seed=[3, 2], progress=False, return_codes=True)
     assert all(x.shape == (6 * 32000,) for x in a)
     for x, y in zip(a, b):  # whatever the batch (only float rounding in the codec's batched decode)
         np.testing.assert_allclose(x, y, atol=1e-5)
@@ -101,8 +105,8 @@ def test_a_continuation_starts_with_its_prompt(tiny, tmp_path):
     model, processor = tiny
     wav = chord_with_beat(3.0)
     prompt = encode_channels(model, torch.from_numpy(wav))[:, :50]
-    _, (codes,) = generate_audio(model, processor, ["piano"], 4.0, progress=False, return_codes=True,
-                                 audio_prompts=[prompt], plan=WindowPlan(2.0, 0.5))
+    _, (codes,) = generate_audio(model, processor, ["piano"], GenerationSettings(4.0, plan=WindowPlan(2.0, 0.5)),
+                                 progress=False, return_codes=True, audio_prompts=[prompt])
     assert codes.shape == (4, 200) and torch.equal(codes[:, :50], prompt)
 
 
@@ -118,24 +122,28 @@ def test_melody_windows_hear_the_melody_from_their_start():
 def test_windowed_generation_on_a_melody_model(tiny_melody_model_dir):
     model, processor = load_model_and_processor(str(tiny_melody_model_dir))
     chroma = torch.nn.functional.one_hot(torch.arange(40) % 12, 12).float()
-    out = generate_audio(model, processor, ["lofi"], 5.0, progress=False, plan=WindowPlan(2.0, 0.5), chroma=[chroma])
+    out = generate_audio(model, processor, ["lofi"], GenerationSettings(5.0, plan=WindowPlan(2.0, 0.5)), progress=False,
+                         chroma=[chroma])
     assert out[0].shape == (5 * 32000,)
 
 
 def test_stereo_windows(tiny_stereo_model_dir):
     model, processor = load_model_and_processor(str(tiny_stereo_model_dir))
     plan = WindowPlan(2.0, 0.5)
-    _, (codes,) = generate_audio(model, processor, ["lofi"], 4.0, greedy=True, guidance_scale=1.0, progress=False,
-                                 return_codes=True, plan=plan)
-    _, (again,) = generate_audio(model, processor, ["lofi"], 4.0, greedy=True, guidance_scale=1.0, progress=False,
-                                 return_codes=True, audio_prompts=[codes[:, :50]], plan=plan)
+    _, (codes,) = generate_audio(model, processor, ["lofi"],
+                                 GenerationSettings(4.0, GREEDY, plan=plan),
+                                 progress=False, return_codes=True)
+    _, (again,) = generate_audio(model, processor, ["lofi"],
+                                 GenerationSettings(4.0, GREEDY, plan=plan),
+                                 progress=False, return_codes=True, audio_prompts=[codes[:, :50]])
     assert codes.shape == (8, 200) and model_info(model)["audio_channels"] == 2
     assert torch.equal(codes[:, :100], again[:, :100])  # greedy: the prompted first window repeats the first
     # The control: prompted with the left and right channels swapped, the clip starts with the swapped
     # codes and goes on differently -- a generation ignoring its prompt would repeat `codes`.
     swapped = codes[:, :50].reshape(4, 2, 50).flip(1).reshape(8, 50)
-    _, (crossed,) = generate_audio(model, processor, ["lofi"], 4.0, greedy=True, guidance_scale=1.0, progress=False,
-                                   return_codes=True, audio_prompts=[swapped], plan=plan)
+    _, (crossed,) = generate_audio(model, processor, ["lofi"],
+                                   GenerationSettings(4.0, GREEDY, plan=plan),
+                                   progress=False, return_codes=True, audio_prompts=[swapped])
     assert torch.equal(crossed[:, :50], swapped) and not torch.equal(crossed[:, 50:100], codes[:, 50:100])
 
 

@@ -15,6 +15,7 @@ from musicgen_lora.core.common import UserError
 from musicgen_lora.evaluation.signals import note_sequence
 from musicgen_lora.generation.generate import generate_audio, job_chroma, read_melodies
 from musicgen_lora.generation.prompts import Prompt, load_prompts, plan_jobs
+from musicgen_lora.generation.sampling import GenerationSettings, SamplingSettings
 from musicgen_lora.model.checkpoint import load_model_and_processor
 
 from browser import chromium_session, find_chromium, media_state
@@ -133,8 +134,10 @@ def test_generation_follows_the_melody_it_is_given(tiny_melody_model_dir, melodi
     assert chroma[3] is None and torch.equal(chroma[0], chroma[2]) and not torch.equal(chroma[0], chroma[1])
 
     def codes(rows, batch_size):
-        _, out = generate_audio(model, processor, ["lo-fi beat"] * len(rows), 2.0, greedy=True, guidance_scale=30,
-                                batch_size=batch_size, progress=False, return_codes=True, chroma=rows)
+        _, out = generate_audio(model, processor, ["lo-fi beat"] * len(rows),
+                                GenerationSettings(2.0, SamplingSettings(guidance_scale=30, greedy=True),
+                                                   batch_size=batch_size),
+                                progress=False, return_codes=True, chroma=rows)
         return out
 
     batched = codes(chroma, 2)  # [tune, tritone] and [tune, none]: the second batch is where slicing could slip

@@ -11,6 +11,7 @@ import torch
 from musicgen_lora.core import precision as P
 from musicgen_lora.evaluation.compare import validation_loader
 from musicgen_lora.generation.generate import generate_audio, generation_model, label_agreement
+from musicgen_lora.generation.sampling import GenerationSettings
 from musicgen_lora.model.checkpoint import load_model_and_processor, unwrap_base
 from musicgen_lora.model.lora import apply_lora
 from musicgen_lora.model.loss import evaluate_loss, forward_logits
@@ -79,7 +80,7 @@ def test_the_merged_copy_computes_what_the_adapter_does_and_leaves_the_model_alo
     with torch.no_grad(), model.disable_adapter():
         plain = forward_logits(model, inputs, labels)
     assert (plain - wrapped).abs().max() > 1e-2
-    generate_audio(model, processor, PROMPTS, 0.3, seed=1, progress=False, precision="bf16")
+    generate_audio(model, processor, PROMPTS, GenerationSettings(0.3, precision="bf16"), seed=1, progress=False)
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert any("lora_A" in n for n, _ in unwrap_base(model).decoder.named_parameters())
@@ -101,8 +102,9 @@ def test_bf16_holds_the_held_out_loss_and_the_label_agreement(adapted, example_d
 def test_the_same_seed_gives_the_same_clip_at_a_given_precision(adapted):
     model, processor = adapted
     for precision in ("fp32", "bf16"):
-        a = generate_audio(model, processor, PROMPTS, 0.5, seed=3, progress=False, precision=precision)
-        b = generate_audio(model, processor, PROMPTS, 0.5, seed=3, progress=False, precision=precision)
+        how = GenerationSettings(0.5, precision=precision)
+        a = generate_audio(model, processor, PROMPTS, how, seed=3, progress=False)
+        b = generate_audio(model, processor, PROMPTS, how, seed=3, progress=False)
         assert all((x == y).all() for x, y in zip(a, b)), precision
 
 

@@ -14,6 +14,7 @@ from musicgen_lora.audio.codes import split_channels
 from musicgen_lora.audio.reader import AudioPieces, piece_samples
 from musicgen_lora.core.common import UserError
 from musicgen_lora.data.code_cache import CodeCache
+from musicgen_lora.generation.sampling import GREEDY, GenerationSettings
 from musicgen_lora.model.checkpoint import load_model_and_processor
 from musicgen_lora.model.codec import encode_audio, encode_pieces
 from musicgen_lora.model.loss import labels_for_batch
@@ -133,8 +134,9 @@ def test_lora_memorises_a_stereo_clip_channel_by_channel(tiny_stereo_model_dir, 
     swapped = torch.stack(split_channels(target, 2)[::-1], dim=1).reshape(8, -1)  # [R0, L0, R1, L1, ...]
 
     def greedy(m):
-        _, (codes,) = generate_audio(m, processor, ["a synth tune"], 2.0, greedy=True, guidance_scale=1.0,
-                                     progress=False, return_codes=True, precision="fp32")
+        _, (codes,) = generate_audio(m, processor, ["a synth tune"],
+                                     GenerationSettings(2.0, GREEDY, precision="fp32"),
+                                     progress=False, return_codes=True)
         return codes[:, :target.shape[1]]
 
     def match(a, b):

@@ -10,6 +10,7 @@ from transformers import MusicgenForConditionalGeneration
 
 from musicgen_lora.data.dataset import Collator, MusicDataset
 from musicgen_lora.data.metadata import read_metadata
+from musicgen_lora.generation.sampling import GREEDY, GenerationSettings
 from musicgen_lora.model.checkpoint import load_model_and_processor, model_info
 from musicgen_lora.model.lora import apply_lora
 from musicgen_lora.model.loss import evaluate_loss
@@ -152,8 +153,9 @@ def test_lora_memorises_two_clips_and_continues_each_from_its_own_start(tiny_mod
         return float((codes[:, start:t] == target[name][:, start:t]).float().mean())
 
     def greedy(m):
-        _, (codes,) = generate_audio(m, processor, ["a synth tune"], 2.0, greedy=True, guidance_scale=1.0,
-                                     progress=False, return_codes=True, precision="fp32")
+        _, (codes,) = generate_audio(m, processor, ["a synth tune"],
+                                     GenerationSettings(2.0, GREEDY, precision="fp32"),
+                                     progress=False, return_codes=True)
         return codes
 
     base, free = greedy(model), greedy(load_adapter(load_model_and_processor(str(tiny_model_dir))[0],

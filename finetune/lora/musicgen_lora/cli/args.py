@@ -10,18 +10,25 @@
 Nothing here imports torch or transformers: `--help` stays instant.
 """
 import argparse
-import math
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from musicgen_lora.core.common import UserError
-from musicgen_lora.core.precision import PRECISIONS, requested
-from musicgen_lora.generation.sampling import (
-    DEFAULT_OVERLAP_SHARE,
-    DEFAULT_WINDOW_S,
-    WAV_SUBTYPES,
-    SamplingSettings,
-    WindowPlan,
+from musicgen_lora.core.config import (  # noqa: F401 (the flag types, re-exported for the scripts)
+    any_int,
+    default_of,
+    dropout,
+    finite_float,
+    flag_fields,
+    fraction,
+    nonneg_float,
+    nonneg_int,
+    number_type,
+    positive_float,
+    positive_fraction,
+    positive_int,
+    probability,
 )
 
 
@@ -105,52 +112,36 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def number_type(kind, low=None, high=None, low_open=False, high_open=False, words=None):
-    """A flag type: a finite `kind` (int or float) within [low, high] (open ends where asked).
-
-    Accepts strings (command line) and numbers (YAML); argparse turns the ArgumentTypeError into
-    `error: argument --flag: ...`.
-    """
-    if words is None:
-        bounds = []
-        if low is not None:
-            bounds.append(f"{'>' if low_open else '>='} {low:g}")
-        if high is not None:
-            bounds.append(f"{'<' if high_open else '<='} {high:g}")
-        words = ("a whole number" if kind is int else "a number") + (" " + " and ".join(bounds) if bounds else "")
-
-    def parse(value):
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            number = float(value) if kind is float else int(value) if not isinstance(value, float) else value
-            if kind is int and (isinstance(number, float) and not number.is_integer()):
-                raise ValueError
-            number = kind(number)
-        except (TypeError, ValueError, OverflowError):
-            raise argparse.ArgumentTypeError(f"{value!r} is not {words}") from None
-        if kind is float and not math.isfinite(number):
-            raise argparse.ArgumentTypeError(f"{value!r} is not {words}")
-        if low is not None and (number < low or (low_open and number == low)):
-            raise argparse.ArgumentTypeError(f"{value!r} is not {words}")
-        if high is not None and (number > high or (high_open and number == high)):
-            raise argparse.ArgumentTypeError(f"{value!r} is not {words}")
-        return number
-
-    parse.__name__ = kind.__name__  # what argparse and config files call the type
-    return parse
+def add_settings(parser: argparse.ArgumentParser, cls, skip=()) -> argparse.ArgumentParser:
+    """One flag per `setting` field of the config class `cls` (core/config.py), in argument groups by
+    the fields' `group`, in field order: help, type, default, choices and other spellings all come
+    from the field. Fields named in `skip` are left to the caller."""
+    groups = {}
+    for f in flag_fields(cls):
+        if f.name in skip:
+            continue
+        m = f.metadata
+        if m["group"] and m["group"] not in groups:
+            groups[m["group"]] = parser.add_argument_group(m["group"])
+        target = groups.get(m["group"], parser)
+        default = default_of(f)
+        kwargs = {"dest": f.name, "default": default, "help": m["help"]}
+        if isinstance(default, bool):
+            kwargs["action"] = "store_true"
+        else:
+            kwargs.update({k: m[k] for k in ("type", "choices", "metavar", "action") if m.get(k) is not None})
+            if (isinstance(default, list) or m["nargs"]) and not m.get("action"):
+                kwargs["nargs"] = m["nargs"] or "+"
+        target.add_argument(f"--{f.name}", *m["aliases"], **kwargs)
+    return parser
 
 
-positive_int = number_type(int, low=1)
-nonneg_int = number_type(int, low=0)
-any_int = number_type(int)
-positive_float = number_type(float, low=0, low_open=True)
-nonneg_float = number_type(float, low=0)
-finite_float = number_type(float)
-probability = number_type(float, low=0, high=1, words="a probability in [0, 1]")
-dropout = number_type(float, low=0, high=1, high_open=True, words="a dropout probability in [0, 1)")
-fraction = number_type(float, low=0, high=1, high_open=True, words="a fraction in [0, 1)")
-positive_fraction = number_type(float, low=0, low_open=True, high=1, words="a fraction in (0, 1]")
+def settings_from(cls, args: argparse.Namespace):
+    """The parsed flags as the config class `cls` (its fields are the flags), checked by its check()
+    when it has one."""
+    names = {f.name for f in fields(cls)}
+    cfg = cls(**{k: v for k, v in vars(args).items() if k in names})
+    return cfg.check() if hasattr(cfg, "check") else cfg
 
 
 def _convert(action: argparse.Action, key: str, value, path: Path):
@@ -253,61 +244,3 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv=None) -> argpar
     args = parser.parse_args(argv)
     args.config_keys = sorted(from_file)
     return args
-
-
-# --------------------------------------------------------------------------------------------
-# Flag groups that several scripts share
-# --------------------------------------------------------------------------------------------
-def add_sampling_args(p: argparse.ArgumentParser):
-    """The sampling and runtime flags inference_lora.py and evaluate.py share (same names and defaults)."""
-    d = SamplingSettings()
-    g = p.add_argument_group("sampling")
-    g.add_argument("--duration", type=positive_float, default=15.0,
-                   help="Seconds of audio per clip; longer than --window_seconds is generated window by window.")
-    g.add_argument("--window_seconds", type=positive_float, default=None,
-                   help=f"Seconds per generate() call (default {DEFAULT_WINDOW_S:g}, what MusicGen was trained on, or "
-                        f"less when the model holds less). A longer --duration is continued window by window, each "
-                        f"prompted with the end of the previous one (audiocraft's extend_stride).")
-    g.add_argument("--window_overlap", type=positive_float, default=None,
-                   help=f"Seconds of the previous window that prompt the next one (default "
-                        f"{DEFAULT_OVERLAP_SHARE * 100:.0f}%% of the window: 12 s of 30, as audiocraft).")
-    g.add_argument("--guidance_scale", type=nonneg_float, default=d.guidance_scale,
-                   help="Classifier-free guidance scale (1 or less turns guidance off).")
-    g.add_argument("--temperature", type=positive_float, default=d.temperature, help="Sampling temperature.")
-    g.add_argument("--top_k", type=nonneg_int, default=d.top_k,
-                   help="Sample from the k most likely codes (0 disables).")
-    g.add_argument("--top_p", type=probability, default=d.top_p, help="Nucleus sampling mass (0 disables).")
-    g.add_argument("--greedy", action="store_true", help="Argmax decoding instead of sampling (often loops).")
-    g.add_argument("--seed", type=any_int, default=42,
-                   help="Seed for every prompt (a prompt's own 'seed' in the prompts file wins); sample j of a "
-                        "prompt uses seed + j.")
-    g.add_argument("--batch_size", type=positive_int, default=8, help="Clips generated together in one batch.")
-    g.add_argument("--wav_subtype", default="PCM_16", choices=WAV_SUBTYPES,
-                   help="WAV sample format.")
-    r = p.add_argument_group("runtime")
-    r.add_argument("--device", default="auto", help="auto, cpu or cuda.")
-    r.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="Generation precision. auto (default): bf16 on a GPU that has it (else fp16) and on a CPU "
-                        "with bf16 instructions (avx512_bf16/amx_bf16; ~2x faster), else fp32. On a CPU only the "
-                        "decoder's generation copy is bf16; held-out loss and FAD stay fp32.")
-    r.add_argument("--fp16", action="store_true", help="Short for --precision fp16 (GPU only).")
-    r.add_argument("--bf16", action="store_true", help="Short for --precision bf16.")
-    r.add_argument("--overwrite", action="store_true",
-                   help="Replace earlier outputs of this script in --output_dir instead of refusing (files it did "
-                        "not write are never replaced).")
-    r.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
-
-
-def check_runtime_flags(args):
-    """The runtime group's own rule (add_sampling_args); train_lora.py's is TrainConfig.check."""
-    args.precision = requested(args.precision, args.fp16, args.bf16, default="auto")
-
-
-def window_plan(args) -> WindowPlan:
-    """The parsed --window_seconds/--window_overlap (checked against the model by generation.check_duration)."""
-    return WindowPlan(args.window_seconds, args.window_overlap)
-
-
-def sampling_settings(args) -> SamplingSettings:
-    """The parsed sampling flags as the library's settings, checked."""
-    return SamplingSettings(args.guidance_scale, args.temperature, args.top_k, args.top_p, args.greedy).validate()

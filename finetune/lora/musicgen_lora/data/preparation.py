@@ -29,7 +29,7 @@ import tempfile
 import warnings
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -46,11 +46,11 @@ from musicgen_lora.core.outputs import (
     temp_path,
     write_manifest,
 )
+from musicgen_lora.data.config import PrepareConfig
 
 TOOL = "prepare_data.py"
 SAMPLE_RATE = MUSICGEN_SAMPLE_RATE  # prepared data is written at the rate every MusicGen codec runs at
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".m4a")
-DEFAULT_SILENCE_DB = -60.0
 REPORT_NAME = "prepare_report.json"
 
 
@@ -466,28 +466,7 @@ def split_tracks(tracks: list[dict], valid_ratio: float, seed: int) -> set[str]:
 # --------------------------------------------------------------------------------------------
 # The whole run
 # --------------------------------------------------------------------------------------------
-@dataclass
-class PrepareSettings:
-    output_dir: Path
-    input_dirs: list = field(default_factory=list)
-    input_zips: list = field(default_factory=list)
-    metadata_file: str = "metadata.json"
-    segment_duration: float = 15.0
-    min_segment_ratio: float = 0.8
-    silence_threshold_db: float = DEFAULT_SILENCE_DB
-    descriptions_file: str | None = None
-    default_description: str | None = None
-    require_description: bool = False
-    valid_ratio: float = 0.1
-    seed: int = 0
-    normalize_loudness: float | None = None
-    overwrite: bool = False
-    progress: bool = True
-    max_member_mb: float = 1024.0
-    max_compression_ratio: float = 50.0
-
-
-def check_settings(s: PrepareSettings):
+def check_collection(s: PrepareConfig):
     if not s.input_dirs and not s.input_zips:
         raise UserError("nothing to read: pass --input_dir DIR and/or --input_zip FILE.zip (or --create_example)")
     check_output(Path(s.output_dir), s.metadata_file, s.overwrite)
@@ -514,9 +493,9 @@ SKIP_KINDS = {"unreadable": "unreadable", "too short": "too short", "near-silent
               "link outside input": "links out of the input folder"}
 
 
-def prepare_collection(s: PrepareSettings) -> dict:
+def prepare_collection(s: PrepareConfig) -> dict:
     """Run the whole preparation; returns the report (also written to OUTPUT_DIR/prepare_report.json)."""
-    check_settings(s)
+    check_collection(s)
     out = Path(s.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     clean_stale(out, "prepare")  # a killed earlier run's staging folder
@@ -548,7 +527,7 @@ def prepare_collection(s: PrepareSettings) -> dict:
     return report
 
 
-def describe_sources(sources: list[Source], s: PrepareSettings, zips: ZipReader):
+def describe_sources(sources: list[Source], s: PrepareConfig, zips: ZipReader):
     """{source name: description} and how many came from where; with --require_description, a
     file without one stops the run before anything is written."""
     index = DescriptionIndex(s.descriptions_file)
@@ -568,7 +547,7 @@ def describe_sources(sources: list[Source], s: PrepareSettings, zips: ZipReader)
     return described, origins
 
 
-def cut_tracks(sources, described: dict, s: PrepareSettings, zips: ZipReader, folder: Path, skipped: list):
+def cut_tracks(sources, described: dict, s: PrepareConfig, zips: ZipReader, folder: Path, skipped: list):
     """Decode, (normalise,) cut and drop near-silent pieces of every described source, writing the
     segments into `folder`. Returns (tracks, dropped counts, loudness statuses); skips go to `skipped`."""
     seg_len = int(round(s.segment_duration * SAMPLE_RATE))
@@ -609,7 +588,7 @@ def cut_tracks(sources, described: dict, s: PrepareSettings, zips: ZipReader, fo
     return tracks, dropped, loudness
 
 
-def split_into(staging: Path, tracks: list[dict], s: PrepareSettings) -> dict:
+def split_into(staging: Path, tracks: list[dict], s: PrepareConfig) -> dict:
     """Move the segments into staging/train and staging/valid by source track; the metadata for them."""
     valid_names = split_tracks(tracks, s.valid_ratio, s.seed)
     metadata = {"train": [], "valid": []}
@@ -626,7 +605,7 @@ def split_into(staging: Path, tracks: list[dict], s: PrepareSettings) -> dict:
     return metadata
 
 
-def build_report(s: PrepareSettings, tracks, skipped, broken_zips, missing, origins, metadata, dropped,
+def build_report(s: PrepareConfig, tracks, skipped, broken_zips, missing, origins, metadata, dropped,
                  loudness) -> dict:
     """prepare_report.json: files_found = files_used + files_skipped, the skips by kind and one by one."""
     counts = {kind: sum(1 for r in skipped if r["kind"] == kind) for kind in SKIP_KINDS}

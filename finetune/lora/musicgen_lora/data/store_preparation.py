@@ -29,12 +29,12 @@ from musicgen_lora.audio.reader import to_channels
 from musicgen_lora.core.common import UserError, log
 from musicgen_lora.data import code_store
 from musicgen_lora.data.code_cache import file_sha256
+from musicgen_lora.data.config import PrepareConfig
 from musicgen_lora.data.preparation import (
     COLLECTION_INDEX,
     SAMPLE_RATE,
     DescriptionIndex,
     FoundIndexes,
-    PrepareSettings,
     ZipLimits,
     ZipReader,
     decode_source,
@@ -58,7 +58,7 @@ class Segment:
     start: float
 
 
-def source_segments(src, s: PrepareSettings, text: str, zips: ZipReader, channels: int, skipped: list,
+def source_segments(src, s: PrepareConfig, text: str, zips: ZipReader, channels: int, skipped: list,
                     dropped: dict) -> list[Segment]:
     """One source's kept segments, by the WAV route's rules (preparation.cut_tracks)."""
     try:
@@ -109,7 +109,7 @@ def encode_segments(model, segments: list[Segment], batch_size: int) -> list[tor
     return [codes for _, codes in encode_batched(model, items, batch_size=batch_size)]
 
 
-def prepare_unit(unit: Unit, s: PrepareSettings, model, key, store_dir: Path, zips: ZipReader,
+def prepare_unit(unit: Unit, s: PrepareConfig, model, key, store_dir: Path, zips: ZipReader,
                  index: DescriptionIndex, found: FoundIndexes, batch_size: int = 8, bar=None) -> dict:
     """Encode one unit into the store and commit it; returns its report (also kept in unit.json)."""
     channels = model_info(model)["audio_channels"]
@@ -168,7 +168,7 @@ def _file_digest(path) -> str | None:
     return file_sha256(path) if path is not None and Path(path).is_file() else None
 
 
-def preparation_rules(s: PrepareSettings) -> dict:
+def preparation_rules(s: PrepareConfig) -> dict:
     """Everything besides the audio that decides a unit's contents: cutting, silence, split, loudness
     and where descriptions come from. Part of each unit's identity, so a re-run with other rules
     (or an edited descriptions file) redoes the units instead of keeping ones made another way."""
@@ -181,7 +181,7 @@ def preparation_rules(s: PrepareSettings) -> dict:
             "metadata_jsonl": {p: _file_digest(p) for p in beside if Path(p).is_file()}}
 
 
-def prepare_codes(s: PrepareSettings, model, key, shard_size: int, batch_size: int = 8) -> dict:
+def prepare_codes(s: PrepareConfig, model, key, shard_size: int, batch_size: int = 8) -> dict:
     """Plan the units, skip the committed ones, encode this process's share; returns a summary."""
     out = Path(s.output_dir)
     store_dir = code_store.default_store_dir(out)

@@ -8,7 +8,7 @@ import contextlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,8 +20,9 @@ from musicgen_lora.core.threads import run_threads
 from musicgen_lora.data.dataset import Collator, MusicDataset
 from musicgen_lora.data.metadata import report_long_descriptions, validation_clips
 from musicgen_lora.data.splits import load_splits
+from musicgen_lora.evaluation.config import TOOL
 from musicgen_lora.evaluation.figures import spectrogram_png
-from musicgen_lora.evaluation.scoring import BASE, TOOL, score_rows, time_marks, write_results
+from musicgen_lora.evaluation.scoring import BASE, score_rows, time_marks, write_results
 from musicgen_lora.evaluation.style_distance import encodec_embeddings, frechet_distance
 from musicgen_lora.generation.generate import (
     clip_windows,
@@ -32,7 +33,7 @@ from musicgen_lora.generation.generate import (
     write_wav,
 )
 from musicgen_lora.generation.prompts import Job, Prompt, clip_filename, describe_settings, slugify
-from musicgen_lora.generation.sampling import SamplingSettings, WindowPlan
+from musicgen_lora.generation.sampling import GenerationSettings
 from musicgen_lora.model.checkpoint import model_info
 from musicgen_lora.model.lora import check_adapter_dir, load_adapter
 from musicgen_lora.model.loss import evaluate_loss
@@ -236,24 +237,34 @@ def check_output_dir(out: Path, overwrite: bool):
     check_own_folder(out, TOOL, overwrite=overwrite, flag="--output_dir", what="an earlier evaluation")
 
 
-def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: list[Job], out: Path, *,
-                   duration: float, settings: SamplingSettings, batch_size: int, wav_subtype: str = "PCM_16",
-                   progress: bool = True, base_model_path: str = "", model_numbers: dict | None = None,
-                   notes: list[str] | None = None, reference=None, clap=None, melodies: dict | None = None,
-                   plan: WindowPlan | None = None, prompt_seconds: float = 0.0, precision: str | None = None) -> dict:
+@dataclass
+class Comparison:
+    """What compare_models needs besides the models, jobs and generation settings: numbers computed
+    before (per-model held-out loss, the style reference), notes for the summary, an optional CLAP
+    scorer, the jobs' melodies when already read, and how clips are written."""
+    base_model_path: str = ""
+    wav_subtype: str = "PCM_16"
+    prompt_seconds: float = 0.0          # audio-prompted jobs continue this much of their file
+    model_numbers: dict = field(default_factory=dict)  # per model: held-out loss (held_out_losses)
+    notes: list = field(default_factory=list)
+    reference: np.ndarray | None = None  # EnCodec frames of validation clips, for the style distance
+    clap: object = None                  # a ClapScorer, or None
+    melodies: dict | None = None         # the jobs' read_melodies, when the caller read them already
+
+
+def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: list[Job], out: Path,
+                   how: GenerationSettings, given: Comparison | None = None, progress: bool = True) -> dict:
     """Generate every job with every model into `out` (written atomically), score every clip, and
     return summary.json.
 
     Every model gets the same jobs with the same seeds in the same batches -- and the same melody,
-    for jobs that have one -- so clips differ only by the weights. model_numbers: per-model extras
-    (held-out loss) to put in the summary; reference: EnCodec frames of validation clips for the
-    style distance; clap: a ClapScorer or None; melodies: the jobs' read_melodies, when the caller
-    read them already (evaluate.py does, before the held-out loss: a bad file fails first). plan:
-    the windows of a clip longer than one (generation.WindowPlan); jobs with an audio_prompt continue
-    its first prompt_seconds, and the real continuation is written beside them (references/).
-    precision: the decoder's generation precision (generation.resolve_generation), recorded with the
-    CPU threads in every sidecar and the summary's settings (a clip is reproducible at both).
+    for jobs that have one -- so clips differ only by the weights. how: the generation settings
+    (how.precision, the decoder's precision, is recorded with the CPU threads in every sidecar and
+    the summary's settings: a clip is reproducible at both). Jobs with an audio_prompt continue its
+    first given.prompt_seconds, and the real continuation is written beside them (references/).
     """
+    given = given or Comparison()
+    duration, plan, wav_subtype, melodies = how.duration, how.plan, given.wav_subtype, given.melodies
     sr = model_info(bank.model)["sample_rate"]
     if melodies is None:
         melodies = read_melodies(jobs, sr)  # read once for every model, before anything is generated
@@ -261,24 +272,21 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
     many = any(j.sample > 0 for j in jobs)
     rows, audio_by_row = [], []
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    plan = plan or WindowPlan()
-    setting_dict = {"duration": duration, **settings.to_dict(), **plan.to_dict(), "batch_size": batch_size,
-                    "precision": precision, **run_threads()}
+    setting_dict = {**how.to_dict(), **run_threads()}
     windows = {False: clip_windows(bank.model, duration, plan)}
     if any(j.prompt.audio_prompt for j in jobs):  # continuations: their first window starts from the prompt
-        windows[True] = clip_windows(bank.model, duration, plan, prompt_seconds)
+        windows[True] = clip_windows(bank.model, duration, plan, given.prompt_seconds)
     fad = {}
     with atomic_dir(out, owner=TOOL) as tmp:
         melody_rel = reference_melodies(melodies, tmp, sr, wav_subtype)
         real_rel = reference_continuations(jobs, tmp, model_info(bank.model), duration, wav_subtype)
         for spec in specs:
-            log.info(f"{spec.name}: {len(jobs)} clip(s), {describe_settings(settings, duration, batch_size)}")
+            log.info(f"{spec.name}: {len(jobs)} clip(s), {describe_settings(how)}")
             with bank.use(spec) as m:
-                audio, per_clip = generate_jobs(m, processor, jobs, duration, settings, batch_size, progress,
-                                                desc=spec.name, chroma=chroma, plan=plan, prompt_seconds=prompt_seconds,
-                                                precision=precision)
-                if reference is not None:
-                    fad[spec.name] = frechet_distance(encodec_embeddings(m, audio), reference)
+                audio, per_clip = generate_jobs(m, processor, jobs, how, chroma=chroma,
+                                                prompt_seconds=given.prompt_seconds, progress=progress, desc=spec.name)
+                if given.reference is not None:
+                    fad[spec.name] = frechet_distance(encodec_embeddings(m, audio), given.reference)
             for job, wav in zip(jobs, audio):
                 name = clip_filename(job.prompt, job.sample if many else None)
                 rel = f"{spec.name}/{name}.wav"
@@ -288,10 +296,10 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
                 # for a continuation, the file it continues and the real music that follows.
                 continued = {"windows": windows[bool(job.prompt.audio_prompt)]}
                 if job.prompt.audio_prompt:
-                    continued.update({"audio_prompt": job.prompt.audio_prompt, "prompt_seconds": prompt_seconds,
+                    continued.update({"audio_prompt": job.prompt.audio_prompt, "prompt_seconds": given.prompt_seconds,
                                       "reference_audio": real_rel[job.prompt.audio_prompt]})
                 sidecar = {"prompt": job.prompt.text, "prompt_id": job.prompt.id, "model": spec.name,
-                           "base_model": base_model_path, "adapter": adapter, "run_id": spec.run_id,
+                           "base_model": given.base_model_path, "adapter": adapter, "run_id": spec.run_id,
                            "sample": job.sample, "seed": job.seed, "melody": job.prompt.melody,
                            "melody_copy": f"../{melody}" if melody else None,  # relative to the sidecar
                            **setting_dict, **{k: v for k, v in continued.items() if k != "reference_audio"},
@@ -308,12 +316,12 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
                              "duration_s": len(wav) / sr, "wall_seconds": per_clip})
                 audio_by_row.append(wav)
         run_ids = sorted({s.run_id for s in specs if s.run_id})
-        summary = {"created": created, "base_model": base_model_path, "settings": setting_dict,
+        summary = {"created": created, "base_model": given.base_model_path, "settings": setting_dict,
                    "num_prompts": len({j.prompt.id for j in jobs}), "clips_per_model": len(jobs), "run_ids": run_ids,
                    "training_runs": training_runs(specs, tmp)}
         extras = {s.name: {"adapter_path": str(s.adapter_path) if s.adapter_path else None, "run_id": s.run_id,
-                           **(model_numbers or {}).get(s.name, {}), "fad": fad.get(s.name)} for s in specs}
-        score_rows(tmp, rows, audio_by_row, sr, summary, extras, notes or [], clap,
+                           **given.model_numbers.get(s.name, {}), "fad": fad.get(s.name)} for s in specs}
+        score_rows(tmp, rows, audio_by_row, sr, summary, extras, given.notes, given.clap,
                    melodies={rel: melodies[source] for source, rel in melody_rel.items()})
         write_results(tmp, rows, summary)
         write_manifest(tmp, TOOL, os.listdir(tmp), run_ids=run_ids)

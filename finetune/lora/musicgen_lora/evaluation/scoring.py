@@ -16,6 +16,7 @@ import numpy as np
 from musicgen_lora.audio.reader import MUSICGEN_SAMPLE_RATE, load_audio
 from musicgen_lora.core.common import UserError, log
 from musicgen_lora.core.outputs import atomic_dir, atomic_write_json, atomic_write_text, write_manifest
+from musicgen_lora.evaluation.config import TOOL
 from musicgen_lora.evaluation.figures import loudness_plot_png, spectrogram_png
 from musicgen_lora.evaluation.flags import count_words, model_flag_clips, model_flag_counts
 from musicgen_lora.evaluation.listening import PAGE, is_blind_copy, write_listening
@@ -23,7 +24,6 @@ from musicgen_lora.evaluation.metrics import MELODY_DROP, THRESHOLDS, ignores_me
 from musicgen_lora.evaluation.report import write_report
 from musicgen_lora.generation.prompts import slugify
 
-TOOL = "evaluate.py"
 BASE = "base_model"  # the model folder adapters are measured against (ignores_melody)
 
 

@@ -1,7 +1,7 @@
 """Text-to-music generation shared by inference_lora.py, evaluate.py (and samples during training).
 
-The one entry point is `generate_audio(model, processor, prompts, duration, ...)` -> list of float32
-numpy arrays, one per prompt, each exactly `duration` seconds long at the model's sample rate:
+The one entry point is `generate_audio(model, processor, prompts, how)` -> list of float32 numpy
+arrays, one per prompt, each exactly `how.duration` seconds long at the model's sample rate:
 (samples,) from a mono model, (samples, 2) from a stereo one (soundfile's layout: a WAV writes as is).
 
 Reproducibility: each prompt is sampled from its own torch.Generator seeded with that prompt's seed,
@@ -32,7 +32,14 @@ from musicgen_lora.core.outputs import atomic_file, atomic_write_json
 from musicgen_lora.core.precision import dtype_of
 from musicgen_lora.data.metadata import tokenize_text
 from musicgen_lora.generation.prompts import Job
-from musicgen_lora.generation.sampling import DEFAULT_OVERLAP_SHARE, DEFAULT_WINDOW_S, SamplingSettings, WindowPlan
+from musicgen_lora.generation.sampling import (
+    DEFAULT_OVERLAP_SHARE,
+    DEFAULT_WINDOW_S,
+    GREEDY,
+    GenerationSettings,
+    SamplingSettings,
+    WindowPlan,
+)
 from musicgen_lora.model.checkpoint import is_melody, model_info, unwrap_base
 from musicgen_lora.model.loss import forward_logits
 
@@ -335,36 +342,35 @@ def decode_codes(base, codes: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate_audio(model, processor, prompts: Sequence[str], duration: float, *, guidance_scale: float = 3.0,
-                   temperature: float = 1.0, top_k: int = 250, top_p: float = 0.0, greedy: bool = False,
-                   seed: int | Sequence[int] = 0, batch_size: int = 8, progress: bool = True,
-                   desc: str = "generating", return_codes: bool = False, chroma: Sequence | None = None,
-                   plan: WindowPlan | None = None, audio_prompts: Sequence | None = None,
-                   precision: str | None = None, merge: bool = True):
-    """Generate `duration` seconds of audio for each prompt; returns float32 arrays, (samples,) mono
-    or (samples, channels) stereo (and, with return_codes, the (K, frames) EnCodec codes each clip
-    was decoded from, stereo rows interleaved [L0, R0, L1, ...] as the decoder predicts them).
+def generate_audio(model, processor, prompts: Sequence[str], how: GenerationSettings, *,
+                   seed: int | Sequence[int] = 0, chroma: Sequence | None = None, audio_prompts: Sequence | None = None,
+                   progress: bool = True, desc: str = "generating", return_codes: bool = False):
+    """Generate `how.duration` seconds of audio for each prompt (GenerationSettings: the sampling,
+    the windows, the batch size, the precision); returns float32 arrays, (samples,) mono or
+    (samples, channels) stereo (and, with return_codes, the (K, frames) EnCodec codes each clip was
+    decoded from, stereo rows interleaved [L0, R0, L1, ...] as the decoder predicts them).
 
     seed: one int for every prompt, or one seed per prompt. Works on a plain MusicGen model or a
     PeftModel (the active adapter applies; inside `disable_adapter()` the base model does).
-    Descriptions are cut to dataset.MAX_TEXT_TOKENS tokens, as in training. chroma (MusicGen-Melody
-    only): one (frames, 12) melody chroma (chroma.chroma_features) or None per prompt; None, or no
-    list, is the null melody the model uses without one.
+    Descriptions are cut to data.metadata.MAX_TEXT_TOKENS tokens, as in training. chroma
+    (MusicGen-Melody only): one (frames, 12) melody chroma (audio.chroma.chroma_features) or None per
+    prompt; None, or no list, is the null melody the model uses without one.
 
-    Longer than one window (plan, WindowPlan: 30 s by default), the clip is continued window by
+    Longer than one window (how.plan, WindowPlan: 30 s by default), the clip is continued window by
     window, each prompted with the previous codes' last `overlap` seconds (plan_windows), and decoded
-    once at the end. audio_prompts: (K, frames) codes per prompt (modeling.encode_channels of the
+    once at the end. audio_prompts: (K, frames) codes per prompt (model.codec.encode_channels of the
     audio that starts the clip; all of one length), which the model continues; the clip starts with
     them. Each prompt's generator runs on across windows, so a seed gives one clip whatever the plan
     is asked in pieces.
 
-    precision: fp32, fp16 or bf16 for the decoder (precision.resolve's answer; None: the model's own
-    dtype). Either way the active adapter is merged into a copy of the decoder for the call
-    (generation_model), so the model passed in is left exactly as it was; merge=False generates with
-    the model as it is, in its own dtype.
+    how.precision: fp32, fp16 or bf16 for the decoder (precision.resolve's answer; None: the model's
+    own dtype). Either way the active adapter is merged into a copy of the decoder for the call
+    (generation_model), so the model passed in is left exactly as it was; how.merge=False generates
+    with the model as it is, in its own dtype.
     """
-    settings = SamplingSettings(guidance_scale, temperature, top_k, top_p, greedy)
-    settings.validate()
+    duration, plan, batch_size, precision, merge = how.duration, how.plan, how.batch_size, how.precision, how.merge
+    settings = how.sampling.validate()
+    greedy = settings.greedy
     if chroma is not None and not is_melody(model):
         if any(c is not None for c in chroma):  # text-only MusicGen has no input for it: never drop it silently
             raise UserError("a melody needs a MusicGen-Melody model; this one is text-only MusicGen")
@@ -480,9 +486,9 @@ def label_agreement(model, processor, prompts: Sequence[str], frames: int = 30,
     info = model_info(model)
     channels = info["audio_channels"] if audio_channels is None else audio_channels
     with generation_model(model, precision) as base:
-        _, codes = generate_audio(model, processor, list(prompts), frames / info["frame_rate"], greedy=True,
-                                  guidance_scale=1.0, progress=False, return_codes=True, chroma=chroma,
-                                  precision=precision)
+        how = GenerationSettings(frames / info["frame_rate"], GREEDY, precision=precision)
+        _, codes = generate_audio(model, processor, list(prompts), how, progress=False, return_codes=True,
+                                  chroma=chroma)
         labels = build_delay_pattern_labels(torch.stack(codes), audio_channels=channels)
         device = next(base.parameters()).device
         inputs = {k: v.to(device) for k, v in tokenize_text(processor.tokenizer, list(prompts)).items()}
@@ -575,9 +581,8 @@ def audio_prompt_codes(model, path, seconds: float) -> torch.Tensor:
     return encode_channels(model, torch.from_numpy(wav))[:, :frames]
 
 
-def generate_jobs(model, processor, jobs: list[Job], duration: float, settings: SamplingSettings,
-                  batch_size: int, progress: bool = True, desc: str = "generating", chroma: list | None = None,
-                  plan: WindowPlan | None = None, prompt_seconds: float = 0.0, precision: str | None = None,
+def generate_jobs(model, processor, jobs: list[Job], how: GenerationSettings, *, chroma: list | None = None,
+                  prompt_seconds: float = 0.0, progress: bool = True, desc: str = "generating",
                   return_codes: bool = False):
     """generate_audio over jobs; returns (audio list, wall seconds per clip), and with return_codes
     the (K, frames) codes of each clip as a third item. chroma: job_chroma's list, when the caller
@@ -599,11 +604,10 @@ def generate_jobs(model, processor, jobs: list[Job], duration: float, settings: 
             codes = {path: audio_prompt_codes(model, path, prompt_seconds)
                      for path in dict.fromkeys(jobs[i].prompt.audio_prompt for i in idx)}
             prompts = [codes[jobs[i].prompt.audio_prompt] for i in idx]
-        out, codes = generate_audio(model, processor, [jobs[i].prompt.text for i in idx], duration,
-                                    seed=[jobs[i].seed for i in idx], batch_size=batch_size, progress=progress,
-                                    desc=desc, chroma=[chroma[i] for i in idx] if chroma is not None else None,
-                                    plan=plan, audio_prompts=prompts, precision=precision, return_codes=True,
-                                    **settings.to_dict())
+        out, codes = generate_audio(model, processor, [jobs[i].prompt.text for i in idx], how,
+                                    seed=[jobs[i].seed for i in idx], progress=progress, desc=desc,
+                                    chroma=[chroma[i] for i in idx] if chroma is not None else None,
+                                    audio_prompts=prompts, return_codes=True)
         for i, wav, c in zip(idx, out, codes):
             audio[i], codes_of[i] = wav, c
     per_clip = (time.time() - t0) / max(1, len(jobs))

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from musicgen_lora.core.common import UserError, read_json
-from musicgen_lora.generation.sampling import SamplingSettings
+from musicgen_lora.generation.sampling import GenerationSettings
 
 
 @dataclass
@@ -160,10 +160,10 @@ def plan_jobs(prompts: list[Prompt], num_samples: int, seed: int) -> list[Job]:
     return jobs
 
 
-def describe_settings(settings: SamplingSettings, duration: float, batch_size: int) -> str:
-    s = settings
+def describe_settings(how: GenerationSettings) -> str:
+    s = how.sampling
     mode = "greedy" if s.greedy else f"temperature {s.temperature:g}, top_k {s.top_k}, top_p {s.top_p:g}"
-    return f"{duration:g} s, guidance {s.guidance_scale:g}, {mode}, batch {batch_size}"
+    return f"{how.duration:g} s, guidance {s.guidance_scale:g}, {mode}, batch {how.batch_size}"
 
 
 def describe_windows(windows: list[list[float]]) -> str:

@@ -1,8 +1,9 @@
-"""SamplingSettings and WindowPlan: every knob that changes a generated clip, with its default -- the one place the
-sampling flags of inference_lora.py and evaluate.py take their defaults from, and what each clip's
-sidecar records. No torch here: the parsers import it for `--help`.
+"""SamplingSettings, WindowPlan and GenerationSettings: every knob that changes a generated clip, with
+its default -- what generate_audio takes, what the sampling flags of inference_lora.py and
+evaluate.py (generation/config.py) turn into, and what each clip's sidecar records. No torch here:
+the parsers import it for `--help`.
 """
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from musicgen_lora.core.common import UserError
 
@@ -32,6 +33,10 @@ class SamplingSettings:
         return asdict(self)
 
 
+# Argmax decoding with guidance off: what the label-layout checks compare teacher forcing with.
+GREEDY = SamplingSettings(guidance_scale=1.0, greedy=True)
+
+
 # MusicGen was trained on 30 s excerpts (audiocraft's max_duration); transformers' position table
 # allows ~41 s on the hub checkpoints, but what lies past 30 s is outside anything the model has seen
 # ("anything past 30 s degrades"). So a clip is generated in windows of at most 30 s.
@@ -53,3 +58,22 @@ class WindowPlan:
 
     def to_dict(self) -> dict:
         return {"window_seconds": self.window, "window_overlap": self.overlap}
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How generate_audio makes clips: their length, the sampling, the windows of a long clip, how
+    many prompts share a batch, the decoder's precision (fp32, fp16 or bf16; None: the model's own
+    dtype) and whether the active adapter is merged into a copy of the decoder for the call
+    (generate.generation_model; merge=False generates with the model as it is)."""
+    duration: float = 15.0
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    plan: WindowPlan = field(default_factory=WindowPlan)
+    batch_size: int = 8
+    precision: str | None = None
+    merge: bool = True
+
+    def to_dict(self) -> dict:
+        """What a sidecar and summary.json record of it."""
+        return {"duration": self.duration, **self.sampling.to_dict(), **self.plan.to_dict(),
+                "batch_size": self.batch_size, "precision": self.precision}

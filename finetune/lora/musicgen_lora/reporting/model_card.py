@@ -93,12 +93,13 @@ def update_card(adapter_dir: Path, evaluation: dict | None = None, listening: di
         return False
 
 
-def update_evaluated_cards(specs, summary: dict, out: Path):
-    """evaluate.py: add this evaluation's verdicts to the card of every adapter it evaluated that
-    train_lora.py wrote (a folder with training_info.json: best_model/, final_model/, a checkpoint, or
-    any of them passed as --adapter NAME=PATH). Other adapters are left alone. Never raises."""
-    for spec in specs:
-        folder = getattr(spec, "adapter_path", None)
+def update_evaluated_cards(summary: dict, out: Path):
+    """evaluate.py: add this evaluation's verdicts (its summary.json, in `out`) to the card of every
+    adapter it evaluated that train_lora.py wrote (a folder with training_info.json: best_model/,
+    final_model/, a checkpoint, or any of them passed as --adapter NAME=PATH). Other adapters are left
+    alone. Never raises."""
+    for name, model in (summary.get("models") or {}).items():
+        folder = model.get("adapter_path") if isinstance(model, dict) else None
         if folder is None:
             continue
         if not (Path(folder) / "training_info.json").is_file():
@@ -106,12 +107,12 @@ def update_evaluated_cards(specs, summary: dict, out: Path):
                      f"written there")
             continue
         try:
-            entry = evaluation_entry(spec.name, summary, out)
+            entry = evaluation_entry(name, summary, out)
         except Exception as e:
             log.warning(f"warning: {Path(folder) / CARD}: model card not updated ({type(e).__name__}: {e})")
             continue
         if update_card(folder, evaluation=entry):
-            log.info(f"{spec.name}: verdict added to the model card {Path(folder) / CARD}")
+            log.info(f"{name}: verdict added to the model card {Path(folder) / CARD}")
 
 
 def evaluation_entry(name: str, summary: dict, out: Path) -> dict:

@@ -1,13 +1,28 @@
-"""TrainConfig: every setting of a training run, typed, with its default. train_lora.py's flags have
-the same names and take their defaults from here; run_config.json records it (plus what the run
-derived). No torch here: the parser imports it for `--help`.
+"""TrainConfig: every setting of a training run, typed, with its default, help and range: train_lora.py's
+parser is derived from its fields (core/config.py), and run_config.json records it (plus what the
+run derived). No torch here: the parser imports it for `--help`.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
 from musicgen_lora.core.common import UserError
+from musicgen_lora.core.config import (
+    any_int,
+    check_settings,
+    dropout,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    probability,
+    setting,
+)
+from musicgen_lora.core.precision import PRECISIONS
 from musicgen_lora.model.targets import DEFAULT_TARGETS
+
+DATA, LORA, OPTIM = "data and model", "LoRA", "optimisation"
+RUNTIME, SAVING, STOPPING = "runtime", "logging and saving", "stopping"
 
 # audiocraft's conditioner configs: text2music.yaml drops the whole description with 0.3 (classifier-free
 # guidance's null condition) and each word of the rest with 0.3; chroma2music.yaml (MusicGen-Melody)
@@ -18,68 +33,118 @@ CONDITIONING_DROPOUT = {"musicgen": {"text_dropout": 0.3, "word_dropout": 0.3},
 
 @dataclass
 class TrainConfig:
-    # data and model
-    model_path: str = "facebook/musicgen-small"
-    data_dir: str = "../data"
-    metadata_file: str = "metadata.json"
-    output_dir: str = "../output"
-    target_duration: float = 15.0
-    max_duration: float | None = None
-    num_workers: int = 0
-    cache_dir: str | None = None
-    no_cache: bool = False
-    max_valid_clips: int | None = None
-    # LoRA
-    lora_rank: int = 12
-    lora_alpha: float = 24
-    lora_dropout: float = 0.05
-    lora_target_modules: str = ",".join(DEFAULT_TARGETS)
-    # optimisation
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
-    batch_size: int = 2
-    gradient_accumulation_steps: int = 4
-    num_epochs: int = 1
-    max_steps: int | None = None
-    warmup_steps: int | None = None
-    max_grad_norm: float = 1.0
+    """Every setting of a training run, typed, with its default and its flag (train_lora.py --help is
+    derived from these fields; a YAML --config file uses the same names)."""
+
+    model_path: str = setting("facebook/musicgen-small", "Local MusicGen folder or hub id (offline machines need a "
+                              "local folder).", group=DATA, aliases=("--base_model_path",))
+    data_dir: str = setting("../data", "Folder holding metadata.json and the audio it lists.", group=DATA)
+    metadata_file: str = setting("metadata.json", "Metadata file, relative to --data_dir.", group=DATA)
+    output_dir: str = setting("../output", "Run directory for adapters, checkpoints and logs.", group=DATA)
+    target_duration: float = setting(15.0, "Training window in seconds: longer clips are cropped (randomly in "
+                                     "training), shorter ones padded, and every padded frame is masked out of the "
+                                     "loss.", type=positive_float, group=DATA)
+    max_duration: float | None = setting(None, "Upper bound on the window in seconds (kept for older command "
+                                         "lines); the window is min(target_duration, max_duration).",
+                                         type=positive_float, group=DATA)
+    num_workers: int = setting(0, "DataLoader worker processes for audio decoding.", type=nonneg_int, group=DATA)
+    cache_dir: str | None = setting(None, "EnCodec code cache (default: DATA_DIR/.codes_cache); each clip is "
+                                    "encoded once and re-encoded only when its audio, the codec or the sample rate "
+                                    "changes.", group=DATA)
+    max_valid_clips: int | None = setting(None, "Validate on at most this many clips, evenly spaced over the "
+                                          "validation set, the same ones at every evaluation (default: all; for "
+                                          "collections whose validation would take an hour).", type=positive_int,
+                                          group=DATA)
+    no_cache: bool = setting(False, "Encode clips with EnCodec at every step instead of reading cached codes (same "
+                             "tokens, slower).", group=DATA)
+
+    lora_rank: int = setting(12, "LoRA rank r.", type=positive_int, group=LORA)
+    lora_alpha: float = setting(24.0, "LoRA alpha (scale = alpha / r).", type=positive_float, group=LORA)
+    lora_dropout: float = setting(0.05, "Dropout on the LoRA branch.", type=dropout, group=LORA)
+    lora_target_modules: str = setting(",".join(DEFAULT_TARGETS), "Comma-separated decoder linear layers to adapt "
+                                       "(decoder only; text encoder and EnCodec stay frozen).", group=LORA)
+
+    learning_rate: float = setting(1e-4, "Peak AdamW learning rate.", type=nonneg_float, group=OPTIM)
+    weight_decay: float = setting(0.01, "AdamW weight decay on LoRA weights.", type=nonneg_float, group=OPTIM)
+    batch_size: int = setting(2, "Clips per micro-batch.", type=positive_int, group=OPTIM)
+    gradient_accumulation_steps: int = setting(4, "Micro-batches per optimizer step (effective batch = batch_size x "
+                                               "this).", type=positive_int, group=OPTIM)
+    num_epochs: int = setting(1, "Passes over the training clips.", type=positive_int, group=OPTIM)
+    max_steps: int | None = setting(None, "Stop after this many optimizer steps (overrides --num_epochs when "
+                                    "reached first).", type=positive_int, group=OPTIM)
+    warmup_steps: int | None = setting(None, "Linear warm-up steps before cosine decay (default: 5%% of the "
+                                       "optimizer steps).", type=nonneg_int, group=OPTIM)
+    max_grad_norm: float = setting(1.0, "Gradient clipping norm (0 disables).", type=nonneg_float, group=OPTIM)
     # Conditioning dropout; None: audiocraft's setting for the model's kind (CONDITIONING_DROPOUT),
     # filled in by resolve_conditioning once the model is loaded.
-    text_dropout: float | None = None
-    word_dropout: float | None = None
-    chroma_dropout: float | None = None
+    text_dropout: float | None = setting(None, "Probability of training a clip with no condition at all: no "
+                                         "description and, on MusicGen-Melody, no melody (the null condition "
+                                         "classifier-free guidance pairs each prompt with). Default: audiocraft's "
+                                         "setting, 0.3 (0.2 for MusicGen-Melody).", type=probability, group=OPTIM)
+    word_dropout: float | None = setting(None, "Probability of leaving out each word of a description in training "
+                                         "(audiocraft's T5 word dropout), so prompts shorter or worded unlike the "
+                                         "captions still steer. Default: 0.3 (0.2 for MusicGen-Melody).",
+                                         type=probability, group=OPTIM)
+    chroma_dropout: float | None = setting(None, "MusicGen-Melody: probability of training a clip with the null "
+                                           "melody (what generation without --melody uses) instead of its chroma. "
+                                           "Default: audiocraft's 0.5.", type=probability, group=OPTIM)
     # The decoder's own dropout while training: audiocraft's 0, not the 0.1 the hub's configs carry
-    # (modeling.load_model_and_processor says why).
-    decoder_dropout: float = 0.0
-    seed: int = 42
-    # runtime
-    device: str = "auto"
-    fp16: bool = False
-    bf16: bool = False
-    precision: str | None = None  # auto, fp32, fp16, bf16 (--fp16/--bf16 are its short forms); None: fp32
-    gradient_checkpointing: bool = False
-    ignore_memory_plan: bool = False
-    # logging and saving
-    logging_steps: int = 10
-    eval_steps: int | None = None
-    sample_every: int = 0
-    sample_prompts: str | None = None
-    sample_duration: float = 10.0
-    save_steps: int = 200
-    save_total_limit: int | None = None
-    resume_from_checkpoint: str | None = None
-    overwrite_output_dir: bool = False
-    report_to: str = "none"
-    no_progress: bool = False
-    # stopping
-    early_stopping_patience: int | None = None
-    max_nonfinite_steps: int = 10
-    # where the settings came from (run_config.json keeps it)
+    # (model.checkpoint.load_model_and_processor says why).
+    decoder_dropout: float = setting(0.0, "Dropout inside MusicGen's decoder while training (embeddings, residual "
+                                     "branches). Default 0, as audiocraft trained MusicGen; the hub's configs say "
+                                     "0.1, which kept a melody adapter from learning to follow its chroma.",
+                                     type=dropout, group=OPTIM)
+    seed: int = setting(42, "Seed for LoRA init, crops, dropout and data order.", type=any_int, group=OPTIM)
+
+    device: str = setting("auto", "auto, cpu or cuda.", group=RUNTIME)
+    precision: str | None = setting(None, "Mixed precision: fp32 (default: losses comparable with earlier runs), "
+                                    "bf16 (a GPU that has it, or a CPU with avx512_bf16/amx_bf16: ~2x faster there), "
+                                    "fp16 (GPU), or auto (the fastest this hardware has: bf16, else fp16 on a GPU, "
+                                    "else fp32).", choices=PRECISIONS, group=RUNTIME)
+    fp16: bool = setting(False, "Short for --precision fp16 (GPU only; fp32 with a warning on CPU).", group=RUNTIME)
+    bf16: bool = setting(False, "Short for --precision bf16.", group=RUNTIME)
+    gradient_checkpointing: bool = setting(False, "Recompute decoder activations in the backward pass: less "
+                                           "memory, slower steps (see python -m benchmarks.memory).", group=RUNTIME)
+    ignore_memory_plan: bool = setting(False, "Start even when the memory plan printed at the start says the run "
+                                       "will not fit the GPU (the plan is an estimate; see "
+                                       "musicgen_lora/training/memory.py).", group=RUNTIME)
+
+    logging_steps: int = setting(10, "Log train loss every N optimizer steps.", type=positive_int, group=SAVING)
+    eval_steps: int | None = setting(None, "Also validate every N optimizer steps (always at each epoch end).",
+                                     type=positive_int, group=SAVING)
+    sample_every: int = setting(0, "Every N validations, generate --sample_prompts into OUTPUT_DIR/samples/step-N/ "
+                                "so progress can be heard during training (0 = off).", type=nonneg_int, group=SAVING)
+    sample_prompts: str | None = setting(None, "Prompts for --sample_every: a prompts file (JSON/txt, as evaluate.py "
+                                         "reads) (default: the first 3 validation descriptions).", group=SAVING)
+    sample_duration: float = setting(10.0, "Seconds per sample for --sample_every.", type=positive_float,
+                                     group=SAVING)
+    save_steps: int = setting(200, "Write checkpoints/checkpoint-N (adapter + optimizer, scheduler, RNG and data "
+                              "position, enough to resume) every N optimizer steps.", type=nonneg_int, group=SAVING)
+    save_total_limit: int | None = setting(None, "Keep only the newest N checkpoints (default: keep all; "
+                                           "best_model/ is never removed).", type=positive_int, group=SAVING)
+    resume_from_checkpoint: str | None = setting(None, "Continue a run: 'latest' (newest checkpoint in --output_dir) "
+                                                 "or a checkpoint-N folder. Use the run's other flags unchanged.",
+                                                 group=SAVING)
+    overwrite_output_dir: bool = setting(False, "Replace a run already in --output_dir (its outputs are deleted "
+                                         "first).", group=SAVING, aliases=("--overwrite",))
+    report_to: str = setting("none", "Also send metrics to tensorboard (OUTPUT_DIR/logs/) or wandb (pip install "
+                             "wandb); logs/metrics.jsonl is always written.", choices=("none", "tensorboard", "wandb"),
+                             group=SAVING)
+    no_progress: bool = setting(False, "Hide progress bars (logs still printed).", group=SAVING)
+
+    early_stopping_patience: int | None = setting(None, "Stop after N validations in a row without a new best loss "
+                                                  "(final_model is still written). Default: never.",
+                                                  type=positive_int, group=STOPPING)
+    max_nonfinite_steps: int = setting(10, "A NaN/inf loss or gradient skips that update; this many in a row stop "
+                                       "the run (best_model/ and checkpoints are kept). 0: never stop.",
+                                       type=nonneg_int, group=STOPPING)
+    # where the settings came from (run_config.json keeps it; --config is the parser's own flag)
     config: str | None = None
     config_keys: list = field(default_factory=list)
 
     def check(self):
-        """Rules across settings (one setting's range is checked by its flag's type in the parser)."""
+        """Each setting's range (as its flag's type checks it) and the rules across settings."""
+        check_settings(self)
         self.requested_precision  # noqa: B018 (raises on --fp16 with --bf16, or a --precision that disagrees)
         if self.resume_from_checkpoint and self.overwrite_output_dir:
             raise UserError("--resume_from_checkpoint continues the run in --output_dir and --overwrite_output_dir "
@@ -90,8 +155,6 @@ class TrainConfig:
                             f"such as {','.join(DEFAULT_TARGETS)}")
         if self.sample_prompts and not self.sample_every:
             raise UserError("--sample_prompts is used by --sample_every N; pass both (or neither)")
-        if self.report_to not in ("none", "tensorboard", "wandb"):
-            raise UserError(f"--report_to {self.report_to}: choose one of none, tensorboard, wandb")
         return self
 
     def resolve_conditioning(self, model_type: str) -> list[str]:

@@ -43,6 +43,7 @@ from musicgen_lora.data.metadata import clip_facts, report_long_descriptions, va
 from musicgen_lora.data.splits import load_splits
 from musicgen_lora.generation.generate import generate_audio, write_clip
 from musicgen_lora.generation.prompts import Prompt, check_melody_model, load_prompts
+from musicgen_lora.generation.sampling import GenerationSettings
 from musicgen_lora.model.checkpoint import load_model_and_processor, model_info, model_layout
 from musicgen_lora.model.lora import apply_lora, count_parameters
 from musicgen_lora.model.loss import batch_loss, evaluate_loss
@@ -602,7 +603,8 @@ def write_samples(run: Run, state: TrainState):
                           num_chroma_frames(int(cfg.sample_duration * sr))) if p.melody else None
               for p in prompts] if melody else None
     audio = generate_audio(run.accelerator.unwrap_model(run.model), run.processor, [p.text for p in prompts],
-                           cfg.sample_duration, seed=cfg.seed, batch_size=len(prompts), progress=False, chroma=chroma)
+                           GenerationSettings(cfg.sample_duration, batch_size=len(prompts)), seed=cfg.seed,
+                           progress=False, chroma=chroma)
     for i, (prompt, clip) in enumerate(zip(prompts, audio)):
         write_clip(folder / f"{i:02d}.wav", clip, sr,
                    {"prompt": prompt.text, "step": state.step, "seed": cfg.seed, "duration": cfg.sample_duration,
