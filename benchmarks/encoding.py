@@ -5,8 +5,8 @@
 
 Builds random-weight checkpoints offline (make_tiny_model.py's build) in a temp folder, writes
 --num_clips synthetic clips of --duration seconds (grooves at different tempi and keys,
-musicgen_lora/testing/signals.py), reads them through audio.AudioPieces and encodes them one at a
-time (modeling.encode_pieces per clip) and batched (encoding.encode_batched, --batch_size pieces per
+musicgen_lora/evaluation/signals.py), reads them through audio.AudioPieces and encodes them one at a
+time (model.codec.encode_pieces per clip) and batched (encoding.encode_batched, --batch_size pieces per
 codec call, what the code cache does), in turn --repeats times, keeping each way's fastest. Prints
 files/s and hours of audio per hour of each, their ratio, and whether the batched codes equal the
 one-at-a-time codes (they must: exit 1 if not). `small` has musicgen-small's EnCodec (57.6 M

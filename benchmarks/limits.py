@@ -5,7 +5,7 @@
 
 Each case runs the real command line in a child process under an address-space cap (so a
 regression ends in an allocation error instead of taking the machine down) and reports the
-child's own peak RSS (testing/peak_memory.py):
+child's own peak RSS (benchmarks/peak_memory.py):
 
   - train_lora.py, one step, uncached and cached: a 15 s clip vs a --long_minutes clip;
   - train_lora.py, one step: a normal description vs a 100 KB one;

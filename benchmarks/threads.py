@@ -12,11 +12,11 @@ the usable CPUs minus those busy right now; OMP_NUM_THREADS is removed from the 
 environment for it). The load is one other process spinning in pure Python, started before the
 child and stopped after it.
 
-- train: one LoRA step (modeling.apply_lora, modeling.batch_loss, backward, AdamW) on a batch
+- train: one LoRA step (model.lora.apply_lora, model.loss.batch_loss, backward, AdamW) on a batch
   of --batch_size windows of random codes (what the code cache feeds the trainer), after one untimed
   warm-up step; --steps timed steps, the mean reported. Window: --duration s (tiny) and
   --small_duration s (small).
-- generate: generation.generate_audio of --gen_seconds of audio for one prompt (guidance 3: two
+- generate: generate.generate_audio of --gen_seconds of audio for one prompt (guidance 3: two
   rows), after a short untimed warm-up call; the fastest of --repeats.
 
 Prints the seconds of each, what the default policy chose in each condition, and the ratios: 2

@@ -9,7 +9,7 @@ memo -- all measured in one run, printed with ratios.
 
 Models are built offline with make_tiny_model.py (random weights: speed and memory are those of the
 real architecture, losses are not meaningful). Training steps are real LoRA steps (forward, backward,
-AdamW) through modeling.batch_loss, from the same DataLoader/Collator the trainer uses; the first
+AdamW) through model.loss.batch_loss, from the same DataLoader/Collator the trainer uses; the first
 step of each mode is a warm-up and not timed. Peak RSS is measured in fresh subprocesses that read
 the metadata, look every clip up in the cache (hashing its file, or reading its file-hash memo entry)
 and run one epoch of batches.

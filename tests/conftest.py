@@ -1,6 +1,5 @@
 """Shared fixtures: a tiny offline MusicGen and the synthetic example set, built once per session."""
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,14 +16,88 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def run_script(script, *args, check=True, timeout=600, cwd=None, env=None, **popen):
-    """Run one of the user-facing scripts the way a user does; returns CompletedProcess."""
-    path = script if Path(script).is_absolute() else (LORA / script if (LORA / script).exists() else SCRIPTS / script)
+# Each script's main(): the thin files in finetune/lora/ and finetune/scripts/ only call these.
+MAINS = {"train_lora.py": "train", "evaluate.py": "evaluate", "inference_lora.py": "inference",
+         "prepare_data.py": "prepare", "test_dataset.py": "check_dataset", "test_model.py": "check_model",
+         "compare_runs.py": "compare_runs", "convert_adapter.py": "convert_adapter",
+         "make_test_signals.py": "make_test_signals", "make_tiny_model.py": "make_tiny_model",
+         "memory_plan.py": "memory_plan"}
+
+
+def script_path(script) -> Path:
+    return Path(script) if Path(script).is_absolute() else (LORA / script if (LORA / script).exists()
+                                                            else SCRIPTS / script)
+
+
+def run_script(script, *args, check=True, timeout=600, cwd=None, env=None, subprocess=False, **popen):
+    """Run one of the user-facing scripts with these flags; returns a CompletedProcess (returncode,
+    stdout, stderr). In this process by default -- main(argv) with stdout and stderr captured, the
+    working folder and environment as asked and restored -- which costs what the script does rather
+    than ~10 s of importing torch, transformers and peft again. subprocess=True (or popen options)
+    runs a real child process, for what only a process shows: signals, kills, resource limits, two
+    processes at once, what --help imports."""
+    if str(script).startswith("benchmarks."):  # the workshop: python -m benchmarks.NAME from the root
+        module, argv0 = str(script), ["-m", str(script)]
+    else:
+        path = script_path(script)
+        module = f"musicgen_lora.cli.{MAINS[path.name]}" if path.name in MAINS and path.parent in (LORA, SCRIPTS) \
+            else None
+        argv0 = [str(path)]
+    if subprocess or popen or module is None:
+        return _run_child(argv0, args, check, timeout, cwd or (ROOT if module and argv0[0] == "-m" else None), env,
+                          popen)
+    return _run_in_process(module, argv0, args, check, cwd, env)
+
+
+def _run_child(argv0, args, check, timeout, cwd, env, popen):
+    import subprocess as sp
+
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env or {}))
-    proc = subprocess.run([sys.executable, str(path), *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=cwd, **popen)
+    proc = sp.run([sys.executable, *argv0, *map(str, args)], capture_output=True, text=True,
+                  env=env, timeout=timeout, cwd=cwd, **popen)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(f"{argv0[-1]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def _run_in_process(module, argv0, args, check, cwd, env):
+    import contextlib
+    import importlib
+    import io
+    import logging
+    import signal
+    import subprocess as sp
+
+    import torch
+
+    main = importlib.import_module(module).main
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    saved_threads, saved_term = torch.get_num_threads(), signal.getsignal(signal.SIGTERM)
+    package_log = logging.getLogger("musicgen_lora")
+    saved_level = package_log.level
+    old_argv = sys.argv
+    try:
+        os.environ.update({k: str(v) for k, v in (env or {}).items()})
+        if cwd is not None:
+            os.chdir(cwd)
+        sys.argv = [argv0[-1], *map(str, args)]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as e:  # argparse's own exits (--help: 0)
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    finally:
+        sys.argv = old_argv
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        torch.set_num_threads(saved_threads)
+        signal.signal(signal.SIGTERM, saved_term)
+        package_log.setLevel(saved_level)
+    proc = sp.CompletedProcess([argv0[-1], *map(str, args)], code or 0, out.getvalue(), err.getvalue())
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{argv0[-1]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
 
 

@@ -120,7 +120,7 @@ def test_pickled_adapter_is_refused_and_converts_safely(tiny_model_dir, trained_
                           ("evaluate.py", ["--base_model_path", tiny_model_dir, "--lora_model_path", old, "--compare",
                                            "--test_prompts", "x", "--output_dir", tmp_path / "ev"])):
         proc = run_script(script, *flags, check=False)
-        assert_one_line_error(proc, str(old), "adapter_model.bin", "convert_adapter.py")
+        assert_one_line_error(proc, str(old), "adapter_model.bin", "musicgen_lora.cli.convert_adapter")
         assert "weights_only" not in proc.stderr
     # The suggested command works as printed, and the converted adapter is the same adapter.
     suggested = proc.stderr.split("convert an adapter you trust with: python ")[1].split()

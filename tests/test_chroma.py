@@ -1,4 +1,4 @@
-"""The melody chroma (musicgen_lora/chroma.py) against an independent implementation of the algorithm
+"""The melody chroma (musicgen_lora/audio/chroma.py) against an independent implementation of the algorithm
 transformers' MusicgenMelodyFeatureExtractor documents. That extractor needs torchaudio, which cannot
 be installed beside the pinned torch here, so the reference is librosa's STFT and chroma filters."""
 import librosa

@@ -1,7 +1,8 @@
 """Every command the docs show starts, from the folder the docs run it in: `--help` of each user
 script and tool, as `cd finetune/lora && python train_lora.py ...`, as `python finetune/lora/...` from
-the repository root, and under `torchrun` and `accelerate launch`. Guards the layout: a script that no
-longer finds its modules fails here first."""
+the repository root, the workshop's `python -m benchmarks.NAME` from the root, and under `torchrun`
+and `accelerate launch`. Guards the layout: a script that no longer finds its modules fails here
+first. (Real processes: where a command starts from is what is tested.)"""
 import os
 import subprocess
 import sys
@@ -13,14 +14,17 @@ from conftest import ROOT
 LORA_DIR = ROOT / "finetune" / "lora"
 USER_SCRIPTS = ["train_lora.py", "evaluate.py", "inference_lora.py", "prepare_data.py", "test_dataset.py",
                 "test_model.py"]
-TOOLS = ["compare_runs.py", "make_tiny_model.py", "make_test_signals.py", "convert_adapter.py", "benchmark_train.py",
-         "benchmark_generation.py", "benchmark_memory.py", "benchmark_limits.py", "memory_plan.py", "flag_figures.py",
-         "benchmark_store.py", "benchmark_prepare.py", "benchmark_encoding.py", "benchmark_threads.py"]
+TOOLS = ["compare_runs.py", "make_tiny_model.py", "make_test_signals.py", "convert_adapter.py", "memory_plan.py"]
+# The workshop: run from the repository root as `python -m benchmarks.NAME` (not installed with the package).
+BENCHMARKS = ["train", "generation", "memory", "limits", "melody", "store", "prepare", "encoding", "threads",
+              "flag_figures", "import_graph"]
 
 COMMANDS = ([(LORA_DIR, [name]) for name in USER_SCRIPTS] +                          # cd finetune/lora
             [(ROOT, [f"finetune/lora/{name}"]) for name in USER_SCRIPTS] +           # from the repository root
             [(ROOT, [f"finetune/scripts/{name}"]) for name in TOOLS] +
-            [(LORA_DIR, [f"../scripts/{name}"]) for name in ("compare_runs.py", "benchmark_memory.py")] +
+            [(LORA_DIR, [f"../scripts/{name}"]) for name in ("compare_runs.py", "memory_plan.py")] +
+            [(ROOT, ["-m", f"benchmarks.{name}"]) for name in BENCHMARKS] +
+            [(ROOT, ["-m", f"musicgen_lora.cli.{name}"]) for name in ("convert_adapter", "train")] +
             [(LORA_DIR, ["-m", "torch.distributed.run", "--nproc_per_node", "1", "train_lora.py"]),
              (LORA_DIR, ["-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "train_lora.py"])])
 

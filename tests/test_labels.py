@@ -64,6 +64,43 @@ def test_padded_clip_through_collator_masks_every_padded_frame(tiny_model_dir, t
         assert (col[cb + valid:] == -100).all() and (col[:cb] == -100).all()
 
 
+LAYOUTS = [(1, 1), (4, 1), (8, 1), (32, 1), (8, 2), (4, 2), (32, 2)]  # (codebooks K, audio channels C)
+
+
+@pytest.mark.parametrize("k,channels", LAYOUTS, ids=[f"K{k}-C{c}" for k, c in LAYOUTS])
+@pytest.mark.parametrize("t", [0, 1, 2, 7, 50])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_delay_pattern_invariants(k, channels, t, batch):
+    """The label builder's invariants over shapes, as audiocraft tests its codebook patterns:
+    (B, T + K/C - 1, K); row k holds its codes exactly once each, in order, delayed by k // C; every
+    other position is -100; masking frames past a row's valid count removes exactly those frames."""
+    gen = torch.Generator().manual_seed(k * 1000 + t * 10 + channels)
+    codes = torch.randint(0, 2048, (batch, k, t), generator=gen)
+    delays = codebook_delays(k, channels)
+    assert delays == [row // channels for row in range(k)]
+    labels = build_delay_pattern_labels(codes, audio_channels=channels)
+    assert labels.shape == (batch, t + delays[-1], k)
+    for row, d in enumerate(delays):
+        assert torch.equal(labels[:, d:d + t, row], codes[:, row, :])
+        assert (labels[:, :d, row] == -100).all() and (labels[:, d + t:, row] == -100).all()
+    assert int((labels != -100).sum()) == batch * k * t
+    # Padding: each row of the batch keeps exactly its valid frames, shifted like the rest.
+    valid = torch.tensor([min(t, v) for v in (t, t // 2, 0)][:batch])
+    masked = build_delay_pattern_labels(codes, valid, audio_channels=channels)
+    for b in range(batch):
+        n = int(valid[b])
+        for row, d in enumerate(delays):
+            assert torch.equal(masked[b, d:d + n, row], codes[b, row, :n])
+            assert (masked[b, d + n:, row] == -100).all() and (masked[b, :d, row] == -100).all()
+    assert int((masked != -100).sum()) == int(valid.sum()) * k
+
+
+@pytest.mark.parametrize("k,channels", [(3, 2), (4, 3), (4, 0)])
+def test_a_layout_the_channels_cannot_split_is_refused(k, channels):
+    with pytest.raises(ValueError):
+        build_delay_pattern_labels(torch.zeros(1, k, 5, dtype=torch.long), audio_channels=channels)
+
+
 @pytest.mark.parametrize("channels", [1, 2], ids=["mono", "stereo"])
 def test_delay_layout_per_channel(channels):
     """Row k is delayed by k // channels: stereo rows 2c (left) and 2c + 1 (right) both by c."""

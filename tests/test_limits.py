@@ -1,7 +1,7 @@
 """Bounded memory whatever the input: a clip far longer than the window, a 100 KB description, a zip
 bomb. Each bad case runs the real command line in a child under an address-space cap (a regression
 ends in an allocation error, never takes the machine down) and is compared with a normal case by the
-child's peak RSS, measured in the same test. finetune/scripts/benchmark_limits.py prints the same
+child's peak RSS, measured in the same test. python -m benchmarks.limits prints the same
 figures at full size (a one-hour clip, 2 GiB of zeros)."""
 import json
 import os
@@ -23,7 +23,7 @@ SR = 32000
 
 def peak_of(script, *args):
     """(exit code, stderr, peak RSS in MB) of a script run as a child under the address-space cap; the
-    peak is the script's own, not pytest's (testing/peak_memory.py says why that needs a launcher)."""
+    peak is the script's own, not pytest's (benchmarks/peak_memory.py says why that needs a launcher)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     with tempfile.TemporaryFile("w+") as err:
         code, peak = run_with_peak([sys.executable, LORA / script, *args], CAP, env=env, stderr=err)

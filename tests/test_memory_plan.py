@@ -118,17 +118,17 @@ def test_melody_logits_cover_the_prefix():
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["checkpointing off", "checkpointing on"])
 def test_melody_plan_matches_a_measured_step(probe_melody_dir, checkpointing):
-    """benchmark_memory.py's worker (real LoRA steps, peak RSS with freed tensors leaving it) on a
+    """benchmarks/memory.py's worker (real LoRA steps, peak RSS with freed tensors leaving it) on a
     stereo MusicGen-Melody checkpoint at 1 s, where the 235-frame prefix is most of the sequence: the
     plan's step and total are within 15% / 10% of the measured ones. A plan by the text-only
     derivation (cross-attention, no prefix), or one whose logits forgot the prefix positions, is far
     low; one that added the layers' backward on top of the logits is far high with checkpointing."""
     from musicgen_lora.training.memory import LOGITS_BYTES, plan_memory, sequence_length
 
-    proc = run_script("benchmark_memory.py", "--_worker", "--model_path", probe_melody_dir, "--duration", 1,
+    proc = run_script("benchmarks.memory", "--_worker", "--model_path", probe_melody_dir, "--duration", 1,
                       "--batch_size", 2, "--steps", 1, "--device", "cpu",
                       *(["--gradient_checkpointing"] if checkpointing else []),
-                      env={"MALLOC_MMAP_THRESHOLD_": str(2**17)})
+                      env={"MALLOC_MMAP_THRESHOLD_": str(2**17)}, subprocess=True)  # its own peak RSS
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     step, mib = r["step_mb"] * 2**20, 2**20
     assert 0.85 < r["plan_step_mb"] / r["step_mb"] < 1.15 and 0.9 < r["plan_mb"] / r["peak_mb"] < 1.1, r
@@ -149,7 +149,7 @@ def shape_of(model_dir):
 
     from musicgen_lora.training.memory import model_shape
 
-    return model_shape(AutoConfig.from_pretrained(model_dir))
+    return model_shape(AutoConfig.from_pretrained(model_dir), decoder_dropout=0.0)  # what train_lora.py runs at
 
 
 def test_uncached_codes_count_the_codec_but_not_on_top_of_the_step():
@@ -277,14 +277,21 @@ def test_memory_plan_tool_lists_what_fits_a_24gb_card(tiny_model_dir):
 
 
 def test_memory_plan_tool_reads_a_melody_checkpoint(probe_melody_dir):
-    """--model_path a MusicGen-Melody folder: planned as melody (its prefix, no cross-attention)."""
+    """--model_path a MusicGen-Melody folder: planned as melody (its 235-frame prefix, no
+    cross-attention). The control: the same decoder planned as text-only MusicGen gives another
+    figure, so a tool that read the folder as text-only (MusicgenConfig fills any config with its
+    defaults) would print that one and fail here."""
     from musicgen_lora.training.memory import gib, plan_memory
 
     out = run_script("memory_plan.py", "--model_path", probe_melody_dir, "--target_duration", 10).stdout
     row = next(line for line in out.splitlines() if line.startswith("probe-stereo-melody ") and " off " in line)
-    expected = plan_memory(shape_of(probe_melody_dir), precision="bf16", window_seconds=10, device="cuda",
-                           capacity=24 * GIB).total
-    assert f" {gib(expected)} " in row and "as asked" in row, out
+    settings = dict(precision="bf16", window_seconds=10, device="cuda", capacity=24 * GIB)
+    melody = shape_of(probe_melody_dir)
+    assert melody.chroma_length == 235 and melody.melody
+    text_only = dataclasses.replace(melody, chroma_length=0)
+    expected, wrong = plan_memory(melody, **settings).total, plan_memory(text_only, **settings).total
+    assert gib(expected) != gib(wrong)
+    assert f" {gib(expected)} " in row and f" {gib(wrong)} " not in row and "as asked" in row, out
 
 
 def test_memory_plan_tool_refuses_a_config_that_is_not_musicgen(tmp_path):

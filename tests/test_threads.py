@@ -1,4 +1,4 @@
-"""CPU threads (musicgen_lora/threads.py, --threads on every script): the CPUs this process may use, the
+"""CPU threads (musicgen_lora/core/threads.py, --threads on every script): the CPUs this process may use, the
 ones busy right now, the default that follows from them, and torch taking the count it is given.
 
 Everything that changes the process's CPU affinity, its environment or torch's thread pool runs in a
@@ -15,7 +15,7 @@ import pytest
 
 from musicgen_lora.core import threads as threads
 
-from conftest import LORA, SCRIPTS, assert_one_line_error, run_script
+from conftest import LORA, ROOT, assert_one_line_error, run_script
 
 CPUS = sorted(os.sched_getaffinity(0))
 
@@ -223,10 +223,17 @@ def test_omp_num_threads_alone_sets_torch_up_to_the_cores():
 # --------------------------------------------------------------------------------------------
 # --threads on the scripts
 # --------------------------------------------------------------------------------------------
-def test_a_script_runs_with_threads_1(tmp_path):
-    out = tmp_path / "tiny"
-    proc = run_script("make_tiny_model.py", "--output_dir", out, "--threads", 1, env={"OMP_NUM_THREADS": "2"})
-    assert "wrote tiny" in proc.stdout and (out / "config.json").is_file()
+def test_the_threads_flag_is_what_the_work_runs_with(tiny_model_dir, tmp_path):
+    """--threads 1 beside OMP_NUM_THREADS=2: the clip's sidecar records torch's threads while it was
+    generated. The control, which a script ignoring --threads would also give: the same command
+    without the flag runs at OMP_NUM_THREADS's 2."""
+    def threads_of(*flags):
+        out = tmp_path / f"gen{len(flags)}"
+        run_script("inference_lora.py", "--model_path", tiny_model_dir, "--prompts", "x", "--duration", 0.2,
+                   "--output_dir", out, "--no_progress", *flags, env={"OMP_NUM_THREADS": "2"})
+        return json.loads(next(out.glob("*.json")).read_text())["threads"]
+
+    assert threads_of("--threads", 1) == 1 and threads_of() == 2
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "1.5", "two"])
@@ -261,7 +268,7 @@ def test_threads_from_a_config_file_and_the_command_line(tmp_path):
 
 
 def test_a_script_with_its_own_threads_flag_keeps_it():
-    """benchmark_encoding.py defines --threads (0: torch's own choice): the shared flag steps aside."""
+    """benchmarks/encoding.py defines --threads (0: torch's own choice): the shared flag steps aside."""
     from musicgen_lora.cli.args import Parser
 
     p = Parser()
@@ -271,18 +278,18 @@ def test_a_script_with_its_own_threads_flag_keeps_it():
     g.add_argument("--threads", type=int, default=5, help="own, in a group")
     q = Parser(threads_flag=False)
     assert not any("--threads" in a.option_strings for a in q._actions)
-    proc = run_script("benchmark_encoding.py", "--help")
+    proc = run_script("benchmarks.encoding", "--help")
     assert "torch CPU threads; 0 keeps torch's own choice" in proc.stdout
     assert proc.stdout.count("--threads THREADS") == 2  # usage + its own entry, not the shared one
 
 
 def test_benchmark_threads_help_and_bad_values(tmp_path):
-    proc = subprocess.run([sys.executable, "-X", "importtime", str(SCRIPTS / "benchmark_threads.py"), "--help"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "benchmarks.threads", "--help"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not re.findall(r"\| +(torch|transformers|peft)$", proc.stderr, re.M)
     assert "--counts" in proc.stdout and "--threads" not in proc.stdout.split("options:")[1]
     for flag, value in (("--counts", "1,x"), ("--counts", "2,2"), ("--sizes", "huge")):
-        bad = run_script("benchmark_threads.py", flag, value, "--work_dir", tmp_path / "w", check=False)
+        bad = run_script("benchmarks.threads", flag, value, "--work_dir", tmp_path / "w", check=False)
         assert_one_line_error(bad, flag)
         assert not (tmp_path / "w").exists()

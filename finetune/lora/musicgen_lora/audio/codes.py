@@ -93,7 +93,7 @@ def crop_codes(codes: torch.Tensor, num_samples: int, frame_offset: int, window_
 
     `codes` start at frame `codes_start_frame` of the clip (the code cache holds the whole clip:
     0; uncached training encodes only the pieces under the window). Cached and uncached training
-    both crop here, from codes encoded piece by piece (audio_io), so they see the same tokens:
+    both crop here, from codes encoded piece by piece (audio.reader.AudioPieces), so they see the same tokens:
     EnCodec's LSTM and non-causal convolutions make the codes of an audio crop differ from a crop
     of the codes near the crop's edges. Frames covering samples past the clip's end (its last
     partial hop) are not valid and get masked.

@@ -8,7 +8,7 @@ its speaker layout is unknown).
 Training reads a clip in pieces (`AudioPieces`): piece j holds the source samples of
 [j * P, (j + 1) * P) seconds of output (P = the codec's piece length, about 30 s), decoded,
 set to the model's channels and resampled on its own. EnCodec encodes each piece on its own too
-(modeling.encode_pieces), so the codes of frame t depend only on the piece holding it. That gives:
+(model.codec.encode_pieces), so the codes of frame t depend only on the piece holding it. That gives:
   - memory that follows the piece, not the file: a one-hour clip costs what a 30 s one does;
   - random access: a training window reads only the one or two pieces under it;
   - one definition of a clip's codes, whichever path computes them (the code cache encodes every

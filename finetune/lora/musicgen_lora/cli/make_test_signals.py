@@ -8,7 +8,7 @@ exactly its own flag, and two that must trip none (varied_beat: chords and a mel
 beat; drum_loop: played drums alone); `--stereo` adds 2-channel cases (stereo, collapsed,
 phase_inverted); `--corrupt` an unreadable file. The detection and false-positive figures over many
 randomized clips: benchmarks/flag_figures.py.
-The cases and their expected flags: musicgen_lora/testing/signals.py.
+The cases and their expected flags: musicgen_lora/evaluation/signals.py.
 """
 import sys
 from pathlib import Path

@@ -4,7 +4,7 @@
     python finetune/scripts/make_tiny_model.py --output_dir models/small-random --size small
     python finetune/scripts/make_tiny_model.py --output_dir models/tiny-stereo --stereo
 
-What the checkpoint holds and why its LM heads are scaled: musicgen_lora/testing/tiny_model.py.
+What the checkpoint holds and why its LM heads are scaled: musicgen_lora/model/offline.py.
 `tiny` builds and trains on a CPU in seconds; `small`, `medium` and `large` are those checkpoints'
 architectures (random weights) for benchmarks. `--stereo` gives the musicgen-stereo layout (8
 codebooks: 4 per channel, interleaved). Same --seed, same files.

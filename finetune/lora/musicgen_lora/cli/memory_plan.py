@@ -73,6 +73,7 @@ def configs(model_path):
 @cli
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from musicgen_lora.training.config import TrainConfig
     from musicgen_lora.training.memory import GIB, flags_for, gib, model_shape, plan_memory, suggest
 
     half = args.precision if args.precision != "fp32" else "bf16"
@@ -81,7 +82,7 @@ def main(argv=None):
           f"{args.target_duration:g} s (accumulation {args.gradient_accumulation_steps}), LoRA rank {args.lora_rank}")
     print(f"{'model':<29} {'checkpointing':<14} {'plan GiB':>9}  fits  settings that fit")
     for name, config in models:
-        shape = model_shape(config)
+        shape = model_shape(config, decoder_dropout=TrainConfig.decoder_dropout)  # what train_lora.py runs at
         for checkpointing in (False, True):
             plan = plan_memory(shape, precision=args.precision, batch_size=args.batch_size,
                                window_seconds=args.target_duration, gradient_checkpointing=checkpointing,

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import random
+import sys
 import warnings
 from pathlib import Path
 
@@ -19,9 +20,36 @@ class UserError(Exception):
     """A problem the user can fix (bad path, corrupt file, bad flag). Printed as one line, exit 2."""
 
 
+class CurrentStderrHandler(logging.StreamHandler):
+    """Writes each message to whatever sys.stderr is at that moment (not the stream at set-up), so a
+    script's main() run inside another program -- the tests call them in process -- prints where
+    that program captures."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def setup_logging():
-    if not logging.getLogger().handlers:
+    """The toolkit's messages, one per line on stderr; other libraries' messages as basicConfig shows
+    them (only in a process of our own: a host program keeps its own logging)."""
+    root = logging.getLogger()
+    if not root.handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
+        for handler in root.handlers:  # ours are printed once, by the package's own handler
+            handler.addFilter(lambda record: not record.name.startswith(log.name))
+    if not any(isinstance(h, CurrentStderrHandler) for h in log.handlers):
+        log.addHandler(CurrentStderrHandler())
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
     # transformers/peft chatter ("pad_token_id must be within the vocabulary" for every MusicGen,
     # real ones too) and weight-loading bars hide what matters; keep their warnings and errors only.
     # Set through the environment, read when transformers is imported: --help never imports it.

@@ -5,18 +5,18 @@ are kept as its short forms). What runs:
 
 - CUDA: fp16 and bf16 as asked (bf16 needs a GPU that has it: Ampere or newer, else fp32 with a
   warning); auto is bf16 where the GPU has it, else fp16.
-- CPU: bf16 where the CPU has bf16 instructions (x86 avx512_bf16 or amx_bf16, arm bf16). On this
-  project's 2-core avx512_bf16 machine a 2048 x 2048 matmul ran at 415 GFLOP/s in bf16 vs 193 in fp32,
-  a musicgen-small training step 1.71x and generation 2.85x faster (benchmarks/train.py --size small,
-  benchmarks/generation.py --size small --paths). A CPU without them would emulate bf16, slower than
-  fp32, so bf16 there is fp32 with a warning; fp16 on a CPU is fp32 with a warning (no fast path).
+- CPU: bf16 where the CPU has bf16 instructions (x86 avx512_bf16 or amx_bf16, arm bf16), where it
+  runs matmuls about twice as fast as fp32 (README "Speed: precision and threads" has the figures,
+  `python -m benchmarks.train --size small` and `python -m benchmarks.generation --paths` measure
+  them on yours). A CPU without them would emulate bf16, slower than fp32, so bf16 there is fp32
+  with a warning; fp16 on a CPU is fp32 with a warning (no fast path).
   auto is bf16 where the CPU has it, else fp32.
 
 The defaults: generation and evaluation use auto, since bf16 was shown equivalent for them: the
 held-out loss within 0.5% of fp32 (0.01% measured) and the teacher-forcing = greedy agreement still
 1.0 (tests/test_precision.py). Training uses fp32: a run's losses stay comparable with every earlier
-run's. `--precision auto` or `--bf16` takes the 1.7x, its validation curve tracking fp32's within
-0.01% in a short tiny run (tests/test_precision.py).
+run's. `--precision auto` or `--bf16` takes the speed-up, its validation curve tracking fp32's (a short tiny
+run, tests/test_precision.py).
 """
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
 """How many CPU threads torch gets: the CPUs this process may use, minus those busy right now.
 
 Why not torch's own default (every CPU of the machine): on a shared machine intra-op threads that
-outnumber the free CPUs spin against the other processes. Measured on a 2-core machine with one
-other busy process: tiny-model generation 3-57x slower at 2 threads than at 1, musicgen-small
-generation 2.4x, small training 1.8-1.9x; quiet, 2 threads beat 1 by 1.2-1.5x
-(benchmarks/threads.py measures it on yours). Results (codes, clips, losses) can
+outnumber the free CPUs spin against the other processes (README "Speed: precision and threads"
+has the figures; `python -m benchmarks.threads` measures it on yours). Results (codes, clips, losses) can
 differ slightly between thread counts (CPU rounding follows how work is split), so a run repeats
 exactly only at the same --threads.
 

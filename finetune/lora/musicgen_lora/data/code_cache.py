@@ -1,7 +1,7 @@
 """On-disk cache of EnCodec codes, so each clip is encoded at most once across epochs and runs.
 
 A cache entry holds the codes of the WHOLE clip (never a crop) as a safetensors file: random training
-crops are taken in code frames from it (dataset.crop_codes), so one entry serves every epoch.
+crops are taken in code frames from it (audio.codes.crop_codes), so one entry serves every epoch.
 
 The key is sha256 over
   - the audio file's bytes (content, not its path or mtime: a re-exported file re-encodes),
@@ -46,7 +46,7 @@ from musicgen_lora.model.encoding import encode_batched
 
 CACHE_FORMAT = 1
 # How a clip's codes are computed, beyond the samples: piece by piece (audio.piece_samples), every
-# codec LSTM over at least two rows (modeling._lstms_on_two_rows). The "-2row" marks the change that
+# codec LSTM over at least two rows (model.codec._lstms_on_two_rows). The "-2row" marks the change that
 # made batched codes equal single ones: a mono clip encoded alone before it could differ in ~2 codes
 # per 100,000, so entries written before are re-encoded rather than mixed with new ones.
 ENCODE_RULE = "pieces-2row"

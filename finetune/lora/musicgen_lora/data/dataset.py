@@ -18,9 +18,9 @@ class MusicDataset(torch.utils.data.Dataset):
     """Clips with a training window picked in code frames. Padding happens in the collator, masked.
 
     With `code_files` (one code-cache entry per clip, see code_cache.py) an item carries the codes of
-    the window; without, it carries the audio of the pieces under the window (audio_io.AudioPieces)
+    the window; without, it carries the audio of the pieces under the window (audio.reader.AudioPieces)
     and where they start, and the training step encodes those pieces and crops the same window
-    (modeling.codes_for_batch). Either way an item costs memory in proportion to the window, never
+    (model.loss.codes_for_batch). Either way an item costs memory in proportion to the window, never
     to the clip: the dataset streams.
 
     Random windows -- and, with word_dropout, the words of the description each clip is trained with
@@ -134,7 +134,7 @@ class Collator:
     Code items -> `codes` (B, K, window) zero-padded + `num_frames` (B,) valid frames.
     Audio items -> `audio` (B, C, longest) zero-padded + `audio_samples` (its real length per row),
     `audio_start_frame`, `piece_samples`, `num_samples` (the whole clip's), `frame_offset`,
-    `window_frames`; modeling.codes_for_batch encodes each row's pieces alone and crops the window.
+    `window_frames`; model.loss.codes_for_batch encodes each row's pieces alone and crops the window.
     Either way build_delay_pattern_labels masks every frame past the valid ones, so padding is never
     a target. MusicGen-Melody (chroma_length, the model's): `input_features` (B, chroma_length, 12),
     each item's chroma fitted as the model would (chroma.chroma_batch; the null chroma for None).

@@ -2,7 +2,7 @@
 
 Writes, under the output dir: train/ and valid/ (32 kHz 16-bit WAV segments, mono or stereo as
 the source), metadata.json in
-the format dataset.read_metadata reads, and prepare_report.json (every skipped file with its reason,
+the format data.metadata.read_metadata reads, and prepare_report.json (every skipped file with its reason,
 dropped segments, description coverage, hours per split). See DATA_PREPARATION.md.
 
 Rules, in the order they apply to each source file:
@@ -366,7 +366,7 @@ class FoundIndexes:
 
 
 # A description is a line or a paragraph; reading more than this of a sidecar is never useful (the
-# text is cut to dataset.MAX_TEXT_TOKENS tokens anyway) and a huge file must not fill memory.
+# text is cut to data.metadata.MAX_TEXT_TOKENS tokens anyway) and a huge file must not fill memory.
 MAX_SIDECAR_BYTES = 64 * 1024
 
 

@@ -351,7 +351,7 @@ def validation_loader(processor, model, data_dir, metadata_file, window: float, 
 
 
 def held_out_losses(bank: ModelBank, specs: list[ModelSpec], loader, progress=True) -> dict[str, dict]:
-    """Teacher-forced loss of each model on the validation set (modeling.evaluate_loss, the trainer's function)."""
+    """Teacher-forced loss of each model on the validation set (model.loss.evaluate_loss, the trainer's function)."""
     ln_v = uniform_loss(model_info(bank.model)["vocab_size"])
     out = {}
     for spec in specs:

@@ -25,7 +25,7 @@ def save_png(fig, path: Path, dpi: int = 80):
 
 
 def _mark_times(ax, boundaries=(), prompt_end=None):
-    """Dashed lines where a long clip's windows start (generation.clip_windows), a dotted one where an
+    """Dashed lines where a long clip's windows start (generate.clip_windows), a dotted one where an
     audio prompt ends and the model's continuation begins."""
     for t in boundaries:
         ax.axvline(t, color="#1a73e8", linestyle="--", linewidth=0.9)

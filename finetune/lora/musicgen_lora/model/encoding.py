@@ -1,12 +1,12 @@
 """Batched EnCodec encoding of many clips: several pieces per codec call, each clip's codes exactly
-modeling.encode_pieces' (the one-at-a-time definition).
+model.codec.encode_pieces' (the one-at-a-time definition).
 
 Clips come as their ~30 s pieces (audio.AudioPieces), and a clip's codes are defined piece by piece.
 Only pieces of the SAME length share a codec call (a bucket per length: the full pieces of long
 tracks, the 15 s segments data preparation writes, each odd last piece): zero-padding a shorter piece
 would change its last frames, since EnCodec's convolutions see past its end. Within a call every
 channel of every piece is a row, and a row's codes do not depend on its neighbours
-(modeling._lstms_on_two_rows), so batched codes equal one-at-a-time codes bit for bit.
+(model.codec._lstms_on_two_rows), so batched codes equal one-at-a-time codes bit for bit.
 
 Memory: pieces are pulled lazily from the caller's iterators and at most `batch_size` are held at
 once: when that many are waiting, the bucket holding the oldest piece is encoded (so a piece with no
@@ -100,7 +100,7 @@ def encode_batched(model, clips: Iterable[tuple[Hashable, Iterable]], batch_size
 
     batch_size: pieces per codec call at most, and pieces held at once (see module doc); None: 8 on a
     GPU, 1 on a CPU. device: move the model's codec there first (CUDA: pieces go there, codes come
-    back); None: where it is. The codec runs in its own dtype, autocast off (modeling.encode_audio).
+    back); None: where it is. The codec runs in its own dtype, autocast off (model.codec.encode_audio).
     """
     if device is not None:
         unwrap_base(model).audio_encoder.to(device)

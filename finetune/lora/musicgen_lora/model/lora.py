@@ -1,7 +1,6 @@
 """LoRA on MusicGen's decoder: which layers, attaching it for training, loading a saved adapter (a plain
 PEFT folder) onto a base model, and what an adapter folder records of the run it came from."""
 import json
-import os
 import types
 from pathlib import Path
 
@@ -69,10 +68,10 @@ def check_adapter_dir(path) -> Path:
     read_json(path / "adapter_config.json", "adapter config")
     if not (path / ADAPTER_WEIGHTS).is_file():
         if (path / "adapter_model.bin").is_file():
-            # finetune/scripts/convert_adapter.py, as a path that works from where the user is
-            script = os.path.relpath(Path(__file__).resolve().parents[2] / "scripts" / "convert_adapter.py")
+            # finetune/scripts/convert_adapter.py's main, as a command that works wherever the package is
             raise UserError(f"{path}: holds adapter_model.bin, a pickle, which this toolkit never loads (unpickling "
-                            f"can run code); convert an adapter you trust with: python {script} {path}")
+                            f"can run code); convert an adapter you trust with: python -m "
+                            f"musicgen_lora.cli.convert_adapter {path}")
         raise UserError(f"{path}: adapter_config.json but no {ADAPTER_WEIGHTS}; the adapter was not saved "
                         f"completely: pass another adapter folder")
     return path

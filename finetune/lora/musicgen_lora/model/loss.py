@@ -13,7 +13,7 @@ from musicgen_lora.model.codec import encode_pieces, split_pieces
 def codes_for_batch(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes (B, K, T), valid frames (B,)) of a batch: from the cache when it carries `codes`, else by
     encoding the pieces under each row's window of `audio` (B, C, samples) and cropping the window the
-    dataset picked (dataset.crop_codes)."""
+    dataset picked (audio.codes.crop_codes)."""
     if "codes" in batch:
         return batch["codes"], batch["num_frames"]
     hop = model_info(model)["hop_length"]

@@ -191,7 +191,7 @@ def melody_config(config):
 
 # What facebook/musicgen-melody's preprocessor_config.json holds. Its MusicgenMelodyProcessor (and
 # feature extractor) need torchaudio, which cannot be installed here: the file is written as the hub
-# has it so that loading meets what a real melody checkpoint gives (musicgen_lora/chroma.py computes
+# has it so that loading meets what a real melody checkpoint gives (musicgen_lora/audio/chroma.py computes
 # the same features without torchaudio).
 MELODY_PREPROCESSOR = {"feature_extractor_type": "MusicgenMelodyFeatureExtractor", "feature_size": 12,
                        "sampling_rate": SAMPLE_RATE, "hop_length": 4096, "n_fft": 16384, "num_chroma": 12,

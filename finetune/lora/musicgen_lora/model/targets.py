@@ -3,7 +3,7 @@ decoder. No torch here: the parser reads the default for --help."""
 
 
 # Decoder attention (self and cross) and FFN, as in the seeds' adapters. LoRA is kept off the T5 text
-# encoder and EnCodec whatever names they use (modeling.lora_target_regex).
+# encoder and EnCodec whatever names they use (model.lora.lora_target_regex).
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
 

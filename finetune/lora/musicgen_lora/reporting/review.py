@@ -20,7 +20,7 @@ also listed in USAGE.md:
   or above WARMUP_SHARE (20%) of them -- and only when the suggested value (about 10% of the steps)
   is smaller, so a run that follows the advice gets no warning.
 - throughput: steps/s, samples/s and tokens/s over the logging intervals inside epochs (see
-  runs.throughput) and peak memory: always reported, never judged.
+  reporting.table.throughput) and peak memory: always reported, never judged.
 - melody (MusicGen-Melody runs): a warning when a wrong melody costs the adapter less than
   training.trainer.MELODY_MARGIN (10%) more held-out loss than each clip's own, or less than half
   of what it costs the base model.

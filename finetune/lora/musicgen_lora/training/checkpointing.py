@@ -44,7 +44,7 @@ FORMAT_VERSION = 1
 RUN_PATHS = ("run_config.json", "logs", CHECKPOINTS, "best_model", "final_model", "samples")
 # Settings that fix the meaning of "step" and "position in the data order": a resume with other
 # values cannot continue the same run.
-# (The base model's layout, also saved under "run", is compared by modeling.check_layout, in words.)
+# (The base model's layout, also saved under "run", is compared by model.checkpoint.check_layout, in words.)
 RESUME_CRITICAL = ("batch_size", "gradient_accumulation_steps", "num_processes", "seed")
 
 

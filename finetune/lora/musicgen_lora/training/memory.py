@@ -41,7 +41,7 @@ concatenates them before the first layer):
 - logits/loss: masked_token_nll takes the logits to fp32 and cross_entropy keeps the fp32
   log-softmax; at the start of the backward that output, its gradient and the logits' gradient are
   live at once: 12 bytes x B x K x S x V (stereo: K = 8, twice mono's). The LM heads run over the
-  prefix too (MusicGen-Melody's logits cover all P+S positions; modeling.forward_logits slices the
+  prefix too (MusicGen-Melody's logits cover all P+S positions; model.loss.forward_logits slices the
   audio ones off), so with a prefix two more moments count: the forward's K head outputs and their
   stack, 2a x (P+S), and the slice's backward, which writes the audio positions' gradient into a
   zero gradient of all P+S positions, 12S + aP. Per B x K x V: max(12S + aP, 2a(P+S)), 12S when
@@ -240,7 +240,7 @@ def gib(n: int | float) -> str:
 # --------------------------------------------------------------------------------------------
 # The model's numbers
 # --------------------------------------------------------------------------------------------
-def model_shape(model_or_config) -> ModelShape:
+def model_shape(model_or_config, decoder_dropout: float | None = None) -> ModelShape:
     """ModelShape of a loaded MusicGen or MusicGen-Melody (LoRA or not, any wrapper) or of its config
     (MusicgenConfig / MusicgenMelodyConfig, instantiated on the meta device: no memory, nothing read)."""
     import torch
@@ -262,7 +262,8 @@ def model_shape(model_or_config) -> ModelShape:
         vocab=dec.vocab_size, codebooks=dec.num_codebooks, audio_channels=getattr(dec, "audio_channels", 1) or 1,
         cross_hidden=getattr(dec, "cross_attention_hidden_size", None) or dec.hidden_size,
         sample_rate=codec.sampling_rate, hop_length=int(math.prod(codec.upsampling_ratios)),
-        codec_filters=codec.num_filters, dropout=dec.dropout, activation_dropout=dec.activation_dropout,
+        codec_filters=codec.num_filters, dropout=dec.dropout if decoder_dropout is None else decoder_dropout,
+        activation_dropout=dec.activation_dropout,
         attn_implementation=getattr(dec, "_attn_implementation", None) or "sdpa",
         frozen_parameters=sum(p.numel() for p in frozen),
         weight_bytes=sum(t.numel() * t.element_size() for t in (*frozen, *model.buffers())),

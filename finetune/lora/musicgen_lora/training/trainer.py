@@ -122,7 +122,7 @@ class Run:
 
     @property
     def layout(self) -> dict:
-        """The base model's layout, recorded with every adapter and checkpoint (modeling.check_layout)."""
+        """The base model's layout, recorded with every adapter and checkpoint (model.checkpoint.check_layout)."""
         return model_layout(self.model)
 
     @property
