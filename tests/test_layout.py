@@ -99,8 +99,9 @@ def test_a_built_wheel_ships_the_package_and_nothing_of_the_workshop(tmp_path):
     """`pip install .` (not editable) installs what a wheel holds: musicgen_lora only -- no benchmark,
     test fixture or script of the checkout -- and every console command's module is in it."""
     import sys
-    import tomllib
     import zipfile
+
+    import tomllib
 
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
                            str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
