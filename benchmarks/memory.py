@@ -49,13 +49,16 @@ def worker(args):
     from musicgen_lora.model.checkpoint import load_model_and_processor, model_info
     from musicgen_lora.model.lora import apply_lora
     from musicgen_lora.model.loss import batch_loss
+    from musicgen_lora.training.config import TrainConfig
     from musicgen_lora.training.memory import plan_memory
     from musicgen_lora.training.runtime import enable_gradient_checkpointing
 
     torch.manual_seed(0)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto"
                                                                                  else args.device)
-    model, processor = load_model_and_processor(args.model_path, device=device)
+    # loaded as train_lora.py loads it: the decoder's own dropout at training's default
+    model, processor = load_model_and_processor(args.model_path, device=device,
+                                                decoder_dropout=TrainConfig.decoder_dropout)
     model = apply_lora(model, 12, 24, 0.05)
     if args.gradient_checkpointing:
         enable_gradient_checkpointing(model)

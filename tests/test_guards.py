@@ -100,12 +100,12 @@ def tiny_run(tiny_model_dir, example_data_dir, tmp_path):
     from accelerate.state import AcceleratorState
 
     from musicgen_lora.training.runtime import make_accelerator
-    from musicgen_lora.training.trainer import setup, start
+    from musicgen_lora.training.trainer import TrainHooks, setup, start
 
     cfg = TrainConfig(model_path=str(tiny_model_dir), data_dir=str(example_data_dir), output_dir=str(tmp_path / "run"),
                       batch_size=4, gradient_accumulation_steps=1, target_duration=2.0, learning_rate=1e-2,
                       no_progress=True, max_nonfinite_steps=2).check()
-    run = setup(cfg, make_accelerator("cpu", "fp32", 1, "none", tmp_path / "run" / "logs"))
+    run = setup(cfg, make_accelerator("cpu", "fp32", 1, "none", tmp_path / "run" / "logs"), TrainHooks())
     yield run, start(run)
     run.metrics.close()
     AcceleratorState._reset_state(True)

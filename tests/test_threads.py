@@ -231,7 +231,7 @@ def test_the_threads_flag_is_what_the_work_runs_with(tiny_model_dir, tmp_path):
         out = tmp_path / f"gen{len(flags)}"
         run_script("inference_lora.py", "--model_path", tiny_model_dir, "--prompts", "x", "--duration", 0.2,
                    "--output_dir", out, "--no_progress", *flags, env={"OMP_NUM_THREADS": "2"})
-        return json.loads(next(out.glob("*.json")).read_text())["threads"]
+        return json.loads((out / "00_x.json").read_text())["threads"]
 
     assert threads_of("--threads", 1) == 1 and threads_of() == 2
 

@@ -59,7 +59,7 @@ class TrainConfig:
                              "tokens, slower).", group=DATA)
 
     lora_rank: int = setting(12, "LoRA rank r.", type=positive_int, group=LORA)
-    lora_alpha: float = setting(24.0, "LoRA alpha (scale = alpha / r).", type=positive_float, group=LORA)
+    lora_alpha: float = setting(24, "LoRA alpha (scale = alpha / r).", type=positive_float, group=LORA)
     lora_dropout: float = setting(0.05, "Dropout on the LoRA branch.", type=dropout, group=LORA)
     lora_target_modules: str = setting(",".join(DEFAULT_TARGETS), "Comma-separated decoder linear layers to adapt "
                                        "(decoder only; text encoder and EnCodec stay frozen).", group=LORA)

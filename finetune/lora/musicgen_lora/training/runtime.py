@@ -1,6 +1,7 @@
 """How training runs: accelerate (device, precision, accumulation, processes), trackers, sharded
 validation, gradient checkpointing. Works unchanged under `accelerate launch` and `torchrun`."""
 import importlib.util
+import os
 from pathlib import Path
 
 import torch
@@ -26,6 +27,12 @@ def make_accelerator(device: str, precision: str, gradient_accumulation_steps: i
     if report_to != "none" and importlib.util.find_spec(report_to) is None:
         raise UserError(f"--report_to {report_to} needs the {report_to} package: pip install {report_to} "
                         f"(or use --report_to none; logs/metrics.jsonl is always written)")
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # accelerate keeps one state per process; a second run in the same process (a notebook, the
+        # tests) may ask for another precision, which accelerate refuses unless the state is new.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(True)
     return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=gradient_accumulation_steps,
                        cpu=device == "cpu", log_with=None if report_to == "none" else report_to,
                        project_dir=str(project_dir))
