@@ -5,7 +5,6 @@ writing the results is scoring.py's.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from musicgen_lora.generation.generate import (
 from musicgen_lora.generation.prompts import Job, Prompt, clip_filename, describe_settings, slugify
 from musicgen_lora.generation.sampling import GenerationSettings
 from musicgen_lora.model.checkpoint import model_info
-from musicgen_lora.model.lora import check_adapter_dir, load_adapter
+from musicgen_lora.model.lora import adapter_run_id, check_adapter_dir, load_adapter
 from musicgen_lora.model.loss import evaluate_loss
 
 
@@ -44,20 +43,6 @@ class ModelSpec:
     name: str  # folder name in the output dir and label in the report
     adapter_path: Path | None  # None: the base model
     run_id: str | None = None  # the training run the adapter came from (None: base, or unknown)
-
-
-def adapter_run_id(adapter: Path) -> str | None:
-    """The run id train_lora.py recorded beside an adapter (training_info.json, else the run's
-    run_config.json), so results made from it are credited to that run and no other."""
-    for path in (Path(adapter) / "training_info.json", Path(adapter).parent / "run_config.json",
-                 Path(adapter).parent.parent / "run_config.json"):
-        try:
-            run_id = json.loads(path.read_text(encoding="utf-8")).get("run_id")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if run_id:
-            return str(run_id)
-    return None
 
 
 def adapter_spec(name: str, path) -> ModelSpec:

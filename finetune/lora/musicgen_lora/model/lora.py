@@ -101,7 +101,6 @@ def load_adapter(base_model, adapter_path, adapter_name: str = "default", is_tra
                         f"folder") from None
 
 
-
 def adapter_run_id(adapter: Path) -> str | None:
     """The run id train_lora.py recorded beside an adapter (training_info.json, else the run's
     run_config.json), so results made from it are credited to that run and no other."""
