@@ -52,8 +52,8 @@ fi
   --logging_steps 2 --save_steps 1000 --no_progress ${EXTRA_ARGS:-}
 
 if [ "${SKIP_EVAL:-0}" != 1 ]; then
-  "$PY" finetune/lora/evaluate.py --base_model_path "$MODEL_PATH" --lora_model_path "$OUTPUT_DIR" --compare_multi \
-    --test_prompts_file finetune/data/eval/evaluation_prompts_8.json --data_dir "$DATA_DIR" \
+  "$PY" finetune/lora/evaluate.py --model_path "$MODEL_PATH" --lora_model_path "$OUTPUT_DIR" --compare_multi \
+    --prompts_file finetune/data/eval/evaluation_prompts_8.json --data_dir "$DATA_DIR" \
     --output_dir "$OUTPUT_DIR/evaluation" --duration "$EVAL_DURATION" --overwrite --no_progress
   echo "quick_start.sh: listen blind in $OUTPUT_DIR/evaluation/listen.html (model names hidden until you reveal), then read $OUTPUT_DIR/evaluation/report.html"
 fi

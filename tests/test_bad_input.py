@@ -108,6 +108,7 @@ class _RunsCode:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.slow
 def test_pickled_adapter_is_refused_and_converts_safely(tiny_model_dir, trained_run, tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -138,6 +139,7 @@ def test_pickled_adapter_is_refused_and_converts_safely(tiny_model_dir, trained_
     assert not marker.exists() and not (evil / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_is_one_line_and_the_suggestion_works(tiny_model_dir, data_copy, tmp_path):
     """A file-size limit makes every write past 100 KB fail as a full disk does (EFBIG): the first
     adapter save fails. One line, files written before stay intact, and its advice gets the run done."""
@@ -198,6 +200,7 @@ def test_prepare_reads_undecodable_names_and_follows_no_link_out_of_the_input(tm
     assert os.fsdecode(b"caf\xe9 latin-1.wav") in {e["source"] for e in entries}  # its real name, recorded
 
 
+@pytest.mark.slow
 def test_every_suggestion_an_error_makes_works(tiny_model_dir, trained_run, tmp_path):
     run_src, _ = trained_run
     common = ["--base_model_path", tiny_model_dir, "--test_prompts", "x", "--duration", 0.3, "--no_progress"]

@@ -66,6 +66,7 @@ def one_at_a_time(model, audio_files):
     return [encode_pieces(model, _read(_pieces(model, path))).cpu() for path in audio_files]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
 def test_batched_codes_equal_one_at_a_time(model, audio_files, one_at_a_time, batch_size):
     pieces = {path.stem: _pieces(model, path) for path in audio_files}
@@ -83,6 +84,7 @@ def test_batched_codes_equal_one_at_a_time(model, audio_files, one_at_a_time, ba
     assert not torch.equal(out[0][1], out[3][1])
 
 
+@pytest.mark.slow
 def test_codec_is_left_as_it_was(model, audio_files):
     """The LSTMs run on two rows only inside encode_audio (modeling._lstms_on_two_rows)."""
     list(encode_batched(model, [("x", _read(_pieces(model, audio_files[4])))]))
@@ -95,6 +97,7 @@ def test_an_empty_clip_is_an_error(model):
         list(encode_batched(model, [("empty", [])]))
 
 
+@pytest.mark.slow
 def test_cache_filled_batched_equals_cache_filled_one_at_a_time(model, audio_files, tmp_path):
     copy = audio_files[0].with_name("a_15s_copy.wav")  # the same audio twice: one entry, encoded once
     copy.write_bytes(audio_files[0].read_bytes())
@@ -124,6 +127,7 @@ def _metadata(path) -> dict:
         return f.metadata()
 
 
+@pytest.mark.slow
 def test_a_long_clip_is_never_held_whole(model, monkeypatch):
     """5 minutes of audio (10 pieces) among short clips: the encoder never pulls more than batch_size
     pieces ahead of what it has encoded, and never encodes more than batch_size pieces in one call."""

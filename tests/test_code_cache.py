@@ -212,6 +212,7 @@ def _losses(run):
     return [(r["type"], r["step"], r.get("train_loss", r.get("valid_loss"))) for r in recs]
 
 
+@pytest.mark.slow
 def test_pretokenize_then_train_from_cache_equals_training_without(tiny_model_dir, data_copy, tmp_path):
     proc = run_script("prepare_data.py", "--pretokenize", "--model_path", tiny_model_dir, "--data_dir", data_copy,
                       "--no_progress")

@@ -66,6 +66,7 @@ def units_created(out):
             for u, info in code_store.committed_units(code_store.default_store_dir(out)).items()}
 
 
+@pytest.mark.slow
 def test_zips_to_codes_skip_what_is_committed_and_add_only_the_new_zip(tiny_model_dir, batches, tmp_path):
     out = tmp_path / "data"
     first = prepare(tiny_model_dir, batches, out, (1, 2))
@@ -118,6 +119,7 @@ def test_store_codes_equal_the_wav_route_through_the_code_cache(tiny_model_dir, 
         assert torch.equal(store.codes(n), codes) and store.num_samples(n) == num_samples
 
 
+@pytest.mark.slow
 def test_a_killed_preparation_resumes_without_re_encoding_committed_units(tiny_model_dir, batches, tmp_path):
     out = tmp_path / "data"
     zips = [batches / f"archive_batch_{n:04d}.zip" for n in (1, 2, 3)]
@@ -163,6 +165,7 @@ def test_codes_only_flag_mistakes_are_one_line(tiny_model_dir, batches, tmp_path
     assert not os.path.exists(tmp_path / "d" / "code_store")
 
 
+@pytest.mark.slow
 def test_training_windows_from_the_store_equal_the_cache_route_and_train_lora_runs_on_it(tiny_model_dir, batches,
                                                                                           tmp_path):
     """MusicDataset over the store gives the same window codes as over the per-clip cache of the WAV
@@ -213,6 +216,7 @@ def test_max_valid_clips_takes_evenly_spaced_clips_the_same_every_time():
     assert validation_clips({"train": list(range(100)), "valid": []}, 3) == [0, 3, 6]  # of the first tenth
 
 
+@pytest.mark.slow
 def test_evaluate_a_run_trained_from_the_store_on_its_kept_validation_audio(tiny_model_dir, batches, tmp_path):
     """evaluate.py finds the run's --codes_only data and its kept validation audio: the base model's
     held-out loss equals the trainer's step-0 loss on the same (--max_valid_clips) clips."""
@@ -237,6 +241,7 @@ def store_contents(out):
             for u in sorted(units.iterdir()) if not u.name.startswith(".")}
 
 
+@pytest.mark.slow
 def test_two_processes_on_disjoint_units_build_the_store_one_process_builds(tiny_model_dir, batches, tmp_path):
     """RANK/WORLD_SIZE (what accelerate launch and torchrun set): each process takes every second
     unit and writes only its own; together they write exactly what one process writes."""

@@ -29,6 +29,7 @@ COMMANDS = ([(LORA_DIR, [name]) for name in USER_SCRIPTS] +                     
              (LORA_DIR, ["-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "train_lora.py"])])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cwd,argv", COMMANDS, ids=[" ".join(a) for _, a in COMMANDS])
 def test_documented_command_starts_from_its_folder(cwd, argv):
     # A clean environment: nothing on PYTHONPATH, so only the layout can make the imports work.

@@ -120,6 +120,7 @@ def test_word_dropout_in_the_dataset_is_seeded_and_training_only(example_data_di
     assert 0.5 < words / total < 0.85
 
 
+@pytest.mark.slow
 def test_defaults_follow_audiocraft_and_are_recorded(tmp_path, tiny_model_dir, tiny_melody_model_dir,
                                                      example_data_dir):
     """audiocraft's settings by kind of model: text2music 0.3 / 0.3; chroma2music 0.2 / 0.2 and the

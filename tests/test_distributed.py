@@ -42,6 +42,7 @@ def no_dropout_model(tiny_model_dir, tmp_path_factory):
     return dst
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(no_dropout_model, example_data_dir, tmp_path):
     common = ["--model_path", no_dropout_model, "--data_dir", example_data_dir, "--num_epochs", 2,
               "--target_duration", 2, "--logging_steps", 1, "--save_steps", 2, "--no_progress", "--lora_dropout", 0,

@@ -32,6 +32,7 @@ def compare_multi(tiny_model_dir, trained_run, tmp_path_factory):
     return out, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_compare_multi_writes_clips_results_and_report(compare_multi, trained_run):
     out, _ = compare_multi
     run, _ = trained_run
@@ -62,6 +63,7 @@ def test_compare_multi_writes_clips_results_and_report(compare_multi, trained_ru
     assert (out / "report.html").is_file()
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_clips_across_runs(compare_multi, tiny_model_dir, trained_run, tmp_path):
     """Pairing: a second run (other adapter set, so other swap order) reproduces base and best clips."""
     out, _ = compare_multi
@@ -95,6 +97,7 @@ return {
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not all(find_chromium()), reason="chromium/chromedriver missing: run tests/setup.sh")
 def test_report_opens_in_headless_chromium(compare_multi, tmp_path):
     out, _ = compare_multi

@@ -15,6 +15,7 @@ SCRIPTS_WITH_HELP = [[str(LORA / n)] for n in ("train_lora.py", "evaluate.py", "
                     [["-m", f"benchmarks.{n}"] for n in ("flag_figures", "store", "prepare", "encoding", "threads")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS_WITH_HELP, ids=lambda argv: argv[-1].rsplit("/", 1)[-1])
 def test_help_shows_every_default_and_imports_no_torch(script):
     """A real process: what --help imports is what is tested."""

@@ -54,6 +54,7 @@ def test_seeded_per_prompt_independent_of_batching(tiny):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_inference_writes_wavs_and_sidecars(tiny_model_dir, tmp_path):
     out = tmp_path / "gen"
     run_script("inference_lora.py", "--base_model_path", tiny_model_dir, "--prompts", "Trap beat: 808s & hats!",

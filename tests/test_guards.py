@@ -58,6 +58,7 @@ def _adapter(path):
     return load_file(str(path / "adapter_model.safetensors"))
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_is_skipped_and_logged(tiny_model_dir, example_data_dir, tmp_path):
     out = tmp_path / "run"
     proc = _train(tiny_model_dir, example_data_dir, out, "--num_epochs", 2, "--save_steps", 1,
@@ -79,6 +80,7 @@ def test_nonfinite_loss_is_skipped_and_logged(tiny_model_dir, example_data_dir, 
     assert summary["nonfinite_steps_skipped"] == 1 and summary["stopped_reason"] == "completed"
 
 
+@pytest.mark.slow
 def test_consecutive_nonfinite_steps_stop_the_run(tiny_model_dir, example_data_dir, tmp_path):
     out = tmp_path / "run"
     proc = _train(tiny_model_dir, example_data_dir, out, "--num_epochs", 3, "--save_steps", 2, "--eval_steps", 2,

@@ -63,6 +63,7 @@ def datasets(tmp_path_factory):
             "wordy": _data(root / "wordy", 8, " ".join(["lo-fi hip hop beat with mellow rhodes chords"] * 2300))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cache", ["--no_cache", "--cache"])
 def test_a_clip_150x_the_window_costs_what_a_normal_one_does(tiny_model_dir, datasets, tmp_path, cache):
     rc, err, normal = peak_of(*_train(tiny_model_dir, datasets["normal"], tmp_path / "a", cache,
@@ -78,6 +79,7 @@ def test_a_clip_150x_the_window_costs_what_a_normal_one_does(tiny_model_dir, dat
     assert "over 4x the 8 s window" in proc.stderr and "1200 s" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_100kb_description_is_cut_and_reported_once(tiny_model_dir, datasets, tmp_path):
     rc, err, normal = peak_of(*_train(tiny_model_dir, datasets["normal"], tmp_path / "a", "--no_cache"))
     assert rc == 0, err[-2000:]

@@ -133,6 +133,7 @@ def test_write_listening_hides_names_links_clips_and_plays_references(tmp_path):
     assert json.loads((again / KEY_FILE).read_text())["evaluation_id"] != key["evaluation_id"]
 
 
+@pytest.mark.slow
 def test_every_evaluation_writes_the_blind_page_and_report_links_it(evaluation, tmp_path):
     key = read_key(evaluation)
     assert len(key["groups"]) == 3 and all(len(g["clips"]) == 3 for g in key["groups"])
@@ -367,6 +368,7 @@ def assert_blind(page):
     assert page["srcs"] and all(s.startswith("listen/g0") for s in page["srcs"]), page["srcs"]
 
 
+@pytest.mark.slow
 @NEEDS_CHROMIUM
 def test_blind_page_rate_reload_save_reveal_then_tally(evaluation, tmp_path):
     """Through `evaluate.py --listen`: nothing names a model, every entry survives a reload, Save

@@ -82,6 +82,7 @@ def test_each_window_continues_the_tail_of_the_one_before(tiny):
     assert not torch.equal(codes[:, 100:175], first[:, :75])
 
 
+@pytest.mark.slow
 def test_long_generation_is_reproducible_by_seed(tiny):
     model, processor = tiny
     plan = WindowPlan(2.0, 0.5)
@@ -147,6 +148,7 @@ def test_stereo_windows(tiny_stereo_model_dir):
     assert torch.equal(crossed[:, :50], swapped) and not torch.equal(crossed[:, 50:100], codes[:, 50:100])
 
 
+@pytest.mark.slow
 def test_inference_sixty_seconds_in_windows(tiny_model_dir, tmp_path):
     """inference_lora.py --duration past the window: 3x the window, reproducible by seed, windows recorded."""
     args = ["--base_model_path", tiny_model_dir, "--prompts", "lofi beat", "--duration", 6, "--window_seconds", 2,
@@ -174,6 +176,7 @@ def test_bad_window_flags_are_one_line(tiny_model_dir, tmp_path, flags, needles)
     assert_one_line_error(proc, *needles)
 
 
+@pytest.mark.slow
 def test_evaluate_continuation_prompts(tiny_model_dir, example_data_dir, tmp_path):
     """--continuation_prompts: each model continues the first seconds of held-out clips; the real
     continuation is written beside them; long clips are scored per window and marked in the report."""

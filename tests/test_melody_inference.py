@@ -174,6 +174,7 @@ def melody_evaluation(tiny_melody_model_dir, melodies, example_data_dir, tmp_pat
     return out, root / "prompts" / "tune.wav", proc, root / "run"
 
 
+@pytest.mark.slow
 def test_evaluate_scores_each_clip_against_its_melody(melody_evaluation):
     out, tune, proc, run = melody_evaluation
     rows = [json.loads(line) for line in (out / "comparison_results.jsonl").read_text().splitlines()]
@@ -219,6 +220,7 @@ return [...document.querySelectorAll('section.prompt-group')].map(g => ({
 """
 
 
+@pytest.mark.slow
 def test_report_plays_the_reference_melody_beside_the_clips(melody_evaluation, tmp_path):
     out = melody_evaluation[0]
     html = (out / "report.html").read_text()

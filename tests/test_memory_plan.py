@@ -116,6 +116,7 @@ def test_melody_logits_cover_the_prefix():
     assert plan(stereo=True, melody=True).logits == 2 * plan(melody=True).logits  # 8 LM heads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["checkpointing off", "checkpointing on"])
 def test_melody_plan_matches_a_measured_step(probe_melody_dir, checkpointing):
     """benchmarks/memory.py's worker (real LoRA steps, peak RSS with freed tensors leaving it) on a

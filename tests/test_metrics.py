@@ -115,6 +115,7 @@ def scored_cases():
     return {name: am.score_clip(make(), SR) for name, (make, _) in CASES.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_flag_fires_exactly_on_its_signal(scored_cases, case):
     r = scored_cases[case]
@@ -125,6 +126,7 @@ def test_each_flag_fires_exactly_on_its_signal(scored_cases, case):
     assert (r["metrics"]["lr_correlation"] is None) == (not stereo)
 
 
+@pytest.mark.slow
 def test_repetition_and_clicks_measure_what_they_say(scored_cases):
     m = {case: scored_cases[case]["metrics"] for case in CASES}
     # The loop from 7 s is heard again from 8.2 s: 6.8 s of the 7.5 s second half (0.91, less the
@@ -142,6 +144,7 @@ def test_repetition_and_clicks_measure_what_they_say(scored_cases):
     assert short["metrics"]["repetition"] is None and not short["flags"]["repetitive"]
 
 
+@pytest.mark.slow
 def test_every_flag_family_of_the_figures_raises_exactly_its_flags():
     """One clip of every family of finetune/scripts/flag_figures.py (the README's detection and
     false-positive figures): clean material with strong beats raises nothing, each failure its own flag."""
@@ -156,6 +159,7 @@ def test_every_flag_family_of_the_figures_raises_exactly_its_flags():
     assert len(missed) <= 1 and all(f.startswith("clicks after every beat") for f, *_ in missed), missed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", STEREO_FLAG_NAMES)
 def test_stereo_flags_never_fire_on_mono_clips(scored_cases, flag):
     fired = {case for case, r in scored_cases.items() if r["flags"].get(flag)}
@@ -163,6 +167,7 @@ def test_stereo_flags_never_fire_on_mono_clips(scored_cases, flag):
     assert all(flag not in r["flags"] for r in scored_cases.values() if r["metrics"]["channels"] == 1)
 
 
+@pytest.mark.slow
 def test_stereo_measures_of_the_constructed_clips(scored_cases):
     m = {case: scored_cases[case]["metrics"] for case in ("steady", "stereo", "collapsed", "phase_inverted",
                                                           "stereo_noise", "left_minus_left")}
@@ -288,6 +293,7 @@ def test_compare_multi_summary_schema_and_verdicts(tiny_model_dir, trained_run, 
     assert any("CLAP similarity skipped" in note for note in summary["notes"])
 
 
+@pytest.mark.slow
 def test_score_only_constructed_signals_with_a_corrupt_file(tmp_path):
     """make_test_signals.py's known answers through --score_only: each case flagged, the rest clean."""
     clips, out = tmp_path / "clips", tmp_path / "scored"
@@ -334,6 +340,7 @@ return {format: document.querySelector('#format').textContent,
 """
 
 
+@pytest.mark.slow
 def test_score_only_stereo_wavs(tmp_path):
     """2-channel WAVs through --score_only: channels and stereo measures per clip, each stereo flag on
     its own folder, mono folders untouched, and the report showing the format and the measures."""

@@ -124,6 +124,7 @@ def test_checkpoint_cards_are_peft_templates_until_evaluated(run, tmp_path):
 # --------------------------------------------------------------------------------------------
 # Updated by evaluation
 # --------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_evaluations_add_their_verdicts_newest_first(run, tiny_model_dir, tmp_path):
     # Two more adapters: a copy carrying the user's own README.md, and one not written by train_lora.py.
     mine, foreign = tmp_path / "mine", tmp_path / "foreign"
@@ -250,6 +251,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_training_succeeds_when_no_card_can_be_written(tiny_model_dir, example_data_dir, tmp_path):
     out = tmp_path / "run"
     args = ["--model_path", tiny_model_dir, "--data_dir", example_data_dir, "--output_dir", out, "--num_epochs", 1,

@@ -49,6 +49,7 @@ def run_with_results(tiny_model_dir, example_data_dir, tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_evaluate_overwrite_never_deletes_a_training_run_or_foreign_files(tiny_model_dir, run_with_results, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run_with_results, run)
@@ -85,6 +86,7 @@ def test_evaluate_overwrite_never_deletes_a_training_run_or_foreign_files(tiny_m
     assert (other / "song.wav").read_bytes() == b"RIFF...."
 
 
+@pytest.mark.slow
 def test_train_overwrite_removes_the_old_runs_outputs_and_readers_ignore_stale_ones(tiny_model_dir, example_data_dir,
                                                                                   run_with_results, tmp_path):
     run = tmp_path / "run"
@@ -180,6 +182,7 @@ def _wait_for(predicate, proc, timeout=120):
     return predicate()
 
 
+@pytest.mark.slow
 def test_second_trainer_into_the_same_run_dir_is_refused_and_a_dead_ones_lock_is_not(tiny_model_dir,
                                                                                    example_data_dir, tmp_path):
     run = tmp_path / "run"
@@ -225,6 +228,7 @@ def test_second_evaluation_into_the_same_folder_is_refused(tiny_model_dir, run_w
     evaluate(tiny_model_dir, run_with_results, out)  # the holder is gone: free again
 
 
+@pytest.mark.slow
 def test_killed_evaluation_leaves_no_temp_folder_forever(tiny_model_dir, run_with_results, tmp_path):
     out = tmp_path / "evaluation"
     cmd = [sys.executable, str(LORA / "evaluate.py"), "--base_model_path", str(tiny_model_dir), "--lora_model_path",
@@ -246,6 +250,7 @@ def test_killed_evaluation_leaves_no_temp_folder_forever(tiny_model_dir, run_wit
     assert not temps() and (out / "summary.json").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mask", [0o002, 0o077], ids=["umask-002", "umask-077"])
 def test_every_output_follows_the_umask(tiny_model_dir, example_data_dir, tmp_path, mask):
     """Files 0666 & ~umask, folders 0777 & ~umask, as plain writes give -- never 0600 from temp files."""
@@ -283,6 +288,7 @@ def test_quick_start_never_writes_into_a_users_data_folder(tmp_path):
     assert snapshot(user) == before and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_run_config_paths_are_absolute_and_precision_is_what_ran(tiny_model_dir, example_data_dir, tmp_path):
     """Started from one folder with relative paths, read from another: the held-out numbers are found."""
     work = tmp_path / "work"

@@ -108,6 +108,7 @@ def test_the_same_seed_gives_the_same_clip_at_a_given_precision(adapted):
         assert all((x == y).all() for x, y in zip(a, b)), precision
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not P.cpu_bf16(), reason="this CPU has no bf16 instructions: --bf16 trains in fp32 here")
 def test_a_bf16_training_run_tracks_fp32(tiny_model_dir, example_data_dir, tmp_path):
     curves = {}

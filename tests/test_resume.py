@@ -66,6 +66,7 @@ def uninterrupted(tiny_model_dir, example_data_dir, tmp_path_factory):
     return full
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_killed_and_resumed_run_matches_uninterrupted_run(tiny_model_dir, example_data_dir, uninterrupted, tmp_path,
                                                           sig):
@@ -140,6 +141,7 @@ ckpt.save_checkpoint(out / "checkpoints" / f"checkpoint-{sys.argv[4]}", acc, mod
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("second", ["2", "1"], ids=["new-checkpoint", "same-folder"])
 def test_kill_during_save_leaves_previous_checkpoint_loadable(tiny_model_dir, tmp_path, second):
     out = tmp_path / "run"
@@ -208,6 +210,7 @@ def _one_line_error(proc):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_resume_refusals_and_overwrite(tiny_model_dir, example_data_dir, tmp_path):
     out = tmp_path / "run"
     # Nothing to resume from: a clear line, nothing created.

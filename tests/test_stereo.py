@@ -151,6 +151,7 @@ def test_lora_memorises_a_stereo_clip_channel_by_channel(tiny_stereo_model_dir, 
     assert match(learned, swapped) <= 0.1 and match(base, target) <= 0.1
 
 
+@pytest.mark.slow
 def test_stereo_adapter_records_its_layout_and_loads_with_plain_peft(stereo_run, tiny_stereo_model_dir):
     out, log = stereo_run
     cfg = json.loads((out / "run_config.json").read_text())
@@ -167,6 +168,7 @@ def test_stereo_adapter_records_its_layout_and_loads_with_plain_peft(stereo_run,
     assert lora_b and any(float(p.abs().max()) > 0 for p in lora_b)
 
 
+@pytest.mark.slow
 def test_stereo_inference_writes_two_channel_wavs(stereo_run, tiny_stereo_model_dir, tmp_path):
     out, _ = stereo_run
     gen = tmp_path / "gen"
@@ -224,6 +226,7 @@ def test_a_checkpoint_whose_decoder_and_codec_disagree_is_one_line(tiny_stereo_m
     assert_one_line_error(proc, "8 codebooks", "4 per channel x 1 channel")
 
 
+@pytest.mark.slow
 def test_test_model_proves_the_layout_of_the_checkpoint_at_hand(tiny_stereo_model_dir, stereo_data):
     """test_model.py checks labels against the user's own checkpoint's generation (mono or stereo)."""
     proc = run_script("test_model.py", "--model_path", tiny_stereo_model_dir, "--data_dir", stereo_data)

@@ -179,6 +179,7 @@ def test_omp_num_threads_wins_when_set_to_a_positive_number(omp, expected):
     assert "threads:" not in err or out["applied"]["source"] == "default"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [1, 2])
 @pytest.mark.parametrize("when", ["before import torch", "after import torch"])
 def test_torch_takes_the_applied_count(n, when):
@@ -200,6 +201,7 @@ def test_torch_takes_the_applied_count(n, when):
     assert out["current"]["threads"] == n and out["current"]["source"] == "flag"
 
 
+@pytest.mark.slow
 def test_omp_num_threads_alone_sets_torch_up_to_the_cores():
     """What apply_threads relies on: torch (MKL) takes OMP_NUM_THREADS from the environment at import,
     at most its core count (MKL's cap); ensure_torch_threads() gives torch any count after import."""
@@ -223,6 +225,7 @@ def test_omp_num_threads_alone_sets_torch_up_to_the_cores():
 # --------------------------------------------------------------------------------------------
 # --threads on the scripts
 # --------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_the_threads_flag_is_what_the_work_runs_with(tiny_model_dir, tmp_path):
     """--threads 1 beside OMP_NUM_THREADS=2: the clip's sidecar records torch's threads while it was
     generated. The control, which a script ignoring --threads would also give: the same command

@@ -373,7 +373,7 @@ def _intro(d: dict) -> list[str]:
              f"base = {cls}.from_pretrained({str(base)!r})",
              f"model = PeftModel.from_pretrained(base, {d['path']!r})", "```", "",
              "or generate with the toolkit (from `finetune/lora/`):", "", "```bash",
-             f"python inference_lora.py --base_model_path {_shell(base)} --lora_model_path {_shell(d['path'])} \\",
+             f"python inference_lora.py --model_path {_shell(base)} --lora_model_path {_shell(d['path'])} \\",
              "  --prompts \"lo-fi hip hop beat, vinyl crackle\" --output_dir generated", "```", ""]
     return lines
 
@@ -487,9 +487,9 @@ def _evaluations(d: dict) -> list[str]:
     lines = ["## Evaluation", ""]
     if not evals:
         return lines + ["Not evaluated yet. `evaluate.py` adds its verdicts here, e.g. (from `finetune/lora/`):", "",
-                        "```bash", f"python evaluate.py --base_model_path {_shell(d.get('base_model') or 'BASE')} "
+                        "```bash", f"python evaluate.py --model_path {_shell(d.get('base_model') or 'BASE')} "
                         f"--lora_model_path {_shell(run)} --compare_multi \\",
-                        "  --test_prompts_file ../data/eval/evaluation_prompts_8.json --output_dir "
+                        "  --prompts_file ../data/eval/evaluation_prompts_8.json --output_dir "
                         f"{_shell(os.path.join(run, 'evaluation'))}", "```", ""]
     lines += ["`evaluate.py` generated the same prompts with the same seeds with the base model and this adapter. "
               "Each verdict counts the clips flagged (fade out, noisy, silent, clipping, ...) and gives the held-out "
