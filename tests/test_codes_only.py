@@ -61,9 +61,23 @@ def prepare(model, batches, out, numbers, *extra, check=True, **kw):
                       "--codes_only", "--valid_ratio", 0.3, "--seed", 3, "--no_progress", *extra, check=check, **kw)
 
 
+def name_of(unit_id):
+    """archive_batch_0001-3f9c0a1b2d -> archive_batch_0001 (units.unit_id: the source's name + a hash)."""
+    return unit_id.rsplit("-", 1)[0]
+
+
 def units_created(out):
-    return {u: info["created"] + info["checksum"]["index_sha256"]
+    """{unit name: created time + index checksum} of the committed units."""
+    return {name_of(u): info["created"] + info["checksum"]["index_sha256"]
             for u, info in code_store.committed_units(code_store.default_store_dir(out)).items()}
+
+
+def unit_named(out, name):
+    """unit.json of the one committed unit made from `name` (a zip's stem)."""
+    found = [info for u, info in code_store.committed_units(code_store.default_store_dir(out)).items()
+             if name_of(u) == name]
+    assert len(found) == 1, found
+    return found[0]
 
 
 @pytest.mark.slow
@@ -94,7 +108,7 @@ def test_zips_to_codes_skip_what_is_committed_and_add_only_the_new_zip(tiny_mode
     valid = [i for i in infos if i["split"] == "valid"]  # seed 3: tracks 2_0 and 3_2 (a hashed split)
     assert sorted({i["source"].rsplit("/", 1)[1] for i in valid}) == ["track2_0.wav", "track3_2.wav"]
     assert all("audio" in i for i in valid) and all("audio" not in i for i in infos if i["split"] == "train")
-    notes = code_store.committed_units(code_store.default_store_dir(out))["archive_batch_0001"]["notes"]["report"]
+    notes = unit_named(out, "archive_batch_0001")["notes"]["report"]
     assert [(r["source"], r["kind"]) for r in notes["skipped"]] == [
         ("archive_batch_0001.zip:batch_0001/audio/broken.wav", "unreadable")]
     assert notes["no_description"] == []
@@ -128,7 +142,8 @@ def test_a_killed_preparation_resumes_without_re_encoding_committed_units(tiny_m
                              "--no_progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     units = code_store.units_dir(code_store.default_store_dir(out))
     deadline = time.time() + 300
-    while not (units / "archive_batch_0001").exists() and time.time() < deadline and proc.poll() is None:
+    while (not any(name_of(u.name) == "archive_batch_0001" for u in units.glob("a*")) and time.time() < deadline
+           and proc.poll() is None):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -149,7 +164,7 @@ def test_a_zip_member_over_the_limits_is_refused_and_reported(tiny_model_dir, tm
     out = tmp_path / "data"
     run_script("prepare_data.py", "--input_zip", big, "--output_dir", out, "--model_path", tiny_model_dir,
                "--codes_only", "--max_member_mb", 2, "--default_description", "tone", "--no_progress")
-    report = code_store.committed_units(code_store.default_store_dir(out))["archive_batch_0009"]["notes"]["report"]
+    report = unit_named(out, "archive_batch_0009")["notes"]["report"]
     assert [(r["source"], r["kind"]) for r in report["skipped"]] == [("archive_batch_0009.zip:audio/huge.wav",
                                                                       "too large")]
     assert report["segments"] == {"train": 1, "valid": 0}
@@ -255,4 +270,4 @@ def test_two_processes_on_disjoint_units_build_the_store_one_process_builds(tiny
     assert "process 0 of 2 has 2" in logs[0][1] and "process 1 of 2 has 1" in logs[1][1]
     run_script("prepare_data.py", *args, "--output_dir", tmp_path / "one")
     two, one = store_contents(tmp_path / "two"), store_contents(tmp_path / "one")
-    assert list(two) == ["archive_batch_0001", "archive_batch_0002", "archive_batch_0003"] and two == one
+    assert list(map(name_of, two)) == ["archive_batch_0001", "archive_batch_0002", "archive_batch_0003"] and two == one

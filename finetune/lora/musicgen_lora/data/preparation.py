@@ -29,7 +29,7 @@ import tempfile
 import warnings
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -119,11 +119,18 @@ def find_sources(input_dirs=(), input_zips=(), exclude=(), limits: "ZipLimits | 
             refused.append({"source": z.name, "kind": "unreadable zip", "reason": f"unreadable zip ({e})"})
             continue
         names = {i.filename for i in infos}
-        for info in infos:
+        last = {i.filename: n for n, i in enumerate(infos)}
+        for n, info in enumerate(infos):
             m = info.filename
             if info.is_dir() or m.startswith("__MACOSX/") or not _is_audio(m):
                 continue
             name = f"{z.name}:{m}"
+            if last[m] != n:  # zipfile reads a name's last entry, as unzip keeps the last one written
+                copies = sum(i.filename == m for i in infos)
+                refused.append({"source": name, "kind": "duplicate name",
+                                "reason": f"the zip holds {copies} entries named {m} (an update appended to it?); the "
+                                          f"later entry of that name is used"})
+                continue
             too_big = limits.check(info)
             if too_big:
                 refused.append({"source": name, "kind": "too large", "reason": too_big})
@@ -131,8 +138,19 @@ def find_sources(input_dirs=(), input_zips=(), exclude=(), limits: "ZipLimits | 
             txt = str(PurePosixPath(m).with_suffix(".txt"))
             sources.append(Source(name=name, rel=m, zip_path=z, member=m,
                                   sidecar=txt if txt in names else None, size=info.file_size))
-    sources.sort(key=lambda s: s.name)
-    return sources, refused
+    return sorted(_distinct_names(sources), key=lambda s: s.name), refused
+
+
+def _distinct_names(sources: list[Source]) -> list[Source]:
+    """Names are relative to their input, so two inputs can hold one name (song.wav under two
+    --input_dir folders, batch_1.zip in two places): those are named by their full path instead,
+    since outputs, reports and splits go by name. Others keep their short name."""
+    count = {}
+    for src in sources:
+        count[src.name] = count.get(src.name, 0) + 1
+    return [src if count[src.name] == 1 else
+            replace(src, name=str(src.path) if src.path is not None else f"{src.zip_path}:{src.member}")
+            for src in sources]
 
 
 @dataclass

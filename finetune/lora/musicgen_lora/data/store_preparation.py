@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,7 @@ from musicgen_lora.data.preparation import (
     rms_dbfs,
     segment_bounds,
 )
-from musicgen_lora.data.units import Unit, assigned, in_valid, plan_units, process_rank
+from musicgen_lora.data.units import Unit, assigned, in_valid, plan_against, plan_units, process_rank, with_rules
 from musicgen_lora.model.checkpoint import model_info, unwrap_base
 
 
@@ -190,24 +190,46 @@ def prepare_codes(s: PrepareConfig, model, key, shard_size: int, batch_size: int
     if not units and not broken:
         raise UserError(f"{', '.join(map(str, [*s.input_dirs, *s.input_zips]))}: no audio files found")
     rules = preparation_rules(s)
-    units = [replace(u, identity={**u.identity, "rules": rules}) for u in units]
+    units = [with_rules(u, rules) for u in units]
+    plan = plan_against(units, code_store.committed_units(store_dir))  # every process decides the same
+    refuse_changed_rules(plan, store_dir, s.overwrite)
     rank, world = process_rank()
     mine = assigned(units, rank, world)
-    todo = [u for u in mine if not code_store.is_committed(store_dir, u.id, u.identity)]
+    done_ids = {u.id for u, _ in plan.done}
+    todo = [u for u in mine if u.id not in done_ids]
     done = len(mine) - len(todo)
     log.info(f"code store {store_dir}: {len(units)} unit(s) in the collection; process {rank} of {world} has "
              f"{len(mine)}: {done} already committed (skipped), {len(todo)} to encode "
              f"({sum(u.num_files for u in todo)} files)")
+    superseded = plan.superseded
+    mine_ids = {u.id for u in mine}
+    for unit, old in plan.changed_source:
+        if unit.id in mine_ids:
+            log.info(f"{unit.name}: its files changed since unit {old} was encoded; encoding it again as "
+                     f"{unit.id} (the old unit is removed once the new one is committed)")
     index, found, zips = DescriptionIndex(s.descriptions_file), FoundIndexes(s.input_dirs, s.input_zips), ZipReader()
     reports, start = [], time.time()
     bar = tqdm(total=sum(u.num_files for u in todo), desc="encoding", unit="file", disable=not s.progress)
     try:
         for unit in todo:
-            if code_store.units_dir(store_dir).joinpath(unit.id).exists():  # made from other content: redo
-                code_store.remove_unit(store_dir, unit.id)
             reports.append(prepare_unit(unit, s, model, key, store_dir, zips, index, found, batch_size, bar))
+            if unit.id in superseded:  # only now: until the new unit is committed, the old one serves
+                code_store.remove_unit(store_dir, superseded[unit.id])
     finally:
         bar.close()
         zips.close()
     return {"units": len(units), "mine": len(mine), "skipped_units": done, "encoded_units": len(reports),
             "reports": reports, "broken_zips": broken, "seconds": time.time() - start, "store_dir": str(store_dir)}
+
+
+def refuse_changed_rules(plan, store_dir, overwrite: bool):
+    """A re-run with other rules (a new --seed, a typo in --segment_duration) would re-encode every
+    unit it touches -- hours of encoding on a large collection, while a trainer may be reading the
+    store: only with --overwrite."""
+    if not plan.changed_rules or overwrite:
+        return
+    changes = sorted({c for _, _, diff in plan.changed_rules for c in diff})
+    files = sum(u.num_files for u, *_ in plan.changed_rules)
+    raise UserError(f"{store_dir}: {len(plan.changed_rules)} committed unit(s) (e.g. {plan.changed_rules[0][1]}) "
+                    f"were prepared with other rules ({'; '.join(changes)}); re-encoding them ({files} files) "
+                    f"needs --overwrite, or prepare into another --output_dir for a separate store")
