@@ -146,3 +146,73 @@ def test_two_input_folders_holding_one_relative_path_keep_both_tracks(tmp_path):
     meta = json.loads((out / "metadata.json").read_text())
     rows = [row for split in ("train", "valid") for row in meta.get(split, [])]
     assert len(rows) == 6 and len({row["source"] for row in rows}) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# A validation split always exists
+# --------------------------------------------------------------------------------------------
+FAST_TRAIN = ("--num_epochs", 1, "--batch_size", 4, "--gradient_accumulation_steps", 1, "--target_duration", 2,
+              "--logging_steps", 1, "--no_progress")
+
+
+def _all_train(example_data_dir, out, tracks=None):
+    """The example data with every clip in train; `tracks`: the metadata "source" of each clip."""
+    meta = json.loads((example_data_dir / "metadata.json").read_text())
+    rows = meta["train"] + meta["valid"]
+    for i, row in enumerate(rows):
+        row["audio"] = str((example_data_dir / row["audio"]).resolve())
+        if tracks is not None:
+            row["source"] = tracks(i)
+    out.mkdir()
+    (out / "metadata.json").write_text(json.dumps({"train": rows}))
+    return out, rows
+
+
+def _review(run):
+    from musicgen_lora.reporting.review import review_lines
+
+    return "\n".join(review_lines(run))
+
+
+def test_data_without_a_valid_split_holds_out_whole_source_tracks(tiny_model_dir, example_data_dir, tmp_path):
+    """The trainer validated on a slice of its own training clips and the review called the run healthy."""
+    data, rows = _all_train(example_data_dir, tmp_path / "data", tracks=lambda i: f"song_{i // 2}")  # 2 clips a track
+    run = tmp_path / "run"
+    proc = run_script("train_lora.py", "--model_path", tiny_model_dir, "--data_dir", data, "--output_dir", run,
+                      *FAST_TRAIN)
+    tracks = len(rows) // 2
+    held = max(1, round(0.1 * tracks))
+    assert f"no valid split; held out {held} of {tracks} source tracks ({2 * held} clips" in proc.stderr
+    config = json.loads((run / "run_config.json").read_text())
+    assert config["validation"] == "held out" and config["valid_clips"] == 2 * held
+    assert config["train_clips"] == len(rows) - 2 * held  # held-out clips are never trained on
+    assert "validation: on the first tenth of the training clips" not in _review(run)
+    # The same tracks every time: a second run (another seed) holds out the same ones.
+    again = run_script("train_lora.py", "--model_path", tiny_model_dir, "--data_dir", data, "--output_dir",
+                       tmp_path / "run2", "--seed", 5, *FAST_TRAIN)
+    assert proc.stderr.split("held out")[1].split("\n")[0] == again.stderr.split("held out")[1].split("\n")[0]
+
+
+def test_data_of_one_track_validates_on_training_clips_and_is_never_called_healthy(tiny_model_dir, example_data_dir,
+                                                                                   tmp_path):
+    data, rows = _all_train(example_data_dir, tmp_path / "data", tracks=lambda i: "one_long_mix")
+    run = tmp_path / "run"
+    proc = run_script("train_lora.py", "--model_path", tiny_model_dir, "--data_dir", data, "--output_dir", run,
+                      *FAST_TRAIN)
+    assert "a single source track to hold out: validating on the first tenth of the training clips" in proc.stderr
+    config = json.loads((run / "run_config.json").read_text())
+    assert config["validation"] == "training clips"
+    review = _review(run)
+    assert "validation: on the first tenth of the training clips" in review and "healthy run" not in review
+
+
+def test_a_store_without_valid_clips_holds_out_tracks_for_training(tiny_model_dir, tmp_path):
+    zips = [make_zip(tmp_path / f"batch_{n}.zip", [220 + 50 * n, 330 + 50 * n, 440 + 50 * n]) for n in (1, 2, 3)]
+    out = tmp_path / "data"
+    proc = codes_only(tiny_model_dir, out, *zips, extra=("--valid_ratio", 0))
+    assert "0 valid clips" in proc.stderr  # said at preparation, with what training will do
+    run = tmp_path / "run"
+    proc = run_script("train_lora.py", "--model_path", tiny_model_dir, "--data_dir", out, "--output_dir", run,
+                      *FAST_TRAIN)
+    assert "held out 1 of 9 source tracks (3 clips" in proc.stderr
+    assert json.loads((run / "run_config.json").read_text())["validation"] == "held out"

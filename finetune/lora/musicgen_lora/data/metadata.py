@@ -35,6 +35,7 @@ class Clip:
     where: str = ""  # "metadata.json: entry 3", for messages about this clip
     condition_path: Path | None = None  # MusicGen-Melody: the audio whose chroma conditions it (None: the clip)
     store_index: int | None = None  # a clip of the code store (prepare_data.py --codes_only): its codes' index
+    track: str | None = None  # the source track it was cut from (metadata "source"), when known
 
     @property
     def melody_path(self) -> Path:
@@ -115,8 +116,9 @@ def read_metadata(data_dir, metadata_file="metadata.json", check_files=True) -> 
             if check_files and not condition.is_file():
                 raise UserError(f"{condition}: condition audio not found (listed in {meta_path}, {label}); "
                                 f"fix the path or remove 'condition_audio'")
+        track = entry.get("source") if isinstance(entry.get("source"), str) and entry.get("source") else None
         splits[split].append(Clip(path, text.strip(), split, float(duration) if duration else None, where,
-                                  condition))
+                                  condition, track=track))
     if not splits["train"] and not splits["valid"]:
         raise UserError(f"{meta_path}: no clips listed")
     warn_duplicates(splits, meta_path)
@@ -147,8 +149,9 @@ def warn_duplicates(splits: dict, meta_path: Path):
 
 
 def validation_clips(splits: dict, max_clips: int | None = None) -> list[Clip]:
-    """The validation set: the "valid" split, or (when there is none) the first tenth of the training
-    clips -- the one rule the trainer, evaluate.py and test_model.py share. With max_clips, that many
+    """The validation set: the "valid" split, or (when there is none even after splits.hold_out_tracks:
+    the data comes from one source track) the first tenth of the training clips -- the one rule the
+    trainer, evaluate.py and test_model.py share. With max_clips, that many
     of them evenly spaced (a large collection's validation set would take an hour per evaluation;
     spacing keeps every part of the collection in it, and the same clips at every evaluation)."""
     clips = splits["valid"] or splits["train"][: max(1, len(splits["train"]) // 10)]

@@ -95,5 +95,11 @@ def prepare_codes(cfg: PrepareConfig) -> dict:
              f"{result['seconds']:.1f} s; {result['skipped_units']} unit(s) were already committed")
     for z in result["broken_zips"]:
         log.warning(f"warning: {z['source']}: {z['reason']}; none of its files were read")
-    log.info(format_summary(result["store_dir"], store_summary(result["store_dir"])))
+    summary = store_summary(result["store_dir"])
+    log.info(format_summary(result["store_dir"], summary))
+    if summary["clips"]["train"] and not summary["clips"]["valid"]:
+        log.warning(f"warning: {result['store_dir']}: 0 valid clips (--valid_ratio {cfg.valid_ratio:g}: each track "
+                    f"goes to validation by a hash of its name, and none did); train_lora.py will hold out whole "
+                    f"source tracks of the training clips for its validation loss, but evaluate.py's FAD and "
+                    f"listening need kept validation audio")
     return result

@@ -18,7 +18,7 @@ from musicgen_lora.core.outputs import atomic_dir, check_own_folder, write_manif
 from musicgen_lora.core.threads import run_threads
 from musicgen_lora.data.dataset import Collator, MusicDataset
 from musicgen_lora.data.metadata import report_long_descriptions, validation_clips
-from musicgen_lora.data.splits import load_splits
+from musicgen_lora.data.splits import DEFAULT_VALID_RATIO, load_splits
 from musicgen_lora.evaluation.config import TOOL
 from musicgen_lora.evaluation.figures import spectrogram_png
 from musicgen_lora.evaluation.scoring import BASE, score_rows, time_marks, write_results
@@ -314,13 +314,14 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
 
 
 def validation_loader(processor, model, data_dir, metadata_file, window: float, batch_size: int,
-                      max_valid_clips: int | None = None):
+                      max_valid_clips: int | None = None, valid_ratio: float = DEFAULT_VALID_RATIO):
     """The trainer's validation set and collation (same clips, crops and labels as step 0; on a
-    MusicGen-Melody model, each window's own chroma as the trainer's validation uses it)."""
+    MusicGen-Melody model, each window's own chroma as the trainer's validation uses it). valid_ratio:
+    the run's (run_config.json), which chose the held-out tracks of data without a valid split."""
     import torch
 
-    splits = load_splits(data_dir, metadata_file)
-    if "store" in splits and not splits["valid"]:
+    splits = load_splits(data_dir, metadata_file, valid_ratio=valid_ratio)
+    if "store" in splits and (not splits["valid"] or "held_out" in splits):
         raise UserError(f"{data_dir}: its code store keeps no validation audio (prepared with --valid_ratio 0); "
                         f"held-out loss and FAD need some: prepare with --valid_ratio, or drop --data_dir")
     clips = validation_clips(splits, max_valid_clips)

@@ -11,7 +11,7 @@ from musicgen_lora.core.common import UserError, log, resolve_device
 from musicgen_lora.core.outputs import output_lock
 from musicgen_lora.core.paths import recorded_path
 from musicgen_lora.data.metadata import report_long_descriptions, validation_clips
-from musicgen_lora.data.splits import is_store_folder, load_splits
+from musicgen_lora.data.splits import DEFAULT_VALID_RATIO, is_store_folder, load_splits
 from musicgen_lora.evaluation.config import TOOL, EvaluateConfig
 from musicgen_lora.generation.prompts import (
     check_melody_model,
@@ -92,7 +92,9 @@ def _prompts(cfg: EvaluateConfig, data_dir, metadata_file):
         if not data_dir:
             raise UserError("--continuation_prompts continues held-out clips: pass --data_dir (the folder holding "
                             "metadata.json), or evaluate a run whose run_config.json names its data")
-        continued = continuation_prompts(validation_clips(load_splits(data_dir, metadata_file)),
+        valid_ratio = run_config_of(cfg)[1].get("valid_ratio", DEFAULT_VALID_RATIO)
+        continued = continuation_prompts(validation_clips(load_splits(data_dir, metadata_file,
+                                                                      valid_ratio=valid_ratio)),
                                          cfg.continuation_prompts, {p.id for p in prompts})
         log.info(f"continuations: every model continues the first {cfg.prompt_seconds:g} s of "
                  f"{', '.join(Path(p.audio_prompt).name for p in continued)} (held out) to {cfg.duration:g} s; the "
@@ -145,8 +147,10 @@ def _compare(cfg: EvaluateConfig, out: Path) -> dict:
     report_long_descriptions(processor.tokenizer, [(f"prompt {p.id}", p.text) for p in prompts])
     bank = ModelBank(model, specs)
     if data_dir:
+        run = run_config_of(cfg)[1]
         loader, valid = validation_loader(processor, model, data_dir, metadata_file, training_window(cfg),
-                                          cfg.batch_size, run_config_of(cfg)[1].get("max_valid_clips"))
+                                          cfg.batch_size, run.get("max_valid_clips"),
+                                          run.get("valid_ratio", DEFAULT_VALID_RATIO))
         given.model_numbers = held_out_losses(bank, specs, loader, progress=not cfg.no_progress)
         given.reference = reference_embeddings(model, valid)
     elif not given.notes:

@@ -237,7 +237,8 @@ def data_from_config(run_dir: Path, config: dict) -> dict:
     if data_dir is None:
         return {}
     try:
-        splits = load_splits(data_dir, config.get("metadata_file") or "metadata.json", check_files=False)
+        splits = load_splits(data_dir, config.get("metadata_file") or "metadata.json", check_files=False,
+                             valid_ratio=config.get("valid_ratio", 0.1))
     except Exception:  # gone or changed since: the card says "unknown"
         return {}
     return {"train": clip_facts(splits["train"]), "valid": clip_facts(validation_clips(splits)),

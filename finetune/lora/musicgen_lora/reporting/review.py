@@ -297,8 +297,23 @@ def check_melody(run: Run):
     return [Finding("warn", text + ": the adapter does not follow the melody (train longer, lower --chroma_dropout)")]
 
 
-CHECKS = (check_status, check_step0, check_nonfinite, check_spikes, check_fit, check_warmup, check_throughput,
-          check_melody, check_evaluations)
+def check_validation(run: Run):
+    """Where the validation clips came from (run_config.json "validation", training/trainer.validation_source):
+    a run validated on its own training clips cannot show overfitting, so it is never called healthy."""
+    source = run.config.get("validation")
+    if source == "training clips":
+        return [Finding("warn", "validation: on the first tenth of the training clips (the data has no valid split "
+                                "and one source track): the validation loss measures memory, not generalisation, "
+                                "and best_model is picked by it; add held-out clips to the metadata")]
+    if source == "held out":
+        return [Finding("note", f"validation: {run.config.get('valid_clips')} clips of whole source tracks held out "
+                                f"of training (--valid_ratio {run.config.get('valid_ratio')}: the data has no valid "
+                                f"split)")]
+    return []
+
+
+CHECKS = (check_status, check_validation, check_step0, check_nonfinite, check_spikes, check_fit, check_warmup,
+          check_throughput, check_melody, check_evaluations)
 
 
 def review(run: Run):

@@ -11,6 +11,7 @@ from musicgen_lora.core.config import (
     any_int,
     check_settings,
     dropout,
+    fraction,
     nonneg_float,
     nonneg_int,
     positive_float,
@@ -55,6 +56,9 @@ class TrainConfig:
                                           "validation set, the same ones at every evaluation (default: all; for "
                                           "collections whose validation would take an hour).", type=positive_int,
                                           group=DATA)
+    valid_ratio: float = setting(0.1, "Data without a valid split: hold out this share of its source tracks (whole "
+                                 "tracks, at least one) for validation, never trained on; 0 validates on training "
+                                 "clips.", type=fraction, group=DATA)
     no_cache: bool = setting(False, "Encode clips with EnCodec at every step instead of reading cached codes (same "
                              "tokens, slower).", group=DATA)
 

@@ -111,6 +111,7 @@ class Run:
     metrics: MetricsLog | None  # the main process writes the files; None elsewhere
     memory_plan: MemoryPlan | None = None  # training/memory.py: the estimate logged at the start
     hooks: TrainHooks = field(default_factory=TrainHooks)
+    held_out: dict | None = None  # data.splits.hold_out_tracks's record when it made the valid split
 
     @property
     def main(self) -> bool:
@@ -207,7 +208,7 @@ def setup(cfg: TrainConfig, accelerator, hooks: TrainHooks) -> Run:
     total_steps, steps_per_epoch, warmup, scheduler = make_schedule(cfg, train_loader, optimizer)
     run = Run(cfg, accelerator, output_dir, model, processor, info, params, optimizer, scheduler, train_set,
               valid_set, train_loader, valid_loader, data_rng, total_steps, steps_per_epoch, warmup, "", resume_from,
-              sample_prompts, None, memory_plan, hooks)
+              sample_prompts, None, memory_plan, hooks, splits.get("held_out"))
     open_run_dir(run)
     return run
 
@@ -215,11 +216,21 @@ def setup(cfg: TrainConfig, accelerator, hooks: TrainHooks) -> Run:
 def load_data(cfg: TrainConfig):
     """The metadata's splits, and the prompts --sample_every will use (read now: a bad prompts file
     is one line before the model loads)."""
-    splits = load_splits(cfg.data_dir, cfg.metadata_file)
+    splits = load_splits(cfg.data_dir, cfg.metadata_file, valid_ratio=cfg.valid_ratio)
     if "store" in splits:  # prepare_data.py --codes_only's data
         log.info(code_store.format_summary(splits["store"].dir, code_store.store_summary(splits["store"].dir)))
     if not splits["train"]:
         raise UserError(f"{cfg.data_dir}/{cfg.metadata_file}: no training clips listed")
+    held = splits.get("held_out")
+    if held:
+        log.warning(f"warning: {cfg.data_dir}: no valid split; held out {held['tracks']} of {held['of']} source "
+                    f"tracks ({held['clips']} clips, --valid_ratio {held['valid_ratio']:g}) for validation, never "
+                    f"trained on")
+    elif not splits["valid"]:
+        log.warning(f"warning: {cfg.data_dir}: no valid split and "
+                    + ("--valid_ratio 0" if not cfg.valid_ratio else "a single source track to hold out")
+                    + ": validating on the first tenth of the training clips, so the validation loss measures "
+                      "memory, not generalisation (the review will say so); add valid clips to the metadata")
     prompts = []
     if cfg.sample_every:  # a melody model also follows each validation clip's melody (or the prompts file's)
         prompts = (load_prompts(cfg.sample_prompts) if cfg.sample_prompts
@@ -273,8 +284,6 @@ def make_loaders(cfg: TrainConfig, accelerator, model, processor, info: dict, sp
                     f"training on {window} s windows")
     sr, hop = info["sample_rate"], info["hop_length"]
     valid_clips = validation_clips(splits, cfg.max_valid_clips)
-    if not splits["valid"]:
-        log.warning("warning: metadata has no valid split; validating on a slice of the training clips")
     cache_dir = None if cfg.no_cache else Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.data_dir)
     melody = info["chroma_length"] is not None
     store = splits.get("store")
@@ -383,6 +392,15 @@ def open_run_dir(run: Run):
     start_trackers(run.accelerator, config, run.output_dir.name)
 
 
+def validation_source(run: Run) -> str:
+    """Where the validation clips came from: "valid split" (the data's own), "held out" (whole source
+    tracks taken out of training: data.splits.hold_out_tracks) or "training clips" (data of one track:
+    the loss then measures memory, and the review says so)."""
+    if {id(c) for c in run.valid_set.clips} <= {id(c) for c in run.train_set.clips}:
+        return "training clips"
+    return "held out" if run.held_out else "valid split"
+
+
 def run_config(run: Run) -> dict:
     """run_config.json: every setting (paths absolute, as typed under `as_given`), the precision and
     device that really ran (not just what was asked), and what the run derived from them."""
@@ -396,7 +414,7 @@ def run_config(run: Run) -> dict:
                   total_steps=run.total_steps,
                   steps_per_epoch=run.steps_per_epoch, warmup_steps_effective=run.warmup,
                   trainable_parameters=trainable, total_parameters=total, train_clips=len(run.train_set),
-                  valid_clips=len(run.valid_set),
+                  valid_clips=len(run.valid_set), validation=validation_source(run),
                   global_batch_size=cfg.batch_size * cfg.gradient_accumulation_steps * acc.num_processes,
                   resumed_from=str(Path(run.resume_from).absolute()) if run.resume_from else None,
                   uniform_loss=run.uniform, **{f"model_{k}": v for k, v in run.info.items()},
