@@ -251,3 +251,26 @@ def test_two_processes_on_disjoint_units_build_the_store_one_process_builds(tiny
     run_script("prepare_data.py", *args, "--output_dir", tmp_path / "one")
     two, one = store_contents(tmp_path / "two"), store_contents(tmp_path / "one")
     assert list(two) == ["archive_batch_0001", "archive_batch_0002", "archive_batch_0003"] and two == one
+
+
+def test_a_0_hz_member_is_skipped_and_the_unit_still_commits(tiny_model_dir, tmp_path):
+    """A 0 Hz header used to end every run at this member with a ZeroDivisionError, the unit discarded."""
+    import struct
+
+    bad = bytearray(_wav_bytes(16, 250, 2))
+    bad[24:28], bad[28:32] = struct.pack("<I", 0), struct.pack("<I", 0)
+    batch = tmp_path / "archive_batch_0007.zip"
+    with zipfile.ZipFile(batch, "w") as zf:
+        zf.writestr("audio/a_good.wav", _wav_bytes(16, 300, 1))
+        zf.writestr("audio/b_zero_hz.wav", bytes(bad))
+        zf.writestr("audio/c_good.wav", _wav_bytes(16, 350, 3))
+    out = tmp_path / "data"
+    proc = run_script("prepare_data.py", "--input_zip", batch, "--output_dir", out, "--model_path", tiny_model_dir,
+                      "--codes_only", "--default_description", "tone", "--valid_ratio", 0, "--no_progress",
+                      check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = code_store.committed_units(code_store.default_store_dir(out))["archive_batch_0007"]["notes"]["report"]
+    assert [(r["source"], r["kind"]) for r in report["skipped"]] == [("archive_batch_0007.zip:audio/b_zero_hz.wav",
+                                                                      "unreadable")]
+    assert "0 Hz" in report["skipped"][0]["reason"]
+    assert report["segments"] == {"train": 2, "valid": 0}

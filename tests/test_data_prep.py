@@ -229,3 +229,39 @@ def test_normalize_loudness_hits_target(tmp_path):
     assert report["loudness"] == {"normalized": 1}
     wav, sr = sf.read(out / json.loads((out / "metadata.json").read_text())["train"][0]["audio"])
     assert abs(pyloudnorm.Meter(sr).integrated_loudness(wav) + 20.0) < 0.3
+
+
+def wav_with_header(path, seconds=16.0, sample_rate=None, channels=None, sr=32000, seed=0):
+    """A valid 16-bit WAV of music whose header then claims another sample rate or channel count (a damaged
+    or hand-made header: libsndfile opens it as it says)."""
+    import struct
+
+    sf.write(path, _music(seconds, sr, seed=seed), sr, subtype="PCM_16")
+    b = bytearray(path.read_bytes())
+    if sample_rate is not None:
+        b[24:28], b[28:32] = struct.pack("<I", sample_rate), struct.pack("<I", (sample_rate * 2) % 2**32)
+    if channels is not None:
+        b[22:24] = struct.pack("<H", channels)
+    path.write_bytes(bytes(b))
+    return path
+
+
+def test_a_header_of_0_or_1_hz_among_good_files_is_skipped_and_the_run_goes_on(tmp_path):
+    """0 Hz ended the run with a ZeroDivisionError naming no file; 1 Hz asked the resampler for 32,000x the
+    samples (bad_alloc, or a segfault). Each is now one skipped entry with its reason."""
+    root = tmp_path / "raw"
+    root.mkdir()
+    sf.write(root / "good.wav", _music(16, 44100, seed=1), 44100)
+    wav_with_header(root / "zero_hz.wav", sample_rate=0)
+    wav_with_header(root / "one_hz.wav", seconds=0.02, sample_rate=1)  # 640 frames: "640 s"
+    out = tmp_path / "data"
+    proc = run_script("prepare_data.py", "--input_dir", root, "--output_dir", out, "--default_description", "x",
+                      "--valid_ratio", 0, "--no_progress", check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "prepare_report.json").read_text())
+    reasons = {r["source"]: (r["kind"], r["reason"]) for r in report["skipped"]}
+    assert sorted(reasons) == ["one_hz.wav", "zero_hz.wav"]
+    assert reasons["zero_hz.wav"][0] == "unreadable" and "0 Hz" in reasons["zero_hz.wav"][1]
+    assert reasons["one_hz.wav"][0] == "unreadable" and "1 Hz" in reasons["one_hz.wav"][1]
+    assert [e["source"] for e in json.loads((out / "metadata.json").read_text())["train"]] == ["good.wav"]
+    assert "zero_hz.wav" in proc.stderr and "Traceback" not in proc.stderr
