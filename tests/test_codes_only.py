@@ -274,3 +274,38 @@ def test_a_0_hz_member_is_skipped_and_the_unit_still_commits(tiny_model_dir, tmp
                                                                       "unreadable")]
     assert "0 Hz" in report["skipped"][0]["reason"]
     assert report["segments"] == {"train": 2, "valid": 0}
+
+
+def test_as_pcm16_is_libsndfiles_16_bit_round_trip_bit_for_bit_without_calling_soundfile(monkeypatch):
+    """The codes route's 16-bit rounding equals soundfile's write (PCM_16) + read (float32) on every 16-bit
+    boundary and its neighbours, +-1, tiny values and random ones -- computed in numpy, so no Python
+    callback runs inside libsndfile (where a SIGINT was swallowed)."""
+    from musicgen_lora.data.store_preparation import as_pcm16
+
+    def round_trip(w):
+        buf = io.BytesIO()
+        sf.write(buf, w, SR, subtype="PCM_16", format="WAV")
+        buf.seek(0)
+        return sf.read(buf, dtype="float32")[0]
+
+    rng = np.random.default_rng(0)
+    k = np.arange(-32768, 32768, dtype=np.float32)
+    f32 = np.float32
+    vals = [rng.uniform(-1, 1, 500_000), rng.standard_normal(200_000) * 1e-4,
+            rng.integers(-2**24, 2**24, 200_000) * 2.0**-32,  # the 2^-31 grid libsndfile rounds on
+            [1, -1, 0, -0.0, np.nextafter(f32(1), f32(0)), np.nextafter(f32(-1), f32(0)), 1e-45, -1e-45, 1e-30,
+             -1e-30, 2**-31, -2**-31, 2**-32, -2**-32, 3 * 2**-32, -3 * 2**-32]]
+    for offset in (0, 0.25, 0.5, 0.75):
+        b = ((k + offset) / 32768).astype(np.float32)
+        vals += [b, np.nextafter(b, f32(-2)), np.nextafter(b, f32(2))]
+    wav = np.clip(np.concatenate([np.asarray(v, dtype=np.float32) for v in vals]), -1, 1).astype(np.float32)
+    expected_mono, expected_stereo = round_trip(wav), round_trip(wav.reshape(-1, 2))
+
+    def no_soundfile(*a, **k):
+        raise AssertionError("as_pcm16 must not go through soundfile")
+
+    monkeypatch.setattr(sf, "write", no_soundfile)
+    monkeypatch.setattr(sf, "read", no_soundfile)
+    got_mono, got_stereo = as_pcm16(wav), as_pcm16(wav.reshape(-1, 2))
+    assert got_mono.dtype == np.float32 and np.array_equal(got_mono, expected_mono)
+    assert np.array_equal(got_stereo, expected_stereo)

@@ -26,6 +26,7 @@ to MAX_WHOLE_SECONDS: a longer one is refused (`NotStreamable`) rather than risk
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -103,13 +104,21 @@ def to_channels(wav: np.ndarray, channels: int) -> np.ndarray:
     return mono if channels == 1 else np.repeat(mono, channels, axis=0)
 
 
+def _sound_file(path) -> sf.SoundFile:
+    """soundfile reading through an OS file descriptor: libsndfile does its own reads. A Python file object
+    would have it call back into Python for each read, and cffi swallows a KeyboardInterrupt raised inside
+    such a callback (Ctrl-C then ends in an unrelated error, not exit 130); a path given as str fails on
+    names that are not valid UTF-8. On failure libsndfile has closed the descriptor."""
+    return sf.SoundFile(os.open(path, os.O_RDONLY), closefd=True)
+
+
 def _decode_whole(path: Path, fix: str = DATA_FIX, duration: float | None = None) -> tuple[np.ndarray, int]:
     """((C, n) float32, rate) of a whole file: soundfile, else librosa (slower; some mp3/m4a), which
     stops after `duration` seconds when given."""
     try:
         try:
-            with open(path, "rb") as fh:  # a file object: names that are not valid UTF-8 open too
-                wav, sr = sf.read(fh, dtype="float32", always_2d=True)
+            with _sound_file(path) as f:
+                wav, sr = f.read(dtype="float32", always_2d=True), f.samplerate
             _check_rate(path, sr, fix)
             return wav.T, sr
         except (sf.LibsndfileError, RuntimeError, TypeError):
@@ -154,7 +163,7 @@ def stream_audio(path, sample_rate: int, block_samples: int = BLOCK_SAMPLES):
     unreadable file, a damaged header, NaN samples, the resampler -- is a UserError naming the file."""
     path = Path(path)
     try:
-        with open(path, "rb") as fh, sf.SoundFile(fh):  # a file object: names that are not valid UTF-8 open too
+        with _sound_file(path):
             streamable = True
     except FileNotFoundError:
         raise UserError(f"{path}: audio file not found") from None
@@ -164,7 +173,7 @@ def stream_audio(path, sample_rate: int, block_samples: int = BLOCK_SAMPLES):
         yield from _stream_whole(path, sample_rate)
         return
     try:
-        with open(path, "rb") as fh, sf.SoundFile(fh) as f:
+        with _sound_file(path) as f:
             _check_rate(path, f.samplerate)
             blocks = f.blocks(max(1, block_samples // f.channels), dtype="float32", always_2d=True)
             yield from _resampled(path, blocks, f.samplerate, f.channels, sample_rate)
@@ -221,8 +230,8 @@ def _resampled(path: Path, blocks, source_rate: int, channels: int, sample_rate:
 def audio_duration(path) -> float | None:
     """Duration in seconds from the header when cheap; None if unknown."""
     try:
-        with open(path, "rb") as fh:
-            return sf.info(fh).duration
+        with _sound_file(path) as f:
+            return f.frames / f.samplerate
     except Exception:
         return None
 
@@ -239,7 +248,7 @@ class AudioPieces:
         self.channels = int(channels)
         self._whole = None
         try:
-            with open(self.path, "rb") as fh, sf.SoundFile(fh) as f:
+            with _sound_file(self.path) as f:
                 self.source_rate, self.source_frames = int(f.samplerate), int(f.frames)
             seekable = self.source_frames > 0
             _check_rate(self.path, self.source_rate)
@@ -272,7 +281,7 @@ class AudioPieces:
             wav = self._whole[:, start:start + count]
         else:
             try:
-                with open(self.path, "rb") as fh, sf.SoundFile(fh) as f:
+                with _sound_file(self.path) as f:
                     f.seek(start)
                     wav = f.read(count, dtype="float32", always_2d=True).T
             except FileNotFoundError:
