@@ -49,9 +49,9 @@ RESAMPLER = "soxr_hq"
 # A header declaring fewer samples per second than this is damaged, not audio: 0 Hz divides by zero in
 # the resampler and 1 Hz asks it for 32,000 output samples per input one (bad_alloc, or a segfault).
 MIN_SOURCE_RATE = 4000
-# stream_audio decodes about this many samples (all channels) per block: 4 MB of float32, ~12 s of
+# stream_audio decodes about this many samples (all channels) per block: 1 MB of float32, ~3 s of
 # 44.1 kHz stereo; the soxr stream, the cut and the encoder then hold a few blocks at most.
-BLOCK_SAMPLES = 1 << 20
+BLOCK_SAMPLES = 1 << 18
 # A file soundfile cannot open (m4a through audioread/ffmpeg) is decoded whole; longer than this, it is
 # refused instead of filling memory (20 min of 48 kHz stereo float32: 0.46 GB, about twice that while
 # decoding and resampling).
