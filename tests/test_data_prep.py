@@ -325,13 +325,14 @@ def test_a_track_failing_halfway_leaves_nothing_and_a_long_non_streamable_file_i
     broken[35 * 32000] = np.nan
     sf.write(root / "nan_late.wav", broken, 32000, subtype="FLOAT")
     sf.write(root / "zlong.wav", _music(12, 32000, seed=3), 32000)
-    class RefusingZlong(sf.SoundFile):  # as if soundfile could not read it: librosa's fallback decodes it whole
-        def __init__(self, file, *a, **k):
-            if str(getattr(file, "name", file)).endswith("zlong.wav"):
-                raise sf.LibsndfileError(0, "not a format soundfile reads")
-            super().__init__(file, *a, **k)
+    real = reader._sound_file
 
-    monkeypatch.setattr(sf, "SoundFile", RefusingZlong)
+    def refuse_zlong(path):  # as if soundfile could not read it: the fallback (librosa) decodes it whole
+        if str(path).endswith("zlong.wav"):
+            raise sf.LibsndfileError(0, "not a format soundfile reads")
+        return real(path)
+
+    monkeypatch.setattr(reader, "_sound_file", refuse_zlong)
     monkeypatch.setattr(reader, "MAX_WHOLE_SECONDS", 10)
     out = tmp_path / "data"
     report = prepare_collection(PrepareConfig(output_dir=out, input_dir=[root], valid_ratio=0.0,
