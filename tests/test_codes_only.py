@@ -217,8 +217,9 @@ def test_training_windows_from_the_store_equal_the_cache_route_and_train_lora_ru
                       "--target_duration", 5, "--no_progress")
     assert "code store" in proc.stderr and "12 train + 0 valid clips" in proc.stderr
     config = json.loads((run / "run_config.json").read_text())
-    # No valid split: the first tenth of the training clips (1 of 12), under --max_valid_clips 2.
-    assert config["train_clips"] == 12 and config["valid_clips"] == 1 and config["max_valid_clips"] == 2
+    # No valid split: one of the 6 source tracks (2 segments) held out of training (data.splits.hold_out_tracks).
+    assert "held out 1 of 6 source tracks (2 clips" in proc.stderr and config["validation"] == "held out"
+    assert config["train_clips"] == 10 and config["valid_clips"] == 2 and config["max_valid_clips"] == 2
     assert (run / "final_model" / "adapter_model.safetensors").is_file()
 
 
@@ -271,3 +272,61 @@ def test_two_processes_on_disjoint_units_build_the_store_one_process_builds(tiny
     run_script("prepare_data.py", *args, "--output_dir", tmp_path / "one")
     two, one = store_contents(tmp_path / "two"), store_contents(tmp_path / "one")
     assert list(map(name_of, two)) == ["archive_batch_0001", "archive_batch_0002", "archive_batch_0003"] and two == one
+
+
+def test_a_0_hz_member_is_skipped_and_the_unit_still_commits(tiny_model_dir, tmp_path):
+    """A 0 Hz header used to end every run at this member with a ZeroDivisionError, the unit discarded."""
+    import struct
+
+    bad = bytearray(_wav_bytes(16, 250, 2))
+    bad[24:28], bad[28:32] = struct.pack("<I", 0), struct.pack("<I", 0)
+    batch = tmp_path / "archive_batch_0007.zip"
+    with zipfile.ZipFile(batch, "w") as zf:
+        zf.writestr("audio/a_good.wav", _wav_bytes(16, 300, 1))
+        zf.writestr("audio/b_zero_hz.wav", bytes(bad))
+        zf.writestr("audio/c_good.wav", _wav_bytes(16, 350, 3))
+    out = tmp_path / "data"
+    proc = run_script("prepare_data.py", "--input_zip", batch, "--output_dir", out, "--model_path", tiny_model_dir,
+                      "--codes_only", "--default_description", "tone", "--valid_ratio", 0, "--no_progress",
+                      check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = unit_named(out, "archive_batch_0007")["notes"]["report"]
+    assert [(r["source"], r["kind"]) for r in report["skipped"]] == [("archive_batch_0007.zip:audio/b_zero_hz.wav",
+                                                                      "unreadable")]
+    assert "0 Hz" in report["skipped"][0]["reason"]
+    assert report["segments"] == {"train": 2, "valid": 0}
+
+
+def test_as_pcm16_is_libsndfiles_16_bit_round_trip_bit_for_bit_without_calling_soundfile(monkeypatch):
+    """The codes route's 16-bit rounding equals soundfile's write (PCM_16) + read (float32) on every 16-bit
+    boundary and its neighbours, +-1, tiny values and random ones -- computed in numpy, so no Python
+    callback runs inside libsndfile (where a SIGINT was swallowed)."""
+    from musicgen_lora.data.store_preparation import as_pcm16
+
+    def round_trip(w):
+        buf = io.BytesIO()
+        sf.write(buf, w, SR, subtype="PCM_16", format="WAV")
+        buf.seek(0)
+        return sf.read(buf, dtype="float32")[0]
+
+    rng = np.random.default_rng(0)
+    k = np.arange(-32768, 32768, dtype=np.float32)
+    f32 = np.float32
+    vals = [rng.uniform(-1, 1, 500_000), rng.standard_normal(200_000) * 1e-4,
+            rng.integers(-2**24, 2**24, 200_000) * 2.0**-32,  # the 2^-31 grid libsndfile rounds on
+            [1, -1, 0, -0.0, np.nextafter(f32(1), f32(0)), np.nextafter(f32(-1), f32(0)), 1e-45, -1e-45, 1e-30,
+             -1e-30, 2**-31, -2**-31, 2**-32, -2**-32, 3 * 2**-32, -3 * 2**-32]]
+    for offset in (0, 0.25, 0.5, 0.75):
+        b = ((k + offset) / 32768).astype(np.float32)
+        vals += [b, np.nextafter(b, f32(-2)), np.nextafter(b, f32(2))]
+    wav = np.clip(np.concatenate([np.asarray(v, dtype=np.float32) for v in vals]), -1, 1).astype(np.float32)
+    expected_mono, expected_stereo = round_trip(wav), round_trip(wav.reshape(-1, 2))
+
+    def no_soundfile(*a, **k):
+        raise AssertionError("as_pcm16 must not go through soundfile")
+
+    monkeypatch.setattr(sf, "write", no_soundfile)
+    monkeypatch.setattr(sf, "read", no_soundfile)
+    got_mono, got_stereo = as_pcm16(wav), as_pcm16(wav.reshape(-1, 2))
+    assert got_mono.dtype == np.float32 and np.array_equal(got_mono, expected_mono)
+    assert np.array_equal(got_stereo, expected_stereo)

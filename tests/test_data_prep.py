@@ -8,7 +8,7 @@ import soundfile as sf
 
 from musicgen_lora.core.outputs import MANIFEST
 from musicgen_lora.data.config import PrepareConfig
-from musicgen_lora.data.preparation import prepare_collection
+from musicgen_lora.data.preparation import output_stem, prepare_collection
 
 from conftest import run_script
 
@@ -229,3 +229,121 @@ def test_normalize_loudness_hits_target(tmp_path):
     assert report["loudness"] == {"normalized": 1}
     wav, sr = sf.read(out / json.loads((out / "metadata.json").read_text())["train"][0]["audio"])
     assert abs(pyloudnorm.Meter(sr).integrated_loudness(wav) + 20.0) < 0.3
+
+
+def wav_with_header(path, seconds=16.0, sample_rate=None, channels=None, sr=32000, seed=0):
+    """A valid 16-bit WAV of music whose header then claims another sample rate or channel count (a damaged
+    or hand-made header: libsndfile opens it as it says)."""
+    import struct
+
+    sf.write(path, _music(seconds, sr, seed=seed), sr, subtype="PCM_16")
+    b = bytearray(path.read_bytes())
+    if sample_rate is not None:
+        b[24:28], b[28:32] = struct.pack("<I", sample_rate), struct.pack("<I", (sample_rate * 2) % 2**32)
+    if channels is not None:
+        b[22:24] = struct.pack("<H", channels)
+    path.write_bytes(bytes(b))
+    return path
+
+
+def test_a_header_of_0_or_1_hz_among_good_files_is_skipped_and_the_run_goes_on(tmp_path):
+    """0 Hz ended the run with a ZeroDivisionError naming no file; 1 Hz asked the resampler for 32,000x the
+    samples (bad_alloc, or a segfault). Each is now one skipped entry with its reason."""
+    root = tmp_path / "raw"
+    root.mkdir()
+    sf.write(root / "good.wav", _music(16, 44100, seed=1), 44100)
+    wav_with_header(root / "zero_hz.wav", sample_rate=0)
+    wav_with_header(root / "one_hz.wav", seconds=0.02, sample_rate=1)  # 640 frames: "640 s"
+    out = tmp_path / "data"
+    proc = run_script("prepare_data.py", "--input_dir", root, "--output_dir", out, "--default_description", "x",
+                      "--valid_ratio", 0, "--no_progress", check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "prepare_report.json").read_text())
+    reasons = {r["source"]: (r["kind"], r["reason"]) for r in report["skipped"]}
+    assert sorted(reasons) == ["one_hz.wav", "zero_hz.wav"]
+    assert reasons["zero_hz.wav"][0] == "unreadable" and "0 Hz" in reasons["zero_hz.wav"][1]
+    assert reasons["one_hz.wav"][0] == "unreadable" and "1 Hz" in reasons["one_hz.wav"][1]
+    assert [e["source"] for e in json.loads((out / "metadata.json").read_text())["train"]] == ["good.wav"]
+    assert "zero_hz.wav" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("name,sr,channels,subtype", [
+    ("a.wav", 44100, 2, "PCM_16"), ("b.flac", 48000, 1, None), ("c.mp3", 44100, 2, None), ("d.ogg", 22050, 1, None),
+    ("e.wav", 32000, 2, "FLOAT"), ("f.wav", 16000, 3, "PCM_24")])
+def test_streamed_decode_equals_the_whole_file_decode(tmp_path, name, sr, channels, subtype):
+    """Blocks of any size through the soxr stream concatenate to exactly load_audio's whole-file samples
+    (librosa.resample, soxr_hq), length included."""
+    from musicgen_lora.audio.reader import load_audio, stream_audio
+
+    x = _music(9.3, sr, seed=4)
+    x = np.stack([x * (0.9 - 0.2 * c) for c in range(channels)], axis=1) if channels > 1 else x
+    sf.write(tmp_path / name, x, sr, subtype=subtype)
+    whole = load_audio(tmp_path / name, SR_OUT, channels=None)
+    for block in (1 << 20, 5000, 777):
+        streamed = np.concatenate(list(stream_audio(tmp_path / name, SR_OUT, block_samples=block)), axis=1)
+        assert streamed.dtype == np.float32 and np.array_equal(streamed, whole), block
+
+
+@pytest.mark.parametrize("seconds,channels", [(0.39, 1), (0.5, 2), (7.77, 1), (61.3, 2)])
+def test_streamed_loudness_equals_pyloudnorm(seconds, channels):
+    """LoudnessMeter fed in blocks gives pyloudnorm's whole-track integrated loudness exactly, and the
+    normalised samples are the old whole-track formula's."""
+    import pyloudnorm
+
+    from musicgen_lora.data.preparation import LoudnessMeter
+
+    wav = _music(seconds, SR_OUT, channels=channels, seed=9)
+    wav[len(wav) // 3:len(wav) // 2] *= 0.001  # a quiet stretch: the relative gate drops it
+    meter = LoudnessMeter(SR_OUT)
+    for start in range(0, len(wav), 9999):
+        meter.feed(wav[start:start + 9999])
+    if seconds < 0.4:
+        assert meter.gains(-14.0)[1] == {"status": "too short to measure"}
+        return
+    expected = pyloudnorm.Meter(SR_OUT).integrated_loudness(wav.astype(np.float64))
+    assert meter.integrated() == expected
+    factors, info = meter.gains(-3.0)  # loud target: peak-limited
+    out = wav * np.float32(10 ** ((-3.0 - expected) / 20))
+    out = out * np.float32(0.999 / float(np.max(np.abs(out))))
+    assert info["status"] == "peak-limited" and len(factors) == 2
+    scaled = wav
+    for f in factors:
+        scaled = scaled * f
+    assert np.array_equal(scaled, out.astype(np.float32))
+
+
+def test_a_track_failing_halfway_leaves_nothing_and_a_long_non_streamable_file_is_refused(tmp_path, monkeypatch):
+    """NaN at 35 s of a 50 s track: its first two segments were written before the NaN was read; they are
+    removed and the track is skipped. A file soundfile cannot open is decoded whole only up to
+    MAX_WHOLE_SECONDS (here lowered to 10 s): longer, it is refused with its reason."""
+    from musicgen_lora.audio import reader
+
+    root = tmp_path / "raw"
+    root.mkdir()
+    sf.write(root / "good.wav", _music(16, 32000, seed=1), 32000)
+    broken = _music(50, 32000, seed=2)
+    broken[35 * 32000] = np.nan
+    sf.write(root / "nan_late.wav", broken, 32000, subtype="FLOAT")
+    sf.write(root / "zlong.wav", _music(12, 32000, seed=3), 32000)
+    real = reader._sound_file
+
+    def refuse_zlong(path):  # as if soundfile could not read it: the fallback (librosa) decodes it whole
+        if str(path).endswith("zlong.wav"):
+            raise sf.LibsndfileError(0, "not a format soundfile reads")
+        return real(path)
+
+    monkeypatch.setattr(reader, "_sound_file", refuse_zlong)
+    monkeypatch.setattr(reader, "MAX_WHOLE_SECONDS", 10)
+    out = tmp_path / "data"
+    report = prepare_collection(PrepareConfig(output_dir=out, input_dir=[root], valid_ratio=0.0,
+                                                default_description="x", no_progress=True))
+    reasons = {r["source"]: (r["kind"], r["reason"]) for r in report["skipped"]}
+    assert reasons["nan_late.wav"] == ("unreadable", "audio holds NaN/inf samples; re-export it")
+    assert reasons["zlong.wav"][0] == "not streamable", reasons["zlong.wav"]
+    assert "convert it to FLAC or WAV" in reasons["zlong.wav"][1]
+    assert report["skipped_by_kind"] == {"unreadable": 1, "not streamable": 1}
+    assert sorted(p.name for p in (out / "train").iterdir()) == [f"{output_stem('good.wav')}_000.wav"]
+    monkeypatch.setattr(reader, "MAX_WHOLE_SECONDS", 20)  # under the limit: decoded whole, used
+    report = prepare_collection(PrepareConfig(output_dir=tmp_path / "d2", input_dir=[root], valid_ratio=0.0,
+                                                default_description="x", no_progress=True))
+    assert "zlong.wav" not in {r["source"] for r in report["skipped"]}

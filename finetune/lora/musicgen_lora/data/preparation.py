@@ -17,6 +17,11 @@ Rules, in the order they apply to each source file:
   5. split by source track (all segments of a track on one side), seeded, sized by --valid_ratio.
 Output names derive from the source path, sources are processed in sorted order and nothing
 time-dependent is written, so the same input gives byte-identical output.
+
+A track is never held whole: it is decoded, resampled, (normalised,) cut and written in blocks
+(`track_segments`), so memory does not grow with its length; each step gives exactly the samples the
+whole-track computation gave (resampling: audio.stream_audio; loudness: LoudnessMeter). Loudness needs
+the whole track before the first segment, so with --normalize_loudness a track is decoded twice.
 """
 import csv
 import hashlib
@@ -29,6 +34,7 @@ import tempfile
 import warnings
 import zipfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
@@ -36,7 +42,7 @@ import numpy as np
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from musicgen_lora.audio.reader import MUSICGEN_SAMPLE_RATE, load_audio
+from musicgen_lora.audio.reader import MUSICGEN_SAMPLE_RATE, NotStreamable, stream_audio
 from musicgen_lora.core.common import UserError
 from musicgen_lora.core.outputs import (
     atomic_write_json,
@@ -206,12 +212,57 @@ class ZipReader:
         self.path, self.zf = None, None
 
 
+class Unusable(UserError):
+    """A source that cannot be used, with the reason its report entry gives (no path) and its kind."""
+
+    def __init__(self, reason: str, kind: str = "unreadable"):
+        super().__init__(reason)
+        self.kind = kind
+
+
+@contextmanager
+def source_file(src: Source, zips: ZipReader):
+    """A path decoders can open: the file itself, or a zip member streamed into a temp file (removed after)."""
+    if src.size == 0:
+        raise Unusable("empty file (0 bytes)")
+    if src.path is not None:
+        yield src.path
+        return
+    fd, tmp = tempfile.mkstemp(suffix=PurePosixPath(src.member).suffix)
+    try:
+        try:
+            with os.fdopen(fd, "wb") as f:
+                zips.extract_to(src.zip_path, src.member, f)
+        except (zipfile.BadZipFile, RuntimeError, EOFError, zlib.error) as e:  # CRC error, truncated, encrypted
+            raise Unusable(f"unreadable zip member ({e})") from None
+        yield Path(tmp)
+    finally:
+        os.unlink(tmp)
+
+
+def source_blocks(path: Path, sample_rate: int = SAMPLE_RATE):
+    """A decoded source in blocks of float32 at sample_rate, (n,) mono or (n, 2) stereo (soundfile's layout:
+    cutting and writing index samples first); Unusable with a reason (no path) when it cannot be used,
+    possibly after some blocks."""
+    blocks = stream_audio(path, sample_rate)
+    while True:
+        with warnings.catch_warnings():  # librosa's "PySoundFile failed, trying audioread" for every bad file
+            warnings.simplefilter("ignore")
+            try:
+                block = next(blocks)
+            except StopIteration:
+                return
+            except UserError as e:
+                kind = "not streamable" if isinstance(e, NotStreamable) else "unreadable"
+                raise Unusable(str(e).replace(f"{path}: ", ""), kind) from None
+        yield _prepared_channels(block)
+
+
 def decode_source(src: Source, zips: ZipReader, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Float32 at sample_rate, (samples,) mono or (samples, 2) stereo (soundfile's layout: cutting and
-    writing index samples first); UserError with a reason (no path) when it cannot be used."""
-    with warnings.catch_warnings():  # librosa's "PySoundFile failed, trying audioread" for every bad file
-        warnings.simplefilter("ignore")
-        return _decode_source(src, zips, sample_rate)
+    """A whole source as one array (what the blocks of source_blocks concatenate to); for small files and tests."""
+    with source_file(src, zips) as path:
+        blocks = list(source_blocks(path, sample_rate))
+    return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
 
 
 def _prepared_channels(wav: np.ndarray) -> np.ndarray:
@@ -221,27 +272,43 @@ def _prepared_channels(wav: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(wav.T)
 
 
-def _decode_source(src: Source, zips: ZipReader, sample_rate: int) -> np.ndarray:
-    if src.size == 0:
-        raise UserError("empty file (0 bytes)")
-    if src.path is not None:
-        try:
-            return _prepared_channels(load_audio(src.path, sample_rate, channels=None))
-        except UserError as e:
-            raise UserError(str(e).replace(f"{src.path}: ", "")) from None
-    # Decoders need a real file: one member at a time is streamed into a temp file.
-    fd, tmp = tempfile.mkstemp(suffix=PurePosixPath(src.member).suffix)
-    try:
-        try:
-            with os.fdopen(fd, "wb") as f:
-                zips.extract_to(src.zip_path, src.member, f)
-        except (zipfile.BadZipFile, RuntimeError, EOFError, zlib.error) as e:  # CRC error, truncated, encrypted
-            raise UserError(f"unreadable zip member ({e})") from None
-        return _prepared_channels(load_audio(tmp, sample_rate, channels=None))
-    except UserError as e:
-        raise UserError(str(e).replace(f"{tmp}: ", "")) from None
-    finally:
-        os.unlink(tmp)
+def track_segments(src: Source, zips: ZipReader, s: PrepareConfig, track: dict):
+    """One source decoded in blocks and cut as they arrive: (index, start, end, samples) of every segment of
+    segment_bounds(track length) in order, the samples (n,) or (n, 2) float32 at SAMPLE_RATE, loudness
+    normalised with --normalize_loudness, not clipped. `track` receives what is known at the end:
+    "samples" (the length) and, when normalising, "loudness" (the status). Raises Unusable when the
+    source cannot be decoded -- possibly after some segments were yielded: the caller discards those.
+    Memory: a block and a segment, whatever the track's length."""
+    seg_len = int(round(s.segment_duration * SAMPLE_RATE))
+    with source_file(src, zips) as path:
+        scale = None
+        if s.normalize_loudness is not None:  # the whole track's loudness, before its first segment
+            meter = LoudnessMeter(SAMPLE_RATE)
+            for block in source_blocks(path):
+                meter.feed(block)
+            scale, info = meter.gains(s.normalize_loudness)
+        blocks = source_blocks(path)
+        if scale:
+            blocks = (_scaled(b, scale) for b in blocks)
+        yield from cut_blocks(blocks, seg_len, s.min_segment_ratio, track)
+        if s.normalize_loudness is not None:
+            track["loudness"] = info["status"]
+
+
+def cut_blocks(blocks, segment_samples: int, min_ratio: float, track: dict):
+    """(index, start, end, samples) of each segment of segment_bounds(total, segment_samples, min_ratio),
+    cut from consecutive blocks as they arrive; track["samples"] = total at the end."""
+    held, count, start, index = [], 0, 0, 0
+    for block in blocks:
+        held.append(block)
+        count += len(block)
+        while count - start >= segment_samples:
+            joined = np.concatenate(held) if len(held) > 1 else held[0]
+            yield index, start, start + segment_samples, joined[:segment_samples]
+            index, start, held = index + 1, start + segment_samples, [joined[segment_samples:]]
+    track["samples"] = count
+    if count > start and count - start >= min_ratio * segment_samples - 1e-9:  # segment_bounds' rule
+        yield index, start, count, np.concatenate(held)
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,24 +498,120 @@ def rms_dbfs(x: np.ndarray) -> float:
     return 20 * math.log10(rms) if rms > 0 else -math.inf
 
 
+class LoudnessMeter:
+    """pyloudnorm.Meter(rate).integrated_loudness of a track fed in blocks, equal to the one-shot value
+    (tests/test_data_prep.py checks ==): the same K-weighting filters (lfilter carrying its state between
+    blocks runs the same recurrence), the same 400 ms gating blocks summed from the same samples, the same
+    gating. Holds the filtered samples of one gating block and one fed block, and one number per block.
+    Also keeps the track's peak, for the peak limit."""
+
+    def __init__(self, rate: int):
+        import pyloudnorm
+
+        meter = pyloudnorm.Meter(rate)
+        self.rate, self.block_size, self.step = rate, meter.block_size, 1.0 - meter.overlap
+        # pyloudnorm's K-weighting stages, in its order (its one definition of them)
+        self.stages = [(f.b, f.a, f.passband_gain) for f in meter._filters.values()]
+        self.states, self.held, self.held_start, self.count = None, None, 0, 0
+        self.z: list[list[float]] = []  # per gating block: each channel's mean square
+        self.peak = np.float32(0.0)
+
+    def _bounds(self, j: int) -> tuple[int, int]:
+        return (int(self.block_size * (j * self.step) * self.rate),
+                int(self.block_size * (j * self.step + 1) * self.rate))
+
+    def feed(self, block: np.ndarray) -> None:
+        import scipy.signal
+
+        x = block.reshape(len(block), -1)
+        if x.size:
+            self.peak = max(self.peak, np.max(np.abs(x)))
+        x = x.astype(np.float64)
+        if self.states is None:
+            self.states = [[np.zeros(max(len(a), len(b)) - 1) for _ in range(x.shape[1])] for b, a, _g in self.stages]
+        for ch in range(x.shape[1]):
+            col = x[:, ch]
+            for k, (b, a, gain) in enumerate(self.stages):
+                out, self.states[k][ch] = scipy.signal.lfilter(b, a, col, zi=self.states[k][ch])
+                col = gain * out
+            x[:, ch] = col
+        self.held = x if self.held is None else np.concatenate([self.held, x])
+        self.count += len(x)
+        self._sum_blocks(None)
+
+    def _sum_blocks(self, num_blocks: int | None) -> None:
+        """Sum every gating block that is complete (or, at the end, each of the num_blocks); drop what
+        no later block needs."""
+        while True:
+            j = len(self.z)
+            lo, hi = self._bounds(j)
+            if (hi > self.count) if num_blocks is None else (j >= num_blocks):
+                break
+            part = self.held[max(0, lo - self.held_start):max(0, hi - self.held_start)]
+            self.z.append([(1.0 / (self.block_size * self.rate)) * np.sum(np.square(part[:, i]))
+                           for i in range(part.shape[1])])
+        lo = self._bounds(len(self.z))[0]
+        if self.held is not None and lo > self.held_start:
+            self.held, self.held_start = self.held[lo - self.held_start:], lo
+
+    def integrated(self) -> float:
+        """LUFS; ValueError when shorter than one gating block (as pyloudnorm)."""
+        if self.count < self.block_size * self.rate:
+            raise ValueError("Audio must have length greater than the block size.")
+        T = self.count / self.rate
+        num_blocks = int(np.round((T - self.block_size) / (self.block_size * self.step)) + 1)
+        self._sum_blocks(num_blocks)
+        z = np.array(self.z[:num_blocks]).T
+        channels, j_range = z.shape[0], range(num_blocks)
+        # From here on pyloudnorm's own computation (Meter.integrated_loudness, BS.1770-4 gating), unchanged.
+        G = [1.0, 1.0, 1.0, 1.41, 1.41]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=RuntimeWarning)
+            lj = [-0.691 + 10.0 * np.log10(np.sum([G[i] * z[i, j] for i in range(channels)])) for j in j_range]
+        J_g = [j for j, l_j in enumerate(lj) if l_j >= -70.0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=RuntimeWarning)
+            z_avg_gated = [np.mean([z[i, j] for j in J_g]) for i in range(channels)]
+        Gamma_r = -0.691 + 10.0 * np.log10(np.sum([G[i] * z_avg_gated[i] for i in range(channels)])) - 10.0
+        J_g = [j for j, l_j in enumerate(lj) if (l_j > Gamma_r and l_j > -70.0)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=RuntimeWarning)
+            z_avg_gated = np.nan_to_num(np.array([np.mean([z[i, j] for j in J_g]) for i in range(channels)]))
+        with np.errstate(divide="ignore"):
+            return -0.691 + 10.0 * np.log10(np.sum([G[i] * z_avg_gated[i] for i in range(channels)]))
+
+    def gains(self, target_lufs: float) -> tuple[tuple, dict]:
+        """The float32 factors normalize_loudness multiplies the track by, in order (none: leave it), and
+        its status."""
+        try:
+            loudness = self.integrated()
+        except ValueError:  # shorter than one 400 ms gating block
+            return (), {"status": "too short to measure"}
+        if not math.isfinite(loudness):
+            return (), {"status": "silent"}
+        gain = np.float32(10 ** ((target_lufs - loudness) / 20))
+        # max|x * g| is max|x| * g: float32 rounding is monotonic, so the peak is known before scaling
+        peak = float(np.float32(self.peak) * gain)
+        if peak > 0.999:
+            return (gain, np.float32(0.999 / peak)), {"status": "peak-limited", "from_lufs": loudness}
+        return (gain,), {"status": "normalized", "from_lufs": loudness}
+
+
+def _scaled(wav: np.ndarray, factors: tuple) -> np.ndarray:
+    for f in factors:
+        wav = wav * f
+    return wav.astype(np.float32)
+
+
 def normalize_loudness(wav: np.ndarray, sample_rate: int, target_lufs: float) -> tuple[np.ndarray, dict]:
     """Scale a track to target integrated loudness (ITU-R BS.1770 via pyloudnorm). When the gain
     would push peaks past 0.999 the track is scaled down to that peak instead (no limiter), so such
-    tracks end up quieter than the target; the report counts them."""
-    import pyloudnorm
-
-    try:
-        loudness = pyloudnorm.Meter(sample_rate).integrated_loudness(wav.astype(np.float64))
-    except ValueError:  # shorter than one 400 ms gating block
-        return wav, {"status": "too short to measure"}
-    if not math.isfinite(loudness):
-        return wav, {"status": "silent"}
-    out = wav * np.float32(10 ** ((target_lufs - loudness) / 20))
-    peak = float(np.max(np.abs(out))) if out.size else 0.0
-    if peak > 0.999:
-        out = out * np.float32(0.999 / peak)
-        return out.astype(np.float32), {"status": "peak-limited", "from_lufs": loudness}
-    return out.astype(np.float32), {"status": "normalized", "from_lufs": loudness}
+    tracks end up quieter than the target; the report counts them. (A whole array; track_segments
+    does the same in blocks.)"""
+    meter = LoudnessMeter(sample_rate)
+    meter.feed(wav)
+    factors, info = meter.gains(target_lufs)
+    return (_scaled(wav, factors) if factors else wav), info
 
 
 def output_stem(source_name: str) -> str:
@@ -506,7 +669,8 @@ def plural(n: int, word: str, many: str | None = None) -> str:
 
 
 # What each kind of skipped file is called in the summary line, in this order.
-SKIP_KINDS = {"unreadable": "unreadable", "too short": "too short", "near-silent": "near-silent",
+SKIP_KINDS = {"unreadable": "unreadable", "not streamable": "too long to decode whole", "too short": "too short",
+              "near-silent": "near-silent",
               "no description": "without a description", "too large": "refused by the zip limits",
               "link outside input": "links out of the input folder"}
 
@@ -567,42 +731,46 @@ def describe_sources(sources: list[Source], s: PrepareConfig, zips: ZipReader):
 
 def cut_tracks(sources, described: dict, s: PrepareConfig, zips: ZipReader, folder: Path, skipped: list):
     """Decode, (normalise,) cut and drop near-silent pieces of every described source, writing the
-    segments into `folder`. Returns (tracks, dropped counts, loudness statuses); skips go to `skipped`."""
+    segments into `folder` as they are cut (track_segments: memory does not grow with a track's length).
+    Returns (tracks, dropped counts, loudness statuses); skips go to `skipped`."""
     seg_len = int(round(s.segment_duration * SAMPLE_RATE))
     tracks, dropped, loudness = [], {"near_silent": 0, "short_tail": 0}, {}
     for src in tqdm(sources, desc="preparing", unit="file", disable=not s.progress, leave=False):
         if src.name not in described:
             continue  # reported under no_description
+        stem, segments, silent, track, channels = output_stem(src.name), [], 0, {}, 1
         try:
-            wav = decode_source(src, zips)
-        except UserError as e:
-            skipped.append({"source": src.name, "kind": "unreadable", "reason": str(e)})
+            for i, a, b, wav in track_segments(src, zips, s, track):
+                channels = 1 if wav.ndim == 1 else wav.shape[1]
+                if rms_dbfs(wav) < s.silence_threshold_db:
+                    silent += 1
+                    continue
+                fname = f"{stem}_{i:03d}.wav"
+                sf.write(folder / fname, np.clip(wav, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
+                segments.append({"file": fname, "start": round(a / SAMPLE_RATE, 3),
+                                 "duration": round((b - a) / SAMPLE_RATE, 3)})
+        except Unusable as e:  # found mid-track, perhaps: what was written of it goes
+            for seg in segments:
+                os.unlink(folder / seg["file"])
+            skipped.append({"source": src.name, "kind": e.kind, "reason": str(e)})
             continue
-        if s.normalize_loudness is not None:
-            wav, info = normalize_loudness(wav, SAMPLE_RATE, s.normalize_loudness)
-            loudness[info["status"]] = loudness.get(info["status"], 0) + 1
-        bounds = segment_bounds(len(wav), seg_len, s.min_segment_ratio)
-        dropped["short_tail"] += math.ceil(len(wav) / seg_len) - len(bounds)
+        if "loudness" in track:
+            loudness[track["loudness"]] = loudness.get(track["loudness"], 0) + 1
+        num_samples = track["samples"]
+        bounds = len(segments) + silent
+        dropped["short_tail"] += math.ceil(num_samples / seg_len) - bounds
+        dropped["near_silent"] += silent
         if not bounds:
             skipped.append({"source": src.name, "kind": "too short", "reason": f"too short: "
-                            f"{len(wav) / SAMPLE_RATE:.2f} s < {s.min_segment_ratio * s.segment_duration:.2f} s "
+                            f"{num_samples / SAMPLE_RATE:.2f} s < {s.min_segment_ratio * s.segment_duration:.2f} s "
                             f"(--min_segment_ratio x --segment_duration)"})
             continue
-        stem, segments = output_stem(src.name), []
-        for i, (a, b) in enumerate(bounds):
-            if rms_dbfs(wav[a:b]) < s.silence_threshold_db:
-                dropped["near_silent"] += 1
-                continue
-            fname = f"{stem}_{i:03d}.wav"
-            sf.write(folder / fname, np.clip(wav[a:b], -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
-            segments.append({"file": fname, "start": round(a / SAMPLE_RATE, 3),
-                             "duration": round((b - a) / SAMPLE_RATE, 3)})
         if not segments:
             skipped.append({"source": src.name, "kind": "near-silent", "reason": f"near-silent: every "
                             f"segment's RMS is below {s.silence_threshold_db:g} dBFS"})
             continue
         tracks.append({"source": src.name, "description": described[src.name], "segments": segments,
-                       "channels": 1 if wav.ndim == 1 else wav.shape[1]})
+                       "channels": channels})
     return tracks, dropped, loudness
 
 

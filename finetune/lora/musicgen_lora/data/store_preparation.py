@@ -14,10 +14,10 @@ changed is redone: its old unit (codes of the old content, no longer true) is re
 """
 from __future__ import annotations
 
-import io
 import math
 import time
-from dataclasses import dataclass
+from contextlib import closing
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +35,13 @@ from musicgen_lora.data.preparation import (
     SAMPLE_RATE,
     DescriptionIndex,
     FoundIndexes,
+    Unusable,
     ZipLimits,
     ZipReader,
-    decode_source,
     describe,
-    normalize_loudness,
     output_stem,
     rms_dbfs,
-    segment_bounds,
+    track_segments,
 )
 from musicgen_lora.data.units import Unit, assigned, in_valid, plan_against, plan_units, process_rank, with_rules
 from musicgen_lora.model.checkpoint import model_info, unwrap_base
@@ -59,45 +58,43 @@ class Segment:
 
 
 def source_segments(src, s: PrepareConfig, text: str, zips: ZipReader, channels: int, skipped: list,
-                    dropped: dict) -> list[Segment]:
-    """One source's kept segments, by the WAV route's rules (preparation.cut_tracks)."""
-    try:
-        wav = decode_source(src, zips)  # (n,) or (n, 2) at SAMPLE_RATE
-    except UserError as e:
-        skipped.append({"source": src.name, "kind": "unreadable", "reason": str(e)})
-        return []
-    if s.normalize_loudness is not None:
-        wav, _info = normalize_loudness(wav, SAMPLE_RATE, s.normalize_loudness)
+                    dropped: dict):
+    """One source's kept segments as they are cut (preparation.track_segments: the WAV route's rules and
+    samples; memory does not grow with the track's length). Unusable when it cannot be decoded, perhaps
+    after some segments: the caller discards them. Skips for being too short or near-silent go to
+    `skipped`, dropped segments to `dropped`, once the track has been read to its end."""
     seg_len = int(round(s.segment_duration * SAMPLE_RATE))
-    bounds = segment_bounds(len(wav), seg_len, s.min_segment_ratio)
-    dropped["short_tail"] += math.ceil(len(wav) / seg_len) - len(bounds)
-    if not bounds:
-        seconds = len(wav) / SAMPLE_RATE
-        skipped.append({"source": src.name, "kind": "too short", "reason": f"too short: {seconds:.2f} s"})
-        return []
     split = "valid" if in_valid(src.name, s.seed, s.valid_ratio) else "train"
-    stem, out = output_stem(src.name), []
-    for i, (a, b) in enumerate(bounds):
-        piece = np.clip(wav[a:b], -1.0, 1.0)
+    stem, track, kept, silent = output_stem(src.name), {}, 0, 0
+    for i, a, _end, wav in track_segments(src, zips, s, track):
+        piece = np.clip(wav, -1.0, 1.0)
         if rms_dbfs(piece) < s.silence_threshold_db:
-            dropped["near_silent"] += 1
+            silent += 1
             continue
         audio = to_channels(as_pcm16(piece).reshape(len(piece), -1).T, channels)
-        out.append(Segment(f"{stem}_{i:03d}", audio, text, split, src.name, round(a / SAMPLE_RATE, 3)))
-    if not out:
+        kept += 1
+        yield Segment(f"{stem}_{i:03d}", audio, text, split, src.name, round(a / SAMPLE_RATE, 3))
+    dropped["short_tail"] += math.ceil(track["samples"] / seg_len) - (kept + silent)
+    dropped["near_silent"] += silent
+    if not kept + silent:
+        seconds = track["samples"] / SAMPLE_RATE
+        skipped.append({"source": src.name, "kind": "too short", "reason": f"too short: {seconds:.2f} s"})
+    elif not kept:
         skipped.append({"source": src.name, "kind": "near-silent",
                         "reason": f"near-silent: every segment's RMS is below {s.silence_threshold_db:g} dBFS"})
-    return out
 
 
 def as_pcm16(wav: np.ndarray) -> np.ndarray:
-    """The segment as the WAV route's 16-bit file reads back (soundfile both ways, in memory): the
-    codes of either route are then the same, and the kept validation audio is exactly what was
-    encoded."""
-    buf = io.BytesIO()
-    sf.write(buf, wav, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    buf.seek(0)
-    return sf.read(buf, dtype="float32")[0]
+    """The segment as the WAV route's 16-bit file reads back (libsndfile's float -> PCM_16 write, then its
+    read as float32): the codes of either route are then the same, and the kept validation audio is
+    exactly what was encoded. Computed in numpy, not through an in-memory soundfile round trip: a
+    SIGINT landing in soundfile's Python I/O callback was swallowed inside libsndfile (the run ended
+    in an AssertionError, not exit 130). libsndfile 1.2 writes rint(x * 2^31) clipped to int32, shifted
+    right 16 bits (so neither rounding nor truncation of x * 32768), and reads q / 32768; equal to
+    soundfile's round trip bit for bit on every 16-bit boundary, random and edge values
+    (tests/test_codes_only.py). `wav` is finite and within [-1, 1] (clipped by the caller)."""
+    q = np.clip(np.rint(wav.astype(np.float64) * 2.0**31), -2.0**31, 2.0**31 - 1).astype(np.int64) >> 16
+    return q.astype(np.float32) / np.float32(32768)
 
 
 def encode_segments(model, segments: list[Segment], batch_size: int) -> list[torch.Tensor]:
@@ -116,26 +113,52 @@ def prepare_unit(unit: Unit, s: PrepareConfig, model, key, store_dir: Path, zips
     skipped, dropped, missing = list(unit.refused), {"near_silent": 0, "short_tail": 0}, []
     counts = {"train": 0, "valid": 0}
     with code_store.UnitWriter(store_dir, unit.id, key, unit.identity) as writer:
+        # Segments are encoded as they are cut, batch_size at a time, so no track is ever held whole. Their
+        # codes (a few kB each) wait in `encoded` until their track has been read to its end: a track found
+        # unreadable halfway leaves nothing in the unit. Order in the unit: by track, then by segment.
         pending: list[Segment] = []
+        encoded: list[tuple[Segment, int, torch.Tensor, dict]] = []  # (segment less its samples, their count, ...)
+        finished: set[str] = set()
 
         def flush():
             for seg, codes in zip(pending, encode_segments(model, pending, batch_size)):
                 extra = {"start": seg.start}
                 if seg.split == "valid":  # kept as audio: FAD and the listening test need it
                     extra["audio"] = write_valid_audio(writer, seg)
-                writer.add(seg.name, codes, seg.audio.shape[1], seg.description, seg.split,
-                           round(seg.audio.shape[1] / SAMPLE_RATE, 3), seg.source, **extra)
-                counts[seg.split] += 1
+                encoded.append((replace(seg, audio=None), seg.audio.shape[1], codes, extra))
             pending.clear()
+            add_finished()
+
+        def add_finished():
+            while encoded and encoded[0][0].source in finished:
+                seg, num_samples, codes, extra = encoded.pop(0)
+                writer.add(seg.name, codes, num_samples, seg.description, seg.split,
+                           round(num_samples / SAMPLE_RATE, 3), seg.source, **extra)
+                counts[seg.split] += 1
+
+        def discard(source: str):
+            pending[:] = [seg for seg in pending if seg.source != source]
+            for _seg, _n, _codes, extra in [e for e in encoded if e[0].source == source]:
+                if "audio" in extra:
+                    (writer.tmp / extra["audio"]).unlink()
+            encoded[:] = [e for e in encoded if e[0].source != source]
 
         for src in unit.sources:
             text, _origin = describe(src, index, s.default_description, zips, found)
             if text is None:
                 missing.append(src.name)
             else:
-                pending += source_segments(src, s, text, zips, channels, skipped, dropped)
-                if len(pending) >= batch_size:
-                    flush()
+                try:
+                    with closing(source_segments(src, s, text, zips, channels, skipped, dropped)) as segments:
+                        for seg in segments:
+                            pending.append(seg)
+                            if len(pending) >= batch_size:
+                                flush()
+                    finished.add(src.name)
+                except Unusable as e:
+                    discard(src.name)
+                    skipped.append({"source": src.name, "kind": e.kind, "reason": str(e)})
+                add_finished()
             if bar is not None:
                 bar.update(1)
         flush()
