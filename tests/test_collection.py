@@ -2,6 +2,7 @@
 ambiguous zip replaces committed work without being asked (prepare_data.py, both routes)."""
 import io
 import json
+import os
 import shutil
 import zipfile
 
@@ -25,14 +26,14 @@ def _wav(seconds, freq, seed):
     return buf.getvalue()
 
 
-def make_zip(path, freqs, members=None):
-    """A zip batch of 3 s tones (one per frequency) with a description each, as the seed's batches
+def make_zip(path, freqs, members=None, seconds=3.0):
+    """A zip batch of `seconds` tones (one per frequency) with a description each, as the seed's batches
     ship them (metadata.jsonl beside the zips is not needed: --default_description)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as zf:
         for i, f in enumerate(freqs):
             name = members[i] if members else f"audio/track_{i}.wav"
-            zf.writestr(name, _wav(3.0, f, seed=int(f)))
+            zf.writestr(name, _wav(seconds, f, seed=int(f)))
     return path
 
 
@@ -216,3 +217,120 @@ def test_a_store_without_valid_clips_holds_out_tracks_for_training(tiny_model_di
                       *FAST_TRAIN)
     assert "held out 1 of 9 source tracks (3 clips" in proc.stderr
     assert json.loads((run / "run_config.json").read_text())["validation"] == "held out"
+
+
+# --------------------------------------------------------------------------------------------
+# Signals: any moment of a preparation, 130/143, one line, and a re-run finishes the same store
+# --------------------------------------------------------------------------------------------
+def _store_contents(out):
+    """{unit: (clips.jsonl, codes.bin, index.npy)}: what a store holds, not when it was written."""
+    root = code_store.units_dir(code_store.default_store_dir(out))
+    return {u.name: tuple((u / f).read_bytes() for f in ("clips.jsonl", "codes.bin", "index.npy"))
+            for u in sorted(root.iterdir()) if not u.name.startswith(".")}
+
+
+def _wav_outputs(out):
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != ".musicgen_lora.json"}  # the manifest holds a run id
+
+
+def _moments(route, out):
+    """Three moments inside the work, each a test on what is on disk: the first log line (the model or
+    the sources being read), the first unit/segment being written, and later (a unit committed, or
+    half the segments cut)."""
+    units = code_store.units_dir(code_store.default_store_dir(out))
+
+    def staged():
+        return [p for d in out.glob(".prepare.tmp-*") for p in d.rglob("*.wav")] if out.is_dir() else []
+
+    if route == "codes_only":
+        return [lambda: True, lambda: any(units.glob(".*")) if units.is_dir() else False,
+                lambda: any(units.glob("batch_1-*"))]
+    return [lambda: True, lambda: len(staged()) > 0, lambda: len(staged()) > 100]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("route", ["codes_only", "wav"])
+def test_a_signal_at_any_moment_ends_in_one_line_and_a_rerun_finishes_the_same_data(tiny_model_dir, tmp_path,
+                                                                                       route):
+    """SIGINT once ended --codes_only in an AssertionError (exit 1): it landed in soundfile's I/O
+    callback and was swallowed. Now SIGINT and SIGTERM at three moments of the work give 130 or 143
+    with one line, and running the command again gives what an uninterrupted run gives."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import LORA
+
+    zips = [make_zip(tmp_path / "in" / f"batch_{n}.zip", [200 + 30 * n + 7 * i for i in range(4)], seconds=20)
+            for n in (1, 2, 3)]
+    args = [sys.executable, str(LORA / "prepare_data.py"), "--input_zip", *map(str, zips), "--segment_duration", "1",
+            "--default_description", "a tone", "--no_progress"]
+    if route == "codes_only":
+        args += ["--codes_only", "--model_path", str(tiny_model_dir)]
+    contents = _store_contents if route == "codes_only" else _wav_outputs
+
+    def started(out):
+        """The command with stderr in a file, once it has said its first line (before it, Python is
+        importing the package, and Ctrl-C there is Python's own)."""
+        log = open(tmp_path / f"{out.name}.log", "w+")
+        proc = subprocess.Popen([*args, "--output_dir", str(out)], stdout=subprocess.DEVNULL, stderr=log, text=True)
+        while proc.poll() is None and not os.path.getsize(log.name):
+            time.sleep(0.002)
+        return proc, log
+
+    proc, _ = started(tmp_path / "reference")
+    assert proc.wait(timeout=300) == 0
+    reference = contents(tmp_path / "reference")
+    interrupted = []
+    signals = [signal.SIGINT, signal.SIGTERM, signal.SIGINT] if route == "codes_only" else \
+        [signal.SIGTERM, signal.SIGINT, signal.SIGTERM]
+    for n, sig in enumerate(signals):
+        out = tmp_path / f"out{n}"
+        proc, log = started(out)
+        moment = _moments(route, out)[n]
+        while proc.poll() is None and not moment():
+            time.sleep(0.001)
+        proc.send_signal(sig)
+        proc.wait(timeout=300)
+        log.seek(0)
+        err = log.read()
+        assert "Traceback" not in err, err[-3000:]
+        # 0: it finished first; -sig: the signal came while Python was exiting after the work (a shell
+        # shows 128 + sig either way)
+        assert proc.returncode in (0, 128 + sig, -sig), err[-2000:]
+        if proc.returncode == 128 + sig:
+            interrupted.append(n)
+            assert err.strip().splitlines()[-1].startswith(f"interrupted ({sig.name})")
+            again = subprocess.run([*args, "--output_dir", str(out)], capture_output=True, text=True)
+            assert again.returncode == 0, again.stderr[-2000:]
+        assert contents(out) == reference
+    assert len(interrupted) >= 2, interrupted  # the moments fell inside the work
+
+
+def test_both_routes_print_the_same_summary_and_the_store_keeps_one_report(tiny_model_dir, tmp_path):
+    """--codes_only said "33 files -> 30 segments" and named no skipped file; the WAV route printed each
+    one. Now both print found = used + skipped by kind, and code_store/prepare_report.json sums every unit."""
+    first = make_zip(tmp_path / "batch_1.zip", [220, 330], members=["a/x.wav", "a/x.wav"])  # one superseded
+    with zipfile.ZipFile(first, "a") as zf:
+        zf.writestr("a/broken.wav", b"RIFF\x00\x00\x00\x00WAVEfmt garbage")
+        zf.writestr("a/blip.wav", _wav(0.2, 500, seed=1))  # shorter than a segment
+    second = make_zip(tmp_path / "batch_2.zip", [440, 550, 660])
+    wav = run_script("prepare_data.py", "--input_zip", first, second, "--output_dir", tmp_path / "wav",
+                     "--segment_duration", 1.0, "--default_description", "a tone", "--no_progress")
+    codes_only(tiny_model_dir, tmp_path / "codes", first)
+    codes = codes_only(tiny_model_dir, tmp_path / "codes", first, second)  # the second run adds one zip
+
+    def summary(stderr):
+        return [line for line in stderr.splitlines() if line.startswith(("files:", "segments:", "  skipped"))]
+
+    expected = ("files: 7 found = 4 used + 3 skipped (1 unreadable, 1 too short, "
+                "1 superseded by a later zip entry of the same name)")
+    assert summary(wav.stderr)[0] == expected and summary(wav.stderr) == summary(codes.stderr)
+    assert len([line for line in summary(codes.stderr) if line.startswith("  skipped")]) == 3
+    report = json.loads((tmp_path / "codes" / "code_store" / "prepare_report.json").read_text())
+    wav_report = json.loads((tmp_path / "wav" / "prepare_report.json").read_text())
+    for key in ("files_found", "files_used", "files_skipped", "skipped_by_kind", "skipped"):
+        assert report[key] == wav_report[key], key
+    assert report["segments"]["written"] == wav_report["segments"]["written"] == 12 and len(report["units"]) == 2

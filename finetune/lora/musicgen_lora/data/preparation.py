@@ -43,7 +43,7 @@ import soundfile as sf
 from tqdm.auto import tqdm
 
 from musicgen_lora.audio.reader import MUSICGEN_SAMPLE_RATE, NotStreamable, stream_audio
-from musicgen_lora.core.common import UserError
+from musicgen_lora.core.common import UserError, log
 from musicgen_lora.core.outputs import (
     atomic_write_json,
     check_shared_targets,
@@ -669,10 +669,23 @@ def plural(n: int, word: str, many: str | None = None) -> str:
 
 
 # What each kind of skipped file is called in the summary line, in this order.
+def track_skip(name: str, kept: int, silent: int, num_samples: int, s: PrepareConfig) -> dict | None:
+    """The report entry of a track that gave no segment (both routes), or None: too short for one, or
+    every segment near-silent."""
+    if not kept + silent:
+        return {"source": name, "kind": "too short", "reason": f"too short: {num_samples / SAMPLE_RATE:.2f} s < "
+                f"{s.min_segment_ratio * s.segment_duration:.2f} s (--min_segment_ratio x --segment_duration)"}
+    if not kept:
+        return {"source": name, "kind": "near-silent",
+                "reason": f"near-silent: every segment's RMS is below {s.silence_threshold_db:g} dBFS"}
+    return None
+
+
 SKIP_KINDS = {"unreadable": "unreadable", "not streamable": "too long to decode whole", "too short": "too short",
               "near-silent": "near-silent",
               "no description": "without a description", "too large": "refused by the zip limits",
-              "link outside input": "links out of the input folder"}
+              "link outside input": "links out of the input folder",
+              "duplicate name": "superseded by a later zip entry of the same name"}
 
 
 def prepare_collection(s: PrepareConfig) -> dict:
@@ -692,6 +705,8 @@ def prepare_collection(s: PrepareConfig) -> dict:
     staging = None
     try:
         described, origins = describe_sources(sources, s, zips)
+        log.info(f"{out}: {plural(len(sources), 'audio file')} found" + (f", {len(skipped)} refused before "
+                 f"reading" if skipped else "") + f"; cutting them into {s.segment_duration:g} s segments")
         staging = temp_path(out / "prepare")
         (staging / "segments").mkdir(parents=True)
         tracks, dropped, loudness = cut_tracks(sources, described, s, zips, staging / "segments", skipped)
@@ -760,14 +775,9 @@ def cut_tracks(sources, described: dict, s: PrepareConfig, zips: ZipReader, fold
         bounds = len(segments) + silent
         dropped["short_tail"] += math.ceil(num_samples / seg_len) - bounds
         dropped["near_silent"] += silent
-        if not bounds:
-            skipped.append({"source": src.name, "kind": "too short", "reason": f"too short: "
-                            f"{num_samples / SAMPLE_RATE:.2f} s < {s.min_segment_ratio * s.segment_duration:.2f} s "
-                            f"(--min_segment_ratio x --segment_duration)"})
-            continue
-        if not segments:
-            skipped.append({"source": src.name, "kind": "near-silent", "reason": f"near-silent: every "
-                            f"segment's RMS is below {s.silence_threshold_db:g} dBFS"})
+        nothing_kept = track_skip(src.name, len(segments), silent, num_samples, s)
+        if nothing_kept:
+            skipped.append(nothing_kept)
             continue
         tracks.append({"source": src.name, "description": described[src.name], "segments": segments,
                        "channels": channels})
@@ -846,7 +856,9 @@ def commit(out: Path, staging: Path, metadata: dict, report: dict, metadata_file
     write_manifest(out, TOOL, written)
 
 
-def summary_lines(report: dict, out: Path, metadata_file: str) -> list[str]:
+def summary_lines(report: dict, out: Path, metadata_file: str | None) -> list[str]:
+    """The run's summary, the same for both routes (--codes_only: store_preparation.store_report, over the
+    whole store; metadata_file None)."""
     d, sp, seg = report["descriptions"], report["splits"], report["segments"]
     found, kinds = report["files_found"], report["skipped_by_kind"]
     described = found - d["missing"]
@@ -856,14 +868,14 @@ def summary_lines(report: dict, out: Path, metadata_file: str) -> list[str]:
         (f" ({why})" if why else ""),
         f"segments: {seg['written']} written"
         + (f" (from {plural(report['channels']['stereo'], 'stereo source')}, kept stereo)"
-           if report["channels"]["stereo"] else "") + f"; dropped {seg['dropped_near_silent']} near-silent and "
+           if report["channels"].get("stereo") else "") + f"; dropped {seg['dropped_near_silent']} near-silent and "
         f"{seg['dropped_short_tail']} short {'tail' if seg['dropped_short_tail'] == 1 else 'tails'}",
         f"train: {plural(sp['train']['segments'], 'segment')} from {plural(sp['train']['tracks'], 'track')}, "
         f"{sp['train']['hours']:.3f} h; valid: {plural(sp['valid']['segments'], 'segment')} from "
         f"{plural(sp['valid']['tracks'], 'track')}, {sp['valid']['hours']:.3f} h",
-        f"descriptions: {described}/{found} files ({100 * described / max(found, 1):.0f}%): {d['sidecar']} sidecar "
-        f".txt, {d['descriptions_file']} descriptions file, {d.get('metadata_jsonl', 0)} metadata.jsonl, "
-        f"{d['default']} default",
+        f"descriptions: {described}/{found} files ({100 * described / max(found, 1):.0f}%): {d.get('sidecar', 0)} "
+        f"sidecar .txt, {d.get('descriptions_file', 0)} descriptions file, {d.get('metadata_jsonl', 0)} "
+        f"metadata.jsonl, {d.get('default', 0)} default",
     ]
     shown = [r for r in report["skipped"] if r["kind"] != "no description"]
     for r in shown[:5]:
@@ -878,5 +890,6 @@ def summary_lines(report: dict, out: Path, metadata_file: str) -> list[str]:
                      f"--default_description, or --require_description to stop on this")
     if "loudness" in report:
         lines.append("loudness: " + ", ".join(f"{n} {status}" for status, n in sorted(report["loudness"].items())))
-    lines.append(f"wrote {out / metadata_file} and {out / REPORT_NAME}")
+    lines.append(f"wrote {out / metadata_file} and {out / REPORT_NAME}" if metadata_file else
+                 f"wrote {out / REPORT_NAME} (every unit of the store)")
     return lines

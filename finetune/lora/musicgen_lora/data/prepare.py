@@ -93,8 +93,12 @@ def prepare_codes(cfg: PrepareConfig) -> dict:
     files = sum(r["files"] for r in result["reports"])
     log.info(f"encoded {result['encoded_units']} unit(s), {files} files -> {segments} segments in "
              f"{result['seconds']:.1f} s; {result['skipped_units']} unit(s) were already committed")
-    for z in result["broken_zips"]:
-        log.warning(f"warning: {z['source']}: {z['reason']}; none of its files were read")
+    from musicgen_lora.data.preparation import summary_lines
+    from musicgen_lora.data.store_preparation import store_report
+
+    report = store_report(result["store_dir"], result["broken_zips"])  # the whole store, as the WAV route says it
+    for line in summary_lines(report, Path(result["store_dir"]), None):
+        (log.warning if line.startswith("warning") else log.info)(line)
     summary = store_summary(result["store_dir"])
     log.info(format_summary(result["store_dir"], summary))
     if summary["clips"]["train"] and not summary["clips"]["valid"]:

@@ -42,6 +42,7 @@ from musicgen_lora.data.preparation import (
     output_stem,
     rms_dbfs,
     track_segments,
+    track_skip,
 )
 from musicgen_lora.data.units import Unit, assigned, in_valid, plan_against, plan_units, process_rank, with_rules
 from musicgen_lora.model.checkpoint import model_info, unwrap_base
@@ -76,12 +77,9 @@ def source_segments(src, s: PrepareConfig, text: str, zips: ZipReader, channels:
         yield Segment(f"{stem}_{i:03d}", audio, text, split, src.name, round(a / SAMPLE_RATE, 3))
     dropped["short_tail"] += math.ceil(track["samples"] / seg_len) - (kept + silent)
     dropped["near_silent"] += silent
-    if not kept + silent:
-        seconds = track["samples"] / SAMPLE_RATE
-        skipped.append({"source": src.name, "kind": "too short", "reason": f"too short: {seconds:.2f} s"})
-    elif not kept:
-        skipped.append({"source": src.name, "kind": "near-silent",
-                        "reason": f"near-silent: every segment's RMS is below {s.silence_threshold_db:g} dBFS"})
+    nothing_kept = track_skip(src.name, kept, silent, track["samples"], s)
+    if nothing_kept:
+        skipped.append(nothing_kept)
 
 
 def as_pcm16(wav: np.ndarray) -> np.ndarray:
@@ -111,7 +109,7 @@ def prepare_unit(unit: Unit, s: PrepareConfig, model, key, store_dir: Path, zips
     """Encode one unit into the store and commit it; returns its report (also kept in unit.json)."""
     channels = model_info(model)["audio_channels"]
     skipped, dropped, missing = list(unit.refused), {"near_silent": 0, "short_tail": 0}, []
-    counts = {"train": 0, "valid": 0}
+    counts, seconds, tracks, origins = {"train": 0, "valid": 0}, {"train": 0.0, "valid": 0.0}, {}, {}
     with code_store.UnitWriter(store_dir, unit.id, key, unit.identity) as writer:
         # Segments are encoded as they are cut, batch_size at a time, so no track is ever held whole. Their
         # codes (a few kB each) wait in `encoded` until their track has been read to its end: a track found
@@ -135,6 +133,8 @@ def prepare_unit(unit: Unit, s: PrepareConfig, model, key, store_dir: Path, zips
                 writer.add(seg.name, codes, num_samples, seg.description, seg.split,
                            round(num_samples / SAMPLE_RATE, 3), seg.source, **extra)
                 counts[seg.split] += 1
+                seconds[seg.split] += num_samples / SAMPLE_RATE
+                tracks[seg.source] = seg.split
 
         def discard(source: str):
             pending[:] = [seg for seg in pending if seg.source != source]
@@ -144,10 +144,11 @@ def prepare_unit(unit: Unit, s: PrepareConfig, model, key, store_dir: Path, zips
             encoded[:] = [e for e in encoded if e[0].source != source]
 
         for src in unit.sources:
-            text, _origin = describe(src, index, s.default_description, zips, found)
+            text, origin = describe(src, index, s.default_description, zips, found)
             if text is None:
                 missing.append(src.name)
             else:
+                origins[origin] = origins.get(origin, 0) + 1
                 try:
                     with closing(source_segments(src, s, text, zips, channels, skipped, dropped)) as segments:
                         for seg in segments:
@@ -163,7 +164,9 @@ def prepare_unit(unit: Unit, s: PrepareConfig, model, key, store_dir: Path, zips
                 bar.update(1)
         flush()
         report = {"unit": unit.id, "files": unit.num_files, "segments": counts, "skipped": skipped,
-                  "no_description": missing, "dropped": dropped}
+                  "no_description": missing, "dropped": dropped, "descriptions": origins,
+                  "tracks": {split: sum(1 for v in tracks.values() if v == split) for split in counts},
+                  "seconds": {split: round(v, 3) for split, v in seconds.items()}}
         writer.notes["report"] = report  # kept in unit.json: what this unit left out, and why
         writer.notes["encoded_on"] = encoded_on(model)
     return report
@@ -256,3 +259,52 @@ def refuse_changed_rules(plan, store_dir, overwrite: bool):
     raise UserError(f"{store_dir}: {len(plan.changed_rules)} committed unit(s) (e.g. {plan.changed_rules[0][1]}) "
                     f"were prepared with other rules ({'; '.join(changes)}); re-encoding them ({files} files) "
                     f"needs --overwrite, or prepare into another --output_dir for a separate store")
+
+
+STORE_REPORT = "prepare_report.json"
+
+
+def store_report(store_dir, broken_zips=()) -> dict:
+    """The whole store's preparation report, in the WAV route's prepare_report.json terms (files_found =
+    files_used + files_skipped, skips by kind and one by one, segments, splits), summed over every
+    committed unit's own report -- whichever run or process wrote it. Written to
+    code_store/prepare_report.json at the end of each run (atomically: two processes each write a
+    whole one)."""
+    from musicgen_lora.core.outputs import atomic_write_json
+    from musicgen_lora.data.preparation import SKIP_KINDS
+
+    skipped, missing, files, units = [], [], 0, []
+    segments, dropped = {"train": 0, "valid": 0}, {"near_silent": 0, "short_tail": 0}
+    tracks, seconds, origins = {"train": 0, "valid": 0}, {"train": 0.0, "valid": 0.0}, {}
+    for unit_id, info in sorted(code_store.committed_units(store_dir).items()):
+        r = (info.get("notes") or {}).get("report")
+        if not isinstance(r, dict):
+            continue
+        refused = sum(1 for x in r.get("skipped", []) if x.get("kind") in ("too large", "link outside input",
+                                                                          "duplicate name"))
+        files += int(r.get("files", 0)) + refused
+        skipped += r.get("skipped", [])
+        missing += r.get("no_description", [])
+        for split in segments:
+            segments[split] += int(r.get("segments", {}).get(split, 0))
+            tracks[split] += int(r.get("tracks", {}).get(split, 0))
+            seconds[split] += float(r.get("seconds", {}).get(split, 0.0))
+        for k in dropped:
+            dropped[k] += int(r.get("dropped", {}).get(k, 0))
+        for k, n in (r.get("descriptions") or {}).items():
+            origins[k] = origins.get(k, 0) + n
+        units.append({"unit": unit_id, "files": r.get("files"), "segments": r.get("segments"),
+                      "skipped": len(r.get("skipped", [])) + len(r.get("no_description", []))})
+    skipped_all = skipped + [{"source": m, "kind": "no description", "reason": "no description"} for m in missing]
+    counts = {kind: sum(1 for x in skipped_all if x["kind"] == kind) for kind in SKIP_KINDS}
+    report = {"files_found": files, "files_used": files - len(skipped_all), "files_skipped": len(skipped_all),
+              "skipped_by_kind": {k: n for k, n in counts.items() if n},
+              "skipped": sorted(skipped, key=lambda x: x["source"]), "unreadable_zips": list(broken_zips),
+              "no_description": missing, "descriptions": {**origins, "missing": len(missing)},
+              "channels": {}, "segments": {"written": sum(segments.values()), "dropped_near_silent":
+                                           dropped["near_silent"], "dropped_short_tail": dropped["short_tail"]},
+              "splits": {split: {"tracks": tracks[split], "segments": segments[split],
+                                 "hours": round(seconds[split] / 3600, 4)} for split in segments},
+              "units": units}
+    atomic_write_json(Path(store_dir) / STORE_REPORT, report)
+    return report
