@@ -112,11 +112,21 @@ def peak_rss_mb() -> float:
     return rss_mb("VmHWM")
 
 
+def parse_json(text):
+    """json.loads for files and requests we did not write. A document nested thousands of levels deep
+    makes Python's parser raise RecursionError, which no caller expects; it is a ValueError here,
+    like any other JSON that cannot be read (json.JSONDecodeError is one too)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
+
+
 def read_json(path: Path, what: str = "file"):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: {what} not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return parse_json(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e}); fix the file") from None

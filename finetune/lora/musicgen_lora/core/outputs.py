@@ -31,7 +31,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from musicgen_lora.core.common import UserError, log
+from musicgen_lora.core.common import UserError, log, parse_json
 
 MANIFEST = ".musicgen_lora.json"
 MANIFEST_FORMAT = 1
@@ -287,7 +287,7 @@ def new_run_id() -> str:
 def read_manifest(folder: Path) -> dict | None:
     """The folder's manifest, or None (none, or not one of ours)."""
     try:
-        data = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+        data = parse_json((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("tool"), str) or not isinstance(data.get("paths"), list):
@@ -524,7 +524,7 @@ def output_lock(folder: Path, tool: str):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             try:
-                holder = json.loads(os.read(fd, 4096).decode() or "{}")
+                holder = parse_json(os.read(fd, 4096).decode() or "{}")
             except ValueError:
                 holder = {}
             os.close(fd)

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from musicgen_lora.audio.reader import MUSICGEN_SAMPLE_RATE
+from musicgen_lora.audio.writer import write_audio
 from musicgen_lora.core.outputs import atomic_write_json
 
 SR = MUSICGEN_SAMPLE_RATE
@@ -179,7 +179,7 @@ def create_example_dataset(output_dir, num_clips: int = 30, valid_ratio: float =
         audio, text = render_clip(style, seconds, rng, stereo)
         rel = f"{split}/{style}_{i:03d}.wav"
         (out / split).mkdir(parents=True, exist_ok=True)
-        sf.write(out / rel, audio, SR, subtype="PCM_16")
+        write_audio(out / rel, audio, SR, subtype="PCM_16")
         entries[split].append({"audio": rel, "description": text, "duration": seconds, "sample_rate": SR,
                                "style": style})
     atomic_write_json(out / metadata_file, entries)

@@ -39,11 +39,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-import soundfile as sf
 from tqdm.auto import tqdm
 
 from musicgen_lora.audio.reader import MUSICGEN_SAMPLE_RATE, NotStreamable, stream_audio
-from musicgen_lora.core.common import UserError, log
+from musicgen_lora.audio.writer import write_audio
+from musicgen_lora.core.common import UserError, log, parse_json
 from musicgen_lora.core.outputs import (
     atomic_write_json,
     check_shared_targets,
@@ -365,7 +365,7 @@ class DescriptionIndex:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = parse_json(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}: line {n} is not valid JSON ({e}); fix or remove it") from None
             if not isinstance(obj, dict) or not obj.get("path") or not isinstance(obj.get("description"), str):
@@ -761,7 +761,7 @@ def cut_tracks(sources, described: dict, s: PrepareConfig, zips: ZipReader, fold
                     silent += 1
                     continue
                 fname = f"{stem}_{i:03d}.wav"
-                sf.write(folder / fname, np.clip(wav, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
+                write_audio(folder / fname, np.clip(wav, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
                 segments.append({"file": fname, "start": round(a / SAMPLE_RATE, 3),
                                  "duration": round((b - a) / SAMPLE_RATE, 3)})
         except Unusable as e:  # found mid-track, perhaps: what was written of it goes

@@ -21,11 +21,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
 from musicgen_lora.audio.reader import to_channels
+from musicgen_lora.audio.writer import write_audio
 from musicgen_lora.core.common import UserError, log
 from musicgen_lora.data import code_store
 from musicgen_lora.data.code_cache import file_sha256
@@ -186,7 +186,7 @@ def write_valid_audio(writer, seg: Segment) -> str:
     rel = f"audio/{seg.name}.wav"
     path = writer.tmp / rel
     path.parent.mkdir(exist_ok=True)
-    sf.write(path, seg.audio.T, SAMPLE_RATE, subtype="PCM_16")
+    write_audio(path, seg.audio.T, SAMPLE_RATE, subtype="PCM_16")
     return rel
 
 

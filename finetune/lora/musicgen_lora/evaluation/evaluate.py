@@ -4,10 +4,9 @@ returns its summary.json. Adding the verdicts to the adapters' model cards is th
 so this layer never imports reporting."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from musicgen_lora.core.common import UserError, log, resolve_device
+from musicgen_lora.core.common import UserError, log, parse_json, resolve_device
 from musicgen_lora.core.outputs import output_lock
 from musicgen_lora.core.paths import recorded_path
 from musicgen_lora.data.metadata import report_long_descriptions, validation_clips
@@ -50,7 +49,7 @@ def run_config_of(cfg: EvaluateConfig):
     for found in [c for p in places for c in (p / "run_config.json", p.parent / "run_config.json")]:
         if found.is_file():
             try:
-                return found.parent, json.loads(found.read_text(encoding="utf-8"))
+                return found.parent, parse_json(found.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 log.warning(f"warning: {found}: unreadable run_config.json, ignored")
     return None, {}

@@ -16,15 +16,14 @@ import json
 import mimetypes
 import os
 import re
-import threading
 from datetime import datetime, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from musicgen_lora.core.common import UserError, log
-from musicgen_lora.core.outputs import atomic_write_json
+from musicgen_lora.core.common import UserError, log, parse_json
+from musicgen_lora.core.outputs import apply_umask, disk_full_reason, temp_path
 from musicgen_lora.evaluation.listening import (
     CLIPS_DIR,
     MAX_RATINGS_BYTES,
@@ -59,7 +58,6 @@ def check_folder(folder: Path) -> Path:
 class ListenHandler(BaseHTTPRequestHandler):
     server_version = "musicgen-lora-listen"
     root: Path  # set on the subclass make_server builds
-    write_lock: threading.Lock
 
     def log_message(self, format, *args):  # noqa: A002 -- BaseHTTPRequestHandler's signature
         log.debug("listen: " + format % args)
@@ -163,7 +161,7 @@ class ListenHandler(BaseHTTPRequestHandler):
             return self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                               {"error": f"ratings larger than {MAX_RATINGS_BYTES} bytes refused"})
         try:
-            data = json.loads(self.rfile.read(length).decode("utf-8"))
+            data = parse_json(self.rfile.read(length).decode("utf-8"))
             key = read_key(self.root)  # read now: the folder may hold a new evaluation since the server started
             clean = check_ratings(data, key)
         except ForeignRatings as e:
@@ -172,25 +170,63 @@ class ListenHandler(BaseHTTPRequestHandler):
             return self._json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
         saved_at = datetime.now(timezone.utc)
         clean["saved_at"] = saved_at.isoformat(timespec="seconds")
-        with self.write_lock:  # two saves in one second get two names
-            name = ratings_filename(clean["listener"], saved_at)
-            folder = self.root / RATINGS_DIR
-            n = 1
-            while (folder / name).exists():
-                n += 1
-                name = re.sub(r"(-\d+)?\.json$", f"-{n}.json", name)
-            atomic_write_json(folder / name, clean)
+        try:
+            name = save_new(self.root / RATINGS_DIR, ratings_filename(clean["listener"], saved_at), clean)
+        except OSError as e:  # the page keeps the ratings: say why, so the listener can press Save again
+            reason = disk_full_reason(e) or e.strerror or str(e)
+            log.warning(f"warning: could not save ratings into {self.root / RATINGS_DIR}: {reason}")
+            return self._json(HTTPStatus.INSUFFICIENT_STORAGE if disk_full_reason(e) else
+                              HTTPStatus.INTERNAL_SERVER_ERROR,
+                              {"error": f"not saved ({reason}); the page keeps your ratings: free some space and "
+                                        f"press Save again"})
         rated = sum(len(g["ratings"]) for g in clean["groups"].values())
         log.info(f"saved {RATINGS_DIR}/{name} ({clean['listener']}: {rated} rating(s))")
         return self._json(HTTPStatus.OK, {"saved": f"{RATINGS_DIR}/{name}", "ratings": rated})
 
 
+def save_new(folder: Path, name: str, obj) -> str:
+    """Write obj as folder/name -- or name-2, name-3 ... when taken -- never replacing a file: the JSON is
+    written to a temp file and hard-linked to the name, which fails if the name exists, also when
+    another server (another process) on the same evaluation saves the same listener in the same
+    second. Returns the name used."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(folder / name)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+        apply_umask(tmp, is_dir=False)
+        n = 1
+        while True:
+            try:
+                os.link(tmp, folder / name)
+                return name
+            except FileExistsError:
+                n += 1
+                name = re.sub(r"(-\d+)?\.json$", f"-{n}.json", name)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class ListenServer(ThreadingHTTPServer):
+    daemon_threads = True  # a player's open connection never holds up Ctrl-C
+    request_queue_size = 128  # the default 5 reset connections under a burst of saves and seeks
+
+    def handle_error(self, request, client_address):
+        """A browser's audio player drops connections all the time while seeking: not an error. Anything
+        else is one warning line, and the server goes on."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return
+        log.warning(f"warning: listen server: {type(exc).__name__}: {exc} (request from {client_address[0]})")
+
+
 def make_server(folder: Path, port: int = DEFAULT_PORT) -> ThreadingHTTPServer:
     """A server for one evaluation folder, bound to 127.0.0.1 (port 0: any free port); not started."""
     folder = check_folder(folder)
-    handler = type("Handler", (ListenHandler,), {"root": folder.resolve(), "write_lock": threading.Lock()})
+    handler = type("Handler", (ListenHandler,), {"root": folder.resolve()})
     try:
-        server = ThreadingHTTPServer((HOST, port), handler)
+        server = ListenServer((HOST, port), handler)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise UserError(f"--port {port}: already in use on {HOST}; pass another --port, or --port 0 for any "
@@ -199,7 +235,6 @@ def make_server(folder: Path, port: int = DEFAULT_PORT) -> ThreadingHTTPServer:
             raise UserError(f"--port {port}: not allowed for this user (ports below 1024 need root); pass --port "
                             f"{DEFAULT_PORT}, or 0 for any free one") from None
         raise
-    server.daemon_threads = True  # a player's open connection never holds up Ctrl-C
     return server
 
 
@@ -211,7 +246,9 @@ def serve(folder: Path, port: int = DEFAULT_PORT):
           f"{Path(folder) / RATINGS_DIR}", flush=True)
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         log.info(f"stopped serving {folder}; count the ratings with: evaluate.py --tally {folder}")
+        if getattr(e, "signum", None) is not None:  # SIGTERM: a supervisor stopped it; it ends as 143 says
+            raise
     finally:
         server.server_close()

@@ -49,7 +49,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
-from musicgen_lora.core.common import UserError, log
+from musicgen_lora.core.common import UserError, log, parse_json
 from musicgen_lora.core.outputs import atomic_write_json, atomic_write_text
 
 PAGE = "listen.html"
@@ -194,7 +194,7 @@ def read_key(folder: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: not found; {fix}")
     try:
-        key = json.loads(path.read_text(encoding="utf-8"))
+        key = parse_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: unreadable ({e}); {fix}") from None
     ok = (isinstance(key, dict) and isinstance(key.get("evaluation_id"), str) and isinstance(key.get("groups"), list)
@@ -578,7 +578,7 @@ def read_ratings(folder: Path, key: dict) -> tuple[list[dict], list[str]]:
     for path in files:
         rel = f"{RATINGS_DIR}/{path.name}"
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = parse_json(path.read_text(encoding="utf-8"))
             clean = check_ratings(data, key)
         except ForeignRatings as e:
             warnings.append(f"{rel}: {e}; ignored (ratings never mix across evaluations)")
@@ -769,7 +769,7 @@ def tally_folder(folder: Path) -> dict:
                   tallied=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     summary_path = folder / "summary.json"
     try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        summary = parse_json(summary_path.read_text(encoding="utf-8"))
         if not isinstance(summary, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as e:

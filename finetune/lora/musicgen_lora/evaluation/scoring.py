@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from musicgen_lora.audio.reader import MUSICGEN_SAMPLE_RATE, load_audio
-from musicgen_lora.core.common import UserError, log
+from musicgen_lora.core.common import UserError, log, parse_json
 from musicgen_lora.core.outputs import atomic_dir, atomic_write_json, atomic_write_text, write_manifest
 from musicgen_lora.evaluation.config import TOOL
 from musicgen_lora.evaluation.figures import loudness_plot_png, spectrogram_png
@@ -190,7 +190,7 @@ def read_clip(path: Path, sample_rate: int) -> np.ndarray:
 def read_sidecar(path: Path) -> dict:
     """A clip's .json sidecar ({} when absent or unreadable)."""
     try:
-        side = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        side = parse_json(path.with_suffix(".json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return {}
     return side if isinstance(side, dict) else {}

@@ -24,9 +24,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from musicgen_lora.audio.reader import MUSICGEN_SAMPLE_RATE
+from musicgen_lora.audio.writer import write_audio
 from musicgen_lora.core.outputs import atomic_dir, check_own_folder, output_lock, write_manifest
 
 TOOL = "make_test_signals.py"
@@ -290,7 +290,7 @@ def write_signals(out: Path, duration: float = 15.0, corrupt: bool = False, over
             for name, audio in clips.items():
                 path = tmp / f"{name}.wav"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                sf.write(str(path), audio, SR, subtype="PCM_16")
+                write_audio(path, audio, SR, subtype="PCM_16")
             if corrupt:
                 (tmp / "steady" / "99_corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 20)
             write_manifest(tmp, TOOL, os.listdir(tmp))

@@ -22,11 +22,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
 from musicgen_lora.audio.codes import build_delay_pattern_labels, codebook_delays, interleave_channels, split_channels
+from musicgen_lora.audio.writer import write_audio
 from musicgen_lora.core.common import UserError, log
 from musicgen_lora.core.outputs import atomic_file, atomic_write_json
 from musicgen_lora.core.precision import dtype_of
@@ -507,8 +507,8 @@ def label_agreement(model, processor, prompts: Sequence[str], frames: int = 30,
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16"):
     """Write atomically (temp name, then rename) so a kill never leaves a truncated WAV."""
     with atomic_file(path) as tmp:
-        sf.write(str(tmp), np.clip(audio, -1.0, 1.0) if subtype != "FLOAT" else audio, sample_rate,
-                 subtype=subtype, format="WAV")
+        write_audio(tmp, np.clip(audio, -1.0, 1.0) if subtype != "FLOAT" else audio, sample_rate, subtype=subtype,
+                    format="WAV")
 
 
 def write_clip(path: Path, audio: np.ndarray, sample_rate: int, sidecar: dict, subtype: str = "PCM_16"):

@@ -1,12 +1,11 @@
 """LoRA on MusicGen's decoder: which layers, attaching it for training, loading a saved adapter (a plain
 PEFT folder) onto a base model, and what an adapter folder records of the run it came from."""
-import json
 import types
 from pathlib import Path
 
 import torch
 
-from musicgen_lora.core.common import UserError, read_json
+from musicgen_lora.core.common import UserError, parse_json, read_json
 from musicgen_lora.model.checkpoint import (
     check_layout,
     model_layout,
@@ -107,7 +106,7 @@ def adapter_run_id(adapter: Path) -> str | None:
     for path in (Path(adapter) / "training_info.json", Path(adapter).parent / "run_config.json",
                  Path(adapter).parent.parent / "run_config.json"):
         try:
-            run_id = json.loads(path.read_text(encoding="utf-8")).get("run_id")
+            run_id = parse_json(path.read_text(encoding="utf-8")).get("run_id")
         except (OSError, ValueError, AttributeError):
             continue
         if run_id:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from musicgen_lora.core.common import log
+from musicgen_lora.core.common import log, parse_json
 from musicgen_lora.core.outputs import atomic_write_text
 
 CARD = "README.md"
@@ -142,7 +142,7 @@ def read_card(folder: Path) -> tuple[str | None, dict | None]:
         return None, None
     found = _DATA_RE.findall(text)
     try:
-        data = json.loads(found[-1]) if found else None
+        data = parse_json(found[-1]) if found else None
     except ValueError:
         data = None
     return text, data if isinstance(data, dict) else None
@@ -155,7 +155,7 @@ def is_ours(text: str | None) -> bool:
 
 def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = parse_json(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from musicgen_lora.core.common import parse_json
 from musicgen_lora.core.outputs import atomic_file
 from musicgen_lora.core.paths import PATH_KEYS, recorded_path
 from musicgen_lora.evaluation.flags import count_words
@@ -104,10 +105,10 @@ def _finite(x) -> bool:
 
 def _read_json_quiet(path: Path, notes: list, what: str):
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = parse_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: bad or too deeply nested JSON
         notes.append(f"{what} unreadable ({type(e).__name__}), ignored")
         return None
     if not isinstance(obj, dict):

@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from musicgen_lora.core.common import log
+from musicgen_lora.core.common import log, parse_json
 
 FILE = Path("logs") / "metrics.jsonl"
 
@@ -66,7 +66,7 @@ def read_metrics(path: Path) -> tuple[list[dict], list[str]]:
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = parse_json(line)
         except json.JSONDecodeError:
             bad.append(i)
             continue
