@@ -168,3 +168,48 @@ def test_a_full_disk_while_writing_wavs_is_one_line(tmp_path, monkeypatch):
                       "--default_description", "x", "--segment_duration", 1, "--no_progress", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no space left on device"), proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Sizes checked before anything is allocated; broken adapters named before generating
+# --------------------------------------------------------------------------------------------
+def test_a_window_or_clip_too_big_for_the_machine_is_one_line(tiny_model_dir, example_data_dir, tmp_path):
+    """--target_duration 1e9 ended in an allocator traceback; inference --duration 1e9 ran until killed."""
+    proc = run_script("train_lora.py", "--model_path", tiny_model_dir, "--data_dir", example_data_dir,
+                      "--output_dir", tmp_path / "run", "--target_duration", 1e9, "--no_progress", check=False)
+    assert_one_line_error(proc, "memory plan", "--target_duration 30")
+    assert not (tmp_path / "run" / "logs").exists()
+    proc = run_script("inference_lora.py", "--model_path", tiny_model_dir, "--prompts", "x", "--duration", 1e9,
+                      "--output_dir", tmp_path / "gen", check=False)
+    assert_one_line_error(proc, "--duration 1e+09", "generate at most")
+
+
+def _adapter_copy(trained_run, tmp_path):
+    src = trained_run[0] / "best_model"
+    dst = tmp_path / "adapter"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_an_adapter_whose_config_rank_is_not_its_weights_is_refused_before_allocating(tiny_model_dir, trained_run,
+                                                                                       tmp_path):
+    adapter = _adapter_copy(trained_run, tmp_path)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["r"] = 100000
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    proc = run_script("inference_lora.py", "--model_path", tiny_model_dir, "--lora_model_path", adapter,
+                      "--prompts", "x", "--duration", 0.5, "--output_dir", tmp_path / "gen", check=False)
+    assert_one_line_error(proc, str(adapter), "rank 100000", "do not belong together")
+
+
+def test_an_adapter_with_nan_weights_is_named_before_generating(tiny_model_dir, trained_run, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    adapter = _adapter_copy(trained_run, tmp_path)
+    weights = load_file(adapter / "adapter_model.safetensors")
+    name = sorted(weights)[0]
+    weights[name][0, 0] = float("nan")
+    save_file(weights, adapter / "adapter_model.safetensors")
+    proc = run_script("inference_lora.py", "--model_path", tiny_model_dir, "--lora_model_path", adapter,
+                      "--prompts", "x", "--duration", 0.5, "--output_dir", tmp_path / "gen", check=False)
+    assert_one_line_error(proc, str(adapter), "NaN/inf", name)

@@ -194,6 +194,11 @@ def test_second_trainer_into_the_same_run_dir_is_refused_and_a_dead_ones_lock_is
         assert _wait_for(lambda: (run / "logs" / "metrics.jsonl").is_file(), first)
         second = train(tiny_model_dir, example_data_dir, run, "--overwrite_output_dir", check=False)
         assert_one_line_error(second, str(run), "in use by train_lora.py", f"pid {first.pid}")
+        # The same folder through a symlink (the lock went beside the link: both trained, and the second's
+        # --overwrite_output_dir deleted the first's outputs while it ran).
+        (tmp_path / "link").symlink_to(run)
+        third = train(tiny_model_dir, example_data_dir, tmp_path / "link", "--overwrite_output_dir", check=False)
+        assert_one_line_error(third, "in use by train_lora.py", f"pid {first.pid}")
         first.send_signal(signal.SIGKILL)  # a killed holder: the kernel drops its lock
         first.wait()
     finally:

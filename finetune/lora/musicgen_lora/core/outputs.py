@@ -502,7 +502,9 @@ def check_writable(folder: Path, flag: str = "--output_dir"):
 # One writer per folder
 # --------------------------------------------------------------------------------------------
 def lock_path(folder: Path) -> Path:
-    folder = Path(folder)
+    """`.NAME.lock` beside the folder's real path: a folder reached through a symlink (or a symlinked
+    parent) is the same folder, and takes the same lock."""
+    folder = Path(os.path.realpath(folder))
     return folder.parent / f".{folder.name}.lock"
 
 

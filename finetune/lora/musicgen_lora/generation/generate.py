@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -177,13 +178,30 @@ def clip_windows(model, duration: float, plan: WindowPlan | None = None,
             for i, w in enumerate(spans)]
 
 
+def total_ram_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def check_duration(model, duration: float, plan: WindowPlan | None = None, prompt_seconds: float = 0.0):
     """The flags' one-line errors before any work: a positive duration, a window the model holds, an
     overlap inside it, and an audio prompt shorter than both the window and the clip."""
     if duration <= 0:
         raise UserError("--duration must be positive (seconds)")
+    info = model_info(model)
+    # The finished clip is held in memory (float32 samples, plus the copy written out); one that cannot
+    # fit is refused now, not after hours of generating (--duration 1e9 used to run until killed).
+    need = 2 * duration * info["sample_rate"] * info["audio_channels"] * 4
+    ram = total_ram_bytes()
+    if ram and need > ram / 2:
+        most = ram / 2 / (2 * info["sample_rate"] * info["audio_channels"] * 4)
+        raise UserError(f"--duration {duration:g}: the clip alone would take {need / 2**30:,.1f} GiB of this machine's "
+                        f"{ram / 2**30:.1f} GiB of memory; generate at most {most:,.0f} s (about {most / 3600:.0f} h) "
+                        f"in one clip")
     window, _ = window_frames(model, duration, plan)
-    fr = model_info(model)["frame_rate"]
+    fr = info["frame_rate"]
     if prompt_seconds and (prompt_seconds >= duration or prompt_seconds * fr >= window):
         raise UserError(f"--prompt_seconds {prompt_seconds:g}: the audio prompt must be shorter than --duration "
                         f"({duration:g} s) and than one window ({window / fr:g} s)")

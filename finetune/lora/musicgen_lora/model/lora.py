@@ -76,6 +76,40 @@ def check_adapter_dir(path) -> Path:
     return path
 
 
+def check_adapter_weights(path: Path):
+    """Before PEFT builds anything: the ranks adapter_config.json asks for must be the ranks of the saved
+    tensors (PEFT allocates the config's rank first and compares shapes after -- r = 100000 took 1.5 GB on
+    the tiny model, ~110 GiB at musicgen-small's width, before failing), and every weight must be finite
+    (a NaN adapter ended in "probability tensor contains inf/nan" deep inside sampling)."""
+    import torch
+    from safetensors import safe_open
+
+    config = read_json(path / "adapter_config.json", "adapter config")
+    rank, pattern = config.get("r"), config.get("rank_pattern") or {}
+    try:
+        with safe_open(str(path / ADAPTER_WEIGHTS), framework="pt") as f:
+            names = list(f.keys())
+            for name in names:  # shapes from the header: nothing is read yet
+                if ".lora_A." not in name:
+                    continue
+                saved = f.get_slice(name).get_shape()[0]
+                wanted = next((r for key, r in pattern.items() if key in name), rank)
+                if wanted != saved:
+                    raise UserError(f"{path}: adapter_config.json asks for rank {wanted} but {ADAPTER_WEIGHTS} holds "
+                                    f"rank-{saved} weights ({name}); the two files do not belong together: pass "
+                                    f"another adapter folder")
+            for name in names:  # LoRA weights are small (MBs): every one is checked
+                if not torch.isfinite(f.get_tensor(name)).all():
+                    raise UserError(f"{path}: {ADAPTER_WEIGHTS} holds NaN/inf in {name}: this adapter is broken "
+                                    f"(a run that diverged?); pass another adapter, e.g. the run's best_model/ or "
+                                    f"an earlier checkpoint")
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"{path}: unreadable {ADAPTER_WEIGHTS} ({type(e).__name__}: {e}); pass another adapter "
+                        f"folder") from None
+
+
 def load_adapter(base_model, adapter_path, adapter_name: str = "default", is_trainable=False, into=None):
     """PeftModel.from_pretrained (or, with `into`, one more adapter on that PeftModel), with one clear
     line for a folder that is not a safetensors adapter of this base model."""
@@ -86,6 +120,7 @@ def load_adapter(base_model, adapter_path, adapter_name: str = "default", is_tra
     trained_on = read_json(path / "adapter_config.json").get("base_model_name_or_path")
     check_layout(info.get("model"), model_layout(base_model), str(path),
                  f"pass the base model it was trained on ({trained_on}) or an adapter trained on this one")
+    check_adapter_weights(path)
     try:
         if into is not None:
             into.load_adapter(str(path), adapter_name=adapter_name, is_trainable=is_trainable)

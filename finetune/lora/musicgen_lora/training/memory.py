@@ -418,9 +418,11 @@ def suggest(plan: MemoryPlan, half: str = "bf16") -> tuple[MemoryPlan, bool]:
     checkpointing = sorted({st.gradient_checkpointing, True})
     precisions = [st.precision] + ([half] if st.precision == "fp32" and plan.enforced else [])
     batches = [b for b in range(st.batch_size, 0, -1) if b == st.batch_size or global_batch % b == 0]
-    windows = [st.window_seconds] + sorted({float(w) for w in (round(st.window_seconds * x) for x in
-                                           (0.8, 0.6, 0.5, 0.4, 0.3, 0.2)) if 1 <= w < st.window_seconds},
-                                          reverse=True)
+    # Shares of the asked window, and MusicGen's own windows (30 s, and the usual 15 and 10 s): a window
+    # asked far past them (a typo) gets an answer that fits.
+    windows = [st.window_seconds] + sorted({float(w) for w in [*(round(st.window_seconds * x) for x in
+                                           (0.8, 0.6, 0.5, 0.4, 0.3, 0.2)), 30, 15, 10]
+                                           if 1 <= w < st.window_seconds}, reverse=True)
     tried = []
     for ckpt, precision, batch, window in itertools.product(checkpointing, precisions, batches, windows):
         changes = (ckpt != st.gradient_checkpointing, precision != st.precision, batch != st.batch_size)
@@ -450,13 +452,19 @@ def flags_for(new: MemoryPlan, old: MemoryPlan) -> str:
     return " ".join(flags)
 
 
+# A CPU plan this many times the machine's RAM cannot run, swap or not: it is refused (--ignore_memory_plan
+# still starts it).
+CPU_REFUSE_FACTOR = 16
+
+
 def check_plan(plan: MemoryPlan, ignore: bool = False, half: str | None = None):
     """Stop (UserError, one line: what was asked, what the device has, flags that fit) when a CUDA plan
     exceeds the device's usable memory; with `ignore` (--ignore_memory_plan), warn and go on. A CPU
-    plan never stops: past the RAM it is a warning."""
+    plan past the RAM is a warning (swap may carry it), but one past CPU_REFUSE_FACTOR x the RAM stops
+    like a GPU plan: a typo such as --target_duration 1e9 ended in an allocator traceback."""
     if plan.fits:
         return
-    if not plan.enforced:
+    if not plan.enforced and plan.total <= CPU_REFUSE_FACTOR * plan.capacity:
         log.warning(f"warning: the memory plan ({gib(plan.total)} GiB) is more than this machine's "
                     f"{gib(plan.capacity)} GiB of RAM; the run may swap or be killed")
         return
