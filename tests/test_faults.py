@@ -213,3 +213,45 @@ def test_an_adapter_with_nan_weights_is_named_before_generating(tiny_model_dir, 
     proc = run_script("inference_lora.py", "--model_path", tiny_model_dir, "--lora_model_path", adapter,
                       "--prompts", "x", "--duration", 0.5, "--output_dir", tmp_path / "gen", check=False)
     assert_one_line_error(proc, str(adapter), "NaN/inf", name)
+
+
+# --------------------------------------------------------------------------------------------
+# Smaller tracebacks: prompts files, seeds, tied tensors
+# --------------------------------------------------------------------------------------------
+def test_a_prompts_file_that_is_not_utf8_is_one_line(tiny_model_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes("caf\u00e9 beat\n".encode("latin-1"))
+    proc = run_script("inference_lora.py", "--model_path", tiny_model_dir, "--prompts_file", prompts,
+                      "--output_dir", tmp_path / "gen", check=False)
+    assert_one_line_error(proc, str(prompts), "not UTF-8", "save the prompts file as UTF-8")
+
+
+@pytest.mark.parametrize("where", ["flag", "file", "samples"])
+def test_a_seed_past_2_63_is_one_line_before_the_model_loads(tmp_path, where):
+    """A prompt seed >= 2^63 failed only after the model had loaded, inside sampling."""
+    prompts = tmp_path / "prompts.json"
+    seed = 2**63 if where != "samples" else 2**63 - 1
+    prompts.write_text(json.dumps([{"prompt": "x", "seed": seed}] if where != "flag" else ["x"]))
+    extra = ["--seed", 2**63] if where == "flag" else ["--num_samples", 2] if where == "samples" else []
+    proc = run_script("inference_lora.py", "--model_path", tmp_path / "no_model_here", "--prompts_file", prompts,
+                      "--output_dir", tmp_path / "gen", *extra, check=False)
+    assert_one_line_error(proc, "2^63")  # said before any model is looked for (there is none)
+
+
+def test_convert_adapter_copes_with_tied_tensors(trained_run, tmp_path):
+    """safetensors refuses two names on one storage: the converter ended in a traceback."""
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "old_adapter"
+    shutil.copytree(trained_run[0] / "best_model", folder)
+    state = load_file(str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_model.safetensors").unlink()
+    a, b = sorted(k for k in state if ".lora_A." in k)[:2]
+    if state[a].shape == state[b].shape:
+        state[b] = state[a]  # one tensor under two names, as a tied checkpoint holds them
+    state["tied_alias"] = state[a]
+    torch.save(state, folder / "adapter_model.bin")
+    run_script("convert_adapter.py", folder)
+    converted = load_file(str(folder / "adapter_model.safetensors"))
+    assert converted.keys() == state.keys() and all(torch.equal(converted[k], state[k]) for k in state)

@@ -138,7 +138,7 @@ def test_prompt_files(tmp_path):
     (tmp_path / "p.txt").write_text("one\n\ntwo\n")
     assert [p.text for p in load_prompts(tmp_path / "p.txt")] == ["one", "two"]
     for bad, needle in (("[]", "empty"), ('[{"id": "x"}]', "no prompt text"), ('{"a": 1}', "JSON list"),
-                        ('["a", {"prompt": "b", "seed": "x"}]', "integer"), ("[1]", "string")):
+                        ('["a", {"prompt": "b", "seed": "x"}]', "whole number"), ("[1]", "string")):
         f.write_text(bad)
         with pytest.raises(UserError, match=needle):
             load_prompts(f)

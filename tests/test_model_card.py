@@ -337,3 +337,16 @@ def test_umask_is_respected(adapter):
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(adapter / "README.md").st_mode) == 0o640
+
+
+def test_a_folder_named_with_the_cards_data_marker_keeps_its_evaluations(adapter):
+    """The kept data was found by the first marker in the file: a path holding the marker text, shown in
+    the card's body, hid the real data, and the next update dropped every earlier evaluation."""
+    _, kept = model_card.read_card(adapter)
+    kept["evaluations"] = [{"name": "evaluation", "verdict": "kept"}]
+    kept["path"] = str(adapter.parent / f"odd {model_card._DATA}{{\"x\": 1}} --> name")
+    kept["run_dir"] = kept["path"]
+    (adapter / "README.md").write_text(model_card.render(kept), encoding="utf-8")
+    assert model_card._DATA in card(adapter).split("\n---\n", 1)[1].rsplit(model_card._DATA, 1)[0]  # in the body
+    _, again = model_card.read_card(adapter)
+    assert again == json.loads(json.dumps(kept, default=str))

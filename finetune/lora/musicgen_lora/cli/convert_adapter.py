@@ -47,7 +47,9 @@ def main(argv=None):
         raise UserError(f"{source}: is not a mapping of names to tensors; re-save the adapter as safetensors from "
                         f"the code that trained it")
     with atomic_file(target) as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+        # clone: tied tensors (one storage under two names) are refused by safetensors; each name gets
+        # its own copy of the same values, which is what loading the .bin gave PEFT anyway.
+        save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(tmp))
     log.info(f"wrote {target} ({len(state)} tensors); {source} is unchanged")
 
 

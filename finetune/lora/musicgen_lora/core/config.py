@@ -97,6 +97,9 @@ def number_type(kind, low=None, high=None, low_open=False, high_open=False, word
 positive_int = number_type(int, low=1)
 nonneg_int = number_type(int, low=0)
 any_int = number_type(int)
+# torch's generators take 64-bit seeds; prompts add their sample number, numpy takes no negatives.
+SEED_LIMIT = 2**63
+seed_int = number_type(int, low=0, high=SEED_LIMIT, high_open=True, words="a whole number in [0, 2^63)")
 positive_float = number_type(float, low=0, low_open=True)
 nonneg_float = number_type(float, low=0)
 finite_float = number_type(float)

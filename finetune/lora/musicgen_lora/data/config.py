@@ -8,13 +8,13 @@ from pathlib import Path
 
 from musicgen_lora.core.common import UserError
 from musicgen_lora.core.config import (
-    any_int,
     check_settings,
     finite_float,
     fraction,
     positive_float,
     positive_fraction,
     positive_int,
+    seed_int,
     setting,
 )
 
@@ -34,7 +34,7 @@ class PrepareConfig:
     metadata_file: str = setting("metadata.json", "Name of the metadata file to write.")
     overwrite: bool = setting(False, "Replace an earlier output of this script (metadata, train/, valid/, report); "
                               "files it did not write are never replaced.")
-    seed: int = setting(0, "Seed for the train/valid split (same seed, same output).", type=any_int)
+    seed: int = setting(0, "Seed for the train/valid split (same seed, same output).", type=seed_int)
     valid_ratio: float | None = setting(None, "Share of segments held out for validation, whole source tracks at a "
                                         "time (default: 0.1 for a collection, 0.2 for the example set).",
                                         type=fraction)

@@ -9,13 +9,13 @@ from pathlib import Path
 
 from musicgen_lora.core.common import UserError
 from musicgen_lora.core.config import (
-    any_int,
     check_settings,
     nonneg_float,
     nonneg_int,
     positive_float,
     positive_int,
     probability,
+    seed_int,
     setting,
 )
 from musicgen_lora.core.precision import PRECISIONS, requested
@@ -55,7 +55,7 @@ class GenerationConfig:
     top_p: float = setting(_D.top_p, "Nucleus sampling mass (0 disables).", type=probability, group=SAMPLING)
     greedy: bool = setting(False, "Argmax decoding instead of sampling (often loops).", group=SAMPLING)
     seed: int = setting(42, "Seed for every prompt (a prompt's own 'seed' in the prompts file wins); sample j of a "
-                        "prompt uses seed + j.", type=any_int, group=SAMPLING)
+                        "prompt uses seed + j.", type=seed_int, group=SAMPLING)
     batch_size: int = setting(8, "Clips generated together in one batch.", type=positive_int, group=SAMPLING)
     wav_subtype: str = setting("PCM_16", "WAV sample format.", choices=WAV_SUBTYPES, group=SAMPLING)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from musicgen_lora.core.common import UserError, read_json
+from musicgen_lora.core.config import SEED_LIMIT
 from musicgen_lora.generation.sampling import GenerationSettings
 
 
@@ -53,8 +54,9 @@ def _prompts_from_list(items, where: str, folder: Path | None = None) -> list[Pr
         elif isinstance(item, dict):
             text = item.get("prompt", item.get("text", item.get("description")))
             pid, seed = item.get("id"), item.get("seed")
-            if seed is not None and not isinstance(seed, int):
-                raise UserError(f"{where}: entry {i} has seed {seed!r}; use an integer")
+            if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)
+                                     or not 0 <= seed < SEED_LIMIT):
+                raise UserError(f"{where}: entry {i} has seed {seed!r}; use a whole number in [0, 2^63)")
             if item.get("melody") is not None:
                 melody = melody_path(item["melody"], folder, f"{where}: entry {i}")
         else:
@@ -87,7 +89,11 @@ def load_prompts(prompts_file: str | Path | None = None, prompts: Sequence[str] 
             raise UserError(f"{path}: prompts file not found; pass a JSON list of prompts "
                             f"(e.g. finetune/data/eval/evaluation_prompts_8.json)")
         if path.suffix.lower() == ".txt":
-            items = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save the prompts file as UTF-8") from None
+            items = [line.strip() for line in text.splitlines() if line.strip()]
         else:
             items = read_json(path, "prompts file")
             if isinstance(items, dict) and "prompts" in items:
@@ -155,6 +161,9 @@ def plan_jobs(prompts: list[Prompt], num_samples: int, seed: int) -> list[Job]:
     jobs = []
     for i, p in enumerate(prompts):
         base_seed = p.seed if p.seed is not None else seed
+        if base_seed + num_samples - 1 >= SEED_LIMIT:  # before the model loads, not inside sampling
+            raise UserError(f"prompt {p.id!r}: seed {base_seed} + sample {num_samples - 1} reaches 2^63, past what "
+                            f"the generators take; use a smaller seed")
         for j in range(num_samples):
             jobs.append(Job(i, p, j, base_seed + j))
     return jobs

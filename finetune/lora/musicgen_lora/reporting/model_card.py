@@ -42,7 +42,6 @@ MARKER = "<!-- musicgen_lora model card"
 _MARKER_LINE = (f"{MARKER}: written by train_lora.py, updated by evaluate.py. They rewrite this file; "
                 f"delete this line to make it yours, and they will leave it alone. -->")
 _DATA = "<!-- musicgen_lora card data (read back when the card is updated): "
-_DATA_RE = re.compile(re.escape(_DATA) + r"(\{.*\}) -->", re.S)
 # peft's save_pretrained writes huggingface_hub's template card into every adapter folder; unfilled, it
 # is ours to replace.
 _PEFT_TEMPLATE = ("# Model Card for Model ID", "[More Information Needed]")
@@ -140,9 +139,12 @@ def read_card(folder: Path) -> tuple[str | None, dict | None]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None, None
-    found = _DATA_RE.findall(text)
+    # The kept data is the file's last comment (render puts it there); a folder name holding the marker
+    # text shows up earlier, in the body, and must not be taken for it.
+    start = text.rfind(_DATA)
+    end = text.rfind(" -->")
     try:
-        data = parse_json(found[-1]) if found else None
+        data = parse_json(text[start + len(_DATA):end]) if 0 <= start < end else None
     except ValueError:
         data = None
     return text, data if isinstance(data, dict) else None

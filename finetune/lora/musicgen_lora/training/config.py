@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass, field
 
 from musicgen_lora.core.common import UserError
 from musicgen_lora.core.config import (
-    any_int,
     check_settings,
     dropout,
     fraction,
@@ -17,6 +16,7 @@ from musicgen_lora.core.config import (
     positive_float,
     positive_int,
     probability,
+    seed_int,
     setting,
 )
 from musicgen_lora.core.precision import PRECISIONS
@@ -98,7 +98,7 @@ class TrainConfig:
                                      "branches). Default 0, as audiocraft trained MusicGen; the hub's configs say "
                                      "0.1, which kept a melody adapter from learning to follow its chroma.",
                                      type=dropout, group=OPTIM)
-    seed: int = setting(42, "Seed for LoRA init, crops, dropout and data order.", type=any_int, group=OPTIM)
+    seed: int = setting(42, "Seed for LoRA init, crops, dropout and data order.", type=seed_int, group=OPTIM)
 
     device: str = setting("auto", "auto, cpu or cuda.", group=RUNTIME)
     precision: str | None = setting(None, "Mixed precision: fp32 (default: losses comparable with earlier runs), "
