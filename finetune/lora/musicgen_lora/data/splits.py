@@ -16,11 +16,13 @@ def is_store_folder(data_dir, metadata_file: str = "metadata.json") -> bool:
     return code_store.has_store(data_dir) and not (Path(data_dir) / metadata_file).exists()
 
 
-def load_splits(data_dir, metadata_file: str = "metadata.json", check_files: bool = True) -> dict:
-    """{"train": [Clip], "valid": [Clip]}, plus "store" (the open code_store.CodeStore) for a store folder."""
+def load_splits(data_dir, metadata_file: str = "metadata.json", check_files: bool = True,
+                strict_store: bool = False) -> dict:
+    """{"train": [Clip], "valid": [Clip]}, plus "store" (the open code_store.CodeStore) for a store folder
+    (strict_store: a damaged unit is an error instead of skipped with a warning)."""
     if is_store_folder(data_dir, metadata_file):
         from musicgen_lora.data import code_store
 
-        store, splits = code_store.store_splits(data_dir)
+        store, splits = code_store.store_splits(data_dir, strict_store)
         return {**splits, "store": store}
     return read_metadata(data_dir, metadata_file, check_files=check_files)
