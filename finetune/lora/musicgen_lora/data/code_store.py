@@ -482,7 +482,7 @@ class CodeStore:
     ~1.5 vs 0.14 s) for readers that need none of them, such as a validation pass.
     """
 
-    def __init__(self, store_dir, key: StoreKey, strict: bool = False):
+    def __init__(self, store_dir, key: StoreKey, strict: bool = False, warn: bool = True):
         self.dir, self.key = Path(store_dir), key
         try:
             clean_stale(units_dir(store_dir))  # a killed writer's temp (a read-only store keeps them)
@@ -500,13 +500,14 @@ class CodeStore:
                 if strict:
                     raise UserError(f"{e} (--strict_store); delete that folder and encode its source again, or "
                                     f"train without --strict_store to skip it") from None
-                log.warning(f"warning: {e}; skipped (delete the folder; its clips are encoded again)")
+                if warn:
+                    log.warning(f"warning: {e}; skipped (delete the folder; its clips are encoded again)")
                 self.skipped[unit_id] = str(e)
                 continue
             self.units.append(unit_id)
             self.clip_digests.append(unit["checksum"]["clips_sha256"])
             indexes.append(index)
-        if other:  # one line for all of them: a store shared by two models holds many
+        if other and warn:  # one line for all of them: a store shared by two models holds many
             log.warning(f"warning: {len(other)} unit(s) of {self.dir} were written for other codes and are skipped, "
                         f"e.g. {other[0]}")
         index = np.concatenate(indexes) if indexes else np.empty(0, dtype=INDEX_DTYPE)

@@ -121,7 +121,7 @@ def fill_store(store_dir, model, splits: dict, melody: bool, strict: bool = Fals
         finally:
             bar.close()
             memo.save()
-        store = code_store.CodeStore(store_dir, key, strict)
+        store = code_store.CodeStore(store_dir, key, strict, warn=False)  # what it skips was said above
     else:
         raise UserError(f"{store_dir}: the code store kept changing while this run filled it (another run "
                         f"writing it?); run again")
