@@ -10,9 +10,9 @@ import torch
 
 from musicgen_lora.audio.chroma import chroma_features, file_chroma, window_frames
 from musicgen_lora.audio.codes import split_channels
-from musicgen_lora.data.code_cache import ChromaCache, CodeCache
 from musicgen_lora.data.dataset import Collator, MusicDataset
 from musicgen_lora.data.metadata import read_metadata
+from musicgen_lora.data.store_update import fill_store
 from musicgen_lora.model.checkpoint import load_model_and_processor, model_info
 
 from tunes import SR, tune, two_tunes
@@ -39,10 +39,10 @@ def test_cached_and_uncached_windows_get_the_same_chroma(tiny_melody_model_dir, 
     assert info["chroma_length"] == 235
     clips = read_metadata(melody_data)["train"]
     sr, hop = info["sample_rate"], info["hop_length"]
-    code_files = CodeCache(tmp_path / "cache", model, sr).fill(clips, progress=False)
-    chroma_files = ChromaCache(tmp_path / "cache", sr, hop).fill([c.melody_path for c in clips], progress=False)
+    store, filled, chroma_rows, stats = fill_store(tmp_path / "store", model, {"train": clips}, True, progress=False)
+    assert stats["encoded"] == len(clips) and stats["chroma"] == len(clips)  # + the stem's, - clip 5's own
     kw = dict(sample_rate=sr, target_duration=2.0, train=True, seed=7, hop_length=hop, audio_channels=1)
-    cached = MusicDataset(clips, code_files=code_files, chroma_files=chroma_files, **kw)
+    cached = MusicDataset(filled["train"], store=store, chroma_rows=chroma_rows["train"], **kw)
     uncached = MusicDataset(clips, chroma=True, **kw)
     collate = Collator(processor, 2 * sr, hop, chroma_length=info["chroma_length"])
     for epoch in range(3):

@@ -334,8 +334,8 @@ class UnitWriter:
         low, high = int(codes.min()), int(codes.max())
         if low < 0 or high > CODE_MAX:  # codebook indices; int16 holds codebooks of up to 32,768 entries
             raise UserError(f"{self.final}: clip {name} has codes in [{low}, {high}], outside the store's int16 "
-                            f"range [0, {CODE_MAX}]; this codec's codebooks are too large for the code store (MusicGen's "
-                            f"have 2048 codes each): use a MusicGen checkpoint's --model_path")
+                            f"range [0, {CODE_MAX}]; this codec's codebooks are too large for the code store "
+                            f"(MusicGen's have 2048 codes each): use a MusicGen checkpoint's --model_path")
         if split is not None and split not in SPLITS:
             raise ValueError(f"{name}: split {split!r} is not one of {SPLITS}")
         clash = sorted(set(extra) & set(ROW_KEYS))
