@@ -158,6 +158,24 @@ def test_a_zip_member_over_the_limits_is_refused_and_reported(tiny_model_dir, tm
     assert report["segments"] == {"train": 1, "valid": 0}
 
 
+def test_codes_only_rows_record_their_content(tiny_model_dir, batches, tmp_path):
+    """A kept validation segment's row is found by the sha256 of its kept WAV, like a metadata clip's."""
+    from musicgen_lora.data.code_cache import file_sha256
+
+    out = tmp_path / "codes"
+    prepare(tiny_model_dir, batches, out, (1,), "--valid_ratio", 0.5)
+    model = load_model_and_processor(str(tiny_model_dir), device="cpu")[0]
+    store = code_store.CodeStore(code_store.default_store_dir(out), code_store.StoreKey.for_model(model))
+    rows = store.content_rows()
+    assert len(rows) == len(store)  # every segment has its own content key
+    kept = [i for i in range(len(store)) if store.clip_info(i).get("audio")]
+    assert kept
+    for i in kept:
+        info = store.clip_info(i)
+        assert rows[file_sha256(code_store.units_dir(code_store.default_store_dir(out)) / info["unit"] /
+                                info["audio"])] == i
+
+
 @pytest.mark.parametrize("extra,needle", [((), "--model_path"), (("--pretokenize",), "--pretokenize")])
 def test_codes_only_flag_mistakes_are_one_line(tiny_model_dir, batches, tmp_path, extra, needle):
     args = ["--input_zip", batches / "archive_batch_0001.zip", "--output_dir", tmp_path / "d", "--codes_only", *extra]

@@ -152,3 +152,37 @@ def test_training_follows_the_melody_and_greedy_generation_tells_two_tunes_apart
         swapped = torch.stack(split_channels(target["A"], 2)[::-1], dim=1).reshape(target["A"].shape)
         assert float((read_codes(next((tmp_path / "melody_A").glob(f"*{CODES_SUFFIX}")))[:, :swapped.shape[1]]
                       == swapped).float().mean()) <= 0.1
+
+
+def test_a_melody_model_trains_from_the_store_with_chroma(tiny_melody_model_dir, melody_data, tmp_path):
+    """train_lora.py stores each clip's codes and its conditioning audio's chroma (the stem gets a row
+    of chroma only) and trains from them; a second run computes nothing. Control: a store without
+    chroma (as --codes_only writes) is refused for a melody model with one line, so the chroma rows
+    are what the run used."""
+    from musicgen_lora.core.common import UserError
+    from musicgen_lora.data import code_store
+    from musicgen_lora.training.trainer import check_store
+
+    from conftest import run_script
+
+    args = ["--model_path", tiny_melody_model_dir, "--data_dir", melody_data, "--cache_dir", tmp_path / "store",
+            "--max_steps", 2, "--target_duration", 2, "--batch_size", 2, "--gradient_accumulation_steps", 1,
+            "--no_progress", "--save_steps", 0]
+    first = run_script("train_lora.py", *args, "--output_dir", tmp_path / "a")
+    assert "6 clips, 0 in the store, 6 encoded, 6 chroma computed" in first.stdout + first.stderr
+    again = run_script("train_lora.py", *args, "--output_dir", tmp_path / "b")
+    assert "6 clips, 6 in the store, 0 encoded, 0 chroma computed" in again.stdout + again.stderr
+    model, _ = load_model_and_processor(str(tiny_melody_model_dir))
+    store = code_store.CodeStore(tmp_path / "store", code_store.StoreKey.for_model(model))
+    with_chroma = [i for i in range(len(store)) if store.has_chroma(i)]
+    assert len(store) == 7 and len(with_chroma) == 6  # 6 clips (one conditioned by the stem) + the stem
+    assert [store.has_codes(i) for i in with_chroma].count(False) == 1  # the stem: chroma only
+    stem = next(c for c in read_metadata(melody_data)["train"] if c.condition_path is not None).condition_path
+    row = next(i for i in with_chroma if not store.has_codes(i))
+    assert torch.equal(store.chroma(row), file_chroma(stem, SR, 30 * SR).argmax(-1).to(torch.uint8))
+
+    # Control: the same clips in a store whose rows hold no chroma.
+    clips = read_metadata(melody_data)["train"]
+    plain, filled, _, _ = fill_store(tmp_path / "plain", model, {"train": clips}, False, progress=False)
+    with pytest.raises(UserError, match="have no chroma.*--codes_only"):
+        check_store(plain, model, True, filled["train"])

@@ -14,6 +14,7 @@ changed is redone: its old unit (codes of the old content, no longer true) is re
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import time
@@ -124,7 +125,8 @@ def prepare_unit(unit: Unit, s: PrepareConfig, model, key, store_dir: Path, zips
                 if seg.split == "valid":  # kept as audio: FAD and the listening test need it
                     extra["audio"] = write_valid_audio(writer, seg)
                 writer.add(seg.name, codes, seg.audio.shape[1], seg.description, seg.split,
-                           round(seg.audio.shape[1] / SAMPLE_RATE, 3), seg.source, **extra)
+                           round(seg.audio.shape[1] / SAMPLE_RATE, 3), seg.source, content=segment_digest(seg),
+                           **extra)
                 counts[seg.split] += 1
             pending.clear()
 
@@ -153,6 +155,14 @@ def encoded_on(model) -> dict:
     device = next(unwrap_base(model).audio_encoder.parameters()).device
     return {"device": str(device), "threads": torch.get_num_threads() if device.type == "cpu" else None,
             "torch": torch.__version__}
+
+
+def segment_digest(seg: Segment) -> str:
+    """The row's content key: sha256 of the segment as the 16-bit WAV write_valid_audio keeps (a kept
+    validation file's own sha256), so every route's rows are found by content (code_store)."""
+    buf = io.BytesIO()
+    sf.write(buf, seg.audio.T, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    return hashlib.sha256(buf.getvalue()).hexdigest()
 
 
 def write_valid_audio(writer, seg: Segment) -> str:
