@@ -47,9 +47,9 @@ a UserError instead).
 
 Integrity: every file's sha256 is checked when a process opens the store, before any window is read
 (codes.bin included: a same-size flip of codes would otherwise train silently, or stop training with
-an IndexError when it leaves the codebook). Hashing runs at disk/page-cache speed -- see README,
-"Benchmarks" (`python -m benchmarks.integrity`: ~1 GB/s, 0.5 s for 572 MB) -- and a DataLoader worker receives the opened
-store, so it is paid once per process that opens it, not per window.
+an IndexError when it leaves the codebook). Hashing runs at disk/page-cache speed (README,
+"Benchmarks": `python -m benchmarks.integrity`, ~1 GB/s, 0.5 s for 572 MB), and a DataLoader worker
+receives the opened store, so it is paid once per process that opens it, not per window.
 """
 import hashlib
 import io
