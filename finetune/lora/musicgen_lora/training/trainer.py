@@ -308,7 +308,7 @@ def make_loaders(cfg: TrainConfig, accelerator, model, processor, info: dict, sp
     return train_set, valid_set, train_loader, valid_loader, data_rng
 
 
-def check_store(store, model, melody: bool, train_clips: list):
+def check_store(store, model, melody: bool, clips: list):
     """The store's codes must come from this model's codec, settings and layout (code_store.StoreKey),
     and hold chroma for a melody model."""
     want = code_store.StoreKey.for_model(model)
@@ -317,9 +317,9 @@ def check_store(store, model, melody: bool, train_clips: list):
         raise UserError(f"{store.dir}: its codes were made with another codec or settings ({'; '.join(differs)}); "
                         f"run prepare_data.py --codes_only --model_path with the model you train into a new "
                         f"--output_dir")
-    lacking = [c for c in train_clips if not store.has_chroma(c.store_index)]
+    lacking = [c for c in clips if not store.has_chroma(c.store_index)]
     if melody and lacking:
-        raise UserError(f"{store.dir}: {len(lacking)} training clip(s) have no chroma in this --codes_only store, and "
+        raise UserError(f"{store.dir}: {len(lacking)} clip(s) have no chroma in this --codes_only store, and "
                         f"MusicGen-Melody trains on each clip's chroma; prepare the data as WAVs (prepare_data.py "
                         f"without --codes_only): train_lora.py then stores their codes with chroma")
 
