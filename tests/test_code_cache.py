@@ -311,3 +311,36 @@ def test_pretokenize_then_train_encodes_nothing_and_no_cache_is_a_no_op(tiny_mod
     assert [x[:2] for x in a] == [x[:2] for x in b] and len([x for x in a if x[0] == "train"]) == 2
     for (_, _, la), (_, _, lb) in zip(a, b):
         assert la == pytest.approx(lb, abs=1e-5)
+
+
+def _fill_in_child(model_dir, clip_paths, store_dir):
+    import torch as _torch
+
+    _torch.set_num_threads(1)
+    model, _ = load_model_and_processor(str(model_dir))
+    clips = [Clip(Path(p), "x", "train") for p in clip_paths]
+    fill_store(store_dir, model, {"train": clips}, False, progress=False)
+
+
+@pytest.mark.slow
+def test_two_processes_filling_one_store_at_once_agree(tiny_model_dir, data_copy):
+    """Two runs on one data folder at once: each bucket is committed by one of them (the other's
+    rename is refused and it reads the store again), and the store holds each clip once, right."""
+    import multiprocessing
+
+    clips = read_metadata(data_copy)["train"]
+    store_dir = data_copy / "code_store"
+    fork = multiprocessing.get_context("fork")
+    procs = [fork.Process(target=_fill_in_child, args=(tiny_model_dir, [str(c.audio_path) for c in clips], store_dir))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert [p.exitcode for p in procs] == [0, 0]
+    model, _ = load_model_and_processor(str(tiny_model_dir))
+    store, out, _, stats = _fill(model, clips, store_dir)
+    assert stats["encoded"] == 0 and len(store) == len(clips)
+    assert not [n for n in os.listdir(code_store.units_dir(store_dir)) if n.startswith(".")]
+    for clip, row in zip(clips, out["train"]):
+        assert torch.equal(store.codes(row.store_index), _whole_codes(model, clip.audio_path))

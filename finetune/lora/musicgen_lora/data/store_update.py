@@ -166,9 +166,11 @@ def _commit_bucket(store, bucket: str, todo: dict, model, info: dict, batch_size
     lacks (codes encoded, chroma computed); then remove the old unit(s). False when another process
     committed that unit first."""
     store_dir, sr, hop = store.dir, info["sample_rate"], info["hop_length"]
-    generations = [int(m.group(2)) for u in code_store._unit_ids(store_dir)
-                   if (m := _BUCKET_UNIT.fullmatch(u)) and m.group(1) == bucket]
-    old_units = [u for u in store.units if (m := _BUCKET_UNIT.fullmatch(u)) and m.group(1) == bucket]
+    on_disk = [u for u in code_store._unit_ids(store_dir) if (m := _BUCKET_UNIT.fullmatch(u)) and m.group(1) == bucket]
+    generations = [int(_BUCKET_UNIT.fullmatch(u).group(2)) for u in on_disk]
+    old_units = [u for u in store.units if u in on_disk]
+    if set(on_disk) - set(old_units) - set(store.skipped):  # another process committed it since we opened
+        return False
     new_id = f"clips-{bucket}-{max(generations, default=0) + 1:06d}"
     old_rows = [i for u in old_units for i in range(*_unit_range(store, u))]
     try:
