@@ -5,7 +5,6 @@ most batch_size pieces however long a clip is.
 Real audio files (musicgen_lora.evaluation.signals, written with soundfile, one at 44.1 kHz so it is
 resampled) read through audio.AudioPieces, on the offline tiny checkpoints loaded with from_pretrained.
 """
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,8 @@ import soundfile as sf
 import torch
 
 from musicgen_lora.audio.reader import MUSICGEN_HOP_LENGTH, MUSICGEN_SAMPLE_RATE, AudioPieces, piece_samples
-from musicgen_lora.data.code_cache import CodeCache, load_codes
+from musicgen_lora.data.metadata import Clip
+from musicgen_lora.data.store_update import fill_store
 from musicgen_lora.evaluation.signals import drum_loop, varied_beat
 from musicgen_lora.model.checkpoint import load_model_and_processor, model_info
 from musicgen_lora.model.codec import encode_pieces
@@ -98,33 +98,20 @@ def test_an_empty_clip_is_an_error(model):
 
 
 @pytest.mark.slow
-def test_cache_filled_batched_equals_cache_filled_one_at_a_time(model, audio_files, tmp_path):
-    copy = audio_files[0].with_name("a_15s_copy.wav")  # the same audio twice: one entry, encoded once
+def test_store_filled_batched_equals_store_filled_one_at_a_time(model, audio_files, tmp_path):
+    copy = audio_files[0].with_name("a_15s_copy.wav")  # the same audio twice: one row, encoded once
     copy.write_bytes(audio_files[0].read_bytes())
-    sources = [*audio_files, copy]
-    rate = model_info(model)["sample_rate"]
+    clips = {"train": [Clip(p, "x", "train") for p in [*audio_files, copy]]}
 
-    batched = CodeCache(tmp_path / "batched", model, rate)
-    paths = batched.fill(sources, progress=False, batch_size=3)
-    assert batched.last_fill["encoded"] == len(audio_files) and batched.last_fill["cached"] == 1
-    single = CodeCache(tmp_path / "single", model, rate)
-    single_paths = [single.get_or_encode(source) for source in sources]
-
-    for path, single_path in zip(map(Path, paths), single_paths):
-        assert path.relative_to(batched.dir) == single_path.relative_to(single.dir)  # the same keys
-        (codes, n), (single_codes, single_n) = load_codes(path), load_codes(single_path)
-        assert torch.equal(codes, single_codes) and n == single_n
-        # The rest of the entry too (not the file's bytes: safetensors writes metadata in any order).
-        assert _metadata(path) == _metadata(single_path)
-    assert paths[-1] == paths[0]
-    assert batched.fill(sources, progress=False) == paths and batched.last_fill["encoded"] == 0
-
-
-def _metadata(path) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata()
+    batched, b_clips, _, stats = fill_store(tmp_path / "batched", model, clips, False, progress=False, batch_size=3)
+    assert stats["encoded"] == len(audio_files)
+    single, s_clips, _, _ = fill_store(tmp_path / "single", model, clips, False, progress=False, batch_size=1)
+    for b, s in zip(b_clips["train"], s_clips["train"]):
+        assert batched.content(b.store_index) == single.content(s.store_index)  # the same content keys
+        assert torch.equal(batched.codes(b.store_index), single.codes(s.store_index))
+        assert batched.num_samples(b.store_index) == single.num_samples(s.store_index)
+    assert b_clips["train"][-1].store_index == b_clips["train"][0].store_index
+    assert fill_store(tmp_path / "batched", model, clips, False, progress=False)[3]["encoded"] == 0
 
 
 @pytest.mark.slow

@@ -1,12 +1,17 @@
-"""The EnCodec code cache: hits, misses, invalidation, and training from it equals training without it.
+"""Codes of a metadata.json folder go into the code store, found by content (data/store_update.py):
+nothing is encoded twice, renames and metadata edits encode nothing, an edited or added clip is the
+only one encoded, another codec's codes are never read, and training from the store sees the codes
+and labels the audio route gives (what --no_cache trained on before it became a no-op).
 
 The offline test codec is built with all-zero codebooks (a fresh EnCodec's buffers), so it emits
-code 0 everywhere and any two code paths would agree. These tests first give it codebooks drawn
-from its own latents (what EnCodec's k-means init does), so codes are diverse and a wrong crop or a
-stale cache entry shows up as different tokens.
+code 0 everywhere and any two code paths would agree. The tiny model's codebooks are drawn from its
+own latents (what EnCodec's k-means init does), so codes are diverse and a wrong crop or a stale
+row shows up as different tokens.
 """
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +19,14 @@ import pytest
 import soundfile as sf
 import torch
 
+import musicgen_lora.data.store_update as store_update
 from musicgen_lora.audio.codes import crop_codes
 from musicgen_lora.audio.reader import AudioPieces, load_audio, piece_samples
-from musicgen_lora.data.code_cache import CodeCache, load_codes
+from musicgen_lora.core.common import UserError
+from musicgen_lora.data import code_store
 from musicgen_lora.data.dataset import Collator, MusicDataset
 from musicgen_lora.data.metadata import Clip, read_metadata
+from musicgen_lora.data.store_update import fill_store
 from musicgen_lora.model.checkpoint import load_model_and_processor, model_info
 from musicgen_lora.model.codec import encode_audio, encode_pieces
 from musicgen_lora.model.loss import batch_loss, labels_for_batch
@@ -30,7 +38,7 @@ from conftest import run_script
 def data_copy(example_data_dir, tmp_path):
     """4 train + 2 valid example clips cut to 6 s (longer than the tests' 4 s window): quick to encode."""
     out = tmp_path / "data"
-    shutil.copytree(example_data_dir, out, ignore=shutil.ignore_patterns(".codes_cache"))
+    shutil.copytree(example_data_dir, out, ignore=shutil.ignore_patterns(".codes_cache", "code_store"))
     meta = json.loads((out / "metadata.json").read_text())
     meta = {"train": meta["train"][:4], "valid": meta["valid"][:2]}
     for entry in meta["train"] + meta["valid"]:
@@ -41,8 +49,21 @@ def data_copy(example_data_dir, tmp_path):
     return out
 
 
+def _fill(model, clips, store_dir, melody=False, **kw):
+    return fill_store(store_dir, model, {"train": clips}, melody, progress=False, **kw)
+
+
+def _whole_codes(model, path):
+    return encode_pieces(model, [torch.from_numpy(load_audio(path, 32000))])
+
+
+def _unit_files(store_dir):
+    return {p.relative_to(store_dir): p.stat().st_mtime_ns for p in code_store.units_dir(store_dir).rglob("*")
+            if p.is_file()}
+
+
 def test_codes_are_diverse_and_crop_of_codes_differs_from_codes_of_crop(tiny_model_dir, example_data_dir):
-    """Why the cache stores whole clips and both paths crop codes: encoding an audio crop is not a
+    """Why the store keeps whole clips and both paths crop codes: encoding an audio crop is not a
     crop of the clip's codes near the crop's edges (EnCodec's LSTM and non-causal convolutions)."""
     model, _ = load_model_and_processor(str(tiny_model_dir))
     clip = read_metadata(example_data_dir)["train"][0]
@@ -54,58 +75,70 @@ def test_codes_are_diverse_and_crop_of_codes_differs_from_codes_of_crop(tiny_mod
     assert not torch.equal(crop_first, whole[:, o:o + w])
 
 
-def test_cache_hit_miss_and_invalidation(tiny_model_dir, data_copy):
+def test_store_hits_renames_edits_additions_and_codec_changes(tiny_model_dir, data_copy, caplog):
     model, _ = load_model_and_processor(str(tiny_model_dir))
-    clips = read_metadata(data_copy)["train"][:3]
-    cache_dir = data_copy / "cache"
+    every = read_metadata(data_copy)["train"]
+    clips, store_dir = every[:3], data_copy / "code_store"
 
-    cache = CodeCache(cache_dir, model, 32000)
-    paths = cache.fill(clips, progress=False)
-    assert cache.stats == {"hits": 0, "misses": 3} and len(set(paths)) == 3
-    codes, n = load_codes(paths[0])
-    wav = load_audio(clips[0].audio_path, 32000)
-    assert n == len(wav) and torch.equal(codes, encode_pieces(model, [torch.from_numpy(wav)]))
-    stamp = [p.stat().st_mtime_ns for p in map(Path, paths)]
+    store, out, _, stats = _fill(model, clips, store_dir)
+    assert stats["encoded"] == 3 and stats["cached"] == 0 and len({c.store_index for c in out["train"]}) == 3
+    for clip, row in zip(clips, out["train"]):
+        assert torch.equal(store.codes(row.store_index), _whole_codes(model, clip.audio_path))
+        assert store.num_samples(row.store_index) == len(load_audio(clip.audio_path, 32000))
+    files = _unit_files(store_dir)
 
-    again = CodeCache(cache_dir, model, 32000)  # a new run: hits, nothing re-encoded or rewritten
-    assert again.fill(clips, progress=False) == paths and again.stats == {"hits": 3, "misses": 0}
-    assert [p.stat().st_mtime_ns for p in map(Path, paths)] == stamp
+    # A new run: nothing encoded, nothing rewritten.
+    _, _, _, stats = _fill(model, clips, store_dir)
+    assert stats["encoded"] == 0 and stats["cached"] == 3 and _unit_files(store_dir) == files
 
-    # Audio content changes -> that clip re-encodes; a touch (same bytes) does not.
+    # Renamed and moved, described otherwise, in the other split: found by content, nothing encoded.
+    moved = data_copy / "elsewhere" / "renamed.wav"
+    moved.parent.mkdir()
+    os.rename(clips[0].audio_path, moved)
+    clips[0] = Clip(moved, "another description", "valid")
+    store, out, _, stats = _fill(model, clips, store_dir)
+    assert stats["encoded"] == 0 and _unit_files(store_dir) == files
+    assert torch.equal(store.codes(out["train"][0].store_index), _whole_codes(model, moved))
+
+    # One clip's audio edited, another only touched: exactly the edited one is encoded.
+    wav = load_audio(clips[1].audio_path, 32000)
     sf.write(clips[1].audio_path, wav[: 32000 * 5], 32000)
     clips[2].audio_path.touch()
-    c2 = CodeCache(cache_dir, model, 32000)
-    new_paths = c2.fill(clips, progress=False)
-    assert c2.stats == {"hits": 2, "misses": 1} and new_paths[1] != paths[1] and new_paths[2] == paths[2]
-    assert load_codes(new_paths[1])[1] == 32000 * 5
+    store, out, _, stats = _fill(model, clips, store_dir)
+    assert stats["encoded"] == 1 and store.num_samples(out["train"][1].store_index) == 32000 * 5
+    assert torch.equal(store.codes(out["train"][1].store_index), _whole_codes(model, clips[1].audio_path))
 
-    # Another sample rate -> everything re-encodes.
-    c3 = CodeCache(cache_dir, model, 16000)
-    c3.fill(clips, progress=False)
-    assert c3.stats == {"hits": 0, "misses": 3}
+    # One clip added: that one is encoded (its bucket re-committed, the others untouched).
+    before = set(code_store._unit_ids(store_dir))
+    store, out, _, stats = _fill(model, clips + [every[3]], store_dir)
+    assert stats["encoded"] == 1 and stats["units"] == 1
+    assert len(set(code_store._unit_ids(store_dir)) - before) == 1  # one new unit (one bucket's next generation)
+    assert torch.equal(store.codes(out["train"][3].store_index), _whole_codes(model, every[3].audio_path))
 
-    # Another codec (one weight changed) -> everything re-encodes; the decoder does not matter.
+    # The decoder changed: the same codec, nothing encoded. The codec changed: everything encoded,
+    # the old units skipped with one warning line and left in place.
     with torch.no_grad():
         model.decoder.lm_heads[0].weight.add_(1.0)
-    assert CodeCache(cache_dir, model, 32000).codec_id == cache.codec_id
+    assert _fill(model, clips, store_dir)[3]["encoded"] == 0
     with torch.no_grad():
         next(model.audio_encoder.encoder.parameters()).mul_(1.01)
-    c4 = CodeCache(cache_dir, model, 32000)
-    assert c4.codec_id != cache.codec_id
-    c4.fill(clips, progress=False)
-    assert c4.stats == {"hits": 0, "misses": 3}
+    caplog.clear()
+    store, out, _, stats = _fill(model, clips, store_dir)
+    assert stats["encoded"] == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "written for other codes" in warnings[0] and "codec" in warnings[0]
+    assert before <= set(code_store._unit_ids(store_dir))  # other codes are never deleted
 
 
 def test_hash_memo_skips_rehashing_unchanged_files_and_catches_same_size_rewrites(tiny_model_dir, data_copy,
                                                                                  monkeypatch):
-    """A second run reads no audio bytes to find its cache keys; a rewrite that keeps the size and is
+    """A second run reads no audio bytes to find its clips' rows; a rewrite that keeps the size and is
     given the old mtime back (rsync -t, cp -p) is still hashed again, through ctime."""
-    import os
-
     import musicgen_lora.data.code_cache as code_cache
 
     model, _ = load_model_and_processor(str(tiny_model_dir))
     clips = read_metadata(data_copy)["train"][:3]
+    store_dir = data_copy / "code_store"
     old = (1_600_000_000, 1_600_000_000)  # files written long before they are hashed: not "racy"
     for clip in clips:
         os.utime(clip.audio_path, old)
@@ -113,51 +146,95 @@ def test_hash_memo_skips_rehashing_unchanged_files_and_catches_same_size_rewrite
     real = code_cache.file_sha256
     monkeypatch.setattr(code_cache, "file_sha256", lambda path, **kw: hashed.append(Path(path).name) or real(path))
 
-    first = CodeCache(data_copy / "cache", model, 32000)
-    paths = first.fill(clips, progress=False)
-    assert len(hashed) == 3 and first.last_fill["hashed"] == 3
-    assert (data_copy / "cache" / code_cache.HASH_MEMO_NAME).is_file()
+    _, first, _, stats = _fill(model, clips, store_dir)
+    assert len(hashed) == 3 and stats["hashed"] == 3 and (store_dir / code_cache.HASH_MEMO_NAME).is_file()
 
     hashed.clear()
-    second = CodeCache(data_copy / "cache", model, 32000)
-    assert second.fill(clips, progress=False) == paths
-    assert hashed == [] and second.stats == {"hits": 3, "misses": 0} and second.last_fill["hashed"] == 0
+    _, second, _, stats = _fill(model, clips, store_dir)
+    assert hashed == [] and stats["encoded"] == 0 and stats["hashed"] == 0
+    assert [c.store_index for c in second["train"]] == [c.store_index for c in first["train"]]
 
     wav, sr = sf.read(clips[1].audio_path, dtype="float32")
     size = clips[1].audio_path.stat().st_size
     sf.write(clips[1].audio_path, wav * 0.5, sr)
     os.utime(clips[1].audio_path, old)
     assert clips[1].audio_path.stat().st_size == size
-    third = CodeCache(data_copy / "cache", model, 32000)
-    new_paths = third.fill(clips, progress=False)
-    assert hashed == [clips[1].audio_path.name] and third.stats == {"hits": 2, "misses": 1}
-    assert new_paths[1] != paths[1] and new_paths[0] == paths[0]
+    store, third, _, stats = _fill(model, clips, store_dir)
+    assert hashed == [clips[1].audio_path.name] and stats["encoded"] == 1
+    assert torch.equal(store.codes(third["train"][1].store_index), _whole_codes(model, clips[1].audio_path))
 
     # A file hashed right after it was written is "racy": trusted only once it is older than the margin.
     clips[2].audio_path.touch()
     hashed.clear()
-    CodeCache(data_copy / "cache", model, 32000).fill(clips, progress=False)
-    CodeCache(data_copy / "cache", model, 32000).fill(clips, progress=False)
+    _fill(model, clips, store_dir)
+    _fill(model, clips, store_dir)
     assert hashed == [clips[2].audio_path.name] * 2
 
     # A corrupt memo costs only the hashing.
-    (data_copy / "cache" / code_cache.HASH_MEMO_NAME).write_text("{not json")
+    (store_dir / code_cache.HASH_MEMO_NAME).write_text("{not json")
     hashed.clear()
-    fourth = CodeCache(data_copy / "cache", model, 32000)
-    assert fourth.fill(clips, progress=False) == new_paths and len(hashed) == 3 and fourth.stats["misses"] == 0
+    _, _, _, stats = _fill(model, clips, store_dir)
+    assert len(hashed) == 3 and stats["encoded"] == 0
 
 
-def test_cached_and_uncached_batches_give_same_labels_and_loss(tiny_model_dir, data_copy):
-    """Same seed and epoch -> same random crop -> identical labels and loss, from cache or from audio."""
+def test_a_killed_fill_commits_nothing_half_written_and_the_next_run_finishes(tiny_model_dir, data_copy,
+                                                                            monkeypatch):
+    model, _ = load_model_and_processor(str(tiny_model_dir))
+    clips = read_metadata(data_copy)["train"][:3]
+    store_dir = data_copy / "code_store"
+    real = store_update.encode_files
+
+    def dies(*args, **kw):
+        for n, out in enumerate(real(*args, **kw)):
+            if n == 0 and len(args[1]) == 1 and not dies.spared:
+                raise KeyboardInterrupt  # Ctrl-C inside the second bucket's encoding
+            yield out
+        dies.spared = False
+
+    dies.spared = True
+    monkeypatch.setattr(store_update, "encode_files", dies)
+    with pytest.raises(KeyboardInterrupt):
+        _fill(model, clips, store_dir)
+    monkeypatch.setattr(store_update, "encode_files", real)
+    names = os.listdir(code_store.units_dir(store_dir))
+    assert len(names) == 1 and not names[0].startswith(".")  # the first bucket committed; no temp left
+    store, out, _, stats = _fill(model, clips, store_dir)
+    assert stats["encoded"] == 2 and not [n for n in os.listdir(code_store.units_dir(store_dir)) if n.startswith(".")]
+    for clip, row in zip(clips, out["train"]):
+        assert torch.equal(store.codes(row.store_index), _whole_codes(model, clip.audio_path))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_store_still_trains_and_asks_for_cache_dir_only_to_encode(tiny_model_dir, data_copy):
+    model, _ = load_model_and_processor(str(tiny_model_dir))
+    clips = read_metadata(data_copy)["train"][:3]
+    store_dir = data_copy / "code_store"
+    _fill(model, clips[:2], store_dir)
+    folders = [store_dir, *(p for p in store_dir.rglob("*") if p.is_dir())]
+    for d in folders:
+        d.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        store, out, _, stats = _fill(model, clips[:2], store_dir)  # everything there: reads only
+        assert stats["encoded"] == 0 and len(store) == 2
+        with pytest.raises(UserError, match="cannot write the code store.*--cache_dir"):
+            _fill(model, clips, store_dir)
+    finally:
+        for d in folders:
+            d.chmod(stat.S_IRWXU)
+
+
+def test_store_and_audio_batches_give_same_labels_and_loss(tiny_model_dir, data_copy):
+    """Same seed and epoch -> same random crop -> identical labels and loss, from the store or from audio."""
     model, processor = load_model_and_processor(str(tiny_model_dir))
     info = model_info(model)
     sr, hop = info["sample_rate"], info["hop_length"]
     clips = read_metadata(data_copy)["train"][:4]
-    files = CodeCache(data_copy / "cache", model, sr).fill(clips, progress=False)
+    store, out, _, _ = _fill(model, clips, data_copy / "code_store")
     collate = Collator(processor, 4 * sr, hop)
     offsets = []
     for epoch in (1, 2):
-        cached = MusicDataset(clips, sr, 4.0, train=True, seed=5, hop_length=hop, audio_channels=1, code_files=files)
+        cached = MusicDataset(out["train"], sr, 4.0, train=True, seed=5, hop_length=hop, audio_channels=1,
+                              store=store)
         audio = MusicDataset(clips, sr, 4.0, train=True, seed=5, hop_length=hop, audio_channels=1)
         cached.set_epoch(epoch)
         audio.set_epoch(epoch)
@@ -177,8 +254,8 @@ def test_cached_and_uncached_batches_give_same_labels_and_loss(tiny_model_dir, d
 
 def test_long_clip_codes_are_the_same_cached_or_not_across_piece_boundaries(tiny_model_dir, example_data_dir,
                                                                              tmp_path):
-    """A 70 s clip at 44.1 kHz is read and encoded in three ~30 s pieces: the code cache encodes all
-    of them, uncached training only the pieces under its window. Windows across a piece boundary,
+    """A 70 s clip at 44.1 kHz is read and encoded in three ~30 s pieces: the store holds all
+    of them, the audio route only the pieces under its window. Windows across a piece boundary,
     inside one piece and in the short last piece give the same tokens either way."""
     model, processor = load_model_and_processor(str(tiny_model_dir))
     info = model_info(model)
@@ -192,8 +269,8 @@ def test_long_clip_codes_are_the_same_cached_or_not_across_piece_boundaries(tiny
     clip = Clip(path, "lo-fi hip hop beat", "train")
     pieces = AudioPieces(path, sr, piece_samples(sr, hop))
     assert pieces.num_pieces == 3 and abs(pieces.num_samples - 70 * sr) <= 1
-    entry = CodeCache(tmp_path / "cache", model, sr).fill([clip], progress=False)
-    cached = MusicDataset([clip], sr, 4.0, train=True, hop_length=hop, audio_channels=1, code_files=entry)
+    store, out, _, _ = _fill(model, [clip], tmp_path / "store")
+    cached = MusicDataset(out["train"], sr, 4.0, train=True, hop_length=hop, audio_channels=1, store=store)
     uncached = MusicDataset([clip], sr, 4.0, train=True, hop_length=hop, audio_channels=1)
     collate = Collator(processor, 4 * sr, hop)
     frames_per_piece = piece_samples(sr, hop) // hop
@@ -201,7 +278,7 @@ def test_long_clip_codes_are_the_same_cached_or_not_across_piece_boundaries(tiny
         a, b = collate([cached.item(0, offset)]), collate([uncached.item(0, offset)])
         assert b["audio"][0].shape[-1] <= 2 * piece_samples(sr, hop)  # never the whole clip in memory
         assert torch.equal(labels_for_batch(model, a), labels_for_batch(model, b)), offset
-    whole_codes, n = load_codes(entry[0])
+    whole_codes, n = store.codes(out["train"][0].store_index), store.num_samples(out["train"][0].store_index)
     assert n == pieces.num_samples and whole_codes.shape[1] == -(-n // hop)
     window, valid = crop_codes(whole_codes, n, 3400, 200, hop)
     assert valid == min(200, n // hop - 3400) and valid < 200  # the clip's end: masked past it
@@ -213,25 +290,57 @@ def _losses(run):
 
 
 @pytest.mark.slow
-def test_pretokenize_then_train_from_cache_equals_training_without(tiny_model_dir, data_copy, tmp_path):
+def test_pretokenize_then_train_encodes_nothing_and_no_cache_is_a_no_op(tiny_model_dir, data_copy, tmp_path):
     proc = run_script("prepare_data.py", "--pretokenize", "--model_path", tiny_model_dir, "--data_dir", data_copy,
                       "--no_progress")
-    assert "6 clips, 6 encoded, 0 already cached" in proc.stderr + proc.stdout
+    assert "6 clips, 0 in the store, 6 encoded" in proc.stderr + proc.stdout
     assert "files/s" in proc.stderr + proc.stdout
-    entries = sorted((data_copy / ".codes_cache").rglob("*.safetensors"))
-    assert len(entries) == 6
+    files = _unit_files(data_copy / "code_store")
+    assert files and not (data_copy / ".codes_cache").exists()
 
     common = ["--model_path", tiny_model_dir, "--data_dir", data_copy, "--num_epochs", 1, "--batch_size", 2,
               "--gradient_accumulation_steps", 1, "--learning_rate", 3e-3, "--warmup_steps", 1, "--logging_steps", 1,
               "--target_duration", 4, "--no_progress", "--seed", 7]
-    cached = run_script("train_lora.py", *common, "--output_dir", tmp_path / "cached")
-    out = cached.stdout + cached.stderr
-    assert "train 4 clips, 4 cached, 0 encoded" in out and "valid 2 clips, 2 cached, 0 encoded" in out
-    uncached = run_script("train_lora.py", *common, "--output_dir", tmp_path / "uncached", "--no_cache")
-    assert "code cache" not in uncached.stdout + uncached.stderr
-    assert sorted((data_copy / ".codes_cache").rglob("*.safetensors")) == entries
+    first = run_script("train_lora.py", *common, "--output_dir", tmp_path / "a")
+    assert "6 clips, 6 in the store, 0 encoded" in first.stdout + first.stderr
+    old = run_script("train_lora.py", *common, "--output_dir", tmp_path / "b", "--no_cache")
+    assert "--no_cache no longer changes anything" in old.stdout + old.stderr
+    assert _unit_files(data_copy / "code_store") == files
 
-    a, b = _losses(tmp_path / "cached"), _losses(tmp_path / "uncached")
+    a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
     assert [x[:2] for x in a] == [x[:2] for x in b] and len([x for x in a if x[0] == "train"]) == 2
     for (_, _, la), (_, _, lb) in zip(a, b):
         assert la == pytest.approx(lb, abs=1e-5)
+
+
+def _fill_in_child(model_dir, clip_paths, store_dir):
+    import torch as _torch
+
+    _torch.set_num_threads(1)
+    model, _ = load_model_and_processor(str(model_dir))
+    clips = [Clip(Path(p), "x", "train") for p in clip_paths]
+    fill_store(store_dir, model, {"train": clips}, False, progress=False)
+
+
+@pytest.mark.slow
+def test_two_processes_filling_one_store_at_once_agree(tiny_model_dir, data_copy):
+    """Two runs on one data folder at once: each bucket is committed by one of them (the other's
+    rename is refused and it reads the store again), and the store holds each clip once, right."""
+    import multiprocessing
+
+    clips = read_metadata(data_copy)["train"]
+    store_dir = data_copy / "code_store"
+    fork = multiprocessing.get_context("fork")
+    procs = [fork.Process(target=_fill_in_child, args=(tiny_model_dir, [str(c.audio_path) for c in clips], store_dir))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert [p.exitcode for p in procs] == [0, 0]
+    model, _ = load_model_and_processor(str(tiny_model_dir))
+    store, out, _, stats = _fill(model, clips, store_dir)
+    assert stats["encoded"] == 0 and len(store) == len(clips)
+    assert not [n for n in os.listdir(code_store.units_dir(store_dir)) if n.startswith(".")]
+    for clip, row in zip(clips, out["train"]):
+        assert torch.equal(store.codes(row.store_index), _whole_codes(model, clip.audio_path))

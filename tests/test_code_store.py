@@ -1,8 +1,7 @@
 """The code store (data/code_store.py): codes read back exactly, units commit whole or not at all, a unit
-of other codes or a damaged one is skipped by name, concurrent writers give what one writer gives, and
-the code cache's keys are what they were before the store shared its settings."""
+of other codes or a damaged one (codes.bin flipped in place, a null or unknown key included) is skipped by
+name, concurrent writers give what one writer gives, and the settings keys are what they were."""
 import errno
-import hashlib
 import json
 import multiprocessing
 import os
@@ -19,7 +18,7 @@ from musicgen_lora.audio.reader import RESAMPLER, piece_samples
 from musicgen_lora.core.common import UserError
 from musicgen_lora.core.outputs import DiskFull
 from musicgen_lora.data import code_store
-from musicgen_lora.data.code_cache import CodeCache, file_sha256, load_codes
+from musicgen_lora.data.code_cache import codec_identity, codec_settings
 from musicgen_lora.data.code_store import (
     CodeStore,
     StoreKey,
@@ -119,7 +118,7 @@ def test_training_clip_window_matches_the_code_cache_crop(tmp_path):
 def test_codes_outside_int16_are_refused_with_one_clear_line(tmp_path, bad):
     clip = random_clips(4, 4, 1)[0]
     clip["codes"][2, 5] = bad
-    with pytest.raises(UserError, match=r"outside the store's int16 range \[0, 32767\].*per-clip code cache"):
+    with pytest.raises(UserError, match=r"outside the store's int16 range \[0, 32767\].*MusicGen checkpoint"):
         write_unit(tmp_path / "store", "u1", make_key(), [clip])
     assert os.listdir(units_dir(tmp_path / "store")) == []
 
@@ -322,7 +321,7 @@ def test_store_files_follow_the_umask(tmp_path, mask):
     finally:
         os.umask(old)
     paths = [tmp_path / "store", *(tmp_path / "store").rglob("*")]
-    assert len(paths) == 7  # store, units, the unit, its 4 files
+    assert len(paths) == 8  # store, units, the unit, its 5 files
     for path in paths:
         want = (0o777 if path.is_dir() else 0o666) & ~mask  # 0644 / 0755 under the usual 022
         assert stat.S_IMODE(path.stat().st_mode) == want, (path, oct(path.stat().st_mode))
@@ -351,46 +350,109 @@ def test_store_summary_counts_units_clips_hours_and_bytes(tmp_path):
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("model_fixture,layout", [("tiny_model_dir", "mono-mean"),
                                                   ("tiny_stereo_model_dir", "2ch-interleaved")])
-def test_code_cache_keys_keep_their_formula_with_the_shared_settings(request, tmp_path, model_fixture, layout):
-    """The settings and key formula as CodeCache wrote them before code_store shared them, with one
-    deliberate change: the encode rule "pieces" became "pieces-2row" when every codec LSTM call got
-    at least two rows (modeling._lstms_on_two_rows; a mono clip's codes could differ in ~2 per
-    100,000), so entries encoded before are encoded again rather than mixed with new ones."""
+def test_store_keys_keep_their_settings(request, model_fixture, layout):
+    """The settings as the per-clip cache keyed them, with one deliberate change: the encode rule
+    "pieces" became "pieces-2row" when every codec LSTM call got at least two rows
+    (codec._lstms_on_two_rows; a mono clip's codes could differ in ~2 per 100,000), so codes encoded
+    before are encoded again rather than mixed with new ones."""
     model, _ = load_model_and_processor(str(request.getfixturevalue(model_fixture)))
-    wav = tmp_path / "a.wav"
-    wav.write_bytes(b"RIFF not decoded: keys hash bytes")
     for sr in (32000, 16000):
-        cache = CodeCache(tmp_path / "cache", model, sr)
-        old_settings = {"format": 1, "sample_rate": sr, "channels": layout, "resampler": "soxr_hq",
-                        "encode": "pieces-2row", "piece_samples": 30 * sr, "dtype": "torch.float32", "hop_length": 640}
-        assert cache.settings == old_settings
-        payload = {"audio": file_sha256(wav), "codec": cache.codec_id, "settings": old_settings}
-        assert cache.key(wav) == hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        assert codec_settings(model, sr) == {"sample_rate": sr, "channels": layout, "resampler": "soxr_hq",
+                                             "encode": "pieces-2row", "piece_samples": 30 * sr,
+                                             "dtype": "torch.float32", "hop_length": 640}
     key = StoreKey.for_model(model)
     assert key.channels == layout and key.num_codebooks == (4 if layout == "mono-mean" else 8)
     assert key.channels_count == (1 if layout == "mono-mean" else 2)
-    assert {k: v for k, v in cache.settings.items() if k not in ("format", "sample_rate", "piece_samples")} == \
-           {k: getattr(key, k) for k in ("channels", "resampler", "encode", "dtype", "hop_length")}
-    assert key.codec == cache.codec_id and key.sample_rate == 32000
+    assert key.codec == codec_identity(model) and len(key.codec) == 64 and key.sample_rate == 32000
 
 
-def test_real_encodec_codes_round_trip_and_match_the_code_cache(tiny_model_dir, example_data_dir, tmp_path):
+def test_real_encodec_codes_round_trip_and_match_encode_pieces(tiny_model_dir, example_data_dir, tmp_path):
+    from musicgen_lora.audio.reader import load_audio
+    from musicgen_lora.model.codec import encode_pieces
+
     model, _ = load_model_and_processor(str(tiny_model_dir))
     clips = read_metadata(example_data_dir)["train"][:2] + read_metadata(example_data_dir)["valid"][:1]
-    cache = CodeCache(tmp_path / "cache", model, 32000)
-    entries = cache.fill(clips, progress=False)
     key = StoreKey.for_model(model)
+    whole = [(encode_pieces(model, [torch.from_numpy(w)]), len(w))
+             for w in (load_audio(c.audio_path, 32000) for c in clips)]
     with UnitWriter(tmp_path / "store", "folder-shard-0000", key, {"folder": str(example_data_dir)}) as w:
-        for clip, split in zip(clips, ["train", "train", "valid"]):
-            codes, n = cache.encode(clip.audio_path)
+        for clip, split, (codes, n) in zip(clips, ["train", "train", "valid"], whole):
             w.add(clip.audio_path.name, codes, n, clip.description, split, n / 32000, str(clip.audio_path))
     store = CodeStore(tmp_path / "store", key)
     assert len(store) == 3 and list(store.split_indices("valid")) == [2]
-    for i, entry in enumerate(entries):
-        codes, n = load_codes(entry)
+    for i, (codes, n) in enumerate(whole):
         assert store.num_samples(i) == n and torch.equal(store.codes(i), codes)
         assert len(codes.unique()) > 8  # real, diverse codes
         assert torch.equal(store.window(i, 37, 100), crop_codes(codes, n, 37, 100, 640)[0])
     assert store.descriptions([0, 1, 2]) == [c.description for c in clips]
     # A reader of another codec's codes never reads these.
     assert len(CodeStore(tmp_path / "store", StoreKey(**{**key.__dict__, "codec": "0" * 64}))) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Integrity: same-size damage to codes.bin, and unusable keys, skip one unit with one line
+# --------------------------------------------------------------------------------------------
+def _flip_codes(value):
+    """Overwrite 2 codes in the middle of codes.bin in place (same size): `value` in the codebook's
+    range trains silently on wrong tokens unless checked; out of it, the embedding raises IndexError."""
+    def flip(unit):
+        size = os.path.getsize(unit / "codes.bin")
+        with open(unit / "codes.bin", "r+b") as f:
+            f.seek(size // 2 & ~1)
+            old = np.frombuffer(f.read(4), dtype="<i2")
+            f.seek(size // 2 & ~1)
+            f.write(np.array([value, value] if value != "other" else (old + 1) % 2048, dtype="<i2").tobytes())
+    return flip
+
+
+def _key(value):
+    def edit(unit):
+        data = json.loads((unit / "unit.json").read_text())
+        data["key"] = value if not callable(value) else value(data["key"])
+        (unit / "unit.json").write_text(json.dumps(data))
+    return edit
+
+
+INTEGRITY = {"codes flipped in range": _flip_codes("other"), "codes flipped out of range": _flip_codes(30000),
+             "key null": _key(None), "key with an extra field": _key(lambda k: {**k, "vintage": 1}),
+             "key missing a field": _key(lambda k: {n: v for n, v in k.items() if n != "codec"})}
+
+
+@pytest.mark.parametrize("damage", INTEGRITY)
+def test_same_size_damage_and_unusable_keys_skip_the_unit_with_one_line(tmp_path, caplog, damage):
+    store_dir = tmp_path / "store"
+    write_unit(store_dir, "archive_batch_0001", make_key(), random_clips(12, 4, 3))
+    write_unit(store_dir, "archive_batch_0002", make_key(), random_clips(13, 4, 4))
+    # The first unit in order: before, its key won recorded_key's tie and StoreKey(**key) raised a TypeError.
+    INTEGRITY[damage](units_dir(store_dir) / "archive_batch_0001")
+    assert code_store.recorded_key(store_dir) == make_key()  # the store stays usable
+    store = CodeStore(store_dir, make_key())
+    assert len(store) == 4 and list(store.skipped) == ["archive_batch_0001"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "archive_batch_0001" in warnings[0] and "\n" not in warnings[0], warnings
+    if "codes" in damage:
+        assert "codes.bin does not match the checksum" in warnings[0]
+        with pytest.raises(UserError, match="archive_batch_0001.*--strict_store"):
+            CodeStore(store_dir, make_key(), strict=True)
+
+
+@pytest.mark.slow
+def test_training_on_a_store_with_a_flipped_unit_warns_and_trains_on_the_rest(tiny_model_dir, tmp_path):
+    """Through train_lora.py: one warning line naming the unit, no traceback; --strict_store: one error line."""
+    from conftest import run_script
+
+    model, _ = load_model_and_processor(str(tiny_model_dir))
+    key, data = StoreKey.for_model(model), tmp_path / "data"
+    for n in (1, 2):
+        clips = random_clips(20 + n, 4, 4)
+        for c in clips:
+            c["codes"] = c["codes"] % 64  # the tiny codec's 64 codes
+        write_unit(code_store.default_store_dir(data), f"archive_batch_000{n}", key, clips)
+    _flip_codes(63)(units_dir(code_store.default_store_dir(data)) / "archive_batch_0002")
+    common = ["--model_path", tiny_model_dir, "--data_dir", data, "--num_epochs", 1, "--batch_size", 2,
+              "--target_duration", 1, "--no_progress", "--gradient_accumulation_steps", 1]
+    proc = run_script("train_lora.py", *common, "--output_dir", tmp_path / "run")
+    out = proc.stdout + proc.stderr
+    assert "archive_batch_0002" in out and "codes.bin does not match the checksum" in out and "Traceback" not in out
+    proc = run_script("train_lora.py", *common, "--output_dir", tmp_path / "strict", "--strict_store", check=False)
+    assert proc.returncode == 2 and "error:" in proc.stderr and "--strict_store" in proc.stderr

@@ -15,7 +15,7 @@ import soundfile as sf
 import torch
 
 from musicgen_lora.data import code_store
-from musicgen_lora.data.code_cache import CodeCache, load_codes
+from musicgen_lora.data.store_update import fill_store
 from musicgen_lora.model.checkpoint import load_model_and_processor
 
 from conftest import LORA, run_script
@@ -114,23 +114,26 @@ def test_zips_to_codes_skip_what_is_committed_and_add_only_the_new_zip(tiny_mode
     assert notes["no_description"] == []
 
 
-def test_store_codes_equal_the_wav_route_through_the_code_cache(tiny_model_dir, batches, tmp_path):
-    """The same zip both ways: the WAV route's segments encoded by the per-clip cache give exactly the
-    codes --codes_only stored (same decoding, resampling, 16-bit rounding, cutting)."""
+def test_store_codes_equal_the_wav_route_through_the_store(tiny_model_dir, batches, tmp_path):
+    """The same zip both ways: the WAV route's segments, encoded into the store by train_lora.py's
+    fill, give exactly the codes --codes_only stored (same decoding, resampling, 16-bit rounding, cutting)."""
     codes_out, wav_out = tmp_path / "codes", tmp_path / "wavs"
     prepare(tiny_model_dir, batches, codes_out, (2,), "--valid_ratio", 0)
     run_script("prepare_data.py", "--input_zip", batches / "archive_batch_0002.zip", "--output_dir", wav_out,
                "--valid_ratio", 0, "--no_progress")
     model = load_model_and_processor(str(tiny_model_dir), device="cpu")[0]
     store = code_store.CodeStore(code_store.default_store_dir(codes_out), code_store.StoreKey.for_model(model))
-    cache = CodeCache(tmp_path / "cache", model, SR)
+    from musicgen_lora.data.metadata import read_metadata
+
+    wav_clips = read_metadata(wav_out)["train"]
+    wav_store, filled, _, _ = fill_store(tmp_path / "store", model, {"train": wav_clips}, False, progress=False)
     meta = json.loads((wav_out / "metadata.json").read_text())["train"]
     assert len(meta) == len(store) == 6
     by_start = {(i["source"], i["start"]): n for n, i in enumerate(store.clip_info(k) for k in range(len(store)))}
-    for entry in meta:
-        codes, num_samples = load_codes(cache.get_or_encode(wav_out / entry["audio"]))
+    for entry, clip in zip(meta, filled["train"]):
         n = by_start[(entry["source"], entry["start"])]
-        assert torch.equal(store.codes(n), codes) and store.num_samples(n) == num_samples
+        assert torch.equal(store.codes(n), wav_store.codes(clip.store_index))
+        assert store.num_samples(n) == wav_store.num_samples(clip.store_index)
 
 
 @pytest.mark.slow
@@ -170,6 +173,24 @@ def test_a_zip_member_over_the_limits_is_refused_and_reported(tiny_model_dir, tm
     assert report["segments"] == {"train": 1, "valid": 0}
 
 
+def test_codes_only_rows_record_their_content(tiny_model_dir, batches, tmp_path):
+    """A kept validation segment's row is found by the sha256 of its kept WAV, like a metadata clip's."""
+    from musicgen_lora.data.code_cache import file_sha256
+
+    out = tmp_path / "codes"
+    prepare(tiny_model_dir, batches, out, (1,), "--valid_ratio", 0.5)
+    model = load_model_and_processor(str(tiny_model_dir), device="cpu")[0]
+    store = code_store.CodeStore(code_store.default_store_dir(out), code_store.StoreKey.for_model(model))
+    rows = store.content_rows()
+    assert len(rows) == len(store)  # every segment has its own content key
+    kept = [i for i in range(len(store)) if store.clip_info(i).get("audio")]
+    assert kept
+    for i in kept:
+        info = store.clip_info(i)
+        assert rows[file_sha256(code_store.units_dir(code_store.default_store_dir(out)) / info["unit"] /
+                                info["audio"])] == i
+
+
 @pytest.mark.parametrize("extra,needle", [((), "--model_path"), (("--pretokenize",), "--pretokenize")])
 def test_codes_only_flag_mistakes_are_one_line(tiny_model_dir, batches, tmp_path, extra, needle):
     args = ["--input_zip", batches / "archive_batch_0001.zip", "--output_dir", tmp_path / "d", "--codes_only", *extra]
@@ -181,11 +202,11 @@ def test_codes_only_flag_mistakes_are_one_line(tiny_model_dir, batches, tmp_path
 
 
 @pytest.mark.slow
-def test_training_windows_from_the_store_equal_the_cache_route_and_train_lora_runs_on_it(tiny_model_dir, batches,
-                                                                                          tmp_path):
-    """MusicDataset over the store gives the same window codes as over the per-clip cache of the WAV
-    route; train_lora.py --data_dir on a --codes_only folder trains, validating on --max_valid_clips."""
-    from musicgen_lora.data.code_cache import open_training_cache
+def test_training_windows_from_the_store_equal_the_wav_route_and_train_lora_runs_on_it(tiny_model_dir, batches,
+                                                                                        tmp_path):
+    """MusicDataset over the --codes_only store gives the same window codes as over the WAV route's
+    clips filled into a store; train_lora.py --data_dir on a --codes_only folder trains, validating on
+    --max_valid_clips."""
     from musicgen_lora.data.dataset import MusicDataset
     from musicgen_lora.data.metadata import read_metadata
 
@@ -196,10 +217,10 @@ def test_training_windows_from_the_store_equal_the_cache_route_and_train_lora_ru
     model = load_model_and_processor(str(tiny_model_dir), device="cpu")[0]
     store, store_clips = code_store.store_splits(codes_out)
     wav_clips = read_metadata(wav_out)["train"]
-    files = open_training_cache(model, SR, {"train": wav_clips}, tmp_path / "cache", progress=False)["train"]
+    wav_store, filled, _, _ = fill_store(tmp_path / "store", model, {"train": wav_clips}, False, progress=False)
     layout = {"hop_length": 640, "audio_channels": 1}
     from_store = MusicDataset(store_clips["train"], SR, 10.0, train=True, seed=5, store=store, **layout)
-    from_cache = MusicDataset(wav_clips, SR, 10.0, train=True, seed=5, code_files=files, **layout)
+    from_cache = MusicDataset(filled["train"], SR, 10.0, train=True, seed=5, store=wav_store, **layout)
     infos = [store.clip_info(c.store_index) for c in store_clips["train"]]
     match = {(i["source"], i["start"]): n for n, i in enumerate(infos)}
     meta = json.loads((wav_out / "metadata.json").read_text())["train"]
@@ -330,3 +351,16 @@ def test_as_pcm16_is_libsndfiles_16_bit_round_trip_bit_for_bit_without_calling_s
     got_mono, got_stereo = as_pcm16(wav), as_pcm16(wav.reshape(-1, 2))
     assert got_mono.dtype == np.float32 and np.array_equal(got_mono, expected_mono)
     assert np.array_equal(got_stereo, expected_stereo)
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_segment_wav_bytes_are_soundfiles_file_byte_for_byte(channels):
+    """segment_digest hashes the kept WAV's bytes without going through soundfile (see as_pcm16)."""
+    from musicgen_lora.data.store_preparation import as_pcm16, pcm16_wav_bytes
+
+    rng = np.random.default_rng(channels)
+    audio = as_pcm16(np.clip(rng.standard_normal((3001, channels)) * 0.4, -1, 1).astype(np.float32))
+    audio = audio.reshape(3001, channels).T
+    buf = io.BytesIO()
+    sf.write(buf, audio.T, SR, subtype="PCM_16", format="WAV")
+    assert pcm16_wav_bytes(audio, SR) == buf.getvalue()

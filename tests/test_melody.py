@@ -10,9 +10,9 @@ import torch
 
 from musicgen_lora.audio.chroma import chroma_features, file_chroma, window_frames
 from musicgen_lora.audio.codes import split_channels
-from musicgen_lora.data.code_cache import ChromaCache, CodeCache
 from musicgen_lora.data.dataset import Collator, MusicDataset
 from musicgen_lora.data.metadata import read_metadata
+from musicgen_lora.data.store_update import fill_store
 from musicgen_lora.model.checkpoint import load_model_and_processor, model_info
 
 from tunes import SR, tune, two_tunes
@@ -39,10 +39,10 @@ def test_cached_and_uncached_windows_get_the_same_chroma(tiny_melody_model_dir, 
     assert info["chroma_length"] == 235
     clips = read_metadata(melody_data)["train"]
     sr, hop = info["sample_rate"], info["hop_length"]
-    code_files = CodeCache(tmp_path / "cache", model, sr).fill(clips, progress=False)
-    chroma_files = ChromaCache(tmp_path / "cache", sr, hop).fill([c.melody_path for c in clips], progress=False)
+    store, filled, chroma_rows, stats = fill_store(tmp_path / "store", model, {"train": clips}, True, progress=False)
+    assert stats["encoded"] == len(clips) and stats["chroma"] == len(clips)  # + the stem's, - clip 5's own
     kw = dict(sample_rate=sr, target_duration=2.0, train=True, seed=7, hop_length=hop, audio_channels=1)
-    cached = MusicDataset(clips, code_files=code_files, chroma_files=chroma_files, **kw)
+    cached = MusicDataset(filled["train"], store=store, chroma_rows=chroma_rows["train"], **kw)
     uncached = MusicDataset(clips, chroma=True, **kw)
     collate = Collator(processor, 2 * sr, hop, chroma_length=info["chroma_length"])
     for epoch in range(3):
@@ -152,3 +152,37 @@ def test_training_follows_the_melody_and_greedy_generation_tells_two_tunes_apart
         swapped = torch.stack(split_channels(target["A"], 2)[::-1], dim=1).reshape(target["A"].shape)
         assert float((read_codes(next((tmp_path / "melody_A").glob(f"*{CODES_SUFFIX}")))[:, :swapped.shape[1]]
                       == swapped).float().mean()) <= 0.1
+
+
+def test_a_melody_model_trains_from_the_store_with_chroma(tiny_melody_model_dir, melody_data, tmp_path):
+    """train_lora.py stores each clip's codes and its conditioning audio's chroma (the stem gets a row
+    of chroma only) and trains from them; a second run computes nothing. Control: a store without
+    chroma (as --codes_only writes) is refused for a melody model with one line, so the chroma rows
+    are what the run used."""
+    from musicgen_lora.core.common import UserError
+    from musicgen_lora.data import code_store
+    from musicgen_lora.training.trainer import check_store
+
+    from conftest import run_script
+
+    args = ["--model_path", tiny_melody_model_dir, "--data_dir", melody_data, "--cache_dir", tmp_path / "store",
+            "--max_steps", 2, "--target_duration", 2, "--batch_size", 2, "--gradient_accumulation_steps", 1,
+            "--no_progress", "--save_steps", 0]
+    first = run_script("train_lora.py", *args, "--output_dir", tmp_path / "a")
+    assert "6 clips, 0 in the store, 6 encoded, 6 chroma computed" in first.stdout + first.stderr
+    again = run_script("train_lora.py", *args, "--output_dir", tmp_path / "b")
+    assert "6 clips, 6 in the store, 0 encoded, 0 chroma computed" in again.stdout + again.stderr
+    model, _ = load_model_and_processor(str(tiny_melody_model_dir))
+    store = code_store.CodeStore(tmp_path / "store", code_store.StoreKey.for_model(model))
+    with_chroma = [i for i in range(len(store)) if store.has_chroma(i)]
+    assert len(store) == 7 and len(with_chroma) == 6  # 6 clips (one conditioned by the stem) + the stem
+    assert [store.has_codes(i) for i in with_chroma].count(False) == 1  # the stem: chroma only
+    stem = next(c for c in read_metadata(melody_data)["train"] if c.condition_path is not None).condition_path
+    row = next(i for i in with_chroma if not store.has_codes(i))
+    assert torch.equal(store.chroma(row), file_chroma(stem, SR, 30 * SR).argmax(-1).to(torch.uint8))
+
+    # Control: the same clips in a store whose rows hold no chroma.
+    clips = read_metadata(melody_data)["train"]
+    plain, filled, _, _ = fill_store(tmp_path / "plain", model, {"train": clips}, False, progress=False)
+    with pytest.raises(UserError, match="have no chroma.*--codes_only"):
+        check_store(plain, model, True, filled["train"])

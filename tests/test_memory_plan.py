@@ -256,7 +256,7 @@ def test_train_prints_the_plan_and_records_it(tiny_model_dir, example_data_dir, 
     log = proc.stdout + proc.stderr
     lines = [line for line in log.splitlines() if line.startswith("memory plan (")]
     assert len(lines) == 1 and "(cpu, fp32, batch 2 x 4 s, checkpointing on)" in lines[0], log[-2000:]
-    assert log.index("memory plan (") < log.index("code cache")  # planned before any clip is encoded
+    assert log.index("memory plan (") < log.index("code store")  # planned before any clip is encoded
     config = json.loads((out / "run_config.json").read_text())
     assert 0 < config["memory_plan_gib"] < 2 and config["ignore_memory_plan"] is False
 

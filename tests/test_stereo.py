@@ -11,9 +11,11 @@ import soundfile as sf
 import torch
 
 from musicgen_lora.audio.codes import split_channels
-from musicgen_lora.audio.reader import AudioPieces, piece_samples
+from musicgen_lora.audio.reader import AudioPieces, load_audio, piece_samples
 from musicgen_lora.core.common import UserError
-from musicgen_lora.data.code_cache import CodeCache
+from musicgen_lora.data.code_cache import codec_identity
+from musicgen_lora.data.metadata import Clip
+from musicgen_lora.data.store_update import fill_store
 from musicgen_lora.generation.sampling import GREEDY, GenerationSettings
 from musicgen_lora.model.checkpoint import load_model_and_processor
 from musicgen_lora.model.codec import encode_audio, encode_pieces
@@ -76,21 +78,20 @@ def test_stereo_codes_are_each_channel_encoded_and_interleaved(tiny_stereo_model
     assert not torch.equal(left, right)
 
 
-def test_cache_keeps_mono_and_stereo_entries_apart(tiny_model_dir, tiny_stereo_model_dir, stereo_data, tmp_path):
+def test_store_keeps_mono_and_stereo_codes_apart(tiny_model_dir, tiny_stereo_model_dir, stereo_data, tmp_path):
     """Both tiny models share one codec (same seed), so only the channel layout in the key tells
-    their entries apart; a mono entry is never served to the stereo model or the reverse."""
+    their units apart; mono codes are never served to the stereo model or the reverse."""
     meta = json.loads((stereo_data / "metadata.json").read_text())
     audio = stereo_data / meta["train"][0]["audio"]
     mono_model, _ = load_model_and_processor(str(tiny_model_dir))
     stereo_model, _ = load_model_and_processor(str(tiny_stereo_model_dir))
-    mono, stereo = CodeCache(tmp_path, mono_model, 32000), CodeCache(tmp_path, stereo_model, 32000)
-    assert mono.codec_id == stereo.codec_id
-    assert mono.key(audio) != stereo.key(audio)
-    from musicgen_lora.data.code_cache import load_codes
-
-    assert load_codes(mono.get_or_encode(audio))[0].shape[0] == 4
-    assert load_codes(stereo.get_or_encode(audio))[0].shape[0] == 8
-    assert mono.stats["misses"] == stereo.stats["misses"] == 1
+    assert codec_identity(mono_model) == codec_identity(stereo_model)
+    clips = {"train": [Clip(audio, "a stereo clip", "train")]}
+    for model, k in ((mono_model, 4), (stereo_model, 8), (mono_model, 4)):
+        store, filled, _, stats = fill_store(tmp_path / "store", model, clips, False, progress=False)
+        codes, wav = store.codes(filled["train"][0].store_index), torch.from_numpy(load_audio(audio, 32000, k // 4))
+        assert codes.shape[0] == k and torch.equal(codes, encode_pieces(model, [wav]))
+    assert stats["encoded"] == 0  # the mono codes are still there, beside the stereo ones
 
 
 def test_a_batch_of_the_other_layout_is_one_line(tiny_stereo_model_dir):

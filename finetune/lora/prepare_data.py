@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Prepare training data: metadata.json plus train/ and valid/ audio, and (optionally) cached codes.
+"""Prepare training data: metadata.json plus train/ and valid/ audio, and (optionally) the code store.
 
 `--help` lists the flags; the code is musicgen_lora/cli/prepare.py.
 """

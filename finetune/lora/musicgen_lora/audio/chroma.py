@@ -106,7 +106,7 @@ def chroma_features(wav, sample_rate: int, one_hot: bool = True) -> torch.Tensor
 
 def file_chroma(path, sample_rate: int, piece: int, first: int = 0, count: int | None = None) -> torch.Tensor:
     """chroma_frames of an audio file: its mono mix (the feature extractor averages stereo) at the
-    model's rate, read piece by piece (audio.AudioPieces) -- the one reader the code cache and the
+    model's rate, read piece by piece (audio.AudioPieces) -- the one reader the code store and the
     uncached training path share."""
     from musicgen_lora.audio.reader import AudioPieces
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Prepare training data: metadata.json plus train/ and valid/ audio, and (optionally) cached codes.
+"""Prepare training data: metadata.json plus train/ and valid/ audio, and (optionally) the code store.
 
     # your collection: folders and/or zip batches of wav/flac/mp3/ogg, any rate, mono or stereo
     python prepare_data.py --input_dir /music/raw --output_dir ../data

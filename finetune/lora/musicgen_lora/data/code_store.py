@@ -9,14 +9,30 @@ codes are grouped in UNITS, one per zip (or per shard of a folder):
     DATA_DIR/code_store/units/<unit_id>/
         codes.bin    every clip's codes, concatenated along time, frame-major int16 little-endian:
                      shape (total_frames, K), K = codebooks x channels interleaved [L0, R0, L1, ...]
-                     as the cache does. One window of one clip is one contiguous slice, and int16
+                     as generate() does. One window of one clip is one contiguous slice, and int16
                      holds MusicGen's 2048 codes in half of int32's bytes.
+        chroma.bin   MusicGen-Melody: each clip's chroma as one pitch class per chroma frame (uint8,
+                     what a one-hot chroma is), concatenated; empty when no clip has chroma
         index.npy    one row per clip (INDEX_DTYPE): offset and num_frames in frames, num_samples,
-                     split (0 train, 1 valid)
+                     split (0 train, 1 valid, 2 none: a metadata clip's split comes from
+                     metadata.json at training time), content (hex sha256 of the audio the row
+                     encodes), chroma_offset and chroma_frames (-1: no chroma)
         clips.jsonl  one JSON object per clip, in index order: name, description, split, duration,
                      source, plus whatever extra keys the writer passed (e.g. condition_audio)
         unit.json    format, store key, unit id, the unit's source identity, counts, created time and
-                     a checksum (sha256 of index.npy and clips.jsonl, sizes of all three files)
+                     a checksum: sha256 of EVERY file (codes.bin and chroma.bin included) and its size
+
+Two writers fill a store. prepare_data.py --codes_only (store_preparation.py) writes a unit per zip
+or folder shard. train_lora.py / prepare_data.py --pretokenize on a metadata.json folder
+(store_update.py) write units of whole audio files found by CONTENT: a row's `content` is the sha256
+of the file's bytes, so index.npy alone maps content -> (unit, row) (clips.jsonl is not parsed), and
+renaming a file or editing metadata.json re-encodes nothing. Those units are buckets of the first two
+hex digits of the content (units/clips-<bb>-<generation>): adding a clip re-commits one bucket --
+the codes it had copied, only the new clip encoded -- so a folder of 10,000 clips that gains one
+encodes one and copies ~40. Units stay immutable: the new generation is written, renamed into place,
+then the old one removed; a reader that sees both takes the newer row (later ids win).
+
+Format 1 units (no content, no chroma, codes.bin checked by size only) are still read.
 
 There is no shared mutable file: listing `units/` is the manifest, so several processes write their
 own units at once with no lock. A unit is written into a temp folder beside it (outputs.temp_path,
@@ -25,8 +41,15 @@ a unit either exists complete or not at all. A unit is never edited after that.
 
 Every unit records its StoreKey: the codec's identity and the settings that decide its codes, computed
 by code_cache's own helpers (codec_identity, codec_settings), so the store and the cache agree on
-what makes codes stale. The reader (CodeStore) skips, with one warning line each, a unit written
-under another key or whose files do not match its checksum.
+what makes codes stale. The reader (CodeStore) skips, with one warning line, a unit written under
+another key, with an unreadable or unknown key, or whose files do not match their checksums (strict:
+a UserError instead).
+
+Integrity: every file's sha256 is checked when a process opens the store, before any window is read
+(codes.bin included: a same-size flip of codes would otherwise train silently, or stop training with
+an IndexError when it leaves the codebook). Hashing runs at disk/page-cache speed (README,
+"Benchmarks": `python -m benchmarks.integrity`, ~1 GB/s, 0.5 s for 572 MB), and a DataLoader worker
+receives the opened store, so it is paid once per process that opens it, not per window.
 """
 import hashlib
 import io
@@ -41,20 +64,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from musicgen_lora.audio.chroma import SETTINGS as CHROMA_SETTINGS
 from musicgen_lora.audio.codes import num_frames_for_samples
 from musicgen_lora.core.common import UserError, log
 from musicgen_lora.core.outputs import apply_umask_tree, clean_stale, disk_full_error, remove_path, temp_path
 from musicgen_lora.data.code_cache import codec_identity, codec_settings
 from musicgen_lora.model.checkpoint import model_info
 
+# StoreKey.format: what the codes are (unchanged by format 2, so format 1 units keep their codes).
 STORE_FORMAT = 1
+UNIT_FORMAT = 2  # unit.json "format": the files of a unit (2 adds chroma.bin, content and every file's sha256)
 STORE_DIR = "code_store"
 UNITS_DIR = "units"
-CODES, INDEX, CLIPS, UNIT = "codes.bin", "index.npy", "clips.jsonl", "unit.json"
+CODES, INDEX, CLIPS, UNIT, CHROMA = "codes.bin", "index.npy", "clips.jsonl", "unit.json", "chroma.bin"
 CODE_DTYPE = np.dtype("<i2")
 CODE_MAX = int(np.iinfo(CODE_DTYPE).max)
-INDEX_DTYPE = np.dtype([("offset", "<i8"), ("num_frames", "<i8"), ("num_samples", "<i8"), ("split", "i1")])
+INDEX_DTYPE_V1 = np.dtype([("offset", "<i8"), ("num_frames", "<i8"), ("num_samples", "<i8"), ("split", "i1")])
+INDEX_DTYPE = np.dtype([("offset", "<i8"), ("num_frames", "<i8"), ("num_samples", "<i8"), ("split", "i1"),
+                        ("content", "S64"), ("chroma_offset", "<i8"), ("chroma_frames", "<i8")])
 SPLITS = ("train", "valid")  # the split code in index.npy is the position here
+NO_SPLIT = len(SPLITS)  # rows of metadata clips: their split is metadata.json's, read at training time
 ROW_KEYS = ("name", "description", "split", "duration", "source")
 # A leading letter or digit keeps unit ids apart from temp names (".ID.tmp-PID-...") and dotfiles.
 UNIT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -137,6 +166,19 @@ def _read_unit_json(unit_dir: Path) -> dict:
     return data
 
 
+def key_of(unit: dict) -> "StoreKey | None":
+    """A unit's recorded key, or None when it is missing, not an object, or has a missing or unknown
+    field (a damaged or future unit.json: that unit is skipped, never the whole store)."""
+    recorded = unit.get("key")
+    names = {f.name for f in fields(StoreKey)}
+    if not isinstance(recorded, dict) or set(recorded) - names or not names - {"format"} <= set(recorded):
+        return None
+    try:
+        return StoreKey(**recorded)
+    except TypeError:
+        return None
+
+
 def _unit_ids(store_dir) -> list[str]:
     """Committed unit folders, sorted: clips are numbered in this order, whoever wrote them when."""
     try:
@@ -189,7 +231,8 @@ def store_summary(store_dir) -> dict:
     for unit_id, data in units.items():
         for split in SPLITS:
             clips[split] += int(data.get("splits", {}).get(split, 0))
-        seconds += data.get("num_samples", 0) / data.get("key", {}).get("sample_rate", 1)
+        key = data.get("key") if isinstance(data.get("key"), dict) else {}
+        seconds += data.get("num_samples", 0) / (key.get("sample_rate") or 1)
         folder = units_dir(store_dir) / unit_id  # with whatever a writer kept beside the codes (e.g. audio/)
         size += sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     return {"units": len(units), "clips": clips, "hours": seconds / 3600, "bytes": size}
@@ -199,6 +242,10 @@ def format_summary(store_dir, summary: dict) -> str:
     c = summary["clips"]
     return (f"code store {store_dir}: {summary['units']} units, {c['train']:,} train + {c['valid']:,} valid clips, "
             f"{summary['hours']:.1f} h of audio, {summary['bytes'] / 2**20:,.1f} MB")
+
+
+class UnitExists(UserError):
+    """The unit is already committed (by this run earlier, or by another process just now)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,7 +273,7 @@ class UnitWriter:
         self.tmp = None
 
     def _refuse_existing(self):
-        raise UserError(f"{self.final}: code-store unit already written; it is never replaced (delete that folder "
+        raise UnitExists(f"{self.final}: code-store unit already written; it is never replaced (delete that folder "
                         f"to write it again)")
 
     def __enter__(self) -> "UnitWriter":
@@ -238,28 +285,46 @@ class UnitWriter:
         self.tmp.mkdir()
         self._codes = open(self.tmp / CODES, "wb")
         self._clips = open(self.tmp / CLIPS, "wb")
-        self._clips_hash = hashlib.sha256()
+        self._chroma = open(self.tmp / CHROMA, "wb")
+        self._hashes = {name: hashlib.sha256() for name in (CODES, CLIPS, CHROMA)}
         self._rows = {name: [] for name in INDEX_DTYPE.names}
-        self._frames = 0
+        self._frames, self._chroma_frames = 0, 0
         return self
 
-    def add(self, name: str, codes: torch.Tensor, num_samples: int, description: str, split: str, duration: float,
-            source: str, **extra):
-        """Append one clip: codes (K, T) integer, T = the frames EnCodec gives num_samples samples."""
+    def _write(self, name: str, data):
+        {CODES: self._codes, CLIPS: self._clips, CHROMA: self._chroma}[name].write(data)
+        self._hashes[name].update(data)
+
+    def add(self, name: str, codes: torch.Tensor | None, num_samples: int, description: str, split: str | None,
+            duration: float, source: str, *, content: str = "", chroma: torch.Tensor | None = None, **extra):
+        """Append one clip: codes (K, T) integer, T = the frames EnCodec gives num_samples samples (None:
+        a row holding only chroma, e.g. a melody stem that is no training clip); split None: a
+        metadata clip's (NO_SPLIT); content: hex sha256 of the audio encoded (store_update finds rows
+        by it); chroma: (frames,) uint8 pitch classes (audio.chroma.to_classes)."""
         self._check_clip(name, codes, num_samples, split, extra)
-        frames = np.ascontiguousarray(codes.detach().cpu().numpy().T, dtype=CODE_DTYPE)  # (T, K), frame-major
-        self._codes.write(frames.data)
+        if codes is None:
+            frames = np.empty((0, self.key.num_codebooks), dtype=CODE_DTYPE)
+        else:
+            frames = np.ascontiguousarray(codes.detach().cpu().numpy().T, dtype=CODE_DTYPE)  # (T, K), frame-major
+        self._write(CODES, frames.data)
         line = (json.dumps({"name": name, "description": description, "split": split, "duration": duration,
                             "source": source, **extra}, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-        self._clips.write(line)
-        self._clips_hash.update(line)
-        for field_name, value in zip(INDEX_DTYPE.names, (self._frames, frames.shape[0], num_samples,
-                                                          SPLITS.index(split))):
+        self._write(CLIPS, line)
+        classes = None if chroma is None else np.ascontiguousarray(chroma.detach().cpu().numpy(), dtype=np.uint8)
+        if classes is not None:
+            self._write(CHROMA, classes.data)
+        values = (self._frames, frames.shape[0], num_samples, NO_SPLIT if split is None else SPLITS.index(split),
+                  content.encode("ascii"), self._chroma_frames if classes is not None else 0,
+                  -1 if classes is None else len(classes))
+        for field_name, value in zip(INDEX_DTYPE.names, values):
             self._rows[field_name].append(value)
         self._frames += frames.shape[0]
+        self._chroma_frames += 0 if classes is None else len(classes)
 
     def _check_clip(self, name, codes, num_samples, split, extra):
         k = self.key.num_codebooks
+        if codes is None:
+            return
         if codes.dim() != 2 or codes.shape[0] != k or codes.dtype.is_floating_point:
             raise ValueError(f"{name}: codes must be integer (K={k}, T), got {tuple(codes.shape)} {codes.dtype}")
         expected = num_frames_for_samples(num_samples, self.key.hop_length)
@@ -269,9 +334,9 @@ class UnitWriter:
         low, high = int(codes.min()), int(codes.max())
         if low < 0 or high > CODE_MAX:  # codebook indices; int16 holds codebooks of up to 32,768 entries
             raise UserError(f"{self.final}: clip {name} has codes in [{low}, {high}], outside the store's int16 "
-                            f"range [0, {CODE_MAX}]; this codec's codebooks are too large for the code store, use "
-                            f"the per-clip code cache (train_lora.py's default) instead")
-        if split not in SPLITS:
+                            f"range [0, {CODE_MAX}]; this codec's codebooks are too large for the code store "
+                            f"(MusicGen's have 2048 codes each): use a MusicGen checkpoint's --model_path")
+        if split is not None and split not in SPLITS:
             raise ValueError(f"{name}: split {split!r} is not one of {SPLITS}")
         clash = sorted(set(extra) & set(ROW_KEYS))
         if clash:
@@ -293,13 +358,13 @@ class UnitWriter:
         return False
 
     def _discard(self):
-        self._codes.close()
-        self._clips.close()
+        for f in (self._codes, self._clips, self._chroma):
+            f.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _commit(self):
-        self._codes.close()
-        self._clips.close()
+        for f in (self._codes, self._clips, self._chroma):
+            f.close()
         index = np.empty(len(self._rows["offset"]), dtype=INDEX_DTYPE)
         for field_name, values in self._rows.items():
             index[field_name] = values
@@ -307,14 +372,16 @@ class UnitWriter:
         np.save(buf, index, allow_pickle=False)
         (self.tmp / INDEX).write_bytes(buf.getvalue())
         splits = {s: int((index["split"] == i).sum()) for i, s in enumerate(SPLITS)}
-        unit = {"format": STORE_FORMAT, "key": asdict(self.key), "unit_id": self.unit_id, "source": self.source,
+        sizes = {name: (self.tmp / name).stat().st_size for name in (CODES, CLIPS, CHROMA)}
+        checksum = {"index_sha256": hashlib.sha256(buf.getvalue()).hexdigest(), "index_bytes": len(buf.getvalue()),
+                    "codes_sha256": self._hashes[CODES].hexdigest(), "codes_bytes": sizes[CODES],
+                    "clips_sha256": self._hashes[CLIPS].hexdigest(), "clips_bytes": sizes[CLIPS],
+                    "chroma_sha256": self._hashes[CHROMA].hexdigest(), "chroma_bytes": sizes[CHROMA]}
+        unit = {"format": UNIT_FORMAT, "key": asdict(self.key), "unit_id": self.unit_id, "source": self.source,
                 "clips": len(index), "splits": splits, "total_frames": self._frames,
                 "num_codebooks": self.key.num_codebooks, "num_samples": int(index["num_samples"].sum()),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "notes": _as_json(self.notes),
-                "checksum": {"index_sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
-                             "clips_sha256": self._clips_hash.hexdigest(),
-                             "codes_bytes": self._frames * self.key.num_codebooks * CODE_DTYPE.itemsize,
-                             "index_bytes": len(buf.getvalue()), "clips_bytes": (self.tmp / CLIPS).stat().st_size}}
+                "chroma": CHROMA_SETTINGS if self._chroma_frames else None,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "notes": _as_json(self.notes), "checksum": checksum}
         (self.tmp / UNIT).write_text(json.dumps(unit, indent=2) + "\n", encoding="utf-8")
         apply_umask_tree(self.tmp)
         # Not outputs.atomic_dir: that replaces an existing folder. rename(2) onto a non-empty folder
@@ -334,33 +401,74 @@ class BadUnit(Exception):
     """Why a unit is skipped (the message names the unit folder)."""
 
 
+def file_digest(path, chunk=1 << 22) -> str:
+    """sha256 of a file read in 4 MB blocks (memory stays at one block)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _open_unit(unit_dir: Path, key: StoreKey) -> tuple[dict, np.ndarray]:
-    """(unit.json, index) of a unit this key may read, checked against its checksum; else BadUnit."""
+    """(unit.json, index as INDEX_DTYPE) of a unit this key may read, every file checked against its
+    checksum (sha256 of codes.bin and chroma.bin too, from format 2 on); else BadUnit."""
     try:
         unit = _read_unit_json(unit_dir)
     except (OSError, ValueError) as e:
         raise BadUnit(f"{unit_dir}: unreadable {UNIT} ({type(e).__name__}: {e})") from None
+    if key_of(unit) is None:
+        raise BadUnit(f"{unit_dir}: {UNIT} has no usable key ({_short(json.dumps(unit.get('key'))[:80])})")
     diffs = key.differences(unit.get("key"))
     if diffs:
-        raise BadUnit(f"{unit_dir}: written for other codes ({'; '.join(diffs)})")
-    check = unit.get("checksum") or {}
+        raise OtherKey(f"{unit_dir}: written for other codes ({'; '.join(diffs)})")
+    check = unit.get("checksum") if isinstance(unit.get("checksum"), dict) else {}
+    v2 = unit.get("format") == UNIT_FORMAT
+    names = (CODES, CLIPS, CHROMA) if v2 else (CODES, CLIPS)
     try:
         raw = (unit_dir / INDEX).read_bytes()
-        sizes = {name: (unit_dir / name).stat().st_size for name in (CODES, CLIPS)}
+        sizes = {name: (unit_dir / name).stat().st_size for name in names}
     except OSError as e:
         raise BadUnit(f"{unit_dir}: {Path(e.filename or '').name or 'a file'} is missing or unreadable") from None
     if hashlib.sha256(raw).hexdigest() != check.get("index_sha256"):
         raise BadUnit(f"{unit_dir}: {INDEX} does not match the checksum in {UNIT}")
-    for name, expected in ((CODES, check.get("codes_bytes")), (CLIPS, check.get("clips_bytes"))):
+    for name in names:
+        expected = check.get(f"{name.split('.')[0]}_bytes")
         if sizes[name] != expected:
             raise BadUnit(f"{unit_dir}: {name} is {sizes[name]:,} bytes, {UNIT} says {expected} (truncated?)")
-    index = np.load(io.BytesIO(raw), allow_pickle=False)
-    frames = int(index["num_frames"].sum()) if index.dtype == INDEX_DTYPE else -1
-    if (index.dtype != INDEX_DTYPE or len(index) != unit.get("clips")
-            or frames * key.num_codebooks * CODE_DTYPE.itemsize != sizes[CODES]):
+    if v2:  # same-size damage: a flipped code trains silently, or stops training with an IndexError
+        for name in (CODES, CHROMA):
+            try:
+                digest = file_digest(unit_dir / name)
+            except OSError as e:
+                raise BadUnit(f"{unit_dir}: {name} is unreadable ({e.strerror})") from None
+            if digest != check.get(f"{name.split('.')[0]}_sha256"):
+                raise BadUnit(f"{unit_dir}: {name} does not match the checksum in {UNIT} (damaged)")
+    try:
+        index = np.load(io.BytesIO(raw), allow_pickle=False)
+    except ValueError:
+        index = None
+    if index is None or index.dtype != (INDEX_DTYPE if v2 else INDEX_DTYPE_V1):
+        raise BadUnit(f"{unit_dir}: {INDEX} is not a code-store index")
+    if not v2:  # format 1: no content, no chroma
+        wide = np.zeros(len(index), dtype=INDEX_DTYPE)
+        for name in INDEX_DTYPE_V1.names:
+            wide[name] = index[name]
+        wide["chroma_frames"] = -1
+        index = wide
+    frames = int(index["num_frames"].sum())
+    chroma = int(index["chroma_frames"].clip(min=0).sum())
+    if (len(index) != unit.get("clips") or frames * key.num_codebooks * CODE_DTYPE.itemsize != sizes[CODES]
+            or (v2 and chroma != sizes[CHROMA])):
         raise BadUnit(f"{unit_dir}: {INDEX} does not describe {unit.get('clips')} clips in {CODES}'s "
                       f"{sizes[CODES]:,} bytes")
+    if v2 and chroma and unit.get("chroma") != _as_json(CHROMA_SETTINGS):
+        index["chroma_frames"] = -1  # chroma computed another way: not served (store_update recomputes it)
     return unit, index
+
+
+class OtherKey(BadUnit):
+    """A unit of another codec or settings: not damaged, only not ours."""
 
 
 class CodeStore:
@@ -374,28 +482,66 @@ class CodeStore:
     ~1.5 vs 0.14 s) for readers that need none of them, such as a validation pass.
     """
 
-    def __init__(self, store_dir, key: StoreKey):
+    def __init__(self, store_dir, key: StoreKey, strict: bool = False, warn: bool = True):
         self.dir, self.key = Path(store_dir), key
         try:
             clean_stale(units_dir(store_dir))  # a killed writer's temp (a read-only store keeps them)
         except OSError:
             pass
-        self.units, self.skipped, indexes, self.clip_digests = [], {}, [], []
+        self.units, self.skipped, indexes, self.clip_digests, other = [], {}, [], [], []
         for unit_id in _unit_ids(store_dir):
             try:
                 unit, index = _open_unit(units_dir(store_dir) / unit_id, key)
+            except OtherKey as e:
+                other.append(str(e))
+                self.skipped[unit_id] = str(e)
+                continue
             except BadUnit as e:
-                log.warning(f"warning: {e}; skipped (delete the folder and encode its source again)")
+                if strict:
+                    raise UserError(f"{e} (--strict_store); delete that folder and encode its source again, or "
+                                    f"train without --strict_store to skip it") from None
+                if warn:
+                    log.warning(f"warning: {e}; skipped (delete the folder; its clips are encoded again)")
                 self.skipped[unit_id] = str(e)
                 continue
             self.units.append(unit_id)
             self.clip_digests.append(unit["checksum"]["clips_sha256"])
             indexes.append(index)
+        if other and warn:  # one line for all of them: a store shared by two models holds many
+            log.warning(f"warning: {len(other)} unit(s) of {self.dir} were written for other codes and are skipped, "
+                        f"e.g. {other[0]}")
         index = np.concatenate(indexes) if indexes else np.empty(0, dtype=INDEX_DTYPE)
         self._first = np.concatenate([[0], np.cumsum([len(i) for i in indexes], dtype=np.int64)])
         self._offset, self._frames = index["offset"].copy(), index["num_frames"].copy()
         self._samples, self._split = index["num_samples"].copy(), index["split"].copy()
+        self._content = index["content"].copy()
+        self._chroma_offset, self._chroma_frames = index["chroma_offset"].copy(), index["chroma_frames"].copy()
         self._fds, self._rows, self._pid = {}, {}, os.getpid()
+
+    def content_rows(self) -> dict[str, int]:
+        """{content sha256: store index} of every row that records its content; of two rows with the
+        same content the later one (the newer unit) wins."""
+        return {c.decode("ascii"): i for i, c in enumerate(self._content.tolist()) if c}
+
+    def content(self, i: int) -> str:
+        return self._content[i].decode("ascii")
+
+    def has_codes(self, i: int) -> bool:
+        return bool(self._frames[i] > 0)
+
+    def has_chroma(self, i: int) -> bool:
+        return bool(self._chroma_frames[i] >= 0)
+
+    def chroma(self, i: int, first: int = 0, count: int | None = None) -> torch.Tensor:
+        """Chroma frames [first, first + count) of row i as (n,) uint8 pitch classes (fewer at its end)."""
+        if not self.has_chroma(i):
+            raise ValueError(f"clip {i} of {self.dir} has no chroma")
+        total = int(self._chroma_frames[i])
+        first = min(max(first, 0), total)
+        end = total if count is None else min(first + count, total)
+        u, _ = self._unit_of(i)
+        data = os.pread(self._fd(u, CHROMA), end - first, int(self._chroma_offset[i]) + first) if end > first else b""
+        return torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())
 
     def __len__(self) -> int:
         return len(self._offset)
@@ -424,17 +570,17 @@ class CodeStore:
         u = int(np.searchsorted(self._first, i, side="right")) - 1
         return u, i - int(self._first[u])
 
-    def _codes_fd(self, u: int) -> int:
-        """This process's open codes.bin of unit u (opened on first use)."""
+    def _fd(self, u: int, name: str = CODES) -> int:
+        """This process's open `name` (codes.bin, chroma.bin) of unit u (opened on first use)."""
         if self._pid != os.getpid():  # a forked worker: its own files, not the parent's copies
             self.close()
             self._rows, self._pid = {}, os.getpid()
-        fd = self._fds.pop(u, None)
+        fd = self._fds.pop((u, name), None)
         if fd is None:
             if len(self._fds) >= MAX_OPEN_UNITS:
                 os.close(self._fds.pop(next(iter(self._fds))))  # the least recently used
-            fd = os.open(units_dir(self.dir) / self.units[u] / CODES, os.O_RDONLY)
-        self._fds[u] = fd  # re-inserted: most recently used last
+            fd = os.open(units_dir(self.dir) / self.units[u] / name, os.O_RDONLY)
+        self._fds[(u, name)] = fd  # re-inserted: most recently used last
         return fd
 
     def _read_frames(self, u: int, start: int, end: int) -> np.ndarray:
@@ -445,7 +591,7 @@ class CodeStore:
         in every DataLoader worker -- measured 32 -> 1,271 MB after 1,600 random 15 s windows of a
         1.8 GB store -- while pread stays flat and was as fast (14-20 vs 20-34 us per window)."""
         row = self.key.num_codebooks * CODE_DTYPE.itemsize
-        data = os.pread(self._codes_fd(u), (end - start) * row, start * row)
+        data = os.pread(self._fd(u), (end - start) * row, start * row)
         if len(data) != (end - start) * row:
             raise UserError(f"{units_dir(self.dir) / self.units[u] / CODES}: shorter than when the store was "
                             f"opened (changed while reading?); delete that unit and encode its source again")
@@ -530,25 +676,27 @@ def _unit_dirs(store_dir):
 
 def recorded_key(store_dir) -> StoreKey:
     """The key most of the store's units were written with (the model is not loaded yet when the
-    data is read; make_loaders then checks it against the model's: StoreKey.for_model)."""
+    data is read; make_loaders then checks it against the model's: StoreKey.for_model). Units whose
+    key is unusable do not vote; CodeStore skips them with a warning."""
     keys = {}
     for info in committed_units(store_dir).values():
-        k = json.dumps(info.get("key"), sort_keys=True)
-        keys[k] = keys.get(k, 0) + 1
+        key = key_of(info)
+        if key is not None:
+            keys[key] = keys.get(key, 0) + 1
     if not keys:
-        raise UserError(f"{store_dir}: no committed units; run prepare_data.py --codes_only into "
+        raise UserError(f"{store_dir}: no committed units with a usable key; run prepare_data.py --codes_only into "
                         f"{Path(store_dir).parent} first")
-    return StoreKey(**json.loads(max(keys, key=keys.get)))
+    return max(keys, key=keys.get)
 
 
-def store_splits(data_dir) -> tuple["CodeStore", dict]:
+def store_splits(data_dir, strict: bool = False) -> tuple["CodeStore", dict]:
     """(the store, {"train": [Clip], "valid": [Clip]}) of a --codes_only data folder. Train clips carry
     their store index and description only (no audio exists); validation clips also their kept audio
     (FAD and the listening test read it)."""
     from musicgen_lora.data.metadata import Clip
 
     store_dir = default_store_dir(data_dir)
-    store = CodeStore(store_dir, recorded_key(store_dir))
+    store = CodeStore(store_dir, recorded_key(store_dir), strict)
     sr = store.key.sample_rate
     splits = {}
     for split in SPLITS:

@@ -18,7 +18,7 @@ from musicgen_lora.core.config import (
     setting,
 )
 
-COLLECTION, CACHE = "your collection", "code cache"
+COLLECTION, CACHE = "your collection", "code store"
 CODES, EXAMPLE = "straight to codes (large collections)", "example data"
 # Segments whose RMS is below this many dBFS are dropped as near-silent.
 DEFAULT_SILENCE_DB = -60.0
@@ -67,12 +67,12 @@ class PrepareConfig:
                                            "1000x).", type=positive_float, group=COLLECTION)
 
     pretokenize: bool = setting(False, "Encode every clip of --data_dir's metadata with the model's EnCodec into the "
-                                "code cache.", group=CACHE)
+                                "code store (DATA_DIR/code_store).", group=CACHE)
     model_path: str | None = setting(None, "MusicGen folder (or hub id) whose codec encodes (--pretokenize, "
                                      "--codes_only).", group=CACHE, aliases=("--base_model_path",))
     data_dir: str | None = setting(None, "Data folder holding metadata.json to pretokenize (default: --output_dir).",
                                    group=CACHE)
-    cache_dir: str | None = setting(None, "Code cache folder (default: DATA_DIR/.codes_cache).", group=CACHE)
+    cache_dir: str | None = setting(None, "Code store folder (default: DATA_DIR/code_store).", group=CACHE)
     device: str = setting("auto", "auto, cpu or cuda, for --pretokenize and --codes_only.", group=CACHE)
 
     codes_only: bool = setting(False, "Encode the collection's segments with --model_path's EnCodec into "

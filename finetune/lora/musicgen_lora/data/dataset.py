@@ -1,6 +1,7 @@
 """The training dataset: a window of each clip per epoch (random in training, the start in
-validation), as cached codes or as the audio under it, and the collator that batches windows with
-their padding masked. Labels follow codes.build_delay_pattern_labels.
+validation), read from the code store (training's one route) or, for the diagnostic scripts that
+have no store, as the audio under it; and the collator that batches windows with their padding
+masked. Labels follow codes.build_delay_pattern_labels.
 """
 import numpy as np
 import torch
@@ -10,18 +11,18 @@ from musicgen_lora.audio.codes import choose_frame_offset, crop_codes, num_frame
 from musicgen_lora.audio.reader import AudioPieces, audio_duration
 from musicgen_lora.audio.reader import piece_samples as default_piece_samples
 from musicgen_lora.core.common import log
-from musicgen_lora.data.code_cache import load_chroma, load_codes
 from musicgen_lora.data.metadata import Clip, drop_words, tokenize_text
 
 
 class MusicDataset(torch.utils.data.Dataset):
     """Clips with a training window picked in code frames. Padding happens in the collator, masked.
 
-    With `code_files` (one code-cache entry per clip, see code_cache.py) an item carries the codes of
-    the window; without, it carries the audio of the pieces under the window (audio.reader.AudioPieces)
-    and where they start, and the training step encodes those pieces and crops the same window
-    (model.loss.codes_for_batch). Either way an item costs memory in proportion to the window, never
-    to the clip: the dataset streams.
+    With `store` (code_store.CodeStore; each clip's `store_index` is its row, store_update.fill_store)
+    an item carries the codes of the window, read from the store. Without (check_dataset.py,
+    check_model.py, evaluate.py's held-out loss), it carries the audio of the pieces under the window
+    (audio.reader.AudioPieces) and where they start, and model.loss.codes_for_batch encodes those
+    pieces and crops the same window: the same codes (tests/test_code_store.py). Either way an item
+    costs memory in proportion to the window, never to the clip: the dataset streams.
 
     Random windows -- and, with word_dropout, the words of the description each clip is trained with
     (metadata.drop_words, as audiocraft's T5 conditioner does) -- are drawn from a generator seeded by
@@ -29,9 +30,9 @@ class MusicDataset(torch.utils.data.Dataset):
     the uninterrupted run would have. Validation (train=False) keeps every word and the start.
 
     MusicGen-Melody (chroma=True): an item also carries `chroma`, the (frames, 12) chroma of the same
-    window of the clip's conditioning audio (Clip.melody_path; chroma.window_frames) -- cropped from
-    the cached whole-clip chroma (`chroma_files`, code_cache.ChromaCache) or computed from the
-    window's samples, which chroma.chroma_frames makes the same frames. With chroma_dropout (train
+    window of the clip's conditioning audio (Clip.melody_path; chroma.window_frames) -- read from its
+    row in the store (`chroma_rows`, one store index per clip) or computed from the window's samples,
+    which chroma.chroma_frames makes the same frames. With chroma_dropout (train
     only, audiocraft's 0.5 for melody) it is None: the null chroma, what generate() uses without a
     melody. `melody` swaps the condition for diagnostics: "own" (the clip's), "none" (null chroma),
     "other" (a wrong melody: the next clip's, same window; a set of one clip gets its own moved by a
@@ -41,15 +42,12 @@ class MusicDataset(torch.utils.data.Dataset):
     MELODY_MODES = ("own", "none", "other")
 
     def __init__(self, clips: list[Clip], sample_rate: int, target_duration: float, train: bool, seed: int = 0, *,
-                 hop_length: int, code_files: list[str] | None = None, piece_samples: int | None = None,
-                 audio_channels: int, word_dropout: float = 0.0, chroma: bool = False,
-                 chroma_files: list[str] | None = None, chroma_dropout: float = 0.0, store=None):
-        if store is not None and (code_files is not None or any(c.store_index is None for c in clips)):
-            raise ValueError("a code store serves clips of the store only, without code files")
-        if code_files is not None and len(code_files) != len(clips):
-            raise ValueError("one code file per clip expected")
-        if chroma_files is not None and len(chroma_files) != len(clips):
-            raise ValueError("one chroma file per clip expected")
+                 hop_length: int, piece_samples: int | None = None, audio_channels: int, word_dropout: float = 0.0,
+                 chroma: bool = False, chroma_rows: list[int] | None = None, chroma_dropout: float = 0.0, store=None):
+        if store is not None and any(c.store_index is None for c in clips):
+            raise ValueError("a code store serves clips with a store_index only (store_update.fill_store)")
+        if chroma_rows is not None and (store is None or len(chroma_rows) != len(clips)):
+            raise ValueError("one chroma row of the store per clip expected")
         self.clips = clips
         self.sample_rate = sample_rate
         self.num_samples = int(round(target_duration * sample_rate))
@@ -57,11 +55,10 @@ class MusicDataset(torch.utils.data.Dataset):
         self.audio_channels = audio_channels  # the model's: AudioPieces mixes or up-mixes to it
         self.piece_samples = piece_samples or default_piece_samples(sample_rate, hop_length)
         self.window_frames = num_frames_for_samples(self.num_samples, hop_length)
-        self.code_files = code_files
         self.store = store  # code_store.CodeStore: each item reads only its window's frames
         self.word_dropout = word_dropout if train else 0.0
-        self.chroma = chroma or chroma_files is not None
-        self.chroma_files = chroma_files
+        self.chroma = chroma or chroma_rows is not None
+        self.chroma_rows = chroma_rows
         self.chroma_dropout = chroma_dropout if train else 0.0
         self.melody = "own"
         self.train = train
@@ -83,8 +80,6 @@ class MusicDataset(torch.utils.data.Dataset):
         clip = self.clips[idx]
         if self.store is not None:
             num_samples = self.store.num_samples(clip.store_index)
-        elif self.code_files is not None:
-            codes, num_samples = load_codes(self.code_files[idx])
         else:
             audio = AudioPieces(clip.audio_path, self.sample_rate, self.piece_samples, self.audio_channels)
             num_samples = audio.num_samples
@@ -97,9 +92,6 @@ class MusicDataset(torch.utils.data.Dataset):
             window = self.store.window(clip.store_index, offset, self.window_frames)
             item["codes"], item["num_frames"] = crop_codes(window, num_samples, offset, self.window_frames,
                                                            self.hop_length, codes_start_frame=offset)
-        elif self.code_files is not None:
-            item["codes"], item["num_frames"] = crop_codes(codes, num_samples, offset, self.window_frames,
-                                                           self.hop_length)
         else:
             pieces = audio.pieces_for_frames(offset, self.window_frames, self.hop_length)
             item["audio"] = np.concatenate([audio.read(j) for j in pieces], axis=-1)  # (channels, samples)
@@ -111,15 +103,14 @@ class MusicDataset(torch.utils.data.Dataset):
         return item
 
     def window_chroma(self, idx: int, frame_offset: int):
-        """(frames, 12) chroma of the window at frame_offset, from the clip's conditioning audio (the
-        cached whole-clip chroma cropped, or the window's own samples: the same frames); None for
-        the null chroma."""
+        """(frames, 12) chroma of the window at frame_offset, from the clip's conditioning audio (its
+        store row's frames, or the window's own samples: the same frames); None for the null chroma."""
         if self.melody == "none":
             return None
         source = (idx + 1) % len(self.clips) if self.melody == "other" else idx
         first, count = chroma_lib.window_frames(frame_offset * self.hop_length, self.num_samples)
-        if self.chroma_files is not None:
-            frames = load_chroma(self.chroma_files[source])[first:first + count]
+        if self.chroma_rows is not None:
+            frames = chroma_lib.from_classes(self.store.chroma(self.chroma_rows[source], first, count))
         else:
             frames = chroma_lib.file_chroma(self.clips[source].melody_path, self.sample_rate, self.piece_samples,
                                             first, count)

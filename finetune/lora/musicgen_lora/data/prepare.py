@@ -1,6 +1,6 @@
 """prepare_data.py's job as a library call: `prepare(PrepareConfig)` -- a collection to metadata.json
 + train/valid audio (or, with codes_only, straight to the code store), the synthetic example set,
-and the code cache ahead of training (pretokenize)."""
+and the code store ahead of training (pretokenize)."""
 from __future__ import annotations
 
 import os
@@ -51,17 +51,10 @@ def create_example(cfg: PrepareConfig) -> dict:
 
 
 def pretokenize(cfg: PrepareConfig) -> dict:
-    from musicgen_lora.data.code_cache import pretokenize as fill  # loads torch: after parsing only
+    from musicgen_lora.data.store_update import pretokenize as fill  # loads torch: after parsing only
 
     data_dir = cfg.data_dir or cfg.output_dir
-    stats = fill(cfg.model_path, data_dir, cfg.metadata_file, cfg.cache_dir, cfg.device, progress=cfg.progress)
-    log.info(f"code cache {stats['cache_dir']}: {stats['files']} clips, {stats['encoded']} encoded, "
-             f"{stats['cached']} already cached, {stats['seconds']:.1f} s ({stats['files_per_s']:.2f} files/s)")
-    if "chroma" in stats:  # MusicGen-Melody
-        c = stats["chroma"]
-        log.info(f"chroma cache {stats['cache_dir']}/chroma: {c['files']} clips, {c['computed']} computed, "
-                 f"{c['cached']} already cached")
-    return stats
+    return fill(cfg.model_path, data_dir, cfg.metadata_file, cfg.cache_dir, cfg.device, progress=cfg.progress)
 
 
 def prepare_audio(cfg: PrepareConfig) -> dict:

@@ -27,13 +27,14 @@ def is_store_folder(data_dir, metadata_file: str = "metadata.json") -> bool:
 
 
 def load_splits(data_dir, metadata_file: str = "metadata.json", check_files: bool = True,
-                valid_ratio: float = DEFAULT_VALID_RATIO) -> dict:
+                valid_ratio: float = DEFAULT_VALID_RATIO, strict_store: bool = False) -> dict:
     """{"train": [Clip], "valid": [Clip]}, plus "store" (the open code_store.CodeStore) for a store folder
-    and "held_out" when the valid split was made here (hold_out_tracks, with valid_ratio)."""
+    and "held_out" when the valid split was made here (hold_out_tracks, with valid_ratio); strict_store: a
+    damaged store unit is an error instead of skipped with a warning."""
     if is_store_folder(data_dir, metadata_file):
         from musicgen_lora.data import code_store
 
-        store, splits = code_store.store_splits(data_dir)
+        store, splits = code_store.store_splits(data_dir, strict_store)
         if not splits["valid"]:  # the rows' source tracks, read only when a split has to be made
             splits["train"] = [replace(c, track=store.clip_info(c.store_index).get("source"))
                                for c in splits["train"]]

@@ -14,7 +14,9 @@ changed is redone: its old unit (codes of the old content, no longer true) is re
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import struct
 import time
 from contextlib import closing
 from dataclasses import dataclass, replace
@@ -123,7 +125,8 @@ def prepare_unit(unit: Unit, s: PrepareConfig, model, key, store_dir: Path, zips
                 extra = {"start": seg.start}
                 if seg.split == "valid":  # kept as audio: FAD and the listening test need it
                     extra["audio"] = write_valid_audio(writer, seg)
-                encoded.append((replace(seg, audio=None), seg.audio.shape[1], codes, extra))
+                encoded.append((replace(seg, audio=None), seg.audio.shape[1], codes,
+                                {**extra, "content": segment_digest(seg)}))
             pending.clear()
             add_finished()
 
@@ -179,6 +182,25 @@ def encoded_on(model) -> dict:
     device = next(unwrap_base(model).audio_encoder.parameters()).device
     return {"device": str(device), "threads": torch.get_num_threads() if device.type == "cpu" else None,
             "torch": torch.__version__}
+
+
+def segment_digest(seg: Segment) -> str:
+    """The row's content key: sha256 of the segment as the 16-bit WAV write_valid_audio keeps (a kept
+    validation file's own sha256), so every route's rows are found by content (code_store). The bytes
+    are built here, not by soundfile into a BytesIO: libsndfile's I/O callbacks into Python swallowed
+    a Ctrl-C (see as_pcm16)."""
+    return hashlib.sha256(pcm16_wav_bytes(seg.audio, SAMPLE_RATE)).hexdigest()
+
+
+def pcm16_wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
+    """The file libsndfile writes for (channels, n) samples that are already 16-bit values (as_pcm16):
+    a 44-byte canonical WAVE_FORMAT_PCM header and the interleaved little-endian samples (equal to
+    soundfile's output byte for byte, tests/test_codes_only.py)."""
+    channels = audio.shape[0]
+    data = np.round(audio.T * 32768.0).clip(-32768, 32767).astype("<i2").tobytes()
+    header = struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + len(data), b"WAVE", b"fmt ", 16, 1, channels,
+                         sample_rate, sample_rate * channels * 2, channels * 2, 16, b"data", len(data))
+    return header + data
 
 
 def write_valid_audio(writer, seg: Segment) -> str:

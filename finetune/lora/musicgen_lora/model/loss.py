@@ -40,7 +40,8 @@ def labels_for_batch(model, batch) -> torch.Tensor:
     info = model_info(model)
     if codes.shape[1] != info["num_codebooks"]:  # a cache or batch built for another layout: never a shape error
         raise UserError(f"the batch holds {codes.shape[1]} codebooks, the model {info['num_codebooks']} "
-                        f"({info['audio_channels']} audio channel(s)); delete the code cache or pass --no_cache")
+                        f"({info['audio_channels']} audio channel(s)); the codes were stored for another layout: "
+                        f"delete that code store")
     return build_delay_pattern_labels(codes, valid.to(codes.device), info["audio_channels"])
 
 

@@ -49,9 +49,12 @@ class TrainConfig:
                                          "lines); the window is min(target_duration, max_duration).",
                                          type=positive_float, group=DATA)
     num_workers: int = setting(0, "DataLoader worker processes for audio decoding.", type=nonneg_int, group=DATA)
-    cache_dir: str | None = setting(None, "EnCodec code cache (default: DATA_DIR/.codes_cache); each clip is "
-                                    "encoded once and re-encoded only when its audio, the codec or the sample rate "
-                                    "changes.", group=DATA)
+    cache_dir: str | None = setting(None, "Code store folder (default: DATA_DIR/code_store): each clip's EnCodec "
+                                    "codes, found by the audio's content, encoded once and again only when its "
+                                    "audio, the codec or the sample rate changes.", group=DATA)
+    strict_store: bool = setting(False, "Stop on a damaged code-store unit instead of skipping it with a warning "
+                                 "(its clips are then encoded again, or missing from a --codes_only store).",
+                                 group=DATA)
     max_valid_clips: int | None = setting(None, "Validate on at most this many clips, evenly spaced over the "
                                           "validation set, the same ones at every evaluation (default: all; for "
                                           "collections whose validation would take an hour).", type=positive_int,
@@ -59,8 +62,8 @@ class TrainConfig:
     valid_ratio: float = setting(0.1, "Data without a valid split: hold out this share of its source tracks (whole "
                                  "tracks, at least one) for validation, never trained on; 0 validates on training "
                                  "clips.", type=fraction, group=DATA)
-    no_cache: bool = setting(False, "Encode clips with EnCodec at every step instead of reading cached codes (same "
-                             "tokens, slower).", group=DATA)
+    no_cache: bool = setting(False, "No longer does anything (kept so older command lines run): every run trains "
+                             "from the code store.", group=DATA)
 
     lora_rank: int = setting(12, "LoRA rank r.", type=positive_int, group=LORA)
     lora_alpha: float = setting(24, "LoRA alpha (scale = alpha / r).", type=positive_float, group=LORA)

@@ -37,10 +37,10 @@ from musicgen_lora.core.outputs import (
 from musicgen_lora.core.paths import absolute_paths
 from musicgen_lora.core.threads import run_threads
 from musicgen_lora.data import code_store
-from musicgen_lora.data.code_cache import default_cache_dir, open_chroma_cache, open_training_cache
 from musicgen_lora.data.dataset import Collator, MusicDataset, batch_size_of, check_condition_audio, padding_report
 from musicgen_lora.data.metadata import clip_facts, report_long_descriptions, validation_clips
 from musicgen_lora.data.splits import load_splits
+from musicgen_lora.data.store_update import fill_store, log_fill
 from musicgen_lora.generation.generate import generate_audio, write_clip
 from musicgen_lora.generation.prompts import Prompt, check_melody_model, load_prompts
 from musicgen_lora.generation.sampling import GenerationSettings
@@ -112,6 +112,7 @@ class Run:
     memory_plan: MemoryPlan | None = None  # training/memory.py: the estimate logged at the start
     hooks: TrainHooks = field(default_factory=TrainHooks)
     held_out: dict | None = None  # data.splits.hold_out_tracks's record when it made the valid split
+    has_valid_split: bool = True  # False: validation_clips took a slice of the training clips
 
     @property
     def main(self) -> bool:
@@ -208,7 +209,7 @@ def setup(cfg: TrainConfig, accelerator, hooks: TrainHooks) -> Run:
     total_steps, steps_per_epoch, warmup, scheduler = make_schedule(cfg, train_loader, optimizer)
     run = Run(cfg, accelerator, output_dir, model, processor, info, params, optimizer, scheduler, train_set,
               valid_set, train_loader, valid_loader, data_rng, total_steps, steps_per_epoch, warmup, "", resume_from,
-              sample_prompts, None, memory_plan, hooks, splits.get("held_out"))
+              sample_prompts, None, memory_plan, hooks, splits.get("held_out"), bool(splits["valid"]))
     open_run_dir(run)
     return run
 
@@ -216,7 +217,10 @@ def setup(cfg: TrainConfig, accelerator, hooks: TrainHooks) -> Run:
 def load_data(cfg: TrainConfig):
     """The metadata's splits, and the prompts --sample_every will use (read now: a bad prompts file
     is one line before the model loads)."""
-    splits = load_splits(cfg.data_dir, cfg.metadata_file, valid_ratio=cfg.valid_ratio)
+    splits = load_splits(cfg.data_dir, cfg.metadata_file, valid_ratio=cfg.valid_ratio, strict_store=cfg.strict_store)
+    if cfg.no_cache:
+        log.info("note: --no_cache no longer changes anything: every run trains from the code store, which encodes "
+                 "each clip once (the flag is kept so older command lines run)")
     if "store" in splits:  # prepare_data.py --codes_only's data
         log.info(code_store.format_summary(splits["store"].dir, code_store.store_summary(splits["store"].dir)))
     if not splits["train"]:
@@ -268,7 +272,7 @@ def check_memory(cfg: TrainConfig, accelerator, model, processor, splits: dict) 
     texts = [c.description for c in splits["train"] + splits["valid"]]
     plan = plan_memory(model, precision=ran, batch_size=cfg.batch_size, window_seconds=cfg.window_seconds,
                        gradient_checkpointing=cfg.gradient_checkpointing, lora_rank=cfg.lora_rank,
-                       targets=cfg.targets, cached=not cfg.no_cache, lora_dropout=cfg.lora_dropout,
+                       targets=cfg.targets, cached=True, lora_dropout=cfg.lora_dropout,
                        text_tokens=longest_text_tokens(processor.tokenizer, texts),
                        device=accelerator.device, gradient_accumulation_steps=cfg.gradient_accumulation_steps)
     log.info(plan.describe())
@@ -277,34 +281,31 @@ def check_memory(cfg: TrainConfig, accelerator, model, processor, splits: dict) 
 
 
 def make_loaders(cfg: TrainConfig, accelerator, model, processor, info: dict, splits: dict):
-    """Datasets over the code cache (each clip encoded once, ever; none with --no_cache) and their loaders."""
+    """Datasets over the code store (each clip encoded once, ever, found by its content) and their loaders."""
     window = cfg.window_seconds
     if cfg.max_duration is not None and cfg.max_duration < cfg.target_duration:
         log.warning(f"warning: --max_duration {cfg.max_duration} < --target_duration {cfg.target_duration}: "
                     f"training on {window} s windows")
     sr, hop = info["sample_rate"], info["hop_length"]
     valid_clips = validation_clips(splits, cfg.max_valid_clips)
-    cache_dir = None if cfg.no_cache else Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.data_dir)
     melody = info["chroma_length"] is not None
     store = splits.get("store")
-    layout = {"hop_length": hop, "audio_channels": info["audio_channels"], "chroma": melody}
-    if store is not None:
-        check_store(store, model, melody)
-        code_files, chroma_files = {"train": None, "valid": None}, {"train": None, "valid": None}
-        layout["store"] = store
-    else:
+    clips = {"train": splits["train"], "valid": valid_clips}
+    if store is not None:  # a --codes_only folder: its clips are the store's rows
+        check_store(store, model, melody, clips["train"] + clips["valid"])
+        chroma_rows = {name: [c.store_index for c in part] if melody else None for name, part in clips.items()}
+    else:  # a metadata.json folder: its clips' codes (and chroma) found in the store by content, or encoded
         check_condition_audio(splits["train"] + splits["valid"], melody)
-        splits_used = {"train": splits["train"], "valid": valid_clips}
+        store_dir = Path(cfg.cache_dir) if cfg.cache_dir else code_store.default_store_dir(cfg.data_dir)
         with accelerator.main_process_first():
-            code_files = open_training_cache(model, sr, splits_used, cache_dir, device=accelerator.device,
-                                             progress=not cfg.no_progress)
-            chroma_files = open_chroma_cache(cache_dir, info, splits_used, progress=not cfg.no_progress) \
-                if melody else {"train": None, "valid": None}
-    train_set = MusicDataset(splits["train"], sr, window, train=True, seed=cfg.seed, code_files=code_files["train"],
-                             word_dropout=cfg.word_dropout, chroma_files=chroma_files["train"],
-                             chroma_dropout=cfg.chroma_dropout or 0.0, **layout)
-    valid_set = MusicDataset(valid_clips, sr, window, train=False, seed=cfg.seed, code_files=code_files["valid"],
-                             chroma_files=chroma_files["valid"], **layout)
+            store, clips, chroma_rows, stats = fill_store(store_dir, model, clips, melody, strict=cfg.strict_store,
+                                                          progress=not cfg.no_progress, device=accelerator.device)
+        log_fill(store_dir, stats)
+    layout = {"hop_length": hop, "audio_channels": info["audio_channels"], "chroma": melody, "store": store}
+    train_set = MusicDataset(clips["train"], sr, window, train=True, seed=cfg.seed, word_dropout=cfg.word_dropout,
+                             chroma_rows=chroma_rows["train"], chroma_dropout=cfg.chroma_dropout or 0.0, **layout)
+    valid_set = MusicDataset(clips["valid"], sr, window, train=False, seed=cfg.seed,
+                             chroma_rows=chroma_rows["valid"], **layout)
     log_padding(splits["train"], window, len(train_set), len(valid_set))
     collate = Collator(processor, int(round(window * sr)), hop, chroma_length=info["chroma_length"])
     # Each epoch's shuffle is drawn from data_rng; accelerate shards the batches over processes.
@@ -317,17 +318,20 @@ def make_loaders(cfg: TrainConfig, accelerator, model, processor, info: dict, sp
     return train_set, valid_set, train_loader, valid_loader, data_rng
 
 
-def check_store(store, model, melody: bool):
-    """The store's codes must come from this model's codec, settings and layout (code_store.StoreKey)."""
+def check_store(store, model, melody: bool, clips: list):
+    """The store's codes must come from this model's codec, settings and layout (code_store.StoreKey),
+    and hold chroma for a melody model."""
     want = code_store.StoreKey.for_model(model)
     differs = want.differences(asdict(store.key))
     if differs:
         raise UserError(f"{store.dir}: its codes were made with another codec or settings ({'; '.join(differs)}); "
                         f"run prepare_data.py --codes_only --model_path with the model you train into a new "
                         f"--output_dir")
-    if melody:
-        raise UserError(f"{store.dir}: a code store holds no training audio, and MusicGen-Melody trains on each "
-                        f"clip's chroma; prepare the data as WAVs (prepare_data.py without --codes_only)")
+    lacking = [c for c in clips if not store.has_chroma(c.store_index)]
+    if melody and lacking:
+        raise UserError(f"{store.dir}: {len(lacking)} clip(s) have no chroma in this --codes_only store, and "
+                        f"MusicGen-Melody trains on each clip's chroma; prepare the data as WAVs (prepare_data.py "
+                        f"without --codes_only): train_lora.py then stores their codes with chroma")
 
 
 def log_padding(train_clips, window: float, n_train: int, n_valid: int):
@@ -396,9 +400,9 @@ def validation_source(run: Run) -> str:
     """Where the validation clips came from: "valid split" (the data's own), "held out" (whole source
     tracks taken out of training: data.splits.hold_out_tracks) or "training clips" (data of one track:
     the loss then measures memory, and the review says so)."""
-    if {id(c) for c in run.valid_set.clips} <= {id(c) for c in run.train_set.clips}:
-        return "training clips"
-    return "held out" if run.held_out else "valid split"
+    if run.held_out:
+        return "held out"
+    return "valid split" if run.has_valid_split else "training clips"
 
 
 def run_config(run: Run) -> dict:
@@ -655,8 +659,8 @@ def card_facts(run: Run, state: TrainState) -> dict:
         outcome.update(final_valid_loss=state.last_eval["loss"], stopped_reason=state.stop_reason or "completed",
                        finished=True)
     data = {"train": clip_facts(run.train_set.clips), "valid": clip_facts(run.valid_set.clips),
-            # validation_clips() slices the training list when there is no valid split: the same objects
-            "valid_from_train": {id(c) for c in run.valid_set.clips} <= {id(c) for c in run.train_set.clips}}
+            # validation_clips() slices the training list when there is no valid split to hold out
+            "valid_from_train": not run.has_valid_split}
     return {"outcome": outcome, "data": data}
 
 
