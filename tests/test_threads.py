@@ -4,14 +4,12 @@ and torch taking the count it is given.
 
 Everything that changes the process's CPU affinity, its environment or torch's thread pool runs in a
 child process, so this test session keeps its own (conftest: OMP_NUM_THREADS=1)."""
-import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import torch
@@ -19,7 +17,7 @@ from safetensors.torch import load_file
 
 from musicgen_lora.core import threads as threads
 
-from conftest import LORA, ROOT, assert_one_line_error, run_script
+from conftest import LORA, ROOT, assert_one_line_error, busy, run_script
 
 CPUS = sorted(os.sched_getaffinity(0))
 
@@ -33,19 +31,6 @@ def run_python(code: str, env_extra=None, drop=("OMP_NUM_THREADS", "MKL_NUM_THRE
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
-
-
-@contextlib.contextmanager
-def busy(n: int):
-    """n other processes spinning in pure Python (n busy CPUs) while the block runs."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
-    try:
-        time.sleep(0.3 if n else 0)  # running before the block starts
-        yield
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
 
 
 # --------------------------------------------------------------------------------------------
