@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from musicgen_lora.core.common import UserError
+from musicgen_lora.core.errors import UserError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 _current: dict | None = None
