@@ -267,3 +267,20 @@ def test_resume_refusals_and_overwrite(tiny_model_dir, example_data_dir, tmp_pat
                                        "--overwrite_output_dir"))
     assert [p.name for _, p in ckpt.list_checkpoints(out)] == ["checkpoint-2"]
     assert max(r["step"] for r in _records(out)) == 2
+
+
+def test_recorded_threads_from_the_checkpoint_else_run_config(tmp_path):
+    """A checkpoint records its threads; one written before that falls back on the run's
+    run_config.json; neither (or a value that is not a count) gives None: the default stays."""
+    point = tmp_path / "checkpoints" / "checkpoint-3"
+    point.mkdir(parents=True)
+    write = lambda path, data: path.write_text(json.dumps(data))  # noqa: E731
+    write(point / ckpt.STATE_FILE, {"format_version": ckpt.FORMAT_VERSION, "threads": 2})
+    write(tmp_path / "run_config.json", {"threads": 3})
+    assert ckpt.recorded_threads(point, tmp_path) == 2
+    write(point / ckpt.STATE_FILE, {"format_version": ckpt.FORMAT_VERSION})
+    assert ckpt.recorded_threads(point, tmp_path) == 3
+    write(tmp_path / "run_config.json", {"threads": "many"})
+    assert ckpt.recorded_threads(point, tmp_path) is None
+    (tmp_path / "run_config.json").unlink()
+    assert ckpt.recorded_threads(point, tmp_path) is None
