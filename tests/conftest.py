@@ -1,6 +1,8 @@
 """Shared fixtures: a tiny offline MusicGen and the synthetic example set, built once per session."""
+import contextlib
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny models gain nothing from intra-op threads, and on a busy shared CPU spinning OpenMP threads
-# made one tiny generate call 100x slower (33 s vs 0.25 s). Set before torch is imported.
+# made one tiny generate call 100x slower (33 s vs 0.25 s). Set before torch is imported; PASSIVE
+# as the scripts export it (core/threads.py), for the tests that run 2 threads in this process.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 # Each script's main(): the thin files in finetune/lora/ and finetune/scripts/ only call these.
@@ -99,6 +103,21 @@ def _run_in_process(module, argv0, args, check, cwd, env):
     if check and proc.returncode != 0:
         raise AssertionError(f"{argv0[-1]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+@contextlib.contextmanager
+def busy(n: int):
+    """n other processes spinning in pure Python (n busy CPUs) while the block runs."""
+    import subprocess as sp
+
+    procs = [sp.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(0.3 if n else 0)  # running before the block starts
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
 
 
 @pytest.fixture(scope="session")

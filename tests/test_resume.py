@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 import musicgen_lora.training.checkpointing as ckpt
 from musicgen_lora.training.metrics_log import read_metrics
 
-from conftest import LORA, run_script
+from conftest import LORA, busy, run_script
 
 # Default flags (LoRA dropout 0.05, text dropout 0.1) so every RNG the loop draws from is exercised;
 # 8 clips / batch 2 / accumulation 2 -> 2 optimizer steps per epoch, so checkpoint-3 sits mid-epoch.
@@ -35,10 +35,10 @@ def _adapter(path):
     return load_file(str(path / "adapter_model.safetensors"))
 
 
-def _kill_after_checkpoint(cmd, run, step, sig=signal.SIGKILL, timeout=300):
+def _kill_after_checkpoint(cmd, run, step, sig=signal.SIGKILL, timeout=300, env=None):
     """Start a training run and send it `sig` once checkpoint-`step` exists and a later step is
     logged. Returns (exit code, stderr)."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env = dict(env or os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     metrics = run / "logs" / "metrics.jsonl"
     deadline = time.time() + timeout
     with tempfile.TemporaryFile("w+") as err:
@@ -106,6 +106,37 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tiny_model_dir, exampl
     sa, sb = (json.loads((r / "logs" / "summary.json").read_text()) for r in (full, killed))
     assert sa["best_valid_loss"] == pytest.approx(sb["best_valid_loss"], abs=1e-6) and sa["steps"] == sb["steps"] == 8
     assert Path(sb["resumed_from"]).name == f"checkpoint-{resumed_at}"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs: on 1 the load-aware default also took 1")
+def test_resumed_under_another_load_matches_uninterrupted_run(tiny_model_dir, example_data_dir, tmp_path):
+    """Issue 30: a resumed training could run at another thread count than the run it continues (the
+    default followed the load). OMP_NUM_THREADS unset throughout: an uninterrupted run on a quiet
+    machine; the same command killed after checkpoint-3 beside busy processes, then resumed quiet.
+    Every part ran at the machine's usable CPUs (the control: the load-aware default took 1 beside the
+    busy processes) and the adapters are bit-identical."""
+    usable = len(os.sched_getaffinity(0))
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    cmd = lambda out, *extra: [sys.executable, str(LORA / "train_lora.py"),  # noqa: E731
+                               *map(str, _args(tiny_model_dir, example_data_dir, out, *extra))]
+    config = lambda out: json.loads((out / "run_config.json").read_text())  # noqa: E731
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    proc = subprocess.run(cmd(full), capture_output=True, text=True, env=dict(env, HF_HUB_OFFLINE="1"), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with busy(usable):
+        code, err = _kill_after_checkpoint(cmd(killed), killed, 3, env=env)
+    assert code == -signal.SIGKILL, err[-3000:]
+    assert config(killed)["threads"] == usable  # what the busy half ran at
+    resumed_at = ckpt.list_checkpoints(killed)[-1][1]
+    assert ckpt.read_trainer_state(resumed_at)["threads"] == usable
+    proc = subprocess.run(cmd(killed, "--resume_from_checkpoint", "latest"), capture_output=True, text=True,
+                          env=dict(env, HF_HUB_OFFLINE="1"), timeout=600)
+    assert proc.returncode == 0 and "warning: the run recorded" not in proc.stderr, proc.stderr[-3000:]
+    assert config(full)["threads"] == config(killed)["threads"] == usable
+    a, b = _adapter(full / "final_model"), _adapter(killed / "final_model")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert max(float(v.abs().max()) for k, v in a.items() if "lora_B" in k) > 0  # the runs moved the adapter
 
 
 KILL_DURING_SAVE = r"""
@@ -236,3 +267,20 @@ def test_resume_refusals_and_overwrite(tiny_model_dir, example_data_dir, tmp_pat
                                        "--overwrite_output_dir"))
     assert [p.name for _, p in ckpt.list_checkpoints(out)] == ["checkpoint-2"]
     assert max(r["step"] for r in _records(out)) == 2
+
+
+def test_recorded_threads_from_the_checkpoint_else_run_config(tmp_path):
+    """A checkpoint records its threads; one written before that falls back on the run's
+    run_config.json; neither (or a value that is not a count) gives None: the default stays."""
+    point = tmp_path / "checkpoints" / "checkpoint-3"
+    point.mkdir(parents=True)
+    write = lambda path, data: path.write_text(json.dumps(data))  # noqa: E731
+    write(point / ckpt.STATE_FILE, {"format_version": ckpt.FORMAT_VERSION, "threads": 2})
+    write(tmp_path / "run_config.json", {"threads": 3})
+    assert ckpt.recorded_threads(point, tmp_path) == 2
+    write(point / ckpt.STATE_FILE, {"format_version": ckpt.FORMAT_VERSION})
+    assert ckpt.recorded_threads(point, tmp_path) == 3
+    write(tmp_path / "run_config.json", {"threads": "many"})
+    assert ckpt.recorded_threads(point, tmp_path) is None
+    (tmp_path / "run_config.json").unlink()
+    assert ckpt.recorded_threads(point, tmp_path) is None

@@ -46,8 +46,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-THREADS_HELP = ("CPU threads for torch (default: the CPUs this process may use minus those busy right now; "
-                "OMP_NUM_THREADS wins when set). Results can differ slightly between thread counts.")
+THREADS_HELP = ("CPU threads for torch, at most the CPUs this process may use (default: all of them, whatever "
+                "else is running; OMP_NUM_THREADS wins when set; a resumed training reuses its run's). Results "
+                "can differ slightly between thread counts.")
 
 
 class Parser(argparse.ArgumentParser):

@@ -13,11 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from musicgen_lora.core.errors import UserError  # defined there (threads.py raises it); imported from here
+
 log = logging.getLogger("musicgen_lora")
-
-
-class UserError(Exception):
-    """A problem the user can fix (bad path, corrupt file, bad flag). Printed as one line, exit 2."""
 
 
 class CurrentStderrHandler(logging.StreamHandler):

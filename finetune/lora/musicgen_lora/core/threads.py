@@ -1,34 +1,35 @@
-"""How many CPU threads torch gets: the CPUs this process may use, minus those busy right now.
+"""How many CPU threads torch gets: a property of the machine (the CPUs this process may use), never of
+the moment's load, so the same command on the same machine gives the same clip whatever else runs.
 
-Why not torch's own default (every CPU of the machine): on a shared machine intra-op threads that
-outnumber the free CPUs spin against the other processes (README "Speed: precision and threads"
-has the figures; `python -m benchmarks.threads` measures it on yours). Results (codes, clips, losses) can
-differ slightly between thread counts (CPU rounding follows how work is split), so a run repeats
-exactly only at the same --threads.
+CPU results can differ slightly between thread counts (rounding follows how work is split), so a run
+records its count (sidecars, run_config.json, checkpoints) and a resumed training reuses it.
 
 - `usable_cpus()`: the CPU affinity of this process, capped by a cgroup CPU quota (v2 cpu.max, v1
   cpu.cfs_quota_us / cpu.cfs_period_us).
-- `busy_cpus()`: other tasks running right now (the 4th field of /proc/loadavg: instantaneous,
-  unlike the load averages).
-- `default_threads()`: OMP_NUM_THREADS when set, else usable - busy (at least 1).
-- `apply_threads(n)`: decide, export OMP_NUM_THREADS / MKL_NUM_THREADS (torch reads them when it is
-  imported; child processes inherit them) and, when torch is already imported, set its pool.
-  `current()` gives the decision, for run records.
+- `apply_threads(n)`: --threads N, else OMP_NUM_THREADS, else the usable CPUs; more than the usable
+  CPUs is a UserError. Exports OMP_NUM_THREADS / MKL_NUM_THREADS and OMP_WAIT_POLICY=PASSIVE (torch
+  reads them when it is imported; child processes inherit them) and sets an imported torch's pool.
+- `resume_threads(recorded)`: a resumed training takes the count its run recorded.
 
-Standard library only, and torch is never imported here: scripts call this while parsing flags,
-and `--help` stays instant.
+Why PASSIVE: libgomp's idle threads otherwise spin, and beside a busy process 2 spinning threads on 2
+cores ran 3-18x slower than 1 thread; sleeping threads gave that back without changing any result
+(README "Speed: precision and threads", `python -m benchmarks.threads`).
+
+torch is never imported here: scripts call this while parsing flags, and `--help` stays instant.
 """
 import logging
 import math
 import os
 import sys
-import time
 from pathlib import Path
+
+from musicgen_lora.core.errors import UserError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 _current: dict | None = None
 _written: str | None = None  # the OMP_NUM_THREADS value apply_threads exported
 _user_value: str | None = None  # OMP_NUM_THREADS as it was before that export (the user's, or none)
+log = logging.getLogger("musicgen_lora")
 
 
 def _read(path) -> str | None:
@@ -71,8 +72,7 @@ def cgroup_cpu_limit(root=CGROUP_ROOT, proc_cgroup="/proc/self/cgroup") -> float
     None when there is none or nothing can be read."""
     root = Path(root)
     limits = []
-    lines = (_read(proc_cgroup) or "").splitlines() or ["0::/"]
-    for line in lines:
+    for line in (_read(proc_cgroup) or "").splitlines() or ["0::/"]:
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue
@@ -101,107 +101,71 @@ def usable_cpus(root=CGROUP_ROOT, proc_cgroup="/proc/self/cgroup") -> int:
     return max(1, n)
 
 
-def running_tasks(loadavg="/proc/loadavg") -> int | None:
-    """Tasks running or runnable right now, machine-wide (this one included); None if unreadable."""
-    fields = (_read(loadavg) or "").split()
-    try:
-        return int(fields[3].split("/")[0])
-    except (IndexError, ValueError):
-        return None
-
-
-def own_running_threads(task_dir="/proc/self/task") -> int:
-    """Threads of THIS process running or runnable right now (at least 1: the caller). numpy's
-    OpenBLAS pool spins for a while after `import numpy`, and those threads are in /proc/loadavg's
-    count too: without taking them out, a quiet machine looked busy to every script."""
-    running = 0
-    try:
-        for task in os.scandir(task_dir):
-            stat = _read(os.path.join(task.path, "stat")) or ""
-            # "pid (comm) S ...": the state follows the last ')' (comm may hold spaces and parens)
-            if stat[stat.rfind(")") + 2:stat.rfind(")") + 3] == "R":
-                running += 1
-    except OSError:
-        pass
-    return max(1, running)
-
-
-def busy_cpus(samples: int = 3, interval: float = 0.01, loadavg="/proc/loadavg", task_dir="/proc/self/task") -> int:
-    """Tasks of OTHER processes running right now: /proc/loadavg's running count minus this process's
-    running threads (never negative; 0 when unreadable). The least of `samples` readings `interval` s
-    apart, so a task that merely woke up for a moment does not count as busy."""
-    counts = []
-    for i in range(max(1, samples)):
-        if i:
-            time.sleep(interval)
-        n = running_tasks(loadavg)
-        if n is None:
-            return 0
-        counts.append(n - own_running_threads(task_dir))
-    return max(0, min(counts))
-
-
-def _user_omp() -> int | None:
-    """OMP_NUM_THREADS as the user set it (a positive int), not as apply_threads exported it: after an
-    export, the value from before it counts, so deciding again gives the same answer."""
+def _user_omp() -> str | None:
+    """OMP_NUM_THREADS as the user set it, not as apply_threads exported it: after an export, the
+    value from before it counts, so deciding again gives the same answer."""
     value = os.environ.get("OMP_NUM_THREADS")
-    if _written is not None and value == _written:
-        value = _user_value
-    try:
-        n = int((value or "").strip())
-    except ValueError:
-        return None
-    return n if n > 0 else None
+    return _user_value if _written is not None and value == _written else value
 
 
-def _why(usable: int, busy: int) -> str:
-    words = f"{usable} usable CPU{'s' if usable != 1 else ''}, {busy} busy"
-    if busy:
-        words += ": another process is running" if busy == 1 else f": {busy} other tasks are running"
-    return words
-
-
-def _decide(requested: int | None) -> tuple[int, str, int, int]:
-    """(threads, source, usable CPUs, busy CPUs): `requested` wins, then OMP_NUM_THREADS as the user
-    set it, then the usable CPUs minus the busy ones, at least 1."""
-    usable, busy = usable_cpus(), busy_cpus()
+def _decide(requested: int | None) -> tuple[int, str, int]:
+    """(threads, source, usable CPUs): `requested` wins, then OMP_NUM_THREADS when a positive whole
+    number, then the usable CPUs. More than the usable CPUs is refused: each extra thread only waits
+    for a core, the count ends up in every record, and a huge one crashed torch with no message."""
+    usable = usable_cpus()
+    omp = (_user_omp() or "").strip()
     if requested:
-        return int(requested), "flag", usable, busy
-    if (omp := _user_omp()) is not None:
-        return omp, "OMP_NUM_THREADS", usable, busy
-    return max(1, usable - busy), "default", usable, busy
+        n, source, name = int(requested), "flag", f"--threads {requested}"
+    elif omp.isdigit() and int(omp) > 0:
+        n, source, name = int(omp), "OMP_NUM_THREADS", f"OMP_NUM_THREADS={omp}"
+    else:
+        return usable, "default", usable
+    if n > usable:
+        fix = f"use --threads {usable} or fewer" + (", or unset OMP_NUM_THREADS" if source != "flag" else "")
+        raise UserError(f"{name}: this machine has {usable} usable CPU{'s' if usable != 1 else ''} "
+                        f"(affinity/cgroup); {fix}")
+    return n, source, usable
 
 
-def default_threads() -> tuple[int, str]:
-    """(threads, why) without --threads: OMP_NUM_THREADS when set to a positive int, else the usable
-    CPUs minus the busy ones, at least 1."""
-    n, source, usable, busy = _decide(None)
-    return n, (_why(usable, busy) if source == "default" else source)
-
-
-def apply_threads(requested: int | None = None) -> dict:
-    """Decide the thread count (`requested` wins; None or 0: default_threads), export it as
-    OMP_NUM_THREADS and MKL_NUM_THREADS (torch reads them when imported; child processes inherit
-    them) and set torch's pool when torch is already imported. Returns (and keeps, see `current`)
-    {"threads", "source": "flag" | "OMP_NUM_THREADS" | "default", "usable_cpus", "busy_cpus"}."""
+def apply_threads(requested: int | None = None, source: str | None = None) -> dict:
+    """Decide the thread count (`requested` wins; None or 0: OMP_NUM_THREADS, else the usable CPUs),
+    export it and the passive wait policy, and set torch's pool when torch is already imported.
+    Returns (and keeps, see `current`) {"threads", "source", "usable_cpus"}; `source` names where a
+    requested count came from (default "flag")."""
     global _current, _written, _user_value
-    n, source, usable, busy = _decide(requested)
-    record = {"threads": n, "source": source, "usable_cpus": usable, "busy_cpus": busy}
+    n, decided, usable = _decide(requested)
+    record = {"threads": n, "source": source or decided, "usable_cpus": usable}
     if _written is None or os.environ.get("OMP_NUM_THREADS") != _written:  # set since: the user's
         _user_value = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = _written = str(n)
+    # Read by libgomp when torch loads it (so before `import torch`); a user's own setting stays.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if "torch" in sys.modules:
         ensure_torch_threads()
-    if source == "default" and n < usable and record != _current:
-        # common.log's logger, by name: common imports this module (resolve_device)
-        logging.getLogger("musicgen_lora").info(f"threads: {n} ({_why(usable, busy)}; --threads N to choose)")
     _current = record
     return record
 
 
+def resume_threads(recorded: int | None):
+    """A resumed training continues at the count its run recorded (`recorded`; None for a run that
+    recorded none), unless --threads or OMP_NUM_THREADS chose another: then, or when this machine
+    has fewer usable CPUs, one warning line says the run will not repeat an uninterrupted one exactly."""
+    now = current() or apply_threads()
+    if not recorded or recorded == now["threads"]:
+        return
+    if now["source"] == "default" and recorded <= now["usable_cpus"]:
+        apply_threads(recorded, source="resumed")
+        log.info(f"threads: {recorded}, as the run recorded (--threads N to choose)")
+        return
+    why = (f"this machine has {now['usable_cpus']} usable CPUs" if now["source"] == "default"
+           else f"{'--threads' if now['source'] == 'flag' else 'OMP_NUM_THREADS'} chose {now['threads']}")
+    log.warning(f"warning: the run recorded {recorded} threads but {why}: continuing at {now['threads']}, so the "
+                f"result can differ slightly from an uninterrupted run")
+
+
 def ensure_torch_threads():
     """Give an imported torch the decided thread count (apply_threads calls this itself when torch
-    is already imported; torch imported later reads OMP_NUM_THREADS)."""
+    is already imported; torch imported later reads OMP_NUM_THREADS, up to its core count)."""
     torch = sys.modules.get("torch")
     if _written is None or torch is None or not hasattr(torch, "set_num_threads"):
         return
@@ -210,13 +174,12 @@ def ensure_torch_threads():
 
 
 def current() -> dict | None:
-    """The last apply_threads decision (None before any): for run_config.json and sidecars."""
+    """The last apply_threads decision (None before any)."""
     return dict(_current) if _current is not None else None
 
 
 def run_threads() -> dict:
-    """{"threads": N}, torch's CPU threads right now, for sidecars, summaries and run_config.json: on
-    a CPU a clip or a run is reproducible at its thread count only (results differ slightly between
-    1 and 2 threads)."""
+    """{"threads": N}, torch's CPU threads right now, for sidecars, summaries, run_config.json and
+    checkpoints: on a CPU a clip or a run repeats exactly at its thread count."""
     torch = sys.modules.get("torch")
     return {"threads": torch.get_num_threads() if torch is not None else (current() or {}).get("threads")}

@@ -11,6 +11,7 @@ the previous checkpoints untouched:
 
 trainer_state.json is written last inside the temp dir; a folder without it is never resumed from.
 """
+import json
 import random
 import re
 from pathlib import Path
@@ -233,6 +234,18 @@ def read_trainer_state(path: Path) -> dict:
         raise UserError(f"{path / STATE_FILE}: checkpoint format {state.get('format_version')!r} is not "
                         f"{FORMAT_VERSION}; it was written by another version of train_lora.py")
     return state
+
+
+def recorded_threads(path: Path, output_dir: Path) -> int | None:
+    """The CPU threads the run being resumed ran with: its checkpoint's record, else (a checkpoint
+    written before checkpoints recorded it) the run's run_config.json; None when neither says."""
+    threads = read_trainer_state(path).get("threads")
+    if threads is None:
+        try:
+            threads = json.loads((Path(output_dir) / "run_config.json").read_text()).get("threads")
+        except (OSError, ValueError, AttributeError):
+            return None
+    return threads if isinstance(threads, int) and threads > 0 else None
 
 
 def check_resume_compatible(path: Path, state: dict, current: dict):

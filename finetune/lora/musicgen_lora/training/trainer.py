@@ -35,7 +35,7 @@ from musicgen_lora.core.outputs import (
     write_manifest,
 )
 from musicgen_lora.core.paths import absolute_paths
-from musicgen_lora.core.threads import run_threads
+from musicgen_lora.core.threads import resume_threads, run_threads
 from musicgen_lora.data import code_store
 from musicgen_lora.data.dataset import Collator, MusicDataset, batch_size_of, check_condition_audio, padding_report
 from musicgen_lora.data.metadata import clip_facts, report_long_descriptions, validation_clips
@@ -192,6 +192,8 @@ def setup(cfg: TrainConfig, accelerator, hooks: TrainHooks) -> Run:
     resume_from = ckpt.resolve_resume_path(output_dir, cfg.resume_from_checkpoint) if cfg.resume_from_checkpoint \
         else None
     ckpt.check_output_dir(output_dir, cfg.overwrite_output_dir, resuming=resume_from is not None)
+    if resume_from:  # CPU results follow the thread count: continue at the one the run recorded
+        resume_threads(ckpt.recorded_threads(resume_from, output_dir))
     seed_everything(cfg.seed)
     splits, sample_prompts = load_data(cfg)
     if not accelerator.is_main_process:  # one copy of every message, from the process that writes the files
@@ -666,7 +668,7 @@ def card_facts(run: Run, state: TrainState) -> dict:
 
 def save_checkpoint(run: Run, state: TrainState):
     """checkpoints/checkpoint-N: the adapter, optimizer, schedule and the whole TrainState (every process)."""
-    shared = {**state.state_dict(), "total_steps": run.total_steps,
+    shared = {**state.state_dict(), "total_steps": run.total_steps, **run_threads(),
               "run": resume_critical(run.cfg, run.accelerator, run.model),
               "run_id": run.run_id, "metrics_offset": run.metrics.offset() if run.metrics else None}
     ckpt.save_checkpoint(run.output_dir / ckpt.CHECKPOINTS / f"checkpoint-{state.step}", run.accelerator, run.model,
