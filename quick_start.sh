@@ -45,6 +45,12 @@ else
   EPOCHS=${EPOCHS:-1} LR=${LR:-1e-4} BATCH_SIZE=${BATCH_SIZE:-2} GRAD_ACCUM=${GRAD_ACCUM:-4}
   EVAL_DURATION=${EVAL_DURATION:-15}
 fi
+if [ -d "$OUTPUT_DIR/evaluation/ratings" ] && [ -n "$(ls -A "$OUTPUT_DIR/evaluation/ratings")" ]; then
+  # Ratings are a listener's time: never replaced. The rated run moves aside whole, and this run starts afresh.
+  kept="${OUTPUT_DIR%/}.rated-$(date +%Y%m%d-%H%M%S)"
+  mv "$OUTPUT_DIR" "$kept"
+  echo "quick_start.sh: $OUTPUT_DIR holds blind-test ratings; moved it to $kept (tally it with: $PY finetune/lora/evaluate.py --tally $kept/evaluation)"
+fi
 "$PY" finetune/lora/train_lora.py \
   --model_path "$MODEL_PATH" --data_dir "$DATA_DIR" --output_dir "$OUTPUT_DIR" --overwrite_output_dir \
   --num_epochs "$EPOCHS" --learning_rate "$LR" --batch_size "$BATCH_SIZE" \

@@ -61,6 +61,7 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, threads_flag: bool = True, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)  # --learning_rat must not pass for --learning_rate
         self._threads_action = None  # before argparse's own __init__, which adds -h through add_argument
         super().__init__(*args, **kwargs)
         if threads_flag and self.add_help:
@@ -109,8 +110,27 @@ class Parser(argparse.ArgumentParser):
         return namespace, extras
 
     def error(self, message):
-        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
+        sys.stderr.write(f"error: {message}{self._did_you_mean(message)} (see {self.prog} --help)\n")
         sys.exit(2)
+
+    def _did_you_mean(self, message: str) -> str:
+        """'; did you mean --model_path?' for an unknown flag close to a real one (--model-path,
+        --learnig_rate): abbreviations are off (allow_abbrev=False: --learning_rat would otherwise be
+        taken as --learning_rate silently), so a near miss gets a name instead."""
+        import difflib
+
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        known = [o for o in self._option_string_actions if o.startswith("--")]
+        hints = []
+        for word in message.split(":", 1)[1].split():
+            flag = word.split("=", 1)[0]
+            if not flag.startswith("--"):
+                continue
+            close = difflib.get_close_matches(flag.replace("-", "_").replace("__", "--", 1), known, n=1, cutoff=0.75)
+            if close:
+                hints.append(f"{flag} -> {close[0]}")
+        return f"; did you mean {', '.join(hints)}?" if hints else ""
 
 
 def add_settings(parser: argparse.ArgumentParser, cls, skip=()) -> argparse.ArgumentParser:

@@ -81,6 +81,9 @@ def main(argv=None):
     if not cfg.score_only:  # each train_lora.py adapter's README.md gets its verdict
         update_evaluated_cards(summary, Path(cfg.output_dir))
     print_verdicts(summary)
+    out = Path(cfg.output_dir)
+    print(f"listen blind first: {out / 'listen.html'} (evaluate.py --listen {out} saves your ratings); "
+          f"every number: {out / 'report.html'}")
 
 
 if __name__ == "__main__":

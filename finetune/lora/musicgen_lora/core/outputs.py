@@ -341,6 +341,19 @@ def _locked(path: Path) -> bool:
         os.close(fd)
 
 
+def lock_holder(folder: Path) -> dict | None:
+    """Who holds `folder`'s output_lock ({"tool", "pid", "host", "started", ...}), or None when nobody
+    does (no lock file, or a dead holder's: the kernel released it)."""
+    path = lock_path(folder)
+    if not _locked(path):
+        return None
+    try:
+        holder = parse_json(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        holder = {}
+    return holder if isinstance(holder, dict) else {}
+
+
 def survey(folder: Path, tool: str, legacy_paths=(), allow_derived: bool = False) -> Survey:
     """Sort a folder's contents into owned / derived / foreign / busy for `tool`.
 

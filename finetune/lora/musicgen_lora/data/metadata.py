@@ -10,6 +10,7 @@ an entry may name `condition_audio`: the file whose chroma conditions the clip (
 for an accompaniment), instead of the clip itself.
 """
 import functools
+import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -49,6 +50,9 @@ def _first(entry: dict, keys):
     return None
 
 
+RAW_AUDIO = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".aif", ".aiff", ".m4a")  # what prepare_data.py reads
+
+
 def read_metadata(data_dir, metadata_file="metadata.json", check_files=True) -> dict[str, list[Clip]]:
     """Read and validate metadata.json; returns {"train": [...], "valid": [...]}.
 
@@ -61,6 +65,15 @@ def read_metadata(data_dir, metadata_file="metadata.json", check_files=True) -> 
     meta_path = Path(metadata_file)
     if not meta_path.is_absolute():
         meta_path = data_dir / meta_path
+    if not meta_path.is_file():
+        found = (f for f in data_dir.rglob("*") if f.suffix.lower() in RAW_AUDIO and f.is_file())
+        audio = len(list(itertools.islice(found, 1000)))
+        if audio:  # a folder of raw audio: say how to prepare it, as quick_start does
+            raise UserError(f"{meta_path}: not found, but {data_dir} holds {audio}{'+' if audio == 1000 else ''} audio "
+                            f"files: prepare them first with: python prepare_data.py --input_dir {data_dir} "
+                            f"--output_dir {data_dir.with_name(data_dir.name + '_prepared')} --default_description "
+                            f"\"your style, in words\" (a .txt beside each file describes it better), then pass that "
+                            f"folder as --data_dir")
     raw = read_json(meta_path, "metadata file (create it with prepare_data.py)")
 
     if isinstance(raw, dict) and any(k in raw for k in SPLIT_ALIASES):

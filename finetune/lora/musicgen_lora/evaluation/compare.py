@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from musicgen_lora.core.common import UserError, log, uniform_loss
-from musicgen_lora.core.outputs import atomic_dir, check_own_folder, write_manifest
+from musicgen_lora.core.outputs import atomic_dir, check_own_folder, lock_holder, write_manifest
 from musicgen_lora.core.threads import run_threads
 from musicgen_lora.data.dataset import Collator, MusicDataset
 from musicgen_lora.data.metadata import report_long_descriptions, validation_clips
@@ -67,6 +67,22 @@ def run_adapters(run_dir: Path) -> list[ModelSpec]:
         missing = {"best_model", "final_model"} - {found[0].name}
         log.warning(f"warning: {run_dir} has no {missing.pop()}/; comparing base_model and {found[0].name}")
     return found
+
+
+def refuse_running_runs(specs: list[ModelSpec]):
+    """An adapter of a run that is still training changes under the evaluation (best_model/ is replaced
+    at every better validation): its verdict would describe no adapter that exists, and it would go
+    into the model card. Refused, naming the trainer; a copy of the adapter can be evaluated now."""
+    for spec in specs:
+        if spec.adapter_path is None:
+            continue
+        run_dir = Path(spec.adapter_path).parent
+        holder = lock_holder(run_dir) if (run_dir / "run_config.json").is_file() else None
+        if holder is not None and holder.get("tool") == "train_lora.py":
+            raise UserError(f"{run_dir}: still training (train_lora.py, pid {holder.get('pid', '?')}, since "
+                            f"{holder.get('started', '?')}); its {Path(spec.adapter_path).name}/ changes while it "
+                            f"runs: evaluate when the run has finished, or evaluate a copy now (cp -r "
+                            f"{spec.adapter_path} /tmp/{Path(spec.adapter_path).name}_now and pass that)")
 
 
 def resolve_models(lora_model_path=None, best_model_path=None, final_model_path=None, adapters=(),

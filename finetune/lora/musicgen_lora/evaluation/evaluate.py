@@ -110,6 +110,7 @@ def _compare(cfg: EvaluateConfig, out: Path) -> dict:
         compare_models,
         held_out_losses,
         reference_embeddings,
+        refuse_running_runs,
         resolve_models,
         validation_loader,
     )
@@ -119,6 +120,7 @@ def _compare(cfg: EvaluateConfig, out: Path) -> dict:
     check_output_dir(out, cfg.overwrite)
     specs = resolve_models(cfg.lora_model_path, cfg.best_model_path, cfg.final_model_path, cfg.adapter,
                            compare=cfg.compare, compare_multi=cfg.compare_multi)
+    refuse_running_runs(specs)
     given = Comparison(base_model_path=cfg.model_path, wav_subtype=cfg.wav_subtype, prompt_seconds=cfg.prompt_seconds)
     data_dir, metadata_file = cfg.data_dir, cfg.metadata_file
     if not data_dir:

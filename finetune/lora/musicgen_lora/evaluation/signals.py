@@ -283,9 +283,10 @@ def write_signals(out: Path, duration: float = 15.0, corrupt: bool = False, over
     """Write the clips (one sub-folder per case; stereo ones as 2-channel WAVs) into `out`, a folder
     this module owns whole."""
     out = Path(out)
-    clips = signals(duration, stereo=stereo)
     with output_lock(out, TOOL):
+        # The folder first: making the clips takes minutes, a refusal should not wait for them.
         check_own_folder(out, TOOL, overwrite=overwrite, flag="--output_dir", what="test signals")
+        clips = signals(duration, stereo=stereo)
         with atomic_dir(out, owner=TOOL) as tmp:
             for name, audio in clips.items():
                 path = tmp / f"{name}.wav"

@@ -52,6 +52,35 @@ def model_type_of(model_path: str, flag: str = "--model_path") -> str:
     return model_type
 
 
+HUB_HOST, HUB_TIMEOUT_S = "huggingface.co", 3.0
+
+
+def check_hub_reachable(repo_id: str, flag: str):
+    """A hub id that is not in the local Hugging Face cache needs the hub. Offline, transformers spends
+    ~40 s retrying before its error; one connection attempt says the same in seconds."""
+    import os
+    import socket
+
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+            return  # cached: from_pretrained can load it offline
+    except Exception:
+        pass
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if not offline:
+        try:
+            socket.create_connection((HUB_HOST, 443), timeout=HUB_TIMEOUT_S).close()
+            return
+        except OSError:
+            pass
+    why = "HF_HUB_OFFLINE is set" if offline else f"{HUB_HOST} cannot be reached (offline?)"
+    raise UserError(f"{flag} {repo_id}: not a local folder, not in the Hugging Face cache, and {why}; pass {flag} a "
+                    f"local MusicGen folder (config.json + weights), e.g. finetune/models/tiny-musicgen, which "
+                    f"./quick_start.sh builds offline")
+
+
 def load_model_and_processor(model_path: str, device: str = "cpu", dtype=None, flag: str = "--model_path",
                              decoder_dropout: float | None = None):
     """from_pretrained for a local folder or a hub id, text-only MusicGen or MusicGen-Melody (by the
@@ -71,6 +100,8 @@ def load_model_and_processor(model_path: str, device: str = "cpu", dtype=None, f
                         f"(config.json + weights) or a hub id like facebook/musicgen-small")
     if p.is_dir() and not (p / "config.json").is_file():
         raise UserError(f"{model_path}: no config.json here; point {flag} at the MusicGen folder itself")
+    if not looks_local:
+        check_hub_reachable(model_path, flag)
     model_class = getattr(transformers, MODEL_CLASSES[model_type_of(model_path, flag)])
     with _loading(model_path, flag):
         config = transformers.AutoConfig.from_pretrained(model_path)

@@ -368,15 +368,18 @@ def _intro(d: dict) -> list[str]:
     run = f" `{a['run_id']}`" if a.get("run_id") else ""
     melody = d["layout"].get("model_type") == "musicgen_melody"
     cls = "MusicgenMelodyForConditionalGeneration" if melody else "MusicgenForConditionalGeneration"
+    # The snippets run from anywhere: a local base as run_config.json recorded it (absolute), not as typed
+    # (relative to wherever train_lora.py was started); a hub id stays as it is.
+    runnable = (d.get("config") or {}).get("model_path") or base
     lines = [f"# {name}: MusicGen LoRA adapter for {_code(base)}", "",
              f"A LoRA adapter (PEFT) for {_code(base)}: {role}{run}, step {_val(a.get('step'))}, trained with the "
              f"MusicGen LoRA toolkit (`train_lora.py`). Only the decoder's LoRA weights are here; load them on the "
              f"base checkpoint.", "",
              "```python", "from peft import PeftModel", f"from transformers import {cls}",
-             f"base = {cls}.from_pretrained({str(base)!r})",
+             f"base = {cls}.from_pretrained({str(runnable)!r})",
              f"model = PeftModel.from_pretrained(base, {d['path']!r})", "```", "",
              "or generate with the toolkit (from `finetune/lora/`):", "", "```bash",
-             f"python inference_lora.py --model_path {_shell(base)} --lora_model_path {_shell(d['path'])} \\",
+             f"python inference_lora.py --model_path {_shell(runnable)} --lora_model_path {_shell(d['path'])} \\",
              "  --prompts \"lo-fi hip hop beat, vinyl crackle\" --output_dir generated", "```", ""]
     return lines
 

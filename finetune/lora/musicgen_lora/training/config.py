@@ -77,8 +77,9 @@ class TrainConfig:
     gradient_accumulation_steps: int = setting(4, "Micro-batches per optimizer step (effective batch = batch_size x "
                                                "this).", type=positive_int, group=OPTIM)
     num_epochs: int = setting(1, "Passes over the training clips.", type=positive_int, group=OPTIM)
-    max_steps: int | None = setting(None, "Stop after this many optimizer steps (overrides --num_epochs when "
-                                    "reached first).", type=positive_int, group=OPTIM)
+    max_steps: int | None = setting(None, "Train this many optimizer steps, however many epochs that takes "
+                                    "(overrides --num_epochs, as in transformers' Trainer).", type=positive_int,
+                                    group=OPTIM)
     warmup_steps: int | None = setting(None, "Linear warm-up steps before cosine decay (default: 5%% of the "
                                        "optimizer steps).", type=nonneg_int, group=OPTIM)
     max_grad_norm: float = setting(1.0, "Gradient clipping norm (0 disables).", type=nonneg_float, group=OPTIM)

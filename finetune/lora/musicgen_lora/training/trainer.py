@@ -115,6 +115,11 @@ class Run:
     has_valid_split: bool = True  # False: validation_clips took a slice of the training clips
 
     @property
+    def epochs(self) -> int:
+        """Epochs the run goes through: --num_epochs, or as many as --max_steps needs."""
+        return max(1, math.ceil(self.total_steps / max(self.steps_per_epoch, 1)))
+
+    @property
     def main(self) -> bool:
         return self.accelerator.is_main_process
 
@@ -160,7 +165,7 @@ def run_training(cfg: TrainConfig, accelerator, hooks: TrainHooks) -> dict:
     run = setup(cfg, accelerator, hooks)
     state = resume(run) if run.resume_from else start(run)
     run.model.train()
-    for epoch in range(state.epoch, cfg.num_epochs + 1):
+    for epoch in range(state.epoch, run.epochs + 1):
         for batch in epoch_batches(run, state, epoch):
             if not train_step(run, state, batch):
                 continue  # accumulating micro-batches: no optimizer step yet
@@ -361,8 +366,10 @@ def make_schedule(cfg: TrainConfig, train_loader, optimizer):
 
     steps_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)  # per process
     total_steps = steps_per_epoch * cfg.num_epochs
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
+    if cfg.max_steps:  # as transformers' Trainer: --max_steps wins over --num_epochs, either way
+        total_steps = cfg.max_steps
+        log.info(f"--max_steps {cfg.max_steps}: {cfg.max_steps} optimizer steps = "
+                 f"{cfg.max_steps / steps_per_epoch:.3g} epochs of {steps_per_epoch} steps (--num_epochs is not used)")
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else default_warmup(total_steps)
     if warmup >= total_steps:
         log.warning(f"warning: --warmup_steps {warmup} >= {total_steps} optimizer steps in this run: the "
@@ -491,7 +498,7 @@ def epoch_batches(run: Run, state: TrainState, epoch: int):
     if state.finished(run.total_steps):
         return
     bar = tqdm(total=run.steps_per_epoch, initial=skip // run.cfg.gradient_accumulation_steps,
-               desc=f"epoch {epoch}/{run.cfg.num_epochs}", disable=not run.progress, leave=False)
+               desc=f"epoch {epoch}/{run.epochs}", disable=not run.progress, leave=False)
     try:
         for batch in loader:
             state.batches_in_epoch += 1
