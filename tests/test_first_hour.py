@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -136,3 +137,20 @@ def test_quick_start_runs_again_after_a_blind_test_and_keeps_the_ratings(tmp_pat
     kept = [p for p in tmp_path.iterdir() if p.name.startswith("qs.rated-")]
     assert len(kept) == 1 and (kept[0] / "evaluation" / "ratings" / "ana.json").read_text() == "{}"
     assert f"moved it to {kept[0]}" in proc.stdout and (out / "final_model").is_dir()
+
+
+def test_default_folders_are_relative_to_the_scripts_folder_wherever_it_starts(monkeypatch, tmp_path):
+    """From the repository root a run landed in ../output, outside the checkout."""
+    from musicgen_lora.cli import train as train_cli
+    from musicgen_lora.cli.args import settings_from
+    from musicgen_lora.training.config import TrainConfig
+
+    monkeypatch.chdir(tmp_path)  # any folder: the user's shell
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "finetune" / "lora" / "train_lora.py")])
+    cfg = settings_from(TrainConfig, train_cli.build_parser().parse_args(["--data_dir", "../mine"]))
+    assert cfg.output_dir == str(ROOT / "finetune" / "output")  # not given: beside finetune/lora, as documented
+    assert cfg.data_dir == "../mine"  # given: as typed, relative to the working folder
+    typed = settings_from(TrainConfig, train_cli.build_parser().parse_args(["--output_dir", "../output"]))
+    assert typed.output_dir == "../output"  # the default's own spelling, typed: still the user's
+    monkeypatch.setattr(sys, "argv", ["train-lora"])  # a console command: no scripts folder
+    assert settings_from(TrainConfig, train_cli.build_parser().parse_args([])).output_dir == "../output"

@@ -10,6 +10,7 @@
 Nothing here imports torch or transformers: `--help` stays instant.
 """
 import argparse
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -146,6 +147,8 @@ def add_settings(parser: argparse.ArgumentParser, cls, skip=()) -> argparse.Argu
             groups[m["group"]] = parser.add_argument_group(m["group"])
         target = groups.get(m["group"], parser)
         default = default_of(f)
+        if isinstance(default, str) and default.startswith("../"):
+            default = DefaultFolder(default)  # settings_from tells it from the same path typed
         kwargs = {"dest": f.name, "default": default, "help": m["help"]}
         if isinstance(default, bool):
             kwargs["action"] = "store_true"
@@ -159,10 +162,32 @@ def add_settings(parser: argparse.ArgumentParser, cls, skip=()) -> argparse.Argu
 
 def settings_from(cls, args: argparse.Namespace):
     """The parsed flags as the config class `cls` (its fields are the flags), checked by its check()
-    when it has one."""
+    when it has one. Default folders ("../data", "../output") are relative to finetune/lora, where the
+    documents run the scripts, whichever folder a script is started from (scripts_folder)."""
     names = {f.name for f in fields(cls)}
-    cfg = cls(**{k: v for k, v in vars(args).items() if k in names})
+    values = {k: v for k, v in vars(args).items() if k in names}
+    anchor = scripts_folder()
+    for name, value in values.items():
+        if isinstance(value, DefaultFolder):  # not given: the default, anchored where the docs run scripts
+            values[name] = os.path.normpath(anchor / value) if anchor is not None else str(value)
+    cfg = cls(**values)
     return cfg.check() if hasattr(cfg, "check") else cfg
+
+
+class DefaultFolder(str):
+    """A default folder of a flag ("../output"): a str to argparse and --help, and a mark that the flag
+    was not given (a path typed, or read from a --config file, is a plain str)."""
+
+
+def scripts_folder() -> Path | None:
+    """finetune/lora when the running script is one of its scripts (python finetune/lora/train_lora.py from
+    the repository root sent a run to ../output, outside the checkout); None for other entry points
+    (console commands, python -m): their defaults stay relative to the working folder."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is None or script.suffix != ".py" or not script.is_file():
+        return None
+    folder = script.resolve().parent
+    return folder if folder.name == "lora" and folder.parent.name == "finetune" else None
 
 
 def _convert(action: argparse.Action, key: str, value, path: Path):
