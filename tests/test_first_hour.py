@@ -154,3 +154,18 @@ def test_default_folders_are_relative_to_the_scripts_folder_wherever_it_starts(m
     assert typed.output_dir == "../output"  # the default's own spelling, typed: still the user's
     monkeypatch.setattr(sys, "argv", ["train-lora"])  # a console command: no scripts folder
     assert settings_from(TrainConfig, train_cli.build_parser().parse_args([])).output_dir == "../output"
+
+
+def test_a_one_point_training_curve_is_visible(tmp_path):
+    """training_curves.png of a short run drew one-point series as invisible lines."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from musicgen_lora.reporting.curves import training_curves_png
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(json.dumps({"type": "train", "step": 1, "train_loss": 4.0, "learning_rate": 1e-4}) + "\n")
+    png = training_curves_png(metrics, tmp_path / "curves.png")
+    pixels = plt.imread(png)[..., :3]
+    green = np.array([0x2C, 0xA0, 0x2C]) / 255  # tab:green: the learning rate, in a panel with no legend
+    assert (np.abs(pixels - green).max(axis=-1) < 0.05).sum() > 5

@@ -8,6 +8,8 @@ from musicgen_lora.core.common import log
 from musicgen_lora.evaluation.figures import plt, save_png
 from musicgen_lora.training.metrics_log import read_metrics
 
+FEW_POINTS = 20
+
 
 def training_curves_png(metrics_file: Path, out_path: Path) -> Path | None:
     """Train and validation loss (ln(vocab) marked) and learning rate from logs/metrics.jsonl.
@@ -23,9 +25,11 @@ def training_curves_png(metrics_file: Path, out_path: Path) -> Path | None:
     fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7, 5), sharex=True,
                                          gridspec_kw={"height_ratios": [3, 1]})
     if train:
+        # A short run logs a point or two: a line through one point draws nothing, so few points get markers.
+        few = {"marker": "o", "markersize": 3} if len(train) <= FEW_POINTS else {}
         ax_loss.plot([r["step"] for r in train], [r["train_loss"] for r in train], label="train loss",
-                     color="tab:blue", linewidth=1)
-        ax_lr.plot([r["step"] for r in train], [r["learning_rate"] for r in train], color="tab:green")
+                     color="tab:blue", linewidth=1, **few)
+        ax_lr.plot([r["step"] for r in train], [r["learning_rate"] for r in train], color="tab:green", **few)
     if evals:
         ax_loss.plot([r["step"] for r in evals], [r["valid_loss"] for r in evals], label="validation loss",
                      color="tab:orange", marker="o", markersize=3)
