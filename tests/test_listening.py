@@ -411,6 +411,8 @@ def test_blind_page_rate_reload_save_reveal_then_tally(evaluation, tmp_path):
             assert all(text == f"= {mapping[g][letter]}" for g, letter, text in page["names"])
             assert all(model in page["text"] for model in MODELS)
             assert all(disabled for *_, disabled in page["checked"])  # ratings locked once names are known
+            # Revealing changes no rating: the page still says the ratings are saved (it said "not saved yet").
+            assert "not saved yet" not in page["progress"] and saved[0].name in page["progress"], page["progress"]
             browser.execute(CLICK_JS, "#save")  # a later save of the same browser replaces the first in the tally
             wait_for(browser, "return document.getElementById('status').textContent.startsWith('saved')")
             browser.get(url)

@@ -408,10 +408,15 @@ JS = r"""
   $("#reveal-no").addEventListener("click", () => { $("#reveal-confirm").hidden = true; });
   $("#reveal-yes").addEventListener("click", () => {
     $("#reveal-confirm").hidden = true;
+    // Ratings saved before the reveal stay saved: revealing changes no rating, so it does not make the
+    // page say "not saved yet" (it did, after Save then Reveal).
+    const saved = state.saved && !state.unsaved;
     state.revealed = true;
     state.revealed_at = new Date().toISOString();
     changed();
-    say("model names shown next to each letter; your ratings are locked (save or download them)");
+    if (saved) { state.unsaved = false; persist(); show(); }
+    say(saved ? "model names shown next to each letter; your ratings were saved as " + state.saved
+              : "model names shown next to each letter; your ratings are locked (save or download them)");
   });
   $("#restart").addEventListener("click", () => { $("#restart-confirm").hidden = false; });
   $("#restart-no").addEventListener("click", () => { $("#restart-confirm").hidden = true; });
