@@ -93,6 +93,9 @@ return {
   verdicts: [...document.querySelectorAll('#models td.verdict')].map(td => td.textContent),
   runLinks: [...document.querySelectorAll('#runs a')].map(a => [a.textContent, a.getAttribute('href')]),
   text: document.body.innerText,
+  meta: document.querySelector('p.meta').textContent,
+  overflow: document.documentElement.scrollWidth - document.documentElement.clientWidth,
+  best: [...document.querySelectorAll('#models td.best')].length,
 };
 """
 
@@ -115,6 +118,11 @@ def test_report_opens_in_headless_chromium(compare_multi, tmp_path):
     assert page["modelHeader"][:2] == ["model", "verdict"] and len(page["verdicts"]) == 3
     assert all("fade out" in v for v in page["verdicts"])
     assert "-0.0" not in page["text"]
+    # Layout: the page never scrolls sideways (wide tables scroll in their own box), the best model of a
+    # lower-/higher-is-better column is marked, and the header speaks words, not Python values.
+    assert page["overflow"] <= 0, page["overflow"]
+    assert "held-out loss \u2193" in page["modelHeader"] and page["best"] >= 1
+    assert "None" not in page["meta"] and "False" not in page["meta"] and "True" not in page["meta"]
     # The run's training curves and review are linked, and travel with the folder.
     assert sorted(text for text, _ in page["runLinks"]) == ["review of the logs", "training curves"]
     assert all((moved / href).is_file() for _, href in page["runLinks"])

@@ -332,7 +332,7 @@ def test_score_only_constructed_signals_with_a_corrupt_file(tmp_path):
 
 STEREO_REPORT_JS = """
 return {format: document.querySelector('#format').textContent,
-        header: [...document.querySelectorAll('#models th')].map(th => th.textContent),
+        header: [...document.querySelectorAll('#models th, #flags th')].map(th => th.textContent),
         rows: [...document.querySelectorAll('#models tr')].slice(1).map(tr =>
               [tr.querySelector('td.model').textContent, tr.querySelector('td.verdict').className]),
         notes: [...document.querySelectorAll('.flag.note')].map(s => s.textContent),

@@ -34,7 +34,7 @@ from musicgen_lora.generation.generate import (
 from musicgen_lora.generation.prompts import Job, Prompt, clip_filename, describe_settings, slugify
 from musicgen_lora.generation.sampling import GenerationSettings
 from musicgen_lora.model.checkpoint import model_info
-from musicgen_lora.model.lora import adapter_run_id, check_adapter_dir, load_adapter
+from musicgen_lora.model.lora import adapter_run_id, adapter_step, check_adapter_dir, load_adapter
 from musicgen_lora.model.loss import evaluate_loss
 
 
@@ -321,6 +321,7 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
                    "num_prompts": len({j.prompt.id for j in jobs}), "clips_per_model": len(jobs), "run_ids": run_ids,
                    "training_runs": training_runs(specs, tmp)}
         extras = {s.name: {"adapter_path": str(s.adapter_path) if s.adapter_path else None, "run_id": s.run_id,
+                           "adapter_step": adapter_step(s.adapter_path) if s.adapter_path else None,
                            **given.model_numbers.get(s.name, {}), "fad": fad.get(s.name)} for s in specs}
         score_rows(tmp, rows, audio_by_row, sr, summary, extras, given.notes, given.clap,
                    melodies={rel: melodies[source] for source, rel in melody_rel.items()})

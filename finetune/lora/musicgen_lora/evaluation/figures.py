@@ -47,8 +47,11 @@ def spectrogram_png(audio: np.ndarray, sample_rate: int, path: Path, title: str 
     db = librosa.power_to_db(mel, ref=max(float(mel.max()), 1e-10), top_db=80.0)
     fig, ax = plt.subplots(figsize=(6.4, 1.8))
     duration = len(audio) / sample_rate
-    ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=-80, vmax=0,
-              extent=(0, duration, 0, db.shape[0]))
+    image = ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=-80, vmax=0,
+                      extent=(0, duration, 0, db.shape[0]))
+    bar = fig.colorbar(image, ax=ax, pad=0.01, fraction=0.03)  # what the colours mean
+    bar.set_label("dB", fontsize=7, labelpad=1)
+    bar.ax.tick_params(labelsize=6)
     # A frequency axis on the mel bins: the bin centres' frequencies, interpolated at round values.
     centres = librosa.mel_frequencies(n_mels=db.shape[0] + 2, fmax=sample_rate / 2)[1:-1]
     ticks = [f for f in (100, 500, 1000, 2000, 4000, 8000, 16000) if centres[0] <= f <= centres[-1]]
@@ -64,17 +67,27 @@ def spectrogram_png(audio: np.ndarray, sample_rate: int, path: Path, title: str 
     save_png(fig, path)
 
 
+LINE_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))
+
+
 def loudness_plot_png(curves: dict[str, list[float]], path: Path, title: str | None = None, hop_seconds: float = 1.0,
                       boundaries=(), prompt_end: float | None = None):
     """Short-term loudness over time, one line per model (LUFS; silence plotted at the floor);
     boundaries/prompt_end: _mark_times."""
     fig, ax = plt.subplots(figsize=(6.4, 2.0))
-    for name, values in curves.items():
+    drawn = {}
+    for i, (name, values) in enumerate(curves.items()):
         v = np.asarray(values, dtype=float)
         if v.size == 0:
             continue
         t = np.arange(v.size) * hop_seconds + hop_seconds / 2
-        ax.plot(t, v, marker="o", markersize=2.5, linewidth=1.2, label=name)
+        # Models often give the same curve (a short clip has 1-3 points): each line its own dash and
+        # marker, and a copy says whose it repeats, so no model hides behind another.
+        same = next((other for other, w in drawn.items() if w.shape == v.shape and np.array_equal(w, v)), None)
+        linestyle, marker = LINE_STYLES[i % len(LINE_STYLES)]
+        ax.plot(t, v, marker=marker, markersize=4 if v.size <= 3 else 2.5, linewidth=1.2, linestyle=linestyle,
+                label=f"{name} (= {same})" if same else name)
+        drawn[name] = v
     finite = [x for v in curves.values() for x in v if np.isfinite(x)]
     if finite:  # at least a 12 dB span, so float noise never looks like a fade
         mid, half = (max(finite) + min(finite)) / 2, max(6.0, (max(finite) - min(finite)) / 2 + 1)

@@ -34,6 +34,7 @@ tr.melody td{background:#f4f8ff}
 .ok{color:#188038} td.bad{background:#fde7e6;color:#a50e0e;font-weight:600}
 td.warn{background:#fef7e0;color:#b06000;font-weight:600}
 .small{font-size:.8em;color:#555} code{font-size:.9em}
+.scroll{overflow-x:auto;max-width:100%} td.best{font-weight:700}
 """
 
 
@@ -79,22 +80,25 @@ CLIP_METRICS = (("integrated_lufs", "LUFS", 1), ("loudness_drop_db", "drop dB", 
 # ... and of a stereo clip, after the words "stereo (2 ch)".
 STEREO_METRICS = (("lr_correlation", "L/R corr", 3), ("side_mid_db", "side/mid dB", 1))
 
-# Per-model summary columns: (key, label, digits, is_bad(value, model) or None).
+# Per-model summary columns: (key, label, digits, better) -- better: "lower" or "higher" when one
+# direction is better (the best model of the column is marked), None for a description.
 MODEL_COLUMNS = (
     ("num_clips", "clips", 0, None),
     ("channels", "channels", 0, None),  # 1 mono, 2 stereo
-    ("held_out_loss", "held-out loss", 4, None),
-    ("fad", "FAD (EnCodec)", ".4g", None),  # its scale depends on the codec: significant digits
+    ("adapter_step", "step", 0, None),
+    ("held_out_loss", "held-out loss", 4, "lower"),
+    ("fad", "FAD (EnCodec)", ".4g", "lower"),  # its scale depends on the codec: significant digits
     ("integrated_lufs", "mean LUFS", 1, None),
-    ("loudness_drop_db", "mean drop dB", 1, None),
-    ("silence_ratio", "mean silence", 2, None),
+    ("loudness_drop_db", "mean drop dB", 1, "lower"),
+    ("silence_ratio", "mean silence", 2, "lower"),
     ("spectral_flatness", "mean flatness", 3, None),
-    ("clipping_ratio", "mean clipping", 4, None),
-    ("clap_similarity", "CLAP", 3, None),
-    ("chroma_cosine", "chroma cosine", 3, None),  # clips with a reference melody only
+    ("clipping_ratio", "mean clipping", 4, "lower"),
+    ("clap_similarity", "CLAP", 3, "higher"),
+    ("chroma_cosine", "chroma cosine", 3, "higher"),  # clips with a reference melody only
     ("lr_correlation", "mean L/R corr", 3, None),  # stereo models only
     ("side_mid_db", "mean side/mid dB", 1, None),
 )
+ARROWS = {"lower": " &darr;", "higher": " &uarr;"}
 
 
 def channel_words(channels: int, sample_rate=None) -> str:
@@ -110,15 +114,41 @@ def _format_line(rows: list[dict]) -> str:
     return "; ".join(channel_words(c, sr) for c, sr in sorted(kinds, key=lambda k: (k[0], k[1] or 0)))
 
 
+def _best(models: dict, key: str, better: str | None) -> set:
+    """Names of the models with the best value of a column (ties all marked); none when only one
+    model has a number, or all are equal."""
+    values = {n: m.get(key) for n, m in models.items()
+              if isinstance(m.get(key), (int, float)) and not isinstance(m.get(key), bool)
+              and math.isfinite(m.get(key))}
+    if better is None or len(values) < 2 or len(set(values.values())) == 1:
+        return set()
+    top = (min if better == "lower" else max)(values.values())
+    return {n for n, v in values.items() if v == top}
+
+
+def _same_steps(models: dict) -> list[str]:
+    """'best_model and final_model are the same step (12)': two adapters of one run saved at one step
+    are one adapter; their numbers differ only by sampling."""
+    by_step = {}
+    for name, m in models.items():
+        if isinstance(m.get("adapter_step"), int) and m.get("run_id"):
+            by_step.setdefault((m["run_id"], m["adapter_step"]), []).append(name)
+    return [f"{' and '.join(names)} are the same step ({step}) of one run: the same weights, so their numbers "
+            f"differ only by chance" for (_, step), names in by_step.items() if len(names) > 1]
+
+
 def _model_table(summary: dict) -> str:
+    """Two tables, each scrolling on its own when the page is narrow: the models' numbers (an arrow
+    says which way is better, the best of each column is bold), then their flags (clips flagged /
+    clips)."""
     models = summary.get("models") or {}
     if not models:
         return ""
-    present = [c for c in MODEL_COLUMNS if any(c[0] in m for m in models.values())]
+    present = [c for c in MODEL_COLUMNS if any(m.get(c[0]) is not None for m in models.values())]
     flag_cols = [f for f in FLAG_NAMES if any(f in (m.get("flag_counts") or {}) for m in models.values())]
-    head = "<th>verdict</th>" + "".join(f"<th>{html.escape(c[1])}</th>" for c in present)
-    head += "".join(f"<th>{html.escape(f)}</th>" for f in flag_cols)
-    body = []
+    best = {c[0]: _best(models, c[0], c[3]) for c in present}
+    head = "<th>verdict</th>" + "".join(f"<th>{html.escape(c[1])}{ARROWS.get(c[3], '')}</th>" for c in present)
+    body, flag_body = [], []
     for name, m in models.items():
         raised = [f for f, n in (m.get("flag_counts") or {}).items() if isinstance(n, int) and n > 0]
         # A fault (fade, noise, ...) marks the verdict red; only notes (collapsed to mono) amber.
@@ -126,16 +156,26 @@ def _model_table(summary: dict) -> str:
         verdict = str(m.get("verdict", "")).split(": ", 1)[-1] if m.get("verdict") else ""
         cells = [f'<td class="model">{html.escape(name)}</td>',
                  f'<td class="verdict{mark}">{html.escape(verdict)}</td>']
-        for key, _label, digits, _bad in present:
-            cells.append(f"<td>{_fmt(m.get(key), digits)}</td>")
+        for key, _label, digits, _better in present:
+            value = _fmt(m.get(key), digits)
+            cells.append(f'<td class="best">{value} (best)</td>' if name in best[key] else f"<td>{value}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+        flags = [f'<td class="model">{html.escape(name)}</td>']
         for f in flag_cols:
             n = (m.get("flag_counts") or {}).get(f, 0)
             cls = (' class="warn"' if f in NOTE_FLAG_NAMES else ' class="bad"') if n else ""
             of = (m.get("flag_clips") or {}).get(f, m.get("num_clips", "?"))  # a melody flag: of the clips with one
-            cells.append(f"<td{cls}>{n}/{of}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    notes = "".join(f'<p class="small">{html.escape(n)}</p>' for n in summary.get("notes", []))
-    return (f'<h2>Models</h2><table id="models"><tr><th>model</th>{head}</tr>{"".join(body)}</table>{notes}')
+            flags.append(f"<td{cls}>{n}/{of}</td>")
+        flag_body.append("<tr>" + "".join(flags) + "</tr>")
+    notes = "".join(f'<p class="small">{html.escape(n)}</p>' for n in [*_same_steps(models), *summary.get("notes", [])])
+    flag_table = ""
+    if flag_cols:
+        flag_head = "".join(f"<th>{html.escape(f)}</th>" for f in flag_cols)
+        flag_table = (f'<div class="scroll"><table id="flags"><tr><th>flags: clips flagged / clips</th>{flag_head}'
+                      f'</tr>{"".join(flag_body)}</table></div>')
+    return (f'<h2>Models</h2><p class="small">&darr; lower is better, &uarr; higher is better; the best of each '
+            f'column is bold.</p><div class="scroll"><table id="models"><tr><th>model</th>{head}</tr>'
+            f'{"".join(body)}</table></div>{flag_table}{notes}')
 
 
 def _listen_link(summary: dict) -> str:
@@ -231,8 +271,10 @@ def render(rows: list[dict], summary: dict) -> str:
     audio_format = _format_line(rows)
     if audio_format:
         meta.append(f'<span id="format">{html.escape(audio_format)}</span>')
-    if settings:
-        meta.append(html.escape(", ".join(f"{k} {v}" for k, v in settings.items())))
+    if settings:  # words, not Python's None/False: a setting that is off or unset says so
+        shown = [f"{k} {'on' if v is True else 'off' if v is False else v}" for k, v in settings.items()
+                 if v is not None]
+        meta.append(html.escape(", ".join(shown)))
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
              f'<p class="meta">{" &middot; ".join(meta)}</p>', _listen_link(summary), _run_links(summary),

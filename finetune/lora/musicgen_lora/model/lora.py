@@ -135,6 +135,15 @@ def load_adapter(base_model, adapter_path, adapter_name: str = "default", is_tra
                         f"folder") from None
 
 
+def adapter_step(adapter: Path) -> int | None:
+    """The optimizer step an adapter was saved at (training_info.json), or None when unknown."""
+    try:
+        step = parse_json((Path(adapter) / "training_info.json").read_text(encoding="utf-8")).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
 def adapter_run_id(adapter: Path) -> str | None:
     """The run id train_lora.py recorded beside an adapter (training_info.json, else the run's
     run_config.json), so results made from it are credited to that run and no other."""
