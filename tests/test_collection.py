@@ -246,7 +246,7 @@ def _moments(route, out):
     if route == "codes_only":
         return [lambda: True, lambda: any(units.glob(".*")) if units.is_dir() else False,
                 lambda: any(units.glob("batch_1-*"))]
-    return [lambda: True, lambda: len(staged()) > 0, lambda: len(staged()) > 100]
+    return [lambda: True, lambda: len(staged()) > 0, lambda: len(staged()) > 60]
 
 
 @pytest.mark.slow
@@ -263,7 +263,7 @@ def test_a_signal_at_any_moment_ends_in_one_line_and_a_rerun_finishes_the_same_d
 
     from conftest import LORA
 
-    zips = [make_zip(tmp_path / "in" / f"batch_{n}.zip", [200 + 30 * n + 7 * i for i in range(4)], seconds=20)
+    zips = [make_zip(tmp_path / "in" / f"batch_{n}.zip", [200 + 30 * n + 7 * i for i in range(4)], seconds=10)
             for n in (1, 2, 3)]
     args = [sys.executable, str(LORA / "prepare_data.py"), "--input_zip", *map(str, zips), "--segment_duration", "1",
             "--default_description", "a tone", "--no_progress"]
