@@ -33,9 +33,15 @@ def make_accelerator(device: str, precision: str, gradient_accumulation_steps: i
         from accelerate.state import AcceleratorState
 
         AcceleratorState._reset_state(True)
+    from accelerate.utils import DataLoaderConfiguration
+
+    # TF32 stays off: it would change fp32 results on Ampere+ GPUs -- the fp32 losses that are meant to be
+    # comparable with earlier runs, and EnCodec's codes (kept in fp32; a near tie between codebook entries
+    # would round the other way), which the code store does not key on.
     return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=gradient_accumulation_steps,
                        cpu=device == "cpu", log_with=None if report_to == "none" else report_to,
-                       project_dir=str(project_dir))
+                       project_dir=str(project_dir),
+                       dataloader_config=DataLoaderConfiguration(non_blocking=str(device).startswith("cuda")))
 
 
 def start_trackers(accelerator, config: dict, run_name: str):

@@ -58,8 +58,9 @@ class TrainState:
     started: float = field(default_factory=time.time)  # wall clock minus the time of earlier sessions
     window: Window = field(default_factory=Window)
     epoch_start_data_rng: torch.Tensor | None = None   # the data-order generator when this epoch began
-    # Within one optimizer step only (never at a checkpoint, which follows a step):
-    accum_nonfinite: bool = False
+    # Within one optimizer step only (never at a checkpoint, which follows a step): each micro-batch's
+    # (loss on the device, tokens, samples), brought to the host once, at the accumulation boundary
+    pending: list = field(default_factory=list)
     grad_norm: float | None = None
 
     @property

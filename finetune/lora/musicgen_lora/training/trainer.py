@@ -317,10 +317,14 @@ def make_loaders(cfg: TrainConfig, accelerator, model, processor, info: dict, sp
     collate = Collator(processor, int(round(window * sr)), hop, chroma_length=info["chroma_length"])
     # Each epoch's shuffle is drawn from data_rng; accelerate shards the batches over processes.
     data_rng = torch.Generator().manual_seed(cfg.seed)
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True,
+    # Pinned host memory on a GPU: the batch's copy to the device can overlap the step (accelerate copies
+    # with non_blocking=True, runtime.make_accelerator).
+    pin = accelerator.device.type == "cuda"
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, pin_memory=pin,
                                                collate_fn=collate, num_workers=cfg.num_workers,
                                                generator=data_rng, drop_last=False)
     valid_loader = torch.utils.data.DataLoader(shard_for_rank(valid_set, accelerator), batch_size=cfg.batch_size,
+                                               pin_memory=pin,
                                                shuffle=False, collate_fn=collate, num_workers=cfg.num_workers)
     return train_set, valid_set, train_loader, valid_loader, data_rng
 
@@ -514,29 +518,36 @@ def train_step(run: Run, state: TrainState, batch) -> bool:
     the update when a loss or the gradient is not finite (the guard counts it). Returns True when an
     optimizer step was taken (state.step moved on)."""
     acc, cfg = run.accelerator, run.cfg
-    skipped = False
+    skipped = all_finite = False
     with acc.accumulate(run.model):
         with acc.autocast():
             loss, tokens = batch_loss(run.model, batch, cfg.text_dropout, state.text_rng)
-        finite = bool(torch.isfinite(loss.detach()))
-        state.accum_nonfinite |= not finite
+        # No host sync per micro-batch (a .item() stalls a GPU's queue every time): the loss stays on the
+        # device until the accumulation boundary, where one transfer brings back every micro-batch's loss
+        # and the gradient norm together.
+        state.pending.append((loss.detach().float(), tokens, batch_size_of(batch)))
         acc.backward(loss)
         if acc.sync_gradients:
             # Clip at +inf when clipping is off: the norm is still needed to spot inf/nan.
-            state.grad_norm = float(acc.clip_grad_norm_(run.params, cfg.max_grad_norm or math.inf))
-            skipped = state.guard.check(not any_across_ranks(acc, state.accum_nonfinite), state.grad_norm)
+            norm = acc.clip_grad_norm_(run.params, cfg.max_grad_norm or math.inf)
+            values = torch.stack([x for x, _, _ in state.pending] +
+                                 [torch.as_tensor(norm, dtype=torch.float32, device=loss.device)]).tolist()
+            state.grad_norm = values[-1]
+            for (_, n_tokens, n_samples), value in zip(state.pending, values):
+                state.window.add(value if math.isfinite(value) else None, n_tokens, n_samples)
+            all_finite = all(math.isfinite(v) for v in values[:-1])
+            state.pending.clear()
+            skipped = state.guard.check(not any_across_ranks(acc, not all_finite), state.grad_norm)
             if skipped:  # no gradients -> the optimizer (and fp16 scaler) step changes nothing
                 run.optimizer.zero_grad(set_to_none=True)
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
-    state.window.add(float(loss.detach()) if finite else None, tokens, batch_size_of(batch))
     if not acc.sync_gradients:
         return False
     run.scheduler.step()
     state.step += 1
-    state.accum_nonfinite = False
     if skipped:
-        report_skipped(run, state, finite)
+        report_skipped(run, state, all_finite)
     return True
 
 
