@@ -5,3 +5,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LORA = ROOT / "finetune" / "lora"        # the user's scripts: train_lora.py, prepare_data.py, ...
 SCRIPTS = ROOT / "finetune" / "scripts"  # the product's tools: make_tiny_model.py, memory_plan.py, ...
+
+
+def child_env() -> dict:
+    """The children import the same musicgen_lora as this process (and benchmarks from the root)."""
+    import os
+
+    import musicgen_lora
+
+    paths = [str(Path(musicgen_lora.__file__).resolve().parents[1]), str(ROOT)]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))

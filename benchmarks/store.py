@@ -1,20 +1,30 @@
-"""The code store (data/code_store.py) at collection scale vs the per-clip code cache, measured in one run.
+"""The code store (data/code_store.py) at collection scale, and against one file per clip, measured in
+one run.
 
     python -m benchmarks.store                       # 300,000 clips: ~1.8 GB in a temp dir
     python -m benchmarks.store --clips 30000 --work_dir /scratch/bench   # smaller; kept
+    python -m benchmarks.store --quick               # 5,000 clips, 20 batches: proves the script runs
 
 Writes a synthetic store of --clips clips (random codes, K=4 as musicgen-small, --clip_seconds each, in
-units of --unit_clips, through code_store.UnitWriter) and one of --small_clips clips, plus --cache_clips
-per-clip code cache entries (code_cache.save_codes, the cache's own writer). Then, in a fresh child
-process for each: the store's opening time (CodeStore start-up) and peak RSS after opening and after
---batches random batches of --batch_size random --window_seconds windows; the time per batch from the
-store and from the cache entries (code_cache.load_codes + codes.crop_codes, what dataset.MusicDataset
-does per item); and the time and memory of reading every training clip's description. Also disk bytes
-per hour of audio vs 32 kHz 16-bit mono WAV.
+units of --unit_clips, through code_store.UnitWriter) and one of --small_clips clips. Then, in a fresh
+child process for each: the store's opening time (CodeStore start-up) and peak RSS after opening and
+after --batches random batches of --batch_size random --window_seconds windows; the time per batch;
+and the time and memory of reading every training clip's description. Also disk bytes per hour of
+audio vs 32 kHz 16-bit mono WAV.
+
+The baseline: --per_clip_files files of one clip each, written and read BY THIS BENCHMARK in the
+format of the per-clip code cache that the store replaced (issue 29): <name[:2]>/<name>.safetensors
+holding the whole clip's codes (K, T) as int32, num_samples in its metadata; a window is the whole
+file loaded (safe_open, .long()) and then cropped (audio.codes.crop_codes), as that cache's reader
+and MusicDataset did per item. That cache is gone from the package (code_cache.py keeps only its
+hashing and keys), so the baseline cannot be the package's own writer and reader any more; it is
+kept, rebuilt here, because it is the question the store answers -- a window from one file per clip
+vs one pread from a unit --, and dropping it would leave the store's read time with nothing to be
+compared against. Its figure is that of this benchmark's files, not of any code the trainer runs.
 
 Everything was just written, so reads come from the page cache for both (a cold disk adds seeks to
-both: one per window for the store, an open and a read per clip for the cache). With --work_dir the
-stores are kept and a second run only writes the units that are missing.
+both: one per window for the store, an open and a read per clip for the per-clip files). With
+--work_dir the stores and files are kept and a second run only writes what is missing.
 """
 import json
 import os
@@ -25,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.paths import ROOT
+from benchmarks.paths import ROOT, child_env
 from musicgen_lora.audio.reader import MUSICGEN_HOP_LENGTH, MUSICGEN_SAMPLE_RATE
 from musicgen_lora.cli.args import Parser, nonneg_int, positive_float, positive_int
 from musicgen_lora.cli.runner import cli
@@ -72,23 +82,34 @@ def write_store(store_dir: Path, clips: int, unit_clips: int, frames: int, seed:
     return time.perf_counter() - start, written
 
 
-def write_cache(cache_dir: Path, clips: int, frames: int, seed: int) -> list[str]:
-    """Per-clip entries in the cache's layout (<key[:2]>/<key>.safetensors), written by its writer."""
+def write_per_clip(folder: Path, clips: int, frames: int, seed: int) -> list[str]:
+    """The baseline (module doc): one safetensors file per clip, <name[:2]>/<name>.safetensors with the
+    whole clip's codes (K, T) int32 and its num_samples in the metadata, as the per-clip cache kept them."""
     import hashlib
 
     import numpy as np
     import torch
-
-    from musicgen_lora.data.code_cache import save_codes
+    from safetensors.torch import save_file
 
     rng, paths = np.random.default_rng((seed, 1 << 30)), []  # apart from the units' (seed, u)
     for j in range(clips):
-        key = hashlib.sha256(f"clip_{j:06d}".encode()).hexdigest()
-        path = cache_dir / key[:2] / f"{key}.safetensors"
+        name = hashlib.sha256(f"clip_{j:06d}".encode()).hexdigest()
+        path = folder / name[:2] / f"{name}.safetensors"
+        codes = rng.integers(0, 2048, (K, frames))  # drawn either way: the same codes whatever is kept
         if not path.is_file():
-            save_codes(path, torch.from_numpy(rng.integers(0, 2048, (K, frames))), frames * HOP, SR, f"{j}.wav")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"codes": torch.from_numpy(codes).to(torch.int32)}, str(path),
+                      metadata={"num_samples": str(frames * HOP), "sample_rate": str(SR)})
         paths.append(str(path))
     return paths
+
+
+def read_per_clip(path: str) -> tuple:
+    """(codes (K, T), num_samples) of one baseline file, the whole clip read."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        return f.get_tensor("codes").long(), int(f.metadata()["num_samples"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,7 +140,6 @@ def child(argv: list[str]):
     import torch  # noqa: F401
 
     from musicgen_lora.audio.codes import crop_codes
-    from musicgen_lora.data.code_cache import load_codes
     from musicgen_lora.data.code_store import CodeStore
 
     out = {"baseline_mb": peak_rss_mb()}
@@ -138,7 +158,7 @@ def child(argv: list[str]):
         paths = json.loads(Path(spec["path"]).read_text())
 
         def read(i, offset):
-            codes, num_samples = load_codes(paths[i])
+            codes, num_samples = read_per_clip(paths[i])
             return crop_codes(codes, num_samples, offset, spec["window"], HOP)[0]
 
         out["batches_s"] = _batches(len(paths), lambda i: spec["num_samples"], *args, read=read)
@@ -147,7 +167,7 @@ def child(argv: list[str]):
 
 
 def measure(spec: dict) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(child_env(), OMP_NUM_THREADS="1")
     code = "import sys; from benchmarks.store import child; child(sys.argv[1:])"
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env,
                           cwd=ROOT)
@@ -182,7 +202,7 @@ def disk_per_hour(store_dir: Path, clip_seconds: float) -> str:
             f"unit.json) vs 32 kHz 16-bit mono WAV {wav / 1e6:.1f} MB: {wav / measured:.0f}x smaller")
 
 
-def report(args, big: dict, small: dict, cache: dict, write_line: str) -> list[str]:
+def report(args, big: dict, small: dict, per_clip: dict, write_line: str) -> list[str]:
     def per_batch(measured: dict) -> float:  # ms
         return measured["batches_s"] / args.batches * 1000
 
@@ -196,9 +216,9 @@ def report(args, big: dict, small: dict, cache: dict, write_line: str) -> list[s
         f"{big['read_mb']:.0f} vs {small['read_mb']:.0f} MB ({big['read_mb'] / small['read_mb']:.2f}x) "
         f"[python + numpy + torch alone: {big['baseline_mb']:.0f} MB]",
         f"batch of {args.batch_size} {args.window_seconds:g} s windows: store {per_batch(big):.2f} ms ({n:,} clips) / "
-        f"{per_batch(small):.2f} ms ({m:,}) vs per-clip cache {per_batch(cache):.2f} ms ({args.cache_clips:,} "
-        f"entries): {per_batch(cache) / per_batch(big):.1f}x; peak RSS {big['read_mb']:.0f} vs "
-        f"{cache['read_mb']:.0f} MB",
+        f"{per_batch(small):.2f} ms ({m:,}) vs the baseline built here, a safetensors file per clip read whole "
+        f"{per_batch(per_clip):.2f} ms ({args.per_clip_files:,} files): {per_batch(per_clip) / per_batch(big):.1f}x; "
+        f"peak RSS {big['read_mb']:.0f} vs {per_clip['read_mb']:.0f} MB",
         f"descriptions of all {big['descriptions']:,} training clips (read per unit, on demand): "
         f"{big['descriptions_s']:.2f} s, peak RSS {big['read_mb']:.0f} -> {big['descriptions_mb']:.0f} MB",
     ]
@@ -207,18 +227,27 @@ def report(args, big: dict, small: dict, cache: dict, write_line: str) -> list[s
 @cli
 def main(argv=None):
     p = Parser(description=__doc__)
-    p.add_argument("--clips", type=positive_int, default=300_000, help="Clips in the big store.")
+    p.add_argument("--quick", action="store_true",
+                   help="Prove the script runs: 5,000 clips, 200 per-clip files, 20 batches (flags given "
+                        "explicitly win; the figures are not those of a collection).")
+    p.add_argument("--clips", type=positive_int, default=None, help="Clips in the big store (default 300,000).")
     p.add_argument("--small_clips", type=positive_int, default=1_000, help="Clips in the small store.")
-    p.add_argument("--cache_clips", type=positive_int, default=2_000, help="Per-clip code cache entries.")
+    p.add_argument("--per_clip_files", type=positive_int, default=None,
+                   help="Files of the per-clip baseline (module doc; default 2,000).")
     p.add_argument("--unit_clips", type=positive_int, default=1_000, help="Clips per unit (one zip's worth).")
     p.add_argument("--clip_seconds", type=positive_float, default=15.0, help="Length of every clip.")
     p.add_argument("--window_seconds", type=positive_float, default=15.0, help="Length of a training window.")
-    p.add_argument("--batches", type=positive_int, default=200, help="Random batches read per reader.")
+    p.add_argument("--batches", type=positive_int, default=None, help="Random batches read per reader (default 200).")
     p.add_argument("--batch_size", type=positive_int, default=8, help="Windows per batch.")
     p.add_argument("--seed", type=nonneg_int, default=0, help="Seed of the codes and of the windows drawn.")
     p.add_argument("--work_dir", default=None,
                    help="Where to write the stores, kept afterwards (default: a temp dir, removed afterwards).")
     args = p.parse_args(argv)
+    defaults = {"clips": 5_000, "per_clip_files": 200, "batches": 20} if args.quick else \
+        {"clips": 300_000, "per_clip_files": 2_000, "batches": 200}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="bench-store-"))
     try:
@@ -234,20 +263,21 @@ def run(args, work: Path):
     frames = num_frames_for_samples(round(args.clip_seconds * SR), HOP)
     window = num_frames_for_samples(round(args.window_seconds * SR), HOP)
     work.mkdir(parents=True, exist_ok=True)
-    check_space(work, args.clips + args.small_clips + args.cache_clips, frames)
+    check_space(work, args.clips + args.small_clips + args.per_clip_files * 4, frames)  # int64: 4x int16
     print(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}; writing in {work}", flush=True)
     seconds, written = write_store(work / "big", args.clips, args.unit_clips, frames, args.seed)
     write_store(work / "small", args.small_clips, args.unit_clips, frames, args.seed + 1)
-    paths = write_cache(work / "cache", args.cache_clips, frames, args.seed)
-    (work / "cache_paths.json").write_text(json.dumps(paths))
+    paths = write_per_clip(work / "per_clip", args.per_clip_files, frames, args.seed)
+    (work / "per_clip_paths.json").write_text(json.dumps(paths))
     write_line = (f"synthetic store: {args.clips:,} clips x {args.clip_seconds:g} s (K={K}, {frames} frames) in units "
                   f"of {args.unit_clips:,}: {written:,} clips written in {seconds:.1f} s"
                   + (f" ({written / seconds:,.0f} clips/s)" if written else " (all kept from before)"))
     spec = {"batches": args.batches, "batch_size": args.batch_size, "window": window, "seed": args.seed}
     big = measure({**spec, "kind": "store", "path": str(work / "big")})
     small = measure({**spec, "kind": "store", "path": str(work / "small")})
-    cache = measure({**spec, "kind": "cache", "path": str(work / "cache_paths.json"), "num_samples": frames * HOP})
-    for line in report(args, big, small, cache, write_line) + [disk_per_hour(work / "big", args.clip_seconds)]:
+    per_clip = measure({**spec, "kind": "per_clip", "path": str(work / "per_clip_paths.json"),
+                        "num_samples": frames * HOP})  # every clip's: one read per window, as in the store
+    for line in report(args, big, small, per_clip, write_line) + [disk_per_hour(work / "big", args.clip_seconds)]:
         print(line)
 
 

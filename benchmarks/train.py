@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.paths import ROOT, SCRIPTS
+from benchmarks.paths import ROOT, SCRIPTS, child_env
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -341,14 +341,6 @@ def bench_lookup(work: Path, model_dir: Path, count: int, seconds: float) -> dic
         (out["hash_hashed"], out["memo_hashed"], out["hash_encoded"], out["memo_encoded"])
     del out["keys"], out["rows"]
     return out
-
-
-def child_env() -> dict:
-    """The children import the same musicgen_lora as this process (and benchmarks from the root)."""
-    import musicgen_lora
-
-    paths = [str(Path(musicgen_lora.__file__).resolve().parents[1]), str(ROOT)]
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
 
 
 def bench_rss(work: Path, model_dir: Path, counts=(100, 10000)):
