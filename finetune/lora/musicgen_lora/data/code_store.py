@@ -1,10 +1,10 @@
 """The code store: EnCodec codes of a whole collection (100,000s of clips) in a few hundred files, written
 once by the preparation step and read as random windows by training.
 
-The per-clip code cache (code_cache.py) keeps one file per clip, keyed by the audio's bytes: right for a
-folder of a few thousand clips that training encodes as it goes. A collection streamed out of zips has
-no audio files left to hash, and 300,000 small files cost an open per window and a slow listing. So
-codes are grouped in UNITS, one per zip (or per shard of a folder):
+Every training route reads codes from here (the per-clip cache it replaced kept one file per clip:
+300,000 small files cost an open per window and a slow listing, and a collection streamed out of zips
+has no audio files left to hash). Codes are grouped in UNITS -- one per zip, per folder shard, or per
+content bucket of a metadata folder:
 
     DATA_DIR/code_store/units/<unit_id>/
         codes.bin    every clip's codes, concatenated along time, frame-major int16 little-endian:
