@@ -474,12 +474,12 @@ class OtherKey(BadUnit):
 class CodeStore:
     """Every unit of a store written under `key`, as one sequence of clips (units in id order).
 
-    Opening reads each unit's unit.json and index.npy (25 bytes a clip) into a few store-wide arrays;
-    codes.bin files are opened on first use, per process, and read with one pread per window
-    (_read_frames), so a DataLoader worker opens its own and a pickled store carries only the arrays.
-    Descriptions stay on disk until asked for (clip_info; descriptions reads each unit's clips.jsonl
-    once): parsing 300,000 rows at open would take ten times the open itself (benchmarks/store.py:
-    ~1.5 vs 0.14 s) for readers that need none of them, such as a validation pass.
+    Opening reads each unit's unit.json and index.npy into a few store-wide arrays and checks every unit
+    file against its sha256 once; codes.bin files are opened on first use, per process, and read with
+    one pread per window (_read_frames), so a DataLoader worker opens its own and a pickled store
+    carries only the arrays. Descriptions stay on disk until asked for (clip_info; descriptions reads
+    each unit's clips.jsonl once): parsing every row at open would cost readers that need none of them,
+    such as a validation pass (measured before the checksums: 300,000 rows ~1.5 s vs an open of 0.14 s).
     """
 
     def __init__(self, store_dir, key: StoreKey, strict: bool = False, warn: bool = True):
