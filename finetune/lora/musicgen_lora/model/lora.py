@@ -8,6 +8,7 @@ import torch
 from musicgen_lora.core.common import UserError, parse_json, read_json
 from musicgen_lora.model.checkpoint import (
     check_layout,
+    describe_layout,
     model_layout,
 )
 from musicgen_lora.model.targets import DEFAULT_TARGETS, lora_target_regex
@@ -148,3 +149,54 @@ def adapter_run_id(adapter: Path) -> str | None:
             return str(run_id)
     return None
 
+
+
+# --------------------------------------------------------------------------------------------
+# Strength and mixing: PEFT's per-adapter scaling, the saved weights never touched
+# --------------------------------------------------------------------------------------------
+def set_strengths(model, strengths: dict[str, float]):
+    """Make exactly the adapters named in `strengths` active, each at its strength: its layers'
+    scaling = strength x alpha / r (PEFT's LoraLayer.set_scale; sqrt(r) for rsLoRA). 0 adds nothing
+    (W + 0·BA: the base model's outputs), 1 is the adapter as trained, above 1 stronger; several
+    active adapters add their scaled deltas, which is a weighted mix. The merged copy generation
+    runs (generate.generation_decoder) and merge_and_unload both merge at these scalings.
+    DoRA's magnitude vector is not scaled: at 0 a DoRA adapter is not the base model."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    model.base_model.set_adapter(list(strengths), inference_mode=True)
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer) and hasattr(module, "set_scale"):
+            for name, strength in strengths.items():
+                module.set_scale(name, strength)
+
+
+def adapter_layout(path) -> dict | None:
+    """The base model layout train_lora.py recorded beside an adapter (None if it recorded none)."""
+    info = Path(path) / "training_info.json"
+    layout = read_json(info, "training info").get("model") if info.is_file() else None
+    return layout if isinstance(layout, dict) else None
+
+
+def check_same_layout(paths, flag: str = "--lora_model_path"):
+    """Adapters mixed in one generation must come from one base layout: each would otherwise be
+    checked only against the base model, one at a time, and the line would not say the mix is the
+    problem."""
+    known = [(p, layout) for p in paths if (layout := adapter_layout(p)) is not None]
+    for path, layout in known[1:]:
+        first, want = known[0]
+        if any(layout.get(k) != v for k, v in want.items() if k in layout):
+            raise UserError(f"{flag}: {first} was trained on a {describe_layout(want)} MusicGen but {path} on a "
+                            f"{describe_layout(layout)} one; mix adapters trained on one base model")
+
+
+def load_weighted(base_model, parts, flag: str = "--lora_model_path"):
+    """PeftModel with every (adapter folder, strength) of `parts` loaded and active at its strength:
+    one adapter ("default") or a weighted mix ("default", "mix1", ...)."""
+    check_same_layout([path for path, _ in parts], flag)
+    model, strengths = None, {}
+    for i, (path, strength) in enumerate(parts):
+        name = "default" if i == 0 else f"mix{i}"
+        model = load_adapter(base_model, path, adapter_name=name, into=model)
+        strengths[name] = strength
+    set_strengths(model, strengths)
+    return model
