@@ -138,3 +138,48 @@ def test_a_mix_of_adapters_from_different_layouts_is_refused(tiny_model_dir, tra
     proc = run_script("inference_lora.py", "--model_path", tiny_model_dir, "--prompts", "x", "--lora_model_path",
                       f"{run / 'final_model'}:0.5", f"{stereo}:0.5", "--output_dir", tmp_path / "out", check=False)
     assert_one_line_error(proc, "--lora_model_path", "stereo", "mix adapters trained on one base model")
+
+
+@pytest.mark.slow
+def test_evaluate_ranks_strengths_of_one_adapter_side_by_side(tiny_model_dir, trained_run, example_data_dir,
+                                                              tmp_path):
+    run, _ = trained_run
+    out = tmp_path / "eval"
+    proc = run_script("evaluate.py", "--model_path", tiny_model_dir, "--compare", "--lora_model_path",
+                      run / "final_model", "--lora_scales", 0, 0.5, 1, "--data_dir", example_data_dir,
+                      "--target_duration", 6, "--prompts", "dark trap 808", "--duration", 0.5, "--seed", 3,
+                      "--output_dir", out, "--no_progress")
+    summary = json.loads((out / "summary.json").read_text())
+    models = summary["models"]
+    assert list(models) == ["base_model", "lora_model@0", "lora_model@0.5", "lora_model@1"]
+    assert [models[n]["lora_scale"] for n in models] == [None, 0.0, 0.5, 1.0]
+    loss = [models[n]["held_out_loss"] for n in models]
+    assert loss[1] == loss[0]  # strength 0 is the base model, to the last bit
+    assert loss[1] > loss[2] > loss[3]  # and the held-out loss falls with strength on this trained adapter
+    assert sum("lora_model@" in line for line in proc.stdout.splitlines()) == 3  # a verdict per strength
+    side = json.loads((out / "lora_model@0.5" / "00_dark-trap-808.json").read_text())
+    assert side["lora_scale"] == 0.5
+    assert 'id="strengths"' in (out / "report.html").read_text()
+    from musicgen_lora.evaluation.listening import read_key
+
+    blind = {c["model"] for g in read_key(out)["groups"] for c in g["clips"].values()}
+    assert blind == set(models)  # the blind page puts every strength beside the base model
+    card = (run / "final_model" / "README.md").read_text()
+    assert "at strength 0.5: held-out loss" in card
+
+
+def test_strength_flags_are_checked_in_one_line(tiny_model_dir, trained_run, tmp_path):
+    run, _ = trained_run
+    common = ("--model_path", tiny_model_dir, "--prompts", "x", "--output_dir", tmp_path / "o")
+    proc = run_script("evaluate.py", *common, "--compare", "--lora_model_path", run / "final_model", "--lora_scale",
+                      0.5, "--lora_scales", 1, 2, check=False)
+    assert_one_line_error(proc, "--lora_scales")
+    proc = run_script("evaluate.py", *common, "--compare", "--lora_model_path", run / "final_model", "--lora_scales",
+                      1, 1, check=False)
+    assert_one_line_error(proc, "each strength once")
+    proc = run_script("evaluate.py", *common, "--lora_scales", 0.5, 1, check=False)
+    assert_one_line_error(proc, "--lora_scales", "pass the adapter too")
+    proc = run_script("inference_lora.py", *common, "--lora_scale", 0.5, check=False)
+    assert_one_line_error(proc, "--lora_scale", "--lora_model_path")
+    proc = run_script("inference_lora.py", *common, "--lora_scale", -1, check=False)
+    assert_one_line_error(proc, "--lora_scale")
