@@ -32,6 +32,7 @@ from musicgen_lora.core.outputs import (
     survey,
 )
 from musicgen_lora.model.checkpoint import check_layout
+from musicgen_lora.model.lora import adapter_type_of, config_adapter_type
 
 TOOL = "train_lora.py"
 CHECKPOINTS = "checkpoints"
@@ -271,6 +272,11 @@ def load_checkpoint(path: Path, accelerator, model, optimizer, scheduler) -> tup
     weights = path / "adapter_model.safetensors"
     if not weights.is_file():
         raise UserError(f"{weights}: missing from the checkpoint; resume from another one")
+    saved = adapter_type_of(path) if (path / "adapter_config.json").is_file() else None
+    now = config_adapter_type(accelerator.unwrap_model(model).peft_config["default"])
+    if saved and saved != now:  # rsLoRA's weights load into LoRA's layers and would mean another scale
+        raise UserError(f"{path}: a checkpoint of --adapter_type {saved}, resumed as {now}; resume with the "
+                        f"run's --adapter_type {saved} (see run_config.json)")
     try:
         result = set_peft_model_state_dict(accelerator.unwrap_model(model), load_file(str(weights)))
         unexpected = getattr(result, "unexpected_keys", None)
