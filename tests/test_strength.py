@@ -233,3 +233,15 @@ def test_each_adapter_type_learns_and_round_trips(kind, tiny_model_dir, tmp_path
     with torch.no_grad():
         got = merged(**inputs, decoder_input_ids=dec).logits
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_resume_keeps_the_adapter_type(tiny_model_dir, example_data_dir, tmp_path):
+    """rsLoRA's weights load into LoRA's layers without an error and would train at another scale:
+    a resume with another --adapter_type is refused in one line, before any weight is touched."""
+    out = tmp_path / "run"
+    args = ("--model_path", tiny_model_dir, "--data_dir", example_data_dir, "--output_dir", out, "--batch_size", 4,
+            "--gradient_accumulation_steps", 1, "--target_duration", 2, "--save_steps", 1, "--no_progress")
+    run_script("train_lora.py", *args, "--max_steps", 2)
+    proc = run_script("train_lora.py", *args, "--max_steps", 4, "--resume_from_checkpoint", "latest",
+                      "--adapter_type", "rslora", check=False)
+    assert_one_line_error(proc, "adapter_type: lora -> rslora")

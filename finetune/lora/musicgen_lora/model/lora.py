@@ -18,9 +18,6 @@ def _stay_in_eval_mode(self, mode=True):
     return torch.nn.Module.train(self, False)
 
 
-ADAPTER_NAMES = {"lora": "LoRA", "rslora": "rsLoRA", "dora": "DoRA", "loha": "LoHa", "lokr": "LoKr"}
-
-
 def adapter_config(adapter_type: str, rank: int, alpha: float, dropout: float, target_modules=DEFAULT_TARGETS):
     """PEFT's config for one of ADAPTER_TYPES on the decoder's linear layers. LoHa/LoKr have no LoRA
     dropout: `dropout` is their rank dropout (rows of the update dropped)."""
@@ -181,7 +178,6 @@ def adapter_run_id(adapter: Path) -> str | None:
         if run_id:
             return str(run_id)
     return None
-
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,3 +18,4 @@ def lora_target_regex(target_modules) -> str:
 # dora: a learned per-output magnitude times the direction of W + BA; loha: a Hadamard product of two
 # low-rank pairs; lokr: a Kronecker product.
 ADAPTER_TYPES = ("lora", "rslora", "dora", "loha", "lokr")
+ADAPTER_NAMES = {"lora": "LoRA", "rslora": "rsLoRA", "dora": "DoRA", "loha": "LoHa", "lokr": "LoKr"}

@@ -34,6 +34,7 @@ import yaml
 
 from musicgen_lora.core.common import log, parse_json
 from musicgen_lora.core.outputs import atomic_write_text
+from musicgen_lora.model.targets import ADAPTER_NAMES
 
 CARD = "README.md"
 FORMAT = 1
@@ -49,7 +50,8 @@ _PEFT_TEMPLATE = ("# Model Card for Model ID", "[More Information Needed]")
 # run_config.json keys the card shows (and keeps, for updates after the run dir has gone).
 CONFIG_KEYS = (
     "run_id", "model_path", "data_dir", "metadata_file", "as_given", "config",
-    "lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules", "trainable_parameters", "total_parameters",
+    "adapter_type", "lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules", "trainable_parameters",
+    "total_parameters",
     "learning_rate", "weight_decay", "warmup_steps_effective", "max_grad_norm", "num_epochs", "max_steps",
     "steps_per_epoch", "total_steps", "early_stopping_patience", "batch_size", "gradient_accumulation_steps",
     "num_processes", "global_batch_size", "window_seconds", "precision", "device", "gradient_checkpointing",
@@ -445,7 +447,8 @@ def _settings(d: dict) -> list[str]:
         steps += f" (--max_steps {c['max_steps']})"
     if c.get("early_stopping_patience"):
         steps += f", early stopping after {c['early_stopping_patience']} evaluations without improvement"
-    rows = [("LoRA", f"rank {_val(c.get('lora_rank'))}, alpha {_val(c.get('lora_alpha'))}, dropout "
+    kind = ADAPTER_NAMES.get(c.get("adapter_type"), "LoRA")  # runs before --adapter_type were LoRA
+    rows = [(kind, f"rank {_val(c.get('lora_rank'))}, alpha {_val(c.get('lora_alpha'))}, dropout "
                      f"{_val(c.get('lora_dropout'))}, on the decoder's {_code(targets) if targets else 'unknown'}"),
             ("optimizer", f"AdamW, learning rate {_val(c.get('learning_rate'))}, weight decay "
                           f"{_val(c.get('weight_decay'))}, gradient norm clipped at {_val(c.get('max_grad_norm'))}"),

@@ -32,7 +32,6 @@ from musicgen_lora.core.outputs import (
     survey,
 )
 from musicgen_lora.model.checkpoint import check_layout
-from musicgen_lora.model.lora import adapter_type_of, config_adapter_type
 
 TOOL = "train_lora.py"
 CHECKPOINTS = "checkpoints"
@@ -47,7 +46,8 @@ RUN_PATHS = ("run_config.json", "logs", CHECKPOINTS, "best_model", "final_model"
 # Settings that fix the meaning of "step" and "position in the data order": a resume with other
 # values cannot continue the same run.
 # (The base model's layout, also saved under "run", is compared by model.checkpoint.check_layout, in words.)
-RESUME_CRITICAL = ("batch_size", "gradient_accumulation_steps", "num_processes", "seed")
+# adapter_type: rsLoRA's weights load into LoRA's layers without a word and would mean another scale
+RESUME_CRITICAL = ("batch_size", "gradient_accumulation_steps", "num_processes", "seed", "adapter_type")
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,11 +272,6 @@ def load_checkpoint(path: Path, accelerator, model, optimizer, scheduler) -> tup
     weights = path / "adapter_model.safetensors"
     if not weights.is_file():
         raise UserError(f"{weights}: missing from the checkpoint; resume from another one")
-    saved = adapter_type_of(path) if (path / "adapter_config.json").is_file() else None
-    now = config_adapter_type(accelerator.unwrap_model(model).peft_config["default"])
-    if saved and saved != now:  # rsLoRA's weights load into LoRA's layers and would mean another scale
-        raise UserError(f"{path}: a checkpoint of --adapter_type {saved}, resumed as {now}; resume with the "
-                        f"run's --adapter_type {saved} (see run_config.json)")
     try:
         result = set_peft_model_state_dict(accelerator.unwrap_model(model), load_file(str(weights)))
         unexpected = getattr(result, "unexpected_keys", None)

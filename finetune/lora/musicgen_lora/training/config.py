@@ -201,10 +201,10 @@ class TrainConfig:
 
     @property
     def resume_critical(self) -> dict:
-        """Settings that fix the meaning of "step" and "position in the data order" (a resume must
-        keep them; the number of processes is added by the trainer)."""
+        """Settings that fix the meaning of "step" and "position in the data order", and of the saved
+        weights (a resume must keep them; the number of processes is added by the trainer)."""
         return {"batch_size": self.batch_size, "gradient_accumulation_steps": self.gradient_accumulation_steps,
-                "seed": self.seed}
+                "seed": self.seed, "adapter_type": self.adapter_type}
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -93,6 +93,7 @@ from dataclasses import dataclass
 
 from musicgen_lora.core.common import UserError, log
 from musicgen_lora.model.lora import DEFAULT_TARGETS
+from musicgen_lora.model.targets import ADAPTER_NAMES
 
 GIB = 2**30
 TEXT_TOKENS = 64  # text length assumed when the descriptions are not at hand
@@ -249,7 +250,8 @@ class MemoryPlan:
         if self.codec:
             step = f"max({step}, EnCodec encode {gib(self.codec)} GiB)"
         of = f" of {gib(self.capacity)} GiB" if self.capacity else ""
-        return (f"memory plan ({st.device}, {self.asked()}): weights {gib(self.weights)} GiB + LoRA/optimizer "
+        kind = ADAPTER_NAMES.get(st.adapter_type, "LoRA")
+        return (f"memory plan ({st.device}, {self.asked()}): weights {gib(self.weights)} GiB + {kind}/optimizer "
                 f"{gib(self.lora)} GiB + {step} + overhead {gib(self.overhead)} GiB = {gib(self.total)} GiB{of}")
 
     def replan(self, **changes) -> MemoryPlan:

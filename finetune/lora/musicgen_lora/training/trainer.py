@@ -45,8 +45,9 @@ from musicgen_lora.generation.generate import generate_audio, write_clip
 from musicgen_lora.generation.prompts import Prompt, check_melody_model, load_prompts
 from musicgen_lora.generation.sampling import GenerationSettings
 from musicgen_lora.model.checkpoint import load_model_and_processor, model_info, model_layout
-from musicgen_lora.model.lora import ADAPTER_NAMES, apply_lora, count_parameters
+from musicgen_lora.model.lora import apply_lora, count_parameters
 from musicgen_lora.model.loss import batch_loss, evaluate_loss
+from musicgen_lora.model.targets import ADAPTER_NAMES
 from musicgen_lora.training.config import TrainConfig
 from musicgen_lora.training.guards import EarlyStopping, NonFiniteGuard
 from musicgen_lora.training.memory import MemoryPlan, check_plan, longest_text_tokens, plan_memory
