@@ -129,6 +129,7 @@ def test_a_mix_follows_its_weights(tiny_model_dir, trained_run, tmp_path):
     assert side["adapter"] is None and [a["strength"] for a in side["adapters"]] == [0.5, 0.5]
 
 
+@pytest.mark.slow
 def test_a_mix_of_adapters_from_different_layouts_is_refused(tiny_model_dir, trained_run, tmp_path):
     run, _ = trained_run
     stereo = tmp_path / "stereo_adapter"
@@ -169,14 +170,14 @@ def test_evaluate_ranks_strengths_of_one_adapter_side_by_side(tiny_model_dir, tr
     assert "at strength 0.5: held-out loss" in card
 
 
-def test_strength_flags_are_checked_in_one_line(tiny_model_dir, trained_run, tmp_path):
-    run, _ = trained_run
+def test_strength_flags_are_checked_in_one_line(tiny_model_dir, tmp_path):
     common = ("--model_path", tiny_model_dir, "--prompts", "x", "--output_dir", tmp_path / "o")
-    proc = run_script("evaluate.py", *common, "--compare", "--lora_model_path", run / "final_model", "--lora_scale",
-                      0.5, "--lora_scales", 1, 2, check=False)
+    adapter = tmp_path / "adapter"  # refused before any folder is read
+    proc = run_script("evaluate.py", *common, "--compare", "--lora_model_path", adapter, "--lora_scale", 0.5,
+                      "--lora_scales", 1, 2, check=False)
     assert_one_line_error(proc, "--lora_scales")
-    proc = run_script("evaluate.py", *common, "--compare", "--lora_model_path", run / "final_model", "--lora_scales",
-                      1, 1, check=False)
+    proc = run_script("evaluate.py", *common, "--compare", "--lora_model_path", adapter, "--lora_scales", 1, 1,
+                      check=False)
     assert_one_line_error(proc, "each strength once")
     proc = run_script("evaluate.py", *common, "--lora_scales", 0.5, 1, check=False)
     assert_one_line_error(proc, "--lora_scales", "pass the adapter too")
@@ -245,3 +246,29 @@ def test_a_resume_keeps_the_adapter_type(tiny_model_dir, example_data_dir, tmp_p
     proc = run_script("train_lora.py", *args, "--max_steps", 4, "--resume_from_checkpoint", "latest",
                       "--adapter_type", "rslora", check=False)
     assert_one_line_error(proc, "adapter_type: lora -> rslora")
+
+
+@pytest.mark.slow
+def test_a_mix_moves_from_one_adapter_to_the_other_with_its_weights(tiny_model_dir, trained_run):
+    """Mix w x first + (1 - w) x second: as w falls from 1 to 0 the logits move steadily away from the
+    first adapter's and towards the second's (an ignored weight would leave them in one place)."""
+    from musicgen_lora.model.lora import set_strengths
+
+    run, _ = trained_run
+    first, second = str(run / "final_model"), str(run / "checkpoints" / "checkpoint-2")
+    base, processor = load_model_and_processor(str(tiny_model_dir))
+    model = load_weighted(base, [(first, 1.0), (second, 0.0)]).eval()
+    inputs = processor(text=["trap beat"], return_tensors="pt")
+    dec = torch.randint(0, 64, (4, 12), generator=torch.Generator().manual_seed(0))
+
+    def logits(w):
+        set_strengths(model, {"default": w, "mix1": 1.0 - w})
+        with torch.no_grad():
+            return model(**inputs, decoder_input_ids=dec).logits
+
+    weights = (1.0, 0.75, 0.5, 0.25, 0.0)
+    at = [logits(w) for w in weights]
+    to_first = [(x - at[0]).abs().mean().item() for x in at]
+    to_second = [(x - at[-1]).abs().mean().item() for x in at]
+    assert all(a < b for a, b in zip(to_first, to_first[1:])), to_first
+    assert all(a > b for a, b in zip(to_second, to_second[1:])), to_second
