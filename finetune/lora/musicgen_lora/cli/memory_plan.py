@@ -17,7 +17,7 @@ import sys
 
 from musicgen_lora.cli.args import Parser, positive_float, positive_int
 from musicgen_lora.cli.runner import cli
-from musicgen_lora.model.targets import ADAPTER_TYPES
+from musicgen_lora.model.targets import ADAPTER_NAMES, ADAPTER_TYPES
 
 
 def build_parser():
@@ -82,8 +82,8 @@ def main(argv=None):
     half = args.precision if args.precision != "fp32" else "bf16"
     models = configs(args.model_path)  # a bad --model_path stops before anything is printed
     print(f"memory plan for a {args.gpu_gib:g} GiB GPU, {args.precision}, batch {args.batch_size} x "
-          f"{args.target_duration:g} s (accumulation {args.gradient_accumulation_steps}), {args.adapter_type} rank "
-          f"{args.lora_rank}")
+          f"{args.target_duration:g} s (accumulation {args.gradient_accumulation_steps}), "
+          f"{ADAPTER_NAMES[args.adapter_type]} rank {args.lora_rank}")
     print(f"{'model':<29} {'checkpointing':<14} {'plan GiB':>9}  fits  settings that fit")
     for name, config in models:
         shape = model_shape(config, decoder_dropout=TrainConfig.decoder_dropout)  # what train_lora.py runs at
