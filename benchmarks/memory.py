@@ -9,6 +9,8 @@ encode, teacher-forced forward, backward, AdamW step) -- the trainer's own funct
     python -m benchmarks.memory --sizes tiny small --duration 2
     python -m benchmarks.memory --sizes tiny small --duration 2 --stereo   # + stereo layouts
     python -m benchmarks.memory --sizes tiny small --duration 2 --melody   # + MusicGen-Melody
+    python -m benchmarks.memory --sizes small --adapter_types lora rslora dora loha lokr --checkpointing off
+                                                                           # step time and memory per type
 
 Peak memory is CUDA max_memory_allocated on a GPU and peak RSS (VmHWM, reset after loading) on a
 CPU, where the workers run with MALLOC_MMAP_THRESHOLD_=128 KiB so that a freed tensor leaves the RSS
@@ -37,6 +39,7 @@ import time
 from pathlib import Path
 
 from benchmarks.paths import SCRIPTS
+from musicgen_lora.model.targets import ADAPTER_TYPES
 
 
 def worker(args):
@@ -59,7 +62,7 @@ def worker(args):
     # loaded as train_lora.py loads it: the decoder's own dropout at training's default
     model, processor = load_model_and_processor(args.model_path, device=device,
                                                 decoder_dropout=TrainConfig.decoder_dropout)
-    model = apply_lora(model, 12, 24, 0.05)
+    model = apply_lora(model, 12, 24, 0.05, adapter_type=args.adapter_type)
     if args.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     info = model_info(model)
@@ -76,6 +79,7 @@ def worker(args):
     precision = args.precision if half else "fp32"
     plan = plan_memory(model, precision=precision, batch_size=args.batch_size, window_seconds=args.duration,
                        gradient_checkpointing=args.gradient_checkpointing, lora_rank=12, lora_dropout=0.05,
+                       adapter_type=args.adapter_type,
                        cached=False, codec_seconds=args.duration,  # each step encodes its clips, as --no_cache
                        text_tokens=int(batch["input_ids"].shape[1]), device=device)
     autocast = torch.autocast("cuda", dtype=getattr(torch, {"fp16": "float16", "bf16": "bfloat16"}.get(
@@ -114,6 +118,7 @@ def worker(args):
                       "seconds_per_step": (time.perf_counter() - t) / args.steps, "device": device,
                       "precision": precision, "plan_mb": plan_peak / 2**20, "plan_step_mb": plan.step / 2**20,
                       "text_tokens": int(batch["input_ids"].shape[1]),
+                      "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
                       "plan": plan.describe()}))
 
 
@@ -139,10 +144,15 @@ def main():
     p.add_argument("--glibc_heap", action="store_true",
                    help="On a CPU, measure with glibc's default heap, which keeps freed blocks resident (the RSS "
                         "peak then overstates the live tensors; by 1.8x for small's step).")
+    p.add_argument("--adapter_types", nargs="+", default=["lora"], choices=ADAPTER_TYPES,
+                   help="train_lora.py --adapter_type values to measure, each in its own process.")
+    p.add_argument("--checkpointing", default="both", choices=["both", "off", "on"],
+                   help="Measure with gradient checkpointing off, on, or both (and their ratio).")
     p.add_argument("--work_dir", default=None, help="Where the built models are kept (default: a temp dir).")
     p.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model_path", default=None, help=argparse.SUPPRESS)
     p.add_argument("--gradient_checkpointing", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--adapter_type", default="lora", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._worker:
         return worker(args)
@@ -151,9 +161,9 @@ def main():
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     if not args.glibc_heap:  # every large block mmapped and unmapped when freed: RSS follows the live tensors
         env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
-    print(f"batch {args.batch_size} x {args.duration:g} s, {args.steps} measured steps, LoRA r=12 on the decoder, "
-          f"{args.precision}")
-    print(f"{'model':19} {'checkpointing':13} {'peak MB':>9} {'plan MB':>9} {'ratio':>6} {'error':>7} "
+    print(f"batch {args.batch_size} x {args.duration:g} s, {args.steps} measured steps, rank 12 on the decoder, "
+          f"{args.precision}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start")
+    print(f"{'model':19} {'type':6} {'checkpointing':13} {'peak MB':>9} {'plan MB':>9} {'ratio':>6} {'error':>7} "
           f"{'step MB':>9} {'plan step':>9} {'ratio':>6} {'error':>7} {'s/step':>7}")
     layouts = ["mono"] + (["stereo"] if args.stereo else [])
     layouts += [f"{lay}-melody".replace("mono-", "") for lay in layouts] if args.melody else []
@@ -165,27 +175,29 @@ def main():
                             "--size", size] + (["--stereo"] if "stereo" in layout else [])
                            + (["--melody"] if "melody" in layout else []),
                            check=True, env=env, capture_output=True)
-        res = {}
-        for gc in (False, True):
-            cmd = [sys.executable, __file__, "--_worker", "--model_path", str(model), "--duration",
-                   str(args.duration), "--batch_size", str(args.batch_size), "--steps", str(args.steps),
-                   "--device", args.device, "--precision", args.precision]
-            cmd += ["--gradient_checkpointing"] if gc else []
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if proc.returncode != 0:  # one layout failing (say, stereo training not there yet) keeps the others
-                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                print(f"{name:19} {'on' if gc else 'off':13} failed: {last}")
-                continue
-            res[gc] = r = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"{name:19} {'on' if gc else 'off':13} {r['peak_mb']:9.1f} {r['plan_mb']:9.1f} "
-                  f"{_error(r['plan_mb'], r['peak_mb'])} {r['step_mb']:9.1f} {r['plan_step_mb']:9.1f} "
-                  f"{_error(r['plan_step_mb'], max(r['step_mb'], 1e-9))} {r['seconds_per_step']:7.2f}   "
-                  f"({r['device']}, {r['precision']})")
-        if len(res) == 2:
-            off, on = res[False], res[True]
-            print(f"{name:19} on/off ratio: peak {on['peak_mb'] / off['peak_mb']:.3f}, step memory "
-                  f"{on['step_mb'] / max(off['step_mb'], 1e-9):.3f}, "
-                  f"time {on['seconds_per_step'] / off['seconds_per_step']:.2f}")
+        passes = {"both": (False, True), "off": (False,), "on": (True,)}[args.checkpointing]
+        for kind in args.adapter_types:
+            res = {}
+            for gc in passes:
+                cmd = [sys.executable, __file__, "--_worker", "--model_path", str(model), "--duration",
+                       str(args.duration), "--batch_size", str(args.batch_size), "--steps", str(args.steps),
+                       "--device", args.device, "--precision", args.precision, "--adapter_type", kind]
+                cmd += ["--gradient_checkpointing"] if gc else []
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                if proc.returncode != 0:  # one layout failing (say, stereo training not there yet) keeps the others
+                    last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                    print(f"{name:19} {kind:6} {'on' if gc else 'off':13} failed: {last}")
+                    continue
+                res[gc] = r = json.loads(proc.stdout.strip().splitlines()[-1])
+                print(f"{name:19} {kind:6} {'on' if gc else 'off':13} {r['peak_mb']:9.1f} {r['plan_mb']:9.1f} "
+                      f"{_error(r['plan_mb'], r['peak_mb'])} {r['step_mb']:9.1f} {r['plan_step_mb']:9.1f} "
+                      f"{_error(r['plan_step_mb'], max(r['step_mb'], 1e-9))} {r['seconds_per_step']:7.2f}   "
+                      f"({r['device']}, {r['precision']}, {r['trainable']:,} trainable)")
+            if len(res) == 2:
+                off, on = res[False], res[True]
+                print(f"{name:19} {kind:6} on/off ratio: peak {on['peak_mb'] / off['peak_mb']:.3f}, step memory "
+                      f"{on['step_mb'] / max(off['step_mb'], 1e-9):.3f}, "
+                      f"time {on['seconds_per_step'] / off['seconds_per_step']:.2f}")
 
 
 if __name__ == "__main__":

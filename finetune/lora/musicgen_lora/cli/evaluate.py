@@ -10,6 +10,8 @@
 --compare_multi  base, best_model and final_model (from --best_model_path/--final_model_path, or found
                  in the run directory given as --lora_model_path)
 --adapter N=P    add any adapter (repeatable), e.g. --adapter r16=../output_r16/best_model
+--lora_scales 0.5 1.0 1.5   every adapter at each strength, each its own model (N@0.5, ...), judged
+                 blind beside the others; --lora_scale S: every adapter at one strength
 
 The base model is loaded once and adapters are swapped on it; every model gets each prompt with the
 same seed (and, on a MusicGen-Melody checkpoint, the same melody: --melody FILE, or "melody" per

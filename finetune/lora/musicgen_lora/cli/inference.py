@@ -22,9 +22,13 @@ MusicGen-Melody checkpoints follow the chroma (pitch classes over time) of a mel
 every prompt, or "melody": "file" per prompt in --prompts_file; prompts without one get the null
 melody, as generate() does without a melody.
 
+--lora_scale S sets the adapter's strength (0 = the base model, 1 = as trained); several
+--lora_model_path FOLDER:WEIGHT mix adapters (their weighted updates add; only a trailing :number
+is a weight). The sidecars record both.
+
     python inference_lora.py --model_path BASE --lora_model_path ADAPTER --merge --output_dir MERGED
 
-writes a full model with the adapter merged in, loadable with plain
+writes a full model with the adapter merged in (at --lora_scale, or the mix), loadable with plain
 MusicgenForConditionalGeneration.from_pretrained(MERGED) (no peft needed).
 """
 import sys

@@ -17,6 +17,7 @@ import sys
 
 from musicgen_lora.cli.args import Parser, positive_float, positive_int
 from musicgen_lora.cli.runner import cli
+from musicgen_lora.model.targets import ADAPTER_NAMES, ADAPTER_TYPES
 
 
 def build_parser():
@@ -29,6 +30,8 @@ def build_parser():
                    help="train_lora.py --gradient_accumulation_steps (kept when a smaller batch is suggested).")
     p.add_argument("--target_duration", type=positive_float, default=15.0, help="Training window in seconds.")
     p.add_argument("--lora_rank", type=positive_int, default=12, help="LoRA rank.")
+    p.add_argument("--adapter_type", choices=ADAPTER_TYPES, default="lora",
+                   help="train_lora.py --adapter_type (DoRA, LoHa and LoKr keep more per step).")
     p.add_argument("--model_path", default=None,
                    help="Plan for this checkpoint's config.json (a local folder) instead of the hub's sizes.")
     return p
@@ -79,14 +82,16 @@ def main(argv=None):
     half = args.precision if args.precision != "fp32" else "bf16"
     models = configs(args.model_path)  # a bad --model_path stops before anything is printed
     print(f"memory plan for a {args.gpu_gib:g} GiB GPU, {args.precision}, batch {args.batch_size} x "
-          f"{args.target_duration:g} s (accumulation {args.gradient_accumulation_steps}), LoRA rank {args.lora_rank}")
+          f"{args.target_duration:g} s (accumulation {args.gradient_accumulation_steps}), "
+          f"{ADAPTER_NAMES[args.adapter_type]} rank {args.lora_rank}")
     print(f"{'model':<29} {'checkpointing':<14} {'plan GiB':>9}  fits  settings that fit")
     for name, config in models:
         shape = model_shape(config, decoder_dropout=TrainConfig.decoder_dropout)  # what train_lora.py runs at
         for checkpointing in (False, True):
             plan = plan_memory(shape, precision=args.precision, batch_size=args.batch_size,
                                window_seconds=args.target_duration, gradient_checkpointing=checkpointing,
-                               lora_rank=args.lora_rank, device="cuda", capacity=int(args.gpu_gib * GIB),
+                               lora_rank=args.lora_rank, adapter_type=args.adapter_type, device="cuda",
+                               capacity=int(args.gpu_gib * GIB),
                                gradient_accumulation_steps=args.gradient_accumulation_steps)
             if plan.fits:
                 advice = "as asked"

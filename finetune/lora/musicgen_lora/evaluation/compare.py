@@ -34,7 +34,7 @@ from musicgen_lora.generation.generate import (
 from musicgen_lora.generation.prompts import Job, Prompt, clip_filename, describe_settings, slugify
 from musicgen_lora.generation.sampling import GenerationSettings
 from musicgen_lora.model.checkpoint import model_info
-from musicgen_lora.model.lora import adapter_run_id, adapter_step, check_adapter_dir, load_adapter
+from musicgen_lora.model.lora import adapter_run_id, adapter_step, check_adapter_dir, load_adapter, set_strengths
 from musicgen_lora.model.loss import evaluate_loss
 
 
@@ -43,6 +43,17 @@ class ModelSpec:
     name: str  # folder name in the output dir and label in the report
     adapter_path: Path | None  # None: the base model
     run_id: str | None = None  # the training run the adapter came from (None: base, or unknown)
+    scale: float | None = None  # its strength (--lora_scale/--lora_scales); None: 1, as trained
+    adapter: str | None = None  # the PEFT adapter name it runs (default: name; strengths of one adapter share one)
+
+    @property
+    def adapter_name(self) -> str:
+        return self.adapter or self.name
+
+    @property
+    def strength(self) -> float | None:
+        """The recorded strength: None for the base model, 1.0 for an adapter as trained."""
+        return None if self.adapter_path is None else (1.0 if self.scale is None else self.scale)
 
 
 def adapter_spec(name: str, path) -> ModelSpec:
@@ -85,13 +96,27 @@ def refuse_running_runs(specs: list[ModelSpec]):
                             f"{spec.adapter_path} /tmp/{Path(spec.adapter_path).name}_now and pass that)")
 
 
+def at_strengths(models: list[ModelSpec], scales) -> list[ModelSpec]:
+    """Each adapter of `models` once per strength in `scales`, as its own model NAME@S (one PEFT
+    adapter, loaded once, run at each strength), so the blind page, the tally, the flags and the
+    held-out loss rank the strengths side by side. No scales: `models` as they are."""
+    if not scales:
+        return models
+    if all(spec.adapter_path is None for spec in models):
+        raise UserError("--lora_scale/--lora_scales set an adapter's strength: pass the adapter too (--compare "
+                        "--lora_model_path ADAPTER, --compare_multi, or --adapter NAME=PATH)")
+    return [m for spec in models for m in ([spec] if spec.adapter_path is None else
+                                            [ModelSpec(f"{spec.name}@{s:g}", spec.adapter_path, spec.run_id,
+                                                       scale=float(s), adapter=spec.name) for s in scales])]
+
+
 def resolve_models(lora_model_path=None, best_model_path=None, final_model_path=None, adapters=(),
-                   compare: bool = False, compare_multi: bool = False) -> list[ModelSpec]:
+                   compare: bool = False, compare_multi: bool = False, scales=()) -> list[ModelSpec]:
     """base_model first, then the adapters evaluate.py's flags name, each with a unique folder name.
 
     compare_multi: the run dir at lora_model_path (its best_model/ and final_model/), or the two
     adapter paths; compare (or a lone lora_model_path): that one adapter as lora_model; adapters:
-    "NAME=PATH" strings, added under NAME.
+    "NAME=PATH" strings, added under NAME. scales: each adapter at each strength (at_strengths).
     """
     models = [ModelSpec(BASE, None)]
     run_dir = Path(lora_model_path) if lora_model_path else None
@@ -118,6 +143,7 @@ def resolve_models(lora_model_path=None, best_model_path=None, final_model_path=
         if slugify(name, 60) != name.lower() or not name:
             raise UserError(f"--adapter {spec}: NAME must be letters, digits and dashes (it names a folder)")
         models.append(adapter_spec(name, path))
+    models = at_strengths(models, scales)
     names = [m.name for m in models]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -127,15 +153,19 @@ def resolve_models(lora_model_path=None, best_model_path=None, final_model_path=
 
 class ModelBank:
     """The base model loaded once; every adapter is attached to it under its own name and switched on
-    for its turn (peft set_adapter), the base model runs with adapters disabled. Loading all adapters
-    up front means an adapter that does not fit fails before any generation time is spent."""
+    for its turn at the spec's strength (set_strengths: PEFT's set_adapter and per-adapter scaling),
+    the base model runs with adapters disabled. Loading all adapters up front means an adapter that
+    does not fit fails before any generation time is spent; strengths of one adapter share it."""
 
     def __init__(self, base_model, specs: list[ModelSpec]):
         self.model = base_model
         self.peft = None
+        loaded = set()
         for spec in specs:
-            if spec.adapter_path is not None:
-                self.peft = load_adapter(base_model, spec.adapter_path, adapter_name=spec.name, into=self.peft)
+            if spec.adapter_path is not None and spec.adapter_name not in loaded:
+                self.peft = load_adapter(base_model, spec.adapter_path, adapter_name=spec.adapter_name,
+                                         into=self.peft)
+                loaded.add(spec.adapter_name)
         if self.peft is not None:
             self.peft.eval()
 
@@ -147,7 +177,7 @@ class ModelBank:
             with self.peft.disable_adapter():
                 yield self.peft
         else:
-            self.peft.set_adapter(spec.name)
+            set_strengths(self.peft, {spec.adapter_name: spec.strength})
             yield self.peft
 
 
@@ -301,6 +331,7 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
                                       "reference_audio": real_rel[job.prompt.audio_prompt]})
                 sidecar = {"prompt": job.prompt.text, "prompt_id": job.prompt.id, "model": spec.name,
                            "base_model": given.base_model_path, "adapter": adapter, "run_id": spec.run_id,
+                           "lora_scale": spec.strength,
                            "sample": job.sample, "seed": job.seed, "melody": job.prompt.melody,
                            "melody_copy": f"../{melody}" if melody else None,  # relative to the sidecar
                            **setting_dict, **{k: v for k, v in continued.items() if k != "reference_audio"},
@@ -311,7 +342,8 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
                 spectrogram_png(wav, sr, tmp / spec.name / f"{name}.png", **time_marks({**continued, **sidecar}))
                 rows.append({"prompt_id": job.prompt.id, "prompt": job.prompt.text, "model": spec.name,
                              "adapter_path": str(spec.adapter_path) if spec.adapter_path else None,
-                             "wav": rel, "spectrogram": f"{spec.name}/{name}.png", "seed": job.seed,
+                             "lora_scale": spec.strength, "wav": rel, "spectrogram": f"{spec.name}/{name}.png",
+                             "seed": job.seed,
                              "sample": job.sample, "melody": melody, "melody_source": job.prompt.melody,
                              **continued, "settings": setting_dict, "sample_rate": sr,
                              "duration_s": len(wav) / sr, "wall_seconds": per_clip})
@@ -322,6 +354,7 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
                    "training_runs": training_runs(specs, tmp)}
         extras = {s.name: {"adapter_path": str(s.adapter_path) if s.adapter_path else None, "run_id": s.run_id,
                            "adapter_step": adapter_step(s.adapter_path) if s.adapter_path else None,
+                           "lora_scale": s.strength,
                            **given.model_numbers.get(s.name, {}), "fad": fad.get(s.name)} for s in specs}
         score_rows(tmp, rows, audio_by_row, sr, summary, extras, given.notes, given.clap,
                    melodies={rel: melodies[source] for source, rel in melody_rel.items()})

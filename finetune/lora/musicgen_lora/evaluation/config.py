@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from musicgen_lora.core.common import UserError
-from musicgen_lora.core.config import number_type, positive_float, positive_int, setting
+from musicgen_lora.core.config import nonneg_float, number_type, positive_float, positive_int, setting
 from musicgen_lora.evaluation.listen_server import DEFAULT_PORT
-from musicgen_lora.generation.config import GenerationConfig
+from musicgen_lora.generation.config import LORA_SCALE_HELP, GenerationConfig
 
 TOOL = "evaluate.py"  # what owns an evaluation folder (its manifest says so)
 MODELS, PROMPTS, NUMBERS, LISTENING = "models", "prompts and output", "objective numbers", "listening"
@@ -32,6 +32,12 @@ class EvaluateConfig(GenerationConfig):
                                            group=MODELS)
     adapter: list = setting([], "Another adapter to compare under NAME (repeatable).", group=MODELS,
                             action="append", metavar="NAME=PATH")
+    lora_scale: float = setting(1.0, LORA_SCALE_HELP + " Every adapter compared runs at it (named NAME@S).",
+                                type=nonneg_float, group=MODELS)
+    lora_scales: list = setting([], "Several strengths of every adapter compared, each its own model of the "
+                                "comparison (NAME@0.5, NAME@1, ...): the blind page, tally, flags and held-out loss "
+                                "rank them side by side; the report tabulates held-out loss and FAD against "
+                                "strength.", type=nonneg_float, group=MODELS, metavar="S")
     compare: bool = setting(False, "Compare the base model with --lora_model_path.", group=MODELS)
     compare_multi: bool = setting(False, "Compare base, best_model and final_model.", group=MODELS)
 
@@ -77,7 +83,17 @@ class EvaluateConfig(GenerationConfig):
                                 "which models the ratings cannot separate; recorded in DIR/summary.json "
                                 "(\"listening\").", group=LISTENING, metavar="DIR")
 
+    @property
+    def scales(self) -> list[float]:
+        """The strengths every adapter runs at, each its own model; [] = as trained, under its own name."""
+        return list(self.lora_scales) or ([self.lora_scale] if self.lora_scale != 1.0 else [])
+
     def check(self):
+        if self.lora_scales and self.lora_scale != 1.0:
+            raise UserError("--lora_scale sets one strength and --lora_scales several; pass one of them (e.g. "
+                            "--lora_scales 0.5 1.0 1.5)")
+        if len(set(self.lora_scales)) != len(self.lora_scales):
+            raise UserError(f"--lora_scales {' '.join(f'{s:g}' for s in self.lora_scales)}: each strength once")
         if self.listen and self.tally:
             raise UserError("--listen and --tally are two steps: serve the page with --listen, then count the saved "
                             "ratings with --tally")

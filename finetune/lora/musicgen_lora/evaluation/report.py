@@ -131,10 +131,10 @@ def _same_steps(models: dict) -> list[str]:
     are one adapter; their numbers differ only by sampling."""
     by_step = {}
     for name, m in models.items():
-        if isinstance(m.get("adapter_step"), int) and m.get("run_id"):
-            by_step.setdefault((m["run_id"], m["adapter_step"]), []).append(name)
+        if isinstance(m.get("adapter_step"), int) and m.get("run_id"):  # at one strength (--lora_scales)
+            by_step.setdefault((m["run_id"], m["adapter_step"], m.get("lora_scale")), []).append(name)
     return [f"{' and '.join(names)} are the same step ({step}) of one run: the same weights, so their numbers "
-            f"differ only by chance" for (_, step), names in by_step.items() if len(names) > 1]
+            f"differ only by chance" for (_, step, _), names in by_step.items() if len(names) > 1]
 
 
 def _model_table(summary: dict) -> str:
@@ -259,6 +259,32 @@ def _reference_rows(group: list[dict]) -> list[str]:
     return out
 
 
+def _strength_table(summary: dict) -> str:
+    """evaluate.py --lora_scales: each adapter's held-out loss and FAD against its strength, the base
+    model as strength 0 (the same prompts, seeds and validation clips), when one adapter ran at two
+    strengths or more."""
+    models = summary.get("models") or {}
+    by_adapter: OrderedDict[str, list] = OrderedDict()
+    for name, m in models.items():
+        if m.get("adapter_path") and isinstance(m.get("lora_scale"), (int, float)):
+            by_adapter.setdefault(m["adapter_path"], []).append((float(m["lora_scale"]), name, m))
+    sweeps = {a: sorted(runs, key=lambda r: r[0]) for a, runs in by_adapter.items() if len(runs) > 1}
+    if not sweeps:
+        return ""
+    base = next((m for m in models.values() if not m.get("adapter_path")), None)
+    body = []
+    for runs in sweeps.values():
+        for strength, name, m in ([(0.0, "base model", base)] if base else []) + runs:
+            flagged = sum(n for n in (m.get("flag_counts") or {}).values() if isinstance(n, int))
+            body.append(f'<tr><td class="model">{html.escape(name)}</td><td>{strength:g}</td>'
+                        f'<td>{_fmt(m.get("held_out_loss"), 4)}</td><td>{_fmt(m.get("fad"), ".4g")}</td>'
+                        f'<td>{flagged}/{m.get("num_clips", "?")}</td></tr>')
+    return ('<h2>Strength</h2><p class="small">Each adapter at each --lora_scales strength (0 is the base model): '
+            'held-out loss on the validation clips and FAD to them, on this evaluation\'s prompts and seeds.</p>'
+            '<table id="strengths"><tr><th>model</th><th>strength</th><th>held-out loss</th><th>FAD (EnCodec)</th>'
+            f'<th>clips flagged</th></tr>{"".join(body)}</table>')
+
+
 def render(rows: list[dict], summary: dict) -> str:
     title = summary.get("title", "MusicGen evaluation")
     groups: OrderedDict[tuple, list[dict]] = OrderedDict()
@@ -278,7 +304,7 @@ def render(rows: list[dict], summary: dict) -> str:
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
              f'<p class="meta">{" &middot; ".join(meta)}</p>', _listen_link(summary), _run_links(summary),
-             _model_table(summary)]
+             _model_table(summary), _strength_table(summary)]
     plots = summary.get("loudness_plots") or {}
     for (pid, sample), group in groups.items():
         head = html.escape(pid) + (f" &middot; sample {sample}" if any(g.get("sample") for g in group) else "")

@@ -4,6 +4,7 @@ settings inference_lora.py and evaluate.py share, one spelling each) and Inferen
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,26 @@ from musicgen_lora.generation.sampling import (
 
 SAMPLING, RUNTIME = "sampling", "runtime"
 _D = SamplingSettings()
+# FOLDER:WEIGHT -- only a trailing ":number" is a weight (a sign is caught to be refused in words)
+_WEIGHTED = re.compile(r"^(?P<path>.+):(?P<weight>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)$")
+LORA_SCALE_HELP = ("Adapter strength: 0 = the base model, 1 = as trained (default), above 1 stronger. Applied "
+                   "as PEFT's per-adapter scaling when the adapter is loaded; the saved adapter is not changed.")
+
+
+def weighted_paths(values, scale: float = 1.0, flag: str = "--lora_model_path") -> list[tuple[str, float]]:
+    """(adapter folder, strength) for each of `values`: FOLDER or FOLDER:WEIGHT. Only a trailing
+    ":number" is a weight, and a value that exists as typed is a folder even so ("take:2/" stays a
+    path). Each strength is its weight (1 without one) x `scale` (--lora_scale)."""
+    parts = []
+    for value in [values] if isinstance(values, str) else values or []:
+        text, weight = str(value), 1.0
+        if not Path(text).exists() and (m := _WEIGHTED.match(text)):
+            text, weight = m["path"], float(m["weight"])
+            if weight < 0:
+                raise UserError(f"{flag} {value}: a weight is 0 or more (0 leaves that adapter out); e.g. "
+                                f"{text}:0.5")
+        parts.append((text, weight * scale))
+    return parts
 
 
 @dataclass
@@ -99,8 +120,13 @@ class InferenceConfig(GenerationConfig):
 
     model_path: str = setting("facebook/musicgen-small", "Local MusicGen folder or hub id the adapter was trained "
                               "on.", aliases=("--base_model_path",))
-    lora_model_path: str | None = setting(None, "PEFT adapter folder (best_model/, final_model/ or "
-                                          "checkpoints/checkpoint-N/). Omit to generate with the base model.")
+    lora_model_path: list | None = setting(None, "PEFT adapter folder (best_model/, final_model/ or "
+                                           "checkpoints/checkpoint-N/). Omit to generate with the base model. "
+                                           "Several, each FOLDER:WEIGHT, mix them: their weighted updates add "
+                                           "(jazz/best_model:0.7 lofi/best_model:0.3); only a trailing :number is "
+                                           "a weight.", nargs="+", metavar="FOLDER[:WEIGHT]")
+    lora_scale: float = setting(1.0, LORA_SCALE_HELP + " With several adapters it multiplies every weight.",
+                                type=nonneg_float)
     prompts: list | None = setting(None, "One or more text prompts.", nargs="+")
     prompts_file: str | None = setting(None, "JSON list of prompts (strings or {\"prompt\", \"id\", \"seed\", "
                                        "\"melody\"} objects; a melody path is relative to the file's folder) or a "
@@ -116,10 +142,21 @@ class InferenceConfig(GenerationConfig):
     save_codes: bool = setting(False, "Also write each clip's EnCodec codes (K codebooks x frames, what the WAV was "
                                "decoded from) as NAME.codes.safetensors: compare generations exactly, or decode "
                                "them again.")
-    merge: bool = setting(False, "Merge the adapter into the base weights and save a full model to --output_dir "
+    merge: bool = setting(False, "Merge the adapter (at --lora_scale; a mix at its weights) into the base weights "
+                          "and save a full model to --output_dir "
                           "instead of generating.")
 
+    @property
+    def adapters(self) -> list[tuple[str, float]]:
+        """(adapter folder, strength) of each --lora_model_path."""
+        return weighted_paths(self.lora_model_path, self.lora_scale)
+
     def check(self):
+        if isinstance(self.lora_model_path, str):  # one folder given in code
+            self.lora_model_path = [self.lora_model_path]
+        if self.lora_scale != 1.0 and not self.lora_model_path:
+            raise UserError(f"--lora_scale {self.lora_scale:g} scales an adapter: pass --lora_model_path too")
+        self.adapters  # noqa: B018 -- a bad weight is refused before any model loads
         if self.merge and not self.lora_model_path:
             raise UserError("--merge needs --lora_model_path (the adapter to merge into the base model)")
         if self.merge and (self.prompts or self.prompts_file or self.melody or self.audio_prompt or self.save_codes):

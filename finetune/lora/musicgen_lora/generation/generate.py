@@ -271,10 +271,11 @@ def _capture_codes(base, decode: bool = True):
 # The decoder generation runs: the adapter merged in, in the generation precision
 # --------------------------------------------------------------------------------------------
 def _lora_layers(module):
-    from peft.tuners.lora import LoraLayer
+    """Every adapter layer (LoRA, DoRA, LoHa, LoKr: PEFT's BaseTunerLayer) with its parent and name."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     return [(parent, name, child) for parent in module.modules()
-            for name, child in parent.named_children() if isinstance(child, LoraLayer)]
+            for name, child in parent.named_children() if isinstance(child, BaseTunerLayer)]
 
 
 def _decoder_bytes(decoder, dtype) -> tuple[int, int]:

@@ -42,14 +42,25 @@ def run_inference(cfg: InferenceConfig) -> list[Path]:
         return _run(cfg)
 
 
+def adapter_records(cfg: InferenceConfig) -> dict:
+    """What a sidecar and merge_info.json say of the adapters: "adapter" (the one folder; None for
+    the base model or a mix), "adapters" (each folder, its strength and run), "lora_scale"."""
+    from musicgen_lora.model.lora import adapter_run_id
+
+    parts = [{"path": str(Path(path).resolve()), "strength": strength, "run_id": adapter_run_id(Path(path))}
+             for path, strength in cfg.adapters]
+    return {"adapter": parts[0]["path"] if len(parts) == 1 else None,
+            "run_id": parts[0]["run_id"] if len(parts) == 1 else None,
+            "adapters": parts, "lora_scale": cfg.lora_scale if parts else None}
+
+
 def merge(cfg: InferenceConfig, model, processor) -> Path:
     out = Path(cfg.output_dir)
-    merged = model.merge_and_unload()
+    merged = model.merge_and_unload()  # the active adapters at their scaling (set_strengths)
     with atomic_dir(out, owner=MERGE_TOOL) as tmp:
         merged.save_pretrained(str(tmp))
         processor.save_pretrained(str(tmp))
-        atomic_write_json(tmp / "merge_info.json", {"base_model": cfg.model_path,
-                                                    "adapter": str(Path(cfg.lora_model_path).resolve())})
+        atomic_write_json(tmp / "merge_info.json", {"base_model": cfg.model_path, **adapter_records(cfg)})
         write_manifest(tmp, MERGE_TOOL, os.listdir(tmp))
     log.info(f"merged model written to {out} (load it with MusicgenForConditionalGeneration.from_pretrained)")
     return out
@@ -68,7 +79,7 @@ def _run(cfg: InferenceConfig) -> list[Path]:
         write_codes,
     )
     from musicgen_lora.model.checkpoint import is_melody, load_model_and_processor, model_info
-    from musicgen_lora.model.lora import adapter_run_id, check_adapter_dir, load_adapter
+    from musicgen_lora.model.lora import check_adapter_dir, check_same_layout, load_weighted
 
     out = Path(cfg.output_dir)
     if cfg.merge:
@@ -82,14 +93,15 @@ def _run(cfg: InferenceConfig) -> list[Path]:
         exts = (".wav", ".json") + ((CODES_SUFFIX,) if cfg.save_codes else ())
         targets = [f"{n}{ext}" for n in names for ext in exts]
         check_shared_targets(out, TOOL, targets, overwrite=cfg.overwrite, flag="--output_dir")
-    if cfg.lora_model_path:
-        check_adapter_dir(cfg.lora_model_path)
+    for path, _ in cfg.adapters:
+        check_adapter_dir(path)
+    check_same_layout([path for path, _ in cfg.adapters])  # before the base model loads
 
     device = resolve_device(cfg.device)
     dtype, precision = resolve_generation(cfg.precision, device)
     model, processor = load_model_and_processor(cfg.model_path, device=device, dtype=dtype, flag="--model_path")
-    if cfg.lora_model_path:
-        model = load_adapter(model, cfg.lora_model_path)
+    if cfg.adapters:
+        model = load_weighted(model, cfg.adapters)
     if cfg.merge:
         return [merge(cfg, model, processor)]
 
@@ -103,7 +115,8 @@ def _run(cfg: InferenceConfig) -> list[Path]:
     if line := describe_melodies(prompts, is_melody(model)):
         log.info(line)
     report_long_descriptions(processor.tokenizer, [(f"prompt {p.id}", p.text) for p in prompts])
-    who = f"{cfg.model_path} + {cfg.lora_model_path}" if cfg.lora_model_path else cfg.model_path
+    mix = " + ".join(f"{path} x{strength:g}" for path, strength in cfg.adapters)
+    who = f"{cfg.model_path} + {mix}" if mix else cfg.model_path
     log.info(f"generating {len(jobs)} clip(s) with {who}: {describe_settings(how)}")
     if len(windows) > 1:
         log.info(describe_windows(windows))
@@ -111,15 +124,14 @@ def _run(cfg: InferenceConfig) -> list[Path]:
     audio, per_clip, codes = generate_jobs(model, processor, jobs, how, chroma=chroma, prompt_seconds=prompt_seconds,
                                            progress=not cfg.no_progress, return_codes=True)
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    run_id = adapter_run_id(Path(cfg.lora_model_path)) if cfg.lora_model_path else None
+    adapters = adapter_records(cfg)
     # Claim the names first: a kill mid-way leaves every written clip recorded as ours.
     write_manifest(out, TOOL, set((read_manifest(out) or {}).get("paths", [])) | set(targets))
     written = []
     for job, name, wav, clip_codes in zip(jobs, names, audio, codes):
         sidecar = {"prompt": job.prompt.text, "prompt_id": job.prompt.id, "sample": job.sample, "seed": job.seed,
-                   "base_model": cfg.model_path,
-                   "adapter": str(Path(cfg.lora_model_path).resolve()) if cfg.lora_model_path else None,
-                   "run_id": run_id, "melody": job.prompt.melody, "audio_prompt": job.prompt.audio_prompt,
+                   "base_model": cfg.model_path, **adapters, "melody": job.prompt.melody,
+                   "audio_prompt": job.prompt.audio_prompt,
                    "prompt_seconds": prompt_seconds or None, "sample_rate": info["sample_rate"], **run_threads(),
                    "num_samples": len(wav), **how.to_dict(), "windows": windows, "device": device,
                    "dtype": str(dtype or "float32").replace("torch.", ""), "wav_subtype": cfg.wav_subtype,

@@ -8,22 +8,54 @@ import torch
 from musicgen_lora.core.common import UserError, parse_json, read_json
 from musicgen_lora.model.checkpoint import (
     check_layout,
+    describe_layout,
     model_layout,
 )
-from musicgen_lora.model.targets import DEFAULT_TARGETS, lora_target_regex
+from musicgen_lora.model.targets import ADAPTER_TYPES, DEFAULT_TARGETS, lora_target_regex
 
 
 def _stay_in_eval_mode(self, mode=True):
     return torch.nn.Module.train(self, False)
 
 
-def apply_lora(model, rank: int, alpha: float, dropout: float, target_modules=DEFAULT_TARGETS):
-    """Freeze everything, add LoRA to the decoder's linear layers only.
+def adapter_config(adapter_type: str, rank: int, alpha: float, dropout: float, target_modules=DEFAULT_TARGETS):
+    """PEFT's config for one of ADAPTER_TYPES on the decoder's linear layers. LoHa/LoKr have no LoRA
+    dropout: `dropout` is their rank dropout (rows of the update dropped)."""
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
+
+    targets = lora_target_regex(target_modules)
+    if adapter_type in ("lora", "rslora", "dora"):
+        return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
+                          use_rslora=adapter_type == "rslora", use_dora=adapter_type == "dora")
+    if adapter_type == "loha":
+        return LoHaConfig(r=rank, alpha=alpha, rank_dropout=dropout, target_modules=targets)
+    if adapter_type == "lokr":
+        return LoKrConfig(r=rank, alpha=alpha, rank_dropout=dropout, target_modules=targets)
+    raise UserError(f"--adapter_type {adapter_type}: not one of {', '.join(ADAPTER_TYPES)}")
+
+
+def config_adapter_type(config) -> str:
+    """Which of ADAPTER_TYPES a PEFT config (object, or adapter_config.json's dict) describes."""
+    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    kind = str(getattr(get("peft_type", "LORA"), "value", get("peft_type", "LORA"))).lower()
+    if kind == "lora":
+        return "dora" if get("use_dora") else "rslora" if get("use_rslora") else "lora"
+    return kind
+
+
+def adapter_type_of(path) -> str:
+    """Which of ADAPTER_TYPES a saved PEFT folder holds (its adapter_config.json)."""
+    return config_adapter_type(read_json(Path(path) / "adapter_config.json", "adapter config"))
+
+
+def apply_lora(model, rank: int, alpha: float, dropout: float, target_modules=DEFAULT_TARGETS,
+               adapter_type: str = "lora"):
+    """Freeze everything, add LoRA (or another of ADAPTER_TYPES) to the decoder's linear layers only.
 
     The frozen T5 text encoder stays in eval mode: in train mode its dropout would feed the decoder
     a randomly perturbed description every step (audiocraft keeps its T5 in eval mode too).
     """
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     for param in model.parameters():
         param.requires_grad_(False)
@@ -31,8 +63,7 @@ def apply_lora(model, rank: int, alpha: float, dropout: float, target_modules=DE
     # modules is not enough); model.train() reaches children through this per-instance override.
     model.text_encoder.eval()
     model.text_encoder.train = types.MethodType(_stay_in_eval_mode, model.text_encoder)
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=lora_target_regex(target_modules), bias="none")
+    config = adapter_config(adapter_type, rank, alpha, dropout, target_modules)
     try:
         peft_model = get_peft_model(model, config)
     except ValueError as e:
@@ -157,3 +188,60 @@ def adapter_run_id(adapter: Path) -> str | None:
             return str(run_id)
     return None
 
+
+# --------------------------------------------------------------------------------------------
+# Strength and mixing: PEFT's per-adapter scaling, the saved weights never touched
+# --------------------------------------------------------------------------------------------
+def set_strengths(model, strengths: dict[str, float]):
+    """Make exactly the adapters named in `strengths` active, each at its strength: its layers'
+    scaling = strength x alpha / r (PEFT's LoraLayer.set_scale; sqrt(r) for rsLoRA). 0 adds nothing
+    (W + 0·BA: the base model's outputs), 1 is the adapter as trained, above 1 stronger; several
+    active adapters add their scaled deltas, which is a weighted mix. The merged copy generation
+    runs (generate.generation_decoder) and merge_and_unload both merge at these scalings.
+    DoRA's magnitude vector is not scaled: at 0 a DoRA adapter is not the base model."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    model.base_model.set_adapter(list(strengths), inference_mode=True)
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer) and hasattr(module, "set_scale"):
+            for name, strength in strengths.items():
+                module.set_scale(name, strength)
+
+
+def adapter_layout(path) -> dict | None:
+    """The base model layout train_lora.py recorded beside an adapter (None if it recorded none)."""
+    info = Path(path) / "training_info.json"
+    layout = read_json(info, "training info").get("model") if info.is_file() else None
+    return layout if isinstance(layout, dict) else None
+
+
+def check_same_layout(paths, flag: str = "--lora_model_path"):
+    """Adapters mixed in one generation must come from one base layout: each would otherwise be
+    checked only against the base model, one at a time, and the line would not say the mix is the
+    problem."""
+    methods = {}  # one PeftModel holds adapters of one PEFT method (LoRA, rsLoRA and DoRA are one)
+    for path in paths:
+        methods.setdefault({"loha": "LoHa", "lokr": "LoKr"}.get(adapter_type_of(path), "LoRA"), path)
+    if len(methods) > 1:
+        (a, pa), (b, pb) = list(methods.items())[:2]
+        raise UserError(f"{flag}: {pa} is a {a} adapter and {pb} a {b} one; PEFT mixes adapters of one method: "
+                        f"LoRA/rsLoRA/DoRA together, LoHa with LoHa, LoKr with LoKr")
+    known = [(p, layout) for p in paths if (layout := adapter_layout(p)) is not None]
+    for path, layout in known[1:]:
+        first, want = known[0]
+        if any(layout.get(k) != v for k, v in want.items() if k in layout):
+            raise UserError(f"{flag}: {first} was trained on a {describe_layout(want)} MusicGen but {path} on a "
+                            f"{describe_layout(layout)} one; mix adapters trained on one base model")
+
+
+def load_weighted(base_model, parts, flag: str = "--lora_model_path"):
+    """PeftModel with every (adapter folder, strength) of `parts` loaded and active at its strength:
+    one adapter ("default") or a weighted mix ("default", "mix1", ...)."""
+    check_same_layout([path for path, _ in parts], flag)
+    model, strengths = None, {}
+    for i, (path, strength) in enumerate(parts):
+        name = "default" if i == 0 else f"mix{i}"
+        model = load_adapter(base_model, path, adapter_name=name, into=model)
+        strengths[name] = strength
+    set_strengths(model, strengths)
+    return model

@@ -34,6 +34,7 @@ import yaml
 
 from musicgen_lora.core.common import log, parse_json
 from musicgen_lora.core.outputs import atomic_write_text
+from musicgen_lora.model.targets import ADAPTER_NAMES
 
 CARD = "README.md"
 FORMAT = 1
@@ -49,7 +50,8 @@ _PEFT_TEMPLATE = ("# Model Card for Model ID", "[More Information Needed]")
 # run_config.json keys the card shows (and keeps, for updates after the run dir has gone).
 CONFIG_KEYS = (
     "run_id", "model_path", "data_dir", "metadata_file", "as_given", "config",
-    "lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules", "trainable_parameters", "total_parameters",
+    "adapter_type", "lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules", "trainable_parameters",
+    "total_parameters",
     "learning_rate", "weight_decay", "warmup_steps_effective", "max_grad_norm", "num_epochs", "max_steps",
     "steps_per_epoch", "total_steps", "early_stopping_patience", "batch_size", "gradient_accumulation_steps",
     "num_processes", "global_batch_size", "window_seconds", "precision", "device", "gradient_checkpointing",
@@ -97,10 +99,12 @@ def update_evaluated_cards(summary: dict, out: Path):
     adapter it evaluated that train_lora.py wrote (a folder with training_info.json: best_model/,
     final_model/, a checkpoint, or any of them passed as --adapter NAME=PATH). Other adapters are left
     alone. Never raises."""
+    done = set()
     for name, model in (summary.get("models") or {}).items():
         folder = model.get("adapter_path") if isinstance(model, dict) else None
-        if folder is None:
+        if folder is None or folder in done:  # one entry per adapter: its strengths (--lora_scales) inside
             continue
+        done.add(folder)
         if not (Path(folder) / "training_info.json").is_file():
             log.info(f"note: {folder} has no training_info.json (not written by train_lora.py): no model card "
                      f"written there")
@@ -119,10 +123,19 @@ def evaluation_entry(name: str, summary: dict, out: Path) -> dict:
     models = summary.get("models") or {}
     mine = models.get(name) or {}
     settings = summary.get("settings") or {}
+    # The same adapter at several strengths (--lora_scales): each strength's numbers, and the verdict at 1
+    same = {n: m for n, m in models.items() if m.get("adapter_path") and m.get("adapter_path") ==
+            mine.get("adapter_path")}
+    strengths = [{"model": n, "lora_scale": m.get("lora_scale"), "verdict": m.get("verdict"),
+                  "held_out_loss": m.get("held_out_loss"), "fad": m.get("fad")} for n, m in same.items()]
+    if len(same) > 1:
+        name = next((n for n, m in same.items() if m.get("lora_scale") == 1.0), name)
+        mine = models[name]
     return {"folder": os.path.abspath(out), "date": summary.get("created"), "model": name,
-            "verdict": mine.get("verdict"),
+            "verdict": mine.get("verdict"), "lora_scale": mine.get("lora_scale"),
+            "strengths": strengths if len(same) > 1 else None,
             "base_verdicts": [m.get("verdict") for n, m in models.items() if n != name and not m.get("adapter_path")],
-            "also_compared": [n for n, m in models.items() if n != name and m.get("adapter_path")],
+            "also_compared": [n for n, m in models.items() if n not in same and m.get("adapter_path")],
             "held_out_loss": mine.get("held_out_loss"), "uniform_loss": mine.get("uniform_loss"),
             "fad": mine.get("fad"), "flag_counts": mine.get("flag_counts"), "num_clips": mine.get("num_clips"),
             "num_prompts": summary.get("num_prompts"), "duration": settings.get("duration"),
@@ -434,7 +447,8 @@ def _settings(d: dict) -> list[str]:
         steps += f" (--max_steps {c['max_steps']})"
     if c.get("early_stopping_patience"):
         steps += f", early stopping after {c['early_stopping_patience']} evaluations without improvement"
-    rows = [("LoRA", f"rank {_val(c.get('lora_rank'))}, alpha {_val(c.get('lora_alpha'))}, dropout "
+    kind = ADAPTER_NAMES.get(c.get("adapter_type"), "LoRA")  # runs before --adapter_type were LoRA
+    rows = [(kind, f"rank {_val(c.get('lora_rank'))}, alpha {_val(c.get('lora_alpha'))}, dropout "
                      f"{_val(c.get('lora_dropout'))}, on the decoder's {_code(targets) if targets else 'unknown'}"),
             ("optimizer", f"AdamW, learning rate {_val(c.get('learning_rate'))}, weight decay "
                           f"{_val(c.get('weight_decay'))}, gradient norm clipped at {_val(c.get('max_grad_norm'))}"),
@@ -503,7 +517,12 @@ def _evaluations(d: dict) -> list[str]:
               "and loudness. Newest first:", ""]
     for e in evals:
         lines += [f"### {_date(e.get('date'))}: {_code(e.get('folder'))}", ""]
-        lines.append(f"- this adapter: {_code(e['verdict']) if e.get('verdict') else 'no verdict recorded'}")
+        lines.append(f"- this adapter: {_code(e['verdict']) if e.get('verdict') else 'no verdict recorded'}"
+                     + (f" (at strength {e['lora_scale']:g})" if _num(e.get("lora_scale")) and e["lora_scale"] != 1
+                        else ""))
+        lines += [f"- at strength {s['lora_scale']:g}: held-out loss {_loss(s.get('held_out_loss'))}, FAD "
+                  f"{_val(s.get('fad'))}; {_code(s['verdict']) if s.get('verdict') else 'no verdict'}"
+                  for s in e.get("strengths") or [] if _num(s.get("lora_scale"))]
         lines += [f"- base model, same prompts: {_code(v)}" for v in e.get("base_verdicts") or [] if v]
         if e.get("also_compared"):
             lines.append(f"- also compared: {', '.join(_code(n) for n in e['also_compared'])}")

@@ -46,7 +46,8 @@ RUN_PATHS = ("run_config.json", "logs", CHECKPOINTS, "best_model", "final_model"
 # Settings that fix the meaning of "step" and "position in the data order": a resume with other
 # values cannot continue the same run.
 # (The base model's layout, also saved under "run", is compared by model.checkpoint.check_layout, in words.)
-RESUME_CRITICAL = ("batch_size", "gradient_accumulation_steps", "num_processes", "seed")
+# adapter_type: rsLoRA's weights load into LoRA's layers without a word and would mean another scale
+RESUME_CRITICAL = ("batch_size", "gradient_accumulation_steps", "num_processes", "seed", "adapter_type")
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from musicgen_lora.core.config import (
     setting,
 )
 from musicgen_lora.core.precision import PRECISIONS
-from musicgen_lora.model.targets import DEFAULT_TARGETS
+from musicgen_lora.model.targets import ADAPTER_TYPES, DEFAULT_TARGETS
 
 DATA, LORA, OPTIM = "data and model", "LoRA", "optimisation"
 RUNTIME, SAVING, STOPPING = "runtime", "logging and saving", "stopping"
@@ -65,9 +65,15 @@ class TrainConfig:
     no_cache: bool = setting(False, "No longer does anything (kept so older command lines run): every run trains "
                              "from the code store.", group=DATA)
 
+    adapter_type: str = setting("lora", "lora (W + alpha/r BA); rslora (alpha/sqrt(r): higher ranks are not damped); "
+                                "dora (a learned magnitude per output times the direction of W + BA; slower "
+                                "steps); loha / lokr (Hadamard / Kronecker products: more expressive per "
+                                "parameter, a full weight-sized update built every step). Saved as a plain PEFT "
+                                "folder; README.md, \"Which adapter type\".", choices=ADAPTER_TYPES, group=LORA)
     lora_rank: int = setting(12, "LoRA rank r.", type=positive_int, group=LORA)
     lora_alpha: float = setting(24, "LoRA alpha (scale = alpha / r).", type=positive_float, group=LORA)
-    lora_dropout: float = setting(0.05, "Dropout on the LoRA branch.", type=dropout, group=LORA)
+    lora_dropout: float = setting(0.05, "Dropout on the LoRA branch (loha/lokr: their rank dropout).", type=dropout,
+                                  group=LORA)
     lora_target_modules: str = setting(",".join(DEFAULT_TARGETS), "Comma-separated decoder linear layers to adapt "
                                        "(decoder only; text encoder and EnCodec stay frozen).", group=LORA)
 
@@ -195,10 +201,10 @@ class TrainConfig:
 
     @property
     def resume_critical(self) -> dict:
-        """Settings that fix the meaning of "step" and "position in the data order" (a resume must
-        keep them; the number of processes is added by the trainer)."""
+        """Settings that fix the meaning of "step" and "position in the data order", and of the saved
+        weights (a resume must keep them; the number of processes is added by the trainer)."""
         return {"batch_size": self.batch_size, "gradient_accumulation_steps": self.gradient_accumulation_steps,
-                "seed": self.seed}
+                "seed": self.seed, "adapter_type": self.adapter_type}
 
     def to_dict(self) -> dict:
         return asdict(self)

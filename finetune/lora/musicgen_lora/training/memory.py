@@ -46,6 +46,12 @@ concatenates them before the first layer):
   stack, 2a x (P+S), and the slice's backward, which writes the audio positions' gradient into a
   zero gradient of all P+S positions, 12S + aP. Per B x K x V: max(12S + aP, 2a(P+S)), 12S when
   P = 0 (measured on a CPU with the heads alone: exactly max(12S + 4P, 8(P+S)) at P = 0-800).
+- the adapter type (--adapter_type): rsLoRA is LoRA's memory. DoRA adds a magnitude per output
+  (trainable) and keeps, per adapted linear, the frozen layer's output and the LoRA branch's output
+  for the magnitude's gradient: 2a x out-width per token; its weight norm (W + BA, one weight-sized
+  fp32 tensor, no grad) is transient. LoHa and LoKr build each adapted linear's whole update
+  (out x in, fp32) every forward and keep it, with the linear's input, for the backward: weight-sized
+  tensors per adapted linear of every kept layer, however small the batch; no r-wide output.
 - layer backward: one layer's backward working set (2aF + 16h: the F-wide gradients and a few fp32
   gradients of the residual stream), with checkpointing plus the layer's activations recomputed for
   it. The layers' backward starts after the loss's and the LM heads' are done and the logits freed,
@@ -87,6 +93,7 @@ from dataclasses import dataclass
 
 from musicgen_lora.core.common import UserError, log
 from musicgen_lora.model.lora import DEFAULT_TARGETS
+from musicgen_lora.model.targets import ADAPTER_NAMES
 
 GIB = 2**30
 TEXT_TOKENS = 64  # text length assumed when the descriptions are not at hand
@@ -132,17 +139,35 @@ class ModelShape:
         cross = 0 if self.melody else 2 * h * h + 2 * h * self.cross_hidden
         return 4 * h * h + cross + 2 * h * self.ffn
 
-    def lora_parameters(self, rank: int, targets) -> int:
-        """Trainable LoRA parameters: r x (in + out) per adapted linear, self- and cross-attention (self
-        only in melody) + FFN."""
+    def adapted_linears(self, targets) -> list[tuple[int, int, bool]]:
+        """(in, out, reads the text states) of each adapted linear of one layer: self- and
+        cross-attention (self only in melody) + FFN."""
         h, f, c = self.hidden, self.ffn, self.cross_hidden
-        cross = {} if self.melody else {"q_proj": [(h, h)], "k_proj": [(c, h)], "v_proj": [(c, h)],
-                                        "out_proj": [(h, h)]}
-        widths = {"q_proj": [(h, h)], "k_proj": [(h, h)], "v_proj": [(h, h)], "out_proj": [(h, h)],
-                  "fc1": [(h, f)], "fc2": [(f, h)]}
+        cross = {} if self.melody else {"q_proj": [(h, h, False)], "k_proj": [(c, h, True)],
+                                        "v_proj": [(c, h, True)], "out_proj": [(h, h, False)]}
+        widths = {"q_proj": [(h, h, False)], "k_proj": [(h, h, False)], "v_proj": [(h, h, False)],
+                  "out_proj": [(h, h, False)], "fc1": [(h, f, False)], "fc2": [(f, h, False)]}
         widths = {t: w + cross.get(t, []) for t, w in widths.items()}
-        per_layer = sum(rank * (i + o) for t in set(targets) for i, o in widths.get(t, []))
-        return self.layers * per_layer
+        return [io for t in sorted(set(targets)) for io in widths.get(t, [])]
+
+    def lora_parameters(self, rank: int, targets, adapter_type: str = "lora") -> int:
+        """Trainable adapter parameters: r x (in + out) per adapted linear (LoRA, rsLoRA); DoRA adds a
+        magnitude per output; LoHa has two such pairs; LoKr a Kronecker pair of ~sqrt-sized factors
+        (PEFT's factorization, the second one rank r)."""
+        def lokr(i, o):
+            (o1, o2), (i1, i2) = _factors(o), _factors(i)
+            return o1 * i1 + (rank * (o2 + i2) if rank < max(o2, i2) / 2 else o2 * i2)
+
+        per = {"dora": lambda i, o: rank * (i + o) + o, "loha": lambda i, o: 2 * rank * (i + o), "lokr": lokr}
+        count = per.get(adapter_type, lambda i, o: rank * (i + o))
+        return self.layers * sum(count(i, o) for i, o, _text in self.adapted_linears(targets))
+
+
+def _factors(dim: int) -> tuple[int, int]:
+    """PEFT LoKr's factorization(dim) with its default factor: the divisor pair nearest sqrt(dim),
+    smaller first."""
+    m = max(d for d in range(1, int(dim ** 0.5) + 1) if dim % d == 0)
+    return m, dim // m
 
 
 @dataclass(frozen=True)
@@ -154,6 +179,7 @@ class PlanSettings:
     window_seconds: float = 15.0
     gradient_checkpointing: bool = False
     lora_rank: int = 12
+    adapter_type: str = "lora"  # --adapter_type (model/targets.py ADAPTER_TYPES)
     targets: tuple = DEFAULT_TARGETS
     lora_dropout: float = 0.05
     cached: bool = True  # False: --no_cache, EnCodec encodes every step
@@ -224,7 +250,8 @@ class MemoryPlan:
         if self.codec:
             step = f"max({step}, EnCodec encode {gib(self.codec)} GiB)"
         of = f" of {gib(self.capacity)} GiB" if self.capacity else ""
-        return (f"memory plan ({st.device}, {self.asked()}): weights {gib(self.weights)} GiB + LoRA/optimizer "
+        kind = ADAPTER_NAMES.get(st.adapter_type, "LoRA")
+        return (f"memory plan ({st.device}, {self.asked()}): weights {gib(self.weights)} GiB + {kind}/optimizer "
                 f"{gib(self.lora)} GiB + {step} + overhead {gib(self.overhead)} GiB = {gib(self.total)} GiB{of}")
 
     def replan(self, **changes) -> MemoryPlan:
@@ -301,13 +328,14 @@ def plan_memory(model, *, precision: str = "fp32", batch_size: int = 2, window_s
                 gradient_checkpointing: bool = False, lora_rank: int = 12, targets=DEFAULT_TARGETS,
                 cached: bool = True, codec_seconds: float | None = None, lora_dropout: float = 0.05,
                 text_tokens: int = TEXT_TOKENS, device="cuda", gradient_accumulation_steps: int = 1,
-                capacity: int | None = None) -> MemoryPlan:
+                capacity: int | None = None, adapter_type: str = "lora") -> MemoryPlan:
     """The plan for a model (loaded, its config, or a ModelShape) on `device` ("cuda", "cuda:1",
     "cpu" or a torch.device). `capacity` (bytes) defaults to the device's own: a CUDA device's memory,
     enforced by check_plan; a CPU's RAM, only reported."""
     shape = model if isinstance(model, ModelShape) else model_shape(model)
     settings = PlanSettings(precision=precision, batch_size=batch_size, window_seconds=float(window_seconds),
-                            gradient_checkpointing=gradient_checkpointing, lora_rank=lora_rank, targets=tuple(targets),
+                            gradient_checkpointing=gradient_checkpointing, lora_rank=lora_rank,
+                            adapter_type=adapter_type, targets=tuple(targets),
                             lora_dropout=lora_dropout, cached=cached, codec_seconds=codec_seconds,
                             text_tokens=text_tokens, device=str(device),
                             gradient_accumulation_steps=gradient_accumulation_steps)
@@ -332,7 +360,7 @@ def _plan(shape: ModelShape, st: PlanSettings, capacity: int | None, enforced: b
         kept = shape.layers * layer
         copied_layers = shape.layers
     final_norm = n * (4 * h + 8)
-    lora_params = shape.lora_parameters(st.lora_rank, st.targets)
+    lora_params = shape.lora_parameters(st.lora_rank, st.targets, st.adapter_type)
     copies = 0
     if a == 2:
         heads = shape.codebooks * h * shape.vocab
@@ -380,7 +408,18 @@ def _layer_bytes(shape: ModelShape, st: PlanSettings, b: int, s: int, t: int) ->
            + lora(("fc2",), n, f) + drop * n * h)
     cross_scores = 0 if shape.melody else s * t
     eager = a * b * shape.heads * (s * s + cross_scores) if shape.attn_implementation == "eager" else 0
-    return self_attn + cross + ffn + eager
+    return self_attn + cross + ffn + eager + _adapter_type_bytes(shape, st, n, m)
+
+
+def _adapter_type_bytes(shape: ModelShape, st: PlanSettings, n: int, m: int) -> int:
+    """What DoRA, LoHa or LoKr keep for one layer beyond LoRA's count (module doc): n decoder and m
+    text positions. LoHa/LoKr keep no r-wide output, which LoRA's count includes: taken off again."""
+    if st.adapter_type in ("lora", "rslora"):
+        return 0
+    linears = [(m if text else n, i, o) for i, o, text in shape.adapted_linears(st.targets)]
+    if st.adapter_type == "dora":
+        return sum(2 * st.act_bytes * rows * o for rows, _i, o in linears)
+    return sum(4 * i * o - rows * st.lora_rank * st.act_bytes for rows, i, o in linears)
 
 
 # --------------------------------------------------------------------------------------------

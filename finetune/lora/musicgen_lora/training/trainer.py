@@ -47,6 +47,7 @@ from musicgen_lora.generation.sampling import GenerationSettings
 from musicgen_lora.model.checkpoint import load_model_and_processor, model_info, model_layout
 from musicgen_lora.model.lora import apply_lora, count_parameters
 from musicgen_lora.model.loss import batch_loss, evaluate_loss
+from musicgen_lora.model.targets import ADAPTER_NAMES
 from musicgen_lora.training.config import TrainConfig
 from musicgen_lora.training.guards import EarlyStopping, NonFiniteGuard
 from musicgen_lora.training.memory import MemoryPlan, check_plan, longest_text_tokens, plan_memory
@@ -263,11 +264,11 @@ def load_model(cfg: TrainConfig, splits: dict, sample_prompts: list):
              + (f", melody {cfg.chroma_dropout}" if cfg.chroma_dropout is not None else "")
              + f"; decoder dropout {cfg.decoder_dropout:g}")
     report_long_descriptions(processor.tokenizer, splits["train"] + splits["valid"])
-    model = apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.targets)
+    model = apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.targets, cfg.adapter_type)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     trainable, total = count_parameters(model)
-    log.info(f"LoRA r={cfg.lora_rank} alpha={cfg.lora_alpha} on {','.join(cfg.targets)}: "
+    log.info(f"{ADAPTER_NAMES[cfg.adapter_type]} r={cfg.lora_rank} alpha={cfg.lora_alpha} on {','.join(cfg.targets)}: "
              f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
     return model, processor, info
 
@@ -279,6 +280,7 @@ def check_memory(cfg: TrainConfig, accelerator, model, processor, splits: dict) 
     texts = [c.description for c in splits["train"] + splits["valid"]]
     plan = plan_memory(model, precision=ran, batch_size=cfg.batch_size, window_seconds=cfg.window_seconds,
                        gradient_checkpointing=cfg.gradient_checkpointing, lora_rank=cfg.lora_rank,
+                       adapter_type=cfg.adapter_type,
                        targets=cfg.targets, cached=True, lora_dropout=cfg.lora_dropout,
                        text_tokens=longest_text_tokens(processor.tokenizer, texts),
                        device=accelerator.device, gradient_accumulation_steps=cfg.gradient_accumulation_steps)
