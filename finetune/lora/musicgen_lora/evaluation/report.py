@@ -61,13 +61,16 @@ def _fmt(v, digits=2) -> str:
     return html.escape(str(v))
 
 
-def _flags_html(flags: dict | None) -> str:
+def _flags_html(flags: dict | None, onsets: dict | None = None) -> str:
+    """The raised flags as badges; onsets ({flag: seconds}) adds where each starts ("noisy from 9.0 s")."""
     if not flags:
         return ""
     raised = [name for name in FLAG_NAMES if flags.get(name)]
     if not raised:
         return '<span class="ok">no flags</span>'
-    return "".join(f'<span class="flag{" note" if n in NOTE_FLAG_NAMES else ""}">{html.escape(n)}</span>'
+    onsets = onsets or {}
+    return "".join(f'<span class="flag{" note" if n in NOTE_FLAG_NAMES else ""}">{html.escape(n)}'
+                   f'{f" from {onsets[n]:.1f} s" if isinstance(onsets.get(n), (int, float)) else ""}</span>'
                    for n in raised)
 
 
@@ -166,7 +169,7 @@ def _clip_cell(row: dict) -> str:
     s = row.get("settings") or {}
     setting = ", ".join(f"{k} {v}" for k, v in s.items() if k in ("guidance_scale", "temperature", "top_k", "top_p"))
     seed = f"seed {row['seed']}" if row.get("seed") is not None else ""
-    lines = [_flags_html(row.get("flags"))] if row.get("flags") is not None else []
+    lines = [_flags_html(row.get("flags"), row.get("flag_onsets"))] if row.get("flags") is not None else []
     if row.get("error"):
         lines.append(f'<span class="flag">unreadable</span> {html.escape(row["error"])}')
     if parts:

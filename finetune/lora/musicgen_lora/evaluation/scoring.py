@@ -73,6 +73,10 @@ def score_windows(row: dict, wav, sr: int):
                                      "integrated_lufs": scored["metrics"]["integrated_lufs"]})
         for name in flags:
             raised.setdefault(name, []).append(i)
+            if name in scored["onsets"]:  # the window's onset in the clip's time; the earliest wins
+                at = a + scored["onsets"][name]
+                onsets = row.setdefault("flag_onsets", {})
+                onsets[name] = min(onsets.get(name, at), at)
     for name in raised:
         row["flags"][name] = True
     row["flag_windows"] = raised
@@ -90,6 +94,8 @@ def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict,
             continue
         scored = score_clip(wav, sr)
         row["metrics"], row["flags"] = scored["metrics"], scored["flags"]
+        if scored["onsets"]:  # {flag: seconds} where each raised fault starts: "noisy from 9.0 s"
+            row["flag_onsets"] = dict(scored["onsets"])
         score_windows(row, wav, sr)
         if row.get("melody") in (melodies or {}):
             from musicgen_lora.audio.chroma import chroma_cosine  # torch: only when there is a melody to compare with
@@ -117,6 +123,12 @@ def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict,
         n = len(mine)
         counts = model_flag_counts([r["flags"] for r in mine])
         entry = {"num_clips": n, "flag_counts": counts}
+        onsets = {}
+        for r in mine:
+            for flag, at in (r.get("flag_onsets") or {}).items():
+                onsets.setdefault(flag, []).append(at)
+        if onsets:  # {flag: sorted onsets of the clips raising it}, for the verdict's "from 9.0 s"
+            entry["flag_onsets_s"] = {k: sorted(v) for k, v in onsets.items()}
         if model_flag_clips([r["flags"] for r in mine]):
             entry["flag_clips"] = model_flag_clips([r["flags"] for r in mine])
         channels = sorted({r["channels"] for r in mine})
@@ -161,7 +173,8 @@ def time_marks(row: dict) -> dict:
 
 def verdict(name: str, m: dict) -> str:
     """One line a person can act on, e.g. 'final_model: 6/8 fade out, 0/8 noisy; held-out loss 3.91'."""
-    line = f"{name}: " + ", ".join(count_words(m["flag_counts"], m["num_clips"], totals=m.get("flag_clips")))
+    line = f"{name}: " + ", ".join(count_words(m["flag_counts"], m["num_clips"], totals=m.get("flag_clips"),
+                                               onsets=m.get("flag_onsets_s")))
     tail = []
     if m.get("held_out_loss") is not None:
         ref = f" (uniform {m['uniform_loss']:.2f})" if m.get("uniform_loss") is not None else ""
