@@ -291,13 +291,15 @@ def _clip_after(x, a, gain):
 
 # (failure, flag it must raise, clear: counts toward the >= 95% goal, (x, start sample, rng) -> audio).
 REAL_FAILURES = (
-    ("collapses into white noise (1.5x the music's RMS)", "noisy", True, lambda x, a, r: _noise(x, a, r, 1.5, False)),
+    ("collapses into white noise (1.5x the music's RMS)", "noisy", True,
+     lambda x, a, r: _noise(x, a, r, 1.5, False)),
     ("white noise under the music, SNR -3 dB", "noisy", True, lambda x, a, r: _noise(x, a, r, 10 ** (3 / 20), True)),
     ("white noise under the music, SNR 0 dB", "noisy", False, lambda x, a, r: _noise(x, a, r, 1.0, True)),
     ("white noise under the music, SNR +3 dB", "noisy", False, lambda x, a, r: _noise(x, a, r, 10 ** (-3 / 20), True)),
     ("white noise under the music, SNR +6 dB", "noisy", False, lambda x, a, r: _noise(x, a, r, 0.5, True)),
     ("collapses into pink noise (1.5x RMS)", "noisy", False, lambda x, a, r: _noise(x, a, r, 1.5, False, pink=True)),
-    ("silence from the onset", "silent", True, lambda x, a, r: np.where(np.arange(len(x)) < a, x, 0).astype(np.float32)),
+    ("silence from the onset", "silent", True,
+     lambda x, a, r: np.where(np.arange(len(x)) < a, x, 0).astype(np.float32)),
     ("fades to -40 dB (linear in dB)", "fades_out", True, lambda x, a, r: _fade(x, a, 40.0, 1)),
     ("fades to -30 dB (quadratic in dB)", "fades_out", False, lambda x, a, r: _fade(x, a, 30.0, 2)),
     ("falls into a 1.5 s loop", "repetitive", True, lambda x, a, r: looped(x, a / SR, 1.5, SR)),
@@ -391,7 +393,8 @@ def main(argv=None):
         print(f"{args.variants} clips x {len(fams)} families, {args.seconds:g} s each, seed {args.seed}")
         print("\n".join(report(list(measure(args.variants, args.seconds, args.seed, fams)))))
     if not args.no_real:
-        print(f"\nreal music ({args.real}): failures injected at {', '.join(f'{k} ({v:.0%} of the clip)' for k, v in ONSETS.items())}")
+        at = ", ".join(f"{k} ({v:.0%} of the clip)" for k, v in ONSETS.items())
+        print(f"\nreal music ({args.real}): failures injected at {at}")
         print("\n".join(real_report(list(measure_real(args.real, args.seed)))))
     print(f"total {time.perf_counter() - start:.0f} s")
 

@@ -99,7 +99,8 @@ def test_score_only_says_when_the_noise_starts(tmp_path):
     assert by_name["organ_noise"]["flag_onsets"]["noisy"] == pytest.approx(9.0, abs=0.5)
     assert "flag_onsets" not in by_name["organ_clean"]
     at = by_name["organ_noise"]["flag_onsets"]["noisy"]
-    assert f"noisy from {at:.1f} s" in verdict and f"noisy from {at:.1f} s" in (tmp_path / "scored" / "report.html").read_text()
+    report = (tmp_path / "scored" / "report.html").read_text()
+    assert f"noisy from {at:.1f} s" in verdict and f"noisy from {at:.1f} s" in report
 
 
 @pytest.mark.slow
