@@ -179,6 +179,12 @@ def _clip_cell(row: dict) -> str:
         lines.append(" &middot; ".join([f"{'stereo' if channels == 2 else 'multichannel'} ({channels} ch)"] +
                                        [f"{label} {_fmt(metrics.get(key), digits)}"
                                         for key, label, digits in STEREO_METRICS if key in metrics]))
+    asked = [f"asked {metrics['asked_bpm']:g} bpm: {_fmt(metrics.get('bpm'), 1)} ({metrics.get('tempo_match')})"
+             if "asked_bpm" in metrics else "",
+             f"asked {metrics['asked_key']}: {metrics.get('key')} ({metrics.get('key_match')})"
+             if "asked_key" in metrics else ""]  # evaluation/adherence.py
+    if any(asked):
+        lines.append(html.escape(" · ".join(a for a in asked if a)))
     if row.get("window_scores"):
         lines.append(_windows_html(row))
     lines.append(f'<span class="small">{html.escape(", ".join(x for x in (seed, setting) if x))}</span>')

@@ -16,6 +16,7 @@ import numpy as np
 from musicgen_lora.audio.reader import MUSICGEN_SAMPLE_RATE, load_audio
 from musicgen_lora.core.common import UserError, log, parse_json
 from musicgen_lora.core.outputs import atomic_dir, atomic_write_json, atomic_write_text, write_manifest
+from musicgen_lora.evaluation.adherence import adherence, adherence_words, asked, model_adherence
 from musicgen_lora.evaluation.config import TOOL
 from musicgen_lora.evaluation.figures import loudness_plot_png, spectrogram_png
 from musicgen_lora.evaluation.flags import count_words, model_flag_clips, model_flag_counts
@@ -96,6 +97,8 @@ def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict,
         row["metrics"], row["flags"] = scored["metrics"], scored["flags"]
         if scored["onsets"]:  # {flag: seconds} where each raised fault starts: "noisy from 9.0 s"
             row["flag_onsets"] = dict(scored["onsets"])
+        if asked(row.get("prompt")):  # a prompt naming a tempo or key: did the clip follow it?
+            row["metrics"].update(adherence(to_mid(wav), sr, row["prompt"]))
         score_windows(row, wav, sr)
         if row.get("melody") in (melodies or {}):
             from musicgen_lora.audio.chroma import chroma_cosine  # torch: only when there is a melody to compare with
@@ -134,6 +137,7 @@ def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict,
         channels = sorted({r["channels"] for r in mine})
         if channels:  # 1 mono, 2 stereo; [1, 2] for a folder of both
             entry["channels"] = channels[0] if len(channels) == 1 else channels
+        entry.update(model_adherence([r["metrics"] for r in mine]))  # tempo_asked, tempo_right, key_exact, ...
         entry.update({"held_out_loss": None, "fad": None})
         entry.update(extras.get(name, {}))
         for key in ("integrated_lufs", "loudness_slope_db_per_s", "loudness_drop_db", "silence_ratio",
@@ -185,6 +189,7 @@ def verdict(name: str, m: dict) -> str:
         tail.append(f"CLAP {m['clap_similarity']:.3f}")
     if m.get("chroma_cosine") is not None:
         tail.append(f"chroma cosine {m['chroma_cosine']:.3f}")
+    tail += adherence_words(m)
     if m.get("integrated_lufs") is not None:
         tail.append(f"{m['integrated_lufs']:.1f} LUFS")
     return line + ("; " + ", ".join(tail) if tail else "")
