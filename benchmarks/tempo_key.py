@@ -4,7 +4,7 @@
 
 Per piece: the written tempo (the MIDI tempo, quarter notes per minute) and the estimate, judged right
 within 4% (TEMPO_TOLERANCE), or an octave error (half / double) counted apart, or wrong; the written
-key and each profile's estimate (Temperley, the default, and Krumhansl-Kessler), judged exact /
+key and each profile's estimate (Krumhansl-Kessler, the default, and Temperley), judged exact /
 relative / fifth / parallel / other. The drum kit has no key: what the estimator says there is shown,
 not scored.
 """
@@ -39,7 +39,7 @@ def measure(folder: Path = REAL_DIR) -> list[dict]:
 
 def report(rows: list[dict]) -> list[str]:
     lines = [f"{'piece':22s} {'bpm':>5s} {'est':>6s} {'tempo':>7s}  {'key':9s} " +
-             " ".join(f"{p + ' (' + ('default' if p == 'temperley' else 'other') + ')':>28s}" for p in PROFILES)]
+             " ".join(f"{p + ' (' + ('default' if p == 'krumhansl' else 'other') + ')':>28s}" for p in PROFILES)]
     for r in rows:
         est = "-" if r["est_bpm"] is None else f"{r['est_bpm']:.1f}"
         keys = " ".join(f"{str(r['est_key'][p]) + ' (' + str(r['relation'][p]) + ')':>28s}" for p in PROFILES)

@@ -101,6 +101,14 @@ def test_score_only_says_when_the_noise_starts(tmp_path):
     at = by_name["organ_noise"]["flag_onsets"]["noisy"]
     report = (tmp_path / "scored" / "report.html").read_text()
     assert f"noisy from {at:.1f} s" in verdict and f"noisy from {at:.1f} s" in report
+    # The spectrogram marks the onset (a red line and label); the clean clip's has no such pixels.
+    import matplotlib.image
+
+    def marked(row):
+        rgb = matplotlib.image.imread(tmp_path / "scored" / row["spectrogram"])[..., :3] * 255
+        return int(np.count_nonzero(np.all(np.abs(rgb - (217, 48, 37)) < 12, axis=-1)))
+
+    assert marked(by_name["organ_noise"]) > 50 and marked(by_name["organ_clean"]) == 0
 
 
 @pytest.mark.slow

@@ -84,8 +84,11 @@ def test_tempo_and_key_of_the_rendered_set():
     assert all(r["tempo"] in ("right", "half", "double") for r in rows), rows
     assert sum(r["tempo"] == "right" for r in rows) >= len(rows) - 2
     keyed = [r for r in rows if r["key"]]
-    assert sum(r["relation"]["temperley"] == "exact" for r in keyed) >= len(keyed) - 2, keyed
-    assert sum(r["relation"]["temperley"] in ("exact", "relative", "fifth") for r in keyed) >= len(keyed) - 1
+    assert sum(r["relation"]["krumhansl"] == "exact" for r in keyed) >= len(keyed) - 2, keyed
+    assert sum(r["relation"]["krumhansl"] in ("exact", "relative", "fifth") for r in keyed) >= len(keyed) - 1
+    drums = next(r for r in rows if r["piece"].startswith("drums"))
+    assert drums["key"] is None and drums["est_key"]["krumhansl"] is None  # a drum kit has no key
+    assert all(r["est_key"]["krumhansl"] is not None for r in keyed)
 
 
 @pytest.mark.slow
@@ -114,3 +117,28 @@ def test_prepare_stores_tempo_and_key(tmp_path):
     prepare(PrepareConfig(input_dir=[str(src)], output_dir=str(out2), valid_ratio=0.5, no_progress=True))
     meta2 = json.loads((out2 / "metadata.json").read_text())
     assert not any("bpm" in e or "key" in e for split in meta2.values() if isinstance(split, list) for e in split)
+
+
+@pytest.mark.slow
+def test_evaluation_scores_clips_against_the_tempo_and_key_their_prompt_asks(tmp_path):
+    from musicgen_lora.evaluation.scoring import score_folder
+
+    clips = tmp_path / "clips"
+    x, sr = sf.read(REAL / PIECES["guitar_bwv1.6"]["file"], dtype="float32")  # 92 bpm, F major
+    prompts = {"base_model": "nylon guitar chorale, 140 bpm, C# major",  # the control: not what it plays
+               "final_model": "nylon guitar chorale, 92 bpm, F major",
+               "plain": "nylon guitar chorale"}  # names neither: nothing estimated
+    for model, prompt in prompts.items():
+        (clips / model).mkdir(parents=True)
+        sf.write(clips / model / "chorale.wav", x, sr, subtype="PCM_16")
+        (clips / model / "chorale.json").write_text(json.dumps({"prompt": prompt, "prompt_id": "chorale"}))
+    summary = score_folder(clips, tmp_path / "scored")
+    final, base, plain = (summary["models"][m] for m in ("final_model", "base_model", "plain"))
+    assert "tempo 1/1 as asked" in final["verdict"] and "key 1/1 as asked" in final["verdict"], final["verdict"]
+    assert (final["tempo_right"], final["key_exact"]) == (1, 1)
+    assert "tempo 0/1 as asked" in base["verdict"] and "key 0/1 as asked" in base["verdict"], base["verdict"]
+    assert "tempo_asked" not in plain and "as asked" not in plain["verdict"]
+    rows = [json.loads(line) for line in (tmp_path / "scored" / "comparison_results.jsonl").read_text().splitlines()]
+    final_row = next(r for r in rows if r["model"] == "final_model")
+    assert final_row["metrics"]["asked_key"] == "F major" and final_row["metrics"]["key_match"] == "exact"
+    assert "asked 92 bpm" in (tmp_path / "scored" / "report.html").read_text()

@@ -66,9 +66,9 @@ NOISY_FLATNESS = 0.5
 # UNDER the music from 9 s on gives run minima, over the seven pieces, of 0.13-0.30 at +6 dB
 # signal-to-noise, 0.21-0.44 at +3 dB, 0.33-0.61 at 0 dB, 0.49-0.76 at -3 dB, and ~0.95 for noise
 # alone. The line, 0.25 (5x the highest clean run), sits where the noise is about as loud as the
-# music: at 0 dB SNR and below it is caught on every piece, at +3 dB on most, at +6 dB on none -- hiss
-# 6 dB or more under the music is a noisy recording, which the ear still hears as music; "it turned
-# into noise" is the noise level reaching the music's. Shaped (pink) noise is less flat than white and
+# music: at 0 dB SNR and below it is caught on every piece, at +3 dB on most (13/14 clips, onsets at
+# 3 s and 9 s), at +6 dB on 10/14; hiss further under the music is a noisy recording, which the ear
+# still hears as music; "it turned into noise" is the noise level reaching the music's. Shaped (pink) noise is less flat than white and
 # is caught only where it dominates (benchmarks/flag_figures.py --real measures both).
 NOISY_WINDOW_FLATNESS = 0.25
 NOISY_SUSTAIN_S = 2.5

@@ -100,6 +100,8 @@ def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict,
         if asked(row.get("prompt")):  # a prompt naming a tempo or key: did the clip follow it?
             row["metrics"].update(adherence(to_mid(wav), sr, row["prompt"]))
         score_windows(row, wav, sr)
+        if row.get("flag_onsets") and row.get("spectrogram"):  # drawn before scoring: again, with the onsets marked
+            spectrogram_png(to_mid(wav), sr, out / row["spectrogram"], **time_marks(row), onsets=row["flag_onsets"])
         if row.get("melody") in (melodies or {}):
             from musicgen_lora.audio.chroma import chroma_cosine  # torch: only when there is a melody to compare with
 
