@@ -68,8 +68,9 @@ NOISY_FLATNESS = 0.5
 # alone. The line, 0.25 (5x the highest clean run), sits where the noise is about as loud as the
 # music: at 0 dB SNR and below it is caught on every piece, at +3 dB on most (13/14 clips, onsets at
 # 3 s and 9 s), at +6 dB on 10/14; hiss further under the music is a noisy recording, which the ear
-# still hears as music; "it turned into noise" is the noise level reaching the music's. Shaped (pink) noise is less flat than white and
-# is caught only where it dominates (benchmarks/flag_figures.py --real measures both).
+# still hears as music; "it turned into noise" is the noise level reaching the music's. Shaped (pink)
+# noise is less flat than white and is caught where it replaces the music (benchmarks/flag_figures.py
+# measures both on the real set).
 NOISY_WINDOW_FLATNESS = 0.25
 NOISY_SUSTAIN_S = 2.5
 # Only segments within NOISY_LEVEL_DB of the clip's median segment level count: a decoder's hiss in a
