@@ -121,3 +121,20 @@ def test_the_real_music_figures_meet_the_goal():
     late = [r for r in rows if r.clear and r.onset == "late"]
     assert len(late) >= 7 * 5 and sum(r.expect in r.raised for r in late) >= 0.95 * len(late)
     assert any("clear failures, late onset" in line for line in real_report(rows))
+
+
+def test_late_clipping_and_crackle_are_dated_where_they_start():
+    from musicgen_lora.evaluation.signals import with_clicks
+
+    x = piece("ensemble_maple_leaf")
+    driven = x.copy()
+    driven[9 * SR:] = np.clip(x[9 * SR:] * 4.0, -1.0, 1.0)
+    scored = metrics.score_clip(driven, SR)
+    assert scored["flags"]["clipping"] and scored["onsets"]["clipping"] == pytest.approx(9.0, abs=0.5)
+    times = np.sort(np.random.default_rng(0).uniform(9.05, 14.95, 30))
+    scored = metrics.score_clip(with_clicks(x, times, 0.2, SR), SR)
+    # 8.5: the rag's own drums make one click-like event at 8.75 s, which the patter right after takes in.
+    assert scored["flags"]["crackle"] and 8.5 <= scored["onsets"]["crackle"] <= 10.5
+    # One stray click long before the patter is not where the crackle starts.
+    scored = metrics.score_clip(with_clicks(x, np.concatenate(([2.0], times)), 0.2, SR), SR)
+    assert 8.5 <= scored["onsets"]["crackle"] <= 10.5

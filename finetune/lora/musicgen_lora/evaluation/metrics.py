@@ -203,6 +203,9 @@ CLICK_EDGE_S = 0.01
 CLICK_ONSET_S = 0.003
 CLICK_ONSET_DB = 6.0
 CRACKLE_CLICKS_PER_S = 0.2
+# crackle_from_s: where three clicks first fall within 3 s (a patter at 1/s; the flag's 0.2/s is 3 in 15 s,
+# so a clip flagged for 3 clicks spread wide has no onset, and the verdict says only that it crackles).
+CRACKLE_ONSET_S = 3.0
 
 
 
@@ -372,6 +375,27 @@ def flatness_segments(audio: np.ndarray, sample_rate: int) -> tuple[list[float],
     return times, values, levels
 
 
+def clipping_onset(channels: np.ndarray, sample_rate: int) -> float | None:
+    """clipping_from_s: the start of the first FLATNESS_SEGMENT_S segment (any channel) with more than
+    CLIPPING_RATIO_FLAG of its samples at full scale -- where the clipping is heard, not a lone peak."""
+    seg = max(1, int(round(FLATNESS_SEGMENT_S * sample_rate)))
+    full = np.any(np.abs(channels) >= CLIP_LEVEL, axis=1)
+    for a in range(0, len(full), seg):
+        if full[a:a + seg].mean() > CLIPPING_RATIO_FLAG:
+            return a / sample_rate
+    return None
+
+
+def crackle_onset(times) -> float | None:
+    """crackle_from_s: the first click followed by two more within CRACKLE_ONSET_S: the patter the
+    flag counts, not a lone click (an edit, a hard cut) before it."""
+    times = np.asarray(times if times is not None else [])
+    for i in range(len(times) - 2):
+        if times[i + 2] - times[i] <= CRACKLE_ONSET_S:
+            return float(times[i])
+    return None
+
+
 def clipping_ratio(audio: np.ndarray) -> float:
     return float(np.mean(np.abs(audio) >= CLIP_LEVEL)) if len(audio) else 0.0
 
@@ -509,6 +533,12 @@ def repetition(audio: np.ndarray, sample_rate: int) -> tuple[float | None, float
 def clicks_per_second(audio: np.ndarray, sample_rate: int) -> float | None:
     """Clicks per second in one channel, (samples,): the `crackle` measure (see CLICK_* above); None
     when the rate leaves no room above CLICK_HIGHPASS_HZ."""
+    times = click_times(audio, sample_rate)
+    return None if times is None else (len(times) / (len(audio) / sample_rate) if len(audio) else 0.0)
+
+
+def click_times(audio: np.ndarray, sample_rate: int) -> np.ndarray | None:
+    """The times (s) of the clicks clicks_per_second counts, one per click; None as there."""
     from scipy.signal import butter, sosfilt  # scipy: loaded when a clip is scored, not when this module is
 
     if sample_rate / 2 <= CLICK_HIGHPASS_HZ * 1.2:
@@ -539,8 +569,10 @@ def clicks_per_second(audio: np.ndarray, sample_rate: int) -> float | None:
         np.maximum(mean_square(cum_low, at - width - onset, at - width), 1e-20)
     hits = at[(peak > CLICK_PEAK_RATIO ** 2 * np.maximum(before, after)) & (peak > around * 10 ** (CLICK_LEVEL_DB / 10))
               & (rise < 10 ** (CLICK_ONSET_DB / 10))]
-    clicks = 0 if hits.size == 0 else 1 + int(np.count_nonzero(np.diff(hits) > width))
-    return clicks / (n / sample_rate) if n else 0.0
+    if hits.size == 0:
+        return np.zeros(0)
+    first = np.concatenate(([True], np.diff(hits) > width))  # samples of one click count once
+    return hits[first] / sample_rate
 
 
 def score_clip(audio: np.ndarray, sample_rate: int) -> dict:
@@ -561,9 +593,9 @@ def score_clip(audio: np.ndarray, sample_rate: int) -> dict:
     corr, side_mid = stereo_stats(channels, sample_rate) if channels.shape[1] == 2 else (None, None)
     repeat, repeat_lag = repetition(audio, sample_rate)
     # A click in one channel is heard on headphones: every channel is searched, the one with most counts.
-    rates = [r for r in (clicks_per_second(channels[:, c], sample_rate) for c in range(channels.shape[1]))
-             if r is not None]
-    clicks = max(rates) if rates else None
+    found = [t for t in (click_times(channels[:, c], sample_rate) for c in range(channels.shape[1])) if t is not None]
+    most = max(found, key=len) if found else None
+    clicks = (len(most) / duration if duration else 0.0) if most is not None else None
     metrics = {
         "duration_s": duration,
         "channels": int(channels.shape[1]),
@@ -597,7 +629,8 @@ def score_clip(audio: np.ndarray, sample_rate: int) -> dict:
     # verdict: "noisy from 9.0 s". A flag raised by its whole-clip rule alone gets the onset of what
     # its windowed rule saw (0.0 for noise from the start), or none.
     silent_from = (duration - tail if tail >= SILENT_TAIL_S else longest_silence_start(audio, sample_rate))
-    onsets = {"noisy": noisy_from, "fades_out": fade_from, "silent": silent_from}
+    onsets = {"noisy": noisy_from, "fades_out": fade_from, "silent": silent_from,
+              "clipping": clipping_onset(channels, sample_rate), "crackle": crackle_onset(most)}
     metrics.update({f"{name}_from_s": onsets[name] if flags[name] else None for name in onsets})
     return {"metrics": metrics, "flags": flags, "loudness_trajectory": traj, "loudness_times": times,
             "onsets": {name: t for name, t in onsets.items() if flags[name] and t is not None}}
