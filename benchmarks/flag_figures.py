@@ -394,7 +394,9 @@ def main(argv=None):
         print("\n".join(report(list(measure(args.variants, args.seconds, args.seed, fams)))))
     if not args.no_real:
         at = ", ".join(f"{k} ({v:.0%} of the clip)" for k, v in ONSETS.items())
-        print(f"\nreal music ({args.real}): failures injected at {at}")
+        shown = args.real.resolve()
+        shown = shown.relative_to(REAL_DIR.parents[2]) if REAL_DIR.parents[2] in shown.parents else shown
+        print(f"\nreal music ({shown}): failures injected at {at}")
         print("\n".join(real_report(list(measure_real(args.real, args.seed)))))
     print(f"total {time.perf_counter() - start:.0f} s")
 
