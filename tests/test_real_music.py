@@ -138,3 +138,11 @@ def test_late_clipping_and_crackle_are_dated_where_they_start():
     # One stray click long before the patter is not where the crackle starts.
     scored = metrics.score_clip(with_clicks(x, np.concatenate(([2.0], times)), 0.2, SR), SR)
     assert 8.5 <= scored["onsets"]["crackle"] <= 10.5
+
+
+def test_a_late_loop_is_dated_where_it_starts():
+    from musicgen_lora.evaluation.signals import looped
+
+    scored = metrics.score_clip(looped(piece("organ_bwv66.6"), 9.0, 1.5, SR), SR)
+    assert scored["flags"]["repetitive"] and scored["onsets"]["repetitive"] == pytest.approx(9.0, abs=0.5)
+    assert metrics.score_clip(piece("organ_bwv66.6"), SR)["metrics"]["repetitive_from_s"] is None

@@ -497,10 +497,18 @@ def loop_frames(audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.nda
 def repetition(audio: np.ndarray, sample_rate: int) -> tuple[float | None, float | None]:
     """(share of the clip's second half that repeats, near-verbatim, the material one lag earlier; that
     lag in seconds), the `repetitive` measure (see LOOP_* above); (None, None) under LOOP_MIN_CLIP_S."""
+    return repetition_detail(audio, sample_rate)[:2]
+
+
+def repetition_detail(audio: np.ndarray, sample_rate: int) -> tuple[float | None, float | None, float | None]:
+    """repetition's (share, lag) and repetitive_from_s: where the loop is first heard -- the first
+    LOOP_SMOOTH_S of repeating second-half frames, less one lag (the material they repeat). The measure
+    looks at the second half only, so a loop that began earlier reads as starting one lag before the
+    middle: "from" is then "at the latest"."""
     from scipy.ndimage import uniform_filter1d  # scipy: loaded when a clip is scored, not when this module is
 
     if len(audio) < LOOP_MIN_CLIP_S * sample_rate:
-        return None, None
+        return None, None, None
     fine, coarse, level = loop_frames(audio, sample_rate)
     frames, hop_s = len(fine), max(1, int(round(LOOP_HOP_S * sample_rate))) / sample_rate
     half = frames // 2
@@ -521,13 +529,17 @@ def repetition(audio: np.ndarray, sample_rate: int) -> tuple[float | None, float
         order = np.lexsort((near.mean(axis=1), -(near < LOOP_MATCH_DB).mean(axis=1)))
     else:
         order = np.arange(len(lags))
-    best = (-1.0, -int(lags[0]))
+    best, masks = (-1.0, -int(lags[0])), {}
     for lag in lags[order[:LOOP_CANDIDATES]]:
         same = _distance(fine[half:], fine[half - lag:frames - lag])
         same = uniform_filter1d(same, smooth, mode="nearest")
-        share = float(((same < LOOP_MATCH_DB) & moving & sounding).mean())
+        masks[int(lag)] = (same < LOOP_MATCH_DB) & moving & sounding
+        share = float(masks[int(lag)].mean())
         best = max(best, (share, -int(lag)))  # equal shares: the shorter lag (a loop also repeats at 2x its period)
-    return best[0], -best[1] * hop_s
+    lag = -best[1]
+    first = sustained_onset(np.arange(frames - half), masks.get(lag, []), smooth, 1)
+    onset = None if first is None else max(0.0, (half + first - lag) * hop_s)
+    return best[0], lag * hop_s, onset
 
 
 def clicks_per_second(audio: np.ndarray, sample_rate: int) -> float | None:
@@ -591,7 +603,7 @@ def score_clip(audio: np.ndarray, sample_rate: int) -> dict:
     clip = clipping_ratio(channels)
     drop = third_drop(times, traj, duration)
     corr, side_mid = stereo_stats(channels, sample_rate) if channels.shape[1] == 2 else (None, None)
-    repeat, repeat_lag = repetition(audio, sample_rate)
+    repeat, repeat_lag, repeat_from = repetition_detail(audio, sample_rate)
     # A click in one channel is heard on headphones: every channel is searched, the one with most counts.
     found = [t for t in (click_times(channels[:, c], sample_rate) for c in range(channels.shape[1])) if t is not None]
     most = max(found, key=len) if found else None
@@ -630,7 +642,8 @@ def score_clip(audio: np.ndarray, sample_rate: int) -> dict:
     # its windowed rule saw (0.0 for noise from the start), or none.
     silent_from = (duration - tail if tail >= SILENT_TAIL_S else longest_silence_start(audio, sample_rate))
     onsets = {"noisy": noisy_from, "fades_out": fade_from, "silent": silent_from,
-              "clipping": clipping_onset(channels, sample_rate), "crackle": crackle_onset(most)}
+              "clipping": clipping_onset(channels, sample_rate), "crackle": crackle_onset(most),
+              "repetitive": repeat_from}
     metrics.update({f"{name}_from_s": onsets[name] if flags[name] else None for name in onsets})
     return {"metrics": metrics, "flags": flags, "loudness_trajectory": traj, "loudness_times": times,
             "onsets": {name: t for name, t in onsets.items() if flags[name] and t is not None}}
