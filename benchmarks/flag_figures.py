@@ -1,6 +1,7 @@
-"""Detection and false-positive figures of the clip flags `repetitive` and `crackle`.
+"""Detection and false-positive figures of the clip flags: `repetitive` and `crackle` on constructed
+families, and every fault flag on real rendered music with failures injected early or late.
 
-    python -m benchmarks.flag_figures [--variants 8] [--seconds 15] [--seed 0]
+    python -m benchmarks.flag_figures [--variants 8] [--seconds 15] [--seed 0] [--real DIR | --no_real]
 
 Builds --variants randomized clips of every family in this module (clean
 music with strong beats, a played drum loop, the older failure signals mono and stereo, loops of
@@ -8,16 +9,26 @@ music with strong beats, a played drum loop, the older failure signals mono and 
 attack), scores each with evaluate.py's score_clip and prints, per flag, the detection rate on the
 clips that must raise it, the false-positive rate on all the others, the lowest positive and highest
 negative score, per-family counts, and the time per clip. About 0.15 s per clip on one core.
+
+Then, on the real set (--real, default tests/data/real_music: benchmarks/real_music.py's renders of
+piano with rests, organ, strings, guitar, harpsichord, a GM drum kit, a dense ensemble): every clip
+clean (any fault flag is a false positive), and each failure in REAL_FAILURES injected at an early
+(3 s of 15) and a late (9 s) onset: the share that raises the flag it should, per failure x onset
+(and the pieces missed), and how far the recorded onset (noisy_from_s, ...) is from the injected one.
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from musicgen_lora.core.common import UserError
 from musicgen_lora.evaluation import metrics
+from musicgen_lora.evaluation.flags import FLAGS
 from musicgen_lora.evaluation.signals import (
     SR,
     after_attacks,
@@ -219,6 +230,140 @@ def report(rows: list[Scored]) -> list[str]:
     return lines
 
 
+# --- real rendered music with failures injected at a known time ----------------------------------------
+
+REAL_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "real_music"
+ONSETS = {"early": 0.2, "late": 0.6}  # of the clip: 3 s and 9 s of 15
+FAULTS = frozenset(f.name for f in FLAGS if f.fault and not f.stereo and not f.melody)
+
+
+def read_real(folder: Path) -> dict[str, np.ndarray]:
+    """{piece name: (samples,) float32 at SR} of the rendered set (pieces.json names the files)."""
+    import soundfile as sf
+
+    table = json.loads((Path(folder) / "pieces.json").read_text(encoding="utf-8"))
+    out = {}
+    for name, info in table.items():
+        x, sr = sf.read(Path(folder) / info["file"], dtype="float32")
+        if sr != SR:
+            raise SystemExit(f"error: {folder}/{info['file']} is {sr} Hz; the set is rendered at {SR}")
+        out[name] = x if x.ndim == 1 else x.mean(axis=1)
+    return out
+
+
+def _rms(x) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+
+
+def _ramp(n: int, a: int) -> np.ndarray:
+    """0 before sample a, 1 from 50 ms after it (a failure that sets in without a click)."""
+    return np.clip((np.arange(n) - a) / (0.05 * SR), 0.0, 1.0)
+
+
+def _noise(x, a, rng, level, under: bool, pink: bool = False):
+    """White (or pink) noise from sample a on at `level` x the clip's RMS: replacing the music, or under it."""
+    n = rng.standard_normal(len(x))
+    if pink:
+        spec = np.fft.rfft(n)
+        spec /= np.sqrt(np.maximum(np.arange(len(spec)), 1))
+        n = np.fft.irfft(spec, len(x))
+    n *= level * _rms(x) / _rms(n)
+    r = _ramp(len(x), a)
+    return ((x if under else x * (1 - r)) + n * r).astype(np.float32)
+
+
+def _fade(x, a, db, power):
+    """From sample a the level falls to -db at the end, in dB as u**power (1 linear, 2 a gentle start)."""
+    u = np.clip((np.arange(len(x)) - a) / max(len(x) - a, 1), 0.0, 1.0)
+    return (x * 10 ** (-db * u ** power / 20)).astype(np.float32)
+
+
+def _clicks_after(x, a, rng, count, level):
+    times = np.sort(rng.uniform(a / SR + 0.05, len(x) / SR - 0.05, count))
+    return with_clicks(x, times, level, SR, seed=int(rng.integers(1 << 30)))
+
+
+def _clip_after(x, a, gain):
+    y = x.copy()
+    y[a:] = np.clip(x[a:] * gain, -1.0, 1.0)
+    return y
+
+
+# (failure, flag it must raise, clear: counts toward the >= 95% goal, (x, start sample, rng) -> audio).
+REAL_FAILURES = (
+    ("collapses into white noise (1.5x the music's RMS)", "noisy", True,
+     lambda x, a, r: _noise(x, a, r, 1.5, False)),
+    ("white noise under the music, SNR -3 dB", "noisy", True, lambda x, a, r: _noise(x, a, r, 10 ** (3 / 20), True)),
+    ("white noise under the music, SNR 0 dB", "noisy", False, lambda x, a, r: _noise(x, a, r, 1.0, True)),
+    ("white noise under the music, SNR +3 dB", "noisy", False, lambda x, a, r: _noise(x, a, r, 10 ** (-3 / 20), True)),
+    ("white noise under the music, SNR +6 dB", "noisy", False, lambda x, a, r: _noise(x, a, r, 0.5, True)),
+    ("collapses into pink noise (1.5x RMS)", "noisy", False, lambda x, a, r: _noise(x, a, r, 1.5, False, pink=True)),
+    ("silence from the onset", "silent", True,
+     lambda x, a, r: np.where(np.arange(len(x)) < a, x, 0).astype(np.float32)),
+    ("fades to -40 dB (linear in dB)", "fades_out", True, lambda x, a, r: _fade(x, a, 40.0, 1)),
+    ("fades to -30 dB (quadratic in dB)", "fades_out", False, lambda x, a, r: _fade(x, a, 30.0, 2)),
+    ("falls into a 1.5 s loop", "repetitive", True, lambda x, a, r: looped(x, a / SR, 1.5, SR)),
+    ("30 clicks at 0.2 after the onset", "crackle", True, lambda x, a, r: _clicks_after(x, a, r, 30, 0.2)),
+    ("10 clicks at 0.1 after the onset", "crackle", False, lambda x, a, r: _clicks_after(x, a, r, 10, 0.1)),
+    ("driven 12 dB into clipping", "clipping", True, lambda x, a, r: _clip_after(x, a, 4.0)),
+)
+
+
+@dataclass
+class RealScored:
+    piece: str
+    failure: str          # "clean" for the untouched clip
+    onset: str | None     # "early" / "late"
+    at_s: float | None    # the injected onset
+    expect: str | None    # the flag it must raise
+    clear: bool
+    raised: frozenset     # fault flags raised
+    found_s: float | None  # the recorded onset of the expected flag (noisy_from_s, ...)
+
+
+def measure_real(folder: Path = REAL_DIR, seed: int = 0) -> Iterator[RealScored]:
+    """Every clip of the set clean, then with each REAL_FAILURES failure at each onset."""
+    for i, (piece, x) in enumerate(read_real(folder).items()):
+        seconds = len(x) / SR
+        scored = metrics.score_clip(x, SR)
+        yield RealScored(piece, "clean", None, None, None, False,
+                         frozenset(k for k, v in scored["flags"].items() if v and k in FAULTS), None)
+        for j, (failure, flag, clear, make) in enumerate(REAL_FAILURES):
+            for when, share in ONSETS.items():
+                rng = np.random.default_rng([seed, i, j, int(share * 100)])
+                at = round(share * seconds, 1)
+                scored = metrics.score_clip(make(x, int(at * SR), rng), SR)
+                yield RealScored(piece, failure, when, at, flag, clear,
+                                 frozenset(k for k, v in scored["flags"].items() if v and k in FAULTS),
+                                 scored.get("onsets", {}).get(flag))
+
+
+def real_report(rows: list[RealScored]) -> list[str]:
+    """The real-music figures as printable lines (see the module docstring)."""
+    clean = [r for r in rows if r.failure == "clean"]
+    fp = [r for r in clean if r.raised]
+    lines = [f"clean real music: {len(clean) - len(fp)}/{len(clean)} clips with no fault flag"
+             + "".join(f"; {r.piece} raised {sorted(r.raised)}" for r in fp)]
+    lines.append(f"{'failure (flag it must raise)':64s} {'early':>7s} {'late':>7s}  onset error (s)  missed")
+    for failure, flag, clear, _ in REAL_FAILURES:
+        mine = [r for r in rows if r.failure == failure]
+        cells, missed, errors = [], [], []
+        for when in ONSETS:
+            at = [r for r in mine if r.onset == when]
+            hit = [r for r in at if r.expect in r.raised]
+            cells.append(f"{len(hit)}/{len(at)}")
+            missed += [f"{r.piece} ({when})" for r in at if r.expect not in r.raised]
+            errors += [r.found_s - r.at_s for r in hit if r.found_s is not None]
+        err = f"{min(errors):+.1f}..{max(errors):+.1f}" if errors else "-"
+        name = f"{failure} ({flag}{', clear' if clear else ''})"
+        lines.append(f"{name:64s} {cells[0]:>7s} {cells[1]:>7s}  {err:>15s}  {', '.join(missed) or '-'}")
+    for when in ONSETS:
+        clear = [r for r in rows if r.clear and r.onset == when]
+        hit = sum(r.expect in r.raised for r in clear)
+        lines.append(f"clear failures, {when} onset: {hit}/{len(clear)} detected ({hit / max(len(clear), 1):.0%})")
+    return lines
+
+
 from musicgen_lora.cli.args import Parser, number_type, positive_int  # noqa: E402
 from musicgen_lora.cli.runner import cli  # noqa: E402
 
@@ -233,13 +378,26 @@ def main(argv=None):
     p.add_argument("--variants", type=positive_int, default=8, help="Clips per family.")
     p.add_argument("--seconds", type=SECONDS, default=15.0, help="Length of each clip.")
     p.add_argument("--seed", type=int, default=0, help="Seed of the draws (a family's clips depend on it only).")
+    p.add_argument("--real", type=Path, default=REAL_DIR,
+                   help="Folder of rendered real music with its pieces.json (benchmarks/real_music.py).")
+    p.add_argument("--no_real", action="store_true", help="Only the constructed families.")
+    p.add_argument("--no_constructed", action="store_true", help="Only the real-music figures.")
     args = p.parse_args(argv)
-
+    if not args.no_real and not (args.real / "pieces.json").is_file():
+        raise UserError(f"{args.real}: no pieces.json; render the set with python -m benchmarks.real_music "
+                        f"--output_dir {args.real}, or pass --no_real")
 
     start = time.perf_counter()
-    fams = families()
-    print(f"{args.variants} clips x {len(fams)} families, {args.seconds:g} s each, seed {args.seed}")
-    print("\n".join(report(list(measure(args.variants, args.seconds, args.seed, fams)))))
+    if not args.no_constructed:
+        fams = families()
+        print(f"{args.variants} clips x {len(fams)} families, {args.seconds:g} s each, seed {args.seed}")
+        print("\n".join(report(list(measure(args.variants, args.seconds, args.seed, fams)))))
+    if not args.no_real:
+        at = ", ".join(f"{k} ({v:.0%} of the clip)" for k, v in ONSETS.items())
+        shown = args.real.resolve()
+        shown = shown.relative_to(REAL_DIR.parents[2]) if REAL_DIR.parents[2] in shown.parents else shown
+        print(f"\nreal music ({shown}): failures injected at {at}")
+        print("\n".join(real_report(list(measure_real(args.real, args.seed)))))
     print(f"total {time.perf_counter() - start:.0f} s")
 
 

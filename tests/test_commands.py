@@ -17,7 +17,7 @@ USER_SCRIPTS = ["train_lora.py", "evaluate.py", "inference_lora.py", "prepare_da
 TOOLS = ["compare_runs.py", "make_tiny_model.py", "make_test_signals.py", "convert_adapter.py", "memory_plan.py"]
 # The workshop: run from the repository root as `python -m benchmarks.NAME` (not installed with the package).
 BENCHMARKS = ["train", "generation", "memory", "limits", "melody", "store", "prepare", "encoding", "threads",
-              "flag_figures", "import_graph", "gpu_check"]
+              "flag_figures", "import_graph", "gpu_check", "real_music", "tempo_key"]
 
 COMMANDS = ([(LORA_DIR, [name]) for name in USER_SCRIPTS] +                          # cd finetune/lora
             [(ROOT, [f"finetune/lora/{name}"]) for name in USER_SCRIPTS] +           # from the repository root

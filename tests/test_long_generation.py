@@ -208,17 +208,19 @@ def test_evaluate_continuation_prompts(tiny_model_dir, example_data_dir, tmp_pat
 
 def test_a_late_collapse_is_flagged_in_its_window():
     """40 s: 34 s of a chord with a beat, then 6 s of digital silence. Over the whole clip silence is
-    15% (under the 20% line); the second window (30-40 s) is 60% silent, so the clip is flagged, and
-    the window that raised it is named."""
+    15% (under the 20% line) -- the whole-clip score still sees the silent tail (metrics.SILENT_TAIL_S),
+    since issue 31 -- and the second window (30-40 s) is 60% silent, so the clip is flagged, the window
+    that raised it is named, and the onset is in the clip's time."""
     sr = 32000
     wav = np.concatenate([chord_with_beat(34.0, sr), np.zeros(6 * sr, dtype=np.float32)])
     from musicgen_lora.evaluation.metrics import score_clip
 
     whole = score_clip(wav, sr)
-    assert not whole["flags"]["silent"]
-    row = {"windows": [[0.0, 30.0], [30.0, 40.0]], "flags": dict(whole["flags"])}
+    assert whole["metrics"]["silence_ratio"] < 0.2 and whole["onsets"]["silent"] == pytest.approx(34.0, abs=0.1)
+    row = {"windows": [[0.0, 30.0], [30.0, 40.0]], "flags": dict(whole["flags"], silent=False)}  # the window's own
     score_windows(row, wav, sr)
     assert row["flags"]["silent"] and row["flag_windows"]["silent"] == [1]
+    assert row["flag_onsets"]["silent"] == pytest.approx(34.0, abs=0.1)  # 30 s + the window's 4 s
     assert not row["window_scores"][0]["flags"].get("silent")
     assert scored_spans([[0, 2]]) == [] and scored_spans([[0, 30], [30, 48], [48, 50]]) == [[0, 30], [30, 50]]
 

@@ -11,7 +11,7 @@ from musicgen_lora.audio.codes import choose_frame_offset, crop_codes, num_frame
 from musicgen_lora.audio.reader import AudioPieces, audio_duration
 from musicgen_lora.audio.reader import piece_samples as default_piece_samples
 from musicgen_lora.core.common import log
-from musicgen_lora.data.metadata import Clip, drop_words, tokenize_text
+from musicgen_lora.data.metadata import Clip, drop_words, merge_music_info, tokenize_text
 
 
 class MusicDataset(torch.utils.data.Dataset):
@@ -27,7 +27,9 @@ class MusicDataset(torch.utils.data.Dataset):
     Random windows -- and, with word_dropout, the words of the description each clip is trained with
     (metadata.drop_words, as audiocraft's T5 conditioner does) -- are drawn from a generator seeded by
     (seed, epoch, index): the same run gives the same crops and texts, and a resumed run gets the ones
-    the uninterrupted run would have. Validation (train=False) keeps every word and the start.
+    the uninterrupted run would have. Validation (train=False) keeps every word and the start. With
+    merge_tempo_key_p, a clip's bpm and key (metadata "bpm"/"key") are merged into its description
+    first, audiocraft's rule (metadata.merge_music_info).
 
     MusicGen-Melody (chroma=True): an item also carries `chroma`, the (frames, 12) chroma of the same
     window of the clip's conditioning audio (Clip.melody_path; chroma.window_frames) -- read from its
@@ -43,6 +45,7 @@ class MusicDataset(torch.utils.data.Dataset):
 
     def __init__(self, clips: list[Clip], sample_rate: int, target_duration: float, train: bool, seed: int = 0, *,
                  hop_length: int, piece_samples: int | None = None, audio_channels: int, word_dropout: float = 0.0,
+                 merge_tempo_key_p: float = 0.0,
                  chroma: bool = False, chroma_rows: list[int] | None = None, chroma_dropout: float = 0.0, store=None):
         if store is not None and any(c.store_index is None for c in clips):
             raise ValueError("a code store serves clips with a store_index only (store_update.fill_store)")
@@ -57,6 +60,7 @@ class MusicDataset(torch.utils.data.Dataset):
         self.window_frames = num_frames_for_samples(self.num_samples, hop_length)
         self.store = store  # code_store.CodeStore: each item reads only its window's frames
         self.word_dropout = word_dropout if train else 0.0
+        self.merge_tempo_key_p = merge_tempo_key_p if train else 0.0
         self.chroma = chroma or chroma_rows is not None
         self.chroma_rows = chroma_rows
         self.chroma_dropout = chroma_dropout if train else 0.0
@@ -86,7 +90,10 @@ class MusicDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng((self.seed, self.epoch, idx)) if self.train else None
         offset = frame_offset if frame_offset is not None else choose_frame_offset(
             valid_frames_for_samples(num_samples, self.hop_length), self.window_frames, rng)
-        description = drop_words(clip.description, self.word_dropout, rng) if rng is not None else clip.description
+        description = clip.description
+        if rng is not None:  # audiocraft's order: the dataset merges the metadata, the conditioner drops words
+            description = merge_music_info(description, clip.bpm, clip.key, rng, self.merge_tempo_key_p)
+            description = drop_words(description, self.word_dropout, rng)
         item = {"description": description, "index": idx, "frame_offset": offset, "num_samples": num_samples}
         if self.store is not None:  # the store reads from the offset on: crop as codes starting there
             window = self.store.window(clip.store_index, offset, self.window_frames)

@@ -37,6 +37,8 @@ class Clip:
     condition_path: Path | None = None  # MusicGen-Melody: the audio whose chroma conditions it (None: the clip)
     store_index: int | None = None  # a clip of the code store (prepare_data.py --codes_only): its codes' index
     track: str | None = None  # the source track it was cut from (metadata "source"), when known
+    bpm: float | None = None  # tempo and key (prepare_data.py --tempo_key, or the user's own), when known
+    key: str | None = None
 
     @property
     def melody_path(self) -> Path:
@@ -131,7 +133,7 @@ def read_metadata(data_dir, metadata_file="metadata.json", check_files=True) -> 
                                 f"fix the path or remove 'condition_audio'")
         track = entry.get("source") if isinstance(entry.get("source"), str) and entry.get("source") else None
         splits[split].append(Clip(path, text.strip(), split, float(duration) if duration else None, where,
-                                  condition, track=track))
+                                  condition, track=track, **music_info(entry)))
     if not splits["train"] and not splits["valid"]:
         raise UserError(f"{meta_path}: no clips listed")
     warn_duplicates(splits, meta_path)
@@ -192,6 +194,46 @@ def tokenize_text(tokenizer, texts):
         if not text.strip():
             out["attention_mask"][i] = 0
     return out
+
+
+def music_info(entry: dict) -> dict:
+    """{"bpm": float, "key": str} of a metadata entry, each only when usable: audiocraft's get_bpm (a
+    number or a numeric string) and get_musical_key (a non-empty string naming one key, lower-cased);
+    anything else is left out, as audiocraft leaves it None, not an error."""
+    out = {}
+    bpm = entry.get("bpm")
+    if bpm is not None and not isinstance(bpm, bool):
+        try:
+            value = float(bpm)
+        except (TypeError, ValueError):
+            value = None
+        if value is not None and math.isfinite(value) and value > 0:
+            out["bpm"] = value
+    key = entry.get("key")
+    if isinstance(key, str) and key.strip() and key != "None" and "," not in key:
+        out["key"] = key.strip().lower()
+    return out
+
+
+def merge_music_info(description: str, bpm, key, rng, merge_p: float, drop_desc_p: float = 0.0,
+                     keep_other_p: float = 0.5) -> str:
+    """audiocraft's augment_music_info_description (audiocraft/data/music_dataset.py), for the two fields
+    we have: with probability merge_p, each of "key: a minor" and "bpm: 120.0" that the clip has is kept
+    with probability keep_other_p (audiocraft's drop_other_p: its test `uniform(0, 1) < drop_other_p`
+    keeps the field, whatever the name says), the kept ones are shuffled and joined by ". ", the
+    description is left out with probability drop_desc_p, and what remains is "description. key: a
+    minor. bpm: 120.0". audiocraft's MusicDataset defaults merge_text_p (and the others) to 0: off
+    unless asked (train_lora.py --merge_tempo_key_p). A user who later prompts "... 120 bpm, A minor"
+    meets the words the adapter was trained with. rng: a numpy Generator (the dataset's)."""
+    if merge_p <= 0 or rng.random() >= merge_p:
+        return description
+    pairs = [f"{name}: {value}" for name, value in (("key", key), ("bpm", bpm))
+             if value is not None and rng.random() < keep_other_p]
+    order = rng.permutation(len(pairs))
+    meta = ". ".join(pairs[i] for i in order)
+    if rng.random() < drop_desc_p:
+        return meta if len(meta) > 1 else description
+    return ". ".join([description.rstrip("."), meta]).strip() if meta else description
 
 
 def drop_words(text: str, p: float, rng) -> str:

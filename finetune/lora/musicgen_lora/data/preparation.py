@@ -744,6 +744,15 @@ def describe_sources(sources: list[Source], s: PrepareConfig, zips: ZipReader):
     return described, origins
 
 
+def tempo_and_key(wav: np.ndarray) -> dict:
+    """{"bpm": 120.2, "key": "A minor"} of a segment, (n,) or (n, 2) at SAMPLE_RATE, from its mid signal;
+    a value that cannot be estimated (a drum kit has no key: KEY_MIN_CORRELATION) is None."""
+    from musicgen_lora.audio.tempo_key import estimate_key, estimate_tempo  # librosa's beat/chroma: only when asked
+
+    mid = wav if wav.ndim == 1 else wav.mean(axis=1)
+    return {"bpm": estimate_tempo(mid, SAMPLE_RATE), "key": estimate_key(mid, SAMPLE_RATE)}
+
+
 def cut_tracks(sources, described: dict, s: PrepareConfig, zips: ZipReader, folder: Path, skipped: list):
     """Decode, (normalise,) cut and drop near-silent pieces of every described source, writing the
     segments into `folder` as they are cut (track_segments: memory does not grow with a track's length).
@@ -764,6 +773,8 @@ def cut_tracks(sources, described: dict, s: PrepareConfig, zips: ZipReader, fold
                 write_audio(folder / fname, np.clip(wav, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
                 segments.append({"file": fname, "start": round(a / SAMPLE_RATE, 3),
                                  "duration": round((b - a) / SAMPLE_RATE, 3)})
+                if s.tempo_key:  # of the segment itself: a track's tempo and key can change along it
+                    segments[-1].update(tempo_and_key(wav))
         except Unusable as e:  # found mid-track, perhaps: what was written of it goes
             for seg in segments:
                 os.unlink(folder / seg["file"])
@@ -795,7 +806,8 @@ def split_into(staging: Path, tracks: list[dict], s: PrepareConfig) -> dict:
         for seg in t["segments"]:
             os.replace(staging / "segments" / seg["file"], staging / split / seg["file"])
             metadata[split].append({"audio": f"{split}/{seg['file']}", "description": t["description"],
-                                    "duration": seg["duration"], "source": t["source"], "start": seg["start"]})
+                                    "duration": seg["duration"], "source": t["source"], "start": seg["start"],
+                                    **{k: seg[k] for k in ("bpm", "key") if k in seg}})
     for split in metadata:
         metadata[split].sort(key=lambda e: e["audio"])
     return metadata

@@ -24,19 +24,24 @@ def save_png(fig, path: Path, dpi: int = 80):
         plt.close(fig)
 
 
-def _mark_times(ax, boundaries=(), prompt_end=None):
+def _mark_times(ax, boundaries=(), prompt_end=None, onsets=None):
     """Dashed lines where a long clip's windows start (generate.clip_windows), a dotted one where an
-    audio prompt ends and the model's continuation begins."""
+    audio prompt ends and the model's continuation begins; a solid red one, labelled, where each
+    raised fault starts (onsets: {flag: seconds}, metrics.score_clip's "onsets")."""
     for t in boundaries:
         ax.axvline(t, color="#1a73e8", linestyle="--", linewidth=0.9)
     if prompt_end:
         ax.axvline(prompt_end, color="#188038", linestyle=":", linewidth=1.2)
+    for k, (flag, t) in enumerate(sorted((onsets or {}).items(), key=lambda kv: kv[1])):
+        ax.axvline(t, color="#d93025", linewidth=1.4)
+        ax.text(t, 0.97 - 0.2 * k, f" {flag}", transform=ax.get_xaxis_transform(), color="#ffffff", fontsize=7,
+                va="top", ha="left", bbox={"facecolor": "#d93025", "edgecolor": "none", "pad": 1})
 
 
 def spectrogram_png(audio: np.ndarray, sample_rate: int, path: Path, title: str | None = None,
-                    boundaries=(), prompt_end: float | None = None):
+                    boundaries=(), prompt_end: float | None = None, onsets: dict | None = None):
     """Log-mel spectrogram (dB, 80 dB range) with a time axis in seconds; a (samples, channels) clip
-    is drawn from its mid signal (the mean of the channels). boundaries/prompt_end: _mark_times."""
+    is drawn from its mid signal (the mean of the channels). boundaries/prompt_end/onsets: _mark_times."""
     import librosa
 
     audio = np.asarray(audio)
@@ -60,7 +65,7 @@ def spectrogram_png(audio: np.ndarray, sample_rate: int, path: Path, title: str 
     ax.set_ylabel("Hz", fontsize=7, labelpad=1)
     ax.set_xlabel("s", fontsize=7, labelpad=1)
     ax.tick_params(labelsize=7)
-    _mark_times(ax, boundaries, prompt_end)
+    _mark_times(ax, boundaries, prompt_end, onsets)
     if title:
         ax.set_title(title, fontsize=8)
     fig.tight_layout(pad=0.3)

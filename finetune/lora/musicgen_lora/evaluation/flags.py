@@ -52,9 +52,20 @@ def model_flag_clips(flags: list[dict]) -> dict:
     return {name: n for name, n in measured.items() if 0 < n < len(flags)}
 
 
-def count_words(counts: dict, total: int | None, only_raised: bool = False, totals: dict | None = None) -> list[str]:
+def onset_words(times) -> str:
+    """' from 9.0 s' (one clip, or all at one time), ' from 6.5-9.0 s' (several); '' for none."""
+    times = sorted(float(t) for t in times or [] if t is not None)
+    if not times:
+        return ""
+    span = f"{times[0]:.1f}" if times[0] == times[-1] else f"{times[0]:.1f}-{times[-1]:.1f}"
+    return f" from {span} s"
+
+
+def count_words(counts: dict, total: int | None, only_raised: bool = False, totals: dict | None = None,
+                onsets: dict | None = None) -> list[str]:
     """['6/8 fade out', '0/8 noisy', ...] in the table's order (any unknown flag after them); totals:
-    model_flag_clips, the count a flag measured on fewer clips is out of ('0/4 ignore the melody')."""
+    model_flag_clips, the count a flag measured on fewer clips is out of ('0/4 ignore the melody');
+    onsets: {flag: [seconds where it starts in each clip raising it]} ('2/8 noisy from 8.5-9.0 s')."""
     names = list(FLAG_NAMES) + [k for k in counts if k not in WORDS]
     out = []
     for name in names:
@@ -63,5 +74,6 @@ def count_words(counts: dict, total: int | None, only_raised: bool = False, tota
             continue
         word = WORDS.get(name, name.replace("_", " "))
         of = (totals or {}).get(name, total)
-        out.append(f"{n}/{of} {word}" if isinstance(of, int) else f"{n} {word}")
+        when = onset_words((onsets or {}).get(name)) if n else ""
+        out.append((f"{n}/{of} {word}" if isinstance(of, int) else f"{n} {word}") + when)
     return out

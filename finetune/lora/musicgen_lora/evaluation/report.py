@@ -62,13 +62,16 @@ def _fmt(v, digits=2) -> str:
     return html.escape(str(v))
 
 
-def _flags_html(flags: dict | None) -> str:
+def _flags_html(flags: dict | None, onsets: dict | None = None) -> str:
+    """The raised flags as badges; onsets ({flag: seconds}) adds where each starts ("noisy from 9.0 s")."""
     if not flags:
         return ""
     raised = [name for name in FLAG_NAMES if flags.get(name)]
     if not raised:
         return '<span class="ok">no flags</span>'
-    return "".join(f'<span class="flag{" note" if n in NOTE_FLAG_NAMES else ""}">{html.escape(n)}</span>'
+    onsets = onsets or {}
+    return "".join(f'<span class="flag{" note" if n in NOTE_FLAG_NAMES else ""}">{html.escape(n)}'
+                   f'{f" from {onsets[n]:.1f} s" if isinstance(onsets.get(n), (int, float)) else ""}</span>'
                    for n in raised)
 
 
@@ -206,7 +209,7 @@ def _clip_cell(row: dict) -> str:
     s = row.get("settings") or {}
     setting = ", ".join(f"{k} {v}" for k, v in s.items() if k in ("guidance_scale", "temperature", "top_k", "top_p"))
     seed = f"seed {row['seed']}" if row.get("seed") is not None else ""
-    lines = [_flags_html(row.get("flags"))] if row.get("flags") is not None else []
+    lines = [_flags_html(row.get("flags"), row.get("flag_onsets"))] if row.get("flags") is not None else []
     if row.get("error"):
         lines.append(f'<span class="flag">unreadable</span> {html.escape(row["error"])}')
     if parts:
@@ -216,6 +219,12 @@ def _clip_cell(row: dict) -> str:
         lines.append(" &middot; ".join([f"{'stereo' if channels == 2 else 'multichannel'} ({channels} ch)"] +
                                        [f"{label} {_fmt(metrics.get(key), digits)}"
                                         for key, label, digits in STEREO_METRICS if key in metrics]))
+    asked = [f"asked {metrics['asked_bpm']:g} bpm: {_fmt(metrics.get('bpm'), 1)} ({metrics.get('tempo_match')})"
+             if "asked_bpm" in metrics else "",
+             f"asked {metrics['asked_key']}: {metrics.get('key')} ({metrics.get('key_match')})"
+             if "asked_key" in metrics else ""]  # evaluation/adherence.py
+    if any(asked):
+        lines.append(html.escape(" · ".join(a for a in asked if a)))
     if row.get("window_scores"):
         lines.append(_windows_html(row))
     lines.append(f'<span class="small">{html.escape(", ".join(x for x in (seed, setting) if x))}</span>')

@@ -16,6 +16,7 @@ import numpy as np
 from musicgen_lora.audio.reader import MUSICGEN_SAMPLE_RATE, load_audio
 from musicgen_lora.core.common import UserError, log, parse_json
 from musicgen_lora.core.outputs import atomic_dir, atomic_write_json, atomic_write_text, write_manifest
+from musicgen_lora.evaluation.adherence import adherence, adherence_words, asked, model_adherence
 from musicgen_lora.evaluation.config import TOOL
 from musicgen_lora.evaluation.figures import loudness_plot_png, spectrogram_png
 from musicgen_lora.evaluation.flags import count_words, model_flag_clips, model_flag_counts
@@ -73,6 +74,10 @@ def score_windows(row: dict, wav, sr: int):
                                      "integrated_lufs": scored["metrics"]["integrated_lufs"]})
         for name in flags:
             raised.setdefault(name, []).append(i)
+            if name in scored["onsets"]:  # the window's onset in the clip's time; the earliest wins
+                at = a + scored["onsets"][name]
+                onsets = row.setdefault("flag_onsets", {})
+                onsets[name] = min(onsets.get(name, at), at)
     for name in raised:
         row["flags"][name] = True
     row["flag_windows"] = raised
@@ -90,7 +95,13 @@ def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict,
             continue
         scored = score_clip(wav, sr)
         row["metrics"], row["flags"] = scored["metrics"], scored["flags"]
+        if scored["onsets"]:  # {flag: seconds} where each raised fault starts: "noisy from 9.0 s"
+            row["flag_onsets"] = dict(scored["onsets"])
+        if asked(row.get("prompt")):  # a prompt naming a tempo or key: did the clip follow it?
+            row["metrics"].update(adherence(to_mid(wav), sr, row["prompt"]))
         score_windows(row, wav, sr)
+        if row.get("flag_onsets") and row.get("spectrogram"):  # drawn before scoring: again, with the onsets marked
+            spectrogram_png(to_mid(wav), sr, out / row["spectrogram"], **time_marks(row), onsets=row["flag_onsets"])
         if row.get("melody") in (melodies or {}):
             from musicgen_lora.audio.chroma import chroma_cosine  # torch: only when there is a melody to compare with
 
@@ -117,11 +128,18 @@ def score_rows(out: Path, rows: list[dict], audio: list, sr: int, summary: dict,
         n = len(mine)
         counts = model_flag_counts([r["flags"] for r in mine])
         entry = {"num_clips": n, "flag_counts": counts}
+        onsets = {}
+        for r in mine:
+            for flag, at in (r.get("flag_onsets") or {}).items():
+                onsets.setdefault(flag, []).append(at)
+        if onsets:  # {flag: sorted onsets of the clips raising it}, for the verdict's "from 9.0 s"
+            entry["flag_onsets_s"] = {k: sorted(v) for k, v in onsets.items()}
         if model_flag_clips([r["flags"] for r in mine]):
             entry["flag_clips"] = model_flag_clips([r["flags"] for r in mine])
         channels = sorted({r["channels"] for r in mine})
         if channels:  # 1 mono, 2 stereo; [1, 2] for a folder of both
             entry["channels"] = channels[0] if len(channels) == 1 else channels
+        entry.update(model_adherence([r["metrics"] for r in mine]))  # tempo_asked, tempo_right, key_exact, ...
         entry.update({"held_out_loss": None, "fad": None})
         entry.update(extras.get(name, {}))
         for key in ("integrated_lufs", "loudness_slope_db_per_s", "loudness_drop_db", "silence_ratio",
@@ -161,7 +179,8 @@ def time_marks(row: dict) -> dict:
 
 def verdict(name: str, m: dict) -> str:
     """One line a person can act on, e.g. 'final_model: 6/8 fade out, 0/8 noisy; held-out loss 3.91'."""
-    line = f"{name}: " + ", ".join(count_words(m["flag_counts"], m["num_clips"], totals=m.get("flag_clips")))
+    line = f"{name}: " + ", ".join(count_words(m["flag_counts"], m["num_clips"], totals=m.get("flag_clips"),
+                                               onsets=m.get("flag_onsets_s")))
     tail = []
     if m.get("held_out_loss") is not None:
         ref = f" (uniform {m['uniform_loss']:.2f})" if m.get("uniform_loss") is not None else ""
@@ -172,6 +191,7 @@ def verdict(name: str, m: dict) -> str:
         tail.append(f"CLAP {m['clap_similarity']:.3f}")
     if m.get("chroma_cosine") is not None:
         tail.append(f"chroma cosine {m['chroma_cosine']:.3f}")
+    tail += adherence_words(m)
     if m.get("integrated_lufs") is not None:
         tail.append(f"{m['integrated_lufs']:.1f} LUFS")
     return line + ("; " + ", ".join(tail) if tail else "")

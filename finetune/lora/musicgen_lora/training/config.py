@@ -99,6 +99,11 @@ class TrainConfig:
                                          "(audiocraft's T5 word dropout), so prompts shorter or worded unlike the "
                                          "captions still steer. Default: 0.3 (0.2 for MusicGen-Melody).",
                                          type=probability, group=OPTIM)
+    merge_tempo_key_p: float = setting(0.0, "Probability of appending a clip's tempo and key (metadata \"bpm\" "
+                                       "and \"key\", e.g. from prepare_data.py --tempo_key) to its description in "
+                                       "training, as \"... key: a minor. bpm: 120.0\" (audiocraft's merge_text_p; "
+                                       "each field kept with probability 0.5), so prompts may name them. Default 0: "
+                                       "off, as in audiocraft.", type=probability, group=OPTIM)
     chroma_dropout: float | None = setting(None, "MusicGen-Melody: probability of training a clip with the null "
                                            "melody (what generation without --melody uses) instead of its chroma. "
                                            "Default: audiocraft's 0.5.", type=probability, group=OPTIM)

@@ -312,6 +312,7 @@ def make_loaders(cfg: TrainConfig, accelerator, model, processor, info: dict, sp
         log_fill(store_dir, stats)
     layout = {"hop_length": hop, "audio_channels": info["audio_channels"], "chroma": melody, "store": store}
     train_set = MusicDataset(clips["train"], sr, window, train=True, seed=cfg.seed, word_dropout=cfg.word_dropout,
+                             merge_tempo_key_p=cfg.merge_tempo_key_p,
                              chroma_rows=chroma_rows["train"], chroma_dropout=cfg.chroma_dropout or 0.0, **layout)
     valid_set = MusicDataset(clips["valid"], sr, window, train=False, seed=cfg.seed,
                              chroma_rows=chroma_rows["valid"], **layout)
