@@ -47,7 +47,7 @@ def main(argv=None):
                 for j in range(min(per_unit, args.clips - u * per_unit)):
                     w.add(f"c{j}", codes, frames * hop, "", "train", args.clip_seconds, "synthetic")
         size = sum(p.stat().st_size for p in store_dir.rglob("*.bin"))
-        real, memo = code_store.file_digest, {}
+        real, memo = code_store.file_sha256, {}
 
         def memoised(path):
             if str(path) not in memo:
@@ -57,11 +57,11 @@ def main(argv=None):
         checked, skipped = [], []
         for _ in range(args.repeats):
             for digest, times in ((real, checked), (memoised, skipped)):
-                code_store.file_digest = digest
+                code_store.file_sha256 = digest
                 start = time.perf_counter()
                 code_store.CodeStore(store_dir, key)
                 times.append(time.perf_counter() - start)
-        code_store.file_digest = real
+        code_store.file_sha256 = real
     a, b = min(checked), min(skipped[1:] or skipped)
     print(f"{args.clips:,} clips x {args.clip_seconds:g} s in {args.units} units, {size / 2**20:,.0f} MB of .bin "
           f"files: open {a:.2f} s with the sha256 check vs {b:.2f} s without; hashing "

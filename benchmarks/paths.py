@@ -15,3 +15,13 @@ def child_env() -> dict:
 
     paths = [str(Path(musicgen_lora.__file__).resolve().parents[1]), str(ROOT)]
     return dict(os.environ, PYTHONPATH=os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+
+
+def tiny_model(work: Path) -> Path:
+    """The offline tiny MusicGen under `work` (built once, reused by later runs)."""
+    from musicgen_lora.model.offline import build
+
+    model = Path(work) / "tiny-musicgen"
+    if not (model / "config.json").is_file():
+        build(str(model))
+    return model

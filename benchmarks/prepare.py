@@ -26,7 +26,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from benchmarks.paths import LORA
+from benchmarks.paths import LORA, tiny_model
 from musicgen_lora.audio.reader import MUSICGEN_SAMPLE_RATE as SR
 from musicgen_lora.cli.args import Parser, positive_float, positive_int
 from musicgen_lora.cli.runner import cli
@@ -137,13 +137,7 @@ def main(argv=None):
 
 
 def measure(args, work: Path):
-    model = args.model_path
-    if model is None:
-        from musicgen_lora.model.offline import build
-
-        model = work / "tiny-musicgen"
-        if not (model / "config.json").is_file():
-            build(str(model))
+    model = args.model_path or tiny_model(work)
     zips = make_zips(work, args.zips, args.clips_per_zip, args.clip_seconds)
     hours = args.zips * args.clips_per_zip * args.clip_seconds / 3600
     print(f"{args.zips} zips x {args.clips_per_zip} clips x {args.clip_seconds:g} s = {hours * 60:.1f} min of audio; "

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.paths import LORA
+from benchmarks.paths import LORA, tiny_model
 from benchmarks.peak_memory import run_with_peak
 from musicgen_lora.cli.args import Parser
 from musicgen_lora.cli.runner import cli
@@ -81,13 +81,7 @@ def main(argv=None):
 
 
 def measure(args, work: Path):
-    model = args.model_path
-    if model is None:
-        from musicgen_lora.model.offline import build
-
-        model = work / "tiny-musicgen"
-        if not (model / "config.json").is_file():
-            build(str(model))
+    model = args.model_path or tiny_model(work)
     lengths = {"20 s": 20.0, "5 min": 300.0} if args.quick else {"1 min": 60.0, "1 h": 3600.0}
     for name, seconds in lengths.items():
         folder = work / f"track-{name.replace(' ', '')}"

@@ -155,15 +155,15 @@ def test_a_full_disk_while_writing_wavs_is_one_line(tmp_path, monkeypatch):
         raise sf.LibsndfileError(2, "System error.")
 
     monkeypatch.setattr(sf, "write", failing)
-    monkeypatch.setattr(writer, "_free_bytes", lambda folder: 4096)
+    monkeypatch.setattr(writer, "free_mb", lambda folder: 0.004)
     with pytest.raises(OSError) as e:
         writer.write_audio(tmp_path / "x.wav", np.zeros(100, np.float32), 32000)
     assert e.value.errno == errno.ENOSPC and str(tmp_path / "x.wav") in str(e.value)
-    monkeypatch.setattr(writer, "_free_bytes", lambda folder: 10 ** 12)  # control: space left, not a full disk
+    monkeypatch.setattr(writer, "free_mb", lambda folder: 10 ** 6)  # control: space left, not a full disk
     with pytest.raises(sf.LibsndfileError):
         writer.write_audio(tmp_path / "x.wav", np.zeros(100, np.float32), 32000)
     # Through a script: prepare_data.py's WAV route ends in the one disk-full line.
-    monkeypatch.setattr(writer, "_free_bytes", lambda folder: 4096)
+    monkeypatch.setattr(writer, "free_mb", lambda folder: 0.004)
     proc = run_script("prepare_data.py", "--input_dir", tmp_path / "raw", "--output_dir", tmp_path / "out",
                       "--default_description", "x", "--segment_duration", 1, "--no_progress", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -8,22 +8,15 @@ file, so every script's one-line disk-full message (cli.runner, core.outputs.dis
 from __future__ import annotations
 
 import errno
-import os
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+from musicgen_lora.core.outputs import free_mb
+
 # Below this much free space a libsndfile "System error" on write is taken as the disk being full.
-FULL_BELOW_BYTES = 1 << 20
-
-
-def _free_bytes(folder: Path) -> int | None:
-    try:
-        st = os.statvfs(folder)
-    except OSError:
-        return None
-    return st.f_bavail * st.f_frsize
+FULL_BELOW_MB = 1.0
 
 
 def write_audio(path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16", format: str | None = None):  # noqa: A002
@@ -32,7 +25,7 @@ def write_audio(path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_1
     try:
         sf.write(str(path), audio, sample_rate, subtype=subtype, format=format)
     except sf.LibsndfileError as e:
-        free = _free_bytes(Path(path).parent)
-        if free is not None and free < FULL_BELOW_BYTES:
+        free = free_mb(Path(path).parent)
+        if free is not None and free < FULL_BELOW_MB:
             raise OSError(errno.ENOSPC, f"no space left on device ({e})", str(path)) from None
         raise

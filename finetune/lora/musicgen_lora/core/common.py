@@ -106,6 +106,16 @@ def rss_mb(field: str = "VmRSS") -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
+def total_ram_bytes() -> int | None:
+    """This machine's RAM in bytes (None when the OS does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def peak_rss_mb() -> float:
     return rss_mb("VmHWM")
 

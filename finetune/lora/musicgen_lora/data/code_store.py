@@ -68,7 +68,7 @@ from musicgen_lora.audio.chroma import SETTINGS as CHROMA_SETTINGS
 from musicgen_lora.audio.codes import num_frames_for_samples
 from musicgen_lora.core.common import UserError, log
 from musicgen_lora.core.outputs import apply_umask_tree, clean_stale, disk_full_error, remove_path, temp_path
-from musicgen_lora.data.code_cache import codec_identity, codec_settings
+from musicgen_lora.data.code_cache import codec_identity, codec_settings, file_sha256
 from musicgen_lora.model.checkpoint import model_info
 
 # StoreKey.format: what the codes are (unchanged by format 2, so format 1 units keep their codes).
@@ -401,15 +401,6 @@ class BadUnit(Exception):
     """Why a unit is skipped (the message names the unit folder)."""
 
 
-def file_digest(path, chunk=1 << 22) -> str:
-    """sha256 of a file read in 4 MB blocks (memory stays at one block)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _open_unit(unit_dir: Path, key: StoreKey) -> tuple[dict, np.ndarray]:
     """(unit.json, index as INDEX_DTYPE) of a unit this key may read, every file checked against its
     checksum (sha256 of codes.bin and chroma.bin too, from format 2 on); else BadUnit."""
@@ -439,7 +430,7 @@ def _open_unit(unit_dir: Path, key: StoreKey) -> tuple[dict, np.ndarray]:
     if v2:  # same-size damage: a flipped code trains silently, or stops training with an IndexError
         for name in (CODES, CHROMA):
             try:
-                digest = file_digest(unit_dir / name)
+                digest = file_sha256(unit_dir / name)
             except OSError as e:
                 raise BadUnit(f"{unit_dir}: {name} is unreadable ({e.strerror})") from None
             if digest != check.get(f"{name.split('.')[0]}_sha256"):

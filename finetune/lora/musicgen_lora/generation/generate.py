@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ from tqdm.auto import tqdm
 
 from musicgen_lora.audio.codes import build_delay_pattern_labels, codebook_delays, interleave_channels, split_channels
 from musicgen_lora.audio.writer import write_audio
-from musicgen_lora.core.common import UserError, log
+from musicgen_lora.core.common import UserError, log, total_ram_bytes
 from musicgen_lora.core.outputs import atomic_file, atomic_write_json
 from musicgen_lora.core.precision import dtype_of
 from musicgen_lora.data.metadata import tokenize_text
@@ -176,13 +175,6 @@ def clip_windows(model, duration: float, plan: WindowPlan | None = None,
     spans = plan_windows(total, window, overlap, prompt)
     return [[0.0 if i == 0 else w.start / info["frame_rate"], min(duration, w.stop / info["frame_rate"])]
             for i, w in enumerate(spans)]
-
-
-def total_ram_bytes() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_duration(model, duration: float, plan: WindowPlan | None = None, prompt_seconds: float = 0.0):

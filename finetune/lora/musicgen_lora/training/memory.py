@@ -88,10 +88,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import os
 from dataclasses import dataclass
 
-from musicgen_lora.core.common import UserError, log
+from musicgen_lora.core.common import UserError, log, total_ram_bytes
 from musicgen_lora.model.lora import DEFAULT_TARGETS
 from musicgen_lora.model.targets import ADAPTER_NAMES
 
@@ -434,10 +433,7 @@ def device_memory(device) -> int | None:
         if not torch.cuda.is_available():
             return None
         return torch.cuda.get_device_properties(torch.device(device)).total_memory
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
+    return total_ram_bytes()
 
 
 def half_precision(device) -> str:
