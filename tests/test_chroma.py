@@ -1,12 +1,16 @@
 """The melody chroma (musicgen_lora/audio/chroma.py) against an independent implementation of the algorithm
 transformers' MusicgenMelodyFeatureExtractor documents. That extractor needs torchaudio, which cannot
 be installed beside the pinned torch here, so the reference is librosa's STFT and chroma filters."""
-import librosa
 import numpy as np
 import pytest
 import torch
 
 from musicgen_lora.audio.chroma import HOP_LENGTH, N_FFT, chroma_features
+from musicgen_lora.audio.librosa_import import load_librosa
+
+# librosa's numba code loads under the toolkit's lock: two test workers compiling it at once into an
+# empty cache can poison it (audio/librosa_import.py)
+librosa = load_librosa()
 
 SR = 32000
 

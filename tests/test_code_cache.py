@@ -262,7 +262,9 @@ def test_long_clip_codes_are_the_same_cached_or_not_across_piece_boundaries(tiny
     sr, hop = info["sample_rate"], info["hop_length"]
     parts = [sf.read(c.audio_path, dtype="float32")[0] for c in read_metadata(example_data_dir)["train"]]
     long = np.concatenate(parts * 4)[: 70 * sr]
-    import librosa
+    from musicgen_lora.audio.librosa_import import load_librosa
+
+    librosa = load_librosa()
 
     path = tmp_path / "long.wav"
     sf.write(path, librosa.resample(long, orig_sr=sr, target_sr=44100), 44100)

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from musicgen_lora.audio.librosa_import import load_librosa
 from musicgen_lora.core.common import UserError
 
 # Every released MusicGen codec (musicgen-small ... -large, stereo, melody) runs at 32 kHz. The one
@@ -91,7 +92,7 @@ def resample(wav: np.ndarray, source_rate: int, sample_rate: int) -> np.ndarray:
     """Resample along the last axis ((n,) or (C, n))."""
     if source_rate == sample_rate:
         return wav
-    import librosa
+    librosa = load_librosa()
 
     return librosa.resample(wav, orig_sr=source_rate, target_sr=sample_rate, res_type=RESAMPLER, axis=-1)
 
@@ -122,7 +123,7 @@ def _decode_whole(path: Path, fix: str = DATA_FIX, duration: float | None = None
             _check_rate(path, sr, fix)
             return wav.T, sr
         except (sf.LibsndfileError, RuntimeError, TypeError):
-            import librosa
+            librosa = load_librosa()
 
             wav, sr = librosa.load(str(path), sr=None, mono=False, duration=duration)
             _check_rate(path, sr, fix)

@@ -1,8 +1,8 @@
 """Tempo (bpm) and key of a clip, estimated from its audio: the metadata audiocraft's MusicInfo holds as
 `bpm` and `key`, for prepare_data.py to store and for evaluation to compare with what a prompt asked.
 
-Tempo: librosa's beat tracker (onset strength, then the tempo its autocorrelation favours around
-120 bpm). Its usual error is an octave -- half or double the written tempo, which a listener may hear
+Tempo: the tempo librosa's beat tracker reports (onset strength, then the tempo its autocorrelation
+favours around 120 bpm). Its usual error is an octave -- half or double the written tempo, which a listener may hear
 either way -- so compare_tempo tells those apart from a wrong tempo.
 Key: the clip's chroma (librosa CQT chroma, summed over time) correlated with the 24 rotations of a
 major and a minor key profile; the best is the key. Profiles: Krumhansl-Kessler's probe-tone ratings
@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 
 import numpy as np
+
+from musicgen_lora.audio.librosa_import import load_librosa
 
 NOTE_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 _PC = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
@@ -38,20 +40,28 @@ TEMPO_TOLERANCE = 0.04
 
 
 def estimate_tempo(audio: np.ndarray, sample_rate: int) -> float | None:
-    """Beats per minute of a (samples,) clip (librosa.beat.beat_track); None for a silent clip."""
-    import librosa
+    """Beats per minute of a (samples,) clip; None for a silent clip.
+
+    The tempo librosa.beat.beat_track reports (onset strength with a median over mel bands, then
+    librosa.feature.tempo) without the beat positions, which nothing here uses: the same figures on
+    the rendered set (tests/data/real_music), and librosa.beat, whose numba code costs 1.7 s to load
+    in every process, is never loaded (audio/librosa_import.py).
+    """
+    librosa = load_librosa()
 
     y = np.asarray(audio, dtype=np.float32)
     if y.size == 0 or not np.any(y):
         return None
-    tempo, _ = librosa.beat.beat_track(y=y, sr=sample_rate)
-    bpm = float(np.atleast_1d(tempo)[0])
+    envelope = librosa.onset.onset_strength(y=y, sr=sample_rate, aggregate=np.median)
+    if not envelope.any():
+        return None
+    bpm = float(np.atleast_1d(librosa.feature.tempo(onset_envelope=envelope, sr=sample_rate))[0])
     return round(bpm, 1) if bpm > 0 else None
 
 
 def key_scores(audio: np.ndarray, sample_rate: int, profile: str = "krumhansl") -> np.ndarray:
     """(24,) correlations of the clip's chroma with the profile's major keys on C..B, then minor keys."""
-    import librosa
+    librosa = load_librosa()
 
     chroma = librosa.feature.chroma_cqt(y=np.asarray(audio, dtype=np.float32), sr=sample_rate).sum(axis=1)
     major, minor = (np.asarray(p, dtype=float) for p in PROFILES[profile])

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from musicgen_lora.audio.librosa_import import load_librosa
 from musicgen_lora.core.common import UserError
 
 
@@ -31,7 +32,7 @@ class ClapScorer:
     @torch.no_grad()
     def similarity(self, prompts: list[str], audio: list[np.ndarray], sample_rate: int, batch_size: int = 8):
         """Cosine similarity of each prompt with its clip, in [-1, 1]."""
-        import librosa
+        librosa = load_librosa()
 
         out = []
         rng_state = np.random.get_state()

@@ -13,6 +13,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from musicgen_lora.audio.librosa_import import load_librosa
 from musicgen_lora.core.outputs import atomic_file
 
 
@@ -42,7 +43,7 @@ def spectrogram_png(audio: np.ndarray, sample_rate: int, path: Path, title: str 
                     boundaries=(), prompt_end: float | None = None, onsets: dict | None = None):
     """Log-mel spectrogram (dB, 80 dB range) with a time axis in seconds; a (samples, channels) clip
     is drawn from its mid signal (the mean of the channels). boundaries/prompt_end/onsets: _mark_times."""
-    import librosa
+    librosa = load_librosa()
 
     audio = np.asarray(audio)
     if audio.ndim == 2:
