@@ -92,9 +92,11 @@ def test_tempo_and_key_of_the_rendered_set():
 
 
 @pytest.mark.slow
-def test_prepare_stores_tempo_and_key(tmp_path):
+def test_prepare_stores_tempo_and_key(tmp_path, tiny_model_dir):
+    from musicgen_lora.data.code_store import store_splits
     from musicgen_lora.data.config import PrepareConfig
     from musicgen_lora.data.prepare import prepare
+    from musicgen_lora.data.store_preparation import preparation_rules
 
     src = tmp_path / "src"
     src.mkdir()
@@ -117,6 +119,25 @@ def test_prepare_stores_tempo_and_key(tmp_path):
     prepare(PrepareConfig(input_dir=[str(src)], output_dir=str(out2), valid_ratio=0.5, no_progress=True))
     meta2 = json.loads((out2 / "metadata.json").read_text())
     assert not any("bpm" in e or "key" in e for split in meta2.values() if isinstance(split, list) for e in split)
+
+    # --codes_only stores the same estimates in its rows, and training reads them from there.
+    wav_route = {(Path(e["source"]).stem, e["start"]): (e["bpm"], e["key"]) for e in entries}
+    for tempo_key, folder in ((True, "codes"), (False, "codes2")):
+        cfg = PrepareConfig(input_dir=[str(src)], output_dir=str(tmp_path / folder), codes_only=True,
+                            model_path=str(tiny_model_dir), tempo_key=tempo_key, valid_ratio=0.5,
+                            segment_duration=15.0, no_progress=True)
+        prepare(cfg)
+        _, splits = store_splits(tmp_path / folder)
+        clips = [c for split in splits.values() for c in split]
+        assert len(clips) == 2
+        if tempo_key:
+            store, _ = store_splits(tmp_path / folder)
+            rows = [store.clip_info(c.store_index) for c in clips]
+            got = {(Path(r["source"]).stem, r["start"]): (c.bpm, c.key) for r, c in zip(rows, clips)}
+            assert got == {k: (bpm, key.lower()) for k, (bpm, key) in wav_route.items()}, (got, wav_route)
+        else:
+            assert all(c.bpm is None and c.key is None for c in clips)
+            assert "tempo_key" not in preparation_rules(cfg)  # stores made before the option keep their units
 
 
 @pytest.mark.slow

@@ -637,6 +637,11 @@ class CodeStore:
 
     def descriptions(self, indices) -> list[str]:
         """Descriptions of these clips, in order, reading each unit's clips.jsonl once."""
+        return [row["description"] for row in self.rows(indices, ("description",))]
+
+    def rows(self, indices, fields) -> list[dict]:
+        """These `fields` of these clips' clips.jsonl rows (those a row has), in order, reading each
+        unit's clips.jsonl once; only the fields are kept (100,000 whole rows would hold ~100 MB)."""
         indices = np.asarray(indices, dtype=np.int64)
         if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
             raise IndexError(f"clip indices outside a store of {len(self)}")
@@ -649,7 +654,8 @@ class CodeStore:
             u = int(units[group[0]])
             rows, first = self._unit_rows(u), int(self._first[u])
             for pos in group.tolist():
-                out[pos] = rows[int(indices[pos]) - first]["description"]
+                row = rows[int(indices[pos]) - first]
+                out[pos] = {k: row[k] for k in fields if k in row}
         return out
 
 
@@ -682,9 +688,9 @@ def recorded_key(store_dir) -> StoreKey:
 
 def store_splits(data_dir, strict: bool = False) -> tuple["CodeStore", dict]:
     """(the store, {"train": [Clip], "valid": [Clip]}) of a --codes_only data folder. Train clips carry
-    their store index and description only (no audio exists); validation clips also their kept audio
-    (FAD and the listening test read it)."""
-    from musicgen_lora.data.metadata import Clip
+    their store index, description, and tempo and key when estimated (--tempo_key), no audio (none
+    exists); validation clips also their kept audio (FAD and the listening test read it)."""
+    from musicgen_lora.data.metadata import Clip, music_info
 
     store_dir = default_store_dir(data_dir)
     store = CodeStore(store_dir, recorded_key(store_dir), strict)
@@ -692,13 +698,13 @@ def store_splits(data_dir, strict: bool = False) -> tuple["CodeStore", dict]:
     splits = {}
     for split in SPLITS:
         rows = store.split_indices(split)
-        texts = store.descriptions(rows)
         clips = []
-        for i, text in zip(rows.tolist(), texts):
+        for i, row in zip(rows.tolist(), store.rows(rows, ("description", "bpm", "key"))):
             audio = store_dir
             if split == "valid":
                 info = store.clip_info(i)
                 audio = units_dir(store_dir) / info["unit"] / info["audio"] if info.get("audio") else store_dir
-            clips.append(Clip(audio, text, split, store.num_samples(i) / sr, f"code store clip {i}", store_index=i))
+            clips.append(Clip(audio, row["description"], split, store.num_samples(i) / sr, f"code store clip {i}",
+                              store_index=i, **music_info(row)))
         splits[split] = clips
     return store, splits

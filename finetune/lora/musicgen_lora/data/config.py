@@ -61,9 +61,9 @@ class PrepareConfig:
                                                "e.g. -14 (default: off).", type=finite_float, group=COLLECTION,
                                                metavar="LUFS")
     tempo_key: bool = setting(False, "Estimate each segment's tempo and key (librosa's onset-autocorrelation "
-                              "tempo; chroma against Krumhansl-Kessler key profiles) into metadata.json as "
-                              "\"bpm\" and \"key\", as audiocraft's MusicInfo holds them (~1-2 s per segment on one "
-                              "core).", group=COLLECTION)
+                              "tempo; chroma against Krumhansl-Kessler key profiles) into metadata.json (with "
+                              "--codes_only: the store's rows) as \"bpm\" and \"key\", as audiocraft's MusicInfo "
+                              "holds them (~1-2 s per segment on one core).", group=COLLECTION)
     max_member_mb: float = setting(1024.0, "A zip member that unpacks to more MB than this is skipped (reported), "
                                    "never unpacked.", type=positive_float, group=COLLECTION)
     max_compression_ratio: float = setting(50.0, "A zip member over 16 MB that unpacks to more than this many times "

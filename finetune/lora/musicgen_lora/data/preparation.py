@@ -747,7 +747,7 @@ def describe_sources(sources: list[Source], s: PrepareConfig, zips: ZipReader):
 def tempo_and_key(wav: np.ndarray) -> dict:
     """{"bpm": 120.2, "key": "A minor"} of a segment, (n,) or (n, 2) at SAMPLE_RATE, from its mid signal;
     a value that cannot be estimated (a drum kit has no key: KEY_MIN_CORRELATION) is None."""
-    from musicgen_lora.audio.tempo_key import estimate_key, estimate_tempo  # librosa's beat/chroma: only when asked
+    from musicgen_lora.audio.tempo_key import estimate_key, estimate_tempo  # librosa: only when asked
 
     mid = wav if wav.ndim == 1 else wav.mean(axis=1)
     return {"bpm": estimate_tempo(mid, SAMPLE_RATE), "key": estimate_key(mid, SAMPLE_RATE)}

@@ -19,7 +19,7 @@ import math
 import struct
 import time
 from contextlib import closing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ from musicgen_lora.data.preparation import (
     describe,
     output_stem,
     rms_dbfs,
+    tempo_and_key,
     track_segments,
     track_skip,
 )
@@ -58,6 +59,7 @@ class Segment:
     split: str
     source: str
     start: float
+    music_info: dict = field(default_factory=dict)  # {"bpm": ..., "key": ...} with --tempo_key
 
 
 def source_segments(src, s: PrepareConfig, text: str, zips: ZipReader, channels: int, skipped: list,
@@ -76,7 +78,9 @@ def source_segments(src, s: PrepareConfig, text: str, zips: ZipReader, channels:
             continue
         audio = to_channels(as_pcm16(piece).reshape(len(piece), -1).T, channels)
         kept += 1
-        yield Segment(f"{stem}_{i:03d}", audio, text, split, src.name, round(a / SAMPLE_RATE, 3))
+        # of the segment as the WAV route estimates it (the same samples: preparation.cut_tracks)
+        info = tempo_and_key(wav) if s.tempo_key else {}
+        yield Segment(f"{stem}_{i:03d}", audio, text, split, src.name, round(a / SAMPLE_RATE, 3), info)
     dropped["short_tail"] += math.ceil(track["samples"] / seg_len) - (kept + silent)
     dropped["near_silent"] += silent
     nothing_kept = track_skip(src.name, kept, silent, track["samples"], s)
@@ -122,7 +126,7 @@ def prepare_unit(unit: Unit, s: PrepareConfig, model, key, store_dir: Path, zips
 
         def flush():
             for seg, codes in zip(pending, encode_segments(model, pending, batch_size)):
-                extra = {"start": seg.start}
+                extra = {"start": seg.start, **seg.music_info}
                 if seg.split == "valid":  # kept as audio: FAD and the listening test need it
                     extra["audio"] = write_valid_audio(writer, seg)
                 encoded.append((replace(seg, audio=None), seg.audio.shape[1], codes,
@@ -226,7 +230,9 @@ def preparation_rules(s: PrepareConfig) -> dict:
             "silence_threshold_db": s.silence_threshold_db, "normalize_loudness": s.normalize_loudness,
             "valid_ratio": s.valid_ratio, "seed": s.seed, "default_description": s.default_description,
             "descriptions_file": _file_digest(s.descriptions_file),
-            "metadata_jsonl": {p: _file_digest(p) for p in beside if Path(p).is_file()}}
+            "metadata_jsonl": {p: _file_digest(p) for p in beside if Path(p).is_file()},
+            # only when on: units made before the option existed keep their identity
+            **({"tempo_key": True} if s.tempo_key else {})}
 
 
 def prepare_codes(s: PrepareConfig, model, key, shard_size: int, batch_size: int = 8) -> dict:
