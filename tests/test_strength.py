@@ -170,6 +170,49 @@ def test_evaluate_ranks_strengths_of_one_adapter_side_by_side(tiny_model_dir, tr
     assert "at strength 0.5: held-out loss" in card
 
 
+@pytest.mark.slow
+def test_evaluate_compares_mixes_beside_their_adapters(tiny_model_dir, trained_run, example_data_dir, tmp_path):
+    run, _ = trained_run
+    first, second = run / "final_model", run / "checkpoints" / "checkpoint-2"
+    out = tmp_path / "eval"
+    proc = run_script("evaluate.py", "--model_path", tiny_model_dir, "--adapter", f"first={first}", "--adapter",
+                      f"second={second}", "--mix", f"all-first={first}:1,{second}:0", "--mix",
+                      f"half={first}:0.5,{second}:0.5", "--data_dir", example_data_dir, "--target_duration", 6,
+                      "--prompts", "dark trap 808", "--duration", 0.5, "--seed", 3, "--output_dir", out,
+                      "--no_progress")
+    models = json.loads((out / "summary.json").read_text())["models"]
+    assert list(models) == ["base_model", "first", "second", "all-first", "half"]
+    loss = {n: m["held_out_loss"] for n, m in models.items()}
+    assert loss["first"] != loss["second"]  # the control: the two adapters differ
+    assert loss["all-first"] == loss["first"]  # a mix at 1/0 is the first adapter, to the last bit
+    assert len({loss["half"], loss["first"], loss["second"], loss["base_model"]}) == 4  # 0.5/0.5 is neither
+    half = models["half"]
+    assert half["adapter_path"] is None and half["lora_scale"] is None and half.get("run_id") is None
+    assert [(m["path"], m["strength"]) for m in half["mix"]] == [(str(first), 0.5), (str(second), 0.5)]
+    side = json.loads((out / "half" / "00_dark-trap-808.json").read_text())
+    assert side["adapter"] is None and [m["strength"] for m in side["mix"]] == [0.5, 0.5]
+    assert sum(line.startswith(("all-first", "half")) for line in proc.stdout.splitlines()) >= 2  # verdicts
+    from musicgen_lora.evaluation.listening import read_key
+
+    assert {c["model"] for g in read_key(out)["groups"] for c in g["clips"].values()} == set(models)
+    # the adapters' cards: a mix is another model compared, never a base verdict; no card is a mix's
+    card = (first / "README.md").read_text()
+    assert "half" in card and "all-first" in card
+
+
+def test_mix_flags_are_checked_in_one_line(tiny_model_dir, trained_run, tmp_path):
+    run, _ = trained_run
+    first, second = run / "final_model", run / "checkpoints" / "checkpoint-2"
+    common = ("--model_path", tiny_model_dir, "--prompts", "x", "--output_dir", tmp_path / "o")
+    for value, needles in ((f"{first}:1,{second}:1", ("--mix", "NAME=FOLDER:WEIGHT")),
+                           (f"one={first}:0.5", ("--mix", "two adapters or more")),
+                           (f"twice={first}:0.5,{first}:0.5", ("--mix", "twice")),
+                           (f"neg={first}:-1,{second}:1", ("--mix neg=", "0 or more")),
+                           (f"gone={first}:1,{tmp_path / 'missing'}:1", ("missing",))):
+        proc = run_script("evaluate.py", *common, "--mix", value, check=False)
+        assert_one_line_error(proc, *needles)
+
+
 def test_strength_flags_are_checked_in_one_line(tiny_model_dir, tmp_path):
     common = ("--model_path", tiny_model_dir, "--prompts", "x", "--output_dir", tmp_path / "o")
     adapter = tmp_path / "adapter"  # refused before any folder is read

@@ -34,7 +34,14 @@ from musicgen_lora.generation.generate import (
 from musicgen_lora.generation.prompts import Job, Prompt, clip_filename, describe_settings, slugify
 from musicgen_lora.generation.sampling import GenerationSettings
 from musicgen_lora.model.checkpoint import model_info
-from musicgen_lora.model.lora import adapter_run_id, adapter_step, check_adapter_dir, load_adapter, set_strengths
+from musicgen_lora.model.lora import (
+    adapter_run_id,
+    adapter_step,
+    check_adapter_dir,
+    check_same_layout,
+    load_adapter,
+    set_strengths,
+)
 from musicgen_lora.model.loss import evaluate_loss
 
 
@@ -45,15 +52,33 @@ class ModelSpec:
     run_id: str | None = None  # the training run the adapter came from (None: base, or unknown)
     scale: float | None = None  # its strength (--lora_scale/--lora_scales); None: 1, as trained
     adapter: str | None = None  # the PEFT adapter name it runs (default: name; strengths of one adapter share one)
+    mix: tuple = ()  # a weighted mix (--mix): ((folder, weight), ...), adapter_path None; no run is credited
 
     @property
     def adapter_name(self) -> str:
         return self.adapter or self.name
 
     @property
+    def is_base(self) -> bool:
+        return self.adapter_path is None and not self.mix
+
+    @property
+    def folders(self) -> list[Path]:
+        """The adapter folders it runs: none (base), one, or a mix's."""
+        return [Path(p) for p, _ in self.mix] if self.mix else [] if self.adapter_path is None else [self.adapter_path]
+
+    @property
     def strength(self) -> float | None:
-        """The recorded strength: None for the base model, 1.0 for an adapter as trained."""
+        """The recorded strength: None for the base model and for a mix (its weights say it), 1.0 for an
+        adapter as trained."""
         return None if self.adapter_path is None else (1.0 if self.scale is None else self.scale)
+
+    def record(self) -> dict:
+        """What results and sidecars say of the model: its adapter, or its mix (each folder, its strength
+        and run, as inference_lora.py's sidecars list a mix's "adapters"), and its strength."""
+        return {"adapter_path": str(self.adapter_path) if self.adapter_path else None,
+                "mix": [{"path": str(p), "strength": w, "run_id": adapter_run_id(Path(p))} for p, w in self.mix]
+                or None, "lora_scale": self.strength}
 
 
 def adapter_spec(name: str, path) -> ModelSpec:
@@ -84,39 +109,65 @@ def refuse_running_runs(specs: list[ModelSpec]):
     """An adapter of a run that is still training changes under the evaluation (best_model/ is replaced
     at every better validation): its verdict would describe no adapter that exists, and it would go
     into the model card. Refused, naming the trainer; a copy of the adapter can be evaluated now."""
-    for spec in specs:
-        if spec.adapter_path is None:
-            continue
-        run_dir = Path(spec.adapter_path).parent
+    for folder in (folder for spec in specs for folder in spec.folders):
+        run_dir = folder.parent
         holder = lock_holder(run_dir) if (run_dir / "run_config.json").is_file() else None
         if holder is not None and holder.get("tool") == "train_lora.py":
             raise UserError(f"{run_dir}: still training (train_lora.py, pid {holder.get('pid', '?')}, since "
-                            f"{holder.get('started', '?')}); its {Path(spec.adapter_path).name}/ changes while it "
+                            f"{holder.get('started', '?')}); its {folder.name}/ changes while it "
                             f"runs: evaluate when the run has finished, or evaluate a copy now (cp -r "
-                            f"{spec.adapter_path} /tmp/{Path(spec.adapter_path).name}_now and pass that)")
+                            f"{folder} /tmp/{folder.name}_now and pass that)")
 
 
 def at_strengths(models: list[ModelSpec], scales) -> list[ModelSpec]:
     """Each adapter of `models` once per strength in `scales`, as its own model NAME@S (one PEFT
     adapter, loaded once, run at each strength), so the blind page, the tally, the flags and the
-    held-out loss rank the strengths side by side. No scales: `models` as they are."""
+    held-out loss rank the strengths side by side; a mix at S has every weight times S (as
+    inference_lora.py's --lora_scale with a mix). No scales: `models` as they are."""
     if not scales:
         return models
-    if all(spec.adapter_path is None for spec in models):
+    if all(spec.is_base for spec in models):
         raise UserError("--lora_scale/--lora_scales set an adapter's strength: pass the adapter too (--compare "
                         "--lora_model_path ADAPTER, --compare_multi, or --adapter NAME=PATH)")
-    return [m for spec in models for m in ([spec] if spec.adapter_path is None else
-                                            [ModelSpec(f"{spec.name}@{s:g}", spec.adapter_path, spec.run_id,
-                                                       scale=float(s), adapter=spec.name) for s in scales])]
+
+    def at(spec: ModelSpec, s: float) -> ModelSpec:
+        if spec.mix:
+            return ModelSpec(f"{spec.name}@{s:g}", None, mix=tuple((p, w * float(s)) for p, w in spec.mix))
+        return ModelSpec(f"{spec.name}@{s:g}", spec.adapter_path, spec.run_id, scale=float(s), adapter=spec.name)
+
+    return [m for spec in models for m in ([spec] if spec.is_base else [at(spec, s) for s in scales])]
+
+
+def mix_spec(value: str) -> ModelSpec:
+    """--mix NAME=FOLDER:WEIGHT,FOLDER:WEIGHT[,...]: the adapters' weighted updates added, as
+    inference_lora.py mixes them (model.lora.set_strengths)."""
+    from musicgen_lora.generation.config import weighted_paths
+
+    name, _, parts = value.partition("=")
+    example = "--mix jazzy-lofi=jazz/best_model:0.7,lofi/best_model:0.3"
+    if not name or not parts:
+        raise UserError(f"--mix {value}: use NAME=FOLDER:WEIGHT,FOLDER:WEIGHT, e.g. {example}")
+    if slugify(name, 60) != name.lower():
+        raise UserError(f"--mix {value}: NAME must be letters, digits and dashes (it names a folder)")
+    weighted = weighted_paths([p for p in parts.split(",") if p], flag=f"--mix {name}=")
+    if len(weighted) < 2:
+        raise UserError(f"--mix {value}: a mix names two adapters or more, e.g. {example}; one adapter at a "
+                        f"strength is --adapter NAME=PATH with --lora_scale")
+    folders = [check_adapter_dir(p) for p, _ in weighted]
+    if len({f.resolve() for f in folders}) < len(folders):
+        raise UserError(f"--mix {value}: names one adapter twice; give it one weight")
+    check_same_layout(folders, f"--mix {name}")
+    return ModelSpec(name, None, mix=tuple((f, w) for f, (_, w) in zip(folders, weighted)))
 
 
 def resolve_models(lora_model_path=None, best_model_path=None, final_model_path=None, adapters=(),
-                   compare: bool = False, compare_multi: bool = False, scales=()) -> list[ModelSpec]:
+                   compare: bool = False, compare_multi: bool = False, scales=(), mixes=()) -> list[ModelSpec]:
     """base_model first, then the adapters evaluate.py's flags name, each with a unique folder name.
 
     compare_multi: the run dir at lora_model_path (its best_model/ and final_model/), or the two
     adapter paths; compare (or a lone lora_model_path): that one adapter as lora_model; adapters:
-    "NAME=PATH" strings, added under NAME. scales: each adapter at each strength (at_strengths).
+    "NAME=PATH" strings, added under NAME; mixes: "NAME=FOLDER:W,FOLDER:W" strings (mix_spec). scales:
+    each adapter and mix at each strength (at_strengths).
     """
     models = [ModelSpec(BASE, None)]
     run_dir = Path(lora_model_path) if lora_model_path else None
@@ -143,6 +194,7 @@ def resolve_models(lora_model_path=None, best_model_path=None, final_model_path=
         if slugify(name, 60) != name.lower() or not name:
             raise UserError(f"--adapter {spec}: NAME must be letters, digits and dashes (it names a folder)")
         models.append(adapter_spec(name, path))
+    models += [mix_spec(value) for value in mixes]
     models = at_strengths(models, scales)
     names = [m.name for m in models]
     dup = {n for n in names if names.count(n) > 1}
@@ -154,30 +206,42 @@ def resolve_models(lora_model_path=None, best_model_path=None, final_model_path=
 class ModelBank:
     """The base model loaded once; every adapter is attached to it under its own name and switched on
     for its turn at the spec's strength (set_strengths: PEFT's set_adapter and per-adapter scaling),
-    the base model runs with adapters disabled. Loading all adapters up front means an adapter that
-    does not fit fails before any generation time is spent; strengths of one adapter share it."""
+    a mix's adapters together at their weights; the base model runs with adapters disabled. Loading
+    all adapters up front means an adapter that does not fit fails before any generation time is
+    spent; strengths of one adapter share it, and a mix reuses an adapter compared on its own."""
 
     def __init__(self, base_model, specs: list[ModelSpec]):
         self.model = base_model
         self.peft = None
-        loaded = set()
-        for spec in specs:
-            if spec.adapter_path is not None and spec.adapter_name not in loaded:
-                self.peft = load_adapter(base_model, spec.adapter_path, adapter_name=spec.adapter_name,
-                                         into=self.peft)
-                loaded.add(spec.adapter_name)
+        self.names: dict[Path, str] = {}  # adapter folder (resolved) -> its PEFT adapter name
+        wanted = [(spec.adapter_path, spec.adapter_name) for spec in specs if spec.adapter_path is not None]
+        wanted += [(folder, f"{spec.name}__{i}") for spec in specs for i, folder in enumerate(spec.folders)
+                   if spec.mix]
+        for folder, name in wanted:
+            if Path(folder).resolve() in self.names:
+                continue
+            while name in self.names.values():  # a user's NAME may look like a mix part's
+                name += "_"
+            self.peft = load_adapter(base_model, folder, adapter_name=name, into=self.peft)
+            self.names[Path(folder).resolve()] = name
         if self.peft is not None:
             self.peft.eval()
+
+    def strengths(self, spec: ModelSpec) -> dict[str, float]:
+        """{PEFT adapter name: strength} that run `spec`."""
+        if spec.mix:
+            return {self.names[Path(p).resolve()]: w for p, w in spec.mix}
+        return {self.names[Path(spec.adapter_path).resolve()]: spec.strength}
 
     @contextlib.contextmanager
     def use(self, spec: ModelSpec):
         if self.peft is None:
             yield self.model
-        elif spec.adapter_path is None:
+        elif spec.is_base:
             with self.peft.disable_adapter():
                 yield self.peft
         else:
-            set_strengths(self.peft, {spec.adapter_name: spec.strength})
+            set_strengths(self.peft, self.strengths(spec))
             yield self.peft
 
 
@@ -185,16 +249,14 @@ def training_runs(specs: list[ModelSpec], folder: Path) -> list[dict]:
     """The training runs the adapters came from. Their training curves and review are copied into
     `folder` (training/<run>/), so the report links to them and still works when moved or zipped."""
     runs, seen = [], set()
-    for spec in specs:
-        if spec.adapter_path is None:
-            continue
-        run_dir = next((d for d in (spec.adapter_path.parent, spec.adapter_path.parent.parent)
+    for adapter in (adapter for spec in specs for adapter in spec.folders):
+        run_dir = next((d for d in (adapter.parent, adapter.parent.parent)
                         if (d / "run_config.json").is_file()), None)
         if run_dir is None or run_dir.resolve() in seen:
             continue
         seen.add(run_dir.resolve())
         name = slugify(run_dir.resolve().name, 60)
-        entry = {"name": run_dir.resolve().name, "run_dir": str(run_dir.resolve()), "run_id": spec.run_id}
+        entry = {"name": run_dir.resolve().name, "run_dir": str(run_dir.resolve()), "run_id": adapter_run_id(adapter)}
         for key, file in (("curves", "training_curves.png"), ("review", "review.txt")):
             if (run_dir / "logs" / file).is_file():
                 rel = f"training/{name}/{file}"
@@ -321,7 +383,6 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
             for job, wav in zip(jobs, audio):
                 name = clip_filename(job.prompt, job.sample if many else None)
                 rel = f"{spec.name}/{name}.wav"
-                adapter = str(spec.adapter_path) if spec.adapter_path else None
                 melody = melody_rel.get(job.prompt.melody)  # the copy in this folder, or None
                 # Where each window's new audio starts (the report marks them, scoring flags each), and
                 # for a continuation, the file it continues and the real music that follows.
@@ -330,8 +391,8 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
                     continued.update({"audio_prompt": job.prompt.audio_prompt, "prompt_seconds": given.prompt_seconds,
                                       "reference_audio": real_rel[job.prompt.audio_prompt]})
                 sidecar = {"prompt": job.prompt.text, "prompt_id": job.prompt.id, "model": spec.name,
-                           "base_model": given.base_model_path, "adapter": adapter, "run_id": spec.run_id,
-                           "lora_scale": spec.strength,
+                           "base_model": given.base_model_path, "adapter": spec.record()["adapter_path"],
+                           "mix": spec.record()["mix"], "run_id": spec.run_id, "lora_scale": spec.strength,
                            "sample": job.sample, "seed": job.seed, "melody": job.prompt.melody,
                            "melody_copy": f"../{melody}" if melody else None,  # relative to the sidecar
                            **setting_dict, **{k: v for k, v in continued.items() if k != "reference_audio"},
@@ -341,8 +402,7 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
                 write_clip(tmp / rel, wav, sr, sidecar, wav_subtype)
                 spectrogram_png(wav, sr, tmp / spec.name / f"{name}.png", **time_marks({**continued, **sidecar}))
                 rows.append({"prompt_id": job.prompt.id, "prompt": job.prompt.text, "model": spec.name,
-                             "adapter_path": str(spec.adapter_path) if spec.adapter_path else None,
-                             "lora_scale": spec.strength, "wav": rel, "spectrogram": f"{spec.name}/{name}.png",
+                             **spec.record(), "wav": rel, "spectrogram": f"{spec.name}/{name}.png",
                              "seed": job.seed,
                              "sample": job.sample, "melody": melody, "melody_source": job.prompt.melody,
                              **continued, "settings": setting_dict, "sample_rate": sr,
@@ -352,9 +412,8 @@ def compare_models(bank: ModelBank, processor, specs: list[ModelSpec], jobs: lis
         summary = {"created": created, "base_model": given.base_model_path, "settings": setting_dict,
                    "num_prompts": len({j.prompt.id for j in jobs}), "clips_per_model": len(jobs), "run_ids": run_ids,
                    "training_runs": training_runs(specs, tmp)}
-        extras = {s.name: {"adapter_path": str(s.adapter_path) if s.adapter_path else None, "run_id": s.run_id,
+        extras = {s.name: {**s.record(), "run_id": s.run_id,
                            "adapter_step": adapter_step(s.adapter_path) if s.adapter_path else None,
-                           "lora_scale": s.strength,
                            **given.model_numbers.get(s.name, {}), "fad": fad.get(s.name)} for s in specs}
         score_rows(tmp, rows, audio_by_row, sr, summary, extras, given.notes, given.clap,
                    melodies={rel: melodies[source] for source, rel in melody_rel.items()})

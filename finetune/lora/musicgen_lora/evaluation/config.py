@@ -32,6 +32,10 @@ class EvaluateConfig(GenerationConfig):
                                            group=MODELS)
     adapter: list = setting([], "Another adapter to compare under NAME (repeatable).", group=MODELS,
                             action="append", metavar="NAME=PATH")
+    mix: list = setting([], "A weighted mix of adapters to compare under NAME (repeatable): their weighted updates "
+                        "add, as inference_lora.py --lora_model_path FOLDER:WEIGHT ... mixes them, e.g. "
+                        "jazzy-lofi=jazz/best_model:0.7,lofi/best_model:0.3.", group=MODELS, action="append",
+                        metavar="NAME=FOLDER:W,FOLDER:W")
     lora_scale: float = setting(1.0, LORA_SCALE_HELP + " Every adapter compared runs at it (named NAME@S).",
                                 type=nonneg_float, group=MODELS)
     lora_scales: list = setting([], "Several strengths of every adapter compared, each its own model of the "

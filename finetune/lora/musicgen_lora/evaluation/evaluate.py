@@ -119,7 +119,7 @@ def _compare(cfg: EvaluateConfig, out: Path) -> dict:
 
     check_output_dir(out, cfg.overwrite)
     specs = resolve_models(cfg.lora_model_path, cfg.best_model_path, cfg.final_model_path, cfg.adapter,
-                           compare=cfg.compare, compare_multi=cfg.compare_multi, scales=cfg.scales)
+                           compare=cfg.compare, compare_multi=cfg.compare_multi, scales=cfg.scales, mixes=cfg.mix)
     refuse_running_runs(specs)
     given = Comparison(base_model_path=cfg.model_path, wav_subtype=cfg.wav_subtype, prompt_seconds=cfg.prompt_seconds)
     data_dir, metadata_file = cfg.data_dir, cfg.metadata_file

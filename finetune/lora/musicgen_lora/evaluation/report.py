@@ -268,6 +268,11 @@ def _reference_rows(group: list[dict]) -> list[str]:
     return out
 
 
+def is_base_entry(model: dict) -> bool:
+    """A summary.json "models" entry (or a results row) of the base model: neither an adapter nor a mix."""
+    return not model.get("adapter_path") and not model.get("mix")
+
+
 def _strength_table(summary: dict) -> str:
     """evaluate.py --lora_scales: each adapter's held-out loss and FAD against its strength, the base
     model as strength 0 (the same prompts, seeds and validation clips), when one adapter ran at two
@@ -280,7 +285,7 @@ def _strength_table(summary: dict) -> str:
     sweeps = {a: sorted(runs, key=lambda r: r[0]) for a, runs in by_adapter.items() if len(runs) > 1}
     if not sweeps:
         return ""
-    base = next((m for m in models.values() if not m.get("adapter_path")), None)
+    base = next((m for m in models.values() if is_base_entry(m)), None)
     body = []
     for runs in sweeps.values():
         for strength, name, m in ([(0.0, "base model", base)] if base else []) + runs:

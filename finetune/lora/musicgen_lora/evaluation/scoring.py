@@ -279,7 +279,7 @@ def score_folder(input_dir: Path, out: Path, sample_rate: int = MUSICGEN_SAMPLE_
             model = rel_in.parts[0] if len(rel_in.parts) > 1 else "clips"
             side = sidecars[path]
             row = {"prompt_id": side.get("prompt_id") or path.stem, "prompt": side.get("prompt"), "model": model,
-                   "adapter_path": side.get("adapter"), "run_id": side.get("run_id"),
+                   "adapter_path": side.get("adapter"), "mix": side.get("mix"), "run_id": side.get("run_id"),
                    "wav": os.path.relpath(path.resolve(), out.resolve()),
                    "seed": side.get("seed"), "sample": side.get("sample", 0) or 0,
                    "settings": {k: side[k] for k in ("duration", "guidance_scale", "temperature", "top_k", "top_p",
@@ -318,7 +318,8 @@ def score_folder(input_dir: Path, out: Path, sample_rate: int = MUSICGEN_SAMPLE_
         # Which adapter (and training run) made each model's clips, from their sidecars: credited to that run.
         extras = {}
         for row in rows:
-            extras.setdefault(row["model"], {"adapter_path": row.get("adapter_path"), "run_id": row.get("run_id")})
+            extras.setdefault(row["model"], {"adapter_path": row.get("adapter_path"), "mix": row.get("mix"),
+                                             "run_id": row.get("run_id")})
         score_rows(tmp, rows, audio, sample_rate, summary, extras, ["--score_only: no models loaded, so no "
                                                                     "held-out loss or FAD."],
                    melodies={k: v for k, v in melodies.items() if v is not None})

@@ -34,6 +34,7 @@ import yaml
 
 from musicgen_lora.core.common import log, parse_json
 from musicgen_lora.core.outputs import atomic_write_text
+from musicgen_lora.evaluation.report import is_base_entry
 from musicgen_lora.model.targets import ADAPTER_NAMES
 
 CARD = "README.md"
@@ -134,8 +135,8 @@ def evaluation_entry(name: str, summary: dict, out: Path) -> dict:
     return {"folder": os.path.abspath(out), "date": summary.get("created"), "model": name,
             "verdict": mine.get("verdict"), "lora_scale": mine.get("lora_scale"),
             "strengths": strengths if len(same) > 1 else None,
-            "base_verdicts": [m.get("verdict") for n, m in models.items() if n != name and not m.get("adapter_path")],
-            "also_compared": [n for n, m in models.items() if n not in same and m.get("adapter_path")],
+            "base_verdicts": [m.get("verdict") for n, m in models.items() if n != name and is_base_entry(m)],
+            "also_compared": [n for n, m in models.items() if n not in same and not is_base_entry(m)],
             "held_out_loss": mine.get("held_out_loss"), "uniform_loss": mine.get("uniform_loss"),
             "fad": mine.get("fad"), "flag_counts": mine.get("flag_counts"), "num_clips": mine.get("num_clips"),
             "num_prompts": summary.get("num_prompts"), "duration": settings.get("duration"),

@@ -36,6 +36,7 @@ from musicgen_lora.core.outputs import atomic_file
 from musicgen_lora.core.paths import PATH_KEYS, recorded_path
 from musicgen_lora.evaluation.flags import count_words
 from musicgen_lora.evaluation.listening import short_tally
+from musicgen_lora.evaluation.report import is_base_entry
 from musicgen_lora.training.metrics_log import read_metrics
 
 RUNNING_MINUTES = 10.0
@@ -138,7 +139,7 @@ def read_evaluations(run_dir: Path, notes: list, run_id: str | None = None) -> d
         entries = {name: e for name, e in entries.items() if isinstance(e, dict)}
         credited = credited_models(entries, run_id)
         if credited is None:
-            adapters = [e for e in entries.values() if e.get("adapter_path")]
+            adapters = [e for e in entries.values() if not is_base_entry(e)]
             other = ", ".join(sorted({str(e.get("run_id")) for e in adapters})) or "none recorded"
             notes.append(f"{path.parent.name}/ holds no results of this run's adapters (theirs: run id {other}), "
                          f"ignored")
@@ -153,8 +154,9 @@ def credited_models(entries: dict, run_id: str | None) -> dict | None:
     adapters; None when it holds none of this run's adapters (it belongs to another run)."""
     if run_id is None:
         return entries
-    entries = {n: e for n, e in entries.items() if not e.get("adapter_path") or e.get("run_id") == run_id}
-    return entries if any(e.get("adapter_path") for e in entries.values()) else None
+    entries = {n: e for n, e in entries.items() if is_base_entry(e) or (e.get("adapter_path") and
+                                                                        e.get("run_id") == run_id)}
+    return entries if any(not is_base_entry(e) for e in entries.values()) else None
 
 
 def read_listening(run_dir: Path, run_id: str | None = None) -> str:
