@@ -162,4 +162,9 @@ def test_evaluation_scores_clips_against_the_tempo_and_key_their_prompt_asks(tmp
     rows = [json.loads(line) for line in (tmp_path / "scored" / "comparison_results.jsonl").read_text().splitlines()]
     final_row = next(r for r in rows if r["model"] == "final_model")
     assert final_row["metrics"]["asked_key"] == "F major" and final_row["metrics"]["key_match"] == "exact"
-    assert "asked 92 bpm" in (tmp_path / "scored" / "report.html").read_text()
+    report = (tmp_path / "scored" / "report.html").read_text()
+    assert "asked 92 bpm" in report
+    # the models table ranks them: a column each, the right model's share 1, the control's 0
+    assert (final["tempo_as_asked"], final["key_as_asked"], base["tempo_as_asked"], base["key_as_asked"]) == \
+        (1.0, 1.0, 0.0, 0.0)
+    assert "tempo as asked" in report and "key as asked" in report

@@ -57,16 +57,20 @@ def adherence(audio, sample_rate: int, prompt) -> dict:
 
 def model_adherence(metrics: list[dict]) -> dict:
     """Per model, over its clips' metrics: {"tempo_asked": n, "tempo_right": n, "tempo_octave": n,
-    "key_asked": n, "key_exact": n, "key_near": n (relative or a fifth away)}, only the parts asked."""
+    "key_asked": n, "key_exact": n, "key_near": n (relative or a fifth away)}, only the parts asked, and
+    the shares the report's models table ranks: "tempo_as_asked" (right / asked), "key_as_asked"
+    (exact / asked)."""
     out = {}
     tempo = [m.get("tempo_match") for m in metrics if "asked_bpm" in m]
     if tempo:
         out.update({"tempo_asked": len(tempo), "tempo_right": tempo.count("right"),
-                    "tempo_octave": tempo.count("half") + tempo.count("double")})
+                    "tempo_octave": tempo.count("half") + tempo.count("double"),
+                    "tempo_as_asked": round(tempo.count("right") / len(tempo), 4)})
     keys = [m.get("key_match") for m in metrics if "asked_key" in m]
     if keys:
         out.update({"key_asked": len(keys), "key_exact": keys.count("exact"),
-                    "key_near": keys.count("relative") + keys.count("fifth")})
+                    "key_near": keys.count("relative") + keys.count("fifth"),
+                    "key_as_asked": round(keys.count("exact") / len(keys), 4)})
     return out
 
 

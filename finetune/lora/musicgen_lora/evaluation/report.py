@@ -98,6 +98,8 @@ MODEL_COLUMNS = (
     ("clipping_ratio", "mean clipping", 4, "lower"),
     ("clap_similarity", "CLAP", 3, "higher"),
     ("chroma_cosine", "chroma cosine", 3, "higher"),  # clips with a reference melody only
+    ("tempo_as_asked", "tempo as asked", 2, "higher"),  # share of the clips whose prompt names a tempo
+    ("key_as_asked", "key as asked", 2, "higher"),  # ... a key (evaluation/adherence.py)
     ("lr_correlation", "mean L/R corr", 3, None),  # stereo models only
     ("side_mid_db", "mean side/mid dB", 1, None),
 )
