@@ -1,9 +1,10 @@
 """librosa's numba code is compiled and cached under one lock (musicgen_lora/audio/librosa_import.py):
 processes starting together on a fresh install must not poison numba's cache.
 
-Without the lock the first test fails in some runs, not all (measured: 4 processes at once into an
-empty cache, then a fifth, crashed with SIGSEGV in 2 of 5 trials); the second fails every time that
-code with eagerly compiled numba ufuncs is loaded outside the lock (librosa.beat, for one).
+Without the lock the first test fails in some runs, not all (benchmarks.librosa_cache: a process died
+of SIGSEGV in 4 of 10 trials; with the lock's flock taken out, this test failed 3 times in 4); the
+second fails every time that code with eagerly compiled numba ufuncs is loaded outside the lock
+(librosa.beat, for one).
 """
 import importlib.util
 import os

@@ -7,9 +7,10 @@ Each @guvectorize function is cached as two files written by separate renames, a
 addresses from the process that compiled it. Two processes compiling into an empty cache at once can
 leave a pair from different processes; every later process that calls the function then dies of
 SIGSEGV, not just that run (numba/numba#10128, librosa/librosa#1998). A fresh install meets an empty
-cache: CI's two test workers did, and so would two prepare_data.py runs. Measured here: 4 processes
-importing librosa.onset together into an empty NUMBA_CACHE_DIR, then a fifth: segfaults in 3 of 5
-trials; through load_librosa, none (tests/test_librosa_import.py).
+cache: CI's two test workers did, and so would two prepare_data.py runs. Measured here
+(`python -m benchmarks.librosa_cache --trials 10`: 4 processes at once on an empty NUMBA_CACHE_DIR,
+then a fifth, each estimating a tempo and a key and resampling): importing librosa plainly, a
+process died of SIGSEGV in 4 of 10 trials (8 of 50 processes); through load_librosa, 0 of 50.
 
 So the first import takes an exclusive flock beside the cache numba uses for librosa and loads those
 modules while holding it: the first process compiles and writes the cache (about 20 s on a 2-core
