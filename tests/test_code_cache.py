@@ -346,3 +346,47 @@ def test_two_processes_filling_one_store_at_once_agree(tiny_model_dir, data_copy
     assert not [n for n in os.listdir(code_store.units_dir(store_dir)) if n.startswith(".")]
     for clip, row in zip(clips, out["train"]):
         assert torch.equal(store.codes(row.store_index), _whole_codes(model, clip.audio_path))
+
+
+def _clip_in_bucket(clips, buckets, folder, known):
+    """A new clip (a copy of the first with one sample changed; its content not in `known`) whose
+    content falls in one of `buckets`."""
+    import dataclasses
+    import hashlib
+
+    x, sr = sf.read(clips[0].audio_path, dtype="float32")
+    for k in range(1, 20000):
+        path = folder / f"extra_{k}.wav"
+        y = x.copy()
+        y[0] = k * 1e-4
+        sf.write(path, y, sr)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if store_update.bucket_of(digest) in buckets and digest not in known:
+            return dataclasses.replace(clips[0], audio_path=path)
+        path.unlink()
+    raise AssertionError("no clip found for those buckets")
+
+
+def test_a_run_reading_the_store_keeps_the_units_another_run_replaces(tiny_model_dir, data_copy):
+    """Run A trains from the store; run B adds a clip to one of its buckets. A must still read every
+    row: B's new generation supersedes the old unit, which stays while A has the store open (before,
+    B removed it at once and A's next open of that codes.bin -- a new DataLoader worker -- raised
+    FileNotFoundError). Once A lets go, the next update removes it, and readers never see both."""
+    model, _ = load_model_and_processor(str(tiny_model_dir))
+    clips = read_metadata(data_copy)["train"]
+    store_dir = data_copy / "code_store"
+    reader, *_ = _fill(model, clips, store_dir)  # run A's open store, no codes.bin opened yet
+    extra = _clip_in_bucket(clips, {u.split("-")[1] for u in reader.units}, data_copy, reader.content_rows())
+    _fill(model, clips + [extra], store_dir)[0].release()  # run B
+    replaced = code_store.superseded_units(store_dir)
+    assert len(replaced) == 1 and replaced <= set(reader.units)  # B made a new generation of A's bucket
+    for i in range(len(reader)):  # A reads every row, the replaced unit's included
+        assert reader.codes(i).shape[0] == model_info(model)["num_codebooks"]
+    fresh = code_store.CodeStore(store_dir, code_store.StoreKey.for_model(model))
+    assert not set(fresh.units) & replaced and len(fresh) == len(clips) + 1  # a new reader sees one generation
+    fresh.release()
+    reader.release()
+    store, out, _, stats = _fill(model, clips + [extra], store_dir)  # the next update, nobody reading
+    assert stats["encoded"] == 0 and not code_store.superseded_units(store_dir)
+    assert not set(code_store._unit_ids(store_dir)) & replaced
+    assert torch.equal(store.codes(out["train"][-1].store_index), _whole_codes(model, extra.audio_path))

@@ -29,8 +29,14 @@ of the file's bytes, so index.npy alone maps content -> (unit, row) (clips.jsonl
 renaming a file or editing metadata.json re-encodes nothing. Those units are buckets of the first two
 hex digits of the content (units/clips-<bb>-<generation>): adding a clip re-commits one bucket --
 the codes it had copied, only the new clip encoded -- so a folder of 10,000 clips that gains one
-encodes one and copies ~40. Units stay immutable: the new generation is written, renamed into place,
-then the old one removed; a reader that sees both takes the newer row (later ids win).
+encodes one and copies ~40. Units stay immutable: the new generation is written and renamed into
+place; the old one is SUPERSEDED (a later generation of its bucket under the same key exists). Readers
+skip superseded units, and they are removed only while no process has the store open: every open
+CodeStore holds a shared flock on STORE/.readers.lock (its DataLoader workers inherit it), and the
+remover takes it exclusively without waiting (remove_superseded), else leaves them for a later update.
+Removing them at once made a training that had the store open fail with FileNotFoundError the next
+time it opened that unit's codes.bin (a new DataLoader worker, or past MAX_OPEN_UNITS), when a second
+run added a clip to the same bucket.
 
 Format 1 units (no content, no chroma, codes.bin checked by size only) are still read.
 
@@ -51,6 +57,7 @@ an IndexError when it leaves the codebook). Hashing runs at disk/page-cache spee
 "Benchmarks": `python -m benchmarks.integrity`, ~1 GB/s, 0.5 s for 572 MB), and a DataLoader worker
 receives the opened store, so it is paid once per process that opens it, not per window.
 """
+import fcntl
 import hashlib
 import io
 import json
@@ -90,6 +97,8 @@ UNIT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # codes.bin files held open per process (one file descriptor each; the usual soft limit is 1024).
 # A store of 300 units of 1,000 clips never reaches this bound; a bigger one closes the least recent.
 MAX_OPEN_UNITS = 512
+READERS_LOCK = ".readers.lock"  # shared while a CodeStore is open; exclusive to remove superseded units
+BUCKET_UNIT = re.compile(r"clips-([0-9a-f]+)-(\d{6})")  # a content bucket's unit: bucket, generation
 # Parsed clips.jsonl of this many units are kept for clip_info (a unit's rows: ~1,000 dicts).
 ROW_CACHE_UNITS = 4
 
@@ -220,6 +229,56 @@ def is_committed(store_dir, unit_id: str, source: dict | None = None) -> bool:
 def remove_unit(store_dir, unit_id: str):
     """Delete a committed unit (renamed to a temp first: a kill midway leaves a temp that is swept)."""
     remove_path(units_dir(store_dir) / check_unit_id(unit_id))
+
+
+def superseded_units(store_dir, unit_ids=None) -> set[str]:
+    """Bucket units (BUCKET_UNIT) that a later generation of the same bucket, written under the same
+    key, replaces. Units of other keys share the names' generations, so the key is read (unit.json)."""
+    latest, seen = {}, []
+    for unit_id in _unit_ids(store_dir) if unit_ids is None else unit_ids:
+        m = BUCKET_UNIT.fullmatch(unit_id)
+        if not m:
+            continue
+        try:
+            key = json.dumps(_read_unit_json(units_dir(store_dir) / unit_id).get("key"), sort_keys=True)
+        except Exception:  # unreadable: a reader skips it anyway; not this function's to remove
+            continue
+        seen.append((unit_id, (m.group(1), key), int(m.group(2))))
+        latest[(m.group(1), key)] = max(latest.get((m.group(1), key), 0), int(m.group(2)))
+    return {unit_id for unit_id, group, generation in seen if generation < latest[group]}
+
+
+def _readers_lock(store_dir, write: bool) -> int | None:
+    """An open descriptor of STORE/.readers.lock (created when `write`), or None when there is none."""
+    path = Path(store_dir) / READERS_LOCK
+    for flags in ([os.O_RDWR | os.O_CREAT] if write else []) + [os.O_RDONLY]:  # a read-only store: if it is there
+        try:
+            return os.open(path, flags, 0o666)
+        except OSError:
+            continue
+    return None
+
+
+def remove_superseded(store_dir) -> int | None:
+    """Remove the superseded bucket units if no process has the store open (the readers lock taken
+    exclusively, not waited for); how many were removed, or None when a reader holds the store
+    (they stay: readers skip them, and a later update removes them)."""
+    stale = superseded_units(store_dir)
+    if not stale:
+        return 0
+    fd = _readers_lock(store_dir, write=True)
+    if fd is None:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        for unit_id in sorted(stale):
+            remove_unit(store_dir, unit_id)
+        return len(stale)
+    finally:
+        os.close(fd)
 
 
 def store_summary(store_dir) -> dict:
@@ -475,12 +534,21 @@ class CodeStore:
 
     def __init__(self, store_dir, key: StoreKey, strict: bool = False, warn: bool = True):
         self.dir, self.key = Path(store_dir), key
+        # Held until release(): no superseded unit this store reads is removed meanwhile (taken before
+        # listing the units, so none is removed between the listing and the lock).
+        self._lock_fd, self._lock_pid = _readers_lock(store_dir, write=Path(store_dir).is_dir()), os.getpid()
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
         try:
             clean_stale(units_dir(store_dir))  # a killed writer's temp (a read-only store keeps them)
         except OSError:
             pass
         self.units, self.skipped, indexes, self.clip_digests, other = [], {}, [], [], []
-        for unit_id in _unit_ids(store_dir):
+        ids = _unit_ids(store_dir)
+        stale = superseded_units(store_dir, ids)  # replaced by a later generation: its rows are there
+        for unit_id in ids:
+            if unit_id in stale:
+                continue
             try:
                 unit, index = _open_unit(units_dir(store_dir) / unit_id, key)
             except OtherKey as e:
@@ -540,6 +608,7 @@ class CodeStore:
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_fds"], state["_rows"] = {}, {}  # open files and parsed rows are per process
+        state["_lock_fd"] = None  # the process that opened the store holds the readers lock for it
         return state
 
     def close(self):
@@ -548,9 +617,18 @@ class CodeStore:
         for fd in fds.values():
             os.close(fd)
 
+    def release(self):
+        """Close the files and let go of the readers lock: superseded units may then be removed, so
+        read nothing more through this store. Only the process that opened it lets go (a forked
+        worker's copy of the descriptor shares the lock: unlocking it there would unlock the parent)."""
+        self.close()
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None and self._lock_pid == os.getpid():
+            os.close(fd)
+
     def __del__(self):
         try:
-            self.close()
+            self.release()
         except Exception:  # interpreter shutdown: os may be gone; the process closes them anyway
             pass
 

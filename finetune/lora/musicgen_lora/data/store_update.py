@@ -5,8 +5,8 @@ Every clip's audio file is hashed (sha256 of its bytes, memoised per stat: code_
 in STORE/file_hashes.json), and the store's index.npy maps that content to a row (code_store,
 "content"). A clip whose content has a row is not read again; the others are encoded -- with
 encoding.encode_batched, the one encoder every route uses -- into bucket units (code_store module
-doc): a bucket that gains clips is written again as a new unit, its old rows copied, then the old
-unit removed. So
+doc): a bucket that gains clips is written again as a new unit, its old rows copied; the old unit is
+then superseded, and removed once no process has the store open (code_store.remove_superseded). So
 
   - renaming or moving a clip, or editing descriptions and splits in metadata.json, encodes nothing
     (they are read from metadata.json at training time; the store holds no split for these rows);
@@ -25,7 +25,6 @@ same bucket at once: one commits, the other re-reads the store and finds its cli
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from pathlib import Path
 
@@ -41,7 +40,6 @@ from musicgen_lora.model.checkpoint import model_info
 from musicgen_lora.model.encoding import encode_batched
 
 BUCKET_DIGITS = 2  # 256 buckets: ~40 clips each at 10,000 clips, ~1,200 at 300,000
-_BUCKET_UNIT = re.compile(r"clips-([0-9a-f]+)-(\d{6})")
 
 
 def bucket_of(content: str) -> str:
@@ -105,6 +103,8 @@ def fill_store(store_dir, model, splits: dict, melody: bool, strict: bool = Fals
                 wants.setdefault(digest(clip.melody_path), _Want()).chroma = clip.melody_path
     stats = {"files": sum(len(c) for c in splits.values()), "encoded": 0, "chroma": 0, "units": 0,
              "hashed": memo.hashed}
+    if store_dir.is_dir():
+        code_store.remove_superseded(store_dir)  # units an earlier run replaced while others read them
     store = code_store.CodeStore(store_dir, key, strict)
     for _attempt in range(3):  # a bucket committed by another process meanwhile: read the store again
         missing = _missing(store, wants)
@@ -121,6 +121,10 @@ def fill_store(store_dir, model, splits: dict, melody: bool, strict: bool = Fals
         finally:
             bar.close()
             memo.save()
+        store.release()  # ours must not count as a reader that holds the replaced units
+        if code_store.remove_superseded(store_dir) is None:
+            log.info(f"note: {store_dir}: units this run replaced stay until no other process has the store open "
+                     f"(a later run removes them)")
         store = code_store.CodeStore(store_dir, key, strict, warn=False)  # what it skips was said above
     else:
         raise UserError(f"{store_dir}: the code store kept changing while this run filled it (another run "
@@ -166,8 +170,11 @@ def _commit_bucket(store, bucket: str, todo: dict, model, info: dict, batch_size
     lacks (codes encoded, chroma computed); then remove the old unit(s). False when another process
     committed that unit first."""
     store_dir, sr, hop = store.dir, info["sample_rate"], info["hop_length"]
-    on_disk = [u for u in code_store._unit_ids(store_dir) if (m := _BUCKET_UNIT.fullmatch(u)) and m.group(1) == bucket]
-    generations = [int(_BUCKET_UNIT.fullmatch(u).group(2)) for u in on_disk]
+    every = [u for u in code_store._unit_ids(store_dir)
+             if (m := code_store.BUCKET_UNIT.fullmatch(u)) and m.group(1) == bucket]
+    generations = [int(code_store.BUCKET_UNIT.fullmatch(u).group(2)) for u in every]
+    stale = code_store.superseded_units(store_dir, every)
+    on_disk = [u for u in every if u not in stale]
     old_units = [u for u in store.units if u in on_disk]
     if set(on_disk) - set(old_units) - set(store.skipped):  # another process committed it since we opened
         return False
@@ -206,9 +213,7 @@ def _commit_bucket(store, bucket: str, todo: dict, model, info: dict, batch_size
             w.notes["encoded_on"] = {"device": str(next(model.parameters()).device)}
     except code_store.UnitExists:
         return False
-    for u in old_units:  # after the new unit is in place: a reader always finds every row
-        code_store.remove_unit(store_dir, u)
-    return True
+    return True  # old_units are superseded now: removed by the caller once no process reads them
 
 
 def _unit_range(store, unit_id: str) -> tuple[int, int]:
