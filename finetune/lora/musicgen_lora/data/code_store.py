@@ -41,7 +41,7 @@ run added a clip to the same bucket.
 Format 1 units (no content, no chroma, codes.bin checked by size only) are still read.
 
 There is no shared mutable file: listing `units/` is the manifest, so several processes write their
-own units at once with no lock. A unit is written into a temp folder beside it (outputs.temp_path,
+own units at once with no lock (the readers lock above gates only the removal of superseded units). A unit is written into a temp folder beside it (outputs.temp_path,
 so a dead writer's temp is recognised and swept by clean_stale) and renamed into place in one step:
 a unit either exists complete or not at all. A unit is never edited after that.
 
