@@ -112,6 +112,31 @@ def test_a_zip_whose_files_changed_is_encoded_again_and_replaces_its_old_unit(ti
     assert new != old and units(out)[new]["clips"] == 9
 
 
+def test_a_replaced_zip_unit_stays_for_a_training_reading_the_store(tiny_model_dir, tmp_path):
+    """A training has the store open (store_splits, as train_lora.py) when the zip it came from is
+    encoded again: its old unit must stay readable until the training lets go (before, it was removed
+    at once and the training's next open of its codes.bin raised FileNotFoundError), new readers see
+    the new unit only, and the next run removes the old one."""
+    batch = make_zip(tmp_path / "batch_1.zip", [220, 330])
+    out = tmp_path / "data"
+    codes_only(tiny_model_dir, out, batch)
+    (old,) = units(out)
+    training, splits = code_store.store_splits(out)
+    make_zip(batch, [220, 330, 440])
+    proc = codes_only(tiny_model_dir, out, batch)
+    assert "stays until no other process" in proc.stderr
+    for clip in splits["train"] + splits["valid"]:  # every row the training knows, from the old unit
+        assert training.codes(clip.store_index).shape[-1] > 0
+    (new,) = units(out)  # readers from now on: the new unit only, no clip twice
+    reader, fresh = code_store.store_splits(out)
+    assert reader.units == [new] and len(fresh["train"]) + len(fresh["valid"]) == 9
+    reader.release()
+    training.release()
+    codes_only(tiny_model_dir, out, batch)  # nothing to encode; nobody reading: the old unit goes
+    assert not (code_store.units_dir(out / "code_store") / old).exists()
+    assert os.listdir(code_store.units_dir(out / "code_store")) == [new]
+
+
 @pytest.mark.parametrize("route", ["wav", "codes_only"])
 def test_a_zip_with_two_members_of_one_name_uses_the_later_and_reports_the_earlier(tiny_model_dir, tmp_path, route):
     """A zip updated by appending holds two entries of one name; the WAV route ended in a

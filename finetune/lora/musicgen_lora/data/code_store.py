@@ -30,7 +30,8 @@ renaming a file or editing metadata.json re-encodes nothing. Those units are buc
 hex digits of the content (units/clips-<bb>-<generation>): adding a clip re-commits one bucket --
 the codes it had copied, only the new clip encoded -- so a folder of 10,000 clips that gains one
 encodes one and copies ~40. Units stay immutable: the new generation is written and renamed into
-place; the old one is SUPERSEDED (a later generation of its bucket under the same key exists). Readers
+place; the old one is SUPERSEDED (a later generation of its bucket under the same key exists; a zip or
+shard unit whose source changed is marked so by a file units/<unit_id>.superseded). Readers
 skip superseded units, and they are removed only while no process has the store open: every open
 CodeStore holds a shared flock on STORE/.readers.lock (its DataLoader workers inherit it), and the
 remover takes it exclusively without waiting (remove_superseded), else leaves them for a later update.
@@ -41,9 +42,10 @@ run added a clip to the same bucket.
 Format 1 units (no content, no chroma, codes.bin checked by size only) are still read.
 
 There is no shared mutable file: listing `units/` is the manifest, so several processes write their
-own units at once with no lock (the readers lock above gates only the removal of superseded units). A unit is written into a temp folder beside it (outputs.temp_path,
-so a dead writer's temp is recognised and swept by clean_stale) and renamed into place in one step:
-a unit either exists complete or not at all. A unit is never edited after that.
+own units at once with no lock (the readers lock above gates only the removal of superseded units).
+A unit is written into a temp folder beside it (outputs.temp_path, so a dead writer's temp is
+recognised and swept by clean_stale) and renamed into place in one step: a unit either exists
+complete or not at all. A unit is never edited after that.
 
 Every unit records its StoreKey: the codec's identity and the settings that decide its codes, computed
 by code_cache's own helpers (codec_identity, codec_settings), so the store and the cache agree on
@@ -57,6 +59,7 @@ an IndexError when it leaves the codebook). Hashing runs at disk/page-cache spee
 "Benchmarks": `python -m benchmarks.integrity`, ~1 GB/s, 0.5 s for 572 MB), and a DataLoader worker
 receives the opened store, so it is paid once per process that opens it, not per window.
 """
+import contextlib
 import fcntl
 import hashlib
 import io
@@ -99,6 +102,7 @@ UNIT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_OPEN_UNITS = 512
 READERS_LOCK = ".readers.lock"  # shared while a CodeStore is open; exclusive to remove superseded units
 BUCKET_UNIT = re.compile(r"clips-([0-9a-f]+)-(\d{6})")  # a content bucket's unit: bucket, generation
+SUPERSEDED = ".superseded"  # units/<unit_id>.superseded: that unit was replaced (a changed zip or shard)
 # Parsed clips.jsonl of this many units are kept for clip_info (a unit's rows: ~1,000 dicts).
 ROW_CACHE_UNITS = 4
 
@@ -202,7 +206,11 @@ def committed_units(store_dir) -> dict[str, dict]:
     is unreadable is left out: it is not usable, and writing that unit again is refused until it is
     deleted (the writer says so)."""
     out = {}
-    for unit_id in _unit_ids(store_dir):
+    ids = _unit_ids(store_dir)
+    stale = superseded_units(store_dir, ids)  # replaced: their clips are in the units that replaced them
+    for unit_id in ids:
+        if unit_id in stale:
+            continue
         try:
             out[unit_id] = _read_unit_json(units_dir(store_dir) / unit_id)
         except (OSError, ValueError):
@@ -227,15 +235,30 @@ def is_committed(store_dir, unit_id: str, source: dict | None = None) -> bool:
 
 
 def remove_unit(store_dir, unit_id: str):
-    """Delete a committed unit (renamed to a temp first: a kill midway leaves a temp that is swept)."""
+    """Delete a committed unit (renamed to a temp first: a kill midway leaves a temp that is swept) and
+    its superseded mark."""
     remove_path(units_dir(store_dir) / check_unit_id(unit_id))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(units_dir(store_dir) / f"{unit_id}{SUPERSEDED}")
+
+
+def supersede(store_dir, unit_id: str):
+    """Mark a unit replaced (its zip or shard changed and was encoded again): readers skip it from now
+    on, and remove_superseded removes it once no process has the store open."""
+    path = units_dir(store_dir) / f"{check_unit_id(unit_id)}{SUPERSEDED}"
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
 
 
 def superseded_units(store_dir, unit_ids=None) -> set[str]:
-    """Bucket units (BUCKET_UNIT) that a later generation of the same bucket, written under the same
-    key, replaces. Units of other keys share the names' generations, so the key is read (unit.json)."""
-    latest, seen = {}, []
+    """Units replaced by others: marked (supersede), or bucket units (BUCKET_UNIT) that a later
+    generation of the same bucket, written under the same key, replaces. Units of other keys share
+    the names' generations, so the key is read (unit.json)."""
+    latest, seen, marked = {}, [], set()
     for unit_id in _unit_ids(store_dir) if unit_ids is None else unit_ids:
+        if (units_dir(store_dir) / f"{unit_id}{SUPERSEDED}").is_file():
+            marked.add(unit_id)
+            continue
         m = BUCKET_UNIT.fullmatch(unit_id)
         if not m:
             continue
@@ -245,7 +268,7 @@ def superseded_units(store_dir, unit_ids=None) -> set[str]:
             continue
         seen.append((unit_id, (m.group(1), key), int(m.group(2))))
         latest[(m.group(1), key)] = max(latest.get((m.group(1), key), 0), int(m.group(2)))
-    return {unit_id for unit_id, group, generation in seen if generation < latest[group]}
+    return marked | {unit_id for unit_id, group, generation in seen if generation < latest[group]}
 
 
 def _readers_lock(store_dir, write: bool) -> int | None:

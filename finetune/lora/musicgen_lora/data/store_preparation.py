@@ -245,6 +245,8 @@ def prepare_codes(s: PrepareConfig, model, key, shard_size: int, batch_size: int
         raise UserError(f"{', '.join(map(str, [*s.input_dirs, *s.input_zips]))}: no audio files found")
     rules = preparation_rules(s)
     units = [with_rules(u, rules) for u in units]
+    if store_dir.is_dir():
+        code_store.remove_superseded(store_dir)  # units an earlier run replaced while others read them
     plan = plan_against(units, code_store.committed_units(store_dir))  # every process decides the same
     refuse_changed_rules(plan, store_dir, s.overwrite)
     rank, world = process_rank()
@@ -260,7 +262,7 @@ def prepare_codes(s: PrepareConfig, model, key, shard_size: int, batch_size: int
     for unit, old in plan.changed_source:
         if unit.id in mine_ids:
             log.info(f"{unit.name}: its files changed since unit {old} was encoded; encoding it again as "
-                     f"{unit.id} (the old unit is removed once the new one is committed)")
+                     f"{unit.id} (the old unit is replaced once the new one is committed)")
     index, found, zips = DescriptionIndex(s.descriptions_file), FoundIndexes(s.input_dirs, s.input_zips), ZipReader()
     reports, start = [], time.time()
     bar = tqdm(total=sum(u.num_files for u in todo), desc="encoding", unit="file", disable=not s.progress)
@@ -268,7 +270,10 @@ def prepare_codes(s: PrepareConfig, model, key, shard_size: int, batch_size: int
         for unit in todo:
             reports.append(prepare_unit(unit, s, model, key, store_dir, zips, index, found, batch_size, bar))
             if unit.id in superseded:  # only now: until the new unit is committed, the old one serves
-                code_store.remove_unit(store_dir, superseded[unit.id])
+                code_store.supersede(store_dir, superseded[unit.id])
+                if code_store.remove_superseded(store_dir) is None:
+                    log.info(f"note: unit {superseded[unit.id]} is replaced and stays until no other process "
+                             f"has {store_dir} open (readers skip it; a later run removes it)")
     finally:
         bar.close()
         zips.close()
