@@ -200,6 +200,28 @@ def test_evaluate_compares_mixes_beside_their_adapters(tiny_model_dir, trained_r
     assert "half" in card and "all-first" in card
 
 
+@pytest.mark.slow
+def test_a_mix_at_several_strengths_runs_each_in_one_bank(tiny_model_dir, trained_run):
+    """--mix with --lora_scales: NAME@0.5 must be a name PEFT takes, and each strength scales the weights."""
+    from musicgen_lora.evaluation.compare import ModelBank, resolve_models
+
+    run, _ = trained_run
+    first, second = run / "final_model", run / "checkpoints" / "checkpoint-2"
+    specs = resolve_models(adapters=[f"first={first}"], mixes=[f"m={first}:1,{second}:1"], scales=[0.5, 1])
+    assert [s.name for s in specs] == ["base_model", "first@0.5", "first@1", "m@0.5", "m@1"]
+    base, processor = load_model_and_processor(str(tiny_model_dir))
+    bank = ModelBank(base, specs)
+    inputs = processor(text=["trap beat"], return_tensors="pt")
+    dec = torch.randint(0, 64, (4, 12), generator=torch.Generator().manual_seed(0))
+    logits = {}
+    for spec in specs:
+        with bank.use(spec) as m, torch.no_grad():
+            logits[spec.name] = m(**inputs, decoder_input_ids=dec).logits
+    assert list(bank.strengths(specs[3]).values()) == [0.5, 0.5]
+    assert len(bank.names) == 2  # the first adapter loaded once, shared by first@S and the mix
+    assert not torch.equal(logits["m@0.5"], logits["m@1"]) and not torch.equal(logits["m@1"], logits["first@1"])
+
+
 def test_mix_flags_are_checked_in_one_line(tiny_model_dir, trained_run, tmp_path):
     run, _ = trained_run
     first, second = run / "final_model", run / "checkpoints" / "checkpoint-2"

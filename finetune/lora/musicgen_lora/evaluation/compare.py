@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -215,8 +216,9 @@ class ModelBank:
         self.peft = None
         self.names: dict[Path, str] = {}  # adapter folder (resolved) -> its PEFT adapter name
         wanted = [(spec.adapter_path, spec.adapter_name) for spec in specs if spec.adapter_path is not None]
-        wanted += [(folder, f"{spec.name}__{i}") for spec in specs for i, folder in enumerate(spec.folders)
-                   if spec.mix]
+        # a mix's own adapters: named after it, less what PEFT refuses in a name ("." of "mix@0.5")
+        wanted += [(folder, re.sub(r"[^A-Za-z0-9_-]", "_", f"{spec.name}__{i}")) for spec in specs
+                   for i, folder in enumerate(spec.folders) if spec.mix]
         for folder, name in wanted:
             if Path(folder).resolve() in self.names:
                 continue
