@@ -167,8 +167,8 @@ def _check_writable(store_dir: Path):
 
 def _commit_bucket(store, bucket: str, todo: dict, model, info: dict, batch_size, device, bar, stats) -> bool:
     """Write the bucket's next unit: the rows its current unit(s) hold, completed with what `todo`
-    lacks (codes encoded, chroma computed); then remove the old unit(s). False when another process
-    committed that unit first."""
+    lacks (codes encoded, chroma computed); the old unit(s) are superseded by it (fill_store removes
+    them when no process has the store open). False when another process committed that unit first."""
     store_dir, sr, hop = store.dir, info["sample_rate"], info["hop_length"]
     every = [u for u in code_store._unit_ids(store_dir)
              if (m := code_store.BUCKET_UNIT.fullmatch(u)) and m.group(1) == bucket]
