@@ -283,9 +283,9 @@ def _readers_lock(store_dir, write: bool) -> int | None:
 
 
 def remove_superseded(store_dir) -> int | None:
-    """Remove the superseded bucket units if no process has the store open (the readers lock taken
+    """Remove the superseded units if no process has the store open (the readers lock taken
     exclusively, not waited for); how many were removed, or None when a reader holds the store
-    (they stay: readers skip them, and a later update removes them)."""
+    (they stay: readers skip them, and a later update or preparation removes them)."""
     stale = superseded_units(store_dir)
     if not stale:
         return 0
@@ -466,6 +466,10 @@ class UnitWriter:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "notes": _as_json(self.notes), "checksum": checksum}
         (self.tmp / UNIT).write_text(json.dumps(unit, indent=2) + "\n", encoding="utf-8")
         apply_umask_tree(self.tmp)
+        # A mark left by a remover killed between its two steps must not make this new unit replaced.
+        with contextlib.suppress(FileNotFoundError):
+            if not self.final.exists():
+                os.unlink(self.final.with_name(self.final.name + SUPERSEDED))
         # Not outputs.atomic_dir: that replaces an existing folder. rename(2) onto a non-empty folder
         # fails, so of two writers of the same unit exactly one commits and the other is refused.
         try:
@@ -568,7 +572,7 @@ class CodeStore:
             pass
         self.units, self.skipped, indexes, self.clip_digests, other = [], {}, [], [], []
         ids = _unit_ids(store_dir)
-        stale = superseded_units(store_dir, ids)  # replaced by a later generation: its rows are there
+        stale = superseded_units(store_dir, ids)  # replaced: their clips are in the units that replaced them
         for unit_id in ids:
             if unit_id in stale:
                 continue
