@@ -131,6 +131,14 @@ def test_a_replaced_zip_unit_stays_for_a_training_reading_the_store(tiny_model_d
     reader, fresh = code_store.store_splits(out)
     assert reader.units == [new] and len(fresh["train"]) + len(fresh["valid"]) == 9
     reader.release()
+    # The zip put back as it was while the training still reads: its kept unit serves again
+    make_zip(batch, [220, 330])
+    proc = codes_only(tiny_model_dir, out, batch)
+    assert "serves again, nothing encoded" in proc.stderr
+    assert list(units(out)) == [old] and code_store.superseded_units(out / "code_store") == {new}
+    make_zip(batch, [220, 330, 440])  # and forward again
+    codes_only(tiny_model_dir, out, batch)
+    assert list(units(out)) == [new]
     training.release()
     codes_only(tiny_model_dir, out, batch)  # nothing to encode; nobody reading: the old unit goes
     assert not (code_store.units_dir(out / "code_store") / old).exists()

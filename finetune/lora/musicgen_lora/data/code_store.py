@@ -250,6 +250,24 @@ def supersede(store_dir, unit_id: str):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
 
 
+def revive(store_dir, unit_id: str) -> bool:
+    """A marked unit wanted again (its zip put back as it was, before the unit was removed): unmark it,
+    so it serves again instead of being encoded a second time; True when it was marked and is there.
+    Under the readers lock, shared: never while remove_superseded holds it to remove that unit."""
+    mark = units_dir(store_dir) / f"{check_unit_id(unit_id)}{SUPERSEDED}"
+    fd = _readers_lock(store_dir, write=True)
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        if not mark.is_file() or not (units_dir(store_dir) / unit_id).is_dir():
+            return False
+        os.unlink(mark)
+        return True
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def superseded_units(store_dir, unit_ids=None) -> set[str]:
     """Units replaced by others: marked (supersede), or bucket units (BUCKET_UNIT) that a later
     generation of the same bucket, written under the same key, replaces. Units of other keys share
@@ -286,8 +304,7 @@ def remove_superseded(store_dir) -> int | None:
     """Remove the superseded units if no process has the store open (the readers lock taken
     exclusively, not waited for); how many were removed, or None when a reader holds the store
     (they stay: readers skip them, and a later update or preparation removes them)."""
-    stale = superseded_units(store_dir)
-    if not stale:
+    if not superseded_units(store_dir):
         return 0
     fd = _readers_lock(store_dir, write=True)
     if fd is None:
@@ -297,6 +314,7 @@ def remove_superseded(store_dir) -> int | None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return None
+        stale = superseded_units(store_dir)  # again, under the lock: revive may have unmarked one
         for unit_id in sorted(stale):
             remove_unit(store_dir, unit_id)
         return len(stale)

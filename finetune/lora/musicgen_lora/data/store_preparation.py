@@ -268,7 +268,12 @@ def prepare_codes(s: PrepareConfig, model, key, shard_size: int, batch_size: int
     bar = tqdm(total=sum(u.num_files for u in todo), desc="encoding", unit="file", disable=not s.progress)
     try:
         for unit in todo:
-            reports.append(prepare_unit(unit, s, model, key, store_dir, zips, index, found, batch_size, bar))
+            if code_store.revive(store_dir, unit.id):  # replaced earlier, still there (a reader kept it)
+                log.info(f"{unit.name}: unit {unit.id} already holds these files (replaced earlier and kept "
+                         f"while the store was read); it serves again, nothing encoded")
+                bar.update(unit.num_files)
+            else:
+                reports.append(prepare_unit(unit, s, model, key, store_dir, zips, index, found, batch_size, bar))
             if unit.id in superseded:  # only now: until the new unit is committed, the old one serves
                 code_store.supersede(store_dir, superseded[unit.id])
                 if code_store.remove_superseded(store_dir) is None:
