@@ -16,7 +16,8 @@ import sys
 import tempfile
 import time
 
-from musicgen_lora.cli.args import Parser
+from musicgen_lora.cli.args import Parser, positive_int
+from musicgen_lora.cli.runner import cli
 
 WORK = """
 import numpy as np
@@ -49,10 +50,11 @@ def trial(code: str, processes: int) -> tuple[list[int], float]:
         return codes, time.perf_counter() - start
 
 
+@cli
 def main(argv=None) -> int:
     p = Parser(description=__doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=5)
-    p.add_argument("--processes", type=int, default=4)
+    p.add_argument("--trials", type=positive_int, default=5, help="Trials of each way.")
+    p.add_argument("--processes", type=positive_int, default=4, help="Processes started together in a trial.")
     args = p.parse_args(argv)
     for name, code in (("plain", PLAIN), ("lock", LOCK)):
         failed_trials = failed = 0

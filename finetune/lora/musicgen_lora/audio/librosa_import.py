@@ -20,6 +20,7 @@ comes from librosa.feature.tempo (audio/tempo_key.py), and beat's own compiled c
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import importlib
 import importlib.util
@@ -64,7 +65,8 @@ def load_librosa():
         fd = None  # nowhere to lock (read-only everywhere): numba cannot write a cache either
     try:
         if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # released when closed, or when the process dies
+            with contextlib.suppress(OSError):  # ENOLCK (a filesystem without locks): load unguarded, as before
+                fcntl.flock(fd, fcntl.LOCK_EX)  # released when closed, or when the process dies
         for name in EAGER_NUMBA_MODULES:
             importlib.import_module(name)
     finally:

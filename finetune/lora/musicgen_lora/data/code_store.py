@@ -255,10 +255,8 @@ def revive(store_dir, unit_id: str) -> bool:
     so it serves again instead of being encoded a second time; True when it was marked and is there.
     Under the readers lock, shared: never while remove_superseded holds it to remove that unit."""
     mark = units_dir(store_dir) / f"{check_unit_id(unit_id)}{SUPERSEDED}"
-    fd = _readers_lock(store_dir, write=True)
+    fd = _readers_lock(store_dir, write=True, operation=fcntl.LOCK_SH)
     try:
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_SH)
         if not mark.is_file() or not (units_dir(store_dir) / unit_id).is_dir():
             return False
         os.unlink(mark)
@@ -282,21 +280,29 @@ def superseded_units(store_dir, unit_ids=None) -> set[str]:
             continue
         try:
             key = json.dumps(_read_unit_json(units_dir(store_dir) / unit_id).get("key"), sort_keys=True)
-        except Exception:  # unreadable: a reader skips it anyway; not this function's to remove
+        except (OSError, ValueError):  # unreadable: a reader skips it anyway; not this function's to remove
             continue
         seen.append((unit_id, (m.group(1), key), int(m.group(2))))
         latest[(m.group(1), key)] = max(latest.get((m.group(1), key), 0), int(m.group(2)))
     return marked | {unit_id for unit_id, group, generation in seen if generation < latest[group]}
 
 
-def _readers_lock(store_dir, write: bool) -> int | None:
-    """An open descriptor of STORE/.readers.lock (created when `write`), or None when there is none."""
+def _readers_lock(store_dir, write: bool, operation: int) -> int | None:
+    """A descriptor of STORE/.readers.lock (created when `write`) holding the flock `operation`; None
+    when there is no lock file, or the lock is held elsewhere (LOCK_NB), or the filesystem has no
+    locks (ENOLCK: then readers go unprotected, and remove_superseded never removes)."""
     path = Path(store_dir) / READERS_LOCK
     for flags in ([os.O_RDWR | os.O_CREAT] if write else []) + [os.O_RDONLY]:  # a read-only store: if it is there
         try:
-            return os.open(path, flags, 0o666)
+            fd = os.open(path, flags, 0o666)
         except OSError:
             continue
+        try:
+            fcntl.flock(fd, operation)
+            return fd
+        except OSError:
+            os.close(fd)
+            return None
     return None
 
 
@@ -306,14 +312,10 @@ def remove_superseded(store_dir) -> int | None:
     (they stay: readers skip them, and a later update or preparation removes them)."""
     if not superseded_units(store_dir):
         return 0
-    fd = _readers_lock(store_dir, write=True)
+    fd = _readers_lock(store_dir, write=True, operation=fcntl.LOCK_EX | fcntl.LOCK_NB)
     if fd is None:
         return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None
         stale = superseded_units(store_dir)  # again, under the lock: revive may have unmarked one
         for unit_id in sorted(stale):
             remove_unit(store_dir, unit_id)
@@ -581,9 +583,8 @@ class CodeStore:
         self.dir, self.key = Path(store_dir), key
         # Held until release(): no superseded unit this store reads is removed meanwhile (taken before
         # listing the units, so none is removed between the listing and the lock).
-        self._lock_fd, self._lock_pid = _readers_lock(store_dir, write=Path(store_dir).is_dir()), os.getpid()
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+        self._lock_fd = _readers_lock(store_dir, write=Path(store_dir).is_dir(), operation=fcntl.LOCK_SH)
+        self._lock_pid = os.getpid()
         try:
             clean_stale(units_dir(store_dir))  # a killed writer's temp (a read-only store keeps them)
         except OSError:
@@ -820,9 +821,9 @@ def store_splits(data_dir, strict: bool = False) -> tuple["CodeStore", dict]:
     sr = store.key.sample_rate
     splits = {}
     for split in SPLITS:
-        rows = store.split_indices(split)
+        indices = store.split_indices(split)
         clips = []
-        for i, row in zip(rows.tolist(), store.rows(rows, ("description", "bpm", "key"))):
+        for i, row in zip(indices.tolist(), store.rows(indices, ("description", "bpm", "key"))):
             audio = store_dir
             if split == "valid":
                 info = store.clip_info(i)

@@ -65,8 +65,10 @@ class ModelSpec:
 
     @property
     def folders(self) -> list[Path]:
-        """The adapter folders it runs: none (base), one, or a mix's."""
-        return [Path(p) for p, _ in self.mix] if self.mix else [] if self.adapter_path is None else [self.adapter_path]
+        """The adapter folders it runs: a mix's, one, or none (base)."""
+        if self.mix:
+            return [Path(p) for p, _ in self.mix]
+        return [] if self.adapter_path is None else [Path(self.adapter_path)]
 
     @property
     def strength(self) -> float | None:
